@@ -1,0 +1,3 @@
+"""codetransfer: mechanistic interpretability of code→reasoning transfer."""
+
+__version__ = "0.1.0"

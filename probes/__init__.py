@@ -1,0 +1,1 @@
+"""codetransfer.probes"""
