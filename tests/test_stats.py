@@ -1,0 +1,123 @@
+"""Known-answer checks of the bootstrap intervals in codetransfer.analysis.stats."""
+
+import numpy as np
+import pytest
+
+from codetransfer.analysis.stats import (
+    bootstrap_ci,
+    hierarchical_bootstrap_ci,
+    relative_change_ci,
+)
+from codetransfer.errors import CodetransferError
+
+
+def _binomial_tolerance(p: float, n: int, z: float = 3.5) -> float:
+    return z * np.sqrt(p * (1 - p) / n)
+
+
+def test_bootstrap_coverage_on_simulated_bernoulli():
+    """About 95% of the intervals from 400 simulated samples contain the true mean."""
+    rng = np.random.default_rng(123)
+    p, n_items, n_sims = 0.3, 100, 400
+    samples = (rng.random((n_sims, n_items)) < p).astype(float)
+    mean, low, high = bootstrap_ci(samples, n_boot=1000, ci=0.95, seed=1)
+    assert mean.shape == low.shape == (n_sims,)
+    covered = np.mean((low <= p) & (p <= high))
+    assert abs(covered - 0.95) <= _binomial_tolerance(0.95, n_sims), covered
+    # and the widths are those of a binomial proportion (±1.96 sd)
+    width = np.mean(high - low)
+    assert width == pytest.approx(2 * 1.96 * np.sqrt(p * (1 - p) / n_items), rel=0.1)
+    # an 80% interval covers about 80%
+    _, low80, high80 = bootstrap_ci(samples, n_boot=1000, ci=0.8, seed=2)
+    covered80 = np.mean((low80 <= p) & (p <= high80))
+    assert abs(covered80 - 0.8) <= _binomial_tolerance(0.8, n_sims), covered80
+
+
+def test_bootstrap_is_seeded_and_point_is_the_mean():
+    x = np.arange(20.0)
+    a = bootstrap_ci(x, seed=5)
+    b = bootstrap_ci(x, seed=5)
+    c = bootstrap_ci(x, seed=6)
+    assert [float(v) for v in a] == [float(v) for v in b]
+    assert float(a[1]) != float(c[1])
+    assert float(a[0]) == 9.5 and a[1] < 9.5 < a[2]
+
+
+def test_hierarchical_with_one_seed_equals_item_bootstrap():
+    rng = np.random.default_rng(0)
+    x = (rng.random(200) < 0.6).astype(float)
+    h = hierarchical_bootstrap_ci(x[None, :], n_boot=4000, seed=0)
+    m, lo, hi = bootstrap_ci(x, n_boot=4000, seed=0)
+    assert h.value == pytest.approx(float(m))
+    assert h.low == pytest.approx(float(lo), abs=0.015)
+    assert h.high == pytest.approx(float(hi), abs=0.015)
+
+
+def test_hierarchical_reflects_seed_variance():
+    """When items do not vary within a seed, the interval is that of the seed means; pooling is too narrow."""
+    seed_means = np.array([0.40, 0.55, 0.62, 0.48, 0.70])
+    x = np.repeat(seed_means[:, None], 300, axis=1)
+    h = hierarchical_bootstrap_ci(x, n_boot=4000, seed=0)
+    m, lo, hi = bootstrap_ci(seed_means, n_boot=4000, seed=1)
+    assert h.value == pytest.approx(float(m))
+    assert h.low == pytest.approx(float(lo), abs=0.02)
+    assert h.high == pytest.approx(float(hi), abs=0.02)
+    # crossed and nested agree here (no item variance); pooling all cells as items ignores the seeds
+    nested = hierarchical_bootstrap_ci(x, n_boot=4000, seed=0, crossed=False)
+    assert nested.low == pytest.approx(h.low, abs=0.02)
+    _, plo, phi = bootstrap_ci(x.ravel(), n_boot=2000, seed=0)
+    assert (phi - plo) < 0.2 * (h.high - h.low)
+
+
+def test_crossed_keeps_shared_item_variance():
+    """Items shared by all seeds: their variance must not shrink with the number of seeds."""
+    rng = np.random.default_rng(3)
+    item_effect = rng.normal(size=200)
+    x = item_effect[None, :] + 0.01 * rng.normal(size=(8, 200))
+    crossed = hierarchical_bootstrap_ci(x, n_boot=2000, seed=0, crossed=True)
+    nested = hierarchical_bootstrap_ci(x, n_boot=2000, seed=0, crossed=False)
+    expected = 2 * 1.96 * item_effect.std() / np.sqrt(200)
+    assert crossed.high - crossed.low == pytest.approx(expected, rel=0.15)
+    assert nested.high - nested.low < 0.6 * expected  # ~ 1/sqrt(8) of it: too narrow for shared items
+
+
+def test_relative_change_known_answer():
+    rng = np.random.default_rng(7)
+    n = 2000
+    base = (rng.random((3, n)) < 0.5).astype(float)
+    rec = (rng.random((3, n)) < 0.6).astype(float)
+    iv = relative_change_ci(rec, base, n_boot=1000, seed=0)
+    assert iv.value == pytest.approx(rec.mean() / base.mean() - 1)
+    assert iv.low < 0.2 < iv.high
+    assert iv.low > 0.1 and iv.high < 0.3
+    # one model compared with itself: pairing the items makes the interval the point 0
+    same = relative_change_ci(base[:1], base[:1], n_boot=500, seed=0)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert relative_change_ci(base[:1], base[:1], n_boot=500, paired_items=False).high > 0.02
+
+
+def test_paired_items_narrow_the_ratio_interval():
+    rng = np.random.default_rng(11)
+    difficulty = rng.random(300)
+    base = (rng.random((2, 300)) < difficulty).astype(float)
+    rec = (rng.random((2, 300)) < np.clip(difficulty + 0.1, 0, 1)).astype(float)
+    paired = relative_change_ci(rec, base, n_boot=2000, seed=0, paired_items=True)
+    unpaired = relative_change_ci(rec, base, n_boot=2000, seed=0, paired_items=False)
+    assert paired.high - paired.low < unpaired.high - unpaired.low
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: bootstrap_ci(np.array([])), "values"),
+        (lambda: bootstrap_ci(np.array([1.0, np.nan])), "NaN"),
+        (lambda: bootstrap_ci(np.ones(5), ci=95), "ci"),
+        (lambda: hierarchical_bootstrap_ci(np.ones((2, 3, 4))), "values"),
+        (lambda: relative_change_ci(np.ones((1, 5)), np.zeros((1, 5))), "baseline"),
+        (lambda: relative_change_ci(np.ones((1, 5)), np.ones((1, 4))), "paired_items"),
+    ],
+)
+def test_bad_inputs_are_refused(call, match):
+    with pytest.raises(CodetransferError, match=match) as e:
+        call()
+    assert "\n" not in str(e.value)
