@@ -1,0 +1,19 @@
+"""codetransfer runs [DIR]"""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("folder", nargs="?", default="runs", help="a grid output folder (default: ./runs)")
+
+
+def run(args) -> int:
+    import pandas as pd
+
+    from codetransfer.trained import runs_table
+
+    table = runs_table(args.folder)
+    if table.empty:
+        print(f"no runs in {args.folder}")
+        return 0
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(table.to_string(index=False))
+    return 0

@@ -1,0 +1,57 @@
+"""codetransfer train GRID [--out DIR] [--only RECIPE ...] [--device DEV]"""
+
+from __future__ import annotations
+
+import os
+
+
+def add_arguments(p) -> None:
+    p.add_argument("grid", help="a grid .toml file or a preset name (tiny, tiny-full, small, gpu)")
+    p.add_argument("--out", default="runs", help="output folder (default: ./runs)")
+    p.add_argument("--only", action="append", metavar="RECIPE", help="train only this recipe (repeatable)")
+    p.add_argument("--seed", action="append", type=int, help="train only this seed (repeatable)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...); default cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    import torch
+
+    from codetransfer.errors import CodetransferError
+    from codetransfer.trained import load_grid, runs_table, train_grid
+
+    grid = load_grid(args.grid)
+    device = args.device
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise CodetransferError(f"--device: '{device}' is not available here ({str(e).splitlines()[0]})") from None
+    dist = _init_distributed(device)
+    train_grid(grid, args.out, only=args.only, seeds=args.seed, device=_local_device(device),
+               progress=not args.quiet, log=print if _rank() == 0 else (lambda *a, **k: None))
+    if dist:
+        torch.distributed.destroy_process_group()
+    if _rank() == 0:
+        print(runs_table(args.out).to_string(index=False))
+    return 0
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def _init_distributed(device: str) -> bool:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA, gloo on CPU)."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return False
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    torch.distributed.init_process_group(backend)
+    return True
+
+
+def _local_device(device: str) -> str:
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device

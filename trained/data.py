@@ -1,0 +1,158 @@
+"""Prepared data of a grid: the shared tokenizer and each source's token stream, and the mixer.
+
+``prepare_data(grid, folder)`` reads every source once, trains the shared BPE on an equal-share sample
+of all sources, and writes each source's train and held-out documents as flat token arrays
+(``[bos] doc [eos] [bos] doc [eos] ...``, uint16) plus ``manifest.json`` (provenance, token counts,
+tokenizer hash). It is skipped when the folder already holds data for the same grid fingerprint.
+
+The mixer (:class:`Mixer`) decides, with no randomness, which source each training row comes from:
+row r of a phase goes to the source with the largest deficit ``w_s * (r + 1) - n_s``, so every prefix
+of the phase matches the mixture to within one row. Each source's stream is cut into windows of
+``n_ctx`` tokens, visited in a permuted order that depends on the seed (re-permuted every epoch).
+Its whole state is the number of rows taken from each source, so resuming is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from codetransfer.errors import CodetransferError
+from codetransfer.trained.config import GridConfig
+from codetransfer.trained.loading import read_json
+from codetransfer.trained.sources import load_source, sha256
+from codetransfer.trained.tokenizer import encode_documents, load_tokenizer, tokenizer_hash, train_tokenizer
+
+
+def _sample(docs: list[str], budget: int) -> list[str]:
+    out, total = [], 0
+    for d in docs:
+        if total >= budget:
+            break
+        out.append(d[: budget - total])
+        total += len(out[-1])
+    return out
+
+
+def _write_tokens(path: Path, streams: list[list[int]]) -> int:
+    flat = np.fromiter((t for s in streams for t in s), dtype=np.uint16)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, flat)
+    os.replace(tmp, path)
+    return int(flat.size)
+
+
+def prepare_data(grid: GridConfig, folder: str | Path, log=print) -> dict:
+    """Tokenizer + token arrays of every source of ``grid`` in ``folder``; returns the manifest."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if manifest_path.exists():
+        manifest = read_json(manifest_path, "data manifest")
+        if manifest.get("grid_fingerprint") == grid.fingerprint():
+            return manifest
+        raise CodetransferError(
+            f"{folder} holds data of another grid configuration; use another output folder or delete it"
+        )
+    if grid.tokenizer.vocab_size > 65535:
+        raise CodetransferError(f"tokenizer.vocab_size: at most 65535 supported, got {grid.tokenizer.vocab_size}")
+    t0 = time.time()
+    sources = {name: load_source(name, cfg, seed=0) for name, cfg in grid.sources.items()}
+    folder.mkdir(parents=True, exist_ok=True)  # only once every source has loaded
+    share = grid.tokenizer.sample_bytes // len(sources)
+    sample = [d for s in sources.values() for d in _sample(s.train, share)]
+    tokenizer = train_tokenizer(sample, vocab_size=grid.tokenizer.vocab_size)
+    if len(tokenizer) > grid.tokenizer.vocab_size:
+        raise CodetransferError(f"tokenizer has {len(tokenizer)} tokens, more than vocab_size")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    info = {}
+    for name, s in sources.items():
+        counts = {}
+        for split, docs in (("train", s.train), ("heldout", s.heldout)):
+            counts[split] = _write_tokens(folder / f"{name}.{split}.npy", encode_documents(tokenizer, docs))
+        info[name] = {
+            "kind": s.kind,
+            "category": s.category,
+            "documents": {"train": len(s.train), "heldout": len(s.heldout)},
+            "tokens": counts,
+            "bytes_per_token": round(sum(len(d.encode()) for d in s.train) / max(counts["train"], 1), 3),
+            "provenance": s.provenance,
+        }
+        log(f"  source {name:<20} {counts['train']:>10,} train / {counts['heldout']:>8,} held-out tokens")
+    manifest = {
+        "grid_fingerprint": grid.fingerprint(),
+        "tokenizer_sha256": tokenizer_hash(tokenizer),
+        "vocab_size": len(tokenizer),
+        "sources": info,
+        "seconds": round(time.time() - t0, 1),
+    }
+    tmp = manifest_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, manifest_path)
+    return manifest
+
+
+def load_tokens(folder: str | Path, source: str, split: str) -> np.ndarray:
+    path = Path(folder) / f"{source}.{split}.npy"
+    if not path.is_file():
+        raise CodetransferError(f"{path}: missing token array; run 'codetransfer train' to prepare the data")
+    return np.load(path, mmap_mode="r")
+
+
+@dataclass
+class Mixer:
+    """Deterministic mixture of sources into fixed-length rows (see the module docstring)."""
+
+    streams: dict[str, np.ndarray]
+    n_ctx: int
+    seed: int
+
+    def __post_init__(self):
+        self.n_windows = {s: len(a) // self.n_ctx for s, a in self.streams.items()}
+        for s, n in self.n_windows.items():
+            if n == 0:
+                raise CodetransferError(f"source '{s}' has fewer than n_ctx={self.n_ctx} training tokens")
+        self._perms: dict[tuple[str, int], np.ndarray] = {}
+        self._index = {s: i for i, s in enumerate(sorted(self.streams))}
+
+    def _window(self, source: str, k: int) -> int:
+        n = self.n_windows[source]
+        epoch, i = divmod(k, n)
+        key = (source, epoch)
+        if key not in self._perms:
+            if len(self._perms) > 64:
+                self._perms.clear()
+            rng = np.random.default_rng([self.seed, self._index[source], epoch])
+            self._perms[key] = rng.permutation(n)
+        return int(self._perms[key][i])
+
+    @staticmethod
+    def allocate(weights: dict[str, float], first_row: int, n_rows: int, counts: dict[str, int]) -> list[str]:
+        """Sources of rows ``first_row .. first_row + n_rows`` of a phase; updates ``counts`` (rows per
+        source taken in this phase so far)."""
+        out = []
+        names = sorted(weights)
+        for r in range(first_row, first_row + n_rows):
+            best = max(names, key=lambda s: (weights[s] * (r + 1) - counts.get(s, 0), -names.index(s)))
+            counts[best] = counts.get(best, 0) + 1
+            out.append(best)
+        return out
+
+    def rows(self, sources: list[str], taken: dict[str, int]) -> np.ndarray:
+        """Token rows for ``sources`` (one per row), continuing each source's stream from ``taken``
+        (rows per source over the whole run so far, updated in place)."""
+        out = np.empty((len(sources), self.n_ctx), dtype=np.int64)
+        for i, s in enumerate(sources):
+            w = self._window(s, taken.get(s, 0))
+            taken[s] = taken.get(s, 0) + 1
+            out[i] = self.streams[s][w * self.n_ctx : (w + 1) * self.n_ctx]
+        return out
+
+
+def data_hash(folder: str | Path) -> str:
+    """Hash of the data manifest (recorded in each run's manifest)."""
+    return sha256((Path(folder) / "manifest.json").read_bytes())[:16]

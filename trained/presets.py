@@ -1,0 +1,146 @@
+"""Named grids shipped with the package: the paper's variants at three sizes.
+
+"To Code or Not to Code?" (Aryabumi et al., 2024) compared, at equal model shape and tokenizer:
+text-only; balanced (50% code); code→text (initialise on code, continue on text); balanced→text;
+a code-share sweep (0–100% code); a cooldown phase with and without (high-quality, synthetic) code;
+and competitive (fixed total tokens) versus additive (fixed text tokens) mixing.
+
+Here "text" is real English (GCIDE glosses) plus world-simulator narratives, and "code" is the
+standard library plus world-simulator programs. Sizes:
+
+* ``tiny``       — the demo: the core recipes, trains on 2 CPU cores within the demo's budget;
+* ``tiny-full``  — every variant at the tiny size;
+* ``small``      — every variant, 4 layers d_model 256: hours on a CPU, minutes on a GPU;
+* ``gpu``        — every variant, 12 layers d_model 768 (~85M non-embedding parameters), for one GPU
+                   in about an hour per run or several GPUs with torchrun.
+"""
+
+from __future__ import annotations
+
+from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.trained.config import (
+    GridConfig,
+    LRSchedule,
+    ModelConfig,
+    Phase,
+    Recipe,
+    SourceConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
+
+TEXT = ("gcide", "narratives")
+CODE = ("stdlib", "programs")
+
+
+def mix(code_share: float, synthetic_code_boost: float = 1.0) -> dict[str, float]:
+    """Mixture with ``code_share`` of code; inside each half, real and synthetic are 50/50
+    (synthetic code weighted ``synthetic_code_boost`` times more in a cooldown)."""
+    text = 1.0 - code_share
+    code_synth = 0.5 * synthetic_code_boost / (0.5 * synthetic_code_boost + 0.5)
+    out = {"gcide": text / 2, "narratives": text / 2,
+           "stdlib": code_share * (1 - code_synth), "programs": code_share * code_synth}
+    return {k: round(v, 6) for k, v in out.items() if v > 0}
+
+
+def recipes(tokens: int, peak_lr: float, full: bool) -> tuple[Recipe, ...]:
+    """The paper's recipes for a total budget of ``tokens`` per run (additive mixing: more)."""
+    lr = LRSchedule(schedule="cosine", peak=peak_lr, final=peak_lr / 10, warmup=0.05)
+    init = LRSchedule(schedule="cosine", peak=peak_lr, final=peak_lr / 2, warmup=0.05)
+    cont = LRSchedule(schedule="cosine", peak=peak_lr / 2, final=peak_lr / 10)
+    hold = LRSchedule(schedule="constant", peak=peak_lr / 2)
+    cool = LRSchedule(schedule="linear", peak=peak_lr / 2, final=0.0)
+    half, main, tail = tokens // 2, tokens * 4 // 5, tokens // 5
+
+    def one(name, share, desc):
+        return Recipe(name, (Phase("main", mix(share), tokens, lr),), desc)
+
+    init_bal = Phase("balanced-init", mix(0.5), half, init)
+    init_code = Phase("code-init", mix(1.0), half, init)
+    text_cont = Phase("text", mix(0.1), half, cont)  # the paper's continued pre-training keeps ~10% code
+    core = [
+        one("text-only", 0.0, "baseline: no code"),
+        one("balanced", 0.5, "50% code throughout"),
+        Recipe("code->text", (init_code, text_cont), "initialise on code, continue mostly on text"),
+        Recipe("balanced->text", (init_bal, text_cont), "the paper's best recipe: balanced init, then mostly text"),
+        Recipe(
+            "balanced->text+cooldown-code",
+            (init_bal, Phase("text", mix(0.1), main - half, hold), Phase("cooldown", mix(0.2, 3.0), tail, cool)),
+            "balanced->text with a cooldown that upweights (synthetic) code",
+        ),
+    ]
+    if not full:
+        return tuple(core)
+    extra = [one(f"code-{int(s * 100)}", s, f"code-share sweep: {int(s * 100)}% code") for s in (0.25, 0.75, 0.9, 1.0)]
+    extra += [
+        Recipe(
+            "balanced->text+cooldown-text",
+            (init_bal, Phase("text", mix(0.1), main - half, hold), Phase("cooldown", mix(0.0), tail, cool)),
+            "balanced->text with a text-only cooldown (control for the code cooldown)",
+        ),
+        Recipe("additive-50", (Phase("main", mix(0.5), 2 * tokens, lr),),
+               "additive mixing: the text-only run's text tokens plus as many code tokens"),
+    ]
+    # competitive mixing at 50% is 'balanced' (fixed total tokens)
+    return tuple(core + extra)
+
+
+def sources(scale: int) -> dict[str, SourceConfig]:
+    """The embedded default sources; ``scale`` caps each source's bytes."""
+    return {
+        "gcide": SourceConfig(kind="gcide", max_bytes=scale),
+        "narratives": SourceConfig(kind="synthetic_narrative", max_bytes=scale),
+        "stdlib": SourceConfig(kind="stdlib", max_bytes=scale),
+        "programs": SourceConfig(kind="synthetic_program", max_bytes=scale),
+    }
+
+
+def _tiny(full: bool) -> GridConfig:
+    return GridConfig(
+        name="tiny-full" if full else "tiny",
+        description="demo-sized grid: 2 layers, d_model 128, 1.5M tokens per run",
+        model=ModelConfig(n_layers=2, d_model=128, n_heads=4, d_mlp=512, n_ctx=128),
+        tokenizer=TokenizerConfig(vocab_size=2048, sample_bytes=2_000_000),
+        sources=sources(3_000_000),
+        recipes=recipes(tokens=1_500_000, peak_lr=3e-3, full=full),
+        seeds=(0,),
+        train=TrainConfig(batch_size=32, eval_every=100, eval_tokens=8192, save_every=100),
+    )
+
+
+def _small() -> GridConfig:
+    return GridConfig(
+        name="small",
+        description="4 layers, d_model 256, 50M tokens per run, 3 seeds: hours on a CPU, minutes on a GPU",
+        model=ModelConfig(n_layers=4, d_model=256, n_heads=8, d_mlp=1024, n_ctx=256),
+        tokenizer=TokenizerConfig(vocab_size=4096, sample_bytes=8_000_000),
+        sources=sources(40_000_000),
+        recipes=recipes(tokens=50_000_000, peak_lr=1e-3, full=True),
+        seeds=(0, 1, 2),
+        train=TrainConfig(batch_size=64, eval_every=250, save_every=500, snapshot_every=1000),
+    )
+
+
+def _gpu() -> GridConfig:
+    return GridConfig(
+        name="gpu",
+        description="12 layers, d_model 768 (~85M non-embedding params), 1B tokens per run, for GPUs/torchrun",
+        model=ModelConfig(n_layers=12, d_model=768, n_heads=12, d_mlp=3072, n_ctx=1024),
+        tokenizer=TokenizerConfig(vocab_size=8192, sample_bytes=20_000_000),
+        sources=sources(0),
+        recipes=recipes(tokens=1_000_000_000, peak_lr=6e-4, full=True),
+        seeds=(0, 1, 2),
+        train=TrainConfig(batch_size=256, grad_accum=4, eval_every=500, save_every=1000, snapshot_every=2000),
+    )
+
+
+PRESETS = {"tiny": lambda: _tiny(False), "tiny-full": lambda: _tiny(True), "small": _small, "gpu": _gpu}
+
+
+def preset(name: str) -> GridConfig:
+    """The shipped grid called ``name`` (see PRESETS)."""
+    if name not in PRESETS:
+        raise CodetransferError(
+            f"grid '{name}' is neither a .toml file nor a preset{did_you_mean(name, PRESETS)}; presets: {', '.join(PRESETS)}"
+        )
+    return PRESETS[name]()

@@ -1,0 +1,262 @@
+"""The run registry: train a grid into a folder, find its runs, load one for analysis.
+
+Folder layout of ``codetransfer train GRID --out OUT``::
+
+    OUT/grid.json                 the resolved grid (refuses a different grid in the same folder)
+    OUT/data/                     shared tokenizer, token arrays per source and split, manifest.json
+    OUT/branches/<key>/           training state at the end of phases shared by several recipes
+    OUT/runs/<recipe>-s<seed>/    one run: HF checkpoint (config.json + model.safetensors), tokenizer,
+                                  codetransfer.json (resolved recipe, manifest, status), metrics.jsonl,
+                                  state/ (resumable), checkpoints/step-N/ (intermediate HF checkpoints)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import codetransfer
+from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.trained.config import GridConfig, Recipe, prefix_key
+from codetransfer.trained.data import data_hash, prepare_data
+from codetransfer.trained.loading import load_bridge, read_json
+from codetransfer.trained.train import phase_steps, train_run
+
+RUN_FILE = "codetransfer.json"
+
+
+def run_name(recipe: str, seed: int) -> str:
+    safe = recipe.replace(">", "").replace(" ", "_")
+    return f"{safe}-s{seed}"
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return hashlib.sha256(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the registry knows about one run folder."""
+
+    name: str
+    path: Path
+    recipe: str
+    seed: int
+    status: str
+    """'complete', 'partial' (state saved, not finished) or 'new'."""
+    grid: str
+    record: dict
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def check_out_folder(grid: GridConfig, out: Path) -> None:
+    """Refuse an output folder that holds a different grid (different shape, tokenizer or sources)."""
+    path = out / "grid.json"
+    if path.exists():
+        old = read_json(path, "grid record")
+        if old.get("fingerprint") != grid.fingerprint():
+            raise CodetransferError(
+                f"{out} holds grid '{old.get('name')}' with a different model, tokenizer, sources or training "
+                f"settings than grid '{grid.name}'; use another --out folder or delete {out}"
+            )
+
+
+def train_grid(
+    grid: GridConfig,
+    out: str | Path,
+    *,
+    only: list[str] | None = None,
+    seeds: list[int] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    log=print,
+) -> list[RunInfo]:
+    """Train every (recipe, seed) of ``grid`` that is not complete in ``out``; returns all runs."""
+    out = Path(out)
+    recipes = list(grid.recipes)
+    if only:
+        names = [r.name for r in grid.recipes]
+        for o in only:
+            if o not in names:
+                raise CodetransferError(f"--only: unknown recipe '{o}'{did_you_mean(o, names)}; recipes: {', '.join(names)}")
+        recipes = [r for r in recipes if r.name in only]
+    check_out_folder(grid, out)
+    t0 = time.time()
+    manifest = prepare_data(grid, out / "data", log=log)
+    _write_json(out / "grid.json", {"name": grid.name, "fingerprint": grid.fingerprint(), "grid": grid.to_dict()})
+    log(f"data ready in {time.time() - t0:.1f}s (vocab {manifest['vocab_size']})")
+    shared = _shared_prefixes(grid)
+    for seed in seeds if seeds is not None else grid.seeds:
+        for recipe in recipes:
+            _train_one(grid, recipe, seed, out, shared, device, progress, log)
+    return find_runs(out)
+
+
+def _shared_prefixes(grid: GridConfig) -> dict[tuple, int]:
+    """Phase prefixes (as tuples of phase dicts) used by more than one recipe -> how many."""
+    counts: dict[tuple, int] = {}
+    for r in grid.recipes:
+        for k in range(1, len(r.phases)):
+            key = json.dumps([dataclasses.asdict(p) for p in r.phases[:k]], sort_keys=True)
+            counts[key] = counts.get(key, 0) + 1
+    return {k: v for k, v in counts.items() if v > 1}
+
+
+def _train_one(grid, recipe, seed, out, shared, device, progress, log):
+    run_dir = out / "runs" / run_name(recipe.name, seed)
+    record_path = run_dir / RUN_FILE
+    if record_path.exists():
+        rec = read_json(record_path, "run record")
+        if rec.get("status") == "complete" and rec.get("recipe_hash") == recipe_hash(recipe):
+            log(f"run {run_dir.name}: complete, skipped")
+            return
+        if rec.get("recipe_hash") != recipe_hash(recipe):
+            log(f"run {run_dir.name}: recipe changed, retraining")
+            shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Branch points: phase k's end state is shared when phases[:k+1] are used by several recipes.
+    branch_dirs, start_from, start_phase, branched = {}, None, 0, None
+    for k in range(len(recipe.phases) - 1):
+        key_json = json.dumps([dataclasses.asdict(p) for p in recipe.phases[: k + 1]], sort_keys=True)
+        if key_json in shared:
+            branch_dirs[k] = out / "branches" / prefix_key(grid, recipe.phases[: k + 1], seed)
+    if not (run_dir / "state" / "LATEST").exists():
+        for k in sorted(branch_dirs, reverse=True):
+            if (branch_dirs[k] / "LATEST").exists():
+                start_from, start_phase = branch_dirs[k], k + 1
+                branched = {"state": str(branch_dirs[k].relative_to(out)),
+                            "phases": [p.name for p in recipe.phases[: k + 1]]}
+                log(f"run {run_dir.name}: branching from shared phases {branched['phases']}")
+                break
+    record = {
+        "name": run_dir.name,
+        "grid": grid.name,
+        "grid_fingerprint": grid.fingerprint(),
+        "recipe": recipe.name,
+        "recipe_hash": recipe_hash(recipe),
+        "recipe_config": dataclasses.asdict(recipe),
+        "seed": seed,
+        "model": dataclasses.asdict(grid.model),
+        "status": "partial",
+        "codetransfer_version": codetransfer.__version__,
+        "torch_version": torch.__version__,
+        "data_manifest_sha256": data_hash(out / "data"),
+        "tokenizer_sha256": read_json(out / "data" / "manifest.json", "data manifest")["tokenizer_sha256"],
+        "branched_from": branched if branched else (read_json(record_path, "run record").get("branched_from")
+                                                    if record_path.exists() else None),
+    }
+    _write_json(record_path, record)
+    t0 = time.time()
+    cursor = train_run(grid, recipe, seed, out / "data", run_dir, device=device, start_from=start_from,
+                       start_phase=start_phase, branch_dirs=branch_dirs, progress=progress)
+    n_ctx, bs = grid.model.n_ctx, grid.train.batch_size
+    val = _last_val(run_dir / "metrics.jsonl")
+    record.update(
+        status="complete",
+        steps=cursor.step,
+        tokens_by_phase=[{"phase": p.name, "steps": phase_steps(p, bs, n_ctx), "tokens": toks}
+                         for p, toks in zip(recipe.phases, cursor.tokens_by_phase)],
+        tokens_by_source={s: sum(t.get(s, 0) for t in cursor.tokens_by_phase)
+                          for s in sorted({s for t in cursor.tokens_by_phase for s in t})},
+        final_val_loss=val,
+        train_seconds=round(time.time() - t0, 1),
+    )
+    _write_json(record_path, record)
+    log(f"run {run_dir.name}: complete in {time.time() - t0:.0f}s, val loss "
+        + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
+
+
+def _last_val(path: Path) -> dict[str, float]:
+    val = {}
+    if path.exists():
+        for ln in path.read_text().splitlines():
+            rec = json.loads(ln)
+            val.update({k[4:]: v for k, v in rec.items() if k.startswith("val/")})
+    return val
+
+
+def find_runs(folder: str | Path, complete_only: bool = False) -> list[RunInfo]:
+    """Runs under ``folder`` (a grid output folder, its ``runs/`` folder, or one run folder)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise CodetransferError(f"{folder} does not exist; train a grid first ('codetransfer train tiny --out {folder}')")
+    if (folder / RUN_FILE).exists():
+        candidates = [folder]
+    else:
+        base = folder / "runs" if (folder / "runs").is_dir() else folder
+        candidates = sorted(p for p in base.iterdir() if (p / RUN_FILE).exists())
+    runs = []
+    for p in candidates:
+        rec = read_json(p / RUN_FILE, "run record")
+        info = RunInfo(name=p.name, path=p, recipe=rec["recipe"], seed=rec["seed"], status=rec.get("status", "new"),
+                       grid=rec.get("grid", ""), record=rec)
+        if not complete_only or info.status == "complete":
+            runs.append(info)
+    return runs
+
+
+def check_same_grid(runs: list[RunInfo]) -> None:
+    """Refuse comparisons of runs that differ in shape or tokenizer."""
+    if not runs:
+        return
+    ref = runs[0].record
+    for r in runs[1:]:
+        for key, what in (("model", "model shape"), ("tokenizer_sha256", "tokenizer")):
+            if r.record.get(key) != ref.get(key):
+                raise CodetransferError(
+                    f"runs {runs[0].name} and {r.name} differ in {what}; compare runs of one grid only"
+                )
+
+
+@dataclass
+class LoadedRun:
+    """A run ready for analysis: a fresh TransformerBridge (eval mode), its tokenizer and its record."""
+
+    bridge: object
+    tokenizer: object
+    info: RunInfo
+
+
+def load_run(path: str | Path | RunInfo, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LoadedRun:
+    """Load a complete run as a TransformerBridge booted fresh from its folder, plus tokenizer."""
+    info = path if isinstance(path, RunInfo) else None
+    if info is None:
+        found = find_runs(path)
+        if len(found) != 1:
+            raise CodetransferError(f"{path}: expected one run folder, found {len(found)}")
+        info = found[0]
+    if info.status != "complete":
+        raise CodetransferError(f"run {info.name} is {info.status}, not complete; run 'codetransfer train' again")
+    bridge, tokenizer = load_bridge(info.path, device=device, dtype=dtype)
+    return LoadedRun(bridge=bridge, tokenizer=tokenizer, info=info)
+
+
+def runs_table(folder: str | Path) -> pd.DataFrame:
+    """One row per run: recipe, seed, status, phases, tokens per source, final validation loss per source."""
+    rows = []
+    for r in find_runs(folder):
+        rec = r.record
+        row = {"run": r.name, "recipe": r.recipe, "seed": r.seed, "status": r.status,
+               "phases": "→".join(p["name"] for p in rec.get("recipe_config", {}).get("phases", [])),
+               "steps": rec.get("steps"),
+               "branched_from": "→".join(rec["branched_from"]["phases"]) if rec.get("branched_from") else ""}
+        for s, n in rec.get("tokens_by_source", {}).items():
+            row[f"tokens/{s}"] = n
+        for s, v in rec.get("final_val_loss", {}).items():
+            row[f"val/{s}"] = round(v, 4)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,352 @@
+"""The training loop: one run = one recipe (a list of phases) on one seed.
+
+Flat and plain PyTorch: AdamW (no decay on biases and norms), gradient clipping, gradient
+accumulation, bf16 autocast on CUDA, a deterministic data order from the seed (see ``data.Mixer``),
+per-source training loss and held-out validation loss logged to ``metrics.jsonl``, and a progress
+bar with tokens/s and ETA. The optimizer, its step counter and the learning-rate schedule carry
+across phases.
+
+Resumable state is written atomically to ``state/step-N/`` (weights as safetensors, optimizer and
+RNG states as tensors loaded with ``weights_only=True``, the data cursor as JSON) and published by
+replacing ``state/LATEST``; a crash during a save leaves the previous state intact. A run killed at
+any moment and restarted with the same command ends with weights bit-identical to an uninterrupted
+run on the same device.
+
+Data parallel: launched under ``torchrun``, each process takes rows ``rank::world`` of the same
+global batch and DDP averages gradients (gloo on CPU, NCCL on CUDA); only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from codetransfer.errors import CodetransferError
+from codetransfer.trained.config import GridConfig, LRSchedule, Phase, Recipe
+from codetransfer.trained.data import Mixer, load_tokens
+from codetransfer.trained.model import build_model
+
+
+@dataclass
+class Cursor:
+    """Where a run is: everything besides weights and optimizer needed to continue exactly."""
+
+    phase: int = 0
+    """Index of the current phase."""
+    step_in_phase: int = 0
+    """Optimizer steps done in the current phase."""
+    step: int = 0
+    """Optimizer steps done in the whole run."""
+    taken: dict[str, int] = field(default_factory=dict)
+    """Rows taken from each source over the run (the position in each source's stream)."""
+    phase_rows: dict[str, int] = field(default_factory=dict)
+    """Rows taken from each source in the current phase (the mixer's deficit state)."""
+    tokens_by_phase: list[dict[str, int]] = field(default_factory=list)
+    """Training tokens per source, per finished or current phase."""
+
+
+def phase_steps(phase: Phase, batch_size: int, n_ctx: int) -> int:
+    return max(1, math.ceil(phase.tokens / (batch_size * n_ctx)))
+
+
+def lr_at(s: LRSchedule, step: int, total: int) -> float:
+    """Learning rate at ``step`` (0-based) of a phase of ``total`` steps."""
+    warm = int(s.warmup * total)
+    if step < warm:
+        return s.peak * (step + 1) / warm
+    if s.schedule == "constant":
+        return s.peak
+    frac = (step - warm) / max(1, total - warm - 1)
+    if s.schedule == "linear":
+        return s.peak + (s.final - s.peak) * frac
+    return s.final + 0.5 * (s.peak - s.final) * (1 + math.cos(math.pi * frac))
+
+
+# --------------------------------------------------------------------------------------------------
+# Training state on disk
+
+
+def save_state(folder: Path, model, optimizer, cursor: Cursor, keep: int = 1) -> Path:
+    """Write state atomically into ``folder/step-N`` and point ``folder/LATEST`` at it."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"step-{cursor.step:08d}"
+    tmp = folder / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save({"cpu": torch.get_rng_state()}, tmp / "rng.pt")
+    (tmp / "cursor.json").write_text(json.dumps(asdict(cursor)))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    final = folder / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    latest_tmp = folder / f".LATEST-{os.getpid()}"
+    latest_tmp.write_text(name)
+    os.replace(latest_tmp, folder / "LATEST")
+    olds = sorted(p for p in folder.glob("step-*") if p.name != name)
+    for old in olds[: max(0, len(olds) - (keep - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_state(folder: Path, model, optimizer) -> Cursor | None:
+    """Restore the state published in ``folder/LATEST``; None when there is none."""
+    from safetensors.torch import load_file
+
+    latest = folder / "LATEST"
+    if not latest.is_file():
+        return None
+    path = folder / latest.read_text().strip()
+    try:
+        model.load_state_dict(load_file(path / "model.safetensors"))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["cpu"])
+        return Cursor(**json.loads((path / "cursor.json").read_text()))
+    except Exception as e:
+        raise CodetransferError(
+            f"{path}: damaged training state ({type(e).__name__}: {str(e)[:120]}); delete {folder} to restart the run"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def make_optimizer(model, grid: GridConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "norm" not in n and "embed" not in n else no_decay).append(p)
+    t = grid.train
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=0.0,
+        betas=(t.beta1, t.beta2),
+        fused=False,
+        foreach=True,
+    )
+
+
+def token_losses(model, x: torch.Tensor) -> torch.Tensor:
+    """Per-row mean next-token loss of rows ``x`` (batch, n_ctx)."""
+    logits = model(input_ids=x).logits[:, :-1]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1), reduction="none")
+    return loss.view(x.size(0), -1).mean(1)
+
+
+@torch.no_grad()
+def validation_losses(model, heldout: dict[str, np.ndarray], n_ctx: int, n_tokens: int, device, batch: int = 16):
+    """Mean loss on the first ``n_tokens`` held-out tokens of each source (fixed windows)."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for s, arr in heldout.items():
+        n = max(1, min(len(arr) // n_ctx, n_tokens // n_ctx))
+        rows = torch.from_numpy(np.asarray(arr[: n * n_ctx], dtype=np.int64).reshape(n, n_ctx))
+        losses = []
+        for i in range(0, n, batch):
+            with _autocast(device):
+                losses.append(token_losses(model, rows[i : i + batch].to(device)))
+        out[s] = float(torch.cat(losses).mean())
+    model.train(was_training)
+    return out
+
+
+def _autocast(device):
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Progress:
+    """A tqdm bar over tokens with tokens/s and ETA (quiet when ``enabled`` is False)."""
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="tok", unit_scale=True,
+                            dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+
+    def update(self, n: int, **post):
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(post, refresh=False)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train_run(
+    grid: GridConfig,
+    recipe: Recipe,
+    seed: int,
+    data_dir: Path,
+    run_dir: Path,
+    *,
+    device: str | torch.device = "cpu",
+    start_from: Path | None = None,
+    start_phase: int = 0,
+    branch_dirs: dict[int, Path] | None = None,
+    stop_after_steps: int | None = None,
+    progress: bool = True,
+) -> Cursor:
+    """Train (or continue) one run; returns the final cursor.
+
+    ``start_from``: a state folder (a branch) to start from at phase ``start_phase`` when the run has no
+    state of its own. ``branch_dirs``: phase index -> folder where the state at the end of that phase is
+    published for other recipes that share the phases so far. ``stop_after_steps``: stop early (tests).
+    """
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if dist else 0
+    world = torch.distributed.get_world_size() if dist else 1
+    t = grid.train
+    n_ctx = grid.model.n_ctx
+    if t.batch_size % (world * t.grad_accum):
+        raise CodetransferError(
+            f"train.batch_size: {t.batch_size} must be divisible by processes x grad_accum = {world} x {t.grad_accum}"
+        )
+    tokenizer_vocab = json.loads((data_dir / "manifest.json").read_text())["vocab_size"]
+    model = build_model(grid.model, vocab_size=tokenizer_vocab, seed=seed).to(device)
+    model.train()
+    optimizer = make_optimizer(model, grid)
+    state_dir = run_dir / "state"
+    cursor = load_state(state_dir, model, optimizer)
+    if cursor is None and start_from is not None:
+        cursor = load_state(start_from, model, optimizer)
+        cursor.phase, cursor.step_in_phase, cursor.phase_rows = start_phase, 0, {}
+    cursor = cursor or Cursor()
+    ddp_model = model
+    if dist:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model)
+
+    sources = sorted({s for p in recipe.phases for s in p.weights()})
+    streams = {s: load_tokens(data_dir, s, "train") for s in sources}
+    heldout = {s: load_tokens(data_dir, s, "heldout") for s in sorted(grid.sources)}
+    mixer = Mixer(streams, n_ctx=n_ctx, seed=seed)
+    metrics = run_dir / "metrics.jsonl"
+    if rank == 0:
+        _truncate_metrics(metrics, cursor.step)
+    total_tokens = sum(phase_steps(p, t.batch_size, n_ctx) for p in recipe.phases) * t.batch_size * n_ctx
+    done_tokens = sum(phase_steps(p, t.batch_size, n_ctx) for p in recipe.phases[: cursor.phase])
+    done_tokens = (done_tokens + cursor.step_in_phase) * t.batch_size * n_ctx
+    bar = Progress(total_tokens, done_tokens, f"{recipe.name} s{seed}", progress and rank == 0)
+    per_rank = t.batch_size // world
+    micro = per_rank // t.grad_accum
+    steps_run = 0
+
+    def log(record):
+        if rank == 0:
+            with open(metrics, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    while cursor.phase < len(recipe.phases):
+        phase = recipe.phases[cursor.phase]
+        weights = phase.weights()
+        n_steps = phase_steps(phase, t.batch_size, n_ctx)
+        while len(cursor.tokens_by_phase) <= cursor.phase:
+            cursor.tokens_by_phase.append({})
+        t_last, tok_last = time.perf_counter(), 0
+        while cursor.step_in_phase < n_steps:
+            if stop_after_steps is not None and steps_run >= stop_after_steps:
+                bar.close()
+                return cursor
+            lr = lr_at(phase.lr, cursor.step_in_phase, n_steps)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            row_sources = Mixer.allocate(weights, cursor.step_in_phase * t.batch_size, t.batch_size, cursor.phase_rows)
+            x_all = mixer.rows(row_sources, cursor.taken)
+            mine = slice(rank, None, world)
+            x = torch.from_numpy(x_all[mine]).to(device)
+            src = row_sources[mine]
+            row_loss = torch.empty(per_rank)
+            for k in range(t.grad_accum):
+                sl = slice(k * micro, (k + 1) * micro)
+                sync = contextlib.nullcontext() if (not dist or k == t.grad_accum - 1) else ddp_model.no_sync()
+                with sync, _autocast(device):
+                    losses = token_losses(ddp_model, x[sl])
+                    (losses.mean() / t.grad_accum).backward()
+                row_loss[sl] = losses.detach().float().cpu()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for s in row_sources:
+                cursor.tokens_by_phase[cursor.phase][s] = cursor.tokens_by_phase[cursor.phase].get(s, 0) + n_ctx
+            cursor.step_in_phase += 1
+            cursor.step += 1
+            steps_run += 1
+            tok_last += t.batch_size * n_ctx
+            loss = float(row_loss.mean())
+            bar.update(t.batch_size * n_ctx, loss=f"{loss:.3f}", phase=phase.name)
+            now = time.perf_counter()
+            record = {"step": cursor.step, "phase": phase.name, "lr": lr, "loss": loss,
+                      "tokens_per_s": round(tok_last / max(now - t_last, 1e-9))}
+            for s in sorted(set(src)):
+                record[f"loss/{s}"] = float(row_loss[[i for i, r in enumerate(src) if r == s]].mean())
+            log(record)
+            t_last, tok_last = now, 0
+            end_of_phase = cursor.step_in_phase == n_steps
+            if t.eval_every and (cursor.step % t.eval_every == 0 or end_of_phase):
+                val = validation_losses(model, heldout, n_ctx, t.eval_tokens, device)
+                log({"step": cursor.step, "phase": phase.name, **{f"val/{s}": v for s, v in val.items()}})
+            if t.snapshot_every and cursor.step % t.snapshot_every == 0 and rank == 0:
+                _snapshot(model, data_dir, run_dir / "checkpoints" / f"step-{cursor.step:08d}")
+            if end_of_phase:
+                cursor.phase += 1
+                cursor.step_in_phase = 0
+                cursor.phase_rows = {}
+            if rank == 0 and (end_of_phase or cursor.step % t.save_every == 0):
+                save_state(state_dir, model, optimizer, cursor)
+                if end_of_phase and branch_dirs and (cursor.phase - 1) in branch_dirs:
+                    b = branch_dirs[cursor.phase - 1]
+                    if not (b / "LATEST").exists():
+                        save_state(b, model, optimizer, cursor)
+            if end_of_phase:
+                break
+    bar.close()
+    if rank == 0:
+        _snapshot(model, data_dir, run_dir)
+    return cursor
+
+
+def _snapshot(model, data_dir: Path, folder: Path) -> None:
+    """An HF checkpoint (safetensors + config.json) plus the grid's tokenizer in ``folder``."""
+    from transformers.utils import logging as hf_logging
+
+    folder.mkdir(parents=True, exist_ok=True)
+    hf_logging.disable_progress_bar()
+    model.save_pretrained(folder, safe_serialization=True)
+    for f in (data_dir / "tokenizer").iterdir():
+        shutil.copy2(f, folder / f.name)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after the state we resume from (they will be logged again)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = []
+    for ln in lines:
+        try:
+            if json.loads(ln).get("step", 0) <= step:
+                kept.append(ln)
+        except json.JSONDecodeError:
+            pass
+    path.write_text("".join(ln + "\n" for ln in kept))
