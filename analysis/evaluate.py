@@ -1,0 +1,557 @@
+"""Scoring task items by candidate log-probability, every run on every task, with bootstrap intervals.
+
+**Scoring one item.** The model reads ``[bos] + tokens(prompt)`` (the BOS policy of
+``codetransfer.trained.tokenizer``). Each candidate is scored by the *summed* log-probability of its
+tokens as the continuation of the prompt (no length normalisation, as :class:`~codetransfer.tasks.items.Item`
+specifies)::
+
+    logprob(c) = sum_k log p(c_k | bos, prompt, c_1 .. c_{k-1})
+
+The item is ``correct`` when the answer's log-probability is strictly larger than every other
+candidate's, and ``logit_diff = logprob(answer) - max(logprob(other candidates))`` (> 0 iff correct).
+
+The candidate is tokenized on its own and appended to the prompt's tokens ("as planned"). Byte-level
+BPE may tokenize ``prompt + candidate`` differently — e.g. a candidate ``"x"`` after a prompt ending in
+``"bo"`` becomes the single token ``"box"`` — and then the planned continuation is not what the model
+would read; such candidates are refused (the task generator should start candidates with a space).
+
+**Batching.** Every item is turned into as few rows as possible: one row ``bos + prompt`` when all its
+candidates are single tokens (one forward gives every candidate's log-probability at the prompt's last
+position), otherwise one row ``bos + prompt + c[:-1]`` per multi-token candidate, with the
+single-token candidates read off the first row. Rows are sorted by length, right-padded and run in
+batches of ``batch_size`` rows, one forward each; the model is causal, so a position's logits do not
+depend on the padding after it (no attention mask needed, and rotary positions start at 0 for every
+row). Only the scored positions go through ``log_softmax``. Everything is checked (context length,
+candidate tokenization, labels) before the first forward, so a bad item wastes no compute and leaves
+no partial table.
+
+**Across runs.** :func:`score_runs` scores the same items (generated once per task, seeded) with every
+loaded run and returns one row per (run, item). :func:`tidy_table` turns that into DESIGN.md's tidy
+table: per run x task x difficulty (and ``'all'``) x metric (``accuracy``, ``logit_diff``), the mean
+with a percentile-bootstrap interval over items; plus, in the SAME table, one row per *recipe*
+aggregated over its seeds, marked ``run = "<recipe>*"`` and ``seed = <NA>``, whose interval comes from
+the seeds-then-items bootstrap of :mod:`codetransfer.analysis.stats` (items are shared by all seeds,
+so the crossed version). ``difficulty`` is a string column (``"0"``, ``"1"``, ..., ``"all"``) so that
+the table stores in parquet. Filter ``run.str.endswith("*")`` to get (or drop) the aggregated rows.
+
+:func:`relative_change_summary` gives the paper's headline: per category (reasoning, knowledge, code)
+the relative change of each recipe's accuracy vs a baseline recipe (default ``"text-only"``), items of
+all the category's tasks pooled, with a bootstrap interval of the ratio (seeds of each recipe resampled
+independently, item resamples shared because every run saw the same items).
+
+:func:`heldout_loss` is the per-source held-out next-token loss on token arrays (the training room's
+``.npy`` files), in non-overlapping windows of the model's context, with a bootstrap over windows; the
+``stdlib`` source is the ``code`` category by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from codetransfer.analysis.stats import (
+    bootstrap_ci,
+    hierarchical_bootstrap_ci,
+    relative_change_ci,
+)
+from codetransfer.errors import CodetransferError, did_you_mean
+
+METRICS = ("accuracy", "logit_diff")
+
+#: per-item score columns (besides run, recipe, seed)
+ITEM_COLUMNS = (
+    "task", "version", "item_seed", "index", "category", "rendering", "difficulty", "template",
+    "n_candidates", "label", "chance", "logprobs", "logprob_answer", "logit_diff", "correct",
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# model helpers (TransformerBridge or plain HF causal LM)
+
+
+def model_n_ctx(model) -> int:
+    """The context length of a TransformerBridge (``cfg.n_ctx``) or a HF model (``max_position_embeddings``)."""
+    cfg = getattr(model, "cfg", None)
+    n = getattr(cfg, "n_ctx", None)
+    if n is None:
+        n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if n is None:
+        raise CodetransferError(
+            f"model: cannot find its context length (no cfg.n_ctx or config.max_position_embeddings) on a "
+            f"{type(model).__name__}; pass a TransformerBridge or a transformers causal LM"
+        )
+    return int(n)
+
+
+def forward_logits(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
+    """Logits of a TransformerBridge (returns a tensor) or a HF causal LM (returns ``.logits``)."""
+    out = model(tokens)
+    return out if isinstance(out, Tensor) else out.logits
+
+
+# --------------------------------------------------------------------------------------------------
+# planning: items -> rows of tokens and scored (row, position, target) entries
+
+
+def _item_name(item) -> str:
+    return f"item {item.task}#{item.index}"
+
+
+def _plan(items: Sequence, tokenizer, n_ctx: int):
+    """Token rows and scored entries for ``items``; raises on the first bad item (before any forward)."""
+    if len(items) == 0:
+        raise CodetransferError("items: expected at least one item to score, got an empty list")
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        raise CodetransferError("tokenizer: has no bos_token; load the run's tokenizer with codetransfer")
+    backend = tokenizer.backend_tokenizer
+    prompts = [it.prompt for it in items]
+    prompt_ids = [e.ids for e in backend.encode_batch(prompts, add_special_tokens=False)]
+    flat_cands = [c for it in items for c in it.candidates]
+    cand_ids = [e.ids for e in backend.encode_batch(flat_cands, add_special_tokens=False)]
+    joint_ids = [
+        e.ids
+        for e in backend.encode_batch([it.prompt + c for it in items for c in it.candidates], add_special_tokens=False)
+    ]
+
+    rows: list[list[int]] = []
+    entry_row, entry_pos, entry_tgt, entry_pair = [], [], [], []
+    pair = 0
+    for i, it in enumerate(items):
+        name = _item_name(it)
+        k = len(it.candidates)
+        if k < 2:
+            raise CodetransferError(f"{name}: expected at least 2 candidates, got {k}; fix the task generator")
+        if len(set(it.candidates)) != k:
+            raise CodetransferError(f"{name}: candidates {it.candidates!r} repeat; they must be distinct")
+        if not 0 <= it.label < k:
+            raise CodetransferError(f"{name}: label {it.label} is not an index into its {k} candidates")
+        p = [bos, *prompt_ids[i]]
+        if len(prompt_ids[i]) == 0:
+            raise CodetransferError(f"{name}: the prompt is empty; every item needs a prompt")
+        first_row = None
+        for j, cand in enumerate(it.candidates):
+            c = cand_ids[pair + j]
+            if len(c) == 0:
+                raise CodetransferError(f"{name}: candidate {j} is empty; candidates need at least one token")
+            if joint_ids[pair + j] != prompt_ids[i] + c:
+                raise CodetransferError(
+                    f"{name}: candidate {cand!r} does not tokenize as a continuation (its first token merges "
+                    f"with the prompt's end {it.prompt[-8:]!r}); start candidates with a space or end the "
+                    "prompt at a word boundary"
+                )
+            need = len(p) + len(c) - 1
+            if need > n_ctx:
+                raise CodetransferError(
+                    f"{name}: prompt + candidate {j} is {need} tokens (with BOS), longer than the model's "
+                    f"context n_ctx={n_ctx}; use shorter items (lower difficulty) or a model with a longer context"
+                )
+        for j, cand in enumerate(it.candidates):
+            c = cand_ids[pair + j]
+            if len(c) > 1:
+                row = len(rows)
+                rows.append(p + c[:-1])
+                if first_row is None:
+                    first_row = row
+                for t, tok in enumerate(c):
+                    entry_row.append(row)
+                    entry_pos.append(len(p) - 1 + t)
+                    entry_tgt.append(tok)
+                    entry_pair.append(pair + j)
+        if first_row is None:
+            first_row = len(rows)
+            rows.append(p)
+        for j, _ in enumerate(it.candidates):
+            c = cand_ids[pair + j]
+            if len(c) == 1:
+                entry_row.append(first_row)
+                entry_pos.append(len(p) - 1)
+                entry_tgt.append(c[0])
+                entry_pair.append(pair + j)
+        pair += k
+    entries = np.array([entry_row, entry_pos, entry_tgt, entry_pair], dtype=np.int64)
+    return rows, entries, pair
+
+
+def _batches(rows: list[list[int]], batch_size: int):
+    """Row indices in batches of similar length (longest first)."""
+    order = sorted(range(len(rows)), key=lambda r: -len(rows[r]))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def _pad(rows: list[list[int]], batch: list[int], pad_id: int, device) -> Int[Tensor, "batch pos"]:
+    width = max(len(rows[r]) for r in batch)
+    out = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    for b, r in enumerate(batch):
+        out[b, : len(rows[r])] = torch.tensor(rows[r], dtype=torch.long)
+    return out.to(device)
+
+
+@torch.no_grad()
+def candidate_logprobs(
+    model, tokenizer, items: Sequence, batch_size: int = 32, device: str | torch.device = "cpu"
+) -> list[np.ndarray]:
+    """Summed continuation log-probability of every candidate of every item (one array per item)."""
+    if batch_size < 1:
+        raise CodetransferError(f"batch_size: expected a positive number of rows per forward, got {batch_size}")
+    rows, entries, n_pairs = _plan(items, tokenizer, model_n_ctx(model))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.bos_token_id
+    scores = torch.zeros(n_pairs, dtype=torch.float64)
+    by_row = np.argsort(entries[0], kind="stable")
+    starts = np.searchsorted(entries[0][by_row], np.arange(len(rows) + 1))
+    for batch in _batches(rows, batch_size):
+        tokens = _pad(rows, batch, pad_id, device)
+        logits = forward_logits(model, tokens)
+        sel = np.concatenate([by_row[starts[r] : starts[r + 1]] for r in batch])
+        local = np.concatenate([np.full(starts[r + 1] - starts[r], b) for b, r in enumerate(batch)])
+        b_idx = torch.as_tensor(local, device=logits.device)
+        p_idx = torch.as_tensor(entries[1][sel], device=logits.device)
+        tgt = torch.as_tensor(entries[2][sel], device=logits.device)
+        lp = torch.log_softmax(logits[b_idx, p_idx].float(), dim=-1).gather(1, tgt[:, None])[:, 0]
+        scores.index_add_(0, torch.as_tensor(entries[3][sel]), lp.double().cpu())
+    out, s = [], 0
+    flat = scores.numpy()
+    for it in items:
+        out.append(flat[s : s + len(it.candidates)].copy())
+        s += len(it.candidates)
+    return out
+
+
+def score_items(
+    model, tokenizer, items: Sequence, batch_size: int = 32, device: str | torch.device = "cpu"
+) -> pd.DataFrame:
+    """One row per item: log-probability of every candidate, ``correct`` and ``logit_diff``.
+
+    ``model`` is a loaded TransformerBridge or a HF causal LM, already on ``device``. Columns:
+    ``task, version, item_seed, index, category, rendering, difficulty, template, n_candidates, label,
+    chance, logprobs`` (list, one per candidate), ``logprob_answer, logit_diff, correct``.
+    """
+    lps = candidate_logprobs(model, tokenizer, items, batch_size, device)
+    recs = []
+    for it, lp in zip(items, lps):
+        others = np.delete(lp, it.label)
+        diff = float(lp[it.label] - others.max())
+        recs.append(
+            (it.task, it.version, it.seed, it.index, it.category, it.rendering, int(it.difficulty), it.template,
+             len(it.candidates), it.label, 1.0 / len(it.candidates), lp.tolist(), float(lp[it.label]), diff,
+             diff > 0)
+        )
+    return pd.DataFrame.from_records(recs, columns=list(ITEM_COLUMNS))
+
+
+# --------------------------------------------------------------------------------------------------
+# every run on every task
+
+
+def make_items(tasks, n_items: int, seed: int) -> dict[str, list]:
+    """``{task name: items}``: generated once (seeded) from the task registry, or passed through.
+
+    ``tasks`` is a list of task names (``codetransfer.tasks.get_task(name).generate(n_items, seed)``) or
+    already a mapping of name to items.
+    """
+    if isinstance(tasks, Mapping):
+        out = {str(k): list(v) for k, v in tasks.items()}
+    else:
+        if isinstance(tasks, str):
+            tasks = [t for t in tasks.split(",") if t]
+        if n_items < 1:
+            raise CodetransferError(f"n_items: expected a positive number of items per task, got {n_items}")
+        try:
+            from codetransfer.tasks import get_task, list_tasks
+        except ImportError:
+            raise CodetransferError(
+                "tasks: the task registry (codetransfer.tasks.get_task) is not available in this version; "
+                "pass items directly"
+            ) from None
+        known = list(list_tasks())
+        out = {}
+        for name in tasks:
+            if name not in known:
+                raise CodetransferError(
+                    f"tasks: unknown task '{name}'{did_you_mean(name, known)}; choose from {', '.join(known)}"
+                )
+            out[name] = list(get_task(name).generate(n_items, seed))
+    if not out:
+        raise CodetransferError("tasks: expected at least one task, got none")
+    for name, items in out.items():
+        if len(items) == 0:
+            raise CodetransferError(f"tasks: task '{name}' produced no items; ask for n_items >= 1")
+    return out
+
+
+def _run_meta(run) -> tuple[str, str, int]:
+    info = getattr(run, "info", run)
+    try:
+        return str(info.name), str(info.recipe), int(info.seed)
+    except AttributeError:
+        raise CodetransferError(
+            f"loaded_runs: expected loaded runs with .bridge, .tokenizer and .info (.name, .recipe, .seed), "
+            f"got a {type(run).__name__}; load them with codetransfer.trained.load_run"
+        ) from None
+
+
+def score_runs(
+    loaded_runs: Sequence, items_by_task: Mapping[str, Sequence], batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """Per-item scores of every run on every task: :func:`score_items` rows plus ``run, recipe, seed``.
+
+    A run is any object with ``.bridge`` (or ``.model``), ``.tokenizer`` and ``.info`` with ``.name``,
+    ``.recipe``, ``.seed`` (what ``codetransfer.trained.load_run`` returns).
+    """
+    if len(loaded_runs) == 0:
+        raise CodetransferError("loaded_runs: expected at least one run to evaluate, got none")
+    metas = [_run_meta(r) for r in loaded_runs]
+    names = [m[0] for m in metas]
+    if len(set(names)) != len(names):
+        raise CodetransferError(f"loaded_runs: run names repeat ({names}); every run needs its own name")
+    frames = []
+    for run, (name, recipe, seed) in zip(loaded_runs, metas):
+        model = getattr(run, "bridge", None)
+        model = getattr(run, "model", None) if model is None else model
+        for items in items_by_task.values():
+            df = score_items(model, run.tokenizer, items, batch_size, device)
+            df.insert(0, "seed", seed)
+            df.insert(0, "recipe", recipe)
+            df.insert(0, "run", name)
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _levels(df: pd.DataFrame):
+    for d in sorted(df["difficulty"].unique()):
+        yield str(d), df[df["difficulty"] == d]
+    yield "all", df
+
+
+def _metric_values(df: pd.DataFrame, metric: str) -> np.ndarray:
+    return df["correct"].to_numpy(dtype=float) if metric == "accuracy" else df["logit_diff"].to_numpy(float)
+
+
+def tidy_table(scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """DESIGN.md's tidy evaluation table from :func:`score_runs`'s per-item scores (see module docstring).
+
+    Columns: ``run, recipe, seed, task, category, difficulty, metric, value, ci_low, ci_high, chance,
+    n_items``; per-run rows and, with ``run = "<recipe>*"``, per-recipe rows aggregated over seeds.
+    """
+    rng = np.random.default_rng(seed)
+    recs = []
+    for (run, recipe, rseed, task, category), g in scores.groupby(
+        ["run", "recipe", "seed", "task", "category"], sort=True
+    ):
+        for level, gl in _levels(g):
+            for metric in METRICS:
+                v, lo, hi = bootstrap_ci(_metric_values(gl, metric), n_boot, ci, rng)
+                recs.append((run, recipe, rseed, task, category, level, metric, float(v), float(lo), float(hi),
+                             float(gl["chance"].mean()), len(gl)))
+    for (recipe, task, category), g in scores.groupby(["recipe", "task", "category"], sort=True):
+        for level, gl in _levels(g):
+            for metric in METRICS:
+                m = gl.assign(_v=_metric_values(gl, metric)).pivot_table(
+                    index="seed", columns="index", values="_v", aggfunc="mean"
+                ).dropna(axis=1)
+                if m.shape[1] == 0:
+                    continue
+                iv = hierarchical_bootstrap_ci(m.to_numpy(), n_boot, ci, rng, crossed=True)
+                recs.append((f"{recipe}*", recipe, pd.NA, task, category, level, metric, iv.value, iv.low, iv.high,
+                             float(gl["chance"].mean()), m.shape[1]))
+    cols = ["run", "recipe", "seed", "task", "category", "difficulty", "metric", "value", "ci_low", "ci_high",
+            "chance", "n_items"]
+    table = pd.DataFrame.from_records(recs, columns=cols)
+    table["seed"] = table["seed"].astype("Int64")
+    table["difficulty"] = table["difficulty"].astype(str)
+    return table
+
+
+def evaluate_runs(
+    loaded_runs: Sequence, tasks, n_items: int = 200, seed: int = 0, batch_size: int = 32,
+    device: str | torch.device = "cpu", n_boot: int = 2000, ci: float = 0.95,
+) -> pd.DataFrame:
+    """Every run on every task: the tidy table of :func:`tidy_table` (items generated once, shared by all runs)."""
+    items = make_items(tasks, n_items, seed)
+    return tidy_table(score_runs(loaded_runs, items, batch_size, device), n_boot, ci, seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# paper-style summary
+
+
+def relative_change_summary(
+    scores: pd.DataFrame, baseline: str = "text-only", metric: str = "accuracy", n_boot: int = 2000,
+    ci: float = 0.95, seed: int = 0,
+) -> pd.DataFrame:
+    """Relative change of every recipe vs ``baseline`` per category, with bootstrap intervals of the ratio.
+
+    Columns: ``recipe, baseline, category, metric`` (``"relative_change"``), ``of`` (the metric compared),
+    ``value, ci_low, ci_high`` (``value = 0.082`` means +8.2%), ``recipe_value, baseline_value, n_seeds,
+    n_items``. Items of all tasks of a category are pooled (equal weight per item).
+    """
+    if metric not in METRICS:
+        raise CodetransferError(f"metric: expected one of {', '.join(METRICS)}, got '{metric}'")
+    recipes = sorted(scores["recipe"].unique())
+    if baseline not in recipes:
+        raise CodetransferError(
+            f"baseline: recipe '{baseline}' is not among the evaluated recipes{did_you_mean(baseline, recipes)} "
+            f"({', '.join(recipes)}); pass --baseline with one of them"
+        )
+    rng = np.random.default_rng(seed)
+    df = scores.assign(_v=_metric_values(scores, metric), _key=scores["task"] + "#" + scores["index"].astype(str))
+    recs = []
+    for category, g in df.groupby("category", sort=True):
+        mats = {
+            r: gr.pivot_table(index="seed", columns="_key", values="_v", aggfunc="mean")
+            for r, gr in g.groupby("recipe")
+        }
+        if baseline not in mats:
+            continue
+        base = mats[baseline]
+        for recipe in recipes:
+            if recipe == baseline or recipe not in mats:
+                continue
+            cols = base.columns.intersection(mats[recipe].columns)
+            r_m = mats[recipe][cols].dropna(axis=1).to_numpy()
+            b_m = base[cols].dropna(axis=1).to_numpy()
+            paired = r_m.shape[1] == b_m.shape[1]
+            if b_m.mean() == 0:
+                iv_value = iv_low = iv_high = float("nan")
+            else:
+                iv = relative_change_ci(r_m, b_m, n_boot, ci, rng, paired_items=paired)
+                iv_value, iv_low, iv_high = iv.value, iv.low, iv.high
+            recs.append((recipe, baseline, category, "relative_change", metric, iv_value, iv_low, iv_high,
+                         float(r_m.mean()), float(b_m.mean()), r_m.shape[0], r_m.shape[1]))
+    cols = ["recipe", "baseline", "category", "metric", "of", "value", "ci_low", "ci_high", "recipe_value",
+            "baseline_value", "n_seeds", "n_items"]
+    return pd.DataFrame.from_records(recs, columns=cols)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """A small text table: recipes as rows, categories as columns, ``+8.2% [+1.0, +15.3]`` cells."""
+    if summary.empty:
+        return "(no recipes to compare with the baseline)"
+    cell = summary.apply(
+        lambda r: f"{100 * r.value:+.1f}% [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
+        if np.isfinite(r.value) else "n/a",
+        axis=1,
+    )
+    wide = summary.assign(cell=cell).pivot(index="recipe", columns="category", values="cell").fillna("")
+    base = summary["baseline"].iloc[0]
+    return f"relative change of {summary['of'].iloc[0]} vs '{base}' (95% bootstrap CI)\n" + wide.to_string()
+
+
+# --------------------------------------------------------------------------------------------------
+# held-out loss
+
+
+@torch.no_grad()
+def heldout_loss(
+    model, token_arrays_by_source: Mapping[str, np.ndarray | str | Path], batch_size: int = 8,
+    device: str | torch.device = "cpu", max_windows: int | None = None, categories: Mapping[str, str] | None = None,
+    n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+) -> pd.DataFrame:
+    """Per-source held-out next-token loss (nats/token) with a bootstrap interval over context windows.
+
+    Each source's token array (a uint16 array or a path to a ``.npy`` file) is cut into non-overlapping
+    windows of the model's ``n_ctx`` tokens (the last partial window is dropped; at most ``max_windows``
+    evenly spaced windows are used). Rows: ``task`` (``"heldout:<source>"``), ``category`` (``stdlib`` ->
+    ``code`` unless ``categories`` says otherwise; other sources ``"text"``), ``metric`` (``"loss"``),
+    ``value, ci_low, ci_high, n_tokens``.
+    """
+    cats = {"stdlib": "code", **(categories or {})}
+    n_ctx = model_n_ctx(model)
+    rng = np.random.default_rng(seed)
+    recs = []
+    for source, arr in token_arrays_by_source.items():
+        if isinstance(arr, (str, Path)):
+            try:
+                arr = np.load(arr, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise CodetransferError(f"token_arrays_by_source['{source}']: cannot read {arr} ({e})") from None
+        arr = np.asarray(arr)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise CodetransferError(
+                f"token_arrays_by_source['{source}']: expected a 1-D integer token array, got {arr.dtype} {arr.shape}"
+            )
+        n_win = len(arr) // n_ctx
+        if n_win == 0:
+            raise CodetransferError(
+                f"token_arrays_by_source['{source}']: {len(arr)} tokens is shorter than one window of n_ctx={n_ctx}"
+            )
+        starts = np.arange(n_win) * n_ctx
+        if max_windows is not None and n_win > max_windows:
+            starts = starts[np.linspace(0, n_win - 1, max_windows).round().astype(int)]
+        windows = np.stack([np.asarray(arr[s : s + n_ctx], dtype=np.int64) for s in starts])
+        per_window = []
+        for s in range(0, len(windows), batch_size):
+            x = torch.as_tensor(windows[s : s + batch_size], device=device)
+            logits = forward_logits(model, x).float()
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
+            ).view(x.shape[0], -1)
+            per_window.append(nll.mean(1).cpu().numpy())
+        v, lo, hi = bootstrap_ci(np.concatenate(per_window), n_boot, ci, rng)
+        recs.append((f"heldout:{source}", cats.get(source, "text"), "loss", float(v), float(lo), float(hi),
+                     len(windows) * (n_ctx - 1)))
+    return pd.DataFrame.from_records(
+        recs, columns=["task", "category", "metric", "value", "ci_low", "ci_high", "n_tokens"]
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# plots
+
+
+def plot_accuracy_vs_difficulty(table: pd.DataFrame, task: str | None = None, ax=None, metric: str = "accuracy"):
+    """One line per recipe (seed-aggregated rows ``run = "<recipe>*"``, else per run) of ``metric`` vs
+    difficulty, with CI bands and the chance line. ``task`` may be omitted when the table has one task."""
+    import matplotlib.pyplot as plt
+
+    t = table[(table["metric"] == metric) & (table["difficulty"] != "all")]
+    tasks = sorted(t["task"].unique())
+    if task is None:
+        if len(tasks) != 1:
+            raise CodetransferError(f"task: the table has {len(tasks)} tasks ({', '.join(tasks)}); pass task=...")
+        task = tasks[0]
+    elif task not in tasks:
+        raise CodetransferError(f"task: '{task}' is not in the table{did_you_mean(task, tasks)}; choose from {tasks}")
+    t = t[t["task"] == task]
+    agg = t[t["run"].str.endswith("*")]
+    t, key = (agg, "recipe") if len(agg) else (t, "run")
+    ax = ax if ax is not None else plt.gca()
+    for name, g in t.groupby(key, sort=True):
+        g = g.assign(_d=g["difficulty"].astype(int)).sort_values("_d")
+        (line,) = ax.plot(g["_d"], g["value"], marker="o", label=name)
+        ax.fill_between(g["_d"], g["ci_low"], g["ci_high"], color=line.get_color(), alpha=0.2)
+    if metric == "accuracy" and len(t):
+        ch = t.assign(_d=t["difficulty"].astype(int)).groupby("_d")["chance"].mean()
+        ax.plot(ch.index, ch.values, "k--", lw=1, label="chance")
+    ax.set_xlabel("difficulty")
+    ax.set_ylabel(metric)
+    ax.set_title(task)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_relative_change(summary: pd.DataFrame, ax=None):
+    """Grouped bars: relative change vs the baseline per category, one bar per recipe, CI error bars."""
+    import matplotlib.pyplot as plt
+
+    ax = ax if ax is not None else plt.gca()
+    cats = sorted(summary["category"].unique())
+    recipes = sorted(summary["recipe"].unique())
+    width = 0.8 / max(1, len(recipes))
+    for k, recipe in enumerate(recipes):
+        g = summary[summary["recipe"] == recipe].set_index("category").reindex(cats)
+        x = np.arange(len(cats)) + (k - (len(recipes) - 1) / 2) * width
+        yerr = np.abs(np.vstack([g["value"] - g["ci_low"], g["ci_high"] - g["value"]]) * 100)
+        ax.bar(x, g["value"] * 100, width, yerr=np.nan_to_num(yerr, posinf=0), capsize=3, label=recipe)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(cats)), cats)
+    ax.set_ylabel(f"relative change vs '{summary['baseline'].iloc[0]}' (%)" if len(summary) else "relative change (%)")
+    ax.legend(fontsize="small")
+    return ax
