@@ -1,0 +1,154 @@
+"""Train/test splits that hold out whole templates or entities, and bootstrap confidence intervals.
+
+Rows of a probing set are not independent: rows from one item share a prompt, items from one template
+share wording, items about one entity share its name. Splitting rows (or items) at random lets a probe
+score by recognising a template or an entity it has seen. So splits here are always by *group*:
+
+* :func:`group_splits` holds out whole groups (e.g. templates), via ``GroupShuffleSplit``, for several
+  seeds;
+* :func:`entity_splits` holds out a set of *entities*: every row that mentions a held-out entity is a
+  test row and no training row mentions one (rows mention several entities, so this is not a plain
+  group split).
+
+There is deliberately no item-level split.
+
+Intervals are percentile bootstraps (95% by default) that resample test *groups* (a cluster bootstrap)
+when groups are given, rows otherwise; with several split seeds each resample draws from every seed's
+test set and averages over seeds, matching a value reported as the mean over seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import GroupShuffleSplit
+
+from codetransfer.errors import CodetransferError
+
+
+@dataclass(frozen=True)
+class Split:
+    """One held-out split."""
+
+    seed: int
+    """Seed that drew it."""
+    train: np.ndarray
+    """Row indices to fit on."""
+    test: np.ndarray
+    """Row indices to score on (no group / entity in common with ``train``)."""
+
+
+def _check_labels(labels, train, seed, what):
+    if labels is not None and len(np.unique(np.asarray(labels)[train])) < 2:
+        raise CodetransferError(
+            f"labels: the {what} split with seed {seed} leaves a single class in training; "
+            "use more items or a smaller test_fraction"
+        )
+
+
+def group_splits(
+    groups: Sequence,
+    *,
+    labels: Sequence | None = None,
+    test_fraction: float = 0.3,
+    seeds: Sequence[int] = (0, 1, 2),
+) -> list[Split]:
+    """Hold out about ``test_fraction`` of the groups, once per seed."""
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise CodetransferError(
+            f"groups: expected at least 2 distinct groups (templates/entities) to hold some out, got {n_groups}; "
+            "generate items from more templates or split by entity"
+        )
+    if not 0 < test_fraction < 1:
+        raise CodetransferError(f"test_fraction: expected a number in (0, 1), got {test_fraction}")
+    out = []
+    for seed in seeds:
+        gss = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=int(seed))
+        train, test = next(gss.split(np.zeros(len(groups)), groups=groups))
+        _check_labels(labels, train, seed, "group")
+        out.append(Split(int(seed), np.sort(train), np.sort(test)))
+    return out
+
+
+def entity_splits(
+    entities: Sequence[Sequence[str]],
+    *,
+    labels: Sequence | None = None,
+    test_fraction: float = 0.3,
+    seeds: Sequence[int] = (0, 1, 2),
+) -> list[Split]:
+    """Hold out entities: rows mentioning any held-out entity are test rows, the rest train.
+
+    Entities are added to the held-out set in a random order (per seed) until at least
+    ``test_fraction`` of the rows are test rows.
+    """
+    sets = [frozenset(e) for e in entities]
+    universe = sorted(set().union(*sets)) if sets else []
+    if len(universe) < 2:
+        raise CodetransferError(
+            f"entities: expected at least 2 distinct entities to hold some out, got {len(universe)}"
+        )
+    if not 0 < test_fraction < 1:
+        raise CodetransferError(f"test_fraction: expected a number in (0, 1), got {test_fraction}")
+    n = len(sets)
+    out = []
+    for seed in seeds:
+        rng = np.random.default_rng(int(seed))
+        held: set[str] = set()
+        in_test = np.zeros(n, dtype=bool)
+        for ent in rng.permutation(universe):
+            if in_test.mean() >= test_fraction:
+                break
+            held.add(ent)
+            in_test |= np.array([ent in s for s in sets])
+        train, test = np.flatnonzero(~in_test), np.flatnonzero(in_test)
+        if len(train) == 0 or len(test) == 0:
+            raise CodetransferError(
+                "entities: every row mentions so many entities that no entity split leaves training rows; "
+                "split by template instead"
+            )
+        _check_labels(labels, train, seed, "entity")
+        out.append(Split(int(seed), train, test))
+    return out
+
+
+def bootstrap_ci(
+    values: Sequence[np.ndarray] | np.ndarray,
+    groups: Sequence[np.ndarray] | np.ndarray | None = None,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean and percentile-bootstrap interval of per-row ``values`` (e.g. 0/1 correctness).
+
+    ``values`` is one array, or a list of arrays (one per split seed; the statistic is the mean over
+    seeds of each seed's mean). ``groups`` (same structure) makes it a cluster bootstrap over groups.
+
+    Returns ``(value, ci_low, ci_high)``.
+    """
+    if isinstance(values, np.ndarray) and values.ndim == 1:
+        values = [values]
+        groups = None if groups is None else [np.asarray(groups)]
+    values = [np.asarray(v, dtype=float) for v in values]
+    if any(len(v) == 0 for v in values):
+        raise CodetransferError("values: expected non-empty arrays to bootstrap")
+    if groups is None:
+        groups = [np.arange(len(v)) for v in values]
+    rng = np.random.default_rng(seed)
+    stats = np.zeros(n_boot)
+    point = float(np.mean([v.mean() for v in values]))
+    for v, g in zip(values, groups):
+        uniq, inv = np.unique(np.asarray(g), return_inverse=True)
+        sums = np.bincount(inv, weights=v, minlength=len(uniq))
+        counts = np.bincount(inv, minlength=len(uniq)).astype(float)
+        draws = rng.integers(0, len(uniq), size=(n_boot, len(uniq)))
+        stats += sums[draws].sum(1) / counts[draws].sum(1)
+    stats /= len(values)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return point, float(lo), float(hi)
