@@ -66,6 +66,13 @@ class Item:
     """Partner differing in exactly one fact, with a different answer (same candidates, other label)."""
     twin: Item | None = None
     """The same world state rendered in the other format, with the same span keys."""
+    facts: tuple[str, ...] = ()
+    """Canonical facts behind the prompt, one per statement (e.g. ``move(pen,C)``); a counterfactual
+    partner differs from its item in exactly one of them."""
+    split: str = ""
+    """'train' or 'eval': which entity pools and templates the generator drew from."""
+    source: str = ""
+    """Provenance a person can check (e.g. the dictionary gloss a knowledge item was mined from)."""
 
     @property
     def answer(self) -> str:
