@@ -1,0 +1,642 @@
+"""Activation patching: within a model, between models of the grid, and between renderings.
+
+Method
+------
+Activation patching (ROME; Zhang & Nanda 2023 for best practice) asks which activations a model
+*uses*. We run the model on two prompts that differ in one fact — the *clean* prompt (an
+:class:`~codetransfer.tasks.items.Item`) and its *counterfactual* (the "corrupted" run, whose right
+answer is another candidate) — and measure the logit difference
+
+    metric = logit(answer of the clean item) - logit(answer of the counterfactual)
+
+at the position that predicts the answer. Then we re-run one prompt while replacing a single
+activation (a *site* at one layer, one position, one head) with its value from the other run:
+
+* **denoising** (the default, ``direction="denoising"``): run the corrupted prompt, patch in a
+  clean activation. A site whose clean value restores the clean answer is *sufficient* to carry
+  the fact.
+* **noising** (``direction="noising"``): run the clean prompt, patch in a corrupted activation. A
+  site whose corrupted value destroys the answer is *necessary*.
+
+Both are reported on one scale, ``(patched - corrupted) / (clean - corrupted)``: 0 is the
+corrupted run and 1 the clean run. The scale is a ratio of item means (more stable than a mean of
+per-item ratios when a pair's gap is small), and its interval is a percentile bootstrap over items.
+
+Sites (TransformerBridge hook names, ``l`` = layer): ``resid_pre`` (``blocks.l.hook_resid_pre``),
+``resid_mid`` (the residual after attention), ``attn_out`` and ``mlp_out`` (a layer's write), per
+head ``head_out`` (``blocks.l.attn.hook_z``, i.e. the head's output before the shared ``W_O``), and
+``q``/``k``/``v`` (``blocks.l.attn.hook_q/k/v``). Each is swept by layer and position (``by_pos``)
+or by layer over all positions; head sites also by head.
+
+Speed
+-----
+TransformerLens' ``transformer_lens.patching`` runs one full forward per cell. Here
+
+1. the clean and corrupted runs are cached once (residual streams, layer writes, ``hook_z``, and
+   the keyword arguments every block receives: mask, rotary embeddings);
+2. a patched run starts *at the patched layer*: block ``l`` is called directly on the cached
+   residual (``bridge.blocks[l](resid, **block_kwargs)``) instead of re-running blocks ``0..l-1``;
+   a write (``attn_out``, ``mlp_out``, a head's ``z @ W_O``) is patched by adding the
+   source-minus-target difference to the cached residual after it, so ``attn_out`` / ``head_out``
+   runs start after block ``l``'s attention and ``mlp_out`` runs at block ``l + 1``;
+3. many cells are stacked along the batch dimension of one forward (``max_rows`` rows per call);
+4. only the logits at the answer position are computed (the unembedding is the largest matmul of
+   a small-vocabulary model at short prompts).
+
+``q``/``k``/``v`` are patched with a hook on block ``l`` (still starting at ``l``, still stacked).
+The results equal TransformerLens' own patching functions on the same inputs (tested to 1e-5),
+with one deliberate exception: on this bridge ``hook_resid_mid`` is the input of ``ln2`` only, so
+TransformerLens' ``get_act_patch_resid_mid`` changes the MLP's input but not the residual skip;
+our ``resid_mid`` replaces the whole residual stream after attention (patching every position then
+restores the source run exactly, as for ``resid_pre``).
+
+Also here: path patching from a sender head into receivers' q/k/v
+(:func:`path_patching`, TransformerLens' ``get_act_patch_direct_path``), attribution patching as a
+fast screen with its rank agreement to exact patching (:func:`attribution_screen`), circuit
+faithfulness (:func:`circuit_faithfulness`), cross-model patching (:func:`cross_model_patching`,
+Prakash et al. 2024) and cross-rendering patching (:func:`cross_rendering_patching`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from codetransfer.errors import CodetransferError, did_you_mean
+
+# ----------------------------------------------------------------------------------------------
+# Sites
+
+SITES = ("resid_pre", "resid_mid", "attn_out", "mlp_out", "head_out", "q", "k", "v")
+HEAD_SITES = ("head_out", "q", "k", "v")
+DIRECTIONS = ("denoising", "noising")
+TABLE_COLUMNS = (
+    "run", "recipe", "seed", "task", "site", "layer", "head", "pos", "pos_label", "metric", "value",
+    "ci_low", "ci_high",
+)  # fmt: skip
+
+_HOOK = {
+    "resid_pre": "blocks.{l}.hook_resid_pre",
+    "resid_mid": "blocks.{l}.hook_resid_mid",
+    "attn_out": "blocks.{l}.hook_attn_out",
+    "mlp_out": "blocks.{l}.hook_mlp_out",
+    "head_out": "blocks.{l}.attn.hook_z",
+    "q": "blocks.{l}.attn.hook_q",
+    "k": "blocks.{l}.attn.hook_k",
+    "v": "blocks.{l}.attn.hook_v",
+}
+
+
+def hook_name(site: str, layer: int) -> str:
+    """The TransformerBridge hook name of ``site`` at ``layer``."""
+    check_site(site)
+    return _HOOK[site].format(l=layer)
+
+
+def check_site(site: str) -> str:
+    if site not in SITES:
+        raise CodetransferError(
+            f"site: expected one of {', '.join(SITES)}, got {site!r}{did_you_mean(site, SITES)}"
+        )
+    return site
+
+
+# ----------------------------------------------------------------------------------------------
+# The metric
+
+
+@dataclass(frozen=True)
+class LogitDiff:
+    """Per item: logit of the clean answer minus logit of the counterfactual answer at one position."""
+
+    position: Int[Tensor, " batch"]
+    """Token index whose next-token logits are read (the last prompt token)."""
+    answer: Int[Tensor, " batch"]
+    """First token of the clean item's answer."""
+    counter: Int[Tensor, " batch"]
+    """First token of the counterfactual's answer (must differ from ``answer``)."""
+
+    def __post_init__(self):
+        n = {len(self.position), len(self.answer), len(self.counter)}
+        if len(n) != 1:
+            raise CodetransferError(
+                f"LogitDiff: position, answer and counter must have one entry per item, got lengths "
+                f"{len(self.position)}, {len(self.answer)}, {len(self.counter)}"
+            )
+        same = (self.answer == self.counter).nonzero().flatten().tolist()
+        if same:
+            raise CodetransferError(
+                f"counterfactual: item(s) {same[:5]} have the same answer token as their counterfactual; "
+                "a counterfactual must change the answer — drop those items or fix the generator"
+            )
+
+    def __len__(self) -> int:
+        return len(self.answer)
+
+    def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, " batch"]:
+        """The metric on full logits (any batch that is a whole number of copies of the items)."""
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        reps = logits.shape[0] // len(self)
+        pos = self.position.to(logits.device).repeat(reps)
+        return self.from_final(logits[rows, pos])
+
+    def from_final(self, final: Float[Tensor, "rows vocab"]) -> Float[Tensor, " rows"]:
+        """The metric on logits already taken at ``position`` (rows = copies of the items)."""
+        reps = final.shape[0] // len(self)
+        rows = torch.arange(final.shape[0], device=final.device)
+        a = self.answer.to(final.device).repeat(reps)
+        c = self.counter.to(final.device).repeat(reps)
+        return final[rows, a] - final[rows, c]
+
+    def mean(self) -> Callable[[Tensor], Tensor]:
+        """A scalar metric (batch mean), the form TransformerLens' patching functions expect."""
+        return lambda logits: self(logits).mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# Cached runs
+
+
+@dataclass
+class RunCache:
+    """One unpatched run: the activations every patched run starts from, plus block kwargs."""
+
+    tokens: Int[Tensor, "batch pos"]
+    acts: dict[str, Tensor]
+    """Hook name -> activation ``[batch, pos, ...]`` (resid_pre/mid/post, writes, z, q, k, v)."""
+    block_kwargs: list[dict]
+    """Keyword arguments each block received (attention mask, rotary embeddings, ...)."""
+    final: Float[Tensor, "batch vocab"]
+    """Logits at the metric position."""
+    metric: Float[Tensor, " batch"]
+    """The unpatched run's metric per item."""
+    position: Int[Tensor, " batch"]
+    """The metric position per item (where ``final`` was read)."""
+
+
+def _cache_names(n_layers: int) -> list[str]:
+    names = []
+    for l in range(n_layers):
+        names += [
+            f"blocks.{l}.hook_resid_pre",
+            f"blocks.{l}.hook_resid_mid",
+            f"blocks.{l}.hook_resid_post",
+            f"blocks.{l}.hook_attn_out",
+            f"blocks.{l}.hook_mlp_out",
+            f"blocks.{l}.attn.hook_z",
+            f"blocks.{l}.attn.hook_q",
+            f"blocks.{l}.attn.hook_k",
+            f"blocks.{l}.attn.hook_v",
+        ]
+    return names
+
+
+def check_model(model) -> None:
+    """Refuse models the fast runner cannot re-enter (no ``blocks`` stack, training mode)."""
+    if not hasattr(model, "blocks") or not hasattr(model, "ln_final") or not hasattr(model, "unembed"):
+        raise CodetransferError(
+            f"model: expected a TransformerBridge with blocks, ln_final and unembed, got {type(model).__name__}; "
+            "load it with codetransfer.trained.loading.load_bridge"
+        )
+    if model.training:
+        raise CodetransferError("model: is in training mode; call model.eval() before patching")
+
+
+def run_cache(model, tokens: Int[Tensor, "batch pos"], metric: LogitDiff) -> RunCache:
+    """Run ``model`` once on ``tokens`` and keep what patched runs need."""
+    check_model(model)
+    n_layers = model.cfg.n_layers
+    captured: dict[int, dict] = {}
+
+    def grab(index):
+        def pre_hook(module, args, kwargs):
+            captured[index] = dict(kwargs)
+
+        return pre_hook
+
+    handles = [blk.register_forward_pre_hook(grab(i), with_kwargs=True) for i, blk in enumerate(model.blocks)]
+    names = set(_cache_names(n_layers))
+    try:
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    finally:
+        for h in handles:
+            h.remove()
+    block_kwargs = []
+    for i in range(n_layers):
+        kw = dict(captured[i])
+        kw["layer_past"] = None
+        kw["use_cache"] = False
+        block_kwargs.append(kw)
+    acts = {n: cache[n].detach() for n in names if n in cache}
+    rows = torch.arange(tokens.shape[0])
+    final = logits[rows, metric.position.to(logits.device)].detach()
+    return RunCache(tokens, acts, block_kwargs, final, metric.from_final(final), metric.position)
+
+
+def _expand_kwargs(kwargs: dict, reps: int) -> dict:
+    if reps == 1:
+        return kwargs
+    out = dict(kwargs)
+    mask = out.get("attention_mask")
+    if isinstance(mask, Tensor) and mask.shape[0] > 1:
+        out["attention_mask"] = mask.repeat(reps, *([1] * (mask.ndim - 1)))
+    return out
+
+
+def _run_from(
+    model, target: RunCache, h: Float[Tensor, "rows pos d_model"], layer: int, mid: bool, hooks=()
+) -> Float[Tensor, "rows vocab"]:
+    """Finish a forward from residual ``h`` entering block ``layer`` (after its attention if ``mid``).
+
+    Returns the logits at the metric position of each row (rows = copies of the target batch).
+    """
+    batch = target.tokens.shape[0]
+    reps = h.shape[0] // batch
+    n_layers = model.cfg.n_layers
+    with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
+        if mid:
+            blk = model.blocks[layer]
+            h = h + blk.mlp(blk.ln2(h))
+            layer += 1
+        for l in range(layer, n_layers):
+            out = model.blocks[l](h, **_expand_kwargs(target.block_kwargs[l], reps))
+            h = out[0] if isinstance(out, tuple) else out
+        pos = target.position.to(h.device).repeat(reps)
+        last = h[torch.arange(h.shape[0], device=h.device), pos]
+        return model.unembed(model.ln_final(last))
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells and the generic patcher
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One patch: a site at a layer, optionally one head, at one position per item or all positions."""
+
+    layer: int
+    head: int | None = None
+    pos: Int[Tensor, " batch"] | None = field(default=None, compare=False)
+    """Target token index per item; None = all positions."""
+    src_pos: Int[Tensor, " batch"] | None = field(default=None, compare=False)
+    """Source token index per item (defaults to ``pos``; differs across renderings)."""
+    pos_label: str = "all"
+    """How the position is named in tables: an absolute index ('3'), a span key, or 'all'."""
+
+
+def _delta_at(
+    src: Tensor, tgt: Tensor, cell: Cell, head_map: Callable[[Tensor], Tensor] | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """(difference to add, target positions) for one cell; head_map maps a head vector to d_model."""
+    if cell.pos is None:
+        s, t = src, tgt
+    else:
+        rows = torch.arange(tgt.shape[0])
+        sp = cell.pos if cell.src_pos is None else cell.src_pos
+        s, t = src[rows, sp], tgt[rows, cell.pos]
+    if cell.head is not None:
+        s, t = s[..., cell.head, :], t[..., cell.head, :]
+    d = s - t
+    if head_map is not None:
+        d = head_map(d)
+    return d, cell.pos
+
+
+def _set_at(act: Tensor, src: Tensor, cell: Cell) -> None:
+    """In place: ``act`` (one copy of the target batch) takes ``src``'s value at ``cell``."""
+    if cell.pos is None:
+        if cell.head is None:
+            act[:] = src
+        else:
+            act[:, :, cell.head] = src[:, :, cell.head]
+        return
+    rows = torch.arange(act.shape[0])
+    sp = cell.pos if cell.src_pos is None else cell.src_pos
+    if cell.head is None:
+        act[rows, cell.pos] = src[rows, sp]
+    else:
+        act[rows, cell.pos, cell.head] = src[rows, sp, cell.head]
+
+
+def _chunks(cells: Sequence[Cell], size: int):
+    for i in range(0, len(cells), size):
+        yield i, cells[i : i + size]
+
+
+def patch_cells(
+    model,
+    target: RunCache,
+    source_acts: Mapping[str, Tensor],
+    site: str,
+    cells: Sequence[Cell],
+    metric: LogitDiff,
+    max_rows: int = 256,
+) -> Float[Tensor, "cell batch"]:
+    """The generic patcher: the metric of ``target`` with ``site`` replaced by the source at each cell.
+
+    ``source_acts`` maps hook names to source activations (same batch; positions may differ when
+    cells carry ``src_pos``). Cells are grouped by layer and stacked along the batch dimension.
+    """
+    check_site(site)
+    check_model(model)
+    batch = target.tokens.shape[0]
+    n_layers = model.cfg.n_layers
+    out = torch.empty(len(cells), batch)
+    per_call = max(1, max_rows // batch)
+    by_layer: dict[int, list[int]] = {}
+    for i, c in enumerate(cells):
+        if not 0 <= c.layer < n_layers:
+            raise CodetransferError(f"layer: expected 0..{n_layers - 1} for this model, got {c.layer}")
+        if c.head is not None and not 0 <= c.head < model.cfg.n_heads:
+            raise CodetransferError(f"head: expected 0..{model.cfg.n_heads - 1} for this model, got {c.head}")
+        by_layer.setdefault(c.layer, []).append(i)
+    for layer, idx in by_layer.items():
+        name = hook_name(site, layer)
+        if name not in source_acts:
+            raise CodetransferError(f"source activations: missing {name!r}; build them with run_cache")
+        src = source_acts[name]
+        for start, chunk_idx in _chunks(idx, per_call):
+            chunk = [cells[i] for i in chunk_idx]
+            final = _patched_final(model, target, src, site, layer, chunk)
+            out[chunk_idx] = metric.from_final(final).view(len(chunk), batch).cpu()
+    return out
+
+
+def _patched_final(model, target: RunCache, src: Tensor, site: str, layer: int, chunk: list[Cell]) -> Tensor:
+    acts = target.acts
+    reps = len(chunk)
+    if site in ("resid_pre", "resid_mid"):
+        base = acts[hook_name(site, layer)]
+        h = base.repeat(reps, 1, 1)
+        for i, cell in enumerate(chunk):
+            _set_at(h[i * len(base) : (i + 1) * len(base)], src, cell)
+        return _run_from(model, target, h, layer, mid=site == "resid_mid")
+    if site in ("attn_out", "head_out", "mlp_out"):
+        if site == "mlp_out":
+            start = f"blocks.{layer}.hook_resid_post"
+        else:
+            start = f"blocks.{layer}.hook_resid_mid"
+        base = acts[start]
+        tgt = acts[hook_name(site, layer)]
+        W_O = model.blocks[layer].attn.W_O if site == "head_out" else None  # [head, d_head, d_model]
+        h = base.repeat(reps, 1, 1)
+        b = len(base)
+        for i, cell in enumerate(chunk):
+            if site == "head_out":
+                d, pos = _delta_at(src, tgt, cell, lambda x, hd=cell.head: x @ W_O[hd])
+            else:
+                d, pos = _delta_at(src, tgt, cell)
+            view = h[i * b : (i + 1) * b]
+            if pos is None:
+                view += d
+            else:
+                view[torch.arange(b), pos] += d
+        if site == "mlp_out":
+            if layer + 1 == model.cfg.n_layers:
+                with torch.no_grad():
+                    pos = target.position.to(h.device).repeat(reps)
+                    last = h[torch.arange(h.shape[0]), pos]
+                    return model.unembed(model.ln_final(last))
+            return _run_from(model, target, h, layer + 1, mid=False)
+        return _run_from(model, target, h, layer, mid=True)
+    # q / k / v: hook inside block ``layer``, starting from its cached input.
+    base = acts[f"blocks.{layer}.hook_resid_pre"]
+    b = len(base)
+
+    def hook(act, hook):
+        act = act.clone()
+        for i, cell in enumerate(chunk):
+            _set_at(act[i * b : (i + 1) * b], src, cell)
+        return act
+
+    return _run_from(model, target, base.repeat(reps, 1, 1), layer, mid=False, hooks=[(hook_name(site, layer), hook)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Sweeps
+
+
+@dataclass(frozen=True)
+class PatchingSweep:
+    """Raw result of a sweep: the metric per cell and item, plus the two unpatched endpoints."""
+
+    site: str
+    direction: str
+    cells: tuple[Cell, ...]
+    values: Float[Tensor, "cell batch"]
+    """Metric of the patched run per cell and item."""
+    clean: Float[Tensor, " batch"]
+    """Metric of the unpatched run that is '1' on the scale (clean run; model A across models)."""
+    corrupted: Float[Tensor, " batch"]
+    """Metric of the unpatched run that is '0' on the scale (corrupted run; model B across models)."""
+    metric: str = "logit_diff"
+
+    def normalised(self) -> Float[Tensor, " cell"]:
+        """``(mean patched - mean corrupted) / (mean clean - mean corrupted)`` per cell."""
+        gap = self.clean.mean() - self.corrupted.mean()
+        return (self.values.mean(1) - self.corrupted.mean()) / gap
+
+    def grid(self) -> Tensor:
+        """Mean raw metric per cell, shaped like TransformerLens' result ([layer, pos(, head)])."""
+        layers = sorted({c.layer for c in self.cells})
+        labels = list(dict.fromkeys(c.pos_label for c in self.cells))
+        heads = sorted({c.head for c in self.cells if c.head is not None})
+        shape = [len(layers)] + ([len(labels)] if labels != ["all"] else []) + ([len(heads)] if heads else [])
+        g = torch.full(shape, float("nan"))
+        means = self.values.mean(1)
+        for c, m in zip(self.cells, means):
+            ix = [layers.index(c.layer)]
+            if labels != ["all"]:
+                ix.append(labels.index(c.pos_label))
+            if heads:
+                ix.append(heads.index(c.head))
+            g[tuple(ix)] = m
+        return g
+
+    def table(self, meta: Mapping[str, object] | None = None, n_boot: int = 1000, ci: float = 0.95, seed: int = 0):
+        """Tidy rows (DESIGN.md columns): metric '<direction>' is the normalised scale, 'logit_diff' raw."""
+        norm, lo, hi = ratio_bootstrap(self.values, self.clean, self.corrupted, n_boot=n_boot, ci=ci, seed=seed)
+        raw = self.values.mean(1).numpy()
+        rows = []
+        for i, c in enumerate(self.cells):
+            base = dict(
+                site=self.site,
+                layer=c.layer,
+                head=c.head,
+                pos=int(c.pos_label) if c.pos_label.lstrip("-").isdigit() else None,
+                pos_label=c.pos_label,
+            )
+            rows.append({**base, "metric": self.direction, "value": norm[i], "ci_low": lo[i], "ci_high": hi[i]})
+            rows.append({**base, "metric": self.metric, "value": float(raw[i]), "ci_low": None, "ci_high": None})
+        return _tidy(rows, meta)
+
+
+def _tidy(rows: list[dict], meta: Mapping[str, object] | None) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    meta = dict(meta or {})
+    for col in ("run", "recipe", "seed", "task"):
+        df[col] = meta.get(col)
+    for col in ("head", "pos", "layer"):
+        if col in df:
+            df[col] = df[col].astype("Int64")
+    for col in ("value", "ci_low", "ci_high"):
+        df[col] = df[col].astype(float)
+    extra = [c for c in df.columns if c not in TABLE_COLUMNS]
+    return df[[c for c in TABLE_COLUMNS if c in df.columns] + extra]
+
+
+def ratio_bootstrap(
+    values: Float[Tensor, "cell batch"],
+    top: Float[Tensor, " batch"],
+    bottom: Float[Tensor, " batch"],
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean(values) - mean(bottom)) / (mean(top) - mean(bottom))`` per cell with a percentile
+    bootstrap over items (the same item resamples for every cell). NaN where the gap is zero."""
+    v = values.double().numpy()
+    t, b = top.double().numpy(), bottom.double().numpy()
+    n = v.shape[1]
+
+    def ratio(vm, tm, bm):
+        gap = tm - bm
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(np.abs(gap) > 1e-12, (vm - bm) / gap, np.nan)
+
+    point = ratio(v.mean(1), t.mean(), b.mean())
+    if n < 2:
+        return point, np.full_like(point, np.nan), np.full_like(point, np.nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    counts = np.zeros((n_boot, n))
+    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
+    counts /= n
+    vm = counts @ v.T  # [boot, cell]
+    r = ratio(vm, (counts @ t)[:, None], (counts @ b)[:, None])
+    a = (1 - ci) / 2
+    with np.errstate(all="ignore"):
+        lo = np.nanquantile(r, a, axis=0) if np.isfinite(r).any() else np.full_like(point, np.nan)
+        hi = np.nanquantile(r, 1 - a, axis=0) if np.isfinite(r).any() else np.full_like(point, np.nan)
+    return point, lo, hi
+
+
+def make_cells(
+    model,
+    site: str,
+    n_pos: int,
+    by_pos: bool = True,
+    positions: Mapping[str, Tensor] | None = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    batch: int | None = None,
+) -> list[Cell]:
+    """The cells of a sweep, in TransformerLens' order (layer, pos, head).
+
+    ``positions`` (name -> token index per item) replaces the absolute positions ``0..n_pos-1``;
+    ``by_pos=False`` patches all positions at once.
+    """
+    check_site(site)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    layers = range(n_layers) if layers is None else layers
+    hs: list[int | None] = list(range(n_heads) if heads is None else heads) if site in HEAD_SITES else [None]
+    if not by_pos:
+        pos_list = [(None, None, "all")]
+    elif positions is not None:
+        pos_list = []
+        for k, v in positions.items():
+            if isinstance(v, tuple):
+                pos_list.append((v[0], v[1], str(k)))
+            else:
+                pos_list.append((v, None, str(k)))
+    else:
+        if batch is None:
+            raise CodetransferError("batch: needed to build absolute positions")
+        pos_list = [(torch.full((batch,), p, dtype=torch.long), None, str(p)) for p in range(n_pos)]
+    return [Cell(l, h, p, sp, label) for l in layers for (p, sp, label) in pos_list for h in hs]
+
+
+def activation_patching(
+    model,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: LogitDiff,
+    site: str,
+    *,
+    by_pos: bool = True,
+    direction: str = "denoising",
+    positions: Mapping[str, Tensor] | None = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    max_rows: int = 256,
+    caches: tuple[RunCache, RunCache] | None = None,
+) -> PatchingSweep:
+    """Patch ``site`` between a clean and a corrupted run at every layer (x position x head).
+
+    ``direction="denoising"`` runs the corrupted prompt with clean activations patched in;
+    ``"noising"`` the reverse. ``caches`` = ``(clean, corrupted)`` from :func:`run_cache` avoids
+    recomputing them across sites.
+    """
+    check_site(site)
+    if direction not in DIRECTIONS:
+        raise CodetransferError(
+            f"direction: expected one of {', '.join(DIRECTIONS)}, got {direction!r}{did_you_mean(direction, DIRECTIONS)}"
+        )
+    _check_pair(clean_tokens, corrupted_tokens, metric)
+    if caches is None:
+        caches = (run_cache(model, clean_tokens, metric), run_cache(model, corrupted_tokens, metric))
+    clean, corrupted = caches
+    target, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
+    cells = make_cells(
+        model, site, clean_tokens.shape[1], by_pos, positions, layers, heads, batch=clean_tokens.shape[0]
+    )
+    values = patch_cells(model, target, source.acts, site, cells, metric, max_rows=max_rows)
+    return PatchingSweep(site, direction, tuple(cells), values, clean.metric.cpu(), corrupted.metric.cpu())
+
+
+def _check_pair(clean: Tensor, corrupted: Tensor, metric: LogitDiff) -> None:
+    if clean.ndim != 2 or corrupted.ndim != 2:
+        raise CodetransferError(
+            f"tokens: expected [batch, pos] tensors, got clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)}"
+        )
+    if clean.shape != corrupted.shape:
+        raise CodetransferError(
+            f"corrupted_tokens: expected the clean shape {tuple(clean.shape)} (positions must align), got "
+            f"{tuple(corrupted.shape)}; use counterfactuals that tokenize to the same length"
+        )
+    if len(metric) != clean.shape[0]:
+        raise CodetransferError(f"metric: expected {clean.shape[0]} items, got {len(metric)}")
+    if (metric.position >= clean.shape[1]).any() or (metric.position < 0).any():
+        raise CodetransferError(f"metric.position: expected indices in 0..{clean.shape[1] - 1}")
+
+
+def _named(site: str, by_pos: bool, doc: str):
+    def fn(model, clean_tokens, corrupted_tokens, metric, **kwargs) -> PatchingSweep:
+        return activation_patching(model, clean_tokens, corrupted_tokens, metric, site, by_pos=by_pos, **kwargs)
+
+    fn.__doc__ = doc + "\n\n    See :func:`activation_patching` for the arguments."
+    return fn
+
+
+patch_resid_pre = _named("resid_pre", True, "Residual stream entering each layer, by layer and position.")
+patch_resid_mid = _named("resid_mid", True, "Residual stream after each layer's attention, by layer and position.")
+patch_attn_out = _named("attn_out", True, "Each layer's attention output, by layer and position.")
+patch_attn_out_all_pos = _named("attn_out", False, "Each layer's attention output at all positions at once.")
+patch_mlp_out = _named("mlp_out", True, "Each layer's MLP output, by layer and position.")
+patch_mlp_out_all_pos = _named("mlp_out", False, "Each layer's MLP output at all positions at once.")
+patch_head_out = _named("head_out", True, "Each head's output (hook_z), by layer, position and head.")
+patch_head_out_all_pos = _named("head_out", False, "Each head's output (hook_z) at all positions, by layer and head.")
+patch_head_q = _named("q", True, "Each head's queries, by layer, position and head.")
+patch_head_k = _named("k", True, "Each head's keys, by layer, position and head.")
+patch_head_v = _named("v", True, "Each head's values, by layer, position and head.")
+patch_head_q_all_pos = _named("q", False, "Each head's queries at all positions, by layer and head.")
+patch_head_k_all_pos = _named("k", False, "Each head's keys at all positions, by layer and head.")
+patch_head_v_all_pos = _named("v", False, "Each head's values at all positions, by layer and head.")
