@@ -313,6 +313,29 @@ def _prelude(sc: Scenario) -> list[str]:
     return lines
 
 
+def prelude(sc: Scenario) -> list[str]:
+    """Lines a code rendering starts with (box / holder constants, the style's container)."""
+    return _prelude(sc)
+
+
+def statement(sc: Scenario, i: int, states: list[State], rendering: str) -> str:
+    """The sentence (text) or statement (code) of event ``i``; ``states = sc.states()``."""
+    ev = sc.events[i]
+    before = states[i - 1] if i else State()
+    tpl = _text_statement(sc, i, ev) if rendering == "text" else _code_statement(sc, ev)
+    return fill(tpl, _fields(sc, i, ev, before, rendering))[0]
+
+
+def restatement(sc: Scenario, key: str, value: str, rendering: str) -> str:
+    """A statement of a key's current value: the canonical state sentence, or ``assert key == value``."""
+    if rendering == "text":
+        f = {"key": _display(sc.kind, key), "value": value}
+        if sc.unit:
+            f["unit_v"] = _plural(sc.unit, int(value))
+        return fill(TEXT[sc.kind]["state"], f)[0]
+    return fill(_lvalues(CODE_OPS["query"], CODE_STYLES[sc.code_style]), {"key": key})[0] + " " + value
+
+
 def render(sc: Scenario, rendering: str) -> Rendered:
     """Render a scenario as prose (``"text"``) or as a Python program (``"code"``)."""
     if rendering not in ("text", "code"):

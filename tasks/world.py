@@ -174,7 +174,8 @@ def is_valid(events) -> bool:
 def sample_locations(rng: random.Random, n_ops: int, keys: list[str], places: list[str], n_keys: int,
                      ops: tuple[str, ...] = ("move", "swap", "put", "remove"),
                      move_op: str = "move") -> tuple[list[Event], int, str]:
-    """Objects in boxes (or with people). The query key is touched by at least one op when n_ops > 0.
+    """Objects in boxes (or with people). The query key (a random initial object, so not always the
+    first one stated) is touched by at least one op when n_ops > 0.
 
     ``keys`` is the pool of object names (the first ``n_keys`` sampled ones start in the world, the
     rest can be ``put`` later); ``places`` the possible values. ``remove`` never removes the query
@@ -183,7 +184,7 @@ def sample_locations(rng: random.Random, n_ops: int, keys: list[str], places: li
     pool = rng.sample(keys, len(keys))
     live = pool[:n_keys]
     spare = pool[n_keys:]
-    query = live[0]
+    query = rng.choice(live)
     events = [Event("put", k, rng.choice(places)) for k in live]
     n_init = len(events)
     touch_at = rng.randrange(n_ops) if n_ops else -1
@@ -258,7 +259,7 @@ def sample_counts(rng: random.Random, n_ops: int, names: list[str], n_people: in
     The query person is involved in at least one op when n_ops > 0.
     """
     people = rng.sample(names, n_people)
-    query = people[0]
+    query = rng.choice(people)
     events = [Event("assign", p, str(rng.randint(1, 6))) for p in people]
     state = simulate(events)[-1]
     touch_at = rng.randrange(n_ops) if n_ops else -1

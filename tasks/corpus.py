@@ -1,0 +1,105 @@
+"""Synthetic training documents from the world simulator: prose narratives and Python programs.
+
+The method
+----------
+A document is a few short *episodes* separated by blank lines. An episode is one world scenario
+(boxes, possession, binding or counting; ``families.sample_scenario`` with ``split="train"``: the
+training entity pools, prose templates and code styles, never the evaluation ones) rendered as prose
+(``kind="narrative"``) or as a program (``kind="program"``), with **dense supervision**: after the
+initial facts and after most operations the document restates current values in the exact form the
+evaluation query uses ("The pen is in box C." / ``assert pen == C``), and every episode ends by
+restating the value of its query key. So the easiest level (no operation) is solvable by copying an
+earlier statement (an induction-style repeat: "the pen is in box B ... the pen is in box" -> B),
+while restatements after moves, swaps, copies and arithmetic need the state to be tracked.
+
+Honest splits (see DESIGN.md, "transfer lab"): narratives show at most ``families.TRAIN_TEXT_MAX``
+operations (hops for binding); programs go up to the families' full depth (the transfer question is
+whether deep programs help deep prose). Entity names, templates, code styles and distractor sentences
+are disjoint from evaluation items, so no evaluation prompt or held-out fact sentence can occur here.
+
+``split="train"`` and ``split="heldout"`` partition documents by a hash of their text (1 in 10 goes
+to heldout), so the two splits never share a document. Generation is deterministic for a seed.
+Every program document executes without error (all its asserts hold), which the tests check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Iterator, Literal
+
+from codetransfer.errors import CodetransferError
+from codetransfer.tasks.families import FAMILIES, TRAIN_TEXT_MAX, sample_scenario
+from codetransfer.tasks.render import KINDS, prelude, restatement, statement
+
+VERSION = "1"
+"""Bumped whenever the documents for a given seed change."""
+
+RESTATE_AFTER_OP = 0.8
+"""Probability of restating a key the operation changed."""
+RESTATE_OTHER = 0.3
+"""Probability of also restating a random other key after a statement."""
+HELDOUT_EVERY = 10
+"""One in this many documents (by text hash) belongs to the heldout split."""
+
+
+def _max_depth(kind: str, doc_kind: str) -> int:
+    if doc_kind == "narrative":
+        return TRAIN_TEXT_MAX[kind]
+    return max(max(f.difficulties) for f in FAMILIES if getattr(f, "kind", None) == kind)
+
+
+def episode(rng: random.Random, world: str, doc_kind: str, difficulty: int) -> str:
+    """One episode of ``world`` at ``difficulty`` with restatements, rendered for ``doc_kind``."""
+    rendering = "text" if doc_kind == "narrative" else "code"
+    sc = sample_scenario(world, rng, difficulty, "train")
+    states = sc.states()
+    lines: list[str] = list(prelude(sc)) if rendering == "code" else []
+    distract = dict(sc.distractors) if rendering == "text" else {}
+    for i, ev in enumerate(sc.events):
+        if i in distract:
+            lines.append(distract[i])
+        lines.append(statement(sc, i, states, rendering))
+        vals = states[i].values
+        if i < sc.n_init - 1:
+            continue
+        touched = [k for k in (ev.key, ev.value) if k in vals] if i >= sc.n_init else []
+        if ev.op in ("put", "move", "give", "assign"):
+            touched = touched[:1]
+        said = []
+        for k in touched:
+            if rng.random() < RESTATE_AFTER_OP:
+                said.append(k)
+        if rng.random() < RESTATE_OTHER or i == sc.n_init - 1:
+            said.append(rng.choice(sorted(vals)))
+        for k in dict.fromkeys(said):
+            lines.append(restatement(sc, k, vals[k], rendering))
+    if len(sc.events) in distract:
+        lines.append(distract[len(sc.events)])
+    lines.append(restatement(sc, sc.query, states[-1].values[sc.query], rendering))
+    return (" " if rendering == "text" else "\n").join(lines)
+
+
+def synthetic_documents(kind: Literal["narrative", "program"], n: int, seed: int,
+                        split: Literal["train", "heldout"] = "train") -> Iterator[str]:
+    """``n`` documents of ``kind`` for ``split``; deterministic for (kind, seed, split)."""
+    if kind not in ("narrative", "program"):
+        raise CodetransferError(f"kind must be 'narrative' or 'program', got {kind!r}")
+    if split not in ("train", "heldout"):
+        raise CodetransferError(f"split must be 'train' or 'heldout', got {split!r}; evaluation items come from codetransfer.tasks.get_task")
+    if not isinstance(n, int) or n < 0:
+        raise CodetransferError(f"n must be a non-negative integer, got {n!r}")
+    made = 0
+    j = 0
+    while made < n:
+        rng = random.Random(f"corpus|{VERSION}|{kind}|{seed}|{j}")
+        j += 1
+        episodes = []
+        for _ in range(rng.randint(3, 6)):
+            world = rng.choice(KINDS)
+            episodes.append(episode(rng, world, kind, rng.randint(0, _max_depth(world, kind))))
+        doc = "\n\n".join(episodes)
+        bucket = int(hashlib.sha1(doc.encode()).hexdigest(), 16) % HELDOUT_EVERY
+        if (bucket == 0) == (split == "heldout"):
+            made += 1
+            yield doc
