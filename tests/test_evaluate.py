@@ -107,8 +107,10 @@ def fact_items():
             for i, n in enumerate(NAMES)]
 
 
-def train_briefly(folder, items, steps=150, seed=0):
-    """Memorise the items' answers with a plain PyTorch loop over the HF model (a few seconds on 2 cores)."""
+def train_briefly(folder, items, steps=60, seed=0):
+    """Memorise the items' answers with a plain PyTorch loop over the HF model (a few seconds on 2 cores).
+
+    The loss is on the answer tokens only (the names before them are unpredictable)."""
     from codetransfer.trained.tokenizer import load_tokenizer
 
     tok = load_tokenizer(folder)
@@ -119,9 +121,10 @@ def train_briefly(folder, items, steps=150, seed=0):
     labels = torch.full((len(seqs), width), -100)
     for i, s in enumerate(seqs):
         x[i, : len(s)] = torch.tensor(s)
-        labels[i, : len(s)] = torch.tensor(s)
+        n_prompt = len(encode_with_bos(tok, items[i].prompt)[0])
+        labels[i, n_prompt : len(s)] = torch.tensor(s[n_prompt:])
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     for _ in range(steps):
         loss = model(x, labels=labels).loss
         opt.zero_grad()
@@ -137,7 +140,7 @@ def trained_dir(tmp_path_factory):
 
     folder = save_tiny_model(tmp_path_factory.mktemp("trained"))
     final_loss = train_briefly(folder, fact_items())
-    assert final_loss < 1.0
+    assert final_loss < 0.5
     return folder
 
 
