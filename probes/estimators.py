@@ -32,6 +32,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets
+from threadpoolctl import threadpool_limits
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 
@@ -58,7 +59,7 @@ class _ClassifierProbe(ClassifierMixin, _PipelineProbe):
                 "a probe cannot learn from a single class: choose a property that varies"
             )
         self.pipeline_ = Pipeline([("scale", StandardScaler()), ("model", model)])
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), threadpool_limits(self.blas_threads):
             if not self.warn_convergence:
                 warnings.simplefilter("ignore", ConvergenceWarning)
             if sample_weight is None:
@@ -90,10 +91,14 @@ class LinearProbe(_ClassifierProbe):
         class_weight: None or "balanced".
         warn_convergence: pass sklearn's ConvergenceWarning on (False silences it).
         random_state: seeds fold shuffling.
+        blas_threads: BLAS/OpenMP threads while fitting (1 is fastest for probe-sized problems;
+            None leaves the process setting alone).
     """
 
-    def __init__(self, Cs=8, cv=3, max_iter=200, class_weight=None, warn_convergence=False, random_state=0):
+    def __init__(self, Cs=8, cv=3, max_iter=200, class_weight=None, warn_convergence=False, random_state=0,
+                 blas_threads=1):
         self.Cs = Cs
+        self.blas_threads = blas_threads
         self.cv = cv
         self.max_iter = max_iter
         self.class_weight = class_weight
@@ -147,11 +152,13 @@ class MLPProbe(_ClassifierProbe):
         early_stopping: hold out 10% of the training rows to stop early.
         warn_convergence: pass sklearn's ConvergenceWarning on.
         random_state: seeds initialisation and batching.
+        blas_threads: BLAS/OpenMP threads while fitting (None: leave alone).
     """
 
     def __init__(self, hidden=64, alpha=1e-3, max_iter=300, early_stopping=False, warn_convergence=False,
-                 random_state=0):
+                 random_state=0, blas_threads=1):
         self.hidden = hidden
+        self.blas_threads = blas_threads
         self.alpha = alpha
         self.max_iter = max_iter
         self.early_stopping = early_stopping
