@@ -1,0 +1,303 @@
+"""World simulator, renderings and task families: known answers, simulator == executed program,
+aligned twins, one-fact counterfactuals, determinism, bad input refused."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import replace
+
+import pytest
+
+from codetransfer.errors import CodetransferError
+from codetransfer.tasks import Item, get_task, get_tasks, list_tasks, task_names
+from codetransfer.tasks.families import TRAIN_TEXT_MAX, WorldFamily, counterfactual, sample_scenario
+from codetransfer.tasks.render import (CODE_SETS, KINDS, POOLS, SPLITS, Scenario, execute_code_answer, program_value,
+                                       render)
+from codetransfer.tasks.world import Event, apply, is_valid, simulate
+
+WORLD_TASKS = [f.name for f in (get_task(n) for n in task_names()) if isinstance(f, WorldFamily)]
+E = Event
+
+
+# ----------------------------------------------------------------------------- simulator, known answers
+
+def test_simulator_known_answers():
+    ev = [E("put", "pen", "A"), E("put", "cup", "B"), E("move", "pen", "C"), E("swap", "pen", "cup"),
+          E("put", "hat", "B"), E("remove", "cup")]
+    st = simulate(ev)
+    assert st[2].where("pen") == "C"
+    assert st[3].where("pen") == "B" and st[3].where("cup") == "C"
+    assert st[4].contents("B") == ("hat", "pen") and st[4].count_at("B") == 2
+    assert "cup" not in st[5].values
+    # provenance: after the swap the pen's value was stated by event 1 ("cup is in box B")
+    assert st[3].sources["pen"] == (1, "value")
+    counts = simulate([E("assign", "tom", "3"), E("assign", "ann", "1"), E("transfer", "tom", "ann", 2),
+                       E("add", "ann", "", 4), E("sub", "tom", "", 1)])
+    assert counts[-1].values == {"tom": "0", "ann": "7"}
+    assert counts[-1].sources["ann"] is None and counts[0].sources["tom"] == (0, "value")
+    binding = simulate([E("assign", "tom", "3"), E("copy", "ann", "tom"), E("assign", "tom", "5"),
+                        E("copy", "bob", "ann")])
+    assert binding[-1].value("bob") == "3" and binding[-1].sources["bob"] == (0, "value")
+
+
+@pytest.mark.parametrize("events", [
+    [E("move", "pen", "A")],                                   # not in the world
+    [E("put", "pen", "A"), E("put", "pen", "B")],              # put twice
+    [E("put", "pen", "A"), E("move", "pen", "A")],             # move to where it is
+    [E("put", "pen", "A"), E("swap", "pen", "pen")],           # swap with itself
+    [E("assign", "tom", "1"), E("sub", "tom", "", 2)],         # negative count
+    [E("assign", "tom", "1"), E("assign", "ann", "0"), E("transfer", "tom", "ann", 3)],
+    [E("fly", "pen", "A")],                                    # unknown op
+])
+def test_invalid_events_are_refused_in_one_line(events):
+    assert not is_valid(events)
+    with pytest.raises(CodetransferError) as e:
+        simulate(events)
+    assert "\n" not in str(e.value)
+
+
+def test_query_about_missing_key_is_refused():
+    with pytest.raises(CodetransferError, match="not in the world"):
+        simulate([E("put", "pen", "A")])[-1].value("cup")
+
+
+# ----------------------------------------------------------------------------- simulator == program
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_simulator_equals_executed_program(kind):
+    """Thousands of random sequences (all difficulties, both splits, all code styles): the executed
+    program's value of the queried variable is the simulator's answer, and of all candidates only
+    the right one passes the program's final assert."""
+    rng = random.Random(f"parity-{kind}")
+    checked = 0
+    for t in range(800):
+        split = SPLITS[t % 2]
+        sc = sample_scenario(kind, rng, rng.randint(0, 6 if kind in ("boxes", "possession") else 5), split)
+        for style in CODE_SETS[split]:
+            code = render(replace(sc, code_style=style), "code").prompt
+            assert " " + program_value(code) == sc.answer()
+            checked += 1
+        if t % 20 == 0:
+            passes = [execute_code_answer(code, c) for c in sc.candidates]
+            assert passes == [c == sc.answer() for c in sc.candidates]
+    assert checked == 1600
+
+
+def test_simulator_contents_and_counts_equal_program_state():
+    """'what is in X' / 'how many in X' from the simulator equal the executed program's variables."""
+    rng = random.Random(3)
+    for _ in range(300):
+        sc = sample_scenario("boxes", rng, rng.randint(0, 6), "eval")
+        sc = replace(sc, code_style="plain")
+        body = render(sc, "code").prompt.rpartition("\n")[0]
+        ns: dict = {}
+        exec(body, ns)
+        state = sc.states()[-1]
+        live = [k for k in sc.keys() if k in ns]
+        assert set(live) == set(state.values)
+        for box in "ABCDE":
+            assert state.contents(box) == tuple(sorted(k for k in live if ns[k] == box))
+            assert state.count_at(box) == sum(ns[k] == box for k in live)
+
+
+# ----------------------------------------------------------------------------- items: structure
+
+@pytest.fixture(scope="module")
+def world_items() -> dict[str, list[Item]]:
+    return {name: get_task(name).generate(42, seed=7) for name in WORLD_TASKS}
+
+
+def _same_entity(a: str, b: str) -> bool:
+    return a.lower() == b.lower()
+
+
+def test_twins_share_span_keys_and_spans_name_the_same_entity(world_items):
+    for name, items in world_items.items():
+        for it in items:
+            tw = it.twin
+            assert tw is not None and tw.rendering != it.rendering
+            assert it.spans.keys() == tw.spans.keys(), name
+            assert "query" in it.spans
+            for key, (a, b) in it.spans.items():
+                if re.fullmatch(r"e\d+", key):
+                    continue  # whole statements differ in wording by design
+                a2, b2 = tw.spans[key]
+                assert _same_entity(it.prompt[a:b], tw.prompt[a2:b2]), (name, key, it.prompt[a:b], tw.prompt[a2:b2])
+            q = it.prompt[slice(*it.spans["query"])]
+            assert q.lower() in [e.lower() for e in it.entities]
+
+
+def test_answer_source_span_holds_the_answer(world_items):
+    n = 0
+    for items in world_items.values():
+        for it in items:
+            for x in (it, it.twin):
+                if "answer_source" in x.spans:
+                    n += 1
+                    assert " " + x.prompt[slice(*x.spans["answer_source"])] == x.answer
+    assert n > 100
+
+
+def test_labels_are_aligned_across_twins_and_match_the_state(world_items):
+    for items in world_items.values():
+        for it in items:
+            tw = it.twin
+            assert [(l.name, l.value) for l in it.labels] == [(l.name, l.value) for l in tw.labels]
+            ends = sorted({l.end for l in it.labels})
+            assert len(ends) == len(it.facts)  # one label position per statement
+            text, code = (it, tw) if it.rendering == "text" else (tw, it)
+            for l in text.labels:
+                assert text.prompt[l.end - 1] == "."  # end of a sentence
+            for l in code.labels:
+                assert code.prompt[l.end] == "\n"  # end of a statement line
+    # a known label: after "... moved to box C." the pen is in C
+    sc = Scenario("boxes", (E("put", "pen", "A"), E("put", "cup", "B"), E("move", "pen", "C")), 2, "pen",
+                  tuple(" " + b for b in "ABCDE"))
+    r = render(sc, "text")
+    last = [l for l in r.labels if l.end == r.spans["e2"][1]]
+    assert {(l.name, l.value) for l in last} == {("box(pen)", "C"), ("box(cup)", "B")}
+    assert r.prompt.endswith("The pen is in box") and r.spans["answer_source"] == r.spans["e2.value"]
+
+
+def test_counterfactual_differs_in_exactly_one_fact_and_changes_the_answer(world_items):
+    for name, items in world_items.items():
+        for it in items:
+            for x in (it, it.twin):
+                cf = x.counterfactual
+                assert cf is not None and cf.rendering == x.rendering
+                assert cf.candidates == x.candidates and cf.label != x.label
+                assert len(cf.facts) == len(x.facts)
+                assert sum(a != b for a, b in zip(x.facts, cf.facts)) == 1, (name, x.facts, cf.facts)
+                assert cf.template == x.template
+            assert it.counterfactual.twin.prompt == it.twin.counterfactual.prompt
+
+
+def test_counterfactual_search_finds_only_real_one_fact_changes():
+    sc = Scenario("boxes", (E("put", "pen", "A"), E("put", "cup", "B")), 2, "pen", tuple(" " + b for b in "ABCDE"))
+    cf = counterfactual(sc, random.Random(0))
+    assert cf.events[1] == sc.events[1] and cf.events[0].value != "A"
+    # no single-fact change can alter the answer when the candidates allow only one value
+    with pytest.raises(CodetransferError, match="counterfactual"):
+        counterfactual(Scenario("boxes", sc.events, 2, "pen", (" A",)), random.Random(0))
+
+
+def test_code_renderings_execute_and_only_the_answer_passes(world_items):
+    for items in world_items.values():
+        for it in items[:10]:
+            code = it if it.rendering == "code" else it.twin
+            assert [execute_code_answer(code.prompt, c) for c in code.candidates] == [
+                i == code.label for i in range(len(code.candidates))]
+
+
+def test_prompts_end_before_the_answer_and_candidates_are_space_prefixed(world_items):
+    for items in world_items.values():
+        for it in items:
+            for x in (it, it.twin, it.counterfactual):
+                assert not x.prompt.endswith((" ", "\n"))
+                assert all(c.startswith(" ") and c.strip() for c in x.candidates)
+                assert len(set(x.candidates)) == len(x.candidates)
+                assert x.difficulty == it.difficulty
+
+
+def test_difficulty_is_the_number_of_operations():
+    for name in ("entity_tracking", "counting", "possession", "code_state"):
+        for d in (0, 3, 5):
+            for it in get_task(name).generate(5, seed=1, difficulty=d):
+                n_init = len({l.end for l in it.labels}) - d  # statements = initial facts + d operations
+                assert it.difficulty == d and n_init >= 2
+                assert all(f.startswith(("put(", "assign(")) for f in it.facts[:n_init])
+    for d in (0, 2, 4):  # binding: number of copy hops from the query back to its constant
+        for it in get_task("variable_binding").generate(5, seed=1, difficulty=d):
+            facts = {f[5:-1].split(",")[0]: f[5:-1].split(",")[1] for f in it.facts if f.startswith("copy(")}
+            q, hops = it.prompt[slice(*it.spans["query"])].lower(), 0
+            while q in facts:
+                q, hops = facts[q], hops + 1
+            assert hops == d
+
+
+# ----------------------------------------------------------------------------- splits, determinism
+
+def test_train_and_eval_splits_use_disjoint_entities_and_templates():
+    for name in WORLD_TASKS:
+        tr = get_task(name).generate(30, seed=0, split="train")
+        ev = get_task(name).generate(30, seed=0, split="eval")
+        ents_tr = {e for it in tr for e in it.entities}
+        ents_ev = {e for it in ev for e in it.entities}
+        assert not ents_tr & ents_ev, name
+        assert not {it.template for it in tr} & {it.template for it in ev}
+        assert {it.split for it in tr} == {"train"} and {it.split for it in ev} == {"eval"}
+    assert not set(POOLS["people"]["train"]) & set(POOLS["people"]["eval"])
+    assert not set(POOLS["objects"]["train"]) & set(POOLS["objects"]["eval"])
+    for kind, m in TRAIN_TEXT_MAX.items():  # evaluation asks for more steps than narratives show
+        fam = next(get_task(n) for n in WORLD_TASKS if get_task(n).kind == kind)
+        assert max(fam.difficulties) > m
+
+
+def test_generators_are_deterministic_per_seed_and_differ_across_seeds():
+    for name in task_names():
+        f = get_task(name)
+        a, b, c = f.generate(6, seed=11), f.generate(6, seed=11), f.generate(6, seed=12)
+        assert a == b
+        assert [x.prompt for x in a] != [x.prompt for x in c]
+        assert f.generate(3, seed=11) == a[:3]  # item i does not depend on n
+        assert len({x.prompt for x in a}) == 6
+
+
+def test_entity_tracking_and_code_state_share_scenarios():
+    et = get_task("entity_tracking").generate(5, seed=2)
+    cs = get_task("code_state").generate(5, seed=2)
+    assert [x.twin.prompt for x in et] == [x.prompt for x in cs]
+    assert all(x.category == "code" and x.rendering == "code" for x in cs)
+
+
+# ----------------------------------------------------------------------------- knowledge
+
+def test_knowledge_cloze_items_are_checkable_against_the_gloss():
+    items = get_task("knowledge_cloze").generate(30, seed=0)
+    for it in items:
+        word = it.prompt[slice(*it.spans["query"])]
+        assert re.fullmatch(r"An? [a-z]+ is a kind of", it.prompt) and word in it.prompt
+        cat = it.answer.strip()
+        gloss = it.source.lower()
+        assert gloss.startswith(f"gcide '{word}'") and re.search(rf"\b{cat}", gloss), it.source
+        cf = it.counterfactual
+        assert cf.candidates == it.candidates and cf.label != it.label
+        assert len(it.candidates) == 4
+    assert {it.difficulty for it in items} == {0, 1, 2}
+    sparrow = [r for r in __import__("codetransfer.tasks.families", fromlist=["x"]).mine_gcide(
+        __import__("codetransfer.tasks.families", fromlist=["x"]).gcide_dir()) if r[0] == "sparrow"]
+    assert sparrow and sparrow[0][1] == "bird"
+
+
+# ----------------------------------------------------------------------------- registry, bad input
+
+def test_unknown_family_gets_did_you_mean():
+    with pytest.raises(CodetransferError, match="did you mean 'entity_tracking'") as e:
+        get_task("entity_trackin")
+    assert "\n" not in str(e.value)
+    with pytest.raises(CodetransferError, match="unknown task 'nope'"):
+        get_tasks("counting,nope")
+    assert [f.name for f in get_tasks("counting, possession")] == ["counting", "possession"]
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"difficulty": 99}, "difficulty 99"),
+    ({"difficulty": -1}, "difficulty -1"),
+    ({"split": "test"}, "split"),
+    ({"n": -3}, "n must"),
+])
+def test_bad_generate_arguments_get_one_line_errors(kwargs, field):
+    args = {"n": 2, "seed": 0, **kwargs}
+    for name in ("entity_tracking", "knowledge_cloze"):
+        with pytest.raises(CodetransferError, match=field) as e:
+            get_task(name).generate(**args)
+        assert "\n" not in str(e.value)
+
+
+def test_list_tasks_describes_every_family():
+    rows = list_tasks()
+    assert [r["name"] for r in rows] == list(task_names())
+    assert {"entity_tracking", "variable_binding", "counting", "knowledge_cloze", "code_state", "possession"} <= set(task_names())
+    for r in rows:
+        assert r["category"] in ("reasoning", "knowledge", "code") and r["difficulties"] and r["version"]
