@@ -84,7 +84,8 @@ def entity_splits(
     """Hold out entities: rows mentioning any held-out entity are test rows, the rest train.
 
     Entities are added to the held-out set in a random order (per seed) until at least
-    ``test_fraction`` of the rows are test rows.
+    ``test_fraction`` of the rows are test rows; an entity whose rows would leave less than half the
+    intended training share (e.g. the entity every row is about) is never held out.
     """
     sets = [frozenset(e) for e in entities]
     universe = sorted(set().union(*sets)) if sets else []
@@ -103,8 +104,11 @@ def entity_splits(
         for ent in rng.permutation(universe):
             if in_test.mean() >= test_fraction:
                 break
+            grown = in_test | np.array([ent in s for s in sets])
+            if grown.mean() > 1 - (1 - test_fraction) / 2:
+                continue  # an entity in most rows (e.g. the one asked about) cannot be held out
             held.add(ent)
-            in_test |= np.array([ent in s for s in sets])
+            in_test = grown
         train, test = np.flatnonzero(~in_test), np.flatnonzero(in_test)
         if len(train) == 0 or len(test) == 0:
             raise CodetransferError(

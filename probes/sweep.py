@@ -25,7 +25,8 @@ representation for both formats.
 (run, task, site) unit extracts its activations into an :class:`~codetransfer.analysis.store.
 ActivationStore`, probes every layer, and writes one parquet part atomically; a unit whose part
 exists is skipped, so a restarted or re-sharded sweep repeats no work. Parts are merged into
-``probes.parquet``. Shard ``(i, n)`` takes every n-th unit of the sorted unit list.
+``probes.parquet``. Shard ``(i, n)`` takes the i-th of n contiguous blocks of the sorted unit list
+(units sort by run, so a shard loads few models).
 
 Sparse probing: TransformerLens' ``tools.analysis.sparse_probing.fit_sparse_probe`` fits a *binary*
 k-sparse logistic probe (coordinates chosen by train-split class-mean difference, optional grouped
@@ -341,27 +342,107 @@ def label_family(name: str) -> str:
     return str(name).split("(", 1)[0]
 
 
-def item_rows(items: Sequence, tokenizer) -> tuple[list[list[int]], list[list[int]], pd.DataFrame]:
+def item_rows(items: Sequence, tokenizer, *, twins: bool = False) -> tuple[list[list[int]], list[list[int]], pd.DataFrame]:
     """Token ids, label token positions and the index table of a list of task items.
 
     Each item label becomes one row at the token holding the label span's last character (after
-    BOS). Returns ``(tokens, positions, index)``; the index has ``item, label, family, value,
-    template, entities, rendering``.
+    BOS). With ``twins`` the items' twin renderings follow as extra items (``pair`` = the index of
+    the original item). Returns ``(tokens, positions, index)``; the index has ``item, pair, label,
+    family, value, template, entities, rendering``.
     """
     from codetransfer.trained.tokenizer import char_to_token, encode_with_bos
 
+    sequence = [(i, it) for i, it in enumerate(items)]
+    if twins:
+        sequence += [(i, it.twin) for i, it in enumerate(items) if getattr(it, "twin", None) is not None]
     tokens, positions, recs = [], [], []
-    for i, item in enumerate(items):
+    for k, (pair, item) in enumerate(sequence):
         ids, offsets = encode_with_bos(tokenizer, item.prompt)
         ps = []
         for lab in item.labels:
             ps.append(char_to_token(offsets, lab.end))
-            recs.append(dict(item=i, label=lab.name, family=label_family(lab.name), value=str(lab.value),
+            recs.append(dict(item=k, pair=pair, label=lab.name, family=label_family(lab.name), value=str(lab.value),
                              template=str(item.template), entities="|".join(item.entities),
                              rendering=item.rendering))
         tokens.append(ids)
         positions.append(ps)
     return tokens, positions, pd.DataFrame(recs)
+
+
+def probe_store(
+    store: ActivationStore,
+    *,
+    target: str = "label",
+    split: str = "entity",
+    probe: str = "linear",
+    probe_params: Mapping | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    min_rows: int = 20,
+    cross_format: bool = True,
+    mdl: bool = True,
+    meta: Mapping | None = None,
+    skipped: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Probe every site of a store made by :func:`item_rows` + ``extract_activations``.
+
+    One probing problem per ``target`` value: ``"label"`` (each label name, e.g. ``box(pen)``: where
+    is the pen after this sentence) or ``"family"`` (``box``, all objects pooled). Rows of the first
+    rendering in the index are probed with :func:`probe_layers` (columns ``fit_on`` = ``test_on`` =
+    that rendering); with ``cross_format`` and twin rows present, :func:`cross_format_probe` adds
+    rows fitted on one rendering and tested on the other (groups: the rows' entity sets, shared by
+    twins). Problems with fewer than ``min_rows`` rows or a single class are skipped (reported
+    through ``skipped``).
+    """
+    if target not in ("label", "family"):
+        raise CodetransferError(f"target: expected 'label' or 'family', got '{target}'")
+    idx = store.index
+    renderings = list(dict.fromkeys(idx["rendering"])) if "rendering" in idx.columns else [None]
+    main = renderings[0]
+    tables = []
+    for name, sub_all in idx.groupby(target, sort=True):
+        sub = sub_all if main is None else sub_all[sub_all["rendering"] == main]
+        if len(sub) < min_rows or sub["value"].nunique() < 2:
+            if skipped:
+                skipped(f"{name}: {len(sub)} rows, {sub['value'].nunique()} classes")
+            continue
+        groups = [tuple(e.split("|")) for e in sub["entities"]] if split == "entity" else sub["template"].to_numpy()
+        try:
+            t = probe_layers(store, sub["value"].to_numpy(), groups, rows=sub["row"].to_numpy(), split=split,
+                             probe=probe, probe_params=probe_params, seeds=seeds, meta=meta, pos=str(name), mdl=mdl)
+        except CodetransferError as e:
+            if skipped:
+                skipped(f"{name}: {e}")
+            continue
+        t["fit_on"] = t["test_on"] = main
+        tables.append(t)
+        if cross_format and len(renderings) > 1 and probe != "ridge":
+            other = sub_all[sub_all["rendering"] == renderings[1]]
+            if len(other) < min_rows or other["value"].nunique() < 2:
+                continue
+            for site in store.sites:
+                A, B = store.read(site, sub["row"].to_numpy()), store.read(site, other["row"].to_numpy())
+                heads = range(A.shape[1]) if A.ndim == 3 else [None]
+                for head in heads:
+                    a = A if head is None else A[:, head]
+                    b = B if head is None else B[:, head]
+                    try:
+                        c = cross_format_probe(a, sub["value"], sub["entities"], b, other["value"], other["entities"],
+                                               formats=(main, renderings[1]), probe=probe,
+                                               probe_params=probe_params, seeds=seeds)
+                    except CodetransferError as e:
+                        if skipped:
+                            skipped(f"{name} cross-format at {site}: {e}")
+                        break
+                    c = c[c["fit_on"] != c["test_on"]]
+                    kind, _, layer = site.partition(".")
+                    for k, v in dict(meta or {}, site=kind, layer=int(layer), head=-1 if head is None else int(head),
+                                     pos=str(name)).items():
+                        c[k] = v
+                    tables.append(c)
+    if not tables:
+        return pd.DataFrame(columns=COLUMNS + ["fit_on", "test_on"])
+    table = pd.concat(tables, ignore_index=True)
+    return table[[c for c in COLUMNS if c in table.columns] + [c for c in table.columns if c not in COLUMNS]]
 
 
 def _default_load(path):
@@ -386,9 +467,13 @@ def run_probe_sweep(
     n_items: int = 200,
     item_seed: int = 0,
     probe: str = "linear",
-    split: str = "group",
+    probe_params: Mapping | None = None,
+    target: str = "label",
+    split: str = "entity",
     seeds: Sequence[int] = (0, 1, 2),
     min_rows: int = 20,
+    cross_format: bool = True,
+    mdl: bool = True,
     batch_size: int = 16,
     keep_stores: bool = True,
     load: Callable | None = None,
@@ -402,17 +487,18 @@ def run_probe_sweep(
         tasks: task family names.
         sites: site kinds (``resid_post``...) or ``kind.layer``; each is one unit per (run, task).
         out_dir: where ``parts/``, ``stores/`` and the merged ``probes.parquet`` go.
-        shard: ``(i, n)``: this process does units ``i, i+n, i+2n, ...`` of the sorted unit list.
+        shard: ``(i, n)``: this process does the i-th of n contiguous blocks of the sorted unit
+            list (contiguous, so that a shard loads each of its runs once).
         n_items, item_seed: items generated per task.
-        probe, split, seeds: as :func:`probe_layers`; split ``group`` holds out templates,
-            ``entity`` entities.
-        min_rows: label families with fewer rows are skipped.
+        probe, probe_params, target, split, seeds, min_rows, cross_format, mdl: as :func:`probe_store`.
         load: ``path -> run`` with ``.bridge`` and ``.tokenizer`` (default ``trained.load_run``).
         generate: ``(task, n, seed) -> items`` (default ``tasks.get_task(task).generate``).
 
     Returns:
         the merged table of every part present in ``out_dir`` (all shards done so far).
     """
+    from codetransfer.analysis.store import extract_activations
+
     i, n = shard
     if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
         raise CodetransferError(f"shard: expected (i, n) with 0 <= i < n, got {shard!r}; e.g. --shard 0/4")
@@ -421,10 +507,10 @@ def run_probe_sweep(
     load = load or _default_load
     generate = generate or _default_generate
     out_dir = Path(out_dir)
-    (out_dir / "parts").mkdir(parents=True, exist_ok=True)
     units = sorted((str(r.name), t, s) for r in runs for t in tasks for s in sites)
     by_name = {str(r.name): r for r in runs}
-    mine = units[i::n]
+    bounds = np.linspace(0, len(units), n + 1).round().astype(int)
+    mine = units[bounds[i] : bounds[i + 1]]
     loaded_name, loaded = None, None
     items_cache: dict = {}
     for run_name, task, site in mine:
@@ -436,40 +522,30 @@ def run_probe_sweep(
             progress(f"probing {run_name} / {task} / {site}")
         if loaded_name != run_name:
             loaded, loaded_name = load(info.path), run_name
+        bridge = loaded.bridge
+        # refuse a site the model lacks before any work is written
+        site_names = [s.name for s in parse_sites([site], int(bridge.cfg.n_layers))]
         if task not in items_cache:
             items_cache[task] = generate(task, n_items, item_seed)
         items = items_cache[task]
         if not items:
             raise CodetransferError(f"task '{task}': the generator returned no items; raise --n-items")
-        bridge = loaded.bridge
-        tokens, positions, index = item_rows(items, loaded.tokenizer)
-        site_names = [s.name for s in parse_sites([site], int(bridge.cfg.n_layers))]
+        tokens, positions, index = item_rows(items, loaded.tokenizer, twins=cross_format)
         store_dir = out_dir / "stores" / _safe(run_name) / _safe(task) / _safe(site)
-        version = str(getattr(items[0], "version", ""))
         store = ActivationStore.create(
-            store_dir, run=run_name, task=task, task_version=version, seed=item_seed, sites=site_names,
-            d_model=int(bridge.cfg.d_model), n_heads=int(bridge.cfg.n_heads), capacity=max(1, len(index)),
+            store_dir, run=run_name, task=task, task_version=str(getattr(items[0], "version", "")), seed=item_seed,
+            sites=site_names, d_model=int(bridge.cfg.d_model), n_heads=int(bridge.cfg.n_heads),
+            capacity=max(1, len(index)),
             extra={"recipe": getattr(info, "recipe", None), "run_seed": getattr(info, "seed", None)},
             overwrite=True,
         )
-        from codetransfer.analysis.store import extract_activations
-
         store = extract_activations(bridge, tokens, positions, [site], store, batch_size=batch_size, index=index)
-        idx = store.index
         meta = {"run": run_name, "recipe": getattr(info, "recipe", None), "seed": getattr(info, "seed", None),
                 "task": task}
-        tables = []
-        for family, sub in idx.groupby("family", sort=True):
-            if len(sub) < min_rows or sub["value"].nunique() < 2:
-                continue
-            groups = [tuple(e.split("|")) for e in sub["entities"]] if split == "entity" else sub["template"].to_numpy()
-            try:
-                tables.append(probe_layers(store, sub["value"].to_numpy(), groups, rows=sub["row"].to_numpy(),
-                                           split=split, probe=probe, seeds=seeds, meta=meta, pos=family))
-            except CodetransferError as e:
-                if progress:
-                    progress(f"skipped {run_name} / {task} / {site} / {family}: {e}")
-        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
+        table = probe_store(store, target=target, split=split, probe=probe, probe_params=probe_params, seeds=seeds,
+                            min_rows=min_rows, cross_format=cross_format, mdl=mdl, meta=meta,
+                            skipped=(lambda m: progress(f"skipped {run_name}/{task}/{site} {m}")) if progress else None)
+        part.parent.mkdir(parents=True, exist_ok=True)
         _atomic_parquet(table, part)
         if not keep_stores:
             import shutil
@@ -481,6 +557,7 @@ def run_probe_sweep(
 def merge_parts(out_dir: str | os.PathLike) -> pd.DataFrame:
     """Concatenate every finished part into ``probes.parquet`` (atomic) and return it."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     parts = sorted((out_dir / "parts").glob("*.parquet"))
     frames = [pd.read_parquet(p) for p in parts]
     frames = [f for f in frames if len(f)]
