@@ -11,7 +11,9 @@ at the requested difficulty, renders it in the family's format, and attaches
 * the **counterfactual**: the scenario with exactly one fact changed (one argument of one event:
   a destination box, a constant, a copy source, a swap partner, an amount) such that the answer
   changes but stays among the same candidates. Template set, code style and distractors are kept,
-  so the two prompts differ only in that argument. The counterfactual has its own twin, and the
+  so the two prompts differ only in that argument, except where prose names a *derived* value
+  (the giver in "Tom gives the ball to Ann", the box in "removed from box A"); among all valid
+  one-fact changes the generator prefers those whose prose differs in a single sentence. The counterfactual has its own twin, and the
   twin has the counterfactual's twin as its counterfactual.
 
 Every code rendering is executed once at generation time (self-check): the program's value of the
@@ -53,7 +55,7 @@ from functools import lru_cache
 from codetransfer.errors import CodetransferError
 from codetransfer.tasks.items import Item, Label
 from codetransfer.tasks.render import (BOX_LETTERS, CODE_SETS, DIGITS, N_TEXT_SETS, POOLS, SPLITS, Scenario,
-                                       program_value, render)
+                                       program_value, render, statement)
 from codetransfer.tasks.world import Event, is_valid, sample_binding, sample_counts, sample_locations, simulate
 
 DISTRACTOR_RATE = 0.15
@@ -135,7 +137,16 @@ def counterfactual(sc: Scenario, rng: random.Random) -> Scenario:
                 options.append(other)
     if not options:
         raise CodetransferError(f"no single-fact counterfactual exists for this {sc.kind} scenario; resample it")
-    return rng.choice(options)
+    # Prefer changes whose prose differs in one sentence only (a derived mention such as the giver in
+    # "Tom gives the ball to Ann" can make a one-fact change show up in two sentences).
+    base = _sentences(sc)
+    spread = [sum(x != y for x, y in zip(base, _sentences(o))) for o in options]
+    return rng.choice([o for o, k in zip(options, spread) if k == min(spread)])
+
+
+def _sentences(sc: Scenario) -> list[str]:
+    states = sc.states()
+    return [statement(sc, i, states, "text") for i in range(len(sc.events))]
 
 
 def _entities(sc: Scenario) -> tuple[str, ...]:
@@ -330,21 +341,21 @@ TRAIN_TEXT_MAX = {"boxes": 3, "possession": 3, "binding": 2, "counting": 2}
 """Most operations (hops for binding) a training narrative shows; evaluation goes up to the family max."""
 
 FAMILIES: tuple[TaskFamily, ...] = (
-    WorldFamily("entity_tracking", "reasoning", "text", "1", tuple(range(7)),
+    WorldFamily("entity_tracking", "reasoning", "text", "2", tuple(range(7)),
                 "boxes task: which box holds an object after moves/swaps ('The pen is in box' -> ' C')",
                 kind="boxes", stream="boxes"),
-    WorldFamily("variable_binding", "reasoning", "text", "1", tuple(range(6)),
+    WorldFamily("variable_binding", "reasoning", "text", "2", tuple(range(6)),
                 "binding chains ('Ann's number is the same as Tom's.'); difficulty = hops",
                 kind="binding"),
-    WorldFamily("counting", "reasoning", "text", "1", tuple(range(6)),
+    WorldFamily("counting", "reasoning", "text", "2", tuple(range(6)),
                 "small counts after buy/eat/give ('Tom has' -> ' 4'); difficulty = operations",
                 kind="counting"),
-    WorldFamily("possession", "reasoning", "text", "1", tuple(range(7)),
+    WorldFamily("possession", "reasoning", "text", "2", tuple(range(7)),
                 "who holds an object after hand-overs ('The ball is with' -> ' Ann'); difficulty = operations",
                 kind="possession"),
     KnowledgeCloze("knowledge_cloze", "knowledge", "text", "1+gcide-0.1.0", (0, 1, 2),
                    "'A sparrow is a kind of' -> ' bird', mined from GCIDE glosses; difficulty = word rarity band"),
-    WorldFamily("code_state", "code", "code", "1", tuple(range(7)),
+    WorldFamily("code_state", "code", "code", "2", tuple(range(7)),
                 "program state tracking: entity tracking as Python ending 'assert pen ==' -> ' C'",
                 kind="boxes", stream="boxes"),
 )
