@@ -63,6 +63,8 @@ from codetransfer.analysis.stats import (
 from codetransfer.errors import CodetransferError, did_you_mean
 
 METRICS = ("accuracy", "logit_diff")
+#: metric name -> the per-item (or per-window) score column it averages
+METRIC_COLUMNS = {"accuracy": "correct", "logit_diff": "logit_diff", "loss": "loss"}
 
 #: per-item score columns (besides run, recipe, seed)
 ITEM_COLUMNS = (
@@ -252,8 +254,9 @@ def score_items(
 def make_items(tasks, n_items: int, seed: int) -> dict[str, list]:
     """``{task name: items}``: generated once (seeded) from the task registry, or passed through.
 
-    ``tasks`` is a list of task names (``codetransfer.tasks.get_task(name).generate(n_items, seed)``) or
-    already a mapping of name to items.
+    ``tasks`` is a list of task names (or a comma-separated string) — items come from
+    ``codetransfer.tasks.get_task(name).generate(n_items, seed)``, whose difficulty levels cycle over the
+    items — or already a mapping of name to items.
     """
     if isinstance(tasks, Mapping):
         out = {str(k): list(v) for k, v in tasks.items()}
@@ -262,14 +265,9 @@ def make_items(tasks, n_items: int, seed: int) -> dict[str, list]:
             tasks = [t for t in tasks.split(",") if t]
         if n_items < 1:
             raise CodetransferError(f"n_items: expected a positive number of items per task, got {n_items}")
-        try:
-            from codetransfer.tasks import get_task, list_tasks
-        except ImportError:
-            raise CodetransferError(
-                "tasks: the task registry (codetransfer.tasks.get_task) is not available in this version; "
-                "pass items directly"
-            ) from None
-        known = list(list_tasks())
+        from codetransfer.tasks import get_task, task_names
+
+        known = list(task_names())
         out = {}
         for name in tasks:
             if name not in known:
@@ -298,7 +296,7 @@ def _run_meta(run) -> tuple[str, str, int]:
 
 def score_runs(
     loaded_runs: Sequence, items_by_task: Mapping[str, Sequence], batch_size: int = 32,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", progress=None,
 ) -> pd.DataFrame:
     """Per-item scores of every run on every task: :func:`score_items` rows plus ``run, recipe, seed``.
 
@@ -315,7 +313,9 @@ def score_runs(
     for run, (name, recipe, seed) in zip(loaded_runs, metas):
         model = getattr(run, "bridge", None)
         model = getattr(run, "model", None) if model is None else model
-        for items in items_by_task.values():
+        for task, items in items_by_task.items():
+            if progress is not None:
+                progress(f"scoring run {name} on {task} ({len(items)} items)")
             df = score_items(model, run.tokenizer, items, batch_size, device)
             df.insert(0, "seed", seed)
             df.insert(0, "recipe", recipe)
@@ -325,13 +325,22 @@ def score_runs(
 
 
 def _levels(df: pd.DataFrame):
-    for d in sorted(df["difficulty"].unique()):
-        yield str(d), df[df["difficulty"] == d]
+    if "difficulty" in df.columns:
+        for d in sorted(df["difficulty"].unique()):
+            yield str(d), df[df["difficulty"] == d]
     yield "all", df
 
 
 def _metric_values(df: pd.DataFrame, metric: str) -> np.ndarray:
-    return df["correct"].to_numpy(dtype=float) if metric == "accuracy" else df["logit_diff"].to_numpy(float)
+    return df[METRIC_COLUMNS[metric]].to_numpy(dtype=float)
+
+
+def _metrics_of(scores: pd.DataFrame) -> list[str]:
+    return [m for m, col in METRIC_COLUMNS.items() if col in scores.columns]
+
+
+def _chance(df: pd.DataFrame) -> float:
+    return float(df["chance"].mean()) if "chance" in df.columns else float("nan")
 
 
 def tidy_table(scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
@@ -339,20 +348,22 @@ def tidy_table(scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed:
 
     Columns: ``run, recipe, seed, task, category, difficulty, metric, value, ci_low, ci_high, chance,
     n_items``; per-run rows and, with ``run = "<recipe>*"``, per-recipe rows aggregated over seeds.
+    Also takes :func:`heldout_scores` rows (per window, metric ``loss``, difficulty ``'all'`` only).
     """
     rng = np.random.default_rng(seed)
+    metrics = _metrics_of(scores)
     recs = []
     for (run, recipe, rseed, task, category), g in scores.groupby(
         ["run", "recipe", "seed", "task", "category"], sort=True
     ):
         for level, gl in _levels(g):
-            for metric in METRICS:
+            for metric in metrics:
                 v, lo, hi = bootstrap_ci(_metric_values(gl, metric), n_boot, ci, rng)
                 recs.append((run, recipe, rseed, task, category, level, metric, float(v), float(lo), float(hi),
-                             float(gl["chance"].mean()), len(gl)))
+                             _chance(gl), len(gl)))
     for (recipe, task, category), g in scores.groupby(["recipe", "task", "category"], sort=True):
         for level, gl in _levels(g):
-            for metric in METRICS:
+            for metric in metrics:
                 m = gl.assign(_v=_metric_values(gl, metric)).pivot_table(
                     index="seed", columns="index", values="_v", aggfunc="mean"
                 ).dropna(axis=1)
@@ -360,7 +371,7 @@ def tidy_table(scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed:
                     continue
                 iv = hierarchical_bootstrap_ci(m.to_numpy(), n_boot, ci, rng, crossed=True)
                 recs.append((f"{recipe}*", recipe, pd.NA, task, category, level, metric, iv.value, iv.low, iv.high,
-                             float(gl["chance"].mean()), m.shape[1]))
+                             _chance(gl), m.shape[1]))
     cols = ["run", "recipe", "seed", "task", "category", "difficulty", "metric", "value", "ci_low", "ci_high",
             "chance", "n_items"]
     table = pd.DataFrame.from_records(recs, columns=cols)
@@ -390,10 +401,14 @@ def relative_change_summary(
 
     Columns: ``recipe, baseline, category, metric`` (``"relative_change"``), ``of`` (the metric compared),
     ``value, ci_low, ci_high`` (``value = 0.082`` means +8.2%), ``recipe_value, baseline_value, n_seeds,
-    n_items``. Items of all tasks of a category are pooled (equal weight per item).
+    n_items``. Items of all tasks of a category are pooled (equal weight per item). With
+    :func:`heldout_scores` rows and ``metric="loss"`` it is the relative change of held-out loss per
+    category (negative = better).
     """
-    if metric not in METRICS:
-        raise CodetransferError(f"metric: expected one of {', '.join(METRICS)}, got '{metric}'")
+    if metric not in _metrics_of(scores):
+        raise CodetransferError(
+            f"metric: expected one of {', '.join(_metrics_of(scores))} (the scores' columns), got '{metric}'"
+        )
     recipes = sorted(scores["recipe"].unique())
     if baseline not in recipes:
         raise CodetransferError(
@@ -449,23 +464,22 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 
 @torch.no_grad()
-def heldout_loss(
+def heldout_scores(
     model, token_arrays_by_source: Mapping[str, np.ndarray | str | Path], batch_size: int = 8,
     device: str | torch.device = "cpu", max_windows: int | None = None, categories: Mapping[str, str] | None = None,
-    n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
 ) -> pd.DataFrame:
-    """Per-source held-out next-token loss (nats/token) with a bootstrap interval over context windows.
+    """Per-window held-out next-token loss (nats/token) of every source.
 
     Each source's token array (a uint16 array or a path to a ``.npy`` file) is cut into non-overlapping
     windows of the model's ``n_ctx`` tokens (the last partial window is dropped; at most ``max_windows``
     evenly spaced windows are used). Rows: ``task`` (``"heldout:<source>"``), ``category`` (``stdlib`` ->
-    ``code`` unless ``categories`` says otherwise; other sources ``"text"``), ``metric`` (``"loss"``),
-    ``value, ci_low, ci_high, n_tokens``.
+    ``code`` unless ``categories`` says otherwise; other sources ``"text"``), ``index`` (window), ``loss``.
     """
     cats = {"stdlib": "code", **(categories or {})}
     n_ctx = model_n_ctx(model)
-    rng = np.random.default_rng(seed)
-    recs = []
+    if len(token_arrays_by_source) == 0:
+        raise CodetransferError("token_arrays_by_source: expected at least one source, got none")
+    frames = []
     for source, arr in token_arrays_by_source.items():
         if isinstance(arr, (str, Path)):
             try:
@@ -484,7 +498,7 @@ def heldout_loss(
             )
         starts = np.arange(n_win) * n_ctx
         if max_windows is not None and n_win > max_windows:
-            starts = starts[np.linspace(0, n_win - 1, max_windows).round().astype(int)]
+            starts = starts[np.unique(np.linspace(0, n_win - 1, max_windows).round().astype(int))]
         windows = np.stack([np.asarray(arr[s : s + n_ctx], dtype=np.int64) for s in starts])
         per_window = []
         for s in range(0, len(windows), batch_size):
@@ -494,11 +508,26 @@ def heldout_loss(
                 logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
             ).view(x.shape[0], -1)
             per_window.append(nll.mean(1).cpu().numpy())
-        v, lo, hi = bootstrap_ci(np.concatenate(per_window), n_boot, ci, rng)
-        recs.append((f"heldout:{source}", cats.get(source, "text"), "loss", float(v), float(lo), float(hi),
-                     len(windows) * (n_ctx - 1)))
+        frames.append(pd.DataFrame({"task": f"heldout:{source}", "category": cats.get(source, "text"),
+                                    "index": np.arange(len(windows)), "loss": np.concatenate(per_window)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def heldout_loss(
+    model, token_arrays_by_source: Mapping[str, np.ndarray | str | Path], batch_size: int = 8,
+    device: str | torch.device = "cpu", max_windows: int | None = None, categories: Mapping[str, str] | None = None,
+    n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+) -> pd.DataFrame:
+    """Per-source held-out loss rows (``task, category, metric='loss', value, ci_low, ci_high, n_windows``),
+    the interval a bootstrap over windows; see :func:`heldout_scores`."""
+    scores = heldout_scores(model, token_arrays_by_source, batch_size, device, max_windows, categories)
+    rng = np.random.default_rng(seed)
+    recs = []
+    for (task, category), g in scores.groupby(["task", "category"], sort=False):
+        v, lo, hi = bootstrap_ci(g["loss"].to_numpy(), n_boot, ci, rng)
+        recs.append((task, category, "loss", float(v), float(lo), float(hi), len(g)))
     return pd.DataFrame.from_records(
-        recs, columns=["task", "category", "metric", "value", "ci_low", "ci_high", "n_tokens"]
+        recs, columns=["task", "category", "metric", "value", "ci_low", "ci_high", "n_windows"]
     )
 
 
