@@ -8,7 +8,9 @@ training entity pools, prose templates and code styles, never the evaluation one
 (``kind="narrative"``) or as a program (``kind="program"``), with **dense supervision**: after the
 initial facts and after most operations the document restates current values in the exact form the
 evaluation query uses ("The pen is in box C." / ``assert pen == C``), and every episode ends by
-restating the value of its query key. So the easiest level (no operation) is solvable by copying an
+restating the values of some keys and then of its query key. Right after the initial facts comes a
+lookup drill (each fact restated with probability ``RESTATE_INITIAL``, in random order), so every
+episode carries several retrieval targets that need the key, not only the last sentence. So the easiest level (no operation) is solvable by copying an
 earlier statement (an induction-style repeat: "the pen is in box B ... the pen is in box" -> B),
 while restatements after moves, swaps, copies and arithmetic need the state to be tracked.
 
@@ -32,9 +34,13 @@ from codetransfer.errors import CodetransferError
 from codetransfer.tasks.families import FAMILIES, TRAIN_TEXT_MAX, sample_scenario
 from codetransfer.tasks.render import KINDS, prelude, restatement, statement
 
-VERSION = "1"
+VERSION = "2"
 """Bumped whenever the documents for a given seed change."""
 
+RESTATE_INITIAL = 0.6
+"""Probability of restating each initial fact right after the initial state (a lookup drill)."""
+RESTATE_FINAL = 0.5
+"""Probability of restating each other key at the end of an episode (before the query key)."""
 RESTATE_AFTER_OP = 0.8
 """Probability of restating a key the operation changed."""
 RESTATE_OTHER = 0.3
@@ -63,20 +69,24 @@ def episode(rng: random.Random, world: str, doc_kind: str, difficulty: int) -> s
         vals = states[i].values
         if i < sc.n_init - 1:
             continue
-        touched = [k for k in (ev.key, ev.value) if k in vals] if i >= sc.n_init else []
-        if ev.op in ("put", "move", "give", "assign"):
-            touched = touched[:1]
         said = []
-        for k in touched:
-            if rng.random() < RESTATE_AFTER_OP:
-                said.append(k)
-        if rng.random() < RESTATE_OTHER or i == sc.n_init - 1:
-            said.append(rng.choice(sorted(vals)))
+        if i == sc.n_init - 1:  # lookup drill after the initial facts: restate keys in random order
+            said = [k for k in rng.sample(sorted(vals), len(vals)) if rng.random() < RESTATE_INITIAL]
+        else:
+            touched = [k for k in (ev.key, ev.value) if k in vals]
+            if ev.op in ("put", "move", "give", "assign"):
+                touched = touched[:1]
+            said = [k for k in touched if rng.random() < RESTATE_AFTER_OP]
+            if rng.random() < RESTATE_OTHER:
+                said.append(rng.choice(sorted(vals)))
         for k in dict.fromkeys(said):
             lines.append(restatement(sc, k, vals[k], rendering))
     if len(sc.events) in distract:
         lines.append(distract[len(sc.events)])
-    lines.append(restatement(sc, sc.query, states[-1].values[sc.query], rendering))
+    final = states[-1].values
+    others = [k for k in rng.sample(sorted(final), len(final)) if k != sc.query and rng.random() < RESTATE_FINAL]
+    for k in others + [sc.query]:
+        lines.append(restatement(sc, k, final[k], rendering))
     return (" " if rendering == "text" else "\n").join(lines)
 
 
