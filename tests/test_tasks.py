@@ -11,7 +11,8 @@ import pytest
 
 from codetransfer.errors import CodetransferError
 from codetransfer.tasks import Item, get_task, get_tasks, list_tasks, task_names
-from codetransfer.tasks.families import TRAIN_TEXT_MAX, WorldFamily, counterfactual, sample_scenario
+from codetransfer.tasks.families import (TRAIN_TEXT_MAX, WorldFamily, counterfactual, gcide_dir, mine_gcide,
+                                         sample_scenario)
 from codetransfer.tasks.render import (CODE_SETS, KINDS, POOLS, SPLITS, Scenario, execute_code_answer, program_value,
                                        render)
 from codetransfer.tasks.world import Event, apply, is_valid, simulate
@@ -265,9 +266,9 @@ def test_knowledge_cloze_items_are_checkable_against_the_gloss():
         assert cf.candidates == it.candidates and cf.label != it.label
         assert len(it.candidates) == 4
     assert {it.difficulty for it in items} == {0, 1, 2}
-    sparrow = [r for r in __import__("codetransfer.tasks.families", fromlist=["x"]).mine_gcide(
-        __import__("codetransfer.tasks.families", fromlist=["x"]).gcide_dir()) if r[0] == "sparrow"]
-    assert sparrow and sparrow[0][1] == "bird"
+    known = {r[0]: r[1] for r in mine_gcide(gcide_dir())}
+    assert known["sparrow"] == "bird" and known["salmon"] == "fish" and known["baseball"] == "game"
+    assert "lapdog" in known and "housedog" not in known  # "A dog trained to guard..." is not "a kind of dog" by the rule
 
 
 # ----------------------------------------------------------------------------- registry, bad input
