@@ -21,10 +21,14 @@ state) and tests on the other's (the English rendering), and the reverse, on hel
 by both, next to the within-format scores on the same splits: a probe that transfers suggests one
 representation for both formats.
 
+:func:`probe_store` runs :func:`probe_layers` (and :func:`cross_format_probe` on twin rows) for each
+label of a store built from task items (:func:`item_rows` gives the tokens, label positions and index).
+
 :func:`run_probe_sweep` is the restartable, shardable batch job over runs × tasks × sites: each
 (run, task, site) unit extracts its activations into an :class:`~codetransfer.analysis.store.
 ActivationStore`, probes every layer, and writes one parquet part atomically; a unit whose part
-exists is skipped, so a restarted or re-sharded sweep repeats no work. Parts are merged into
+exists is skipped, so a restarted or re-sharded sweep repeats no work (a unit interrupted between
+extraction and its part reuses its store when the store's run, task version and seed match). Parts are merged into
 ``probes.parquet``. Shard ``(i, n)`` takes the i-th of n contiguous blocks of the sorted unit list
 (units sort by run, so a shard loads few models).
 
@@ -532,14 +536,20 @@ def run_probe_sweep(
             raise CodetransferError(f"task '{task}': the generator returned no items; raise --n-items")
         tokens, positions, index = item_rows(items, loaded.tokenizer, twins=cross_format)
         store_dir = out_dir / "stores" / _safe(run_name) / _safe(task) / _safe(site)
-        store = ActivationStore.create(
-            store_dir, run=run_name, task=task, task_version=str(getattr(items[0], "version", "")), seed=item_seed,
-            sites=site_names, d_model=int(bridge.cfg.d_model), n_heads=int(bridge.cfg.n_heads),
-            capacity=max(1, len(index)),
-            extra={"recipe": getattr(info, "recipe", None), "run_seed": getattr(info, "seed", None)},
-            overwrite=True,
-        )
-        store = extract_activations(bridge, tokens, positions, [site], store, batch_size=batch_size, index=index)
+        version = str(getattr(items[0], "version", ""))
+        expect = {"run": run_name, "task": task, "task_version": version, "seed": item_seed}
+        try:  # a unit interrupted after extraction reuses its store, if it was made from the same inputs
+            store = ActivationStore.open(store_dir, expect=expect)
+            if sorted(store.sites) != sorted(site_names) or store.n_rows != len(index):
+                raise CodetransferError("store differs")
+        except CodetransferError:
+            store = ActivationStore.create(
+                store_dir, **expect, sites=site_names, d_model=int(bridge.cfg.d_model),
+                n_heads=int(bridge.cfg.n_heads), capacity=max(1, len(index)),
+                extra={"recipe": getattr(info, "recipe", None), "run_seed": getattr(info, "seed", None)},
+                overwrite=True,
+            )
+            store = extract_activations(bridge, tokens, positions, [site], store, batch_size=batch_size, index=index)
         meta = {"run": run_name, "recipe": getattr(info, "recipe", None), "seed": getattr(info, "seed", None),
                 "task": task}
         table = probe_store(store, target=target, split=split, probe=probe, probe_params=probe_params, seeds=seeds,

@@ -101,6 +101,16 @@ def test_sweep_restarts_without_repeating_work_and_shards_partition(tmp_path, lo
     assert set(zip(cross.fit_on, cross.test_on)) == {("text", "code"), ("code", "text")}
     acc = merged[merged.metric == "accuracy"]
     assert ((acc.value >= 0) & (acc.value <= 1)).all()
+    # a unit interrupted after extraction (part missing, store complete) reuses its store
+    part = tmp_path / "s" / "parts" / parts[0]
+    before = pd.read_parquet(part)
+    npys = list((tmp_path / "s" / "stores").rglob("*.npy"))
+    npy_times = {p: p.stat().st_mtime_ns for p in npys}
+    part.unlink()
+    c3 = Counter()
+    run_probe_sweep(runs, ["entity_tracking"], sites, tmp_path / "s", load=c3.load, generate=c3.generate, **FAST)
+    assert c3.loads == 1 and {p: p.stat().st_mtime_ns for p in npys} == npy_times
+    pd.testing.assert_frame_equal(pd.read_parquet(part), before)
 
 
 def test_sweep_refuses_bad_sites_and_shards_writing_nothing(tmp_path, long_ctx_model):
