@@ -39,9 +39,16 @@ the relative change of each recipe's accuracy vs a baseline recipe (default ``"t
 all the category's tasks pooled, with a bootstrap interval of the ratio (seeds of each recipe resampled
 independently, item resamples shared because every run saw the same items).
 
-:func:`heldout_loss` is the per-source held-out next-token loss on token arrays (the training room's
-``.npy`` files), in non-overlapping windows of the model's context, with a bootstrap over windows; the
-``stdlib`` source is the ``code`` category by default.
+:func:`heldout_scores` is the per-source held-out next-token loss on token arrays (the training room's
+``<source>.heldout.npy`` files), one row per non-overlapping window of the model's context; the
+``stdlib`` source is the ``code`` category by default (other sources ``text``). Its rows go through
+:func:`tidy_table` (metric ``loss``, difficulty ``'all'``) and :func:`relative_change_summary`
+(``metric="loss"``; windows are shared by all runs, so paired like items). :func:`heldout_loss` is the
+one-model shortcut with a bootstrap over windows.
+
+Not done: candidates of one item that span several tokens each get their own row with the prompt
+repeated (no KV-cache prefix sharing or packed tree attention); for the short prompts of the task
+families this costs at most (number of multi-token candidates - 1) extra prompt passes per item.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ from codetransfer.analysis.stats import (
 from codetransfer.errors import CodetransferError, did_you_mean
 
 METRICS = ("accuracy", "logit_diff")
+SUMMARY_COLUMNS = ("recipe", "baseline", "category", "metric", "of", "value", "ci_low", "ci_high", "recipe_value",
+                   "baseline_value", "n_seeds", "n_items")
 #: metric name -> the per-item (or per-window) score column it averages
 METRIC_COLUMNS = {"accuracy": "correct", "logit_diff": "logit_diff", "loss": "loss"}
 
@@ -440,9 +449,7 @@ def relative_change_summary(
                 iv_value, iv_low, iv_high = iv.value, iv.low, iv.high
             recs.append((recipe, baseline, category, "relative_change", metric, iv_value, iv_low, iv_high,
                          float(r_m.mean()), float(b_m.mean()), r_m.shape[0], r_m.shape[1]))
-    cols = ["recipe", "baseline", "category", "metric", "of", "value", "ci_low", "ci_high", "recipe_value",
-            "baseline_value", "n_seeds", "n_items"]
-    return pd.DataFrame.from_records(recs, columns=cols)
+    return pd.DataFrame.from_records(recs, columns=list(SUMMARY_COLUMNS))
 
 
 def format_summary(summary: pd.DataFrame) -> str:

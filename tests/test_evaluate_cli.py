@@ -91,3 +91,14 @@ def test_eval_cli_too_long_items_leave_previous_results(tmp_path, capsys):
     assert rc == 2 and "longer than the model's context n_ctx=16" in err
     assert sorted(p.name for p in out.iterdir()) == ["eval.parquet"]
     assert (out / "eval.parquet").read_text() == "previous"
+
+
+def test_eval_cli_one_run_without_baseline(grid, tmp_path, capsys):
+    out = tmp_path / "one"
+    rc = main(["eval", "--runs", str(grid / "runs" / "code25-s0"), "--out", str(out), "--tasks", "knowledge_cloze",
+               "--n-items", "6", "--n-boot", "100", "--heldout-windows", "0"])
+    assert rc == 0
+    assert "no 'text-only' runs" in capsys.readouterr().err
+    assert pd.read_csv(out / "summary.csv").empty
+    table = pd.read_parquet(out / "eval.parquet")
+    assert set(table["run"]) == {"code25-s0", "code25*"} and "loss" not in set(table["metric"])

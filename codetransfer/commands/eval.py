@@ -71,6 +71,7 @@ def run(args) -> int:
     import pandas as pd
 
     from codetransfer.analysis.evaluate import (
+        SUMMARY_COLUMNS,
         format_summary,
         heldout_scores,
         make_items,
@@ -131,8 +132,7 @@ def run(args) -> int:
             summaries.append(relative_change_summary(losses, baseline, "loss", args.n_boot, seed=args.seed))
     table = pd.concat(tables, ignore_index=True)
     table["seed"] = table["seed"].astype("Int64")
-    summary = pd.concat(summaries, ignore_index=True) if summaries else relative_change_summary(
-        scores, recipes[0], "accuracy", 10).iloc[:0]
+    summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame(columns=list(SUMMARY_COLUMNS))
     _write_atomic(out, {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores})
     for of, s in summary.groupby("of", sort=False):
         print(format_summary(s))
