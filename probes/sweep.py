@@ -201,7 +201,8 @@ def _probe_one(X, labels, splits, clusters, control_types, probe, params, mdl, n
     def fit(y_train, train):
         if fit_counter is not None:
             fit_counter()
-        return clone(est).fit(X[train], y_train)
+        # the inner CV that picks C is grouped too (GroupKFold over the training rows' groups)
+        return clone(est).fit(X[train], y_train, groups=clusters[train])
 
     if probe == "ridge":
         scores = []

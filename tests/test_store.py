@@ -108,12 +108,15 @@ def _prompts(tokenizer):
     return [encode_with_bos(tokenizer, t)[0] for t in texts]
 
 
-@pytest.mark.parametrize("method", ["hooks", "cache"])
-def test_extraction_matches_full_run_with_cache(tmp_path, tiny_bridge, tiny_tokenizer, method):
+@pytest.mark.parametrize("method,sites", [
+    ("hooks", ["resid_pre", "resid_mid", "resid_post.1", "attn_out.0", "mlp_out.1", "head"]),
+    ("cache", ["resid_pre", "resid_mid", "resid_post.1", "attn_out.0", "mlp_out.1", "head"]),
+    ("hooks", ["resid_post.0", "head.0", "mlp_out.0"]),  # the forward pass stops after block 0
+])
+def test_extraction_matches_full_run_with_cache(tmp_path, tiny_bridge, tiny_tokenizer, method, sites):
     bridge = tiny_bridge
     toks = _prompts(tiny_tokenizer)
     positions = [[0, len(t) - 1] if i % 2 else [len(t) - 1] for i, t in enumerate(toks)]
-    sites = ["resid_pre", "resid_mid", "resid_post.1", "attn_out.0", "mlp_out.1", "head"]
     names = [s.name for s in parse_sites(sites, bridge.cfg.n_layers)]
     store = ActivationStore.create(tmp_path / method, sites=names, d_model=bridge.cfg.d_model,
                                    n_heads=bridge.cfg.n_heads, capacity=2, **META)
