@@ -118,7 +118,18 @@ def main(argv=None) -> int:
             right += int(max(range(len(scores)), key=scores.__getitem__) == it.label)
         return right / len(items)
 
-    print(f"\n{'task':<18}{'split':<7}{'diff':>5}{'acc':>7}{'chance':>8}   (text twin acc for code_state)")
+    def baselines(items) -> tuple[float, float]:
+        """Accuracy of (a) a uniform guess among candidates mentioned in the prompt and
+        (b) the candidate mentioned last: what copying without tracking the key would get."""
+        uni = last = 0.0
+        for it in items:
+            pos = {i: it.prompt.rfind(c.strip()) for i, c in enumerate(it.candidates)}
+            seen = [i for i, p in pos.items() if p >= 0]
+            uni += (it.label in seen) / max(1, len(seen)) if seen else 1 / len(it.candidates)
+            last += (max(seen, key=pos.get) == it.label) if seen else 1 / len(it.candidates)
+        return uni / len(items), last / len(items)
+
+    print(f"\n{'task':<18}{'split':<7}{'diff':>5}{'acc':>7}{'chance':>8}{'copy-any':>9}{'copy-last':>10}   (text twin acc for code_state)")
     for name in ("entity_tracking", "variable_binding", "counting", "possession", "code_state"):
         fam = get_task(name)
         for split in ("train", "eval"):
@@ -128,7 +139,8 @@ def main(argv=None) -> int:
                 extra = ""
                 if name == "code_state":
                     extra = f"   text twin {accuracy([it.twin for it in items]):.2f}"
-                print(f"{name:<18}{split:<7}{d:>5}{acc:>7.2f}{items[0].chance:>8.2f}{extra}", flush=True)
+                b_any, b_last = baselines(items)
+                print(f"{name:<18}{split:<7}{d:>5}{acc:>7.2f}{items[0].chance:>8.2f}{b_any:>9.2f}{b_last:>10.2f}{extra}", flush=True)
     print(f"total {time.time() - t0:.0f}s")
     return 0
 

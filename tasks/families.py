@@ -149,6 +149,27 @@ def _sentences(sc: Scenario) -> list[str]:
     return [statement(sc, i, states, "text") for i in range(len(sc.events))]
 
 
+RECENCY_TRIES = 60
+"""Scenarios tried per item to meet the recency control (else any valid one is used)."""
+
+_MENTION = {"boxes": r"box ([A-E])\b", "binding": r"\b(\d)\b", "counting": r"\b(\d)\b"}
+
+
+def last_mentioned(sc: Scenario) -> str | None:
+    """The candidate value mentioned last in the prose before the query line (" B"), or None.
+
+    This is the answer of a pure-recency strategy; families balance it (``WorldFamily.scenario``).
+    """
+    text = render(sc, "text").prompt
+    body = text[: text.rfind(".") + 1]
+    if sc.kind == "possession":
+        pattern = r"\b(" + "|".join(re.escape(p) for p in sc.people) + r")\b"
+    else:
+        pattern = _MENTION[sc.kind]
+    found = re.findall(pattern, body)
+    return " " + found[-1] if found else None
+
+
 def _entities(sc: Scenario) -> tuple[str, ...]:
     names = [k.capitalize() if sc.kind in ("binding", "counting") else k for k in sc.keys()]
     return tuple(names) + tuple(sc.people)
@@ -199,9 +220,26 @@ class WorldFamily(TaskFamily):
     """Name of the random stream; families sharing a stream share scenarios (entity_tracking/code_state)."""
 
     def scenario(self, seed: int, index: int, difficulty: int, split: str) -> tuple[Scenario, Scenario]:
-        """The item's scenario and its counterfactual."""
+        """The item's scenario and its counterfactual.
+
+        Recency control: whether the last value the prose mentions is the answer is decided first
+        (true with probability = chance, 1/len(candidates)) and scenarios are resampled until they
+        agree, so "copy the last mentioned box/name/number" scores chance instead of ~0.7 (a move
+        of the queried object as the last operation would otherwise give the answer away).
+        """
         rng = random.Random(f"{self.stream or self.name}|{split}|{seed}|{index}|{difficulty}")
-        for _ in range(50):
+        want = None
+        for t in range(RECENCY_TRIES):
+            sc = sample_scenario(self.kind, rng, difficulty, split)
+            if want is None:
+                want = rng.random() < 1.0 / len(sc.candidates)
+            if (last_mentioned(sc) == sc.answer()) != want and t < RECENCY_TRIES - 1:
+                continue
+            try:
+                return sc, counterfactual(sc, rng)
+            except CodetransferError:
+                continue
+        for _ in range(50):  # recency control not met: any scenario with a counterfactual
             sc = sample_scenario(self.kind, rng, difficulty, split)
             try:
                 return sc, counterfactual(sc, rng)
@@ -345,21 +383,21 @@ TRAIN_TEXT_MAX = {"boxes": 3, "possession": 3, "binding": 2, "counting": 2}
 """Most operations (hops for binding) a training narrative shows; evaluation goes up to the family max."""
 
 FAMILIES: tuple[TaskFamily, ...] = (
-    WorldFamily("entity_tracking", "reasoning", "text", "2", tuple(range(7)),
+    WorldFamily("entity_tracking", "reasoning", "text", "3", tuple(range(7)),
                 "boxes task: which box holds an object after moves/swaps ('The pen is in box' -> ' C')",
                 kind="boxes", stream="boxes"),
-    WorldFamily("variable_binding", "reasoning", "text", "2", tuple(range(6)),
+    WorldFamily("variable_binding", "reasoning", "text", "3", tuple(range(6)),
                 "binding chains ('Ann's number is the same as Tom's.'); difficulty = hops",
                 kind="binding"),
-    WorldFamily("counting", "reasoning", "text", "2", tuple(range(6)),
+    WorldFamily("counting", "reasoning", "text", "3", tuple(range(6)),
                 "small counts after buy/eat/give ('Tom has' -> ' 4'); difficulty = operations",
                 kind="counting"),
-    WorldFamily("possession", "reasoning", "text", "2", tuple(range(7)),
+    WorldFamily("possession", "reasoning", "text", "3", tuple(range(7)),
                 "who holds an object after hand-overs ('The ball is with' -> ' Ann'); difficulty = operations",
                 kind="possession"),
     KnowledgeCloze("knowledge_cloze", "knowledge", "text", "2+gcide-0.1.0", (0, 1, 2),
                    "'A sparrow is a kind of' -> ' bird', mined from GCIDE glosses; difficulty = word rarity band"),
-    WorldFamily("code_state", "code", "code", "2", tuple(range(7)),
+    WorldFamily("code_state", "code", "code", "3", tuple(range(7)),
                 "program state tracking: entity tracking as Python ending 'assert pen ==' -> ' C'",
                 kind="boxes", stream="boxes"),
 )

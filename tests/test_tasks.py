@@ -302,3 +302,20 @@ def test_list_tasks_describes_every_family():
     assert {"entity_tracking", "variable_binding", "counting", "knowledge_cloze", "code_state", "possession"} <= set(task_names())
     for r in rows:
         assert r["category"] in ("reasoning", "knowledge", "code") and r["difficulties"] and r["version"]
+
+
+def test_recency_shortcut_is_controlled():
+    """'Copy the last mentioned value' must not solve the tasks (it would get ~0.7 at one operation)."""
+    from codetransfer.tasks.families import last_mentioned
+
+    sc = Scenario("boxes", (E("put", "pen", "A"), E("put", "cup", "B"), E("move", "pen", "C"), E("remove", "cup")),
+                  2, "pen", tuple(" " + b for b in "ABCDE"))
+    assert last_mentioned(sc) == " B"  # "The cup is removed from box B." is the last mention
+    for name, d in (("entity_tracking", 1), ("possession", 1), ("entity_tracking", 0)):
+        items = get_task(name).generate(60, seed=5, difficulty=d)
+        hits = 0
+        for it in items:
+            mentions = re.findall(r"box ([A-E])\b" if name == "entity_tracking" else
+                                  "|".join(c.strip() for c in it.candidates), it.prompt[: it.prompt.rfind(".") + 1])
+            hits += " " + mentions[-1] == it.answer
+        assert hits / len(items) < 0.45, (name, d, hits)
