@@ -12,7 +12,9 @@ same held-out rows. Output is a tidy table, one row per (site, layer, head, metr
 
 with metrics ``accuracy``, ``control_accuracy``, ``selectivity`` (paired per held-out row),
 ``majority`` (always the most frequent training label), ``mdl_bits`` and ``compression`` (one
-transmission order, no interval); a ``ridge`` probe reports ``r2`` instead. ``value`` is the mean
+transmission order, no interval), optionally ``shuffled_accuracy`` (label-shuffle baseline); a
+``ridge`` probe reports ``r2`` instead (interval: min..max over split seeds). ``head`` is -1 for
+sites that are not per-head. ``value`` is the mean
 over split seeds and ``[ci_low, ci_high]`` a 95% cluster bootstrap over held-out groups.
 ``seed`` is the *training* seed of the run (from the caller or the store's meta), never a split seed.
 
@@ -52,7 +54,7 @@ from threadpoolctl import threadpool_limits
 
 from codetransfer.analysis.store import ActivationStore, parse_sites
 from codetransfer.errors import CodetransferError
-from codetransfer.probes.controls import control_labels, majority_accuracy
+from codetransfer.probes.controls import control_labels, majority_accuracy, shuffled_labels
 from codetransfer.probes.estimators import make_probe
 from codetransfer.probes.mdl import online_codelength
 from codetransfer.probes.splits import Split, bootstrap_ci, entity_splits, group_splits
@@ -104,6 +106,7 @@ def probe_layers(
     seeds: Sequence[int] = (0, 1, 2),
     test_fraction: float = 0.3,
     mdl: bool = True,
+    shuffle_baseline: bool = False,
     n_boot: int = 1000,
     meta: Mapping | None = None,
     pos: str = "all",
@@ -126,6 +129,8 @@ def probe_layers(
         seeds: split seeds; the control task of split ``s`` uses seed ``s``.
         test_fraction: held-out share of groups (entities).
         mdl: add online-code MDL (``mdl_bits``, ``compression``; first seed's order).
+        shuffle_baseline: add ``shuffled_accuracy``: the probe fitted on training labels permuted
+            across training rows, scored against the true held-out labels.
         meta: ``run, recipe, seed, task`` values for the table (default from the store's meta).
         pos: the value of the ``pos`` column (which token position/label family the rows are).
         fit_counter: called once per probe fit (for tests and progress).
@@ -175,13 +180,13 @@ def probe_layers(
     with threadpool_limits(blas_threads):
         for site in sites:
             out.extend(_probe_site(source, site, rows, labels, splits, clusters, control_types, probe,
-                                   probe_params, mdl, n_boot, meta, pos, fit_counter))
+                                   probe_params, mdl, n_boot, meta, pos, fit_counter, shuffle_baseline))
     table = pd.DataFrame(out)
     return table[[c for c in COLUMNS if c in table.columns] + [c for c in table.columns if c not in COLUMNS]]
 
 
 def _probe_site(source, site, rows, labels, splits, clusters, control_types, probe, probe_params, mdl, n_boot,
-                meta, pos, fit_counter):
+                meta, pos, fit_counter, shuffle_baseline=False):
     """Rows for one site (every head separately for ``head.*`` sites)."""
     out = []
     kind, _, layer = site.partition(".")
@@ -191,11 +196,13 @@ def _probe_site(source, site, rows, labels, splits, clusters, control_types, pro
         X = X_site[:, head, :] if head is not None else X_site
         base = dict(meta, site=kind, layer=int(layer), head=-1 if head is None else int(head), pos=pos, probe=probe)
         out.extend({**base, **r} for r in _probe_one(
-            X, labels, splits, clusters, control_types, probe, probe_params or {}, mdl, n_boot, fit_counter))
+            X, labels, splits, clusters, control_types, probe, probe_params or {}, mdl, n_boot, fit_counter,
+            shuffle_baseline))
     return out
 
 
-def _probe_one(X, labels, splits, clusters, control_types, probe, params, mdl, n_boot, fit_counter):
+def _probe_one(X, labels, splits, clusters, control_types, probe, params, mdl, n_boot, fit_counter,
+               shuffle_baseline=False):
     est = make_probe(probe, **params)
 
     def fit(y_train, train):
@@ -211,8 +218,13 @@ def _probe_one(X, labels, splits, clusters, control_types, probe, params, mdl, n
             scores.append(model.score(X[sp.test], labels[sp.test]))
         return [dict(metric="r2", value=float(np.mean(scores)), ci_low=float(np.min(scores)),
                      ci_high=float(np.max(scores)))]
-    task_c, ctrl_c, sel, maj, grp = [], [], [], [], []
+    task_c, ctrl_c, sel, maj, grp, shuf = [], [], [], [], [], []
     for sp in splits:
+        if shuffle_baseline:
+            y_shuf = shuffled_labels(labels[sp.train], seed=sp.seed)
+            if len(np.unique(y_shuf)) > 1:
+                ok = fit(y_shuf, sp.train).predict(X[sp.test]) == labels[sp.test]
+                shuf.append((ok.astype(float), clusters[sp.test]))
         ctrl = control_labels(control_types, labels, seed=sp.seed)
         task_ok = fit(labels[sp.train], sp.train).predict(X[sp.test]) == labels[sp.test]
         if len(np.unique(ctrl[sp.train])) > 1:
@@ -228,6 +240,9 @@ def _probe_one(X, labels, splits, clusters, control_types, probe, params, mdl, n
     for metric, vals in (("accuracy", task_c), ("control_accuracy", ctrl_c), ("selectivity", sel)):
         v, lo, hi = bootstrap_ci(vals, grp, n_boot=n_boot, seed=0)
         rows.append(dict(metric=metric, value=v, ci_low=lo, ci_high=hi))
+    if shuf:
+        v, lo, hi = bootstrap_ci([a for a, _ in shuf], [g for _, g in shuf], n_boot=n_boot, seed=0)
+        rows.append(dict(metric="shuffled_accuracy", value=v, ci_low=lo, ci_high=hi))
     rows.append(dict(metric="majority", value=float(np.mean([m.mean() for m in maj])), ci_low=np.nan, ci_high=np.nan))
     if mdl:
         if fit_counter is not None:
@@ -308,7 +323,8 @@ def sparse_probe_rows(X: np.ndarray, labels: Sequence, groups: Sequence, *, ks: 
     """k-sparse binary probes (TransformerLens ``sweep_sparse_probe``) as tidy rows.
 
     ``labels`` must be binary; ``groups`` (any hashables) are held out whole. Returns rows with
-    ``k``, ``metric`` (``accuracy``, ``roc_auc``) and ``value``.
+    ``k``, ``features`` (the selected coordinates, comma-separated), ``metric`` (``accuracy``,
+    ``roc_auc``) and ``value``.
     """
     import torch
     from transformer_lens.tools.analysis.sparse_probing import sweep_sparse_probe
@@ -327,7 +343,8 @@ def sparse_probe_rows(X: np.ndarray, labels: Sequence, groups: Sequence, *, ks: 
     except ValueError as e:
         raise CodetransferError(f"sparse probe: {e}".replace("\n", " ")) from None
     return pd.DataFrame(
-        [dict(k=r.k, metric=m, value=float(getattr(r.metrics, m))) for r in res.results for m in ("accuracy", "roc_auc")]
+        [dict(k=r.k, features=",".join(str(int(f)) for f in r.selected_features), metric=m,
+              value=float(getattr(r.metrics, m))) for r in res.results for m in ("accuracy", "roc_auc")]
     )
 
 

@@ -39,7 +39,7 @@ def test_sklearn_estimator_checks(estimator, check):
 def test_planted_direction_found_and_selective_random_not():
     y, ent, tmpl, planted, unrelated = synth()
     table = probe_layers({"resid_post.0": planted, "resid_post.1": unrelated}, y, tmpl, control_types=ent,
-                         meta=META, n_boot=300)
+                         meta=META, n_boot=300, shuffle_baseline=True)
     assert set(COLUMNS) <= set(table.columns)
     v = table.set_index(["layer", "metric"])["value"]
     assert v[(0, "accuracy")] > 0.85
@@ -47,6 +47,7 @@ def test_planted_direction_found_and_selective_random_not():
     assert v[(1, "accuracy")] < 0.55
     assert v[(1, "selectivity")] < 0.1
     assert v[(0, "mdl_bits")] < 0.5 * v[(1, "mdl_bits")]
+    assert v[(0, "shuffled_accuracy")] < 0.55  # shuffled training labels teach nothing
     acc0 = table[(table.layer == 0) & (table.metric == "accuracy")].iloc[0]
     assert acc0.ci_low <= acc0.value <= acc0.ci_high and acc0.ci_high - acc0.ci_low < 0.2
     assert (table.run == "r0").all() and (table["head"] == -1).all()
@@ -142,8 +143,9 @@ def test_sparse_probe_finds_single_planted_neuron():
     y = rng.integers(0, 2, 120)
     X[:, 7] += 4 * y
     rows = sparse_probe_rows(X, y, rng.integers(0, 12, 120), ks=(1, 2))
-    acc = rows[rows.metric == "accuracy"].set_index("k")["value"]
-    assert acc[1] > 0.9
+    acc = rows[rows.metric == "accuracy"].set_index("k")
+    assert acc.loc[1, "value"] > 0.9 and acc.loc[1, "features"] == "7"
+
     with pytest.raises(CodetransferError, match="2 classes"):
         sparse_probe_rows(X, rng.integers(0, 3, 120), np.arange(120) // 10)
 
