@@ -438,6 +438,8 @@ class PatchingSweep:
     corrupted: Float[Tensor, " batch"]
     """Metric of the unpatched run that is '0' on the scale (corrupted run; model B across models)."""
     metric: str = "logit_diff"
+    cell_sites: tuple[str, ...] | None = None
+    """Per-cell site names where one sweep mixes sites (path patching: 'path_q', ...)."""
 
     def normalised(self) -> Float[Tensor, " cell"]:
         """``(mean patched - mean corrupted) / (mean clean - mean corrupted)`` per cell."""
@@ -468,7 +470,7 @@ class PatchingSweep:
         rows = []
         for i, c in enumerate(self.cells):
             base = dict(
-                site=self.site,
+                site=self.site if self.cell_sites is None else self.cell_sites[i],
                 layer=c.layer,
                 head=c.head,
                 pos=int(c.pos_label) if c.pos_label.lstrip("-").isdigit() else None,
@@ -640,3 +642,465 @@ patch_head_v = _named("v", True, "Each head's values, by layer, position and hea
 patch_head_q_all_pos = _named("q", False, "Each head's queries at all positions, by layer and head.")
 patch_head_k_all_pos = _named("k", False, "Each head's keys at all positions, by layer and head.")
 patch_head_v_all_pos = _named("v", False, "Each head's values at all positions, by layer and head.")
+
+
+# ----------------------------------------------------------------------------------------------
+# From task items to token batches
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """Clean items and their counterfactuals as aligned, right-padded token tensors."""
+
+    clean_tokens: Int[Tensor, "batch pos"]
+    corrupted_tokens: Int[Tensor, "batch pos"]
+    metric: LogitDiff
+    positions: dict[str, Int[Tensor, " batch"]]
+    """Named token positions per item: span keys shared by every item (span end) and 'last'."""
+    n_dropped: int = 0
+    """Items left out because their counterfactual tokenized to another length (``drop_misaligned``)."""
+
+
+def _first_token(tokenizer, text: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise CodetransferError(f"candidate: {text!r} encodes to no tokens; candidates must be non-empty")
+    return ids[0]
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def _span_positions(item, offsets, keys) -> dict[str, int]:
+    from codetransfer.trained.tokenizer import char_to_token
+
+    return {k: char_to_token(offsets, item.spans[k][1]) for k in keys}
+
+
+def pair_batch(items: Sequence, tokenizer, drop_misaligned: bool = False) -> PairBatch:
+    """Encode items (``[bos] + prompt``) with their counterfactuals for within-model patching.
+
+    Refuses items without a counterfactual, counterfactuals with the same answer token, and
+    (unless ``drop_misaligned``) counterfactuals that tokenize to another length.
+    """
+    from codetransfer.trained.tokenizer import encode_with_bos
+
+    if not items:
+        raise CodetransferError("items: expected at least one item, got none")
+    clean_rows, corr_rows, pos, ans, cnt, offs, kept = [], [], [], [], [], [], []
+    for i, it in enumerate(items):
+        cf = it.counterfactual
+        if cf is None:
+            raise CodetransferError(
+                f"items[{i}] ({it.task}): has no counterfactual; patching needs clean/counterfactual pairs"
+            )
+        a, c = _first_token(tokenizer, it.answer), _first_token(tokenizer, cf.answer)
+        if a == c:
+            raise CodetransferError(
+                f"items[{i}] ({it.task}): answer {it.answer!r} and counterfactual answer {cf.answer!r} start with "
+                "the same token; a counterfactual must change the answer"
+            )
+        ids, off = encode_with_bos(tokenizer, it.prompt)
+        cids, _ = encode_with_bos(tokenizer, cf.prompt)
+        if len(ids) != len(cids):
+            if drop_misaligned:
+                continue
+            raise CodetransferError(
+                f"items[{i}] ({it.task}): prompt is {len(ids)} tokens but its counterfactual {len(cids)}; "
+                "positions must align — pass drop_misaligned=True to skip such items"
+            )
+        clean_rows.append(ids)
+        corr_rows.append(cids)
+        pos.append(len(ids) - 1)
+        ans.append(a)
+        cnt.append(c)
+        offs.append(off)
+        kept.append(it)
+    if not kept:
+        raise CodetransferError("items: every counterfactual tokenizes to another length; nothing to patch")
+    keys = sorted(set.intersection(*(set(it.spans) for it in kept)))
+    named = {k: [] for k in keys}
+    for it, off in zip(kept, offs):
+        for k, p in _span_positions(it, off, keys).items():
+            named[k].append(p)
+    positions = {k: torch.tensor(v) for k, v in named.items()}
+    positions["last"] = torch.tensor(pos)
+    pad = tokenizer.pad_token_id
+    metric = LogitDiff(torch.tensor(pos), torch.tensor(ans), torch.tensor(cnt))
+    return PairBatch(_pad(clean_rows, pad), _pad(corr_rows, pad), metric, positions, len(items) - len(kept))
+
+
+# ----------------------------------------------------------------------------------------------
+# Across models (Prakash et al. 2024)
+
+_SHAPE_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
+
+
+def check_same_shape(model_a, model_b, tokenizer_a=None, tokenizer_b=None) -> None:
+    """Refuse a model pair whose activations cannot be exchanged (shape or tokenizer differs)."""
+    for f in _SHAPE_FIELDS:
+        va, vb = getattr(model_a.cfg, f, None), getattr(model_b.cfg, f, None)
+        if va != vb:
+            raise CodetransferError(
+                f"model_b: cfg.{f} is {vb} but model_a has {va}; cross-model patching needs two runs of "
+                "the same shape — pick runs of one grid"
+            )
+    if (tokenizer_a is None) != (tokenizer_b is None):
+        raise CodetransferError("tokenizer_b: pass both tokenizers or neither to check that the models share one")
+    if tokenizer_a is not None:
+        from codetransfer.trained.tokenizer import tokenizer_hash
+
+        ha, hb = tokenizer_hash(tokenizer_a), tokenizer_hash(tokenizer_b)
+        if ha != hb:
+            raise CodetransferError(
+                f"tokenizer_b: vocabulary hash {hb} differs from model_a's {ha}; cross-model patching needs "
+                "runs that share the grid tokenizer"
+            )
+
+
+def cross_model_patching(
+    model_a,
+    model_b,
+    tokens: Int[Tensor, "batch pos"],
+    metric: LogitDiff,
+    site: str,
+    *,
+    by_pos: bool = True,
+    positions: Mapping[str, Tensor] | None = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    tokenizer_a=None,
+    tokenizer_b=None,
+    max_rows: int = 256,
+    caches: tuple[RunCache, RunCache] | None = None,
+) -> PatchingSweep:
+    """Run model B on ``tokens`` with one component's activation replaced by model A's (same prompt).
+
+    The sweep's scale is the share of A's advantage that the component carries:
+    ``(patched - metric_B) / (metric_A - metric_B)`` (NaN when the two models' metrics coincide,
+    e.g. a model with itself; the raw ``logit_diff`` rows then equal ``metric_A``).
+    A head's ``head_out`` is its ``hook_z``, so B's own ``W_O`` maps it into the residual stream.
+    """
+    check_site(site)
+    check_same_shape(model_a, model_b, tokenizer_a, tokenizer_b)
+    if len(metric) != tokens.shape[0]:
+        raise CodetransferError(f"metric: expected {tokens.shape[0]} items, got {len(metric)}")
+    if caches is None:
+        caches = (run_cache(model_a, tokens, metric), run_cache(model_b, tokens, metric))
+    a, b = caches
+    cells = make_cells(model_b, site, tokens.shape[1], by_pos, positions, layers, heads, batch=tokens.shape[0])
+    values = patch_cells(model_b, b, a.acts, site, cells, metric, max_rows=max_rows)
+    return PatchingSweep(site, "cross_model", tuple(cells), values, a.metric.cpu(), b.metric.cpu())
+
+
+# ----------------------------------------------------------------------------------------------
+# Across renderings
+
+
+@dataclass(frozen=True)
+class RenderingBatch:
+    """Target (other-rendering counterfactual), source (clean world in ``from_rendering``) and the
+    clean target-rendering prompt, with positions aligned by shared span keys."""
+
+    target_tokens: Int[Tensor, "batch pos"]
+    """The counterfactual in the target rendering (the '0' run, patched)."""
+    clean_tokens: Int[Tensor, "batch pos"]
+    """The clean item in the target rendering (the '1' run; also the within-rendering source)."""
+    source_tokens: Int[Tensor, "batch src_pos"]
+    """The clean item in the source rendering (the cross-rendering source)."""
+    metric: LogitDiff
+    source_metric: LogitDiff
+    positions: dict[str, tuple[Int[Tensor, " batch"], Int[Tensor, " batch"]]]
+    """Span key -> (target position, source position) per item; includes 'last'."""
+
+
+def rendering_batch(items: Sequence, tokenizer, from_rendering: str = "code") -> RenderingBatch:
+    """Pair each item's rendering-``from_rendering`` version (source) with the other rendering's
+    counterfactual (target), aligned at the span keys the two share (span ends) and the last token."""
+    from codetransfer.trained.tokenizer import encode_with_bos
+
+    if not items:
+        raise CodetransferError("items: expected at least one item, got none")
+    tgt_rows, cln_rows, src_rows, tpos, spos, ans, cnt, aligned = [], [], [], [], [], [], [], []
+    for i, it in enumerate(items):
+        target = it.twin if it.rendering == from_rendering else it
+        source = None if target is None else target.twin
+        if target is None or source is None or source.rendering != from_rendering:
+            raise CodetransferError(
+                f"items[{i}] ({it.task}): has no {from_rendering!r} twin; cross-rendering patching needs "
+                "items with a twin rendering (e.g. entity_tracking, variable_binding)"
+            )
+        cf = target.counterfactual
+        if cf is None:
+            raise CodetransferError(f"items[{i}] ({it.task}): its {target.rendering} rendering has no counterfactual")
+        a, c = _first_token(tokenizer, target.answer), _first_token(tokenizer, cf.answer)
+        if a == c:
+            raise CodetransferError(
+                f"items[{i}] ({it.task}): answer {target.answer!r} and counterfactual answer {cf.answer!r} start "
+                "with the same token; a counterfactual must change the answer"
+            )
+        ids, off = encode_with_bos(tokenizer, target.prompt)
+        cids, coff = encode_with_bos(tokenizer, cf.prompt)
+        sids, soff = encode_with_bos(tokenizer, source.prompt)
+        if len(ids) != len(cids):
+            raise CodetransferError(
+                f"items[{i}] ({it.task}): prompt is {len(ids)} tokens but its counterfactual {len(cids)}; "
+                "positions must align — drop this item"
+            )
+        keys = sorted(set(cf.spans) & set(source.spans))
+        if not keys:
+            raise CodetransferError(f"items[{i}] ({it.task}): the two renderings share no span keys to align")
+        tp = _span_positions(cf, coff, keys)
+        sp = _span_positions(source, soff, keys)
+        tgt_rows.append(cids)
+        cln_rows.append(ids)
+        src_rows.append(sids)
+        tpos.append({**tp, "last": len(cids) - 1})
+        spos.append({**sp, "last": len(sids) - 1})
+        ans.append(a)
+        cnt.append(c)
+        aligned.append(set(keys) | {"last"})
+    keys = sorted(set.intersection(*aligned), key=lambda k: (k == "last", k))
+    positions = {k: (torch.tensor([p[k] for p in tpos]), torch.tensor([p[k] for p in spos])) for k in keys}
+    pad = tokenizer.pad_token_id
+    metric = LogitDiff(positions["last"][0], torch.tensor(ans), torch.tensor(cnt))
+    source_metric = LogitDiff(positions["last"][1], torch.tensor(ans), torch.tensor(cnt))
+    return RenderingBatch(
+        _pad(tgt_rows, pad), _pad(cln_rows, pad), _pad(src_rows, pad), metric, source_metric, positions
+    )
+
+
+def cross_rendering_patching(
+    model,
+    batch: RenderingBatch,
+    site: str,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    max_rows: int = 256,
+) -> tuple[PatchingSweep, PatchingSweep]:
+    """Patch the source rendering of the clean world into the target rendering's counterfactual.
+
+    Returns ``(cross, within)``: ``cross`` patches from the other rendering at aligned positions;
+    ``within`` patches from the clean prompt of the target rendering at the same positions (the
+    ceiling). Both are scaled 0 = target counterfactual, 1 = target clean.
+    """
+    check_site(site)
+    clean = run_cache(model, batch.clean_tokens, batch.metric)
+    target = run_cache(model, batch.target_tokens, batch.metric)
+    source = run_cache(model, batch.source_tokens, batch.source_metric)
+    n = batch.target_tokens.shape[0]
+    cross_cells = make_cells(model, site, 0, True, batch.positions, layers, heads, batch=n)
+    within_pos = {k: (t, t) for k, (t, _) in batch.positions.items()}
+    within_cells = make_cells(model, site, 0, True, within_pos, layers, heads, batch=n)
+    cross = patch_cells(model, target, source.acts, site, cross_cells, batch.metric, max_rows=max_rows)
+    within = patch_cells(model, target, clean.acts, site, within_cells, batch.metric, max_rows=max_rows)
+    top, bottom = clean.metric.cpu(), target.metric.cpu()
+    return (
+        PatchingSweep(site, "cross_rendering", tuple(cross_cells), cross, top, bottom),
+        PatchingSweep(site, "within_rendering", tuple(within_cells), within, top, bottom),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Path patching, attribution patching, faithfulness
+
+
+def path_patching(
+    model,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: LogitDiff,
+    sender: tuple[int, int],
+    components: Sequence[str] = ("q", "k", "v"),
+    caches: tuple[RunCache, RunCache] | None = None,
+) -> PatchingSweep:
+    """Direct path patching from a sender head into every later head's q, k or v input.
+
+    Uses TransformerLens' ``get_act_patch_direct_path``: the sender's clean-minus-corrupted write
+    (``z @ W_O``) is added to one receiver's own copy of the residual, so every other reader still
+    sees the corrupted sender. Cells have ``site`` = 'path_q' / 'path_k' / 'path_v', ``layer`` and
+    ``head`` of the receiver; receivers at or before the sender's layer are left out.
+    """
+    from transformer_lens.patching import get_act_patch_direct_path
+
+    _check_pair(clean_tokens, corrupted_tokens, metric)
+    layer, head = sender
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if not (0 <= layer < n_layers and 0 <= head < n_heads):
+        raise CodetransferError(f"sender: expected (layer < {n_layers}, head < {n_heads}), got {sender}")
+    if layer == n_layers - 1:
+        raise CodetransferError(f"sender: layer {layer} is the last one; a sender needs later receiver heads")
+    bad = [c for c in components if c not in ("q", "k", "v")]
+    if bad:
+        raise CodetransferError(f"components: expected a subset of q, k, v, got {bad}")
+    if caches is None:
+        caches = (run_cache(model, clean_tokens, metric), run_cache(model, corrupted_tokens, metric))
+    clean, corrupted = caches
+    names = {f"blocks.{layer}.attn.hook_z"}
+    _, cc = model.run_with_cache(clean_tokens, names_filter=lambda n: n in names)
+    _, xc = model.run_with_cache(corrupted_tokens, names_filter=lambda n: n in names)
+    cells, rows = [], []
+    for comp in components:
+        # TL's metric returns a scalar; ask per item so that intervals over items are possible.
+        per_item = []
+        for i in range(clean_tokens.shape[0]):
+            m = LogitDiff(metric.position[i : i + 1], metric.answer[i : i + 1], metric.counter[i : i + 1])
+            one_c = _slice_cache(cc, i)
+            one_x = _slice_cache(xc, i)
+            r = get_act_patch_direct_path(
+                model, corrupted_tokens[i : i + 1], one_c, one_x, m.mean(), layer, head, comp, verbose=False
+            )
+            per_item.append(r[layer + 1 :].reshape(-1))
+        rows.append(torch.stack(per_item, 1))
+        cells += [Cell(dl, dh, None, None, "all") for dl in range(layer + 1, n_layers) for dh in range(n_heads)]
+    values = torch.cat(rows, 0)
+    n_per = (n_layers - layer - 1) * n_heads
+    sites = tuple(f"path_{c}" for c in components for _ in range(n_per))
+    return PatchingSweep(
+        "path", "denoising", tuple(cells), values.cpu(), clean.metric.cpu(), corrupted.metric.cpu(), cell_sites=sites
+    )
+
+
+def _slice_cache(cache, i: int):
+    from transformer_lens.ActivationCache import ActivationCache
+
+    return ActivationCache({k: v[i : i + 1] for k, v in cache.items()}, cache.model)
+
+
+def attribution_screen(
+    model,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: LogitDiff,
+) -> pd.DataFrame:
+    """Attribution patching (TransformerLens' ``attribution_patch``, node granularity) as a screen.
+
+    One row per node: ``site`` 'head_out' (layer, head, pos) or 'mlp_out' (layer, pos) or 'embed'
+    (pos), ``value`` = the first-order estimate of the denoising effect (patched - corrupted) in
+    logit-difference units, averaged over items.
+    """
+    from transformer_lens.tools.analysis import attribution_patch
+
+    _check_pair(clean_tokens, corrupted_tokens, metric)
+    totals: dict = {}
+    n = clean_tokens.shape[0]
+    for i in range(n):
+        m = LogitDiff(metric.position[i : i + 1], metric.answer[i : i + 1], metric.counter[i : i + 1])
+        res = attribution_patch(model, clean_tokens[i : i + 1], corrupted_tokens[i : i + 1], lambda lg, m=m: m(lg).sum())
+        for node, s in res.node_scores.items():
+            totals[node] = totals.get(node, 0.0) + s / n
+    site = {"attn_head_out": "head_out", "mlp_out": "mlp_out", "embed": "embed"}
+    rows = [
+        dict(site=site[nd.kind], layer=nd.layer, head=nd.head, pos=nd.position, pos_label=str(nd.position),
+             metric="attribution", value=v)
+        for nd, v in totals.items()
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def attribution_agreement(
+    model,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: LogitDiff,
+    caches: tuple[RunCache, RunCache] | None = None,
+) -> tuple[float, pd.DataFrame]:
+    """Spearman rank correlation between attribution patching and exact denoising patching over
+    every head-by-position and MLP-by-position node, with the joined table (columns
+    ``attribution``, ``exact`` = mean patched - mean corrupted)."""
+    from scipy.stats import spearmanr
+
+    screen = attribution_screen(model, clean_tokens, corrupted_tokens, metric)
+    if caches is None:
+        caches = (run_cache(model, clean_tokens, metric), run_cache(model, corrupted_tokens, metric))
+    frames = []
+    for site in ("head_out", "mlp_out"):
+        sw = activation_patching(model, clean_tokens, corrupted_tokens, metric, site, caches=caches)
+        eff = (sw.values.mean(1) - sw.corrupted.mean()).numpy()
+        frames.append(
+            pd.DataFrame(
+                dict(site=site, layer=[c.layer for c in sw.cells], head=[c.head for c in sw.cells],
+                     pos=[int(c.pos_label) for c in sw.cells], exact=eff)
+            )
+        )  # fmt: skip
+    exact = pd.concat(frames)
+    exact["head"] = exact["head"].astype("Int64")
+    scr = screen[screen.site != "embed"].rename(columns={"value": "attribution"})[["site", "layer", "head", "pos", "attribution"]]
+    scr = scr.astype({"head": "Int64", "layer": int})
+    joined = exact.merge(scr, on=["site", "layer", "head", "pos"], how="inner")
+    if len(joined) < 3:
+        return float("nan"), joined
+    rho = spearmanr(joined["attribution"], joined["exact"]).statistic
+    return float(rho), joined
+
+
+def circuit_faithfulness(
+    model,
+    tokens: Int[Tensor, "batch pos"],
+    metric: LogitDiff,
+    keep: Sequence[tuple[str, int, int | None]],
+    ablation: str = "mean",
+    reference_tokens: Int[Tensor, "ref pos"] | None = None,
+) -> dict[str, float]:
+    """Keep a set of components, ablate every other head output and MLP output, and report the
+    fraction of the full model's metric that the circuit keeps.
+
+    ``keep`` holds ``("head", layer, head)`` and ``("mlp", layer, None)`` entries. ``ablation`` is
+    ``"mean"`` (an ablated component takes its mean over ``reference_tokens`` — default ``tokens``
+    — at each position) or ``"zero"``. Returns ``full``, ``circuit`` and ``empty`` (everything
+    ablated) mean metrics and ``faithfulness = (circuit - empty) / (full - empty)``.
+    """
+    check_model(model)
+    if ablation not in ("mean", "zero"):
+        raise CodetransferError(f"ablation: expected 'mean' or 'zero', got {ablation!r}")
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    keep_heads, keep_mlps = set(), set()
+    for entry in keep:
+        kind, layer, head = entry
+        if kind == "head" and 0 <= layer < n_layers and head is not None and 0 <= head < n_heads:
+            keep_heads.add((layer, head))
+        elif kind == "mlp" and 0 <= layer < n_layers:
+            keep_mlps.add(layer)
+        else:
+            raise CodetransferError(
+                f"keep: expected ('head', layer, head) or ('mlp', layer, None) with layer < {n_layers} and "
+                f"head < {n_heads}, got {entry!r}"
+            )
+    ref = tokens if reference_tokens is None else reference_tokens
+    if ref.shape[1] != tokens.shape[1]:
+        raise CodetransferError(
+            f"reference_tokens: expected {tokens.shape[1]} positions like tokens, got {ref.shape[1]}"
+        )
+    names = {f"blocks.{l}.attn.hook_z" for l in range(n_layers)} | {f"blocks.{l}.hook_mlp_out" for l in range(n_layers)}
+    with torch.no_grad():
+        _, rc = model.run_with_cache(ref, names_filter=lambda n: n in names)
+    means = {n: (rc[n].mean(0, keepdim=True) if ablation == "mean" else torch.zeros_like(rc[n][:1])) for n in names}
+
+    def run(heads_kept, mlps_kept) -> float:
+        hooks = []
+        for l in range(n_layers):
+            ablate = [h for h in range(n_heads) if (l, h) not in heads_kept]
+            if ablate:
+                zname = f"blocks.{l}.attn.hook_z"
+
+                def zhook(act, hook, ablate=ablate, zname=zname):
+                    act = act.clone()
+                    act[:, :, ablate] = means[zname][:, :, ablate].expand(act.shape[0], -1, -1, -1)
+                    return act
+
+                hooks.append((zname, zhook))
+            if l not in mlps_kept:
+                mname = f"blocks.{l}.hook_mlp_out"
+                hooks.append((mname, lambda act, hook, mname=mname: means[mname].expand_as(act).clone()))
+        with torch.no_grad():
+            return float(metric(model.run_with_hooks(tokens, fwd_hooks=hooks)).mean())
+
+    all_heads = {(l, h) for l in range(n_layers) for h in range(n_heads)}
+    full = run(all_heads, set(range(n_layers)))
+    circuit = run(keep_heads, keep_mlps)
+    empty = run(set(), set())
+    gap = full - empty
+    return dict(full=full, circuit=circuit, empty=empty, faithfulness=(circuit - empty) / gap if gap else float("nan"))
