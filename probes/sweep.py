@@ -428,8 +428,16 @@ def probe_store(
                 skipped(f"{name}: {len(sub)} rows, {sub['value'].nunique()} classes")
             continue
         groups = [tuple(e.split("|")) for e in sub["entities"]] if split == "entity" else sub["template"].to_numpy()
+        values = sub["value"].to_numpy()
+        if probe == "ridge":  # regression needs numbers (e.g. counts)
+            values = pd.to_numeric(sub["value"], errors="coerce").to_numpy(dtype=float)
+            if np.isnan(values).any():
+                raise CodetransferError(
+                    f"probe: 'ridge' needs numeric labels but '{name}' has values like {sub['value'].iloc[0]!r}; "
+                    "use the linear probe for categorical labels"
+                )
         try:
-            t = probe_layers(store, sub["value"].to_numpy(), groups, rows=sub["row"].to_numpy(), split=split,
+            t = probe_layers(store, values, groups, rows=sub["row"].to_numpy(), split=split,
                              probe=probe, probe_params=probe_params, seeds=seeds, meta=meta, pos=str(name), mdl=mdl)
         except CodetransferError as e:
             if skipped:
