@@ -159,3 +159,35 @@ def test_extraction_refuses_bad_positions_and_sites_writing_nothing(tmp_path, ti
     with pytest.raises(CodetransferError, match="positions"):
         extract_activations(tiny_bridge, toks, [[0]], ["resid_post.0"], store)
     assert not (tmp_path / "s").exists()
+
+
+def test_store_to_probe_on_real_activations_finds_token_identity(tmp_path, tiny_bridge, tiny_tokenizer):
+    """Known answer: resid_pre.0 is the token embedding (rotary, no position embedding), so the letter
+    at the probed position is linearly decodable there; a label unrelated to the prompt is not."""
+    from codetransfer.probes.sweep import probe_layers
+    from codetransfer.trained.tokenizer import char_to_token, encode_with_bos
+
+    objects = ["pen", "apple", "cup", "key", "ring", "coin", "book", "hat", "shoe", "doll", "fork", "map"]
+    letters = ["A", "B", "C", "D"]
+    toks, positions, rows = [], [], []
+    rng = np.random.default_rng(0)
+    for obj in objects:
+        for letter in letters:
+            for lead in ("The", "A"):
+                text = f"{lead} {obj} is in box {letter}"
+                ids, offsets = encode_with_bos(tiny_tokenizer, text)
+                toks.append(ids)
+                positions.append([char_to_token(offsets, len(text))])
+                rows.append(dict(letter=letter, obj=obj, noise=str(rng.integers(0, 4))))
+    index = pd.DataFrame(rows)
+    store = ActivationStore.create(tmp_path / "s", sites=["resid_pre.0", "resid_post.1"], d_model=64, n_heads=4,
+                                   capacity=len(toks), **META)
+    store = extract_activations(tiny_bridge, toks, positions, ["resid_pre.0", "resid_post.1"], store, index=index)
+    idx = store.index
+    found = probe_layers(store, idx["letter"], idx["obj"], rows=idx["row"], seeds=(0, 1), mdl=False, n_boot=100,
+                         meta=dict(run="r", recipe="x", seed=0, task="t"))
+    acc = found[found.metric == "accuracy"].set_index("layer")["value"]
+    assert acc[0] == 1.0
+    noise = probe_layers(store, idx["noise"], idx["obj"], rows=idx["row"], seeds=(0, 1), mdl=False, n_boot=100,
+                         meta=dict(run="r", recipe="x", seed=0, task="t"))
+    assert (noise[noise.metric == "accuracy"]["value"] < 0.5).all()
