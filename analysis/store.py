@@ -22,8 +22,9 @@ Arrays are ``.npy`` files opened with :func:`numpy.lib.format.open_memmap`, so r
 loads the whole store: :meth:`ActivationStore.iter_chunks` streams rows in chunks that fit a memory
 budget, and :meth:`ActivationStore.read` copies only the rows asked for. Writing appends in batches;
 the arrays grow by doubling when the caller's capacity estimate was too small and are trimmed to the
-exact row count on :meth:`ActivationStore.close`. ``meta.json`` says ``"complete": false`` until then,
-and an incomplete store (an interrupted extraction) is refused on open.
+exact row count on :meth:`ActivationStore.close`. Nothing touches the disk until the first append, so
+an extraction refused for bad input writes nothing. ``meta.json`` says ``"complete": false`` until
+close, and an incomplete store (an interrupted extraction) is refused on open.
 
 :meth:`ActivationStore.open` takes ``expect={"run": ..., "task_version": ..., "seed": ...}`` and
 refuses a store made from another run, generator version or seed, so that a stale store is never
