@@ -24,14 +24,17 @@ The method, in the order the functions appear:
 
 2. **Task-aligned attention.** Items carry character spans (``item.spans``). Each prompt is encoded
    as ``[bos] + tokens(prompt)``; a span covers the tokens whose character range overlaps it. From
-   the final prompt position (where the answer is predicted) we read, for every head, the attention
-   mass on each span (``attn_to_<key>``), on the *distractor* tokens (``attn_to_distractors``: spans
-   whose key starts with ``distractor``, or, if the item has none, word-boundary mentions of the
-   wrong candidates' text in the prompt outside ``answer_source``) and their difference
-   (``attn_answer_minus_distractors``). The same scores on ``item.twin`` give the other rendering.
+   the final position (where the answer is predicted; if all candidates start with the same
+   token(s), e.g. a lone space, those tokens are appended and the last of them is used) we read, for every head, the attention
+   mass on the ``query`` and ``answer_source`` spans (``attn_to_query``, ``attn_to_answer_source``),
+   on the *distractor* tokens (``attn_to_distractors``: spans whose key starts with ``distractor``;
+   else the other entities' value spans, keys ending in ``.value`` that do not overlap
+   ``answer_source``, as the tasks room records them; else word-boundary mentions of the wrong
+   candidates' text outside ``answer_source``) and the difference (``attn_answer_minus_distractors``). The same scores on ``item.twin`` give the other rendering.
 
 3. **Causal importance.** The metric is the logit difference at the final position between the
-   answer's first token and the mean of the distractors' first tokens. A head is ablated by
+   answer's first token and the mean of the distractors' first tokens (first after the prefix that
+   all candidates share, see 2.). A head is ablated by
    replacing its ``hook_z`` (its output before ``W_O``) with zeros or with its mean over all real
    token positions of the item set; one forward per layer ablates each head of that layer in its
    own copy of the batch. Reported: mean change of the metric (ablated - clean) with a percentile
@@ -79,6 +82,8 @@ DETECTION_KINDS = ("previous_token", "duplicate_token", "induction")
 PATTERN_SCORES = (*DETECTION_KINDS, "entropy", "bos")
 REDUCTIONS = ("rows", "head_detector")
 ABLATIONS = ("mean", "zero")
+SPAN_KEYS = ("query", "answer_source")
+"""Item spans whose attention from the final position is reported (plus the distractors)."""
 RANDOM_TASK = "repeated_random"
 """Value of the ``task`` column for scores measured on repeated random tokens."""
 TABLE_COLUMNS = ("task", "rendering", "layer", "head", "metric", "value", "ci_low", "ci_high")
@@ -134,13 +139,14 @@ class EncodedItems:
     distractor_tokens: tuple[tuple[int, ...], ...]
     """Per item: token positions of the distractors (see the module docstring)."""
     answer_ids: Int[Tensor, " batch"]
-    """First token of the right candidate."""
+    """First token of the right candidate after the candidates' shared prefix."""
     distractor_ids: tuple[tuple[int, ...], ...]
     """Per item: first tokens of the wrong candidates (those that differ from the answer's)."""
 
     @property
     def final(self) -> Int[Tensor, " batch"]:
-        """Position of the last prompt token (where the answer is predicted)."""
+        """Position where the answer's distinguishing token is predicted: the last prompt token, or the
+        last token of the prefix that all candidates share (which ``tokens`` then include)."""
         return self.lengths - 1
 
 
@@ -149,10 +155,13 @@ def _span_positions(offsets, start: int, end: int) -> tuple[int, ...]:
 
 
 def _distractor_positions(item, offsets) -> tuple[int, ...]:
-    keys = [k for k in item.spans if k.startswith("distractor")]
-    if keys:
-        return tuple(sorted({p for k in keys for p in _span_positions(offsets, *item.spans[k])}))
     answer = item.spans.get("answer_source", (0, 0))
+    keys = [k for k in item.spans if k.startswith("distractor")]
+    if not keys:  # the other entities' values ("e1.value" ...), where the generator records them
+        keys = [k for k, (s, e) in item.spans.items() if k.endswith(".value") and (e <= answer[0] or s >= answer[1])]
+    if keys:
+        found = {p for k in keys for p in _span_positions(offsets, *item.spans[k])}
+        return tuple(sorted(found - set(_span_positions(offsets, *answer))))
     found = set()
     for j, cand in enumerate(item.candidates):
         text = cand.strip()
@@ -186,15 +195,17 @@ def encode_items(tokenizer, items: Sequence, *, need: Sequence[str] = ()) -> Enc
         ids, offsets = encode_with_bos(tokenizer, item.prompt)
         if len(ids) < 2:
             raise CodetransferError(f"item {n} of task '{item.task}': empty prompt; every item needs a prompt")
+        cands = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.candidates]
+        if not all(cands):
+            raise CodetransferError(f"item {n} of task '{item.task}': empty candidate in {item.candidates!r}")
+        k = 0  # tokens every candidate starts with (e.g. a lone space): they join the prompt
+        while all(len(c) > k + 1 for c in cands) and len({c[k] for c in cands}) == 1:
+            k += 1
+        ids = ids + cands[0][:k]
         rows.append(ids)
-        spans.append({k: _span_positions(offsets, s, e) for k, (s, e) in item.spans.items()})
+        spans.append({key: _span_positions(offsets, s, e) for key, (s, e) in item.spans.items()})
         distractors.append(_distractor_positions(item, offsets))
-        first = []
-        for cand in item.candidates:
-            cand_ids = tokenizer(cand, add_special_tokens=False)["input_ids"]
-            if not cand_ids:
-                raise CodetransferError(f"item {n} of task '{item.task}': empty candidate {cand!r}")
-            first.append(cand_ids[0])
+        first = [c[k] for c in cands]
         answers.append(first[item.label])
         wrong.append(tuple(sorted({t for j, t in enumerate(first) if j != item.label and t != first[item.label]})))
     lengths = torch.tensor([len(r) for r in rows])
@@ -451,8 +462,8 @@ def task_attention_scores(
 ) -> pd.DataFrame:
     """Attention from the final position to each span, the answer source and the distractors.
 
-    Metrics: ``attn_to_<span key>`` for every key, ``attn_to_distractors`` and
-    ``attn_answer_minus_distractors`` (needs ``answer_source``). One block of rows per rendering:
+    Metrics: ``attn_to_query``, ``attn_to_answer_source``, ``attn_to_distractors`` and
+    ``attn_answer_minus_distractors`` (every item needs an ``answer_source`` span). One block of rows per rendering:
     ``items`` themselves, and their twins when every item has one.
     """
     items = list(items)
@@ -465,9 +476,8 @@ def task_attention_scores(
         enc = encode_items(tokenizer, group, need=("answer_source",))
         _check_tokens(bridge, enc.tokens, enc.lengths)
         att = _final_attention(bridge, enc, batch_size)  # batch layer head k
-        keys = sorted(set().union(*(s.keys() for s in enc.span_tokens)))
         per_item: dict[str, Tensor] = {}
-        for key in keys:
+        for key in SPAN_KEYS:
             per_item[f"attn_to_{key}"] = _mass(att, [s.get(key) for s in enc.span_tokens])
         per_item["attn_to_distractors"] = _mass(att, list(enc.distractor_tokens))
         per_item["attn_answer_minus_distractors"] = per_item["attn_to_answer_source"] - per_item["attn_to_distractors"]
@@ -772,9 +782,11 @@ def score_run(
     ablation: str = "mean",
     n_boot: int = 1000,
     batch_size: int = 32,
+    progress: Callable[[str], None] = lambda msg: None,
 ) -> pd.DataFrame:
     """Every score of every head of one run: pattern scores and induction loss on repeated random
-    tokens, and per task (and its twin rendering) task attention, ablation and DLA.
+    tokens, and per task (and its twin rendering) task attention, ablation and DLA. Task attention
+    uses the items that have an ``answer_source`` span (none in e.g. knowledge cloze).
 
     Columns: task, rendering, layer, head, metric, value, ci_low, ci_high. The caller adds
     ``run, recipe, seed`` (see :func:`score_runs`).
@@ -783,19 +795,28 @@ def score_run(
         raise CodetransferError(f"ablation: expected one of {ABLATIONS}, got '{ablation}'{did_you_mean(ablation, ABLATIONS)}")
     half_len = min(half_len, (bridge.cfg.n_ctx - 1) // 2)
     kw = dict(n_boot=n_boot, seed=seed, batch_size=batch_size)
+    progress("attention: pattern scores and induction loss on repeated random tokens")
     frames = [
         standard_head_scores(bridge, tokenizer, n_seqs=n_seqs, half_len=half_len, **kw),
         induction_loss_scores(bridge, tokenizer, n_seqs=n_seqs, half_len=half_len, method=ablation, **kw),
     ]
     for task, items in (items_by_task or {}).items():
         items = list(items)
-        frames.append(task_attention_scores(bridge, tokenizer, items, **kw))
+        progress(f"attention: task {task} ({len(items)} items)")
         renderings = [items] + ([[it.twin for it in items]] if all(it.twin is not None for it in items) else [])
+        task_frames = []
+        with_source = [it for it in items if "answer_source" in it.spans]
+        if len(with_source) < len(items):
+            progress(f"attention: task {task}: {len(items) - len(with_source)} of {len(items)} items have no "
+                     "'answer_source' span; task-aligned attention uses the others")
+        if with_source:
+            task_frames.append(task_attention_scores(bridge, tokenizer, with_source, **kw))
         for group in renderings:
-            frames.append(head_ablation_scores(bridge, tokenizer, group, method=ablation, **kw))
-            frames.append(head_dla_scores(bridge, tokenizer, group, **kw))
-        for f in frames[-(1 + 2 * len(renderings)) :]:
+            task_frames.append(head_ablation_scores(bridge, tokenizer, group, method=ablation, **kw))
+            task_frames.append(head_dla_scores(bridge, tokenizer, group, **kw))
+        for f in task_frames:
             f["task"] = task  # a twin keeps its family's name; its rendering says which it is
+        frames.extend(task_frames)
     return pd.concat(frames, ignore_index=True)[list(TABLE_COLUMNS)]
 
 

@@ -1,0 +1,90 @@
+"""codetransfer attention --runs DIR --out RESULTS [--tasks T,...] [--n-items K]
+
+Scores every head of every complete run under DIR (see :mod:`codetransfer.analysis.attention`):
+previous-token, duplicate-token, induction, entropy and BOS scores and the induction loss (with each
+head's ablation effect) on repeated random tokens of the grid's vocabulary, and per task (items
+generated once, seeded, shared by all runs; twins in the other rendering too) the attention from the
+final position to the answer source and the distractors, the effect of ablating each head on the
+answer-vs-distractor logit difference, and each head's direct logit attribution. Writes, at the end
+and atomically (nothing partial is left on error), ``RESULTS/attention.parquet``: one row per
+run x task x rendering x layer x head x metric (``run, recipe, seed, task, rendering, layer, head,
+metric, value, ci_low, ci_high``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from codetransfer.errors import CodetransferError
+
+OUT_FILE = "attention.parquet"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--runs", required=True, help="a grid output folder (or its runs/ folder, or one run)")
+    p.add_argument("--out", required=True, help=f"results folder (created); {OUT_FILE} goes there")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated task families (default: all; see `codetransfer tasks`; 'none' for random tokens only)")
+    p.add_argument("--n-items", type=int, default=64, help="items per task (default 64)")
+    p.add_argument("--n-seqs", type=int, default=32, help="repeated random sequences (default 32)")
+    p.add_argument("--half-len", type=int, default=20, help="tokens per half of a repeated random sequence (default 20)")
+    p.add_argument("--ablation", choices=("mean", "zero"), default="mean", help="head ablation (default mean)")
+    p.add_argument("--seed", type=int, default=0, help="item generator, random tokens and bootstrap seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per forward (default 32)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def _write_atomic(path: Path, table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    try:
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def run(args) -> int:
+    from codetransfer.analysis.attention import score_run, score_runs
+    from codetransfer.tasks import get_task, task_names
+    from codetransfer.trained import check_same_grid, find_runs, load_run
+
+    for flag, value, low in (("--n-items", args.n_items, 1), ("--n-seqs", args.n_seqs, 1), ("--half-len", args.half_len, 2),
+                             ("--batch-size", args.batch_size, 1), ("--n-boot", args.n_boot, 0)):
+        if value < low:
+            raise CodetransferError(f"{flag}: expected an integer >= {low}, got {value}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CodetransferError(f"--out: {out} is a file; pass a folder for the results")
+    if args.tasks is None:
+        tasks = list(task_names())
+    elif args.tasks.strip().lower() == "none":
+        tasks = []
+    else:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    families = [get_task(t) for t in tasks]  # unknown names: one-line did-you-mean error, before any work
+    infos = find_runs(Path(args.runs), complete_only=True)
+    if not infos:
+        raise CodetransferError(f"--runs: no complete runs in {args.runs}; train them with 'codetransfer train'")
+    check_same_grid(infos)
+    items = {f.name: f.generate(args.n_items, args.seed) for f in families}
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    def loaded():
+        for info in infos:
+            log(f"attention: run {info.name}")
+            yield load_run(info, device=args.device)
+
+    table = score_runs(
+        loaded(), score_run, items_by_task=items, n_seqs=args.n_seqs, half_len=args.half_len, seed=args.seed,
+        ablation=args.ablation, n_boot=args.n_boot, batch_size=args.batch_size, progress=log,
+    )
+    _write_atomic(out / OUT_FILE, table)
+    print(f"wrote {out / OUT_FILE} ({len(table)} rows, {len(infos)} runs, tasks: {', '.join(tasks) or 'none'})")
+    return 0
