@@ -260,12 +260,56 @@ def score_items(
 # every run on every task
 
 
-def make_items(tasks, n_items: int, seed: int) -> dict[str, list]:
+def item_token_lengths(items: Sequence, tokenizer) -> np.ndarray:
+    """Tokens each item needs in one row: ``1 (bos) + len(prompt) + len(longest candidate) - 1``."""
+    backend = tokenizer.backend_tokenizer
+    prompt = [len(e.ids) for e in backend.encode_batch([it.prompt for it in items], add_special_tokens=False)]
+    cands = [len(e.ids) for e in backend.encode_batch([c for it in items for c in it.candidates], add_special_tokens=False)]
+    out, s = [], 0
+    for it, p in zip(items, prompt):
+        out.append(p + max(cands[s : s + len(it.candidates)]))
+        s += len(it.candidates)
+    return np.array(out, dtype=np.int64)
+
+
+def fit_to_context(
+    items_by_task: Mapping[str, Sequence], tokenizer, n_ctx: int
+) -> tuple[dict[str, list], dict[str, list[int]]]:
+    """Drop whole difficulty levels that have an item longer than ``n_ctx`` tokens.
+
+    Returns ``(kept items by task, dropped levels by task)``; tasks with no level left are dropped.
+    Whole levels go (not single items) so that every difficulty row that remains is unbiased.
+    """
+    kept, dropped = {}, {}
+    for task, items in items_by_task.items():
+        lengths = item_token_lengths(items, tokenizer)
+        bad = sorted({int(it.difficulty) for it, n in zip(items, lengths) if n > n_ctx})
+        if bad:
+            dropped[task] = bad
+        keep = [it for it in items if int(it.difficulty) not in bad]
+        if keep:
+            kept[task] = keep
+    return kept, dropped
+
+
+def check_fits_context(items_by_task: Mapping[str, Sequence], tokenizer, n_ctx: int, hint: str = "") -> None:
+    """Refuse (one line) when some task has items longer than ``n_ctx``, naming the levels that do not fit."""
+    _, dropped = fit_to_context(items_by_task, tokenizer, n_ctx)
+    if dropped:
+        what = "; ".join(f"{t} difficulty {', '.join(map(str, d))}" for t, d in dropped.items())
+        raise CodetransferError(
+            f"tasks: items longer than the model's context n_ctx={n_ctx} tokens ({what}); "
+            + (hint or "generate lower difficulties or drop those tasks")
+        )
+
+
+def make_items(tasks, n_items: int, seed: int, max_difficulty: int | None = None) -> dict[str, list]:
     """``{task name: items}``: generated once (seeded) from the task registry, or passed through.
 
     ``tasks`` is a list of task names (or a comma-separated string) — items come from
     ``codetransfer.tasks.get_task(name).generate(n_items, seed)``, whose difficulty levels cycle over the
-    items — or already a mapping of name to items.
+    items — or already a mapping of name to items. ``max_difficulty`` keeps only items of lower or equal
+    difficulty (so fewer than ``n_items`` remain; their indices keep identifying them).
     """
     if isinstance(tasks, Mapping):
         out = {str(k): list(v) for k, v in tasks.items()}
@@ -284,11 +328,16 @@ def make_items(tasks, n_items: int, seed: int) -> dict[str, list]:
                     f"tasks: unknown task '{name}'{did_you_mean(name, known)}; choose from {', '.join(known)}"
                 )
             out[name] = list(get_task(name).generate(n_items, seed))
+    if max_difficulty is not None:
+        out = {k: [it for it in v if it.difficulty <= max_difficulty] for k, v in out.items()}
     if not out:
         raise CodetransferError("tasks: expected at least one task, got none")
     for name, items in out.items():
         if len(items) == 0:
-            raise CodetransferError(f"tasks: task '{name}' produced no items; ask for n_items >= 1")
+            raise CodetransferError(
+                f"tasks: task '{name}' has no items" + (f" of difficulty <= {max_difficulty}" if max_difficulty is not None
+                                                        else "") + "; ask for more items or a higher difficulty"
+            )
     return out
 
 
@@ -463,7 +512,7 @@ def format_summary(summary: pd.DataFrame) -> str:
     )
     wide = summary.assign(cell=cell).pivot(index="recipe", columns="category", values="cell").fillna("")
     base = summary["baseline"].iloc[0]
-    return f"relative change of {summary['of'].iloc[0]} vs '{base}' (95% bootstrap CI)\n" + wide.to_string()
+    return f"relative change of {summary['of'].iloc[0]} vs '{base}' (percentile bootstrap CI)\n" + wide.to_string()
 
 
 # --------------------------------------------------------------------------------------------------

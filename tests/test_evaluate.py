@@ -265,6 +265,25 @@ def test_bad_items_are_refused_with_one_line(tiny_hf, tiny_tokenizer, items, mat
     assert counting.shapes == []  # refused before any forward
 
 
+def test_fit_to_context_drops_whole_levels(tiny_tokenizer):
+    from codetransfer.analysis.evaluate import check_fits_context, fit_to_context, item_token_lengths
+
+    short = "The pen is in box"
+    items = [make_item(short, [" A", " B"], 0, 0, difficulty=0), make_item(short, [" A", " B"], 0, 1, difficulty=1),
+             make_item(short + " A." * 30, [" A", " B"], 0, 2, difficulty=1),
+             make_item(short, [" A", " apple pen box pen"], 0, 3, difficulty=2)]
+    lengths = item_token_lengths(items, tiny_tokenizer)
+    assert lengths[0] == len(encode_with_bos(tiny_tokenizer, short)[0])  # bos + prompt + 1 - 1
+    assert lengths[3] == lengths[0] + len(tiny_tokenizer(" apple pen box pen", add_special_tokens=False)["input_ids"]) - 1
+    n_ctx = int(lengths[3])
+    kept, dropped = fit_to_context({"t": items, "u": items[2:3]}, tiny_tokenizer, n_ctx)
+    assert dropped == {"t": [1], "u": [1]}
+    assert [it.index for it in kept["t"]] == [0, 3] and "u" not in kept
+    check_fits_context({"t": items[:2]}, tiny_tokenizer, n_ctx)
+    with pytest.raises(CodetransferError, match=rf"n_ctx={n_ctx} tokens \(t difficulty 1\)"):
+        check_fits_context({"t": items}, tiny_tokenizer, n_ctx)
+
+
 def test_score_runs_refuses_bad_runs(tiny_hf, tiny_tokenizer):
     items = {"t": [make_item("The pen is in box", [" A", " B"], 0)]}
     with pytest.raises(CodetransferError, match="loaded_runs: expected at least one"):

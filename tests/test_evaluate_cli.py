@@ -89,7 +89,12 @@ def test_eval_cli_too_long_items_leave_previous_results(tmp_path, capsys):
                "--n-items", "4"])
     err = capsys.readouterr().err
     assert rc == 2 and "longer than the model's context n_ctx=16" in err
+    assert "pass --fit-context" in err and "entity_tracking difficulty" in err
     assert sorted(p.name for p in out.iterdir()) == ["eval.parquet"]
+    assert (out / "eval.parquet").read_text() == "previous"
+    rc = main(["eval", "--runs", str(small), "--out", str(out), "--tasks", "knowledge_cloze,entity_tracking",
+               "--n-items", "4", "--fit-context"])
+    assert rc == 2 and "--fit-context: no task has items that fit" in capsys.readouterr().err
     assert (out / "eval.parquet").read_text() == "previous"
 
 

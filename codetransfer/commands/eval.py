@@ -34,6 +34,9 @@ def add_arguments(p) -> None:
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--heldout-windows", type=int, default=64,
                    help="held-out context windows per source (default 64; 0 skips the held-out loss)")
+    p.add_argument("--max-difficulty", type=int, default=None, help="keep items of this difficulty or lower")
+    p.add_argument("--fit-context", action="store_true",
+                   help="drop the difficulty levels whose items are longer than the models' context (default: refuse)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
@@ -72,6 +75,8 @@ def run(args) -> int:
 
     from codetransfer.analysis.evaluate import (
         SUMMARY_COLUMNS,
+        check_fits_context,
+        fit_to_context,
         format_summary,
         heldout_scores,
         make_items,
@@ -81,6 +86,8 @@ def run(args) -> int:
     )
     from codetransfer.tasks import task_names
     from codetransfer.trained import check_same_grid, find_runs, load_run
+    from codetransfer.trained.loading import read_json
+    from codetransfer.trained.tokenizer import load_tokenizer
 
     for flag, value, low in (("--n-items", args.n_items, 1), ("--batch-size", args.batch_size, 1),
                              ("--n-boot", args.n_boot, 10), ("--heldout-windows", args.heldout_windows, 0)):
@@ -102,11 +109,24 @@ def run(args) -> int:
             f"({', '.join(recipes)})"
         )
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(task_names())
-    items = make_items(tasks, args.n_items, args.seed)
+    items = make_items(tasks, args.n_items, args.seed, args.max_difficulty)
     heldout = _heldout_arrays(runs_dir, infos) if args.heldout_windows > 0 else {}
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
+
+    # Runs of one grid share shape and tokenizer (check_same_grid): check every item before loading a model.
+    n_ctx = int(read_json(Path(infos[0].path) / "config.json", "model config")["max_position_embeddings"])
+    tokenizer = load_tokenizer(infos[0].path)
+    if args.fit_context:
+        items, dropped = fit_to_context(items, tokenizer, n_ctx)
+        for task, levels in dropped.items():
+            log(f"note: {task}: difficulty {', '.join(map(str, levels))} dropped (longer than n_ctx={n_ctx})")
+        if not items:
+            raise CodetransferError(f"--fit-context: no task has items that fit the context n_ctx={n_ctx}")
+    else:
+        check_fits_context(items, tokenizer, n_ctx, hint="pass --fit-context to drop those levels, "
+                           "--max-difficulty D, or --tasks without them")
 
     scores, losses = [], []
     for info in infos:
