@@ -52,14 +52,27 @@ TL_ALL_POS = {
 }
 
 
+# TransformerLens runs one forward per cell; compare on a fixed sample of cells to keep tests fast.
+SAMPLE = [(0, 0, 1), (0, 2, 0), (0, 5, 3), (1, 2, 2), (1, 4, 1), (1, 5, 0), (1, 5, 2)]
+
+
+def _tl_sample(fn, model, corrupted, cache, metric, with_head):
+    import pandas as pd
+
+    cols = ["layer", "pos", "head"] if with_head else ["layer", "pos"]
+    df = pd.DataFrame(sorted({c[: len(cols)] for c in SAMPLE}), columns=cols)
+    return df, fn(model, corrupted, cache, metric.mean(), index_axis_names=None, index_df=df)
+
+
 @pytest.mark.parametrize("site", list(TL_BY_POS))
 def test_by_position_equals_transformer_lens(tiny_bridge, pair, caches, clean_cache, site):
     clean, corrupted, metric = pair
     # max_rows=7 forces several stacked chunks per layer (2 cells of 3 items per forward).
     ours = P.activation_patching(tiny_bridge, clean, corrupted, metric, site, caches=caches, max_rows=7).grid()
-    ref = TL_BY_POS[site](tiny_bridge, corrupted, clean_cache, metric.mean())
-    assert ours.shape == ref.shape
-    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
+    assert ours.shape == ((2, T, 4) if site == "head_out" else (2, T))
+    df, ref = _tl_sample(TL_BY_POS[site], tiny_bridge, corrupted, clean_cache, metric, site == "head_out")
+    picked = torch.stack([ours[tuple(row)] for row in df.itertuples(index=False)])
+    assert torch.allclose(picked, ref, atol=1e-5, rtol=0)
     assert ref.abs().max() > 1e-3  # the comparison is not between two zero maps
 
 
@@ -71,11 +84,14 @@ def test_all_positions_equals_transformer_lens(tiny_bridge, pair, caches, clean_
     assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
 
 
-def test_q_by_position_equals_transformer_lens_on_one_layer(tiny_bridge, pair, caches, clean_cache):
+@pytest.mark.parametrize("site", ["q", "k"])
+def test_qk_by_position_equals_transformer_lens(tiny_bridge, pair, caches, clean_cache, site):
     clean, corrupted, metric = pair
-    ours = P.activation_patching(tiny_bridge, clean, corrupted, metric, "q", caches=caches, layers=[1]).grid()
-    ref = tlp.get_act_patch_attn_head_q_by_pos(tiny_bridge, corrupted, clean_cache, metric.mean())
-    assert torch.allclose(ours[0], ref[1], atol=1e-5, rtol=0)
+    ours = P.activation_patching(tiny_bridge, clean, corrupted, metric, site, caches=caches).grid()
+    fn = tlp.get_act_patch_attn_head_q_by_pos if site == "q" else tlp.get_act_patch_attn_head_k_by_pos
+    df, ref = _tl_sample(fn, tiny_bridge, corrupted, clean_cache, metric, True)
+    picked = torch.stack([ours[tuple(row)] for row in df.itertuples(index=False)])
+    assert torch.allclose(picked, ref, atol=1e-5, rtol=0)
 
 
 def test_noising_equals_transformer_lens_with_roles_swapped(tiny_bridge, pair, caches):

@@ -1,0 +1,226 @@
+"""Patching across models and renderings, task items to batches, and refused inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import transformer_lens.patching as tlp
+
+from codetransfer.analysis import patching as P
+from codetransfer.errors import CodetransferError
+from codetransfer.tasks.items import Item
+
+B, T = 3, 6
+
+
+def _tokens(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(3, 300, (B, T), generator=g)
+    metric = P.LogitDiff(torch.full((B,), T - 1), torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10]))
+    return tokens, metric
+
+
+def _load(folder):
+    from codetransfer.trained.loading import load_bridge
+
+    return load_bridge(folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def twin_dirs(tmp_path_factory, tiny_model_dir):
+    """A random-init twin (other seed) and a twin whose last MLP writes nothing."""
+    from conftest import save_tiny_model
+    from transformers import AutoModelForCausalLM
+
+    from codetransfer.trained.tokenizer import load_tokenizer
+
+    random_dir = save_tiny_model(tmp_path_factory.mktemp("random_twin"), seed=1)
+    ablated_dir = tmp_path_factory.mktemp("ablated_twin")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    with torch.no_grad():
+        out = model.gpt_neox.layers[-1].mlp.dense_4h_to_h
+        out.weight.zero_()
+        out.bias.zero_()
+    model.save_pretrained(ablated_dir)
+    load_tokenizer(tiny_model_dir).save_pretrained(ablated_dir)
+    return random_dir, ablated_dir
+
+
+def test_cross_model_with_itself_is_the_identity(tiny_bridge):
+    tokens, metric = _tokens()
+    sweep = P.cross_model_patching(tiny_bridge, tiny_bridge, tokens, metric, "resid_pre")
+    assert torch.allclose(sweep.values, sweep.clean.expand_as(sweep.values), atol=1e-5)
+    assert torch.isnan(sweep.normalised()).all()  # no advantage to carry
+
+
+def test_cross_model_ablated_twin_carries_exactly_the_ablated_component(tiny_bridge, twin_dirs):
+    tokens, metric = _tokens()
+    ablated, _ = _load(twin_dirs[1])
+    sweep = P.cross_model_patching(tiny_bridge, ablated, tokens, metric, "mlp_out", by_pos=False)
+    assert abs(sweep.clean.mean() - sweep.corrupted.mean()) > 1e-3
+    # Layer 0 is identical in both models (nothing to carry); layer 1's MLP is all of A's advantage.
+    assert torch.allclose(sweep.normalised(), torch.tensor([0.0, 1.0]), atol=1e-5)
+
+
+def test_cross_model_random_twin_equals_transformer_lens_hooks(tiny_bridge, twin_dirs):
+    tokens, metric = _tokens()
+    b, _ = _load(twin_dirs[0])
+    sweep = P.cross_model_patching(tiny_bridge, b, tokens, metric, "attn_out")
+    cache_a = tiny_bridge.run_with_cache(tokens)[1]
+    import pandas as pd
+
+    df = pd.DataFrame([(0, 1), (1, 3), (1, 5)], columns=["layer", "pos"])
+    ref = tlp.get_act_patch_attn_out(b, tokens, cache_a, metric.mean(), index_axis_names=None, index_df=df)
+    grid = sweep.grid()
+    assert torch.allclose(torch.stack([grid[l, p] for l, p in df.itertuples(index=False)]), ref, atol=1e-5)
+    # A random twin does not share A's computation: patching one layer's write is not all of it.
+    assert (sweep.normalised() - 1).abs().max() > 1e-2
+    table = sweep.table(dict(run="a->b"), n_boot=20)
+    assert set(table.metric) == {"cross_model", "logit_diff"}
+
+
+def test_cross_model_refuses_other_shape_and_tokenizer(tiny_bridge, tiny_tokenizer, tmp_path):
+    from conftest import save_tiny_model
+
+    from codetransfer.trained.config import ModelConfig
+
+    tokens, metric = _tokens()
+    small = save_tiny_model(tmp_path / "small", ModelConfig(n_layers=1, d_model=64, n_heads=4, d_mlp=256, n_ctx=64))
+    other, _ = _load(small)
+    with pytest.raises(CodetransferError, match="n_layers") as e:
+        P.cross_model_patching(tiny_bridge, other, tokens, metric, "resid_pre")
+    assert "\n" not in str(e.value)
+    from codetransfer.trained.tokenizer import train_tokenizer
+
+    tok_b = train_tokenizer(["x = [1, 2, 3]\nprint(x)\n"] * 20, vocab_size=300, min_frequency=1)
+    with pytest.raises(CodetransferError, match="tokenizer_b") as e:
+        P.cross_model_patching(
+            tiny_bridge, tiny_bridge, tokens, metric, "resid_pre", tokenizer_a=tiny_tokenizer, tokenizer_b=tok_b
+        )
+    _one_line(e)
+
+
+# ---------------------------------------------------------------- items
+
+
+def _item(prompt, answer, candidates=(" A", " B"), spans=None, rendering="text", **kw):
+    return Item(
+        task="hand", version="0", seed=0, index=0, category="reasoning", rendering=rendering, prompt=prompt,
+        candidates=candidates, label=candidates.index(answer), difficulty=0, spans=spans or {}, **kw,
+    )  # fmt: skip
+
+
+def _spans(prompt):
+    first = prompt.index("box ") + 4
+    query = prompt.rindex(" ", 0, len(prompt) - len(" is in box")) + 1
+    return {"e0.value": (first, first + 1), "query": (query, query + 3)}
+
+
+def _hand_items():
+    """Text items with a one-fact counterfactual and a 'code' twin that is the text after a prefix."""
+    items = []
+    for (a, b), (x, y) in zip((("A", "B"), ("B", "A"), ("A", "B")), (("pen", "cup"), ("pen", "cup"), ("cup", "pen"))):
+        text = f"The {x} is in box {a}. The {y} is in box {b}. The {x} is in box"
+        cf_text = text.replace(f"box {a}.", f"box {b}.", 1)
+        prefix = "# state of the boxes\n"
+        code = prefix + text
+        code_spans = {k: (s + len(prefix), e + len(prefix)) for k, (s, e) in _spans(text).items()}
+        cand = (" A", " B", " C")
+        cf = _item(cf_text, f" {b}", cand, _spans(cf_text))
+        twin = _item(code, f" {a}", cand, code_spans, rendering="code")
+        items.append(_item(text, f" {a}", cand, _spans(text), counterfactual=cf, twin=twin))
+    return items
+
+
+def test_pair_batch_positions_and_metric(tiny_tokenizer):
+    items = _hand_items()
+    batch = P.pair_batch(items, tiny_tokenizer)
+    from codetransfer.trained.tokenizer import encode_with_bos
+
+    ids, _ = encode_with_bos(tiny_tokenizer, items[0].prompt)
+    assert batch.clean_tokens[0, : len(ids)].tolist() == ids
+    assert (batch.clean_tokens != batch.corrupted_tokens).any(1).all()
+    lengths = [len(encode_with_bos(tiny_tokenizer, it.prompt)[0]) for it in items]
+    assert batch.metric.position.tolist() == [n - 1 for n in lengths]  # right-padded, own last token
+    assert (batch.clean_tokens[0, lengths[0] :] == tiny_tokenizer.pad_token_id).all()
+    assert set(batch.positions) == {"e0.value", "query", "last"}
+    p = int(batch.positions["e0.value"][0])
+    assert tiny_tokenizer.decode([int(batch.clean_tokens[0, p])]).strip() == "A"
+    assert tiny_tokenizer.decode([int(batch.corrupted_tokens[0, p])]).strip() == "B"
+
+
+def test_named_positions_sweep(tiny_bridge, tiny_tokenizer):
+    batch = P.pair_batch(_hand_items(), tiny_tokenizer)
+    sweep = P.patch_resid_pre(tiny_bridge, batch.clean_tokens, batch.corrupted_tokens, batch.metric, positions=batch.positions)
+    norm = dict(zip([(c.layer, c.pos_label) for c in sweep.cells], sweep.normalised().tolist()))
+    # At layer 0 the only changed token is the first box letter; the query token carries nothing.
+    assert norm[(0, "e0.value")] == pytest.approx(1.0, abs=1e-5)
+    assert norm[(0, "query")] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_cross_rendering_aligns_positions(tiny_bridge, tiny_tokenizer):
+    batch = P.rendering_batch(_hand_items(), tiny_tokenizer, from_rendering="code")
+    assert set(batch.positions) == {"e0.value", "query", "last"}
+    t, s = batch.positions["e0.value"]
+    assert (s > t).all()  # the code twin's prefix shifts its positions
+    cross, within = P.cross_rendering_patching(tiny_bridge, batch, "resid_pre")
+    c = dict(zip([(x.layer, x.pos_label) for x in cross.cells], cross.values.mean(1).tolist()))
+    w = dict(zip([(x.layer, x.pos_label) for x in within.cells], within.values.mean(1).tolist()))
+    # Layer 0's residual is the token embedding, and the aligned source tokens are the clean ones.
+    for key in ("e0.value", "query", "last"):
+        assert c[(0, key)] == pytest.approx(w[(0, key)], abs=1e-5)
+    assert max(abs(c[(1, k)] - w[(1, k)]) for k in ("e0.value", "query")) > 1e-4  # context differs later
+    assert within.normalised()[0].item() == pytest.approx(1.0, abs=1e-5)  # layer 0, e0.value
+
+
+# ---------------------------------------------------------------- refused inputs
+
+
+def _one_line(excinfo):
+    assert "\n" not in str(excinfo.value)
+
+
+def test_refuses_equal_answers(tiny_tokenizer):
+    with pytest.raises(CodetransferError, match="same answer") as e:
+        P.LogitDiff(torch.tensor([3]), torch.tensor([5]), torch.tensor([5]))
+    _one_line(e)
+    items = _hand_items()
+    bad = dataclasses.replace(items[0], counterfactual=dataclasses.replace(items[0].counterfactual, label=0))
+    with pytest.raises(CodetransferError, match="same token") as e:
+        P.pair_batch([bad], tiny_tokenizer)
+    _one_line(e)
+
+
+def test_refuses_misaligned_counterfactuals(tiny_tokenizer):
+    items = _hand_items()
+    cf = items[0].counterfactual
+    longer = dataclasses.replace(items[0], counterfactual=dataclasses.replace(cf, prompt="Oh. " + cf.prompt))
+    with pytest.raises(CodetransferError, match="positions must align") as e:
+        P.pair_batch([longer, items[1]], tiny_tokenizer)
+    _one_line(e)
+    assert P.pair_batch([longer, items[1]], tiny_tokenizer, drop_misaligned=True).n_dropped == 1
+    with pytest.raises(CodetransferError, match="counterfactual"):
+        P.pair_batch([dataclasses.replace(items[0], counterfactual=None)], tiny_tokenizer)
+    with pytest.raises(CodetransferError, match="twin"):
+        P.rendering_batch([dataclasses.replace(items[0], twin=None)], tiny_tokenizer)
+
+
+def test_refuses_bad_sites_and_shapes(tiny_bridge):
+    tokens, metric = _tokens()
+    with pytest.raises(CodetransferError, match="did you mean 'resid_pre'") as e:
+        P.activation_patching(tiny_bridge, tokens, tokens, metric, "resid_pr")
+    _one_line(e)
+    with pytest.raises(CodetransferError, match="direction"):
+        P.activation_patching(tiny_bridge, tokens, tokens, metric, "resid_pre", direction="denoise")
+    with pytest.raises(CodetransferError, match="positions must align"):
+        P.activation_patching(tiny_bridge, tokens, tokens[:, :-1], metric, "resid_pre")
+    with pytest.raises(CodetransferError, match="layer: expected 0..1"):
+        P.activation_patching(tiny_bridge, tokens, tokens, metric, "resid_pre", layers=[2])
+    with pytest.raises(CodetransferError, match="head: expected 0..3"):
+        P.activation_patching(tiny_bridge, tokens, tokens, metric, "head_out", heads=[4], layers=[0])
+    with pytest.raises(CodetransferError, match="keep"):
+        P.circuit_faithfulness(tiny_bridge, tokens, metric, [("head", 0, 9)])
+    with pytest.raises(CodetransferError, match="sender"):
+        P.path_patching(tiny_bridge, tokens, tokens, metric, sender=(1, 0))
