@@ -442,8 +442,16 @@ def evaluate_runs(
     loaded_runs: Sequence, tasks, n_items: int = 200, seed: int = 0, batch_size: int = 32,
     device: str | torch.device = "cpu", n_boot: int = 2000, ci: float = 0.95,
 ) -> pd.DataFrame:
-    """Every run on every task: the tidy table of :func:`tidy_table` (items generated once, shared by all runs)."""
+    """Every run on every task: the tidy table of :func:`tidy_table` (items generated once, shared by all runs).
+
+    Items longer than a run's context are refused before any run is scored (see :func:`fit_to_context`
+    to drop those difficulty levels instead).
+    """
     items = make_items(tasks, n_items, seed)
+    for run in loaded_runs:
+        model = getattr(run, "bridge", None)
+        model = getattr(run, "model", None) if model is None else model
+        check_fits_context(items, run.tokenizer, model_n_ctx(model))
     return tidy_table(score_runs(loaded_runs, items, batch_size, device), n_boot, ci, seed)
 
 
