@@ -656,16 +656,30 @@ class PairBatch:
     corrupted_tokens: Int[Tensor, "batch pos"]
     metric: LogitDiff
     positions: dict[str, Int[Tensor, " batch"]]
-    """Named token positions per item: span keys shared by every item (span end) and 'last'."""
+    """Named token positions per item: span keys shared by every item (span end) and 'last' (the
+    token whose next-token logits are read: the prompt's last token, or the last token the two
+    answers share when they start alike)."""
     n_dropped: int = 0
     """Items left out because their counterfactual tokenized to another length (``drop_misaligned``)."""
 
 
-def _first_token(tokenizer, text: str) -> int:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise CodetransferError(f"candidate: {text!r} encodes to no tokens; candidates must be non-empty")
-    return ids[0]
+def _answer_tokens(tokenizer, answer: str, counter: str, where: str) -> tuple[list[int], int, int]:
+    """``(shared prefix, answer token, counter token)``: the first tokens where the two answers differ.
+
+    When both answers start with the same tokens (a lone space before a digit in a small
+    vocabulary), the shared tokens are appended to the prompt and the metric reads the next one.
+    """
+    a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    c = tokenizer(counter, add_special_tokens=False)["input_ids"]
+    k = 0
+    while k < min(len(a), len(c)) and a[k] == c[k]:
+        k += 1
+    if k == len(a) or k == len(c):
+        raise CodetransferError(
+            f"{where}: answer {answer!r} and counterfactual answer {counter!r} have the same tokens (or one is a "
+            "prefix of the other); a counterfactual must change the answer"
+        )
+    return a[:k], a[k], c[k]
 
 
 def _pad(rows: list[list[int]], pad_id: int) -> Tensor:
@@ -696,14 +710,10 @@ def pair_batch(items: Sequence, tokenizer, drop_misaligned: bool = False) -> Pai
             raise CodetransferError(
                 f"items[{i}] ({it.task}): has no counterfactual; patching needs clean/counterfactual pairs"
             )
-        a, c = _first_token(tokenizer, it.answer), _first_token(tokenizer, cf.answer)
-        if a == c:
-            raise CodetransferError(
-                f"items[{i}] ({it.task}): answer {it.answer!r} and counterfactual answer {cf.answer!r} start with "
-                "the same token; a counterfactual must change the answer"
-            )
+        shared, a, c = _answer_tokens(tokenizer, it.answer, cf.answer, f"items[{i}] ({it.task})")
         ids, off = encode_with_bos(tokenizer, it.prompt)
         cids, _ = encode_with_bos(tokenizer, cf.prompt)
+        ids, cids = ids + shared, cids + shared
         if len(ids) != len(cids):
             if drop_misaligned:
                 continue
@@ -814,9 +824,13 @@ class RenderingBatch:
     source_metric: LogitDiff
     positions: dict[str, tuple[Int[Tensor, " batch"], Int[Tensor, " batch"]]]
     """Span key -> (target position, source position) per item; includes 'last'."""
+    n_dropped: int = 0
+    """Items left out because their counterfactual tokenized to another length (``drop_misaligned``)."""
 
 
-def rendering_batch(items: Sequence, tokenizer, from_rendering: str = "code") -> RenderingBatch:
+def rendering_batch(
+    items: Sequence, tokenizer, from_rendering: str = "code", drop_misaligned: bool = False
+) -> RenderingBatch:
     """Pair each item's rendering-``from_rendering`` version (source) with the other rendering's
     counterfactual (target), aligned at the span keys the two share (span ends) and the last token."""
     from codetransfer.trained.tokenizer import encode_with_bos
@@ -835,19 +849,17 @@ def rendering_batch(items: Sequence, tokenizer, from_rendering: str = "code") ->
         cf = target.counterfactual
         if cf is None:
             raise CodetransferError(f"items[{i}] ({it.task}): its {target.rendering} rendering has no counterfactual")
-        a, c = _first_token(tokenizer, target.answer), _first_token(tokenizer, cf.answer)
-        if a == c:
-            raise CodetransferError(
-                f"items[{i}] ({it.task}): answer {target.answer!r} and counterfactual answer {cf.answer!r} start "
-                "with the same token; a counterfactual must change the answer"
-            )
+        shared, a, c = _answer_tokens(tokenizer, target.answer, cf.answer, f"items[{i}] ({it.task})")
         ids, off = encode_with_bos(tokenizer, target.prompt)
         cids, coff = encode_with_bos(tokenizer, cf.prompt)
         sids, soff = encode_with_bos(tokenizer, source.prompt)
+        ids, cids, sids = ids + shared, cids + shared, sids + shared
         if len(ids) != len(cids):
+            if drop_misaligned:
+                continue
             raise CodetransferError(
                 f"items[{i}] ({it.task}): prompt is {len(ids)} tokens but its counterfactual {len(cids)}; "
-                "positions must align — drop this item"
+                "positions must align — pass drop_misaligned=True to skip such items"
             )
         keys = sorted(set(cf.spans) & set(source.spans))
         if not keys:
@@ -862,13 +874,16 @@ def rendering_batch(items: Sequence, tokenizer, from_rendering: str = "code") ->
         ans.append(a)
         cnt.append(c)
         aligned.append(set(keys) | {"last"})
+    if not aligned:
+        raise CodetransferError("items: every counterfactual tokenizes to another length; nothing to patch")
     keys = sorted(set.intersection(*aligned), key=lambda k: (k == "last", k))
     positions = {k: (torch.tensor([p[k] for p in tpos]), torch.tensor([p[k] for p in spos])) for k in keys}
     pad = tokenizer.pad_token_id
     metric = LogitDiff(positions["last"][0], torch.tensor(ans), torch.tensor(cnt))
     source_metric = LogitDiff(positions["last"][1], torch.tensor(ans), torch.tensor(cnt))
     return RenderingBatch(
-        _pad(tgt_rows, pad), _pad(cln_rows, pad), _pad(src_rows, pad), metric, source_metric, positions
+        _pad(tgt_rows, pad), _pad(cln_rows, pad), _pad(src_rows, pad), metric, source_metric, positions,
+        len(items) - len(aligned),
     )
 
 

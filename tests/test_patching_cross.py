@@ -188,7 +188,7 @@ def test_refuses_equal_answers(tiny_tokenizer):
     _one_line(e)
     items = _hand_items()
     bad = dataclasses.replace(items[0], counterfactual=dataclasses.replace(items[0].counterfactual, label=0))
-    with pytest.raises(CodetransferError, match="same token") as e:
+    with pytest.raises(CodetransferError, match="same tokens") as e:
         P.pair_batch([bad], tiny_tokenizer)
     _one_line(e)
 
