@@ -449,6 +449,7 @@ def evaluate_runs(
     """
     items = make_items(tasks, n_items, seed)
     for run in loaded_runs:
+        _run_meta(run)
         model = getattr(run, "bridge", None)
         model = getattr(run, "model", None) if model is None else model
         check_fits_context(items, run.tokenizer, model_n_ctx(model))
