@@ -121,3 +121,18 @@ def test_bad_inputs_are_refused(call, match):
     with pytest.raises(CodetransferError, match=match) as e:
         call()
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_relative_change_coverage_on_simulated_items(paired):
+    """About 95% of ratio intervals contain the true relative change (+20%), paired or not."""
+    rng = np.random.default_rng(5 if paired else 6)
+    n_sims, n_items, covered = 200, 300, 0
+    for k in range(n_sims):
+        q = rng.uniform(0.2, 0.8, n_items)  # item difficulty, shared by both models when paired
+        q_rec = q if paired else rng.uniform(0.2, 0.8, n_items)
+        base = (rng.random(n_items) < q).astype(float)
+        rec = (rng.random(n_items) < q_rec + 0.1).astype(float)
+        iv = relative_change_ci(rec[None], base[None], n_boot=400, seed=k, paired_items=paired)
+        covered += iv.low <= 0.2 <= iv.high
+    assert abs(covered / n_sims - 0.95) <= _binomial_tolerance(0.95, n_sims), covered / n_sims
