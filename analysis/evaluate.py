@@ -624,6 +624,9 @@ def plot_accuracy_vs_difficulty(table: pd.DataFrame, task: str | None = None, ax
     if metric == "accuracy" and len(t):
         ch = t.assign(_d=t["difficulty"].astype(int)).groupby("_d")["chance"].mean()
         ax.plot(ch.index, ch.values, "k--", lw=1, label="chance")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("difficulty")
     ax.set_ylabel(metric)
     ax.set_title(task)
