@@ -347,6 +347,12 @@ def patch_cells(
     """
     check_site(site)
     check_model(model)
+    kv = getattr(model.cfg, "n_key_value_heads", None)
+    if site in ("k", "v") and kv not in (None, model.cfg.n_heads):
+        raise CodetransferError(
+            f"site: {site!r} needs one key/value head per query head, but the model has n_key_value_heads={kv} "
+            f"for n_heads={model.cfg.n_heads}; patch 'q' or 'head_out' instead"
+        )
     batch = target.tokens.shape[0]
     n_layers = model.cfg.n_layers
     out = torch.empty(len(cells), batch)

@@ -55,6 +55,20 @@ def test_patch_cli_writes_three_tables(grid, tmp_path, capsys):
                 "ci_high"} <= set(t.columns)  # fmt: skip
 
 
+def test_patch_cli_attribution_screen(grid, tmp_path, capsys):
+    out = tmp_path / "results"
+    one_run = grid / "runs" / "text-only-s0"
+    rc = main(["patch", "--runs", str(one_run), "--task", "counting", "--sites", "mlp", "--out", str(out),
+               "--n-items", "2", "--difficulty", "0", "--n-boot", "20", "--attribution"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    table = pd.read_parquet(out / "patching.parquet")
+    rho = table[table.metric == "attribution_spearman"]
+    assert len(rho) == 1 and -1 <= rho.value.item() <= 1
+    nodes = table[table.metric == "attribution"]
+    assert set(nodes.site) == {"head_out", "mlp_out"} and len(nodes) == len(table[table.metric == "exact_effect"])
+    assert "Spearman rho" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, match",
     [

@@ -53,6 +53,9 @@ def add_arguments(p) -> None:
     p.add_argument("--cross-rendering", action="store_true",
                    help="also patch the code rendering into the text rendering at aligned positions")
     p.add_argument("--noising", action="store_true", help="also run noising sweeps (clean run, corrupted patches)")
+    p.add_argument("--attribution", action="store_true",
+                   help="also screen every head/MLP node by attribution patching and report its Spearman rank "
+                        "agreement with exact patching (rows metric=attribution, attribution_spearman)")
     p.add_argument("--positions", choices=("named", "absolute"), default="named",
                    help="position axis: span keys + last (default) or token indices")
     p.add_argument("--n-items", type=int, default=64, help="items (default 64)")
@@ -166,6 +169,17 @@ def run(args) -> int:
                 sweep = P.activation_patching(model, clean_t, corr_t, batch.metric, site, by_pos=False,
                                               caches=caches, max_rows=args.max_rows)  # fmt: skip
                 tables["patching.parquet"].append(sweep.table(meta(info), n_boot=args.n_boot, seed=args.seed))
+        if args.attribution:
+            log(f"{info.name}: attribution patching screen")
+            rho, joined = P.attribution_agreement(model, clean_t, corr_t, batch.metric, caches=caches)
+            joined = joined.melt(id_vars=["site", "layer", "head", "pos"], value_vars=["attribution", "exact"],
+                                 var_name="metric", value_name="value")  # fmt: skip
+            joined["pos_label"] = joined["pos"].astype(str)
+            joined["metric"] = joined["metric"].map({"attribution": "attribution", "exact": "exact_effect"})
+            summary = pd.DataFrame([dict(site="all", metric="attribution_spearman", value=rho)])
+            for t in (joined, summary):
+                tables["patching.parquet"].append(t.assign(**meta(info)))
+            log(f"{info.name}: attribution vs exact patching, Spearman rho = {rho:.3f} over {len(joined) // 2} nodes")
         if rbatch is not None:
             for site in sites:
                 log(f"{info.name}: cross-rendering {site}")
