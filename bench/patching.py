@@ -6,7 +6,7 @@ pairs of 32 tokens. For the residual stream (layer x position) and the head-by-p
 ``get_act_patch_attn_head_out_by_pos`` and ours (``codetransfer.analysis.patching``, both including
 the clean/corrupted caching), and prints the speed ratio and the max absolute difference.
 
-    .venv/bin/python bench/patching.py [--threads 2] [--pos 32] [--batch 8] [--max-rows 256]
+    .venv/bin/python bench/patching.py [--threads 2] [--pos 32] [--batch 8] [--max-rows 256] [--attribution]
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-rows", type=int, default=256)
     ap.add_argument("--sweeps", default="resid_pre,head_out")
+    ap.add_argument("--attribution", action="store_true",
+                    help="also time attribution patching and report its Spearman agreement with exact patching")
     args = ap.parse_args()
 
     import torch
@@ -72,6 +74,13 @@ def main() -> int:
         print(
             f"{site:10s} cells {ref.numel():5d}  TL {t_tl:7.2f} s  ours {t_ours:6.2f} s  "
             f"speed-up {t_tl / t_ours:5.1f}x  max |diff| {diff:.2e}"
+        )
+    if args.attribution:
+        t0 = time.perf_counter()
+        rho, joined = P.attribution_agreement(bridge, clean, corrupted, metric)
+        print(
+            f"attribution patching vs exact (head x pos + mlp x pos, {len(joined)} nodes): "
+            f"Spearman rho {rho:.3f}  ({time.perf_counter() - t0:.1f} s incl. exact sweeps)"
         )
     return 0
 
