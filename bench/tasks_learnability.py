@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--items", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save", default="", help="folder to save the trained model and tokenizer to")
+    ap.add_argument("--load", default="", help="skip training: evaluate the model saved in this folder")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -63,6 +65,14 @@ def main(argv=None) -> int:
     from codetransfer.trained.tokenizer import encode_documents, encode_with_bos, train_tokenizer
 
     t0 = time.time()
+    if args.load:
+        from transformers import AutoModelForCausalLM
+
+        from codetransfer.trained.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(args.load)
+        model = AutoModelForCausalLM.from_pretrained(args.load).eval()
+        return evaluate(model, tok, args, t0)
     n_docs = args.tokens // 200 + 200
     narr = list(synthetic_documents("narrative", n_docs // 2, seed=args.seed))
     prog = list(synthetic_documents("program", n_docs // 2, seed=args.seed))
@@ -102,6 +112,15 @@ def main(argv=None) -> int:
         if s % max(1, steps // 10) == 0 or s == steps - 1:
             print(f"  step {s}/{steps} loss {loss.item():.3f} ({(s + 1) * args.batch * args.ctx / (time.time() - t1):,.0f} tok/s)", flush=True)
     model.eval()
+    if args.save:
+        model.save_pretrained(args.save)
+        tok.save_pretrained(args.save)
+    return evaluate(model, tok, args, t0)
+
+
+def evaluate(model, tok, args, t0) -> int:
+    from codetransfer.tasks import get_task
+    from codetransfer.trained.tokenizer import encode_with_bos
 
     @torch.no_grad()
     def accuracy(items) -> float:
