@@ -16,6 +16,12 @@ at the requested difficulty, renders it in the family's format, and attaches
   one-fact changes the generator prefers those whose prose differs in a single sentence. The counterfactual has its own twin, and the
   twin has the counterfactual's twin as its counterfactual.
 
+**Recency control**: a tiny model that copies the last box / name / number mentioned would score
+~0.7 at one operation (the queried object was just moved). Each item first draws whether that
+shortcut is right (with probability = chance) and resamples scenarios until it agrees
+(``last_mentioned``), so the shortcut scores chance. "Copy any mentioned value" is not controlled:
+with 3 objects in 5 boxes it scores ~0.4 at difficulty 0 (report it next to accuracy).
+
 Every code rendering is executed once at generation time (self-check): the program's value of the
 queried expression must equal the simulator's answer, else generation stops with an error.
 
