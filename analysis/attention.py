@@ -289,6 +289,17 @@ def attention_patterns(
     return torch.cat(out, dim=1).float()
 
 
+def prompt_attention(bridge, tokenizer, prompt: str, layer: int, head: int) -> tuple[Float[Tensor, "q k"], list[str]]:
+    """One head's attention pattern on ``[bos] + tokens(prompt)`` and the token strings (for
+    :func:`codetransfer.analysis.attention_plots.plot_attention_pattern`)."""
+    from codetransfer.trained.tokenizer import encode_with_bos
+
+    ((layer, head),) = check_heads(bridge, [(layer, head)])
+    ids, offsets = encode_with_bos(tokenizer, prompt)
+    pats = attention_patterns(bridge, torch.tensor([ids]))
+    return pats[layer, 0, head], [tokenizer.bos_token] + [prompt[s:e] for s, e in offsets[1:]]
+
+
 def _valid_mask(lengths: Tensor, n: int) -> Float[Tensor, "batch pos pos"]:
     ar = torch.arange(n)
     real = (ar[None, :] < lengths[:, None]).float()
@@ -426,8 +437,10 @@ def standard_head_scores(
     seed: int = 0,
     n_boot: int = 1000,
     batch_size: int = 32,
+    token_ids: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """The five pattern scores of every head on repeated random tokens of the run's vocabulary.
+    """The five pattern scores of every head on repeated random tokens of the run's vocabulary
+    (``token_ids``, default: every non-special token of ``tokenizer``).
 
     Returns a tidy table (``task='repeated_random'``, rendering ``''``), intervals over sequences.
     """
@@ -436,7 +449,8 @@ def standard_head_scores(
             f"half_len: {half_len} gives {1 + 2 * half_len} tokens, more than the context of {bridge.cfg.n_ctx}; "
             f"use half_len <= {(bridge.cfg.n_ctx - 1) // 2}"
         )
-    tokens = repeated_random_tokens(ordinary_token_ids(tokenizer), n_seqs, half_len, seed, tokenizer.bos_token_id)
+    ids = ordinary_token_ids(tokenizer) if token_ids is None else token_ids
+    tokens = repeated_random_tokens(ids, n_seqs, half_len, seed, tokenizer.bos_token_id)
     per_seq = head_scores(bridge, tokens, batch_size=batch_size)
     return _table(per_seq, task=RANDOM_TASK, rendering="", n_boot=n_boot, seed=seed)
 
@@ -751,10 +765,13 @@ def induction_loss_scores(
     method: str = "mean",
     n_boot: int = 1000,
     batch_size: int = 32,
+    token_ids: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Induction loss of the model (metric ``induction_loss``, one row per head with the same value)
-    and its increase when each head is ablated (``ablation_<method>_induction_loss``)."""
-    tokens = repeated_random_tokens(ordinary_token_ids(tokenizer), n_seqs, half_len, seed, tokenizer.bos_token_id)
+    and its increase when each head is ablated (``ablation_<method>_induction_loss``), on repeated
+    random tokens drawn from ``token_ids`` (default: every non-special token of ``tokenizer``)."""
+    ids = ordinary_token_ids(tokenizer) if token_ids is None else token_ids
+    tokens = repeated_random_tokens(ids, n_seqs, half_len, seed, tokenizer.bos_token_id)
     clean, ablated = ablated_metric(
         bridge, tokens, lambda logits, off: induction_loss(logits, tokens[off : off + logits.shape[0]]),
         method=method, batch_size=batch_size,

@@ -130,6 +130,7 @@ def plot_attention_pattern(
 
     ``pattern``: a (q, k) array, or a ``[layer, head, q, k]`` / ``[layer, batch=1, head, q, k]`` tensor
     (e.g. from :func:`codetransfer.analysis.attention.attention_patterns`) with ``layer`` and ``head``.
+    For one prompt: ``plot_attention_pattern(*prompt_attention(bridge, tok, prompt, layer, head))``.
     """
     p = pattern.detach().cpu().numpy() if hasattr(pattern, "detach") else np.asarray(pattern)
     if p.ndim == 5:
@@ -158,11 +159,3 @@ def plot_attention_pattern(
     if layer is not None and head is not None:
         ax.set_title(f"L{layer}H{head}")
     return ax
-
-
-def item_tokens(tokenizer, prompt: str) -> list[str]:
-    """The ``[bos] + tokens(prompt)`` strings of a prompt, for tick labels."""
-    from codetransfer.trained.tokenizer import encode_with_bos
-
-    ids, offsets = encode_with_bos(tokenizer, prompt)
-    return [tokenizer.bos_token] + [prompt[s:e] for s, e in offsets[1:]]

@@ -85,6 +85,20 @@ def test_plots_return_axes_with_the_values(run_table):
     plt.close("all")
 
 
+def test_one_prompt_pattern_plot(tiny_bridge, tiny_tokenizer):
+    import matplotlib.pyplot as plt
+
+    prompt = "The pen is in box A. The pen is in box"
+    pattern, tokens = A.prompt_attention(tiny_bridge, tiny_tokenizer, prompt, 1, 2)
+    assert tokens[0] == "<|bos|>" and "".join(tokens[1:]) == prompt
+    assert pattern.shape == (len(tokens), len(tokens)) and torch.allclose(pattern.sum(-1), torch.ones(len(tokens)))
+    ax = P.plot_attention_pattern(pattern, tokens)
+    assert np.allclose(ax.images[0].get_array(), pattern.numpy())
+    with pytest.raises(CodetransferError, match="head: expected 0..3"):
+        A.prompt_attention(tiny_bridge, tiny_tokenizer, prompt, 1, 7)
+    plt.close("all")
+
+
 def test_plots_refuse_bad_input(run_table):
     grid = _two_recipes(run_table)
     with pytest.raises(CodetransferError, match="did you mean 'induction'"):
