@@ -292,10 +292,8 @@ class Cell:
     """How the position is named in tables: an absolute index ('3'), a span key, or 'all'."""
 
 
-def _delta_at(
-    src: Tensor, tgt: Tensor, cell: Cell, head_map: Callable[[Tensor], Tensor] | None = None
-) -> tuple[Tensor, Tensor | None]:
-    """(difference to add, target positions) for one cell; head_map maps a head vector to d_model."""
+def _delta_at(src: Tensor, tgt: Tensor, cell: Cell) -> tuple[Tensor, Tensor | None]:
+    """(source minus target at the cell, target positions) for one cell."""
     if cell.pos is None:
         s, t = src, tgt
     else:
@@ -304,10 +302,7 @@ def _delta_at(
         s, t = src[rows, sp], tgt[rows, cell.pos]
     if cell.head is not None:
         s, t = s[..., cell.head, :], t[..., cell.head, :]
-    d = s - t
-    if head_map is not None:
-        d = head_map(d)
-    return d, cell.pos
+    return s - t, cell.pos
 
 
 def _set_at(act: Tensor, src: Tensor, cell: Cell) -> None:
@@ -368,15 +363,28 @@ def patch_cells(
         name = hook_name(site, layer)
         if name not in source_acts:
             raise CodetransferError(f"source activations: missing {name!r}; build them with run_cache")
-        src = source_acts[name]
+        src, tgt = source_acts[name], target.acts[name]
+        if site == "head_out":
+            # Each head's write into the residual stream (z @ W_O per head), once per layer.
+            W_O = model.blocks[layer].attn.W_O.detach()  # [head, d_head, d_model]
+            with torch.no_grad():
+                src = torch.einsum("bphd,hdm->bphm", src, W_O)
+                tgt = torch.einsum("bphd,hdm->bphm", tgt, W_O)
         for start, chunk_idx in _chunks(idx, per_call):
             chunk = [cells[i] for i in chunk_idx]
-            final = _patched_final(model, target, src, site, layer, chunk)
+            final = _patched_final(model, target, src, tgt, site, layer, chunk)
             out[chunk_idx] = metric.from_final(final).view(len(chunk), batch).cpu()
     return out
 
 
-def _patched_final(model, target: RunCache, src: Tensor, site: str, layer: int, chunk: list[Cell]) -> Tensor:
+def _patched_final(
+    model, target: RunCache, src: Tensor, tgt: Tensor, site: str, layer: int, chunk: list[Cell]
+) -> Tensor:
+    """Final-position logits of one stacked forward: one copy of the target batch per cell.
+
+    ``src`` / ``tgt`` are the source and target activations at the site (for ``head_out``, each
+    head's residual write ``z @ W_O``, ``[batch, pos, head, d_model]``).
+    """
     acts = target.acts
     reps = len(chunk)
     if site in ("resid_pre", "resid_mid"):
@@ -391,15 +399,10 @@ def _patched_final(model, target: RunCache, src: Tensor, site: str, layer: int, 
         else:
             start = f"blocks.{layer}.hook_resid_mid"
         base = acts[start]
-        tgt = acts[hook_name(site, layer)]
-        W_O = model.blocks[layer].attn.W_O if site == "head_out" else None  # [head, d_head, d_model]
         h = base.repeat(reps, 1, 1)
         b = len(base)
         for i, cell in enumerate(chunk):
-            if site == "head_out":
-                d, pos = _delta_at(src, tgt, cell, lambda x, hd=cell.head: x @ W_O[hd])
-            else:
-                d, pos = _delta_at(src, tgt, cell)
+            d, pos = _delta_at(src, tgt, cell)
             view = h[i * b : (i + 1) * b]
             if pos is None:
                 view += d
@@ -1073,6 +1076,10 @@ def circuit_faithfulness(
     ``"mean"`` (an ablated component takes its mean over ``reference_tokens`` — default ``tokens``
     — at each position) or ``"zero"``. Returns ``full``, ``circuit`` and ``empty`` (everything
     ablated) mean metrics and ``faithfulness = (circuit - empty) / (full - empty)``.
+
+    This is node-level (components, not edges). TransformerLens' ``tools.analysis.faithfulness``
+    is edge-level, one clean/corrupt pair at a time, with corrupt or mean replacement and no zero
+    ablation; use it directly for edge circuits from ``attribution_patch(..., granularity="edge")``.
     """
     check_model(model)
     if ablation not in ("mean", "zero"):
