@@ -1068,6 +1068,8 @@ def circuit_faithfulness(
     keep: Sequence[tuple[str, int, int | None]],
     ablation: str = "mean",
     reference_tokens: Int[Tensor, "ref pos"] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Keep a set of components, ablate every other head output and MLP output, and report the
     fraction of the full model's metric that the circuit keeps.
@@ -1075,7 +1077,8 @@ def circuit_faithfulness(
     ``keep`` holds ``("head", layer, head)`` and ``("mlp", layer, None)`` entries. ``ablation`` is
     ``"mean"`` (an ablated component takes its mean over ``reference_tokens`` — default ``tokens``
     — at each position) or ``"zero"``. Returns ``full``, ``circuit`` and ``empty`` (everything
-    ablated) mean metrics and ``faithfulness = (circuit - empty) / (full - empty)``.
+    ablated) mean metrics and ``faithfulness = (circuit - empty) / (full - empty)`` (a ratio of item
+    means) with a percentile bootstrap interval over items (``ci_low``, ``ci_high``).
 
     This is node-level (components, not edges). TransformerLens' ``tools.analysis.faithfulness``
     is edge-level, one clean/corrupt pair at a time, with corrupt or mean replacement and no zero
@@ -1107,7 +1110,7 @@ def circuit_faithfulness(
         _, rc = model.run_with_cache(ref, names_filter=lambda n: n in names)
     means = {n: (rc[n].mean(0, keepdim=True) if ablation == "mean" else torch.zeros_like(rc[n][:1])) for n in names}
 
-    def run(heads_kept, mlps_kept) -> float:
+    def run(heads_kept, mlps_kept) -> Tensor:
         hooks = []
         for l in range(n_layers):
             ablate = [h for h in range(n_heads) if (l, h) not in heads_kept]
@@ -1124,11 +1127,14 @@ def circuit_faithfulness(
                 mname = f"blocks.{l}.hook_mlp_out"
                 hooks.append((mname, lambda act, hook, mname=mname: means[mname].expand_as(act).clone()))
         with torch.no_grad():
-            return float(metric(model.run_with_hooks(tokens, fwd_hooks=hooks)).mean())
+            return metric(model.run_with_hooks(tokens, fwd_hooks=hooks)).cpu()
 
     all_heads = {(l, h) for l in range(n_layers) for h in range(n_heads)}
     full = run(all_heads, set(range(n_layers)))
     circuit = run(keep_heads, keep_mlps)
     empty = run(set(), set())
-    gap = full - empty
-    return dict(full=full, circuit=circuit, empty=empty, faithfulness=(circuit - empty) / gap if gap else float("nan"))
+    value, low, high = ratio_bootstrap(circuit[None], full, empty, n_boot=n_boot, seed=seed)
+    return dict(
+        full=float(full.mean()), circuit=float(circuit.mean()), empty=float(empty.mean()),
+        faithfulness=float(value[0]), ci_low=float(low[0]), ci_high=float(high[0]),
+    )  # fmt: skip

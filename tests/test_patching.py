@@ -190,6 +190,7 @@ def test_faithfulness_of_the_planted_circuit(planted):
     keep = [("head", 1, PLANTED_HEAD), ("mlp", 0, None), ("mlp", 1, None)]
     res = P.circuit_faithfulness(planted, clean, metric, keep, ablation="zero")
     assert res["faithfulness"] == pytest.approx(1.0, abs=1e-4)
+    assert res["ci_low"] == pytest.approx(1.0, abs=1e-4) and res["ci_high"] == pytest.approx(1.0, abs=1e-4)
     res = P.circuit_faithfulness(planted, clean, metric, keep[1:], ablation="zero")
     assert abs(res["faithfulness"] - 1.0) > 1e-2
 
