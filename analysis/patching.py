@@ -342,6 +342,11 @@ def patch_cells(
     """
     check_site(site)
     check_model(model)
+    if site in ("resid_mid", "attn_out", "head_out") and getattr(model.cfg, "parallel_attn_mlp", False):
+        raise CodetransferError(
+            f"site: {site!r} needs a sequential block (attention, then the MLP on its output), but this model "
+            "runs attention and MLP in parallel (use_parallel_residual=True); patch resid_pre, mlp_out, q, k or v"
+        )
     kv = getattr(model.cfg, "n_key_value_heads", None)
     if site in ("k", "v") and kv not in (None, model.cfg.n_heads):
         raise CodetransferError(

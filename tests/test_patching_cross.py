@@ -224,3 +224,17 @@ def test_refuses_bad_sites_and_shapes(tiny_bridge):
         P.circuit_faithfulness(tiny_bridge, tokens, metric, [("head", 0, 9)])
     with pytest.raises(CodetransferError, match="sender"):
         P.path_patching(tiny_bridge, tokens, tokens, metric, sender=(1, 0))
+
+
+def test_refuses_sites_a_parallel_residual_model_lacks(tiny_model_dir, tiny_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    model.config.use_parallel_residual = True
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    bridge, _ = _load(tmp_path)
+    tokens, metric = _tokens()
+    with pytest.raises(CodetransferError, match="in parallel") as e:
+        P.activation_patching(bridge, tokens, tokens, metric, "resid_mid")
+    _one_line(e)
