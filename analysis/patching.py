@@ -55,6 +55,20 @@ Also here: path patching from a sender head into receivers' q/k/v
 fast screen with its rank agreement to exact patching (:func:`attribution_screen`), circuit
 faithfulness (:func:`circuit_faithfulness`), cross-model patching (:func:`cross_model_patching`,
 Prakash et al. 2024) and cross-rendering patching (:func:`cross_rendering_patching`).
+
+Usage::
+
+    from codetransfer.analysis import patching as P
+    from codetransfer.analysis.patching_plots import plot_layer_head
+    from codetransfer.tasks import get_task
+
+    items = get_task("entity_tracking").generate(64, seed=0)
+    batch = P.pair_batch(items, run.tokenizer, drop_misaligned=True)   # run = load_run(...)
+    sweep = P.patch_head_out(run.bridge, batch.clean_tokens, batch.corrupted_tokens, batch.metric,
+                             positions=batch.positions)                # span keys + 'last'
+    table = sweep.table(dict(run=run.info.name, recipe=run.info.recipe, seed=run.info.seed,
+                             task="entity_tracking"))
+    plot_layer_head(table, pos_label="last")
 """
 
 from __future__ import annotations
