@@ -32,7 +32,7 @@ def grid(tmp_path_factory):
     return _grid(tmp_path_factory.mktemp("grid"), [("text-only", 0, CTX), ("code25", 1, CTX)])
 
 
-ARGS = ["--n-items", "4", "--n-seqs", "4", "--half-len", "6", "--n-boot", "20"]
+ARGS = ["--n-items", "3", "--n-seqs", "2", "--half-len", "5", "--n-boot", "10"]
 
 
 def test_attention_cli_writes_one_row_per_run_task_head_metric(grid, tmp_path, capsys):
