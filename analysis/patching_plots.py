@@ -86,7 +86,9 @@ def _heat(grid: pd.DataFrame, ax, title: str, vmax: float | None = None, cmap="R
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(4, 0.35 * grid.shape[1] + 2), max(2.5, 0.4 * grid.shape[0] + 1.5)))
+        _, ax = plt.subplots(
+            figsize=(max(4, 0.35 * grid.shape[1] + 2), max(2.5, 0.4 * grid.shape[0] + 1.5)), layout="constrained"
+        )
     values = grid.to_numpy(dtype=float)
     if vmax is None:
         finite = values[np.isfinite(values)]
@@ -149,7 +151,7 @@ def plot_side_by_side(
     grids = [_grid(table, kind, site, metric, pos_label, {**filters, by: v}) for v in values]
     vmax = max(float(np.nanmax(np.abs(g.to_numpy(dtype=float)))) for g in grids) or 1.0
     if ax is None:
-        _, ax = plt.subplots(1, len(values), figsize=(4.5 * len(values), 3.5), squeeze=False)
+        _, ax = plt.subplots(1, len(values), figsize=(4.5 * len(values), 3.5), squeeze=False, layout="constrained")
         ax = ax[0]
     if len(ax) != len(values):
         raise CodetransferError(f"ax: expected {len(values)} Axes (one per {by}), got {len(ax)}")
