@@ -63,11 +63,12 @@ def _pos_order(df: pd.DataFrame) -> list[str]:
 def layer_pos_grid(table, site=None, metric=None, **filters) -> pd.DataFrame:
     """Mean value per (layer, position label): rows = layers, columns = positions."""
     df = _select(table, site, metric, filters)
+    order = _pos_order(df)
     if "head" in df and df["head"].notna().any():
         keys = [c for c in ("run", "recipe", "seed", "task", "layer", "pos_label") if c in df.columns]
         df = df.groupby(keys, as_index=False, dropna=False)["value"].sum()  # a layer's heads add up
     g = df.pivot_table(index="layer", columns="pos_label", values="value", aggfunc="mean")
-    return g[[c for c in _pos_order(df) if c in g.columns]]
+    return g[[c for c in order if c in g.columns]]
 
 
 def layer_head_grid(table, site="head_out", metric=None, pos_label="all", **filters) -> pd.DataFrame:
