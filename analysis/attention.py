@@ -25,27 +25,30 @@ The method, in the order the functions appear:
 2. **Task-aligned attention.** Items carry character spans (``item.spans``). Each prompt is encoded
    as ``[bos] + tokens(prompt)``; a span covers the tokens whose character range overlaps it. From
    the final position (where the answer is predicted; if all candidates start with the same
-   token(s), e.g. a lone space, those tokens are appended and the last of them is used) we read, for every head, the attention
-   mass on the ``query`` and ``answer_source`` spans (``attn_to_query``, ``attn_to_answer_source``),
-   on the *distractor* tokens (``attn_to_distractors``: spans whose key starts with ``distractor``;
-   else the other entities' value spans, keys ending in ``.value`` that do not overlap
-   ``answer_source``, as the tasks room records them; else word-boundary mentions of the wrong
-   candidates' text outside ``answer_source``) and the difference (``attn_answer_minus_distractors``). The same scores on ``item.twin`` give the other rendering.
+   token(s), e.g. a lone space, those tokens are appended and the last of them is used) we read,
+   for every head, the attention mass on the ``query`` and ``answer_source`` spans
+   (``attn_to_query``, ``attn_to_answer_source``), on the *distractor* tokens
+   (``attn_to_distractors``: spans whose key starts with ``distractor``; else the other entities'
+   value spans, keys ending in ``.value`` that do not overlap ``answer_source``, as the tasks room
+   records them; else word-boundary mentions of the wrong candidates' text outside
+   ``answer_source``) and the difference (``attn_answer_minus_distractors``). The same scores on
+   ``item.twin`` give the other rendering (column ``rendering``).
 
 3. **Causal importance.** The metric is the logit difference at the final position between the
    answer's first token and the mean of the distractors' first tokens (first after the prefix that
-   all candidates share, see 2.). A head is ablated by
-   replacing its ``hook_z`` (its output before ``W_O``) with zeros or with its mean over all real
-   token positions of the item set; one forward per layer ablates each head of that layer in its
-   own copy of the batch. Reported: mean change of the metric (ablated - clean) with a percentile
-   bootstrap interval over items. **Direct logit attribution** per head: the head's output at the
-   final position, ``(z - c_h) @ W_O[h]``, where ``c_h = ln1.bias @ W_V[h] + b_V[h]`` is the part of
-   every value vector that does not depend on the input (every attention pattern passes it on
-   unchanged, so TransformerLens folds it into ``b_O`` and credits it to no head), put through the final LayerNorm's *linear* part (centre, divide
-   by the cached scale of the full residual, multiply by its weight) and dotted with
-   ``W_U[:, answer] - mean(W_U[:, distractors])``. On a bridge in ``enable_compatibility_mode()``
-   the same number is TransformerLens' ``direct_logit_attribution(..., unit="head")``, which we then
-   use; compatibility mode mutates weights, so keep a SEPARATE bridge for it (tested equal).
+   all candidates share, see 2.). A head is ablated by replacing its ``hook_z`` (its output before
+   ``W_O``) with zeros or with its mean over all real token positions of the item set; one forward
+   per layer ablates each head of that layer in its own copy of the batch. Reported: mean change
+   of the metric (ablated - clean) with a percentile bootstrap interval over items.
+   **Direct logit attribution** per head: the head's output at the final position,
+   ``(z - c_h) @ W_O[h]``, where ``c_h = ln1.bias @ W_V[h] + b_V[h]`` is the part of every value
+   vector that does not depend on the input (every attention pattern passes it on unchanged, so
+   TransformerLens folds it into ``b_O`` and credits it to no head), put through the final
+   LayerNorm's *linear* part (centre, divide by the cached scale of the full residual, multiply by
+   its weight) and dotted with ``W_U[:, answer] - mean(W_U[:, distractors])``. On a bridge in
+   ``enable_compatibility_mode()`` the same number is TransformerLens'
+   ``direct_logit_attribution(..., unit="head")``, which we then use; compatibility mode mutates
+   weights, so keep a SEPARATE bridge for it (tested equal).
 
 4. **Induction loss** that works for any vocabulary size and device: cross-entropy on the second
    copy of ``[bos] + x + x`` (positions whose token is predictable by copying, i.e. all of the second
@@ -64,7 +67,6 @@ the padding (tested), and every statistic ignores padded positions.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
