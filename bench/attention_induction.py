@@ -7,8 +7,10 @@ score per layer (``codetransfer.analysis.attention.pattern_scores`` on the model
 
 Measured here (2 shared CPU cores, 1 thread, ~60-130 s per 1,500-2,000 steps): across a dozen
 settings (lr 1e-3..1e-2, vocab 24..64, rotary 0.25/1.0, 2-4 copies, an auxiliary previous-token
-loss, GPT-NeoX / Llama / GPT-2) the induction loss fell (to ~0.4-1.3 nats) but no head's induction
-score passed ~0.35: the models found diffuse-attention shortcuts instead of a sharp induction head.
+loss, MLPs zeroed and frozen, GPT-NeoX / Llama / GPT-2, copies of a random window of a longer
+prefix) the induction loss fell (to ~0.4-1.8 nats within 1,500-4,000 steps) but no head's
+induction score passed ~0.35 (random init: ~0.05): the models found diffuse-attention shortcuts
+(e.g. spread probability over the tokens already in context) instead of a sharp induction head.
 That is why the test suite checks the induction score with FORCED patterns and TL parity, and not
 with a trained model. Use this script to look for a recipe that does.
 
