@@ -36,10 +36,10 @@ def _command(verb: str):
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only the module of verb ``wanted`` is imported (all of them when None)."""
     parser = argparse.ArgumentParser(prog="codetransfer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    wanted = sys.argv[1] if len(sys.argv) > 1 else None
     for verb, help_ in VERBS.items():
         p = sub.add_parser(verb, help=help_, description=help_)
         # Import only the module of the verb being run (or all of them for --help listings).
@@ -51,12 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_parser_for(verb: str) -> argparse.ArgumentParser:
+    """A parser that knows the arguments of ``verb`` (used by the main job to run a stage in-process)."""
+    return build_parser(verb)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    parser = build_parser()
+    parser = build_parser(sys.argv[1] if len(sys.argv) > 1 else None)
     args = parser.parse_args(sys.argv[1:])
     if args.verb is None:
         parser.print_help()

@@ -22,6 +22,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="results folder (parts/, stores/, probes.parquet)")
     parser.add_argument("--shard", default="0/1", help="i/n: do the i-th of n blocks of units (default 0/1)")
     parser.add_argument("--n-items", type=int, default=200, help="items generated per task (default 200)")
+    parser.add_argument("--max-difficulty", type=int, default=None,
+                        help="only items of this difficulty or lower (keeps prompts inside small models' context)")
     parser.add_argument("--item-seed", type=int, default=0, help="task generator seed (default 0)")
     parser.add_argument("--probe", default="linear", help="linear (default), mlp or ridge")
     parser.add_argument("--split", default="entity", help="entity (default) or group (by template)")
@@ -95,7 +97,28 @@ def run(args) -> int:
         probe=args.probe, target=args.target, split=args.split, seeds=seeds, min_rows=args.min_rows,
         cross_format=not args.no_cross_format, mdl=not args.no_mdl, batch_size=args.batch_size,
         keep_stores=not args.drop_stores, load=lambda path: load_run(path, device=device),
+        generate=_generator(args.max_difficulty),
         progress=lambda msg: print(msg, flush=True),
     )
     print(f"{len(table)} rows in {args.out}/probes.parquet")
     return 0
+
+
+def _generator(max_difficulty):
+    """Items with difficulty <= max_difficulty, spread evenly over the allowed levels (None: all)."""
+    if max_difficulty is None:
+        return None
+
+    def generate(task, n, seed):
+        from codetransfer.tasks import get_task
+
+        family = get_task(task)
+        levels = [d for d in family.difficulties if d <= max_difficulty]
+        if not levels:
+            raise CodetransferError(
+                f"--max-difficulty: {task} has no level <= {max_difficulty} (levels {min(family.difficulties)}-{max(family.difficulties)})"
+            )
+        per = -(-n // len(levels))
+        return [it for d in levels for it in family.generate(per, seed, difficulty=d)][:n]
+
+    return generate

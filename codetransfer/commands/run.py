@@ -1,0 +1,37 @@
+"""codetransfer run GRID --out DIR: the main job (train, eval, probe, patch, attention, report)."""
+
+from __future__ import annotations
+
+
+def add_arguments(p) -> None:
+    p.add_argument("grid", help="a grid .toml file or a preset name (tiny, tiny-full, small, gpu)")
+    p.add_argument("--out", required=True, help="output folder (runs, results/, report/)")
+    p.add_argument("--stages", default="train,eval,probe,patch,attention,report",
+                   help="comma-separated stages to run (default: all)")
+    p.add_argument("--baseline", default="text-only", help="baseline recipe (default text-only)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def run(args) -> int:
+    import json
+    import time
+
+    from codetransfer.errors import CodetransferError, did_you_mean
+    from codetransfer.pipeline import STAGES, JobSettings, run_job
+
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    for s in stages:
+        if s not in STAGES:
+            raise CodetransferError(f"--stages: unknown stage '{s}'{did_you_mean(s, STAGES)}; stages: {', '.join(STAGES)}")
+    t0 = time.time()
+    timings = run_job(args.grid, args.out, JobSettings(baseline=args.baseline), device=args.device, stages=stages)
+    report = timings.pop("report_path", None)
+    print(f"\nmain job done in {time.time() - t0:.0f}s: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    if report:
+        from pathlib import Path
+
+        headline = json.loads((Path(report).parent / "headline.json").read_text())
+        print(f"report: {report}")
+        for i, h in enumerate(headline, 1):
+            print(f"  {i}. {h}")
+    return 0

@@ -1,0 +1,253 @@
+"""The main job: train a grid, evaluate, probe, patch, analyse attention, write the report.
+
+``run_job(grid, out)`` runs the stages in order. The work is cut into *units* — one training run,
+the evaluation of the grid, one run's probing sweep / patching sweeps / head scores, one cross-model
+pair — and each unit is skipped when ``out/units/<unit>.json`` records that it finished with the
+same *key*: a hash of the job settings and of the recipes of the runs it reads. Killing the job and
+running it again finishes it without redoing finished units; changing one recipe in the grid
+retrains that run and redoes the units that read it (and the grid-wide evaluation and merge).
+Units write their tables atomically, and the merged tables are rebuilt from the unit tables, so a
+re-run after a kill gives identical tables.
+
+Each stage prints one summary line with its time; commands inside show their own progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from codetransfer.errors import CodetransferError
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """How much analysis the main job does per run (the tiny demo uses the defaults)."""
+
+    baseline: str = "text-only"
+    """Recipe every other recipe is compared with (relative change, cross-model patching)."""
+    eval_items: int = 100
+    """Items per task family for evaluation."""
+    probe_tasks: str = "entity_tracking"
+    """Comma-separated task families to probe."""
+    probe_sites: str = "resid_post"
+    """Comma-separated probe sites (resid_pre, resid_mid, resid_post, attn_out, mlp_out, head)."""
+    probe_items: int = 120
+    """Items per probed task."""
+    probe_max_difficulty: int = 3
+    """Hardest difficulty probed (lowered automatically to what fits the models' context)."""
+    patch_task: str = "entity_tracking"
+    """Task family whose counterfactual pairs are patched."""
+    patch_sites: str = "resid,attn,mlp,head"
+    """Patching sites."""
+    patch_items: int = 48
+    """Clean/counterfactual pairs per patching sweep."""
+    patch_difficulty: int = 0
+    """Difficulty of the patched items (the level the models can do)."""
+    attention_tasks: str = "entity_tracking"
+    """Task families for task-aligned head scores."""
+    attention_items: int = 48
+    """Items per task for head scores."""
+    seed: int = 0
+    """Seed of item generators and bootstrap."""
+
+
+STAGES = ("train", "eval", "probe", "patch", "attention", "report")
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Units:
+    """Records of finished units in ``out/units`` (the restart bookkeeping)."""
+
+    def __init__(self, out: Path):
+        self.folder = out / "units"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def done(self, name: str, key: str) -> bool:
+        p = self.folder / f"{name}.json"
+        return p.exists() and json.loads(p.read_text()).get("key") == key
+
+    def finish(self, name: str, key: str, seconds: float) -> None:
+        p = self.folder / f"{name}.json"
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "seconds": round(seconds, 1)}))
+        os.replace(tmp, p)
+
+
+def _cli(args: list[str]) -> None:
+    """Run one ``codetransfer`` command in-process; its CodetransferError propagates."""
+    from codetransfer import cli
+
+    parser = cli.build_parser_for(args[0])
+    ns = parser.parse_args(args)
+    code = ns._run(ns)
+    if code:
+        raise CodetransferError(f"stage command 'codetransfer {' '.join(args)}' failed with exit status {code}")
+
+
+def _merge(parts: list[Path], dest: Path) -> pd.DataFrame | None:
+    tables = [pd.read_parquet(p) for p in parts if p.exists()]
+    if not tables:
+        return None
+    table = pd.concat(tables, ignore_index=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, dest)
+    return table
+
+
+def _fitting_difficulty(task: str, run, settings: JobSettings) -> int:
+    """The hardest level <= settings.probe_max_difficulty whose items all fit the run's context."""
+    from codetransfer.analysis.evaluate import fit_to_context
+    from codetransfer.tasks import get_task
+    from codetransfer.trained.tokenizer import load_tokenizer
+
+    n_ctx = run.record["model"]["n_ctx"]
+    family = get_task(task)
+    levels = [d for d in family.difficulties if d <= settings.probe_max_difficulty]
+    generated = [it for d in levels for it in family.generate(8, settings.seed, difficulty=d)]
+    items = {task: generated + [it.twin for it in generated if it.twin is not None]}  # probes read twins too
+    kept, _ = fit_to_context(items, load_tokenizer(run.path), n_ctx)
+    dropped = {it.difficulty for it in items[task]} - {it.difficulty for it in kept.get(task, [])}
+    fitting = sorted({it.difficulty for it in kept.get(task, [])} - dropped)
+    if not fitting:
+        raise CodetransferError(f"{task}: no difficulty level fits the models' context n_ctx={n_ctx}")
+    # the largest d such that every level up to d fits
+    d = fitting[0]
+    while d + 1 in fitting:
+        d += 1
+    return d
+
+
+def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings(), device: str = "cpu",
+            stages: tuple[str, ...] = STAGES, log=print) -> dict:
+    """Run the main job; returns ``{stage: seconds}``. See the module docstring."""
+    from codetransfer.trained import find_runs, load_grid, train_grid
+
+    grid = load_grid(grid_spec)
+    out = Path(out)
+    results = out / "results"
+    timings: dict[str, float] = {}
+    skey = asdict(settings)
+
+    def stage(name: str):
+        class _S:
+            def __enter__(self_):
+                self_.t0 = time.time()
+                log(f"== {name}")
+
+            def __exit__(self_, *exc):
+                if exc[0] is None:
+                    timings[name] = time.time() - self_.t0
+                    log(f"== {name}: done in {timings[name]:.0f}s")
+
+        return _S()
+
+    if "train" in stages:
+        with stage("train"):
+            train_grid(grid, out, device=device, log=log)
+    units = Units(out)
+    runs = [r for r in find_runs(out, complete_only=True) if r.recipe in {x.name for x in grid.recipes}]
+    if not runs:
+        raise CodetransferError(f"{out}: no complete runs of grid '{grid.name}'; run the train stage first")
+    run_key = {r.name: r.record["recipe_hash"] for r in runs}
+    results.mkdir(parents=True, exist_ok=True)
+    seed = str(settings.seed)
+
+    if "eval" in stages:
+        with stage("eval"):
+            key = _hash(["eval", skey, run_key])
+            if not units.done("eval", key):
+                t0 = time.time()
+                _cli(["eval", "--runs", str(out), "--out", str(results), "--n-items", str(settings.eval_items),
+                      "--fit-context", "--baseline", settings.baseline, "--seed", seed, "--device", device,
+                      "--heldout-windows", "32"])
+                units.finish("eval", key, time.time() - t0)
+            else:
+                log("eval: up to date")
+
+    if "probe" in stages:
+        with stage("probe"):
+            # the probe sweep keeps its own per-(run, task, site) parts and skips finished ones
+            key = _hash(["probe", skey, run_key])
+            if not units.done("probe", key):
+                t0 = time.time()
+                hardest = min(_fitting_difficulty(t, runs[0], settings) for t in settings.probe_tasks.split(","))
+                _cli(["probe", "--runs", str(out), "--tasks", settings.probe_tasks, "--sites", settings.probe_sites,
+                      "--out", str(results / "probe"), "--n-items", str(settings.probe_items),
+                      "--max-difficulty", str(hardest),
+                      "--item-seed", seed, "--seeds", "0,1", "--drop-stores", "--device", device])
+                units.finish("probe", key, time.time() - t0)
+            else:
+                log("probe: up to date")
+            src = results / "probe" / "probes.parquet"
+            if src.exists():
+                _merge([src], results / "probes.parquet")
+
+    if "patch" in stages:
+        with stage("patch"):
+            parts_within, parts_rendering, parts_cross = [], [], []
+            for r in runs:
+                name = f"patch-{r.name}"
+                dest = results / "units" / name
+                key = _hash(["patch", skey, r.name, run_key[r.name]])
+                if not units.done(name, key):
+                    t0 = time.time()
+                    _cli(["patch", "--runs", str(r.path), "--task", settings.patch_task, "--sites",
+                          settings.patch_sites, "--out", str(dest), "--cross-rendering", "--n-items",
+                          str(settings.patch_items), "--difficulty", str(settings.patch_difficulty),
+                          "--seed", seed, "--device", device])
+                    units.finish(name, key, time.time() - t0)
+                parts_within.append(dest / "patching.parquet")
+                parts_rendering.append(dest / "cross_rendering.parquet")
+            base = [r for r in runs if r.recipe == settings.baseline]
+            for b in base:
+                for a in runs:
+                    if a.recipe == settings.baseline or a.seed != b.seed:
+                        continue
+                    name = f"cross-{a.name}-into-{b.name}"
+                    dest = results / "units" / name
+                    key = _hash(["cross", skey, a.name, run_key[a.name], b.name, run_key[b.name]])
+                    if not units.done(name, key):
+                        t0 = time.time()
+                        _cli(["patch", "--runs", str(out), "--task", settings.patch_task, "--sites",
+                              settings.patch_sites, "--out", str(dest), "--cross-model", str(a.path), str(b.path),
+                              "--n-items", str(settings.patch_items), "--difficulty", str(settings.patch_difficulty),
+                              "--seed", seed, "--device", device])
+                        units.finish(name, key, time.time() - t0)
+                    parts_cross.append(dest / "cross_model.parquet")
+            _merge(parts_within, results / "patching.parquet")
+            _merge(parts_rendering, results / "cross_rendering.parquet")
+            _merge(parts_cross, results / "cross_model.parquet")
+
+    if "attention" in stages:
+        with stage("attention"):
+            parts = []
+            for r in runs:
+                name = f"attention-{r.name}"
+                dest = results / "units" / name
+                key = _hash(["attention", skey, r.name, run_key[r.name]])
+                if not units.done(name, key):
+                    t0 = time.time()
+                    _cli(["attention", "--runs", str(r.path), "--tasks", settings.attention_tasks, "--out", str(dest),
+                          "--n-items", str(settings.attention_items), "--seed", seed, "--device", device])
+                    units.finish(name, key, time.time() - t0)
+                parts.append(dest / "attention.parquet")
+            _merge(parts, results / "attention.parquet")
+
+    if "report" in stages:
+        with stage("report"):
+            from codetransfer.report import write_report
+
+            report = write_report(out, grid, settings)
+            timings["report_path"] = str(report)
+    return timings
