@@ -220,7 +220,7 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
                     if not units.done(name, key):
                         t0 = time.time()
                         _cli(["patch", "--runs", str(out), "--task", settings.patch_task, "--sites",
-                              settings.patch_sites, "--out", str(dest), "--cross-model", str(a.path), str(b.path),
+                              settings.patch_sites, "--out", str(dest), "--cross-model", a.name, b.name,
                               "--n-items", str(settings.patch_items), "--difficulty", str(settings.patch_difficulty),
                               "--seed", seed, "--device", device])
                         units.finish(name, key, time.time() - t0)
@@ -238,7 +238,9 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
                 key = _hash(["attention", skey, r.name, run_key[r.name]])
                 if not units.done(name, key):
                     t0 = time.time()
+                    hardest = min(_fitting_difficulty(t, r, settings) for t in settings.attention_tasks.split(","))
                     _cli(["attention", "--runs", str(r.path), "--tasks", settings.attention_tasks, "--out", str(dest),
+                          "--max-difficulty", str(hardest),
                           "--n-items", str(settings.attention_items), "--seed", seed, "--device", device])
                     units.finish(name, key, time.time() - t0)
                 parts.append(dest / "attention.parquet")

@@ -23,11 +23,20 @@ from codetransfer.errors import CodetransferError
 
 @dataclass
 class Section:
+    """A titled part of the report: paragraphs, tables and figures in reading order."""
+
     title: str
-    text: list[str] = field(default_factory=list)
-    figures: list[tuple[str, str]] = field(default_factory=list)  # (file, caption)
-    tables: list[str] = field(default_factory=list)  # markdown tables
+    blocks: list[tuple[str, object]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+
+    def add_text(self, text: str) -> None:
+        self.blocks.append(("text", text))
+
+    def add_table(self, md: str) -> None:
+        self.blocks.append(("table", md))
+
+    def add_figure(self, file: str, caption: str) -> None:
+        self.blocks.append(("figure", (file, caption)))
 
 
 def _read(path: Path) -> pd.DataFrame | None:
@@ -52,7 +61,7 @@ def _figure(section: Section, folder: Path, name: str, caption: str, draw) -> No
         return
     fig.savefig(folder / name, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    section.figures.append((name, caption))
+    section.add_figure(name, caption)
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -72,7 +81,7 @@ def _grid_section(out: Path, grid, folder: Path) -> Section:
     from codetransfer.trained import runs_table
 
     s = Section("The grid")
-    s.text.append(f"Grid **{grid.name}**: {grid.model.n_layers} layers, d_model {grid.model.d_model}, "
+    s.add_text(f"Grid **{grid.name}**: {grid.model.n_layers} layers, d_model {grid.model.d_model}, "
                   f"{grid.model.n_heads} heads, context {grid.model.n_ctx}, vocabulary {grid.tokenizer.vocab_size}; "
                   f"seeds {list(grid.seeds)}. Sources: " + ", ".join(f"{k} ({v.kind})" for k, v in grid.sources.items()) + ".")
     code_sources = {k for k, v in grid.sources.items() if v.kind in ("stdlib", "synthetic_program") or v.category == "code"}
@@ -104,7 +113,7 @@ def _grid_section(out: Path, grid, folder: Path) -> Section:
     if not table.empty:
         keep = [c for c in table.columns if c in ("run", "recipe", "seed", "steps", "branched_from")
                 or c.startswith("tokens/") or c.startswith("val/")]
-        s.tables.append(_md_table(table[keep].fillna(0)))
+        s.add_table(_md_table(table[keep].fillna(0)))
     return s
 
 
@@ -126,8 +135,8 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
             rows.append({"recipe": r.recipe, "category": r.category, "of": r["of"],
                          "change vs " + baseline: f"{_pct(r.value)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]",
                          "distinguishable from noise": "yes" if distinct else "no"})
-        s.tables.append(_md_table(pd.DataFrame(rows)))
-        s.text.append(f"Relative change of each recipe against **{baseline}**, 95% bootstrap intervals over items "
+        s.add_table(_md_table(pd.DataFrame(rows)))
+        s.add_text(f"Relative change of each recipe against **{baseline}**, 95% bootstrap intervals over items "
                       "(and seeds where there are several). 'distinguishable from noise' = the interval excludes 0. "
                       "For held-out loss, negative is better.")
         acc = summary[(summary["of"] == "accuracy") & (summary["category"] == "reasoning")]
@@ -156,7 +165,7 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
     if not run_rows.empty and baseline in set(run_rows["recipe"]):
         b = run_rows[run_rows["recipe"] == baseline]
         above = b[b["ci_low"] > b["chance"]]
-        s.text.append(f"Easiest level, {baseline}: above chance (interval) on "
+        s.add_text(f"Easiest level, {baseline}: above chance (interval) on "
                       f"{', '.join(sorted(above['task'])) or 'no task'}; at chance on "
                       f"{', '.join(sorted(set(b['task']) - set(above['task']))) or 'no task'}.")
     return s, findings
@@ -189,15 +198,15 @@ def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
                     f"{task}, {site}: probe {metric} against layer, one line per recipe", draw)
         fd = first_decodable_layer(pooled, threshold=float(pooled[pooled.metric == "accuracy"]["value"].max()) * 0.9)
         if not fd.empty:
-            s.tables.append(_md_table(fd))
+            s.add_table(_md_table(fd))
         acc = pooled[pooled.metric == "selectivity"].groupby("recipe")["value"].max()
         if len(acc):
             findings.append(f"Probing ({task}, {site}): best-layer selectivity by recipe — "
                             + ", ".join(f"{k} {v:.2f}" for k, v in acc.sort_values(ascending=False).items()) + ".")
     if not cross.empty:
         c = cross[cross.metric == "accuracy"].groupby(["recipe", "fit_on", "test_on"])["value"].mean().reset_index()
-        s.text.append("Cross-format probing (fit on one rendering, test on the other), mean accuracy over layers and labels:")
-        s.tables.append(_md_table(c.round(3)))
+        s.add_text("Cross-format probing (fit on one rendering, test on the other), mean accuracy over layers and labels:")
+        s.add_table(_md_table(c.round(3)))
     return s, findings
 
 
@@ -245,16 +254,20 @@ def _patching(results: Path, folder: Path, baseline: str) -> tuple[Section, list
     else:
         rows = cm[cm["metric"] == "cross_model"].copy()
         if not rows.empty:
-            label = rows.apply(lambda r: f"{r.site} L{r.layer}" + (f" H{int(r['head'])}" if "head" in r and pd.notna(r["head"]) and r["head"] >= 0 else "")
-                               + (f" @{r.pos}" if "pos" in r and pd.notna(r.pos) and str(r.pos) not in ("all", "-1") else ""), axis=1)
+            def component(r):
+                head = f" H{int(r['head'])}" if pd.notna(r.get("head")) and r["head"] >= 0 else ""
+                pos = r.get("pos_label") if pd.notna(r.get("pos_label")) else r.get("pos")
+                return f"{r.site} L{r.layer}{head}" + (f" @{pos}" if pd.notna(pos) and str(pos) != "all" else "")
+
+            label = rows.apply(component, axis=1)
             rows = rows.assign(component=label)
             src_col = "source_recipe" if "source_recipe" in rows else None
             top = rows.sort_values("value", ascending=False).head(8)
             keep = [c for c in ("source_recipe", "recipe", "component", "value", "ci_low", "ci_high") if c in top.columns]
-            s.text.append("**Where code exposure changes the reasoning circuit.** Cross-model patching puts one component "
+            s.add_text("**Where code exposure changes the reasoning circuit.** Cross-model patching puts one component "
                           f"of a code-exposed model into the {baseline} model on the same prompts; 'value' is the share of "
                           "the code-exposed model's advantage that the component carries (1 = all of it).")
-            s.tables.append(_md_table(top[keep].round(3)))
+            s.add_table(_md_table(top[keep].round(3)))
             best = top.iloc[0]
             sig = "interval excludes 0" if best.ci_low > 0 else "interval includes 0: not distinguishable from noise"
             findings.append(f"Cross-model patching: the component carrying most of the gap is {best.component} "
@@ -263,9 +276,9 @@ def _patching(results: Path, folder: Path, baseline: str) -> tuple[Section, list
     cr = _read(results / "cross_rendering.parquet")
     if cr is not None and not cr.empty:
         g = cr.groupby(["recipe", "metric"])["value"].max().unstack()
-        s.text.append("Cross-rendering patching (code rendering patched into the text rendering at aligned positions), "
+        s.add_text("Cross-rendering patching (code rendering patched into the text rendering at aligned positions), "
                       "best site per recipe; compare with the same patch taken from the text rendering:")
-        s.tables.append(_md_table(g.reset_index().round(3)))
+        s.add_table(_md_table(g.reset_index().round(3)))
         if "cross_rendering" in g:
             best = g["cross_rendering"].idxmax()
             findings.append(f"Shared representation: the largest code→text patch effect is {g['cross_rendering'].max():.2f} "
@@ -308,8 +321,8 @@ def _attention(results: Path, folder: Path, baseline: str) -> tuple[Section, lis
     ind = t[t["metric"] == "induction"]
     if not ind.empty:
         best = ind.loc[ind.groupby("recipe")["value"].idxmax()][["recipe", "layer", "head", "value"]]
-        s.text.append("Strongest induction head per recipe:")
-        s.tables.append(_md_table(best.round(3)))
+        s.add_text("Strongest induction head per recipe:")
+        s.add_table(_md_table(best.round(3)))
         findings.append("Induction heads: strongest score per recipe — "
                         + ", ".join(f"{r.recipe} L{r.layer}H{r.head} {r.value:.2f}" for r in best.itertuples()) + ".")
     return s, findings
@@ -333,10 +346,15 @@ def _html(sections: list[Section], headline: list[str], title: str) -> str:
     body += [f"<li>{inline(h)}</li>" for h in headline] + ["</ol>"]
     for s in sections:
         body.append(f"<h2>{html.escape(s.title)}</h2>")
-        body += [f"<p>{inline(t)}</p>" for t in s.text]
-        body += [md_table_to_html(t) for t in s.tables]
-        for f, cap in s.figures:
-            body.append(f'<figure><img src="{html.escape(f)}" alt="{html.escape(cap)}"><figcaption>{html.escape(cap)}</figcaption></figure>')
+        for kind, payload in s.blocks:
+            if kind == "text":
+                body.append(f"<p>{inline(payload)}</p>")
+            elif kind == "table":
+                body.append(md_table_to_html(payload))
+            else:
+                f, cap = payload
+                body.append(f'<figure><img src="{html.escape(f)}" alt="{html.escape(cap)}">'
+                            f'<figcaption>{html.escape(cap)}</figcaption></figure>')
         if s.missing:
             body.append("<p class='missing'>Not shown: " + "; ".join(html.escape(m) for m in s.missing) + "</p>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
@@ -351,9 +369,8 @@ def _markdown(sections: list[Section], headline: list[str], title: str) -> str:
     out += [f"{i}. {h}" for i, h in enumerate(headline, 1)] + [""]
     for s in sections:
         out += [f"## {s.title}", ""]
-        out += [t + "\n" for t in s.text]
-        out += [t + "\n" for t in s.tables]
-        out += [f"![{cap}]({f})" for f, cap in s.figures] + [""]
+        for kind, payload in s.blocks:
+            out += [f"![{payload[1]}]({payload[0]})" if kind == "figure" else payload, ""]
         if s.missing:
             out += ["Not shown: " + "; ".join(s.missing), ""]
     return "\n".join(out)

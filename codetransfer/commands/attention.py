@@ -31,6 +31,8 @@ def add_arguments(p) -> None:
     p.add_argument("--n-seqs", type=int, default=32, help="repeated random sequences (default 32)")
     p.add_argument("--half-len", type=int, default=20, help="tokens per half of a repeated random sequence (default 20)")
     p.add_argument("--ablation", choices=("mean", "zero"), default="mean", help="head ablation (default mean)")
+    p.add_argument("--max-difficulty", type=int, default=None,
+                   help="only items of this difficulty or lower (keeps prompts inside small models' context)")
     p.add_argument("--seed", type=int, default=0, help="item generator, random tokens and bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="rows per forward (default 32)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -71,7 +73,7 @@ def run(args) -> int:
     if not infos:
         raise CodetransferError(f"--runs: no complete runs in {args.runs}; train them with 'codetransfer train'")
     check_same_grid(infos)
-    items = {f.name: f.generate(args.n_items, args.seed) for f in families}
+    items = {f.name: _generate(f, args.n_items, args.seed, args.max_difficulty) for f in families}
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -88,3 +90,14 @@ def run(args) -> int:
     _write_atomic(out / OUT_FILE, table)
     print(f"wrote {out / OUT_FILE} ({len(table)} rows, {len(infos)} runs, tasks: {', '.join(tasks) or 'none'})")
     return 0
+
+
+def _generate(family, n: int, seed: int, max_difficulty: int | None):
+    """``n`` items of ``family``, spread evenly over the levels <= max_difficulty (all levels when None)."""
+    if max_difficulty is None:
+        return family.generate(n, seed)
+    levels = [d for d in family.difficulties if d <= max_difficulty]
+    if not levels:
+        raise CodetransferError(f"--max-difficulty: {family.name} has no level <= {max_difficulty}")
+    per = -(-n // len(levels))
+    return [it for d in levels for it in family.generate(per, seed, difficulty=d)][:n]
