@@ -33,12 +33,20 @@ TEXT = ("gcide", "narratives")
 CODE = ("stdlib", "programs")
 
 
+SYNTHETIC_SHARE = 0.75
+"""Share of the synthetic (world-simulator) source inside the text part and inside the code part.
+
+Measured here: a 2-layer d_model-128 model gets above chance on the easiest entity-tracking and
+counting levels after 1.5M tokens at 80% narratives, and stays at chance at 50% (see the notes)."""
+
+
 def mix(code_share: float, synthetic_code_boost: float = 1.0) -> dict[str, float]:
-    """Mixture with ``code_share`` of code; inside each half, real and synthetic are 50/50
+    """Mixture with ``code_share`` of code; inside text and inside code, SYNTHETIC_SHARE is synthetic
     (synthetic code weighted ``synthetic_code_boost`` times more in a cooldown)."""
     text = 1.0 - code_share
-    code_synth = 0.5 * synthetic_code_boost / (0.5 * synthetic_code_boost + 0.5)
-    out = {"gcide": text / 2, "narratives": text / 2,
+    syn = SYNTHETIC_SHARE
+    code_synth = syn * synthetic_code_boost / (syn * synthetic_code_boost + 1 - syn)
+    out = {"gcide": text * (1 - syn), "narratives": text * syn,
            "stdlib": code_share * (1 - code_synth), "programs": code_share * code_synth}
     return {k: round(v, 6) for k, v in out.items() if v > 0}
 
@@ -69,8 +77,8 @@ def recipes(tokens: int, peak_lr: float, full: bool) -> tuple[Recipe, ...]:
             "balanced->text with a cooldown that upweights (synthetic) code",
         ),
     ]
-    if not full:
-        return tuple(core)
+    if not full:  # the demo: the paper's four headline recipes
+        return tuple(r for r in core if r.name in ("text-only", "balanced", "code->text", "balanced->text"))
     extra = [one(f"code-{int(s * 100)}", s, f"code-share sweep: {int(s * 100)}% code") for s in (0.25, 0.75, 0.9, 1.0)]
     extra += [
         Recipe(
@@ -98,13 +106,13 @@ def sources(scale: int) -> dict[str, SourceConfig]:
 def _tiny(full: bool) -> GridConfig:
     return GridConfig(
         name="tiny-full" if full else "tiny",
-        description="demo-sized grid: 2 layers, d_model 128, 1.5M tokens per run",
+        description="demo-sized grid: 2 layers, d_model 128, 1M tokens per run in small batches (many steps)",
         model=ModelConfig(n_layers=2, d_model=128, n_heads=4, d_mlp=512, n_ctx=128),
-        tokenizer=TokenizerConfig(vocab_size=2048, sample_bytes=2_000_000),
-        sources=sources(3_000_000),
-        recipes=recipes(tokens=1_500_000, peak_lr=3e-3, full=full),
+        tokenizer=TokenizerConfig(vocab_size=2048, sample_bytes=1_000_000),
+        sources=sources(2_000_000),
+        recipes=recipes(tokens=1_000_000, peak_lr=3e-3, full=full),
         seeds=(0,),
-        train=TrainConfig(batch_size=32, eval_every=100, eval_tokens=8192, save_every=100),
+        train=TrainConfig(batch_size=8, eval_every=250, eval_tokens=8192, save_every=250),
     )
 
 
