@@ -34,7 +34,7 @@ from codetransfer.errors import CodetransferError
 from codetransfer.tasks.families import FAMILIES, TRAIN_TEXT_MAX, sample_scenario
 from codetransfer.tasks.render import KINDS, prelude, restatement, statement
 
-VERSION = "2"
+VERSION = "3"
 """Bumped whenever the documents for a given seed change."""
 
 RESTATE_INITIAL = 0.6

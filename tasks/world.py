@@ -203,7 +203,10 @@ def sample_locations(rng: random.Random, n_ops: int, keys: list[str], places: li
                 cands = [x for x in others if x != k and state.values[x] != state.values[k]]
                 if not cands:
                     continue
-                ev = Event("swap", k, rng.choice(cands))
+                k2 = rng.choice(cands)
+                if rng.random() < 0.5:  # the queried key is not always named first
+                    k, k2 = k2, k
+                ev = Event("swap", k, k2)
             elif op == "put":
                 if not spare:
                     continue
