@@ -55,6 +55,17 @@ def test_patch_cli_writes_three_tables(grid, tmp_path, capsys):
                 "ci_high"} <= set(t.columns)  # fmt: skip
 
 
+def test_patch_cli_cross_model_only(grid, tmp_path, capsys):
+    out = tmp_path / "results"
+    rc = main(["patch", "--runs", str(grid), "--task", "counting", "--sites", "mlp", "--out", str(out),
+               "--n-items", "3", "--difficulty", "0", "--n-boot", "20", "--cross-model", "code25-s1", "text-only-s0",
+               "--cross-model-only"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["cross_model.parquet"]
+    cross = pd.read_parquet(out / "cross_model.parquet")
+    assert set(cross.site) == {"mlp_out"} and set(cross.metric) == {"cross_model", "logit_diff"}
+
+
 def test_patch_cli_attribution_screen(grid, tmp_path, capsys):
     out = tmp_path / "results"
     one_run = grid / "runs" / "text-only-s0"
@@ -75,6 +86,7 @@ def test_patch_cli_attribution_screen(grid, tmp_path, capsys):
         (["--sites", "resid,atn"], "--sites: unknown site 'atn' (did you mean 'attn'?)"),
         (["--cross-model", "code25-s1", "text-only-s9"], "--cross-model: no complete run named 'text-only-s9'"),
         (["--n-items", "0"], "--n-items"),
+        (["--cross-model-only"], "--cross-model-only: needs --cross-model A B"),
     ],
 )
 def test_patch_cli_bad_input_writes_nothing(grid, tmp_path, capsys, extra, match):

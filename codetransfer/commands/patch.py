@@ -1,4 +1,4 @@
-"""codetransfer patch --runs DIR --task T --sites resid,attn,mlp,head --out RESULTS [--cross-model A B] [--cross-rendering]
+"""codetransfer patch --runs DIR --task T --sites resid,attn,mlp,head --out RESULTS [--cross-model A B [--cross-model-only]] [--cross-rendering]
 
 Activation patching of every complete run under DIR on one task's clean/counterfactual pairs (items
 generated once, seeded, shared by all runs), written at the end and atomically:
@@ -50,6 +50,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="results folder (created)")
     p.add_argument("--cross-model", nargs=2, metavar=("A", "B"), default=None,
                    help="also patch run A's activations into run B (run names as listed by `codetransfer runs`)")
+    p.add_argument("--cross-model-only", action="store_true",
+                   help="with --cross-model: load only runs A and B and write only cross_model.parquet")
     p.add_argument("--cross-rendering", action="store_true",
                    help="also patch the code rendering into the text rendering at aligned positions")
     p.add_argument("--noising", action="store_true", help="also run noising sweeps (clean run, corrupted patches)")
@@ -128,6 +130,13 @@ def run(args) -> int:
                 )
         if args.cross_model[0] == args.cross_model[1]:
             raise CodetransferError("--cross-model: A and B are the same run; pass two different runs")
+    if args.cross_model_only:
+        if not args.cross_model:
+            raise CodetransferError("--cross-model-only: needs --cross-model A B")
+        if args.cross_rendering or args.noising or args.attribution:
+            raise CodetransferError(
+                "--cross-model-only: writes only cross_model.parquet; drop --cross-rendering, --noising and --attribution"
+            )
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -153,7 +162,11 @@ def run(args) -> int:
 
     tables: dict[str, list] = {"patching.parquet": [], "cross_model.parquet": [], "cross_rendering.parquet": []}
     loaded = {}
-    for info in infos:
+    within_runs = [] if args.cross_model_only else infos
+    if args.cross_model_only:
+        for name in args.cross_model:
+            loaded[name] = load_run(by_name[name], device=args.device)
+    for info in within_runs:
         lr = load_run(info, device=args.device)
         model = lr.bridge
         dev = dict(device=args.device)
