@@ -220,7 +220,7 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
                     if not units.done(name, key):
                         t0 = time.time()
                         _cli(["patch", "--runs", str(out), "--task", settings.patch_task, "--sites",
-                              settings.patch_sites, "--out", str(dest), "--cross-model", a.name, b.name,
+                              settings.patch_sites, "--out", str(dest), "--cross-model", a.name, b.name, "--cross-model-only",
                               "--n-items", str(settings.patch_items), "--difficulty", str(settings.patch_difficulty),
                               "--seed", seed, "--device", device])
                         units.finish(name, key, time.time() - t0)

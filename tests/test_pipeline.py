@@ -1,0 +1,148 @@
+"""The main job: every stage runs, the report holds every section, restarts redo nothing finished,
+and a changed recipe redoes only the units that read it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from codetransfer.cli import main as cli
+from codetransfer.pipeline import JobSettings, run_job
+
+GRID = """
+name = "pipe"
+seeds = [0]
+[model]
+n_layers = 2
+d_model = 32
+n_heads = 2
+d_mlp = 64
+n_ctx = 128
+[tokenizer]
+vocab_size = 512
+sample_bytes = 150000
+[sources.gcide]
+kind = "gcide"
+max_bytes = 60000
+[sources.narratives]
+kind = "synthetic_narrative"
+max_bytes = 60000
+[sources.stdlib]
+kind = "stdlib"
+max_bytes = 60000
+[sources.programs]
+kind = "synthetic_program"
+max_bytes = 60000
+[train]
+batch_size = 8
+eval_every = 50
+eval_tokens = 2048
+save_every = 50
+[[recipes]]
+name = "text-only"
+[[recipes.phases]]
+name = "main"
+mixture = { gcide = 1, narratives = 1 }
+tokens = 8192
+[[recipes]]
+name = "balanced"
+[[recipes.phases]]
+name = "main"
+mixture = { gcide = 1, narratives = 1, stdlib = 1, programs = 1 }
+tokens = 8192
+"""
+
+SETTINGS = JobSettings(eval_items=10, probe_items=40, patch_items=6, attention_items=6)
+TABLES = ("eval.parquet", "probes.parquet", "patching.parquet", "cross_model.parquet",
+          "cross_rendering.parquet", "attention.parquet")
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("job")
+    (root / "grid.toml").write_text(GRID)
+    run_job(str(root / "grid.toml"), root / "out", SETTINGS, log=lambda *a: None)
+    return root
+
+
+def tables(out: Path) -> dict[str, pd.DataFrame]:
+    return {t: pd.read_parquet(out / "results" / t) for t in TABLES}
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+def test_every_stage_writes_its_table_and_the_report_has_every_section(job):
+    out = job / "out"
+    for name, t in tables(out).items():
+        assert len(t) > 0, name
+    page = (out / "report" / "index.html").read_text()
+    for title in ("Headline findings", "The grid", "paper-style table", "Probing", "Activation patching", "Attention heads"):
+        assert title in page
+    parser = _Images()
+    parser.feed(page)
+    assert len(parser.images) >= 8
+    assert all((out / "report" / src).is_file() for src in parser.images)
+    headline = json.loads((out / "report" / "headline.json").read_text())
+    assert len(headline) == 3
+    assert "## Headline findings" in (out / "report" / "summary.md").read_text()
+
+
+def test_rerun_does_no_work_and_keeps_tables(job, capsys):
+    out = job / "out"
+    before = tables(out)
+    units = {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")}
+    run_job(str(job / "grid.toml"), out, SETTINGS)
+    printed = capsys.readouterr().out
+    assert "eval: up to date" in printed and "probe: up to date" in printed
+    assert units == {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")}
+    for name, t in tables(out).items():
+        pd.testing.assert_frame_equal(t, before[name])
+
+
+def test_interrupted_unit_is_redone_and_tables_are_identical(job, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(job / "out", out)
+    before = tables(out)
+    # as if killed inside the attention and cross-model units: their records and outputs are gone
+    for unit in ("attention-text-only-s0", "cross-balanced-s0-into-text-only-s0"):
+        (out / "units" / f"{unit}.json").unlink()
+        shutil.rmtree(out / "results" / "units" / unit)
+    run_job(str(job / "grid.toml"), out, SETTINGS, stages=("patch", "attention", "report"), log=lambda *a: None)
+    for name, t in tables(out).items():
+        pd.testing.assert_frame_equal(t, before[name])
+
+
+def test_changing_one_recipe_redoes_only_what_depends_on_it(job, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(job / "out", out)
+    grid = job / "grid2.toml"
+    grid.write_text(GRID.replace("mixture = { gcide = 1, narratives = 1, stdlib = 1, programs = 1 }",
+                                 "mixture = { gcide = 1, narratives = 1, stdlib = 2, programs = 2 }"))
+    units = {p.stem: json.loads(p.read_text())["key"] for p in (out / "units").glob("*.json")}
+    weights = (out / "runs" / "text-only-s0" / "model.safetensors").stat().st_mtime_ns
+    run_job(str(grid), out, SETTINGS, stages=("train", "patch", "attention"), log=lambda *a: None)
+    after = {p.stem: json.loads(p.read_text())["key"] for p in (out / "units").glob("*.json")}
+    changed = {u for u in units if units[u] != after[u]}
+    assert changed == {"patch-balanced-s0", "attention-balanced-s0", "cross-balanced-s0-into-text-only-s0"}
+    assert (out / "runs" / "text-only-s0" / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_run_command_refuses_unknown_stage(tmp_path, capsys):
+    assert cli(["run", "tiny", "--out", str(tmp_path / "o"), "--stages", "train,evl"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown stage 'evl' (did you mean 'eval'?)" in err
+    assert not (tmp_path / "o").exists()
