@@ -178,3 +178,38 @@ def test_ddp_two_processes_match_one_process(trained, grid_file, tmp_path):
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4
     wa, wb = weights(trained / "runs" / "text-only-s0"), weights(out / "runs" / "text-only-s0")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_intermediate_checkpoints_are_loadable_hf_folders(trained, grid_file, tmp_path):
+    import dataclasses
+
+    from codetransfer.trained.loading import load_bridge
+
+    grid = load_grid(grid_file)
+    grid = dataclasses.replace(grid, train=dataclasses.replace(grid.train, snapshot_every=10))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    train_run(grid, grid.recipe("text-only"), 0, trained / "data", run_dir, progress=False)
+    snaps = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert snaps == ["step-00000010", "step-00000020", "step-00000030", "step-00000040"]
+    assert_same_weights(run_dir / "checkpoints" / "step-00000040", run_dir)  # the last one is the final model
+    bridge, tok = load_bridge(run_dir / "checkpoints" / "step-00000010")
+    assert tok.bos_token_id == 0 and bridge.cfg.n_layers == 1
+
+
+def test_llama_option_trains_and_boots_as_a_bridge(trained, grid_file, tmp_path):
+    import dataclasses
+
+    from codetransfer.trained.loading import load_bridge
+
+    grid = load_grid(grid_file)
+    grid = dataclasses.replace(grid, model=dataclasses.replace(grid.model, arch="llama"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    train_run(grid, grid.recipe("text-only"), 0, trained / "data", run_dir, progress=False)
+    assert json.loads((run_dir / "config.json").read_text())["model_type"] == "llama"
+    bridge, _ = load_bridge(run_dir)
+    hf = load_hf_model(run_dir)
+    x = torch.tensor([[0, 5, 17, 33, 99]])
+    with torch.no_grad():
+        assert (hf(x).logits - bridge(x)).abs().max().item() < 1e-5
