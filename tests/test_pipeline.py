@@ -146,3 +146,24 @@ def test_run_command_refuses_unknown_stage(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown stage 'evl' (did you mean 'eval'?)" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_probe_random_init_baseline_and_site_aliases(job, tmp_path):
+    import torch
+
+    from codetransfer.commands.probe import RandomInit, _random_init_run
+    from codetransfer.trained import find_runs, load_run
+
+    out = tmp_path / "probe"
+    assert cli(["probe", "--runs", str(job / "out"), "--tasks", "entity_tracking", "--sites", "resid.1",
+                "--out", str(out), "--n-items", "40", "--max-difficulty", "0", "--seeds", "0", "--no-mdl",
+                "--no-cross-format", "--random-baseline"]) == 0
+    t = pd.read_parquet(out / "probes.parquet")
+    assert {"text-only", "text-only (random init)", "balanced (random init)"} <= set(t["recipe"])
+    assert set(t["site"]) == {"resid_post"} and set(t["layer"]) == {1}
+    run = find_runs(job / "out")[0]
+    trained, rand = load_run(run), _random_init_run(RandomInit(run.path, run.seed), "cpu")
+    x = torch.tensor([[0, 5, 17, 33]])
+    with torch.no_grad():
+        assert not torch.allclose(trained.bridge(x), rand.bridge(x))
+    assert rand.bridge.cfg.n_layers == trained.bridge.cfg.n_layers

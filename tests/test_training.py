@@ -213,3 +213,21 @@ def test_llama_option_trains_and_boots_as_a_bridge(trained, grid_file, tmp_path)
     x = torch.tensor([[0, 5, 17, 33, 99]])
     with torch.no_grad():
         assert (hf(x).logits - bridge(x)).abs().max().item() < 1e-5
+
+
+def test_eval_heldout_loss_uses_the_manifest_categories(trained, tmp_path):
+    import pandas as pd
+
+    from codetransfer.commands.eval import _source_categories
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"sources": {"programs": {"category": "code"},
+                                                                "narratives": {"category": "text"}}}))
+    paths = {s: data / f"{s}.heldout.npy" for s in ("programs", "narratives")}
+    assert _source_categories(paths) == {"programs": "code", "narratives": "text"}
+    assert cli(["eval", "--runs", str(trained), "--out", str(tmp_path / "r"), "--tasks", "knowledge_cloze",
+                "--n-items", "8", "--heldout-windows", "4", "--n-boot", "50"]) == 0
+    t = pd.read_parquet(tmp_path / "r" / "eval.parquet")
+    cats = dict(t[t["task"].str.startswith("heldout:")].groupby("task")["category"].first())
+    assert cats == {"heldout:gcide": "text", "heldout:stdlib": "code"}

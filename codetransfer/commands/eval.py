@@ -51,6 +51,19 @@ def _heldout_arrays(runs_dir: Path, infos) -> dict[str, Path]:
     return {}
 
 
+def _source_categories(heldout: dict[str, Path]) -> dict[str, str]:
+    """``{source: 'code'|'text'}`` from the grid's data manifest (written by the training room)."""
+    if not heldout:
+        return {}
+    manifest = next(iter(heldout.values())).parent / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    import json
+
+    sources = json.loads(manifest.read_text()).get("sources", {})
+    return {name: info["category"] for name, info in sources.items() if "category" in info}
+
+
 def _write_atomic(out: Path, tables: dict[str, object]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmps = {}
@@ -135,7 +148,7 @@ def run(args) -> int:
         if heldout:
             log(f"held-out loss of run {info.name} on {', '.join(heldout)}")
             ls = heldout_scores(loaded.bridge, heldout, batch_size=8, device=args.device,
-                                max_windows=args.heldout_windows)
+                                max_windows=args.heldout_windows, categories=_source_categories(heldout))
             losses.append(ls.assign(run=info.name, recipe=info.recipe, seed=info.seed))
         del loaded
     scores = pd.concat(scores, ignore_index=True)

@@ -22,6 +22,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="results folder (parts/, stores/, probes.parquet)")
     parser.add_argument("--shard", default="0/1", help="i/n: do the i-th of n blocks of units (default 0/1)")
     parser.add_argument("--n-items", type=int, default=200, help="items generated per task (default 200)")
+    parser.add_argument("--random-baseline", action="store_true",
+                        help="also probe a random-init model of each run's shape (recipe '<recipe> (random init)')")
     parser.add_argument("--max-difficulty", type=int, default=None,
                         help="only items of this difficulty or lower (keeps prompts inside small models' context)")
     parser.add_argument("--item-seed", type=int, default=0, help="task generator seed (default 0)")
@@ -67,7 +69,7 @@ def run(args) -> int:
     tasks = _split_list(args.tasks, "--tasks")
     for t in tasks:
         get_task(t)  # refuses unknown names with a hint
-    sites = _split_list(args.sites, "--sites")
+    sites = [_alias(s) for s in _split_list(args.sites, "--sites")]
     for s in sites:
         kind = s.split(".")[0]
         if kind not in SITE_KINDS:
@@ -91,17 +93,59 @@ def run(args) -> int:
     if not runs:
         raise CodetransferError(f"--runs: no complete runs under {args.runs}; train them first ('codetransfer train')")
     device = args.device
+    if args.random_baseline:
+        import dataclasses
+
+        runs = runs + [dataclasses.replace(r, name=f"{r.name}+random-init", recipe=f"{r.recipe} (random init)",
+                                           path=RandomInit(r.path, r.seed)) for r in runs]
+
+    def load(path):
+        if isinstance(path, RandomInit):
+            return _random_init_run(path, device)
+        return load_run(path, device=device)
 
     table = run_probe_sweep(
         runs, tasks, sites, args.out, shard=shard, n_items=args.n_items, item_seed=args.item_seed,
         probe=args.probe, target=args.target, split=args.split, seeds=seeds, min_rows=args.min_rows,
         cross_format=not args.no_cross_format, mdl=not args.no_mdl, batch_size=args.batch_size,
-        keep_stores=not args.drop_stores, load=lambda path: load_run(path, device=device),
+        keep_stores=not args.drop_stores, load=load,
         generate=_generator(args.max_difficulty),
         progress=lambda msg: print(msg, flush=True),
     )
     print(f"{len(table)} rows in {args.out}/probes.parquet")
     return 0
+
+
+#: the patching/attention site names, accepted here too
+SITE_ALIASES = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out"}
+
+
+def _alias(site: str) -> str:
+    kind, dot, layer = site.partition(".")
+    return SITE_ALIASES.get(kind, kind) + dot + layer
+
+
+class RandomInit(str):
+    """The path of a trained run, marked to be loaded as a random-init model of the same shape."""
+
+    def __new__(cls, path, seed: int):
+        obj = super().__new__(cls, str(path))
+        obj.seed = seed
+        return obj
+
+
+def _random_init_run(path: "RandomInit", device):
+    """A run-like object: TransformerLens' random_init_bridge of the run's folder (HF initialisation)."""
+    from types import SimpleNamespace
+
+    from transformer_lens.tools.analysis import random_init_bridge
+
+    from codetransfer.trained.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(path))
+    bridge = random_init_bridge(str(path), seed=1000 + int(path.seed), device=device, tokenizer=tokenizer)
+    bridge.cfg.default_prepend_bos = True
+    return SimpleNamespace(bridge=bridge.eval(), tokenizer=tokenizer)
 
 
 def _generator(max_difficulty):
