@@ -185,7 +185,7 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
                 _cli(["probe", "--runs", str(out), "--tasks", settings.probe_tasks, "--sites", settings.probe_sites,
                       "--out", str(results / "probe"), "--n-items", str(settings.probe_items),
                       "--max-difficulty", str(hardest),
-                      "--item-seed", seed, "--seeds", "0,1", "--drop-stores", "--random-baseline", "--device", device])
+                      "--item-seed", seed, "--seeds", "0", "--drop-stores", "--random-baseline", "--device", device])
                 units.finish("probe", key, time.time() - t0)
             else:
                 log("probe: up to date")
