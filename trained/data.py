@@ -26,7 +26,7 @@ from codetransfer.errors import CodetransferError
 from codetransfer.trained.config import GridConfig
 from codetransfer.trained.loading import read_json
 from codetransfer.trained.sources import load_source, sha256
-from codetransfer.trained.tokenizer import encode_documents, load_tokenizer, tokenizer_hash, train_tokenizer
+from codetransfer.trained.tokenizer import encode_documents, tokenizer_hash, train_tokenizer
 
 
 def _sample(docs: list[str], budget: int) -> list[str]:

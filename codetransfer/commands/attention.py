@@ -13,10 +13,10 @@ metric, value, ci_low, ci_high``).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+from codetransfer.commands import write_tables
 from codetransfer.errors import CodetransferError
 
 OUT_FILE = "attention.parquet"
@@ -37,17 +37,6 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="rows per forward (default 32)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-
-
-def _write_atomic(path: Path, table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    try:
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def run(args) -> int:
@@ -87,7 +76,7 @@ def run(args) -> int:
         loaded(), score_run, items_by_task=items, n_seqs=args.n_seqs, half_len=args.half_len, seed=args.seed,
         ablation=args.ablation, n_boot=args.n_boot, batch_size=args.batch_size, progress=log,
     )
-    _write_atomic(out / OUT_FILE, table)
+    write_tables(out, {OUT_FILE: table})
     print(f"wrote {out / OUT_FILE} ({len(table)} rows, {len(infos)} runs, tasks: {', '.join(tasks) or 'none'})")
     return 0
 

@@ -14,10 +14,10 @@ and writes, all at the end and atomically (nothing partial is left on error):
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+from codetransfer.commands import write_tables
 from codetransfer.errors import CodetransferError, did_you_mean
 
 DEFAULT_BASELINE = "text-only"
@@ -62,25 +62,6 @@ def _source_categories(heldout: dict[str, Path]) -> dict[str, str]:
 
     sources = json.loads(manifest.read_text()).get("sources", {})
     return {name: info["category"] for name, info in sources.items() if "category" in info}
-
-
-def _write_atomic(out: Path, tables: dict[str, object]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmps = {}
-    try:
-        for name, table in tables.items():
-            tmp = out / f".{name}.tmp"
-            if name.endswith(".csv"):
-                table.to_csv(tmp, index=False)
-            else:
-                table.to_parquet(tmp, index=False)
-            tmps[name] = tmp
-        for name, tmp in tmps.items():
-            os.replace(tmp, out / name)
-    finally:
-        for tmp in tmps.values():
-            if tmp.exists():
-                tmp.unlink()
 
 
 def run(args) -> int:
@@ -166,7 +147,7 @@ def run(args) -> int:
     table = pd.concat(tables, ignore_index=True)
     table["seed"] = table["seed"].astype("Int64")
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame(columns=list(SUMMARY_COLUMNS))
-    _write_atomic(out, {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores})
+    write_tables(out, {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores})
     for of, s in summary.groupby("of", sort=False):
         print(format_summary(s))
     print(f"wrote {out / 'eval.parquet'} ({len(table)} rows), {out / 'summary.csv'}, {out / 'scores.parquet'}")

@@ -20,10 +20,10 @@ lengths line up; ``--positions absolute`` uses token indices instead.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+from codetransfer.commands import write_tables
 from codetransfer.errors import CodetransferError, did_you_mean
 
 SITE_ALIASES = {
@@ -81,22 +81,6 @@ def parse_sites(text: str) -> list[str]:
         if SITE_ALIASES[s] not in out:
             out.append(SITE_ALIASES[s])
     return out
-
-
-def _write_atomic(out: Path, tables: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmps = {}
-    try:
-        for name, table in tables.items():
-            tmp = out / f".{name}.tmp"
-            table.to_parquet(tmp, index=False)
-            tmps[name] = tmp
-        for name, tmp in tmps.items():
-            os.replace(tmp, out / name)
-    finally:
-        for tmp in tmps.values():
-            if tmp.exists():
-                tmp.unlink()
 
 
 def run(args) -> int:
@@ -215,7 +199,7 @@ def run(args) -> int:
     written = {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items() if parts}
     for t in written.values():
         t["seed"] = t["seed"].astype("Int64")
-    _write_atomic(out, written)
+    write_tables(out, written)
     for name, t in written.items():
         print(f"wrote {out / name} ({len(t)} rows)")
     return 0
