@@ -198,10 +198,17 @@ def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
         fd = first_decodable_layer(pooled, threshold=float(pooled[pooled.metric == "accuracy"]["value"].max()) * 0.9)
         if not fd.empty:
             s.add_table(_md_table(fd))
-        acc = pooled[pooled.metric == "selectivity"].groupby("recipe")["value"].max()
-        if len(acc):
-            findings.append(f"Probing ({task}, {site}): best-layer selectivity by recipe — "
-                            + ", ".join(f"{k} {v:.2f}" for k, v in acc.sort_values(ascending=False).items()) + ".")
+        sel = pooled[pooled.metric == "selectivity"].groupby("recipe")["value"].max()
+        random = sel[sel.index.str.endswith("(random init)")]
+        trained = sel[~sel.index.str.endswith("(random init)")]
+        if len(trained):
+            finding = (f"Probing ({task}, {site}): best-layer selectivity by recipe — "
+                       + ", ".join(f"{k} {v:.2f}" for k, v in trained.sort_values(ascending=False).items()))
+            if len(random):
+                finding += (f"; random-init twins of the same shape reach {random.min():.2f}–{random.max():.2f}, "
+                            + ("so the trained models' probes do NOT beat the random-init baseline"
+                               if random.max() >= trained.max() else "below the trained models"))
+            findings.append(finding + ".")
     if not cross.empty:
         c = cross[cross.metric == "accuracy"].groupby(["recipe", "fit_on", "test_on"])["value"].mean().reset_index()
         s.add_text("Cross-format probing (fit on one rendering, test on the other), mean accuracy over layers and labels:")

@@ -96,14 +96,29 @@ def train_grid(
         recipes = [r for r in recipes if r.name in only]
     check_out_folder(grid, out)
     t0 = time.time()
-    manifest = prepare_data(grid, out / "data", log=log)
-    _write_json(out / "grid.json", {"name": grid.name, "fingerprint": grid.fingerprint(), "grid": grid.to_dict()})
+    rank = _rank()
+    if rank == 0:  # under torchrun only rank 0 prepares data and writes records; the others wait
+        manifest = prepare_data(grid, out / "data", log=log)
+        _write_json(out / "grid.json", {"name": grid.name, "fingerprint": grid.fingerprint(), "grid": grid.to_dict()})
+    _barrier()
+    if rank != 0:
+        manifest = read_json(out / "data" / "manifest.json", "data manifest")
     log(f"data ready in {time.time() - t0:.1f}s (vocab {manifest['vocab_size']})")
     shared = _shared_prefixes(grid)
     for seed in seeds if seeds is not None else grid.seeds:
         for recipe in recipes:
             _train_one(grid, recipe, seed, out, shared, device, progress, log)
     return find_runs(out)
+
+
+def _rank() -> int:
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_rank() if dist else 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _shared_prefixes(grid: GridConfig) -> dict[tuple, int]:
@@ -126,7 +141,10 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log):
             return
         if rec.get("recipe_hash") != recipe_hash(recipe):
             log(f"run {run_dir.name}: recipe changed, retraining")
-            shutil.rmtree(run_dir)
+            _barrier()
+            if _rank() == 0:
+                shutil.rmtree(run_dir)
+            _barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
     # Branch points: phase k's end state is shared when phases[:k+1] are used by several recipes.
     branch_dirs, start_from, start_phase, branched = {}, None, 0, None
@@ -159,7 +177,9 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log):
         "branched_from": branched if branched else (read_json(record_path, "run record").get("branched_from")
                                                     if record_path.exists() else None),
     }
-    _write_json(record_path, record)
+    if _rank() == 0:
+        _write_json(record_path, record)
+    _barrier()
     t0 = time.time()
     cursor = train_run(grid, recipe, seed, out / "data", run_dir, device=device, start_from=start_from,
                        start_phase=start_phase, branch_dirs=branch_dirs, progress=progress)
@@ -175,7 +195,9 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log):
         final_val_loss=val,
         train_seconds=round(time.time() - t0, 1),
     )
-    _write_json(record_path, record)
+    if _rank() == 0:
+        _write_json(record_path, record)
+    _barrier()
     log(f"run {run_dir.name}: complete in {time.time() - t0:.0f}s, val loss "
         + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
 
