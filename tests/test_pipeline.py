@@ -167,3 +167,25 @@ def test_probe_random_init_baseline_and_site_aliases(job, tmp_path):
     with torch.no_grad():
         assert not torch.allclose(trained.bridge(x), rand.bridge(x))
     assert rand.bridge.cfg.n_layers == trained.bridge.cfg.n_layers
+
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_notebook_executes_without_error(job, tmp_path, monkeypatch, name):
+    import dataclasses
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    out = tmp_path / "out"
+    shutil.copytree(job / "out", out)  # results are up to date: the notebooks plot them and call the API
+    monkeypatch.setenv("CODETRANSFER_GRID", str(job / "grid.toml"))
+    monkeypatch.setenv("CODETRANSFER_OUT", str(out))
+    monkeypatch.setenv("CODETRANSFER_SETTINGS", json.dumps(dataclasses.asdict(SETTINGS)))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    assert any(o.get("output_type") in ("display_data", "execute_result") for c in nb.cells for o in c.get("outputs", []))
