@@ -26,3 +26,20 @@ def write_tables(out: str | os.PathLike, tables: dict) -> None:
         for tmp in tmps.values():
             if tmp.exists():
                 tmp.unlink()
+
+
+def items_up_to(family, n: int, seed: int, max_difficulty: int | None):
+    """``n`` items of a task family, spread evenly over its levels <= ``max_difficulty`` (all levels when
+    None); used to keep prompts inside a small model's context."""
+    from codetransfer.errors import CodetransferError
+
+    if max_difficulty is None:
+        return family.generate(n, seed)
+    levels = [d for d in family.difficulties if d <= max_difficulty]
+    if not levels:
+        raise CodetransferError(
+            f"--max-difficulty: {family.name} has no level <= {max_difficulty} "
+            f"(levels {min(family.difficulties)}-{max(family.difficulties)})"
+        )
+    per = -(-n // len(levels))
+    return [it for d in levels for it in family.generate(per, seed, difficulty=d)][:n]

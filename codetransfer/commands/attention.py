@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from codetransfer.commands import write_tables
+from codetransfer.commands import items_up_to, write_tables
 from codetransfer.errors import CodetransferError
 
 OUT_FILE = "attention.parquet"
@@ -62,7 +62,7 @@ def run(args) -> int:
     if not infos:
         raise CodetransferError(f"--runs: no complete runs in {args.runs}; train them with 'codetransfer train'")
     check_same_grid(infos)
-    items = {f.name: _generate(f, args.n_items, args.seed, args.max_difficulty) for f in families}
+    items = {f.name: items_up_to(f, args.n_items, args.seed, args.max_difficulty) for f in families}
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -80,13 +80,3 @@ def run(args) -> int:
     print(f"wrote {out / OUT_FILE} ({len(table)} rows, {len(infos)} runs, tasks: {', '.join(tasks) or 'none'})")
     return 0
 
-
-def _generate(family, n: int, seed: int, max_difficulty: int | None):
-    """``n`` items of ``family``, spread evenly over the levels <= max_difficulty (all levels when None)."""
-    if max_difficulty is None:
-        return family.generate(n, seed)
-    levels = [d for d in family.difficulties if d <= max_difficulty]
-    if not levels:
-        raise CodetransferError(f"--max-difficulty: {family.name} has no level <= {max_difficulty}")
-    per = -(-n // len(levels))
-    return [it for d in levels for it in family.generate(per, seed, difficulty=d)][:n]

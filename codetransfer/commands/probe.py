@@ -149,20 +149,14 @@ def _random_init_run(path: "RandomInit", device):
 
 
 def _generator(max_difficulty):
-    """Items with difficulty <= max_difficulty, spread evenly over the allowed levels (None: all)."""
+    """The sweep's item generator, limited to levels <= max_difficulty (None: the sweep's default)."""
     if max_difficulty is None:
         return None
 
     def generate(task, n, seed):
+        from codetransfer.commands import items_up_to
         from codetransfer.tasks import get_task
 
-        family = get_task(task)
-        levels = [d for d in family.difficulties if d <= max_difficulty]
-        if not levels:
-            raise CodetransferError(
-                f"--max-difficulty: {task} has no level <= {max_difficulty} (levels {min(family.difficulties)}-{max(family.difficulties)})"
-            )
-        per = -(-n // len(levels))
-        return [it for d in levels for it in family.generate(per, seed, difficulty=d)][:n]
+        return items_up_to(get_task(task), n, seed, max_difficulty)
 
     return generate
