@@ -23,6 +23,7 @@ VERBS = {
     "probe": "probing sweep over runs x tasks x sites x layers; writes probes.parquet",
     "patch": "activation patching sweeps; writes patching.parquet (and cross-model / cross-rendering)",
     "attention": "attention head scores of every run; writes attention.parquet",
+    "merge": "merge the parts of sharded probe/patch sweeps (--shard i/n) into the final tables",
     "run": "the main job: train, evaluate, probe, patch, attention, report",
 }
 
