@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= out/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test browser bench clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,19 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/codetransfer run tiny --out $(OUT)
 
-test: setup
+# The report's browser check (tests/report_browser.py) drives Debian's chromium through chromium-driver.
+# Installed here when missing (root + apt-get only); elsewhere that one check is skipped. Not part of `demo`.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "test: installing Debian's chromium and chromium-driver for the report's browser check"; \
+		log=$$( (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) 2>&1 ) \
+			|| { echo "$$log" | tail -n 20; echo "test: installing chromium failed"; exit 1; }; \
+	else \
+		echo "test: chromium not found and not installable here (needs root and apt-get): the report's browser check will be skipped"; \
+	fi
+
+test: setup browser
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: setup

@@ -169,6 +169,23 @@ def test_probe_random_init_baseline_and_site_aliases(job, tmp_path):
     assert rand.bridge.cfg.n_layers == trained.bridge.cfg.n_layers
 
 
+def test_report_loads_in_headless_chromium_and_a_missing_image_is_flagged(job, tmp_path):
+    """Issue #7: the page loads without errors and every image is found (tests/report_browser.py)."""
+    from report_browser import browser_or_skip, check_page
+
+    browser = browser_or_skip()
+    try:
+        assert check_page(browser, job / "out" / "report" / "index.html") == []
+        bad = tmp_path / "report"
+        shutil.copytree(job / "out" / "report", bad)
+        (bad / "patch_heads.png").unlink()  # known-bad copy: one figure gone
+        problems = check_page(browser, bad / "index.html")
+    finally:
+        browser.quit()
+    assert "image not loaded: patch_heads.png" in problems
+    assert any(p.startswith("console error") and "patch_heads.png" in p for p in problems)
+
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
