@@ -181,6 +181,7 @@ class _Worker:
         from codetransfer.analysis import patching as P
 
         if name not in self.caches:
+            self.caches.clear()  # one run's activations at a time, as an unsharded sweep always did
             clean_t, corr_t = self._tokens()
             self.caches[name] = (P.run_cache(model, clean_t, self.batch.metric),
                                  P.run_cache(model, corr_t, self.batch.metric))  # fmt: skip
