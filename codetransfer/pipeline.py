@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from codetransfer.errors import CodetransferError
+from codetransfer.errors import CodetransferError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,43 @@ class JobSettings:
 
 
 STAGES = ("train", "eval", "probe", "patch", "attention", "report")
+
+
+def load_settings(path: str | Path, **overrides) -> JobSettings:
+    """``JobSettings`` from a TOML or JSON file of field = value pairs (``codetransfer run --settings``).
+
+    Fields left out keep their defaults; ``overrides`` (e.g. ``baseline`` from the command line)
+    win over the file. An unknown field or a value of the wrong type is refused with a one-line error.
+    """
+    import dataclasses
+
+    path = Path(path)
+    if not path.is_file():
+        raise CodetransferError(f"--settings: file {path} does not exist; give a .toml or .json file of JobSettings fields")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            import tomllib
+
+            data = tomllib.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
+        raise CodetransferError(f"--settings: {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
+                                f"{str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CodetransferError(f"--settings: {path} must hold a table of field = value pairs, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(JobSettings)}
+    types = {"int": int, "str": str}
+    values = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    for name, value in values.items():
+        if name not in fields:
+            raise CodetransferError(f"--settings: unknown field '{name}' in {path}{did_you_mean(name, fields)}; "
+                                    f"fields: {', '.join(fields)}")
+        want = types[fields[name].type]
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise CodetransferError(f"--settings: field '{name}' in {path} must be {fields[name].type}, "
+                                    f"got {value!r}; e.g. {name} = {getattr(JobSettings(), name)!r}")
+    return JobSettings(**values)
 
 
 def _hash(obj) -> str:

@@ -1,4 +1,4 @@
-"""codetransfer run GRID --out DIR: the main job (train, eval, probe, patch, attention, report)."""
+"""codetransfer run GRID --out DIR [--settings FILE]: the main job (train, eval, probe, patch, attention, report)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output folder (runs, results/, report/)")
     p.add_argument("--stages", default="train,eval,probe,patch,attention,report",
                    help="comma-separated stages to run (default: all)")
-    p.add_argument("--baseline", default="text-only", help="baseline recipe (default text-only)")
+    p.add_argument("--settings", metavar="FILE",
+                   help="a .toml or .json file of job settings (codetransfer.pipeline.JobSettings fields, e.g. "
+                        "eval_items = 20, probe_items = 40, patch_items = 8, attention_items = 8, seed = 1); "
+                        "fields left out keep their defaults, unknown fields are refused")
+    p.add_argument("--baseline", default=None, help="baseline recipe (default: the settings file's, else text-only)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
@@ -17,14 +21,18 @@ def run(args) -> int:
     import time
 
     from codetransfer.errors import CodetransferError, did_you_mean
-    from codetransfer.pipeline import STAGES, JobSettings, run_job
+    from codetransfer.pipeline import STAGES, JobSettings, load_settings, run_job
 
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     for s in stages:
         if s not in STAGES:
             raise CodetransferError(f"--stages: unknown stage '{s}'{did_you_mean(s, STAGES)}; stages: {', '.join(STAGES)}")
+    if args.settings:
+        settings = load_settings(args.settings, baseline=args.baseline)
+    else:
+        settings = JobSettings(**({"baseline": args.baseline} if args.baseline else {}))
     t0 = time.time()
-    timings = run_job(args.grid, args.out, JobSettings(baseline=args.baseline), device=args.device, stages=stages)
+    timings = run_job(args.grid, args.out, settings, device=args.device, stages=stages)
     report = timings.pop("report_path", None)
     print(f"\nmain job done in {time.time() - t0:.0f}s: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     if report:
