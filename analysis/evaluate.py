@@ -33,6 +33,9 @@ aggregated over its seeds, marked ``run = "<recipe>*"`` and ``seed = <NA>``, who
 the seeds-then-items bootstrap of :mod:`codetransfer.analysis.stats` (items are shared by all seeds,
 so the crossed version). ``difficulty`` is a string column (``"0"``, ``"1"``, ..., ``"all"``) so that
 the table stores in parquet. Filter ``run.str.endswith("*")`` to get (or drop) the aggregated rows.
+Next to ``chance`` (a uniform guess among the candidates) the table carries ``copy_chance``: the accuracy
+of guessing uniformly among the candidates the prompt *mentions* (:func:`copy_chance`). A model above
+``chance`` but not above ``copy_chance`` may only be copying a stated value without using the question.
 
 :func:`relative_change_summary` gives the paper's headline: per category (reasoning, knowledge, code)
 the relative change of each recipe's accuracy vs a baseline recipe (default ``"text-only"``), items of
@@ -78,8 +81,25 @@ METRIC_COLUMNS = {"accuracy": "correct", "logit_diff": "logit_diff", "loss": "lo
 #: per-item score columns (besides run, recipe, seed)
 ITEM_COLUMNS = (
     "task", "version", "item_seed", "index", "category", "rendering", "difficulty", "template",
-    "n_candidates", "label", "chance", "logprobs", "logprob_answer", "logit_diff", "correct",
+    "n_candidates", "label", "chance", "copy_chance", "logprobs", "logprob_answer", "logit_diff", "correct",
 )
+
+
+def copy_chance(prompt: str, candidates: Sequence[str], label: int) -> float:
+    """Accuracy of a model that copies a candidate the prompt mentions, chosen uniformly, ignoring the question.
+
+    A candidate is *mentioned* when its stripped text occurs in the prompt as a whole word. With no
+    candidate mentioned this is the uniform guess ``1 / len(candidates)``. At the easiest levels most
+    answers are copied from a stated fact, so this, not ``chance``, is the bar that shows a model uses
+    the queried key (e.g. "The pen is in box B. The cup is in box A. The pen is in box" -> 1/2).
+    """
+    import re
+
+    seen = [i for i, c in enumerate(candidates)
+            if c.strip() and re.search(rf"(?<!\w){re.escape(c.strip())}(?!\w)", prompt)]
+    if not seen:
+        return 1.0 / len(candidates)
+    return (label in seen) / len(seen)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,7 +261,8 @@ def score_items(
 
     ``model`` is a loaded TransformerBridge or a HF causal LM, already on ``device``. Columns:
     ``task, version, item_seed, index, category, rendering, difficulty, template, n_candidates, label,
-    chance, logprobs`` (list, one per candidate), ``logprob_answer, logit_diff, correct``.
+    chance, copy_chance`` (see :func:`copy_chance`), ``logprobs`` (list, one per candidate),
+    ``logprob_answer, logit_diff, correct``.
     """
     lps = candidate_logprobs(model, tokenizer, items, batch_size, device)
     recs = []
@@ -250,7 +271,8 @@ def score_items(
         diff = float(lp[it.label] - others.max())
         recs.append(
             (it.task, it.version, it.seed, it.index, it.category, it.rendering, int(it.difficulty), it.template,
-             len(it.candidates), it.label, 1.0 / len(it.candidates), lp.tolist(), float(lp[it.label]), diff,
+             len(it.candidates), it.label, 1.0 / len(it.candidates), copy_chance(it.prompt, it.candidates, it.label),
+             lp.tolist(), float(lp[it.label]), diff,
              diff > 0)
         )
     return pd.DataFrame.from_records(recs, columns=list(ITEM_COLUMNS))
@@ -397,15 +419,16 @@ def _metrics_of(scores: pd.DataFrame) -> list[str]:
     return [m for m, col in METRIC_COLUMNS.items() if col in scores.columns]
 
 
-def _chance(df: pd.DataFrame) -> float:
-    return float(df["chance"].mean()) if "chance" in df.columns else float("nan")
+def _chance(df: pd.DataFrame, column: str = "chance") -> float:
+    return float(df[column].mean()) if column in df.columns else float("nan")
 
 
 def tidy_table(scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """DESIGN.md's tidy evaluation table from :func:`score_runs`'s per-item scores (see module docstring).
 
     Columns: ``run, recipe, seed, task, category, difficulty, metric, value, ci_low, ci_high, chance,
-    n_items``; per-run rows and, with ``run = "<recipe>*"``, per-recipe rows aggregated over seeds.
+    copy_chance, n_items`` (``copy_chance``: mean of :func:`copy_chance`, the bar a key-blind copier
+    reaches); per-run rows and, with ``run = "<recipe>*"``, per-recipe rows aggregated over seeds.
     Also takes :func:`heldout_scores` rows (per window, metric ``loss``, difficulty ``'all'`` only).
     """
     rng = np.random.default_rng(seed)
@@ -418,7 +441,7 @@ def tidy_table(scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed:
             for metric in metrics:
                 v, lo, hi = bootstrap_ci(_metric_values(gl, metric), n_boot, ci, rng)
                 recs.append((run, recipe, rseed, task, category, level, metric, float(v), float(lo), float(hi),
-                             _chance(gl), len(gl)))
+                             _chance(gl), _chance(gl, "copy_chance"), len(gl)))
     for (recipe, task, category), g in scores.groupby(["recipe", "task", "category"], sort=True):
         for level, gl in _levels(g):
             for metric in metrics:
@@ -429,9 +452,9 @@ def tidy_table(scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed:
                     continue
                 iv = hierarchical_bootstrap_ci(m.to_numpy(), n_boot, ci, rng, crossed=True)
                 recs.append((f"{recipe}*", recipe, pd.NA, task, category, level, metric, iv.value, iv.low, iv.high,
-                             _chance(gl), m.shape[1]))
+                             _chance(gl), _chance(gl, "copy_chance"), m.shape[1]))
     cols = ["run", "recipe", "seed", "task", "category", "difficulty", "metric", "value", "ci_low", "ci_high",
-            "chance", "n_items"]
+            "chance", "copy_chance", "n_items"]
     table = pd.DataFrame.from_records(recs, columns=cols)
     table["seed"] = table["seed"].astype("Int64")
     table["difficulty"] = table["difficulty"].astype(str)

@@ -167,6 +167,10 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
         s.add_text(f"Easiest level, {baseline}: above chance (interval) on "
                       f"{', '.join(sorted(above['task'])) or 'no task'}; at chance on "
                       f"{', '.join(sorted(set(b['task']) - set(above['task']))) or 'no task'}.")
+        if "copy_chance" in b.columns:
+            keyed = b[b["ci_low"] > b["copy_chance"]]
+            s.add_text("Above the copy baseline (guessing among the values the prompt mentions, which needs no "
+                       f"use of the question): {', '.join(sorted(keyed['task'])) or 'no task'}.")
     return s, findings
 
 

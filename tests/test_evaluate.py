@@ -319,3 +319,37 @@ def test_plots_draw_one_line_per_recipe_and_chance():
     assert plot_relative_change(relative_change_summary(scores, n_boot=100), ax=ax2) is ax2
     assert len(ax2.patches) == 2  # one recipe x two categories
     plt.close("all")
+
+
+def test_copy_chance_known_answers():
+    from codetransfer.analysis.evaluate import copy_chance
+
+    boxes = (" A", " B", " C", " D", " E")
+    # two of five boxes mentioned, the answer among them: a key-blind copier is right half the time
+    assert copy_chance("The pen is in box B. The cup is in box A. The pen is in box", boxes, 1) == 0.5
+    # the answer is not mentioned: copying can never be right
+    assert copy_chance("The pen is in box B. The cup is in box A. The pen is in box", boxes, 3) == 0.0
+    # whole words only: "Bob" does not mention " B", "Anna" does not mention " Ann"
+    assert copy_chance("Bob has the pen. The pen is with", (" B", " Bob"), 1) == 1.0
+    assert copy_chance("Anna has 3 pens. Anna has", (" Ann", " 3"), 1) == 1.0
+    # nothing mentioned: the uniform guess
+    assert copy_chance("Nothing here is", (" 1", " 2", " 3", " 4"), 0) == 0.25
+
+
+def test_tidy_table_carries_the_copy_baseline_of_real_items(tiny_bridge, tiny_tokenizer):
+    from codetransfer.analysis.evaluate import copy_chance, score_runs, tidy_table
+    from codetransfer.tasks import get_task
+
+    class Run:
+        bridge, tokenizer = tiny_bridge, tiny_tokenizer
+
+        class info:
+            name, recipe, seed = "r-s0", "r", 0
+
+    items = get_task("entity_tracking").generate(12, seed=3, difficulty=0)
+    table = tidy_table(score_runs([Run()], {"entity_tracking": items}), n_boot=50)
+    row = table[(table["run"] == "r-s0") & (table["difficulty"] == "0") & (table["metric"] == "accuracy")].iloc[0]
+    expected = np.mean([copy_chance(it.prompt, it.candidates, it.label) for it in items])
+    assert row["copy_chance"] == pytest.approx(expected)
+    # level 0 of entity tracking states every fact once: copying beats the uniform guess, but is not certain
+    assert row["chance"] < row["copy_chance"] < 1.0

@@ -5,7 +5,7 @@ plus the held-out loss of every source when DIR holds the grid's prepared data (
 and writes, all at the end and atomically (nothing partial is left on error):
 
 * ``RESULTS/eval.parquet``: the tidy table (``run, recipe, seed, task, category, difficulty, metric,
-  value, ci_low, ci_high, chance, n_items``); per-run rows and per-recipe rows aggregated over seeds
+  value, ci_low, ci_high, chance, copy_chance, n_items``); per-run rows and per-recipe rows aggregated over seeds
   (``run = "<recipe>*"``, ``seed`` empty). Held-out loss rows have ``task = "heldout:<source>"``.
 * ``RESULTS/summary.csv``: relative change of every recipe vs the baseline recipe per category
   (accuracy on tasks; held-out loss per source category), with bootstrap intervals.
