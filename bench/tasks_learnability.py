@@ -1,14 +1,22 @@
 """Can a tiny model learn the easiest level of each reasoning family from the synthetic corpus?
 
 Trains a small GPT-NeoX (default 2 layers, d_model 128) from scratch on ``synthetic_documents``
-(narratives + programs, half each by documents) mixed with real English (GCIDE glosses, so that the
-evaluation entity names, which the synthetic corpus never shows, get trained embeddings), for a
-token budget (default 1.5M) on CPU, then scores evaluation items of every world family by summed
-candidate log-probability and prints accuracy vs chance per family x difficulty x split.
+(narratives, plus programs with ``--code``) mixed with real English (GCIDE glosses), for a token budget,
+then scores items of every reasoning family by summed candidate log-probability and prints accuracy next to
+chance and the copy baseline per family x difficulty x split (``train`` = training entity names,
+``eval`` = held-out names). Data-design switches, each a hypothesis of docs/learnability.md:
 
-    .venv/bin/python bench/tasks_learnability.py --tokens 1500000
+    --pool N      N training objects and people instead of the shipped 12 / 24 (content-general lookup?)
+    --tie         tied input/output embeddings (copying generalises to unseen tokens?)
+    --tokpool     every pool word a single token (held-out names are 2-token words otherwise)
+    --short 2|3   boxes/binding facts with the value 2 or 3 tokens after the key (shorter lookups)
+    --drill       restate every fact (denser supervision)
+    --curve K     K evaluations of level 0 during training (learning curve lines "CURVE {...}")
 
-Not a test: prints numbers measured in one run.
+    .venv/bin/python bench/tasks_learnability.py --tokens 1000000 --vocab 2048 --ctx 128 --batch 8 --lr 3e-3
+    bash bench/learnability_sweep.sh      # the GPU sweep of docs/learnability.md (13 variants at once)
+
+Not a test: prints numbers measured in one run; the last line is ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -22,6 +30,28 @@ import sys
 import time
 
 import torch
+
+
+#: larger training entity pools for --pool (disjoint from the evaluation pools in tasks/render.py)
+OBJECTS = """apple arrow axe badge barrel basket bat bean bed belt bench blade blanket board boat bolt bone bottle bow bowl
+box_ brick bucket bud bulb bun_ button cable cage can candle cap car cart chain chair chalk cheese chip cloak cloth coat
+cone cord cork crown cube cup_ curtain dart desk dial dice dish disk dress egg_ fan feather fence file flag flask flute
+foil fruit glass glove glue gown grape hammer harp helmet hook horn hose jar jug kettle knife knot ladder lace leaf
+lens letter lid lock log mask mat medal mirror mop mug nail needle net note nut_ oar pad pail paint pan paper pearl
+pebble pepper piano pillow pin pipe plate plug pot pouch pump purse quilt rack radio rake rod roll rug sack saddle
+scarf screw seed shawl sheet shell shield shirt sign skirt sled slipper soap spade spoon spring stamp stick stone stool
+straw string sword table tag tape tent thread ticket tile tin tool towel toy tray trunk tube umbrella vest wagon wallet
+watch wheel whip whistle wire wreath yarn""".split()
+NAMES = """Aaron Abby Alan Alice Andy Angela Arthur Barbara Beth Betty Bill Brian Bruce Carol Chris Clara Colin Craig Dave
+David Dean Diana Donna Doug Edith Edward Ella Ellen Eric Frank Gary Gina Grace Greg Hank Harry Helen Henry Holly Hugh
+Irene Isaac Jake James Jean Jeff Jenny Jill Joan Joel Jonas Josh Joy Judy Julia Karen Karl Keith Kevin Larry Laura
+Leah Lena Lewis Linda Lisa Lois Louis Luke Lynn Marc Maria Marie Martin Matt Maya Mona Nancy Nathan Neil Nora Oliver
+Olga Oscar Owen Peter Phil Rachel Ralph Rita Rob Robin Ron Ross Ruby Russ Ryan Sally Sean Seth Simon Sonia Steve Susan
+Tara Terry Tess Tina Todd Tony Vera Victor Vince Wade Walt Wendy Will Yara Yuri Zack Omar Hugo Igor Ivan Jose Juan
+Kurt Lars Lee Milo Neva Otto Rex Rudy Saul Vic Wes Abe Al Ava Bea Cy Di Dora Ed Eli Flo Gil Hal Ike Jo Kay Lou Ned
+Ola Pat Rob_ Sal Tom_ Val Viv""".split()
+OBJECTS = [o for o in OBJECTS if not o.endswith("_") and o != "apple"]
+NAMES = [n for n in NAMES if not n.endswith("_")]
 
 
 def gloss_texts(n: int, seed: int) -> list[str]:
@@ -53,10 +83,24 @@ def main(argv=None) -> int:
     ap.add_argument("--items", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pool", type=int, default=0, help="train entity pools: this many objects and people (0 = shipped)")
+    ap.add_argument("--code", type=float, default=0.0, help="share of synthetic docs that are programs")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--unique", type=int, default=4_000_000, help="cap on unique tokens generated (repeat beyond)")
+    ap.add_argument("--curve", type=int, default=0, help="evaluate eval-split level 0 this many times during training")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--short", type=int, default=0, help="2 or 3: key-to-value distance of boxes/binding facts")
+    ap.add_argument("--tokpool", action="store_true", help="tokenizer sample includes every pool word (single tokens)")
+    ap.add_argument("--drill", action="store_true", help="restate every fact (denser lookups)")
+    ap.add_argument("--tie", action="store_true")
     ap.add_argument("--save", default="", help="folder to save the trained model and tokenizer to")
     ap.add_argument("--load", default="", help="skip training: evaluate the model saved in this folder")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.pool:
+        from codetransfer.tasks.render import POOLS
+        POOLS["objects"]["train"] = tuple(OBJECTS[: args.pool])
+        POOLS["people"]["train"] = tuple(NAMES[: args.pool])
 
     from codetransfer.tasks import get_task
     from codetransfer.tasks.corpus import synthetic_documents
@@ -73,12 +117,27 @@ def main(argv=None) -> int:
         tok = load_tokenizer(args.load)
         model = AutoModelForCausalLM.from_pretrained(args.load).eval()
         return evaluate(model, tok, args, t0)
-    n_docs = args.tokens // 200 + 200
-    narr = list(synthetic_documents("narrative", n_docs // 2, seed=args.seed))
-    prog = list(synthetic_documents("program", n_docs // 2, seed=args.seed))
+    from codetransfer.tasks.render import TEXT, POOLS as _P
+    if args.short == 2:
+        TEXT["boxes"]["state"], TEXT["boxes"]["query"] = "The {key} in {value}.", "The {key} in"
+        TEXT["binding"]["state"], TEXT["binding"]["query"] = "{key} chose {value}.", "{key} chose"
+    elif args.short == 3:
+        TEXT["boxes"]["state"], TEXT["boxes"]["query"] = "The {key} is in {value}.", "The {key} is in"
+        TEXT["binding"]["state"], TEXT["binding"]["query"] = "{key} has number {value}.", "{key} has number"
+    if args.drill:
+        import codetransfer.tasks.corpus as _c
+        _c.RESTATE_INITIAL = _c.RESTATE_FINAL = _c.RESTATE_AFTER_OP = 1.0
+        _c.RESTATE_OTHER = 0.6
+    n_docs = min(args.tokens, args.unique) // 200 + 200
+    narr = list(synthetic_documents("narrative", int(n_docs * (1 - args.code)), seed=args.seed))
+    prog = list(synthetic_documents("program", int(n_docs * args.code), seed=args.seed))
     glosses = gloss_texts(60000, args.seed)
     eng = ["\n".join(glosses[i:i + 8]) for i in range(0, len(glosses), 8)]
-    tok = train_tokenizer(narr[:2000] + prog[:2000] + eng[:3000], vocab_size=args.vocab)
+    extra = []
+    if args.tokpool:
+        words = sorted({w for kind in ("objects", "people", "units") for split in ("train", "eval") for w in _P[kind][split]})
+        extra = [" ".join(words) + "\n" + " ".join(w.lower() for w in words)] * 400
+    tok = train_tokenizer(narr[:3000] + prog[:2000] + eng[:1500] + extra, vocab_size=args.vocab)
     rng = random.Random(args.seed)
     docs = narr + prog
     n_eng = int(len(docs) * args.english / (1 - args.english))
@@ -87,38 +146,68 @@ def main(argv=None) -> int:
     stream = [t for d in encode_documents(tok, docs) for t in d]
     n_seq = min(len(stream) // args.ctx, args.tokens // args.ctx)
     data = torch.tensor(stream[: n_seq * args.ctx]).view(n_seq, args.ctx)
+    total_seq = args.tokens // args.ctx
     print(f"data: {n_seq * args.ctx:,} tokens ({len(narr)} narratives, {len(prog)} programs, {n_eng} gloss docs); "
           f"vocab {len(tok)}; prep {time.time() - t0:.0f}s", flush=True)
-    for w in (" pen", " box", " B", " coin", " Max", " Anna", " 3", " =="):
+    for w in (" pen", " box", " B", " coin", " Max", " Anna", " Zoe", " 3", " Rex", " wagon"):
         print(f"  {w!r} -> {len(tok(w, add_special_tokens=False)['input_ids'])} token(s)", end="")
     print()
 
     cfg = ModelConfig(n_layers=args.layers, d_model=args.d_model, n_heads=4, d_mlp=4 * args.d_model, n_ctx=args.ctx)
-    model = build_model(cfg, vocab_size=len(tok), seed=args.seed)
+    model = build_model(cfg, vocab_size=len(tok), seed=args.seed).to(args.device)
+    if args.tie:
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
-    steps = n_seq // args.batch
+    steps = total_seq // args.batch
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    perm = torch.randperm(n_seq, generator=torch.Generator().manual_seed(args.seed))
+    g = torch.Generator().manual_seed(args.seed)
+    perm = torch.cat([torch.randperm(n_seq, generator=g) for _ in range(total_seq // n_seq + 1)])
+    curve = []
+    curve_at = {int(steps * (k + 1) / args.curve) - 1 for k in range(args.curve)} if args.curve else set()
     model.train()
     t1 = time.time()
     for s in range(steps):
-        x = data[perm[s * args.batch:(s + 1) * args.batch]]
+        x = data[perm[s * args.batch:(s + 1) * args.batch]].to(args.device)
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        if s in curve_at:
+            model.eval()
+            point = {"step": s + 1, "tokens": (s + 1) * args.batch * args.ctx}
+            for name in ("entity_tracking", "variable_binding", "counting", "possession"):
+                fam = get_task(name)
+                point[name] = accuracy_of(model, tok, args, fam.generate(60, seed=77, difficulty=0, split="eval"))
+            curve.append(point)
+            print("CURVE " + json.dumps(point), flush=True)
+            model.train()
         if s % max(1, steps // 10) == 0 or s == steps - 1:
             print(f"  step {s}/{steps} loss {loss.item():.3f} ({(s + 1) * args.batch * args.ctx / (time.time() - t1):,.0f} tok/s)", flush=True)
     model.eval()
     if args.save:
         model.save_pretrained(args.save)
         tok.save_pretrained(args.save)
-    return evaluate(model, tok, args, t0)
+    return evaluate(model, tok, args, t0, curve)
 
 
-def evaluate(model, tok, args, t0) -> int:
+@torch.no_grad()
+def accuracy_of(model, tok, args, items) -> float:
+    from codetransfer.trained.tokenizer import encode_with_bos
+    right = 0
+    for it in items:
+        ids, _ = encode_with_bos(tok, it.prompt)
+        seqs = [ids + tok(c, add_special_tokens=False)["input_ids"] for c in it.candidates]
+        L = max(map(len, seqs))
+        x = torch.tensor([s + [2] * (L - len(s)) for s in seqs], device=args.device)
+        logp = torch.log_softmax(model(input_ids=x).logits.float(), -1).cpu()
+        scores = [sum(logp[b, t - 1, s[t]].item() for t in range(len(ids), len(s))) for b, s in enumerate(seqs)]
+        right += int(max(range(len(scores)), key=scores.__getitem__) == it.label)
+    return right / len(items)
+
+
+def evaluate(model, tok, args, t0, curve=()) -> int:
     from codetransfer.tasks import get_task
     from codetransfer.trained.tokenizer import encode_with_bos
 
@@ -129,8 +218,8 @@ def evaluate(model, tok, args, t0) -> int:
             ids, _ = encode_with_bos(tok, it.prompt)
             seqs = [ids + tok(c, add_special_tokens=False)["input_ids"] for c in it.candidates]
             L = max(map(len, seqs))
-            x = torch.tensor([s + [2] * (L - len(s)) for s in seqs])
-            logp = torch.log_softmax(model(input_ids=x).logits.float(), -1)
+            x = torch.tensor([s + [2] * (L - len(s)) for s in seqs], device=args.device)
+            logp = torch.log_softmax(model(input_ids=x).logits.float(), -1).cpu()
             scores = []
             for b, s in enumerate(seqs):
                 scores.append(sum(logp[b, t - 1, s[t]].item() for t in range(len(ids), len(s))))
@@ -148,11 +237,12 @@ def evaluate(model, tok, args, t0) -> int:
             last += (max(seen, key=pos.get) == it.label) if seen else 1 / len(it.candidates)
         return uni / len(items), last / len(items)
 
+    results = []
     print(f"\n{'task':<18}{'split':<7}{'diff':>5}{'acc':>7}{'chance':>8}{'copy-any':>9}{'copy-last':>10}   (text twin acc for code_state)")
-    for name in ("entity_tracking", "variable_binding", "counting", "possession", "code_state"):
+    for name in ("entity_tracking", "variable_binding", "counting", "possession"):
         fam = get_task(name)
         for split in ("train", "eval"):
-            for d in (0, 1, 2):
+            for d in (0, 1):
                 items = fam.generate(args.items, seed=1000 + args.seed, difficulty=d, split=split)
                 acc = accuracy(items)
                 extra = ""
@@ -160,7 +250,9 @@ def evaluate(model, tok, args, t0) -> int:
                     extra = f"   text twin {accuracy([it.twin for it in items]):.2f}"
                 b_any, b_last = baselines(items)
                 print(f"{name:<18}{split:<7}{d:>5}{acc:>7.2f}{items[0].chance:>8.2f}{b_any:>9.2f}{b_last:>10.2f}{extra}", flush=True)
+                results.append(dict(tag=args.tag, task=name, split=split, d=d, acc=acc, chance=items[0].chance, copy_any=b_any))
     print(f"total {time.time() - t0:.0f}s")
+    print("RESULT " + json.dumps(dict(tag=args.tag, args=vars(args), results=results, curve=list(curve), seconds=time.time() - t0)), flush=True)
     return 0
 
 
