@@ -136,7 +136,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--grad-accum", type=int, default=None,
+                    help="micro-batches per step (default 1, or the preset's); batch/grad_accum rows per forward")
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--preset", default=None, help="take shape, vocab, batch and grad_accum from this shipped grid "
@@ -159,14 +160,17 @@ def main() -> None:
 
         p = preset(args.preset)
         model_cfg, vocab = p.model, p.tokenizer.vocab_size
-        train_cfg = dataclasses.replace(p.train, eval_every=0, save_every=10**9, snapshot_every=0)
+        train_cfg = dataclasses.replace(p.train, eval_every=0, save_every=10**9, snapshot_every=0,
+                                        grad_accum=args.grad_accum or p.train.grad_accum)
     else:
         p = None
         model_cfg = ModelConfig(n_layers=args.layers, d_model=args.d_model, n_heads=max(1, args.d_model // 64),
                                 d_mlp=4 * args.d_model, n_ctx=args.ctx)
         vocab = args.vocab
-        train_cfg = TrainConfig(batch_size=args.batch, grad_accum=args.grad_accum, eval_every=0, save_every=10**9)
+        train_cfg = TrainConfig(batch_size=args.batch, grad_accum=args.grad_accum or 1, eval_every=0, save_every=10**9)
     batch, ctx = train_cfg.batch_size, model_cfg.n_ctx
+    if batch % train_cfg.grad_accum:
+        raise SystemExit(f"error: --grad-accum {train_cfg.grad_accum} must divide the batch size {batch}")
     grid = GridConfig(
         name="bench",
         model=model_cfg,
