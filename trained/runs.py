@@ -231,6 +231,54 @@ def find_runs(folder: str | Path, complete_only: bool = False) -> list[RunInfo]:
     return runs
 
 
+def run_checkpoints(info: RunInfo, borrow: bool = True) -> dict[int, Path]:
+    """``{step: folder}`` of the HF checkpoints of a complete run, in step order: the intermediate ones
+    in ``RUN/checkpoints/step-N/`` (grid field ``train.snapshot_every``) and the final model (the run
+    folder itself) at the run's last step, which replaces an intermediate checkpoint of the same step.
+
+    A run branched from shared phases (``record["branched_from"]``) did not train those phases itself,
+    so with ``borrow`` the checkpoints up to the branch point come from a run of the same folder, seed
+    and grid that starts with the same phases and trained them (they are the same model: the shared
+    state is what the branch started from). An incomplete run has no checkpoints to offer: ``{}``.
+    """
+    if info.status != "complete":
+        return {}
+    found: dict[int, Path] = {}
+    if borrow and info.record.get("branched_from"):
+        found.update(_borrowed_checkpoints(info))
+    folder = Path(info.path) / "checkpoints"
+    if folder.is_dir():
+        for p in folder.iterdir():
+            name = p.name
+            if p.is_dir() and name.startswith("step-") and name[5:].isdigit():
+                found[int(name[5:])] = p
+    last = info.record.get("steps")
+    if last is not None:
+        found[int(last)] = Path(info.path)
+    return dict(sorted(found.items()))
+
+
+def _borrowed_checkpoints(info: RunInfo) -> dict[int, Path]:
+    """Checkpoints of the shared phases a branched run started from (see :func:`run_checkpoints`)."""
+    rec = info.record
+    k = len(rec["branched_from"].get("phases", []))
+    phases = rec.get("recipe_config", {}).get("phases", [])[:k]
+    steps = [p.get("steps") for p in rec.get("tokens_by_phase", [])[:k]]
+    if k == 0 or len(phases) < k or len(steps) < k or None in steps:
+        return {}
+    branch_step = sum(steps)
+    for other in find_runs(Path(info.path).parent, complete_only=True):
+        o = other.record
+        if (other.name == info.name or other.seed != info.seed
+                or o.get("grid_fingerprint") != rec.get("grid_fingerprint")
+                or o.get("recipe_config", {}).get("phases", [])[:k] != phases):
+            continue
+        if o.get("branched_from") and len(o["branched_from"].get("phases", [])) >= k:
+            continue  # it branched from the same (or a longer) shared state: it did not train these phases
+        return {s: p for s, p in run_checkpoints(other).items() if s <= branch_step}
+    return {}
+
+
 def check_same_grid(runs: list[RunInfo]) -> None:
     """Refuse comparisons of runs that differ in shape or tokenizer."""
     if not runs:

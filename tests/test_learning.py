@@ -1,0 +1,243 @@
+"""Issue #3, learning curves: checkpoints of a run trained here are listed (shared phases borrowed by
+the branched run), scored by ``codetransfer eval --checkpoints`` into a tidy table whose last point is
+exactly what ``codetransfer eval`` gives for the final model on the same items; bad input refused."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from codetransfer.analysis.learning import (
+    learning_items,
+    learning_table,
+    learning_table_from_scores,
+    plot_learning_curves,
+    tokens_per_step,
+)
+from codetransfer.cli import main as cli
+from codetransfer.errors import CodetransferError
+from codetransfer.trained import find_runs, load_grid, train_grid
+from codetransfer.trained.runs import run_checkpoints
+
+# 4 x 128 = 512 tokens per step; text-only 8 steps; the two balanced-> recipes share a 4-step phase
+GRID = """
+name = "learn"
+seeds = [0]
+[model]
+n_layers = 1
+d_model = 32
+n_heads = 2
+d_mlp = 64
+n_ctx = 128
+[tokenizer]
+vocab_size = 384
+sample_bytes = 60000
+[sources.gcide]
+kind = "gcide"
+max_bytes = 30000
+[sources.narratives]
+kind = "synthetic_narrative"
+max_bytes = 30000
+[sources.programs]
+kind = "synthetic_program"
+max_bytes = 30000
+[train]
+batch_size = 4
+eval_every = 8
+eval_tokens = 1024
+save_every = 4
+snapshot_every = 3
+[[recipes]]
+name = "text-only"
+[[recipes.phases]]
+name = "main"
+mixture = { gcide = 1, narratives = 1 }
+tokens = 4096
+[[recipes]]
+name = "balanced->text"
+[[recipes.phases]]
+name = "balanced"
+mixture = { narratives = 1, programs = 1 }
+tokens = 2048
+[[recipes.phases]]
+name = "text"
+mixture = { gcide = 1, narratives = 1 }
+tokens = 2048
+[[recipes]]
+name = "balanced->code"
+[[recipes.phases]]
+name = "balanced"
+mixture = { narratives = 1, programs = 1 }
+tokens = 2048
+[[recipes.phases]]
+name = "code"
+mixture = { programs = 1 }
+tokens = 2048
+"""
+
+N_CURVE = 14  # entity_tracking has 7 levels: the same items as `eval --n-items 98 --max-difficulty 0`
+EVAL = ["--tasks", "entity_tracking", "--max-difficulty", "0", "--heldout-windows", "0", "--n-boot", "200", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def grid_out(tmp_path_factory):
+    root = tmp_path_factory.mktemp("learn")
+    (root / "grid.toml").write_text(GRID)
+    train_grid(load_grid(root / "grid.toml"), root / "out", progress=False, log=lambda *a: None)
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def curves(grid_out, tmp_path_factory):
+    results = tmp_path_factory.mktemp("curves")
+    assert cli(["eval", "--runs", str(grid_out), "--out", str(results), "--n-items", "7", *EVAL,
+                "--checkpoints", "--curve-items", str(N_CURVE)]) == 0
+    return results
+
+
+def test_checkpoints_are_listed_with_the_final_model_and_borrowed_shared_phases(grid_out):
+    runs = {r.recipe: r for r in find_runs(grid_out)}
+    own = run_checkpoints(runs["text-only"])
+    assert list(own) == [3, 6, 8]
+    assert own[8] == runs["text-only"].path and own[3].name == "step-00000003"
+    # balanced->code branched from the shared 4-step phase that balanced->text trained
+    assert runs["balanced->code"].record["branched_from"]["phases"] == ["balanced"]
+    code = run_checkpoints(runs["balanced->code"])
+    assert list(code) == [3, 6, 8]
+    assert code[3] == runs["balanced->text"].path / "checkpoints" / "step-00000003"
+    assert code[6] == runs["balanced->code"].path / "checkpoints" / "step-00000006"
+    assert list(run_checkpoints(runs["balanced->code"], borrow=False)) == [6, 8]
+    assert tokens_per_step(runs["text-only"].record) == 4 * 128
+
+
+def test_learning_table_has_every_checkpoint_and_ends_at_the_eval_of_the_final_model(grid_out, curves, tmp_path):
+    table = pd.read_parquet(curves / "learning.parquet")
+    assert {"run", "recipe", "seed", "step", "tokens", "task", "difficulty", "metric", "value", "ci_low",
+            "ci_high", "chance"} <= set(table.columns)
+    acc = table[(table["metric"] == "accuracy") & (table["difficulty"] == "0")]
+    for run, g in acc[~acc["run"].str.endswith("*")].groupby("run"):
+        g = g.sort_values("step")
+        assert list(g["step"]) == [3, 6, 8], run
+        assert list(g["tokens"]) == [3 * 512, 6 * 512, 8 * 512]
+        assert (g["n_items"] == N_CURVE).all()
+    assert set(table["difficulty"]) == {"0", "all"}
+    # parity: `codetransfer eval` on the same items (levels cycle, so n_items x 7 and difficulty 0)
+    ref = tmp_path / "ref"
+    assert cli(["eval", "--runs", str(grid_out), "--out", str(ref), "--n-items", str(7 * N_CURVE), *EVAL]) == 0
+    ev = pd.read_parquet(ref / "eval.parquet")
+    cols = ["run", "task", "difficulty", "metric"]
+    final = table[table["step"] == 8].drop(columns=["step", "tokens"]).sort_values(cols).reset_index(drop=True)
+    ev = ev.sort_values(cols).reset_index(drop=True)[final.columns]
+    pd.testing.assert_frame_equal(final, ev, check_dtype=False)
+    # and the per-item scores of the final step are the eval's, item for item
+    sc = pd.read_parquet(curves / "learning_scores.parquet")
+    last = sc[sc["step"] == 8].sort_values(["run", "index"]).reset_index(drop=True)
+    ref_sc = pd.read_parquet(ref / "scores.parquet").sort_values(["run", "index"]).reset_index(drop=True)
+    assert list(last["index"]) == list(ref_sc["index"])
+    np.testing.assert_array_equal(last["logit_diff"].to_numpy(), ref_sc["logit_diff"].to_numpy())
+    # an earlier checkpoint is a different model: its scores differ from the final one's
+    first = sc[(sc["step"] == 3) & (sc["run"] == "text-only-s0")]["logit_diff"].to_numpy()
+    assert not np.allclose(first, last[last["run"] == "text-only-s0"]["logit_diff"].to_numpy())
+
+
+def test_the_borrowed_checkpoint_is_scored_once_for_both_branches(curves):
+    sc = pd.read_parquet(curves / "learning_scores.parquet")
+    a = sc[(sc["step"] == 3) & (sc["recipe"] == "balanced->text")]["logit_diff"].to_numpy()
+    b = sc[(sc["step"] == 3) & (sc["recipe"] == "balanced->code")]["logit_diff"].to_numpy()
+    np.testing.assert_array_equal(a, b)  # the same shared-phase model
+    c = sc[(sc["step"] == 6) & (sc["recipe"] == "balanced->code")]["logit_diff"].to_numpy()
+    assert not np.allclose(a, c)
+
+
+def test_checkpoints_refused_without_any_and_a_run_without_is_a_note(grid_out, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    shutil.copytree(grid_out, bare)
+    for ck in (bare / "runs").glob("*/checkpoints"):
+        shutil.rmtree(ck)
+    capsys.readouterr()
+    assert cli(["eval", "--runs", str(bare), "--out", str(tmp_path / "r"), *EVAL, "--n-items", "7",
+                "--checkpoints"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --checkpoints:")
+    assert "train.snapshot_every" in err
+    assert not (tmp_path / "r").exists()
+
+    some = tmp_path / "some"
+    shutil.copytree(grid_out, some)
+    shutil.rmtree(some / "runs" / "text-only-s0" / "checkpoints")
+    assert cli(["eval", "--runs", str(some), "--out", str(tmp_path / "r2"), *EVAL, "--n-items", "7",
+                "--checkpoints", "--curve-items", "7"]) == 0
+    err = capsys.readouterr().err
+    assert "note: run text-only-s0 has no intermediate checkpoints" in err
+    table = pd.read_parquet(tmp_path / "r2" / "learning.parquet")
+    assert set(table["recipe"]) == {"balanced->text", "balanced->code"}
+
+    assert cli(["eval", "--runs", str(some), "--out", str(tmp_path / "r3"), *EVAL, "--checkpoints",
+                "--curve-items", "0"]) == 2
+    assert "--curve-items: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_plot_has_one_line_per_recipe_and_a_chance_line(curves):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = pd.read_parquet(curves / "learning.parquet")
+    fig, ax = plt.subplots()
+    assert plot_learning_curves(table, task="entity_tracking", ax=ax) is ax
+    labels = [ln.get_label() for ln in ax.get_lines()]
+    assert sorted(lb for lb in labels if lb != "chance") == ["balanced->code", "balanced->text", "text-only"]
+    chance = [ln for ln in ax.get_lines() if ln.get_label() == "chance"]
+    assert len(chance) == 1 and chance[0].get_linestyle() == "--"
+    assert chance[0].get_ydata()[0] == pytest.approx(table["chance"].mean())
+    line = next(ln for ln in ax.get_lines() if ln.get_label() == "text-only")
+    np.testing.assert_array_equal(line.get_xdata(), [3 * 512, 6 * 512, 8 * 512])
+    with pytest.raises(CodetransferError, match="did you mean 'entity_tracking'"):
+        plot_learning_curves(table, task="entity_trackin")
+    with pytest.raises(CodetransferError, match="difficulty: level '3'"):
+        plot_learning_curves(table, task="entity_tracking", difficulty=3)
+    plt.close(fig)
+
+
+def _scores(run, recipe, seed, correct):
+    n = len(correct)
+    return pd.DataFrame({"run": run, "recipe": recipe, "seed": seed, "task": "t", "category": "reasoning",
+                         "index": np.arange(n), "difficulty": 0, "chance": 0.5, "correct": correct,
+                         "logit_diff": np.where(correct, 1.0, -1.0)})
+
+
+def test_learning_table_known_values_and_bad_input():
+    at2 = pd.concat([_scores("a-s0", "a", 0, [True, False, False, False]),
+                     _scores("a-s1", "a", 1, [True, True, False, False])])
+    at5 = pd.concat([_scores("a-s0", "a", 0, [True, True, True, False]),
+                     _scores("a-s1", "a", 1, [True, True, True, True])])
+    t = learning_table({5: at5, 2: at2}, {"a-s0": 100, "a-s1": 100}, n_boot=100)
+    acc = t[(t["metric"] == "accuracy") & (t["difficulty"] == "0")].set_index(["run", "step"])
+    assert acc.loc[("a-s0", 2), "value"] == 0.25 and acc.loc[("a-s1", 5), "value"] == 1.0
+    assert acc.loc[("a*", 2), "value"] == pytest.approx(0.375) and acc.loc[("a*", 5), "tokens"] == 500
+    assert list(t["step"].drop_duplicates()) == [2, 5]
+    # the same table from scores that carry step and tokens (what per-run units store)
+    flat = pd.concat([at2.assign(step=2, tokens=200), at5.assign(step=5, tokens=500)])
+    pd.testing.assert_frame_equal(learning_table_from_scores(flat, n_boot=100), t)
+    with pytest.raises(CodetransferError, match="tokens_per_step: no entry for run 'a-s1'"):
+        learning_table({2: at2}, {"a-s0": 100})
+    with pytest.raises(CodetransferError, match="differ in tokens per step"):
+        learning_table({2: at2}, {"a-s0": 100, "a-s1": 200})
+    with pytest.raises(CodetransferError, match="missing columns"):
+        learning_table({2: at2.drop(columns="run")}, 100)
+    with pytest.raises(CodetransferError, match="empty"):
+        learning_table({}, 100)
+
+
+def test_learning_items_are_the_eval_items_at_the_kept_levels():
+    from codetransfer.analysis.evaluate import make_items
+
+    ours = learning_items(["counting"], 10, seed=4, max_difficulty=1)["counting"]
+    ref = make_items(["counting"], 30, 4, max_difficulty=1)["counting"]  # 6 levels: 5 per level in 30 items
+    assert [(i.index, i.difficulty, i.prompt) for i in ours] == [(i.index, i.difficulty, i.prompt) for i in ref]
+    with pytest.raises(CodetransferError, match="unknown task 'countin'"):
+        learning_items(["countin"], 10, 0)
