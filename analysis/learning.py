@@ -42,9 +42,9 @@ import pandas as pd
 from codetransfer.analysis.evaluate import tidy_table
 from codetransfer.errors import CodetransferError, did_you_mean
 
-#: the learning table's columns, in order (DESIGN.md's vocabulary plus ``step`` and ``tokens``)
-COLUMNS = ("run", "recipe", "seed", "step", "tokens", "task", "category", "difficulty", "metric", "value",
-           "ci_low", "ci_high", "chance", "n_items")
+#: the learning table's first columns; the others are :func:`~codetransfer.analysis.evaluate.tidy_table`'s
+#: (``task, category, difficulty, metric, value, ci_low, ci_high, chance, copy_chance, n_items``)
+KEY_COLUMNS = ("run", "recipe", "seed", "step", "tokens")
 
 _SCORE_COLUMNS = ("run", "recipe", "seed", "task", "category", "index", "difficulty", "correct")
 
@@ -116,7 +116,7 @@ def learning_table(
     ``scores_by_step[step]`` holds :func:`~codetransfer.analysis.evaluate.score_runs` rows (``run,
     recipe, seed, task, ...``) of every run that has a checkpoint at ``step``. ``tokens_per_step`` is
     the training tokens per step, one number for all runs or ``{run: tokens}`` (see
-    :func:`tokens_per_step`). Columns: :data:`COLUMNS`.
+    :func:`tokens_per_step`). Columns: :data:`KEY_COLUMNS`, then those of ``tidy_table``.
     """
     if not scores_by_step:
         raise CodetransferError("scores_by_step: expected a mapping step -> per-item scores, got an empty one")
@@ -145,7 +145,8 @@ def learning_table(
         t = tidy_table(scores, n_boot, ci, seed)
         tokens = t["run"].map({**per_run, **per_recipe}).astype("int64") * int(step)
         frames.append(t.assign(step=int(step), tokens=tokens))
-    table = pd.concat(frames, ignore_index=True)[list(COLUMNS)]
+    table = pd.concat(frames, ignore_index=True)
+    table = table[list(KEY_COLUMNS) + [c for c in table.columns if c not in KEY_COLUMNS]]
     table["step"] = table["step"].astype("int64")
     return table
 
@@ -192,11 +193,36 @@ def _tokens_by_run(scores: pd.DataFrame, tokens_per_step, step) -> dict[str, int
     return {r: int(v) for r, v in out.items()}
 
 
+def first_above_chance(table: pd.DataFrame, difficulty: str | int = "0", metric: str = "accuracy",
+                       against: str = "chance") -> pd.DataFrame:
+    """Per recipe (the seed-aggregated rows; per run when the table has none) and task: the first
+    checkpoint whose interval lies above ``against`` (``"chance"`` or ``"copy_chance"``), i.e.
+    ``ci_low > against``. Columns ``run, recipe, task, step, tokens, value, ci_low, <against>``; ``step``
+    and ``tokens`` are empty (<NA>) when no checkpoint gets there."""
+    if against not in table.columns:
+        raise CodetransferError(f"against: the table has no column '{against}'; use 'chance' or 'copy_chance'")
+    t = table[(table["metric"] == metric) & (table["difficulty"].astype(str) == str(difficulty))]
+    if t.empty:
+        raise CodetransferError(f"table: no rows of metric '{metric}' at difficulty '{difficulty}'")
+    agg = t[t["run"].astype(str).str.endswith("*")]
+    t = agg if len(agg) else t
+    recs = []
+    for (run, recipe, task), g in t.groupby(["run", "recipe", "task"], sort=True):
+        g = g.sort_values("step")
+        above = g[g["ci_low"] > g[against]]
+        r = above.iloc[0] if len(above) else None
+        recs.append((run, recipe, task, pd.NA if r is None else int(r["step"]), pd.NA if r is None else int(r["tokens"]),
+                     float("nan") if r is None else float(r["value"]), float("nan") if r is None else float(r["ci_low"]),
+                     float(g[against].mean())))
+    out = pd.DataFrame.from_records(recs, columns=["run", "recipe", "task", "step", "tokens", "value", "ci_low", against])
+    return out.astype({"step": "Int64", "tokens": "Int64"})
+
+
 def plot_learning_curves(table: pd.DataFrame, task: str | None = None, difficulty: str | int = "0",
                          metric: str = "accuracy", ax=None):
     """``metric`` against training tokens, one line per recipe (the seed-aggregated rows
-    ``run = "<recipe>*"``; per run when the table has none) with its interval band, and a dashed
-    chance line for accuracy. ``task`` may be omitted when the table has one task. Returns the Axes."""
+    ``run = "<recipe>*"``; per run when the table has none) with its interval band, a dashed chance
+    line for accuracy (and a dotted ``copy_chance`` line when the table has that column). ``task`` may be omitted when the table has one task. Returns the Axes."""
     import matplotlib.pyplot as plt
 
     need = {"run", "recipe", "task", "difficulty", "metric", "value", "ci_low", "ci_high", "tokens"}
@@ -232,6 +258,8 @@ def plot_learning_curves(table: pd.DataFrame, task: str | None = None, difficult
         ax.fill_between(g["tokens"], g["ci_low"], g["ci_high"], color=line.get_color(), alpha=0.2)
     if metric == "accuracy" and "chance" in t.columns and len(t):
         ax.axhline(float(t["chance"].mean()), color="k", ls="--", lw=1, label="chance")
+        if "copy_chance" in t.columns and t["copy_chance"].notna().any():
+            ax.axhline(float(t["copy_chance"].mean()), color="grey", ls=":", lw=1, label="copy chance")
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     ax.set_xlabel("training tokens")
     ax.set_ylabel(metric)

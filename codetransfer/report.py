@@ -1,8 +1,8 @@
 """The report of a main job: ``DIR/report/index.html`` (static, offline) and ``DIR/report/summary.md``.
 
 Built from the result tables only (compute once, plot after): the grid, the paper-style table,
-evaluation curves, probing curves, patching maps, head tables, and the headline findings — each
-claim with its interval, null results stated as such. A figure that cannot be drawn (its table is
+evaluation curves, learning curves (when the grid kept checkpoints), probing curves, patching maps,
+head tables, and the headline findings — each claim with its interval, null results stated as such. A figure that cannot be drawn (its table is
 missing or holds no such rows) is listed with the reason instead of silently left out.
 """
 
@@ -172,6 +172,58 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
             s.add_text("Above the copy baseline (guessing among the values the prompt mentions, which needs no "
                        f"use of the question): {', '.join(sorted(keyed['task'])) or 'no task'}.")
     return s, findings
+
+
+def _learning(results: Path, folder: Path) -> tuple[Section, list[str]]:
+    """Learning curves (issue #3): accuracy against training tokens on the easiest level, one panel per
+    reasoning family, and the first checkpoint whose interval clears chance."""
+    import matplotlib.pyplot as plt
+
+    from codetransfer.analysis.learning import first_above_chance, plot_learning_curves
+
+    s = Section("Learning curves")
+    t = _read(results / "learning.parquet")
+    if t is None or t.empty:
+        s.missing.append("learning.parquet: no intermediate checkpoints were scored (train the grid with "
+                         "train.snapshot_every > 0)")
+        return s, []
+    t = t.assign(difficulty=t["difficulty"].astype(str))
+    levels = sorted((d for d in t["difficulty"].unique() if d != "all"), key=int)
+    if not levels:
+        s.missing.append("learning.parquet: no per-level rows")
+        return s, []
+    level = levels[0]
+    reasoning = sorted(t.loc[t["category"] == "reasoning", "task"].unique()) or sorted(t["task"].unique())
+
+    def draw():
+        cols = min(4, len(reasoning))
+        rows = -(-len(reasoning) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.2 * rows), squeeze=False, layout="constrained")
+        for k, ax in enumerate(axes.flat):
+            if k >= len(reasoning):
+                ax.set_visible(False)
+                continue
+            plot_learning_curves(t, task=reasoning[k], difficulty=level, ax=ax)
+            if k and ax.get_legend() is not None:
+                ax.get_legend().remove()
+        return fig
+
+    steps = [int(x) for x in sorted(t["step"].unique())]
+    listed = ", ".join(map(str, steps)) if len(steps) <= 12 else f"{steps[0]}, {steps[1]}, ..., {steps[-1]}"
+    _figure(s, folder, "learning_curves.png",
+            f"Accuracy at difficulty {level} against training tokens, one line per recipe (reasoning families)", draw)
+    s.add_text(f"Every saved checkpoint and the final model ({len(steps)} steps: {listed}) scored on the same "
+               f"difficulty-{level} items; bands are 95% bootstrap intervals over items (and "
+               "seeds), the dashed line is chance, the dotted line the accuracy of copying a value the prompt "
+               "mentions. Points of one curve share items and training history.")
+    first = first_above_chance(t, difficulty=level)
+    if not first.empty:
+        first = first.assign(cell=[f"{tok / 1e6:.2f}M tokens (step {st})" if pd.notna(st) else "not above chance"
+                                   for st, tok in zip(first["step"], first["tokens"])])
+        wide = first.pivot(index="recipe", columns="task", values="cell").fillna("").reset_index()
+        s.add_text(f"First checkpoint whose accuracy interval lies above chance (difficulty {level}):")
+        s.add_table(_md_table(wide))
+    return s, []
 
 
 def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
@@ -401,7 +453,8 @@ def write_report(out: str | Path, grid, settings) -> Path:
     tmp.mkdir(parents=True)
     baseline = settings.baseline
     sections, headline = [_grid_section(out, grid, tmp)], []
-    for build in (lambda: _eval_section(results, tmp, baseline), lambda: _probes(results, tmp),
+    for build in (lambda: _eval_section(results, tmp, baseline), lambda: _learning(results, tmp),
+                  lambda: _probes(results, tmp),
                   lambda: _patching(results, tmp, baseline), lambda: _attention(results, tmp, baseline)):
         s, f = build()
         sections.append(s)

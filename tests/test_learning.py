@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from codetransfer.analysis.learning import (
+    first_above_chance,
     learning_items,
     learning_table,
     learning_table_from_scores,
@@ -190,7 +191,8 @@ def test_plot_has_one_line_per_recipe_and_a_chance_line(curves):
     fig, ax = plt.subplots()
     assert plot_learning_curves(table, task="entity_tracking", ax=ax) is ax
     labels = [ln.get_label() for ln in ax.get_lines()]
-    assert sorted(lb for lb in labels if lb != "chance") == ["balanced->code", "balanced->text", "text-only"]
+    assert sorted(lb for lb in labels if not lb.endswith("chance")) == ["balanced->code", "balanced->text",
+                                                                          "text-only"]
     chance = [ln for ln in ax.get_lines() if ln.get_label() == "chance"]
     assert len(chance) == 1 and chance[0].get_linestyle() == "--"
     assert chance[0].get_ydata()[0] == pytest.approx(table["chance"].mean())
@@ -233,6 +235,18 @@ def test_learning_table_known_values_and_bad_input():
         learning_table({}, 100)
 
 
+def test_first_above_chance_is_the_first_step_whose_interval_clears_chance():
+    half, right = [True, False] * 10, [True] * 20
+    steps = {2: pd.concat([_scores("a-s0", "a", 0, half), _scores("b-s0", "b", 0, half)]),
+             5: pd.concat([_scores("a-s0", "a", 0, right), _scores("b-s0", "b", 0, half)]),
+             9: pd.concat([_scores("a-s0", "a", 0, right), _scores("b-s0", "b", 0, [False] * 20)])}
+    first = first_above_chance(learning_table(steps, 100, n_boot=200)).set_index("recipe")
+    assert first.loc["a", "step"] == 5 and first.loc["a", "tokens"] == 500 and first.loc["a", "value"] == 1.0
+    assert pd.isna(first.loc["b", "step"]) and first.loc["b", "chance"] == 0.5
+    with pytest.raises(CodetransferError, match="no column 'copy'"):
+        first_above_chance(learning_table(steps, 100, n_boot=200), against="copy")
+
+
 def test_learning_items_are_the_eval_items_at_the_kept_levels():
     from codetransfer.analysis.evaluate import make_items
 
@@ -241,3 +255,30 @@ def test_learning_items_are_the_eval_items_at_the_kept_levels():
     assert [(i.index, i.difficulty, i.prompt) for i in ours] == [(i.index, i.difficulty, i.prompt) for i in ref]
     with pytest.raises(CodetransferError, match="unknown task 'countin'"):
         learning_items(["countin"], 10, 0)
+
+
+def test_pipeline_writes_learning_table_restartably_and_the_report_shows_it(grid_out, tmp_path, capsys):
+    from codetransfer.pipeline import JobSettings, run_job
+
+    out = tmp_path / "out"
+    shutil.copytree(grid_out, out)
+    grid = grid_out.parent / "grid.toml"
+    settings = JobSettings(eval_items=7, curve_items=N_CURVE)
+    run_job(str(grid), out, settings, stages=("eval", "report"), log=lambda *a: None)
+    table = pd.read_parquet(out / "results" / "learning.parquet")
+    assert set(table["step"]) == {3, 6, 8} and set(table["recipe"]) == {"text-only", "balanced->text", "balanced->code"}
+    # killed inside one run's eval unit: its record and output gone; the re-run redoes it alone, same table
+    units = {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("eval-*.json")}
+    (out / "units" / "eval-balanced-code-s0.json").unlink()
+    shutil.rmtree(out / "results" / "units" / "eval-balanced-code-s0")
+    run_job(str(grid), out, settings, stages=("eval",), log=lambda *a: None)
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("eval-*.json")}
+    assert {k for k in units if units[k] != after.get(k)} == {"eval-balanced-code-s0.json"}
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results" / "learning.parquet"), table)
+    page = (out / "report" / "index.html").read_text()
+    sections = [h.split("</h2>")[0] for h in page.split("<h2>")[1:]]
+    at = sections.index("Learning curves")
+    assert sections[at - 1].startswith("Evaluation: the paper-style table")
+    section = page.split("<h2>Learning curves</h2>")[1].split("<h2>")[0]
+    assert 'src="learning_curves.png"' in section and (out / "report" / "learning_curves.png").is_file()
+    assert "First checkpoint whose accuracy interval lies above chance" in section and "<table>" in section
