@@ -353,10 +353,48 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(name))
 
 
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
+PART_KEY = b"codetransfer.part_key"
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path, key: str | None = None) -> None:
+    """Write ``df`` to ``path`` atomically (temporary name unique per host and process), with ``key`` in
+    the parquet metadata when given."""
+    import socket
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(path.name + f".tmp-{socket.gethostname()}-{os.getpid()}")
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if key is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), PART_KEY: key.encode()})
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
+
+
+def _part_key(settings: Mapping, info, task: str, site: str) -> str:
+    """What a probe part depends on: the sweep settings, the unit and the model it read (its recipe hash
+    and weights file's size and time, so a retrained run of the same name is probed again)."""
+    import hashlib
+    import json
+
+    weights = Path(getattr(info, "path", "")) / "model.safetensors"
+    stat = weights.stat() if weights.exists() else None
+    model = {"recipe_hash": (getattr(info, "record", None) or {}).get("recipe_hash"),
+             "weights": [stat.st_size, stat.st_mtime_ns] if stat else None}
+    blob = json.dumps({"settings": settings, "task": task, "site": site, "model": model}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _read_part_key(path: Path) -> str | None:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception:  # a damaged part is redone
+        return None
+    value = meta.get(PART_KEY)
+    return value.decode() if value else None
 
 
 def label_family(name: str) -> str:
@@ -543,11 +581,15 @@ def run_probe_sweep(
     mine = units[bounds[i] : bounds[i + 1]]
     loaded_name, loaded = None, None
     items_cache: dict = {}
+    settings = {"n_items": n_items, "item_seed": item_seed, "probe": probe, "probe_params": probe_params,
+                "target": target, "split": split, "seeds": list(seeds), "min_rows": min_rows,
+                "cross_format": cross_format, "mdl": mdl}
     for run_name, task, site in mine:
         part = out_dir / "parts" / f"{_safe(run_name)}__{_safe(task)}__{_safe(site)}.parquet"
-        if part.exists():
-            continue
         info = by_name[run_name]
+        key = _part_key(settings, info, task, site)
+        if part.exists() and _read_part_key(part) == key:
+            continue  # finished with the same settings and model (another key: redone, never merged stale)
         if progress:
             progress(f"probing {run_name} / {task} / {site}")
         if loaded_name != run_name:
@@ -582,7 +624,7 @@ def run_probe_sweep(
                             min_rows=min_rows, cross_format=cross_format, mdl=mdl, meta=meta,
                             skipped=(lambda m: progress(f"skipped {run_name}/{task}/{site} {m}")) if progress else None)
         part.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_parquet(table, part)
+        _atomic_parquet(table, part, key=key)
         if not keep_stores:
             import shutil
 

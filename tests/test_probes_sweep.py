@@ -151,3 +151,20 @@ def test_first_decodable_layer_and_plots():
         plot_probe_curves(two_sites)
     with pytest.raises(CodetransferError, match="selectivity"):
         plot_probe_curves(table, metric="selectivity")
+
+
+def test_parts_of_other_settings_are_redone_not_merged_stale(tmp_path, long_ctx_model):
+    runs = _runs(long_ctx_model)[:1]
+    c0, c1, c2 = Counter(), Counter(), Counter()
+    run_probe_sweep(runs, ["entity_tracking"], ["resid_post.1"], tmp_path / "s", load=c0.load, generate=c0.generate,
+                    **FAST)
+    # the same folder with another setting: the part is recomputed, not reused
+    other = {**FAST, "min_rows": FAST.get("min_rows", 20) + 1}
+    run_probe_sweep(runs, ["entity_tracking"], ["resid_post.1"], tmp_path / "s", load=c1.load, generate=c1.generate,
+                    **other)
+    assert c1.loads == 1
+    # and a repeat of that setting is up to date
+    run_probe_sweep(runs, ["entity_tracking"], ["resid_post.1"], tmp_path / "s", load=c2.load, generate=c2.generate,
+                    **other)
+    assert c2.loads == 0
+    assert len(list((tmp_path / "s" / "parts").glob("*.parquet"))) == 1
