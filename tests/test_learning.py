@@ -180,6 +180,13 @@ def test_checkpoints_refused_without_any_and_a_run_without_is_a_note(grid_out, t
                 "--curve-items", "0"]) == 2
     assert "--curve-items: expected an integer >= 1, got 0" in capsys.readouterr().err
 
+    weights = some / "runs" / "balanced-code-s0" / "checkpoints" / "step-00000006" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated checkpoint is refused before scoring
+    assert cli(["eval", "--runs", str(some), "--out", str(tmp_path / "r4"), *EVAL, "--checkpoints"]) == 2
+    err = capsys.readouterr().err
+    assert "step-00000006/model.safetensors: damaged or truncated checkpoint" in err and "scoring" not in err
+    assert not (tmp_path / "r4").exists()
+
 
 def test_plot_has_one_line_per_recipe_and_a_chance_line(curves):
     import matplotlib
