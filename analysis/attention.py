@@ -17,6 +17,11 @@ The method, in the order the functions appear:
      perfect induction head scores about 0.5 on a sequence repeated twice). Equal to
      ``transformer_lens.head_detector.detect_head`` on the same prompts (tested).
 
+   ``induction_shift_profile`` scores the key ``d`` positions after the induction target for a
+   range of shifts ``d`` (shift 0 is the induction score): a trained model can run induction through
+   lagged heads, and its induction head then attends a fixed distance after the canonical target,
+   where the standard score (TransformerLens' too) sees nothing.
+
    Plus two pattern statistics that need no detection pattern: ``entropy`` (nats, mean over query
    positions after BOS) and ``bos`` (attention to position 0, mean over query positions after BOS).
    The standard probe set is ``repeated_random_tokens``: ``[bos] + x + x`` with ``x`` drawn (seeded,
@@ -345,16 +350,7 @@ def pattern_scores(
             masked = masked * (1 - torch.eye(n))
     for s in scores:
         if s in DETECTION_KINDS:
-            det = detection_pattern(tokens, s) * valid  # batch q k
-            hit = (masked * det[None, :, None]).sum(-1)  # layer batch head q
-            mass = masked.sum(-1)
-            if reduction == "head_detector":
-                val = hit.sum(-1) / mass.sum(-1).clamp_min(1e-12)
-            else:
-                rows = (det.sum(-1) > 0).float()  # batch q
-                frac = hit / mass.clamp_min(1e-12)
-                val = (frac * rows[None, :, None]).sum(-1) / rows.sum(-1).clamp_min(1)[None, :, None]
-                val = torch.where(rows.sum(-1)[None, :, None] > 0, val, torch.full_like(val, float("nan")))
+            val = _detection_score(masked, detection_pattern(tokens, s) * valid, reduction)
         elif s == "entropy":
             ent = -(pat * torch.log(pat.clamp_min(1e-30))).sum(-1)  # layer batch head q
             val = (ent * after_bos[None, :, None]).sum(-1) / after_bos.sum(-1).clamp_min(1)[None, :, None]
@@ -362,6 +358,58 @@ def pattern_scores(
             val = (pat[..., 0] * after_bos[None, :, None]).sum(-1) / after_bos.sum(-1).clamp_min(1)[None, :, None]
         out[s] = val.permute(1, 0, 2).contiguous()
     return out
+
+
+def _detection_score(
+    masked: Float[Tensor, "layer batch head q k"], det: Float[Tensor, "batch q k"], reduction: str
+) -> Float[Tensor, "layer batch head"]:
+    """Attention mass on the detection targets, reduced as ``reduction`` says (module docstring)."""
+    hit = (masked * det[None, :, None]).sum(-1)  # layer batch head q
+    mass = masked.sum(-1)
+    if reduction == "head_detector":
+        return hit.sum(-1) / mass.sum(-1).clamp_min(1e-12)
+    rows = (det.sum(-1) > 0).float()  # batch q
+    frac = hit / mass.clamp_min(1e-12)
+    val = (frac * rows[None, :, None]).sum(-1) / rows.sum(-1).clamp_min(1)[None, :, None]
+    return torch.where(rows.sum(-1)[None, :, None] > 0, val, torch.full_like(val, float("nan")))
+
+
+def induction_shift_profile(
+    patterns: Float[Tensor, "layer batch head q k"],
+    tokens: Int[Tensor, "batch pos"],
+    shifts: Sequence[int] = tuple(range(-1, 16)),
+    *,
+    lengths: Int[Tensor, " batch"] | None = None,
+) -> Float[Tensor, "shift batch layer head"]:
+    """Attention on the key ``shift`` positions after the induction target, per head (``rows`` reduction).
+
+    Shift 0 is the ``induction`` score (the key after an earlier copy of the current token); shift
+    -1 is the ``duplicate_token`` score (the earlier copy itself). A head whose profile peaks at a
+    shift ``d > 0`` runs induction with a lag: it matches keys through an earlier-layer head that
+    attends ``d + 1`` positions back and reads the next token through one that attends ``d`` back,
+    so the standard score misses it. Seen in training: a 2-layer attention-only model whose
+    layer-0 heads attended 8 and 9 positions back predicted the second copy of ``[bos] + x + x``
+    to 0.17 nats with induction scores of 0.0 on every head; its layer-1 head scores 0.9 at shift 8.
+    """
+    if not shifts:
+        raise CodetransferError("shifts: expected at least one shift (e.g. range(-1, 16)), got none")
+    n_layers, b, n_heads, n, _ = patterns.shape
+    lengths = torch.full((b,), n, dtype=torch.long) if lengths is None else torch.as_tensor(lengths)
+    valid = _valid_mask(lengths, n)
+    pat = patterns * valid[None, :, None]
+    dup = detection_pattern(tokens, "duplicate_token")  # batch q k: earlier copies
+    out = []
+    for shift in shifts:
+        step = int(shift) + 1  # target key = earlier copy + step
+        det = torch.zeros_like(dup)
+        if step >= 0:
+            if step < n:
+                det[:, :, step:] = dup[:, :, : n - step]
+        elif -step < n:
+            det[:, :, :step] = dup[:, :, -step:]
+        det = torch.tril(det) * valid  # keys after the query are out of reach
+        out.append(_detection_score(pat, det, "rows").permute(1, 0, 2))
+    return torch.stack(out)
 
 
 def head_scores(

@@ -36,6 +36,7 @@ import pytest
 import torch
 
 from codetransfer.analysis import attention as A
+from codetransfer.errors import CodetransferError
 from codetransfer.trained.config import ModelConfig
 
 CFG = ModelConfig(n_layers=2, d_model=64, n_heads=2, d_mlp=256, n_ctx=64, rotary_pct=0.25)
@@ -157,6 +158,16 @@ def test_the_score_finds_the_induction_head_that_training_grew(scores):
     assert scores["random"].loc["previous_token"].loc[0].max() < 0.3
 
 
+def test_the_trained_induction_head_attends_to_the_canonical_target_not_a_lagged_one(runs):
+    bridge, tok = runs["trained"]
+    tokens = A.repeated_random_tokens(A.ordinary_token_ids(tok), 16, HALF, seed=4, bos_id=tok.bos_token_id)
+    shifts = list(range(-1, 12))
+    prof = A.induction_shift_profile(A.attention_patterns(bridge, tokens), tokens, shifts).nanmean(1)
+    layer, head = INDUCTION_HEAD
+    assert shifts[int(prof[:, layer, head].argmax())] == 0
+    assert prof[shifts.index(1):, layer, head].max() < 0.1
+
+
 @pytest.mark.parametrize("method", A.ABLATIONS)
 def test_ablating_the_induction_head_raises_induction_loss_and_other_heads_do_not(runs, scores, method):
     clean, rise = _rise(*runs["trained"], method)
@@ -188,3 +199,43 @@ def test_second_copy_is_predicted_far_better_than_the_first(runs):
             assert first > 4.0 and second < 0.5 and second < 0.1 * first, (first, second)
         else:
             assert abs(second - first) < 0.5, (first, second)  # random init: no copying
+
+
+# ------------------------------------------------------------------ induction with a lag (no training)
+
+
+def _planted(tokens: torch.Tensor, shift: int) -> torch.Tensor:
+    """Patterns [layer 1, batch, head 2, q, k]: head 0 attends ``shift`` keys after the induction target
+    in the second copy of ``[bos] + x + x`` (BOS elsewhere); head 1 attends uniformly."""
+    b, n = tokens.shape
+    half = (n - 1) // 2
+    pat = torch.zeros(1, b, 2, n, n)
+    pat[0, :, 0, :, 0] = 1.0
+    for q in range(half + 1, n):
+        target = q - half + 1 + shift
+        pat[0, :, 0, q] = 0
+        pat[0, :, 0, q, target] = 1.0
+    pat[0, :, 1] = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]
+    return pat
+
+
+def test_shift_profile_peaks_at_the_planted_lag_where_the_induction_score_sees_nothing():
+    tokens = A.repeated_random_tokens(list(range(3, 40)), 4, 12, seed=0)
+    pat = _planted(tokens, shift=3)
+    prof = A.induction_shift_profile(pat, tokens, shifts=range(-1, 6)).nanmean(1)  # shift layer head
+    assert torch.allclose(prof[:, 0, 0], torch.tensor([0, 0, 0, 0, 1.0, 0, 0]), atol=1e-6)
+    assert A.pattern_scores(pat, tokens, scores=["induction"])["induction"].nanmean(0)[0, 0] < 1e-6
+    # shift 0 and -1 are the induction and duplicate-token scores
+    rand = torch.rand(2, 3, 4, 10, 10).tril()
+    rand = rand / rand.sum(-1, keepdim=True)
+    toks = torch.randint(3, 7, (3, 10))  # few ids: many duplicates
+    prof = A.induction_shift_profile(rand, toks, shifts=(0, -1))
+    ref = A.pattern_scores(rand, toks, scores=["induction", "duplicate_token"])
+    assert torch.allclose(prof[0], ref["induction"], equal_nan=True)
+    assert torch.allclose(prof[1], ref["duplicate_token"], equal_nan=True)
+
+
+def test_shift_profile_refuses_no_shifts():
+    tokens = A.repeated_random_tokens(list(range(3, 40)), 1, 4, seed=0)
+    with pytest.raises(CodetransferError, match="shifts"):
+        A.induction_shift_profile(_planted(tokens, 0), tokens, shifts=())
