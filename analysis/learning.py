@@ -11,7 +11,8 @@ Tiny models get above chance on the easiest levels first, so the curves use diff
 scores at the kept levels: eval's generator gives item ``i`` the level ``levels[i mod L]``, so the
 curve's ``n`` items at level ``d`` (``n`` split evenly over the kept levels, rounded up) are items
 ``d, d + L, d + 2L, ...``. ``codetransfer eval --n-items n*L --max-difficulty D`` scores exactly
-these items, so the curve's last point is the evaluation's number, not a second estimate of it.
+these items, so there the curve's last point is the evaluation's number, not a second estimate of it
+(with other ``--n-items`` the two share their first items).
 
 **The table.** :func:`learning_table` turns per-item scores at each step (``score_runs`` rows) into
 DESIGN.md's tidy table: for every step, :func:`~codetransfer.analysis.evaluate.tidy_table`'s rows
@@ -34,7 +35,7 @@ checkpoints from the run that trained them (``run_checkpoints``), so those point
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
