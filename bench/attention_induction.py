@@ -20,12 +20,13 @@ previous-token partner <= 0.14. About 25-45 s per run of 600 steps (1 thread, sh
 
 What the sweeps showed (two sweeps of 44 and 38 settings, up to 3,000 steps, on one H100/H200
 with this script's logic in a standalone copy; CPU runs of single settings agree):
-- MLPs are the main obstacle: with MLPs kept, almost every setting stayed on the plateau for
-  3,000 steps or reached a low induction loss with induction scores near 0; zeroing the MLPs
-  (attention-only, as in Olsson et al. 2022) gave a sharp phase change after 300-900 steps in
-  most settings.
-- Loss only on the predictable positions helps (with the full-sequence loss the phase change came
-  later or not at all within 3,000 steps).
+- MLPs are the main obstacle: with MLPs kept, none of 29 settings grew a canonical induction head
+  within 3,000 steps (23 stayed on the plateau, 6 reached a low induction loss with induction
+  scores near 0). Attention-only (MLPs zeroed and frozen, as in Olsson et al. 2022) with the loss
+  on the predictable positions: 37 of 45 settings grew one (phase change after 300-900 steps),
+  6 reached a low induction loss with no induction score, 2 stayed on the plateau.
+- Loss only on the predictable positions helps: with the full-sequence loss, 2 of 8
+  attention-only settings grew a canonical head.
 - Fixed vs random period: not decisive here; periodic rows (several copies) learn fastest.
 - Low induction loss with a zero induction score is usually a LAGGED induction circuit: layer-0
   heads attending a fixed 8-11 positions back, and the induction head attending that many
