@@ -1,11 +1,12 @@
 """The main job: train a grid, evaluate, probe, patch, analyse attention, write the report.
 
 ``run_job(grid, out)`` runs the stages in order. The work is cut into *units* — one training run,
-the evaluation of the grid, one run's probing sweep / patching sweeps / head scores, one cross-model
-pair — and each unit is skipped when ``out/units/<unit>.json`` records that it finished with the
+one run's evaluation / probing sweep / patching sweeps / head scores, one cross-model pair — and each
+unit is skipped when ``out/units/<unit>.json`` records that it finished with the
 same *key*: a hash of the job settings and of the recipes of the runs it reads. Killing the job and
 running it again finishes it without redoing finished units; changing one recipe in the grid
-retrains that run and redoes the units that read it (and the grid-wide evaluation and merge).
+retrains that run and redoes the units that read it; the grid-wide tables (the evaluation's
+per-recipe rows and relative-change summary, the merged tables) are rebuilt from the units' tables.
 Units write their tables atomically, and the merged tables are rebuilt from the unit tables, so a
 re-run after a kill gives identical tables.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +36,10 @@ class JobSettings:
     """Recipe every other recipe is compared with (relative change, cross-model patching)."""
     eval_items: int = 100
     """Items per task family for evaluation."""
+    curve_items: int = 60
+    """Items per task family for the learning curves (runs that kept checkpoints: grid train.snapshot_every > 0)."""
+    curve_max_difficulty: int = 0
+    """Hardest difficulty of the learning curves' items (0: the easiest level only)."""
     probe_tasks: str = "entity_tracking"
     """Comma-separated task families to probe."""
     probe_sites: str = "resid_post"
@@ -142,6 +148,41 @@ def _merge(parts: list[Path], dest: Path) -> pd.DataFrame | None:
     return table
 
 
+def _merge_eval(score_parts: list[Path], loss_parts: list[Path], results: Path, settings: JobSettings) -> None:
+    """The grid's eval tables from the per-run units' scores (the same tables one ``codetransfer eval`` writes)."""
+    from codetransfer.commands import write_tables
+    from codetransfer.commands.eval import eval_tables
+
+    scores = pd.concat([pd.read_parquet(p) for p in score_parts], ignore_index=True)
+    losses = [pd.read_parquet(p) for p in loss_parts if p.exists()]
+    losses = pd.concat(losses, ignore_index=True) if losses else None
+    table, summary = eval_tables(scores, losses, settings.baseline, 2000, settings.seed)
+    write_tables(results, {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores})
+
+
+def _curve_args(run, settings: JobSettings) -> list[str]:
+    """``codetransfer eval`` flags that add ``run``'s learning curve; [] when it kept no checkpoints."""
+    from codetransfer.trained.runs import run_checkpoints
+
+    if len(run_checkpoints(run)) < 2:
+        return []
+    return ["--checkpoints", "--curve-items", str(settings.curve_items),
+            "--curve-max-difficulty", str(settings.curve_max_difficulty)]
+
+
+def _merge_learning(parts: list[Path], results: Path, settings: JobSettings) -> None:
+    """``results/learning.parquet`` (and its per-item ``learning_scores.parquet``) from the per-run eval
+    units' checkpoint scores; nothing when no run kept checkpoints."""
+    if not parts:
+        return
+    from codetransfer.analysis.learning import learning_table_from_scores
+    from codetransfer.commands import write_tables
+
+    scores = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    table = learning_table_from_scores(scores, 2000, seed=settings.seed)
+    write_tables(results, {"learning.parquet": table, "learning_scores.parquet": scores})
+
+
 def _fitting_difficulty(task: str, run, settings: JobSettings) -> int:
     """The hardest level <= settings.probe_max_difficulty whose items all fit the run's context."""
     from codetransfer.analysis.evaluate import fit_to_context
@@ -202,33 +243,51 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
 
     if "eval" in stages:
         with stage("eval"):
-            key = _hash(["eval", skey, run_key])
-            if not units.done("eval", key):
-                t0 = time.time()
-                _cli(["eval", "--runs", str(out), "--out", str(results), "--n-items", str(settings.eval_items),
-                      "--fit-context", "--baseline", settings.baseline, "--seed", seed, "--device", device,
-                      "--heldout-windows", "32"])
-                units.finish("eval", key, time.time() - t0)
-            else:
+            # one unit per run (a changed recipe re-scores only its runs); the grid tables come from their scores
+            score_parts, loss_parts, curve_parts, worked = [], [], [], False
+            for r in runs:
+                name = f"eval-{r.name}"
+                dest = results / "units" / name
+                curve = _curve_args(r, settings)  # learning curves of the runs that kept checkpoints
+                key = _hash(["eval", skey, r.name, run_key[r.name]] + curve)
+                if not units.done(name, key):
+                    t0 = time.time()
+                    _cli(["eval", "--runs", str(r.path), "--out", str(dest), "--n-items", str(settings.eval_items),
+                          "--fit-context", "--seed", seed, "--device", device, "--heldout-windows", "32",
+                          "--n-boot", "200", *curve])
+                    units.finish(name, key, time.time() - t0)
+                    worked = True
+                score_parts.append(dest / "scores.parquet")
+                loss_parts.append(dest / "losses.parquet")
+                if curve:
+                    curve_parts.append(dest / "learning_scores.parquet")
+            _merge_eval(score_parts, loss_parts, results, settings)
+            if not worked:
                 log("eval: up to date")
-
+            _merge_learning(curve_parts, results, settings)
     if "probe" in stages:
         with stage("probe"):
-            # the probe sweep keeps its own per-(run, task, site) parts and skips finished ones
-            key = _hash(["probe", skey, run_key])
-            if not units.done("probe", key):
-                t0 = time.time()
-                hardest = min(_fitting_difficulty(t, runs[0], settings) for t in settings.probe_tasks.split(","))
-                _cli(["probe", "--runs", str(out), "--tasks", settings.probe_tasks, "--sites", settings.probe_sites,
-                      "--out", str(results / "probe"), "--n-items", str(settings.probe_items),
-                      "--max-difficulty", str(hardest),
-                      "--item-seed", seed, "--seeds", "0", "--drop-stores", "--random-baseline", "--device", device])
-                units.finish("probe", key, time.time() - t0)
-            else:
+            # one unit per run, like patching: a changed recipe re-probes only its runs
+            parts, hardest, worked = [], None, False
+            for r in runs:
+                name = f"probe-{r.name}"
+                dest = results / "units" / name
+                key = _hash(["probe", skey, r.name, run_key[r.name]])
+                if not units.done(name, key):
+                    t0 = time.time()
+                    if hardest is None:
+                        hardest = min(_fitting_difficulty(t, r, settings) for t in settings.probe_tasks.split(","))
+                    shutil.rmtree(dest, ignore_errors=True)  # parts of an older model of the same name
+                    _cli(["probe", "--runs", str(r.path), "--tasks", settings.probe_tasks, "--sites",
+                          settings.probe_sites, "--out", str(dest), "--n-items", str(settings.probe_items),
+                          "--max-difficulty", str(hardest), "--item-seed", seed, "--seeds", "0", "--drop-stores",
+                          "--random-baseline", "--device", device])
+                    units.finish(name, key, time.time() - t0)
+                    worked = True
+                parts.append(dest / "probes.parquet")
+            _merge(parts, results / "probes.parquet")
+            if not worked:
                 log("probe: up to date")
-            src = results / "probe" / "probes.parquet"
-            if src.exists():
-                _merge([src], results / "probes.parquet")
 
     if "patch" in stages:
         with stage("patch"):

@@ -134,11 +134,17 @@ def test_changing_one_recipe_redoes_only_what_depends_on_it(job, tmp_path):
                                  "mixture = { gcide = 1, narratives = 1, stdlib = 2, programs = 2 }"))
     units = {p.stem: json.loads(p.read_text())["key"] for p in (out / "units").glob("*.json")}
     weights = (out / "runs" / "text-only-s0" / "model.safetensors").stat().st_mtime_ns
-    run_job(str(grid), out, SETTINGS, stages=("train", "patch", "attention"), log=lambda *a: None)
+    text_only_scores = pd.read_parquet(out / "results" / "units" / "eval-text-only-s0" / "scores.parquet")
+    run_job(str(grid), out, SETTINGS, stages=("train", "eval", "probe", "patch", "attention"), log=lambda *a: None)
     after = {p.stem: json.loads(p.read_text())["key"] for p in (out / "units").glob("*.json")}
     changed = {u for u in units if units[u] != after[u]}
-    assert changed == {"patch-balanced-s0", "attention-balanced-s0", "cross-balanced-s0-into-text-only-s0"}
+    assert changed == {"eval-balanced-s0", "probe-balanced-s0", "patch-balanced-s0", "attention-balanced-s0",
+                       "cross-balanced-s0-into-text-only-s0"}
     assert (out / "runs" / "text-only-s0" / "model.safetensors").stat().st_mtime_ns == weights
+    # the grid-wide eval table is rebuilt from the units: the unchanged run's rows are the same scores
+    scores = pd.read_parquet(out / "results" / "scores.parquet")
+    pd.testing.assert_frame_equal(scores[scores["run"] == "text-only-s0"].reset_index(drop=True), text_only_scores)
+    assert set(pd.read_parquet(out / "results" / "probes.parquet")["run"]) >= {"text-only-s0", "balanced-s0"}
 
 
 def test_run_command_refuses_unknown_stage(tmp_path, capsys):
