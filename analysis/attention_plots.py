@@ -159,3 +159,37 @@ def plot_attention_pattern(
     if layer is not None and head is not None:
         ax.set_title(f"L{layer}H{head}")
     return ax
+
+
+def attention_heads_view(patterns, tokens: Sequence[str], *, layer: int | None = None):
+    """The interactive CircuitsVis view of every head of one layer (renders offline: the JavaScript is inline).
+
+    ``patterns``: a ``[head, q, k]`` tensor, or ``[layer, head, q, k]`` / ``[layer, batch=1, head, q, k]``
+    (from :func:`codetransfer.analysis.attention.attention_patterns`) with ``layer``. ``tokens``: the
+    token strings of the sequence. Returns CircuitsVis' rendered HTML object; a notebook displays its
+    ``_repr_html_()``, which inlines the JavaScript (``str()`` of it loads the script from a CDN instead).
+    For one prompt: ``attention_heads_view(attention_patterns(bridge, ids), str_tokens, layer=1)``.
+    Needs the ``circuitsvis`` package (``pip install 'codetransfer[notebooks]'``).
+    """
+    try:
+        import circuitsvis as cv
+    except ImportError:
+        raise CodetransferError(
+            "attention_heads_view: the circuitsvis package is not installed; pip install 'codetransfer[notebooks]'"
+        ) from None
+    import torch
+
+    p = patterns.detach().float().cpu() if hasattr(patterns, "detach") else torch.as_tensor(np.asarray(patterns))
+    if p.ndim == 5:
+        if p.shape[1] != 1:
+            raise CodetransferError(f"patterns: expected one sequence, got a batch of {p.shape[1]}; select one item")
+        p = p[:, 0]
+    if p.ndim == 4:
+        if layer is None or not 0 <= layer < p.shape[0]:
+            raise CodetransferError(f"layer: a [layer, head, q, k] pattern needs layer= in 0..{p.shape[0] - 1}, got {layer}")
+        p = p[layer]
+    if p.ndim != 3 or p.shape[1] != p.shape[2] or p.shape[1] != len(tokens):
+        raise CodetransferError(
+            f"patterns: expected [head, {len(tokens)}, {len(tokens)}] for {len(tokens)} tokens, got {tuple(p.shape)}"
+        )
+    return cv.attention.attention_heads(tokens=[str(t) for t in tokens], attention=p)

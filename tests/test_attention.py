@@ -330,3 +330,20 @@ def test_bad_heads_tokens_and_options_are_refused(tiny_bridge):
         A.head_scores(tiny_bridge, torch.zeros(1, 5, dtype=torch.long), scores=["inductin"])
     with pytest.raises(CodetransferError, match="method"):
         A.ablated_metric(tiny_bridge, torch.zeros(1, 5, dtype=torch.long), lambda l, o: l[:, 0, 0], method="resample")
+
+
+def test_circuitsvis_view_renders_offline_with_the_tokens():
+    import torch
+
+    from codetransfer.analysis.attention_plots import attention_heads_view
+    from codetransfer.errors import CodetransferError
+
+    tokens = ["<|bos|>", "The", " pen", " is", " in", " box"]
+    patterns = torch.rand(2, 1, 4, 6, 6).tril().softmax(-1)  # [layer, batch, head, q, k]
+    html = attention_heads_view(patterns, tokens, layer=1)._repr_html_()  # what a notebook displays
+    assert "CircuitsVis" in html and '" pen"' in html
+    assert "unpkg.com" not in html and 'src="http' not in html  # the JavaScript is inline: renders offline
+    with pytest.raises(CodetransferError, match="layer"):
+        attention_heads_view(patterns, tokens, layer=2)
+    with pytest.raises(CodetransferError, match="tokens"):
+        attention_heads_view(patterns, tokens[:-1], layer=0)
