@@ -11,6 +11,7 @@ chance and the copy baseline per family x difficulty x split (``train`` = traini
     --tokpool     every pool word a single token (held-out names are 2-token words otherwise)
     --short 2|3   boxes/binding facts with the value 2 or 3 tokens after the key (shorter lookups)
     --drill       restate every fact (denser supervision)
+    --rot F       fraction of each head's dimensions with rotary embeddings (grid default 0.25)
     --curve K     K evaluations of level 0 during training (learning curve lines "CURVE {...}")
 
     .venv/bin/python bench/tasks_learnability.py --tokens 1000000 --vocab 2048 --ctx 128 --batch 8 --lr 3e-3
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="")
     ap.add_argument("--short", type=int, default=0, help="2 or 3: key-to-value distance of boxes/binding facts")
     ap.add_argument("--tokpool", action="store_true", help="tokenizer sample includes every pool word (single tokens)")
+    ap.add_argument("--rot", type=float, default=0.25, help="rotary_pct: fraction of head dims with rotary")
     ap.add_argument("--drill", action="store_true", help="restate every fact (denser lookups)")
     ap.add_argument("--tie", action="store_true")
     ap.add_argument("--save", default="", help="folder to save the trained model and tokenizer to")
@@ -153,7 +155,8 @@ def main(argv=None) -> int:
         print(f"  {w!r} -> {len(tok(w, add_special_tokens=False)['input_ids'])} token(s)", end="")
     print()
 
-    cfg = ModelConfig(n_layers=args.layers, d_model=args.d_model, n_heads=4, d_mlp=4 * args.d_model, n_ctx=args.ctx)
+    cfg = ModelConfig(n_layers=args.layers, d_model=args.d_model, n_heads=4, d_mlp=4 * args.d_model, n_ctx=args.ctx,
+                      rotary_pct=args.rot)
     model = build_model(cfg, vocab_size=len(tok), seed=args.seed).to(args.device)
     if args.tie:
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
