@@ -63,3 +63,17 @@ def test_mixture_code_share():
         assert w.get("stdlib", 0) + w.get("programs", 0) == pytest.approx(share)
     plain, boosted = mix(0.2), mix(0.2, synthetic_code_boost=3.0)
     assert boosted["programs"] / boosted["stdlib"] == pytest.approx(3 * plain["programs"] / plain["stdlib"])
+
+
+def test_bookkeeping_fields_do_not_change_the_grid_identity_but_optimisation_does():
+    import dataclasses
+
+    from codetransfer.trained.presets import preset
+
+    g = preset("tiny")
+    for field, value in (("eval_every", 7), ("eval_tokens", 1024), ("save_every", 9), ("snapshot_every", 3)):
+        other = dataclasses.replace(g, train=dataclasses.replace(g.train, **{field: value}))
+        assert other.fingerprint() == g.fingerprint(), field
+    for field, value in (("batch_size", 4), ("weight_decay", 0.0), ("grad_clip", 0.5)):
+        other = dataclasses.replace(g, train=dataclasses.replace(g.train, **{field: value}))
+        assert other.fingerprint() != g.fingerprint(), field

@@ -168,7 +168,13 @@ class TrainConfig:
     save_every: int = 200
     """Steps between resumable training-state checkpoints (and at the end of every phase)."""
     snapshot_every: int = 0
-    """Steps between intermediate HF checkpoints kept for analyses over training time (0 = none)."""
+    """Steps between intermediate HF checkpoints kept for analyses over training time (0 = none). Like
+    the other bookkeeping fields it is not part of the grid's identity: raising it later keeps the
+    complete runs (which then have no snapshots) and snapshots the runs trained from then on."""
+
+
+#: TrainConfig fields that do not change the trained weights (left out of GridConfig.fingerprint)
+BOOKKEEPING = ("eval_every", "eval_tokens", "save_every", "snapshot_every")
 
 
 @dataclass(frozen=True)
@@ -205,9 +211,12 @@ class GridConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of what makes runs comparable: model shape, tokenizer and sources (not recipes)."""
+        """Hash of what makes runs comparable: model shape, tokenizer, sources and optimisation (not recipes,
+        and not the bookkeeping fields of ``train`` — how often to validate, save and snapshot — which do
+        not change the weights: a resumed run is bit-identical to an uninterrupted one)."""
         d = self.to_dict()
         key = {k: d[k] for k in ("model", "tokenizer", "sources", "train")}
+        key["train"] = {k: v for k, v in key["train"].items() if k not in BOOKKEEPING}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
