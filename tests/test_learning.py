@@ -289,3 +289,34 @@ def test_pipeline_writes_learning_table_restartably_and_the_report_shows_it(grid
     section = page.split("<h2>Learning curves</h2>")[1].split("<h2>")[0]
     assert 'src="learning_curves.png"' in section and (out / "report" / "learning_curves.png").is_file()
     assert "First checkpoint whose accuracy interval lies above chance" in section and "<table>" in section
+
+
+def test_attention_over_training_scores_every_checkpoint(grid_out, tmp_path):
+    from codetransfer.analysis.attention_plots import plot_score_over_training
+
+    out = tmp_path / "att"
+    assert cli(["attention", "--runs", str(grid_out), "--out", str(out), "--tasks", "none", "--n-seqs", "4",
+                "--half-len", "6", "--n-boot", "0", "--checkpoints"]) == 0
+    t = pd.read_parquet(out / "attention_over_training.parquet")
+    final = pd.read_parquet(out / "attention.parquet")
+    for r in find_runs(grid_out):
+        steps = sorted(t.loc[t["run"] == r.name, "step"].unique())
+        assert steps == sorted(run_checkpoints(r))
+        # the last checkpoint is the final model: its scores equal the run's own head table
+        last = t[(t["run"] == r.name) & (t["step"] == steps[-1])].drop(columns="step").reset_index(drop=True)
+        pd.testing.assert_frame_equal(last, final[final["run"] == r.name].reset_index(drop=True))
+    ax = plot_score_over_training(t[t["run"] == "text-only-s0"], "previous_token", top=2)
+    assert len(ax.lines) == 2
+
+
+def test_attention_checkpoints_refused_without_snapshots(tmp_path, capsys):
+    root = tmp_path / "g"
+    root.mkdir()
+    (root / "grid.toml").write_text(GRID.replace("snapshot_every = 3", "snapshot_every = 0"))
+    assert "snapshot_every = 0" in (root / "grid.toml").read_text()
+    train_grid(load_grid(root / "grid.toml"), root / "out", only=("text-only",), progress=False, log=lambda *a: None)
+    assert cli(["attention", "--runs", str(root / "out"), "--out", str(tmp_path / "a"), "--tasks", "none",
+                "--n-seqs", "2", "--half-len", "4", "--checkpoints"]) == 2
+    err = capsys.readouterr().err
+    assert "train.snapshot_every" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()

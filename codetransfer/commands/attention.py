@@ -8,7 +8,10 @@ final position to the answer source and the distractors, the effect of ablating 
 answer-vs-distractor logit difference, and each head's direct logit attribution. Writes, at the end
 and atomically (nothing partial is left on error), ``RESULTS/attention.parquet``: one row per
 run x task x rendering x layer x head x metric (``run, recipe, seed, task, rendering, layer, head,
-metric, value, ci_low, ci_high``).
+metric, value, ci_low, ci_high``). With ``--checkpoints`` it also scores every saved checkpoint of
+every run (pattern scores and induction loss: when each head role appears during training) into
+``RESULTS/attention_over_training.parquet`` (the same columns plus ``step``); plot it with
+``codetransfer.analysis.attention_plots.plot_score_over_training``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from codetransfer.commands import items_up_to, write_tables
 from codetransfer.errors import CodetransferError
 
 OUT_FILE = "attention.parquet"
+OVER_TRAINING_FILE = "attention_over_training.parquet"
 
 
 def add_arguments(p) -> None:
@@ -37,9 +41,14 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="rows per forward (default 32)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--checkpoints", action="store_true",
+                   help=f"also score every saved checkpoint of every run (pattern scores and induction loss over "
+                        f"training) into {OVER_TRAINING_FILE}; runs need the grid field train.snapshot_every > 0")
 
 
 def run(args) -> int:
+    import pandas as pd
+
     from codetransfer.analysis.attention import score_run, score_runs
     from codetransfer.tasks import get_task, task_names
     from codetransfer.trained import check_same_grid, find_runs, load_run
@@ -72,11 +81,45 @@ def run(args) -> int:
             log(f"attention: run {info.name}")
             yield load_run(info, device=args.device)
 
-    table = score_runs(
-        loaded(), score_run, items_by_task=items, n_seqs=args.n_seqs, half_len=args.half_len, seed=args.seed,
-        ablation=args.ablation, n_boot=args.n_boot, batch_size=args.batch_size, progress=log,
-    )
-    write_tables(out, {OUT_FILE: table})
-    print(f"wrote {out / OUT_FILE} ({len(table)} rows, {len(infos)} runs, tasks: {', '.join(tasks) or 'none'})")
+    checkpoints = {}
+    if args.checkpoints:  # checked before any scoring: nothing is written on a refusal
+        from codetransfer.trained.loading import check_model_folder
+        from codetransfer.trained.runs import run_checkpoints
+
+        without = []
+        for info in infos:
+            found = run_checkpoints(info)
+            if len(found) < 2:
+                without.append(info.name)
+                continue
+            for folder in found.values():
+                check_model_folder(folder)
+            checkpoints[info.name] = (info, found)
+        if not checkpoints:
+            raise CodetransferError(
+                "--checkpoints: no run kept intermediate checkpoints; set the grid field train.snapshot_every > 0 "
+                "and train again"
+            )
+        for name in without:
+            log(f"note: run {name} kept no intermediate checkpoints; it has no curve over training")
+    kw = dict(n_seqs=args.n_seqs, half_len=args.half_len, seed=args.seed, ablation=args.ablation,
+              n_boot=args.n_boot, batch_size=args.batch_size, progress=log)
+    table = score_runs(loaded(), score_run, items_by_task=items, **kw)
+    tables = {OUT_FILE: table}
+    if checkpoints:
+        from codetransfer.analysis.attention import score_checkpoints
+
+        frames = []
+        for info, found in checkpoints.values():
+            log(f"attention: {len(found)} checkpoints of run {info.name}")
+            t = score_checkpoints(found, None, device=args.device, **kw)
+            t.insert(0, "seed", info.seed)
+            t.insert(0, "recipe", info.recipe)
+            t.insert(0, "run", info.name)
+            frames.append(t)
+        tables[OVER_TRAINING_FILE] = pd.concat(frames, ignore_index=True)
+    write_tables(out, tables)
+    print(f"wrote {out / OUT_FILE} ({len(table)} rows, {len(infos)} runs, tasks: {', '.join(tasks) or 'none'})"
+          + (f", {out / OVER_TRAINING_FILE}" if checkpoints else ""))
     return 0
 
