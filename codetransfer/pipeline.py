@@ -327,20 +327,25 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
 
     if "attention" in stages:
         with stage("attention"):
-            parts = []
+            parts, over_training = [], []
             for r in runs:
                 name = f"attention-{r.name}"
                 dest = results / "units" / name
-                key = _hash(["attention", skey, r.name, run_key[r.name]])
+                with_checkpoints = ["--checkpoints"] if _curve_args(r, settings) else []  # head roles over training
+                key = _hash(["attention", skey, r.name, run_key[r.name]] + with_checkpoints)
                 if not units.done(name, key):
                     t0 = time.time()
                     hardest = min(_fitting_difficulty(t, r, settings) for t in settings.attention_tasks.split(","))
                     _cli(["attention", "--runs", str(r.path), "--tasks", settings.attention_tasks, "--out", str(dest),
-                          "--max-difficulty", str(hardest),
-                          "--n-items", str(settings.attention_items), "--seed", seed, "--device", device])
+                          "--max-difficulty", str(hardest), "--n-items", str(settings.attention_items),
+                          "--seed", seed, "--device", device, *with_checkpoints])
                     units.finish(name, key, time.time() - t0)
                 parts.append(dest / "attention.parquet")
+                if with_checkpoints:
+                    over_training.append(dest / "attention_over_training.parquet")
             _merge(parts, results / "attention.parquet")
+            if over_training:
+                _merge(over_training, results / "attention_over_training.parquet")
 
     if "report" in stages:
         with stage("report"):

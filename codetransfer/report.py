@@ -380,6 +380,25 @@ def _attention(results: Path, folder: Path, baseline: str) -> tuple[Section, lis
                     return fig
 
                 _figure(s, folder, f"heads_{metric}_diff_{other.replace('>', '')}.png", f"{metric}: {other} minus {baseline}", draw_d)
+    over = _read(results / "attention_over_training.parquet")
+    if over is not None and not over.empty:
+        def draw_over():
+            metrics = [m for m in ("previous_token", "induction", "induction_loss") if m in set(over["metric"])]
+            fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False, layout="constrained")
+            for ax, m in zip(axes[0], metrics):
+                o = over[over["metric"] == m]
+                agg = "min" if m == "induction_loss" else "max"  # the loss is one value per run and step
+                for r, g in o.groupby("recipe"):
+                    line = g.groupby("step")["value"].agg(agg)
+                    ax.plot(line.index, line.values, marker="o", label=r)
+                ax.set_xlabel("step")
+                ax.set_ylabel(m if m == "induction_loss" else f"best head's {m} score")
+            axes[0][0].legend(fontsize="small")
+            return fig
+
+        _figure(s, folder, "heads_over_training.png",
+                "When head roles appear: the best head's previous-token and induction scores, and the induction "
+                "loss, at every saved checkpoint", draw_over)
     ind = t[t["metric"] == "induction"]
     if not ind.empty:
         best = ind.loc[ind.groupby("recipe")["value"].idxmax()][["recipe", "layer", "head", "value"]]

@@ -320,3 +320,18 @@ def test_attention_checkpoints_refused_without_snapshots(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train.snapshot_every" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists()
+
+
+def test_pipeline_scores_heads_over_training_and_the_report_plots_it(grid_out, tmp_path):
+    from codetransfer.pipeline import JobSettings, run_job
+
+    out = tmp_path / "out"
+    shutil.copytree(grid_out, out)
+    grid = grid_out.parent / "grid.toml"
+    settings = JobSettings(attention_items=4, attention_tasks="entity_tracking")
+    run_job(str(grid), out, settings, stages=("attention", "report"), log=lambda *a: None)
+    over = pd.read_parquet(out / "results" / "attention_over_training.parquet")
+    assert set(over["step"]) == {3, 6, 8} and set(over["recipe"]) == {"text-only", "balanced->text", "balanced->code"}
+    assert {"previous_token", "induction", "induction_loss"} <= set(over["metric"])
+    section = (out / "report" / "index.html").read_text().split("<h2>Attention heads</h2>")[1].split("<h2>")[0]
+    assert 'src="heads_over_training.png"' in section and (out / "report" / "heads_over_training.png").is_file()
