@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     from codetransfer.tasks.corpus import synthetic_documents
     from codetransfer.trained.config import ModelConfig
     from codetransfer.trained.model import build_model
-    from codetransfer.trained.tokenizer import encode_documents, encode_with_bos, train_tokenizer
+    from codetransfer.trained.tokenizer import encode_documents, train_tokenizer
 
     t0 = time.time()
     if args.load:
@@ -197,7 +197,9 @@ def main(argv=None) -> int:
 
 @torch.no_grad()
 def accuracy_of(model, tok, args, items) -> float:
+    """Share of items whose answer has the highest summed candidate log-probability (plain HF model)."""
     from codetransfer.trained.tokenizer import encode_with_bos
+
     right = 0
     for it in items:
         ids, _ = encode_with_bos(tok, it.prompt)
@@ -212,22 +214,9 @@ def accuracy_of(model, tok, args, items) -> float:
 
 def evaluate(model, tok, args, t0, curve=()) -> int:
     from codetransfer.tasks import get_task
-    from codetransfer.trained.tokenizer import encode_with_bos
 
-    @torch.no_grad()
     def accuracy(items) -> float:
-        right = 0
-        for it in items:
-            ids, _ = encode_with_bos(tok, it.prompt)
-            seqs = [ids + tok(c, add_special_tokens=False)["input_ids"] for c in it.candidates]
-            L = max(map(len, seqs))
-            x = torch.tensor([s + [2] * (L - len(s)) for s in seqs], device=args.device)
-            logp = torch.log_softmax(model(input_ids=x).logits.float(), -1).cpu()
-            scores = []
-            for b, s in enumerate(seqs):
-                scores.append(sum(logp[b, t - 1, s[t]].item() for t in range(len(ids), len(s))))
-            right += int(max(range(len(scores)), key=scores.__getitem__) == it.label)
-        return right / len(items)
+        return accuracy_of(model, tok, args, items)
 
     def baselines(items) -> tuple[float, float]:
         """Accuracy of (a) a uniform guess among candidates mentioned in the prompt and
