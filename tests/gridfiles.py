@@ -67,3 +67,32 @@ def write_grid(folder, text: str = MINI_GRID, name: str = "grid.toml"):
     path = folder / name
     path.write_text(text)
     return path
+
+#: model, tokenizer and sources of the small grids on the world simulator's corpora (n_ctx 128: task items fit)
+SYNTHETIC_HEAD = """
+name = "{name}"
+seeds = [0]
+[model]
+n_layers = 1
+d_model = 32
+n_heads = 2
+d_mlp = 64
+n_ctx = 128
+[tokenizer]
+vocab_size = 384
+sample_bytes = 60000
+[sources.gcide]
+kind = "gcide"
+max_bytes = 30000
+[sources.narratives]
+kind = "synthetic_narrative"
+max_bytes = 30000
+[sources.programs]
+kind = "synthetic_program"
+max_bytes = 30000
+"""
+
+
+def synthetic_grid(name: str, rest: str) -> str:
+    """A grid file: SYNTHETIC_HEAD named ``name``, then ``rest`` (its [train] table and recipes)."""
+    return SYNTHETIC_HEAD.format(name=name) + rest.lstrip("\n")

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gridfiles import synthetic_grid
+
 from codetransfer.analysis.learning import (
     first_above_chance,
     learning_items,
@@ -24,27 +26,7 @@ from codetransfer.trained import find_runs, load_grid, train_grid
 from codetransfer.trained.runs import run_checkpoints
 
 # 4 x 128 = 512 tokens per step; text-only 8 steps; the two balanced-> recipes share a 4-step phase
-GRID = """
-name = "learn"
-seeds = [0]
-[model]
-n_layers = 1
-d_model = 32
-n_heads = 2
-d_mlp = 64
-n_ctx = 128
-[tokenizer]
-vocab_size = 384
-sample_bytes = 60000
-[sources.gcide]
-kind = "gcide"
-max_bytes = 30000
-[sources.narratives]
-kind = "synthetic_narrative"
-max_bytes = 30000
-[sources.programs]
-kind = "synthetic_program"
-max_bytes = 30000
+GRID = synthetic_grid("learn", """
 [train]
 batch_size = 4
 eval_every = 8
@@ -77,7 +59,7 @@ tokens = 2048
 name = "code"
 mixture = { programs = 1 }
 tokens = 2048
-"""
+""")
 
 N_CURVE = 14  # entity_tracking has 7 levels: the same items as `eval --n-items 98 --max-difficulty 0`
 EVAL = ["--tasks", "entity_tracking", "--max-difficulty", "0", "--heldout-windows", "0", "--n-boot", "200", "--seed", "3"]

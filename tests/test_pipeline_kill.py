@@ -26,30 +26,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from gridfiles import synthetic_grid
+
 from codetransfer.cli import main as cli
 from codetransfer.pipeline import JobSettings, load_settings
 
-GRID = """
-name = "kill"
-seeds = [0]
-[model]
-n_layers = 1
-d_model = 32
-n_heads = 2
-d_mlp = 64
-n_ctx = 128
-[tokenizer]
-vocab_size = 384
-sample_bytes = 60000
-[sources.gcide]
-kind = "gcide"
-max_bytes = 30000
-[sources.narratives]
-kind = "synthetic_narrative"
-max_bytes = 30000
-[sources.programs]
-kind = "synthetic_program"
-max_bytes = 30000
+GRID = synthetic_grid("kill", """
 [train]
 batch_size = 4
 eval_every = 8
@@ -67,7 +49,7 @@ name = "balanced"
 name = "main"
 mixture = { gcide = 1, narratives = 1, programs = 1 }
 tokens = 24576
-"""
+""")
 
 SETTINGS = """
 eval_items = 6
@@ -150,7 +132,7 @@ def kill_inside(job: Job, marker: str, seconds: float, rng: random.Random) -> tu
     time.sleep(max(0.0, started + delay - (time.monotonic() - job.t0)))
     alive, where = job.proc.poll() is None, job.stage_now()
     job.kill()
-    assert alive, f"the job ended before the kill {delay:.1f}s into {stage}; output:\n{job.output()}"
+    assert alive, f"the job ended before the kill {delay:.1f}s after {marker!r}; output:\n{job.output()}"
     return delay, where
 
 
