@@ -623,20 +623,25 @@ def heldout_loss(
 # plots
 
 
-def plot_accuracy_vs_difficulty(table: pd.DataFrame, task: str | None = None, ax=None, metric: str = "accuracy"):
-    """One line per recipe (seed-aggregated rows ``run = "<recipe>*"``, else per run) of ``metric`` vs
-    difficulty, with CI bands and the chance line. ``task`` may be omitted when the table has one task."""
-    import matplotlib.pyplot as plt
-
-    t = table[(table["metric"] == metric) & (table["difficulty"] != "all")]
-    tasks = sorted(t["task"].unique())
+def select_task(table: pd.DataFrame, task: str | None) -> tuple[pd.DataFrame, str]:
+    """The rows of ``task`` (which may be omitted when the table has one task), and its name."""
+    tasks = sorted(table["task"].unique())
     if task is None:
         if len(tasks) != 1:
             raise CodetransferError(f"task: the table has {len(tasks)} tasks ({', '.join(tasks)}); pass task=...")
         task = tasks[0]
     elif task not in tasks:
         raise CodetransferError(f"task: '{task}' is not in the table{did_you_mean(task, tasks)}; choose from {tasks}")
-    t = t[t["task"] == task]
+    return table[table["task"] == task], task
+
+
+def plot_accuracy_vs_difficulty(table: pd.DataFrame, task: str | None = None, ax=None, metric: str = "accuracy"):
+    """One line per recipe (seed-aggregated rows ``run = "<recipe>*"``, else per run) of ``metric`` vs
+    difficulty, with CI bands and the chance line. ``task`` may be omitted when the table has one task."""
+    import matplotlib.pyplot as plt
+
+    t = table[(table["metric"] == metric) & (table["difficulty"] != "all")]
+    t, task = select_task(t, task)
     agg = t[t["run"].str.endswith("*")]
     t, key = (agg, "recipe") if len(agg) else (t, "run")
     ax = ax if ax is not None else plt.gca()

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from codetransfer.analysis.evaluate import tidy_table
+from codetransfer.analysis.evaluate import select_task, tidy_table
 from codetransfer.errors import CodetransferError, did_you_mean
 
 #: the learning table's first columns; the others are :func:`~codetransfer.analysis.evaluate.tidy_table`'s
@@ -237,14 +237,7 @@ def plot_learning_curves(table: pd.DataFrame, task: str | None = None, difficult
         raise CodetransferError(f"metric: '{metric}' is not in the table{did_you_mean(metric, metrics)}; "
                                 f"choose from {metrics}")
     t = table[table["metric"] == metric]
-    tasks = sorted(t["task"].unique())
-    if task is None:
-        if len(tasks) != 1:
-            raise CodetransferError(f"task: the table has {len(tasks)} tasks ({', '.join(tasks)}); pass task=...")
-        task = tasks[0]
-    elif task not in tasks:
-        raise CodetransferError(f"task: '{task}' is not in the table{did_you_mean(task, tasks)}; choose from {tasks}")
-    t = t[t["task"] == task]
+    t, task = select_task(t, task)
     levels = sorted(t["difficulty"].astype(str).unique())
     if str(difficulty) not in levels:
         raise CodetransferError(f"difficulty: level '{difficulty}' of task '{task}' is not in the table; "
