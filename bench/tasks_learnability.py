@@ -12,6 +12,7 @@ chance and the copy baseline per family x difficulty x split (``train`` = traini
     --short 2|3   boxes/binding facts with the value 2 or 3 tokens after the key (shorter lookups)
     --drill       restate every fact (denser supervision)
     --rot F       fraction of each head's dimensions with rotary embeddings (grid default 0.25)
+    --nomlp       attention-only (MLPs zeroed and frozen): do MLPs delay the lookup circuit?
     --curve K     K evaluations of level 0 during training (learning curve lines "CURVE {...}")
 
     .venv/bin/python bench/tasks_learnability.py --tokens 1000000 --vocab 2048 --ctx 128 --batch 8 --lr 3e-3
@@ -93,6 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--short", type=int, default=0, help="2 or 3: key-to-value distance of boxes/binding facts")
     ap.add_argument("--tokpool", action="store_true", help="tokenizer sample includes every pool word (single tokens)")
     ap.add_argument("--rot", type=float, default=0.25, help="rotary_pct: fraction of head dims with rotary")
+    ap.add_argument("--nomlp", action="store_true", help="attention-only: zero and freeze every MLP")
     ap.add_argument("--drill", action="store_true", help="restate every fact (denser lookups)")
     ap.add_argument("--tie", action="store_true")
     ap.add_argument("--save", default="", help="folder to save the trained model and tokenizer to")
@@ -160,7 +162,12 @@ def main(argv=None) -> int:
     model = build_model(cfg, vocab_size=len(tok), seed=args.seed).to(args.device)
     if args.tie:
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    if args.nomlp:
+        for block in model.gpt_neox.layers:
+            for p in block.mlp.parameters():
+                p.data.zero_()
+                p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     steps = total_seq // args.batch
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
