@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,6 +117,15 @@ class Units:
     def done(self, name: str, key: str) -> bool:
         p = self.folder / f"{name}.json"
         return p.exists() and json.loads(p.read_text()).get("key") == key
+
+    def run(self, name: str, key: str, work) -> bool:
+        """Call ``work()`` unless unit ``name`` finished with ``key``; record it; True when it worked."""
+        if self.done(name, key):
+            return False
+        t0 = time.time()
+        work()
+        self.finish(name, key, time.time() - t0)
+        return True
 
     def finish(self, name: str, key: str, seconds: float) -> None:
         p = self.folder / f"{name}.json"
@@ -250,12 +258,12 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
                 dest = results / "units" / name
                 curve = _curve_args(r, settings)  # learning curves of the runs that kept checkpoints
                 key = _hash(["eval", skey, r.name, run_key[r.name]] + curve)
-                if not units.done(name, key):
-                    t0 = time.time()
+                def work():
                     _cli(["eval", "--runs", str(r.path), "--out", str(dest), "--n-items", str(settings.eval_items),
                           "--fit-context", "--seed", seed, "--device", device, "--heldout-windows", "32",
                           "--n-boot", "200", *curve])
-                    units.finish(name, key, time.time() - t0)
+
+                if units.run(name, key, work):
                     worked = True
                 score_parts.append(dest / "scores.parquet")
                 loss_parts.append(dest / "losses.parquet")
@@ -268,21 +276,19 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
     if "probe" in stages:
         with stage("probe"):
             # one unit per run, like patching: a changed recipe re-probes only its runs
-            parts, hardest, worked = [], None, False
+            parts, worked = [], False
             for r in runs:
                 name = f"probe-{r.name}"
                 dest = results / "units" / name
                 key = _hash(["probe", skey, r.name, run_key[r.name]])
-                if not units.done(name, key):
-                    t0 = time.time()
-                    if hardest is None:
-                        hardest = min(_fitting_difficulty(t, r, settings) for t in settings.probe_tasks.split(","))
-                    shutil.rmtree(dest, ignore_errors=True)  # parts of an older model of the same name
+                def work():  # the sweep redoes parts made from other settings or an older model of this name
+                    hardest = min(_fitting_difficulty(t, r, settings) for t in settings.probe_tasks.split(","))
                     _cli(["probe", "--runs", str(r.path), "--tasks", settings.probe_tasks, "--sites",
                           settings.probe_sites, "--out", str(dest), "--n-items", str(settings.probe_items),
                           "--max-difficulty", str(hardest), "--item-seed", seed, "--seeds", "0", "--drop-stores",
                           "--random-baseline", "--device", device])
-                    units.finish(name, key, time.time() - t0)
+
+                if units.run(name, key, work):
                     worked = True
                 parts.append(dest / "probes.parquet")
             _merge(parts, results / "probes.parquet")
@@ -296,13 +302,13 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
                 name = f"patch-{r.name}"
                 dest = results / "units" / name
                 key = _hash(["patch", skey, r.name, run_key[r.name]])
-                if not units.done(name, key):
-                    t0 = time.time()
+                def work():
                     _cli(["patch", "--runs", str(r.path), "--task", settings.patch_task, "--sites",
                           settings.patch_sites, "--out", str(dest), "--cross-rendering", "--n-items",
                           str(settings.patch_items), "--difficulty", str(settings.patch_difficulty),
                           "--seed", seed, "--device", device])
-                    units.finish(name, key, time.time() - t0)
+
+                units.run(name, key, work)
                 parts_within.append(dest / "patching.parquet")
                 parts_rendering.append(dest / "cross_rendering.parquet")
             base = [r for r in runs if r.recipe == settings.baseline]
@@ -313,13 +319,13 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
                     name = f"cross-{a.name}-into-{b.name}"
                     dest = results / "units" / name
                     key = _hash(["cross", skey, a.name, run_key[a.name], b.name, run_key[b.name]])
-                    if not units.done(name, key):
-                        t0 = time.time()
+                    def work():
                         _cli(["patch", "--runs", str(out), "--task", settings.patch_task, "--sites",
                               settings.patch_sites, "--out", str(dest), "--cross-model", a.name, b.name, "--cross-model-only",
                               "--n-items", str(settings.patch_items), "--difficulty", str(settings.patch_difficulty),
                               "--seed", seed, "--device", device])
-                        units.finish(name, key, time.time() - t0)
+
+                    units.run(name, key, work)
                     parts_cross.append(dest / "cross_model.parquet")
             _merge(parts_within, results / "patching.parquet")
             _merge(parts_rendering, results / "cross_rendering.parquet")
@@ -333,13 +339,13 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
                 dest = results / "units" / name
                 with_checkpoints = ["--checkpoints"] if _curve_args(r, settings) else []  # head roles over training
                 key = _hash(["attention", skey, r.name, run_key[r.name]] + with_checkpoints)
-                if not units.done(name, key):
-                    t0 = time.time()
+                def work():
                     hardest = min(_fitting_difficulty(t, r, settings) for t in settings.attention_tasks.split(","))
                     _cli(["attention", "--runs", str(r.path), "--tasks", settings.attention_tasks, "--out", str(dest),
                           "--max-difficulty", str(hardest), "--n-items", str(settings.attention_items),
                           "--seed", seed, "--device", device, *with_checkpoints])
-                    units.finish(name, key, time.time() - t0)
+
+                units.run(name, key, work)
                 parts.append(dest / "attention.parquet")
                 if with_checkpoints:
                     over_training.append(dest / "attention_over_training.parquet")
