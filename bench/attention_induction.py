@@ -8,6 +8,11 @@ induction target; a peak at d > 0 = induction run through lagged heads, which th
 
     .venv/bin/python bench/attention_induction.py                       # the test's recipe
     .venv/bin/python bench/attention_induction.py --free-heads 0 --heads 4 --rotary-pct 0.5
+    .venv/bin/python bench/attention_induction.py --keep-mlp --free-heads 0 --arch llama   # MLPs kept
+
+Diagnosis switches (docs/learnability.md, "Which architecture learns to copy"): ``--arch llama``,
+``--init-std``, ``--full-loss``, ``--hf '{"attention_bias": false}'`` (any transformers config field),
+``--rmsnorm`` (GPT-NeoX with RMSNorm), ``--mlp-out-std 0`` (MLP output projections zero at init).
 
 The recipe that ``tests/test_attention_induction_training.py`` uses (the defaults here): MLPs zeroed
 and frozen (attention-only), 2 heads per layer, rotary on a quarter of each head's dimensions,
@@ -42,6 +47,7 @@ with this script's logic in a standalone copy; CPU runs of single settings agree
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -89,6 +95,13 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--every", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--init-std", type=float, default=0.0, help="re-initialise weights with this std (0 = HF's 0.02)")
+    p.add_argument("--arch", choices=("gpt_neox", "llama"), default="gpt_neox")
+    p.add_argument("--hf", default="{}", help='JSON overrides of the transformers config, e.g. \'{"attention_bias": false}\'')
+    p.add_argument("--rmsnorm", action="store_true", help="GPT-NeoX with its LayerNorms replaced by RMSNorm (diagnosis)")
+    p.add_argument("--mlp-out-std", type=float, default=-1.0,
+                   help="re-initialise the MLP output projections with this std (0 = zero; -1 = leave)")
+    p.add_argument("--full-loss", action="store_true", help="loss on every position, not only the predictable ones")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from codetransfer.analysis.attention import (
@@ -102,11 +115,35 @@ def main() -> int:
 
     lo, hi = (int(v) for v in args.period.split(","))
     cfg = ModelConfig(n_layers=2, d_model=args.d_model, n_heads=args.heads, d_mlp=4 * args.d_model,
-                      n_ctx=max(64, args.seq_len), rotary_pct=args.rotary_pct)
+                      n_ctx=max(64, args.seq_len), rotary_pct=args.rotary_pct, arch=args.arch)
     model = build_model(cfg, vocab_size=args.vocab + 3, seed=args.seed)
-    model.config._attn_implementation = "eager"  # attention weights for the scores
-    if not args.keep_mlp:
+    if json.loads(args.hf):
+        from transformers import AutoModelForCausalLM
+
+        from codetransfer.trained.model import hf_config
+
+        hf = hf_config(cfg, args.vocab + 3)
+        for k, v in json.loads(args.hf).items():
+            setattr(hf, k, v)
+        torch.manual_seed(args.seed)
+        model = AutoModelForCausalLM.from_config(hf, attn_implementation="sdpa")
+    if args.rmsnorm:
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
         for block in model.gpt_neox.layers:
+            block.input_layernorm = LlamaRMSNorm(args.d_model)
+            block.post_attention_layernorm = LlamaRMSNorm(args.d_model)
+        model.gpt_neox.final_layer_norm = LlamaRMSNorm(args.d_model)
+    if args.mlp_out_std >= 0:
+        for block in model.base_model.layers:
+            out = block.mlp.dense_4h_to_h if hasattr(block.mlp, "dense_4h_to_h") else block.mlp.down_proj
+            torch.nn.init.normal_(out.weight, std=args.mlp_out_std) if args.mlp_out_std > 0 else torch.nn.init.zeros_(out.weight)
+    model.config._attn_implementation = "eager"  # attention weights for the scores
+    if args.init_std:
+        model.config.initializer_range = args.init_std
+        model.apply(model._init_weights)
+    if not args.keep_mlp:
+        for block in model.base_model.layers:
             for q in block.mlp.parameters():
                 q.data.zero_()
                 q.requires_grad_(False)
@@ -114,6 +151,8 @@ def main() -> int:
         dh = args.d_model // args.heads
         m = torch.ones(args.heads, 3 * dh)
         m[args.free_heads:, : 2 * dh] = 0  # GPT-NeoX packs each head's rows as [q | k | v]
+        if args.arch != "gpt_neox":
+            raise SystemExit("--free-heads needs --arch gpt_neox (packed q/k/v); use --free-heads 0")
         qkv = model.gpt_neox.layers[-1].attention.query_key_value
         qkv.weight.register_hook(lambda g: g * m.reshape(-1, 1))
         qkv.bias.register_hook(lambda g: g * m.reshape(-1))
@@ -128,7 +167,7 @@ def main() -> int:
         x, pred = batch(args.data, ids, gen, args.batch, args.seq_len, (lo, hi))
         logits = model(input_ids=x).logits[:, :-1]
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
-        mask = pred[:, 1:].float()
+        mask = torch.ones_like(pred[:, 1:]).float() if args.full_loss else pred[:, 1:].float()
         loss = (ce * mask).sum() / mask.sum()
         opt.zero_grad()
         loss.backward()

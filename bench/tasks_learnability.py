@@ -14,6 +14,10 @@ chance and the copy baseline per family x difficulty x split (``train`` = traini
     --rot F       fraction of each head's dimensions with rotary embeddings (grid default 0.25)
     --nomlp       attention-only (MLPs zeroed and frozen): do MLPs delay the lookup circuit?
     --curve K     K evaluations of level 0 during training (learning curve lines "CURVE {...}")
+    --arch llama  Llama instead of GPT-NeoX (gated MLP, no biases: grows induction heads on clean data, see
+                  bench/attention_induction.py; does it learn the lookup sooner?)
+    --mention     training distractor sentences mention every pool entity, held-out ones included, outside
+                  any task role (are held-out names failing only because their embeddings never trained?)
 
     .venv/bin/python bench/tasks_learnability.py --tokens 1000000 --vocab 2048 --ctx 128 --batch 8 --lr 3e-3
     bash bench/learnability_sweep.sh      # the GPU sweep of docs/learnability.md (13 variants at once)
@@ -97,6 +101,9 @@ def main(argv=None) -> int:
     ap.add_argument("--nomlp", action="store_true", help="attention-only: zero and freeze every MLP")
     ap.add_argument("--drill", action="store_true", help="restate every fact (denser lookups)")
     ap.add_argument("--tie", action="store_true")
+    ap.add_argument("--mention", action="store_true",
+                    help="training distractor sentences mention every pool entity (held-out ones too), outside task roles")
+    ap.add_argument("--arch", choices=("gpt_neox", "llama"), default="gpt_neox")
     ap.add_argument("--save", default="", help="folder to save the trained model and tokenizer to")
     ap.add_argument("--load", default="", help="skip training: evaluate the model saved in this folder")
     args = ap.parse_args(argv)
@@ -128,6 +135,15 @@ def main(argv=None) -> int:
     elif args.short == 3:
         TEXT["boxes"]["state"], TEXT["boxes"]["query"] = "The {key} is in {value}.", "The {key} is in"
         TEXT["binding"]["state"], TEXT["binding"]["query"] = "{key} has number {value}.", "{key} has number"
+    if args.mention:
+        import codetransfer.tasks.families as _f
+        people = _P["people"]["train"] + _P["people"]["eval"]
+        things = _P["objects"]["train"] + _P["objects"]["eval"] + _P["units"]["train"] + _P["units"]["eval"]
+        forms = ("{p} is asleep.", "{p} sings a song.", "{p} looks at a {o}.", "A {o} lies on the floor.",
+                 "{p} draws a {o}.", "Nobody wants the old {o}.")
+        sents = [f.format(p=people[i % len(people)], o=things[(i * 7) % len(things)]) for i in range(240) for f in forms[i % 6:i % 6 + 1]]
+        _P["distractors"]["train"] = tuple(_P["distractors"]["train"]) + tuple(sents)
+        _f.DISTRACTOR_RATE = max(_f.DISTRACTOR_RATE, 0.5)
     if args.drill:
         import codetransfer.tasks.corpus as _c
         _c.RESTATE_INITIAL = _c.RESTATE_FINAL = _c.RESTATE_AFTER_OP = 1.0
@@ -158,12 +174,12 @@ def main(argv=None) -> int:
     print()
 
     cfg = ModelConfig(n_layers=args.layers, d_model=args.d_model, n_heads=4, d_mlp=4 * args.d_model, n_ctx=args.ctx,
-                      rotary_pct=args.rot)
+                      rotary_pct=args.rot, arch=args.arch)
     model = build_model(cfg, vocab_size=len(tok), seed=args.seed).to(args.device)
     if args.tie:
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
     if args.nomlp:
-        for block in model.gpt_neox.layers:
+        for block in model.base_model.layers:
             for p in block.mlp.parameters():
                 p.data.zero_()
                 p.requires_grad_(False)
