@@ -241,19 +241,21 @@ def evaluate(model, tok, args, t0, curve=()) -> int:
     def accuracy(items) -> float:
         return accuracy_of(model, tok, args, items)
 
-    def baselines(items) -> tuple[float, float]:
-        """Accuracy of (a) a uniform guess among candidates mentioned in the prompt and
-        (b) the candidate mentioned last: what copying without tracking the key would get."""
-        uni = last = 0.0
+    def baselines(items) -> tuple[float, float, float]:
+        """Accuracy of (a) a uniform guess among candidates mentioned in the prompt, (b) the candidate
+        mentioned last and (c) the one mentioned first: what copying without the key would get."""
+        uni = last = first = 0.0
         for it in items:
             pos = {i: it.prompt.rfind(c.strip()) for i, c in enumerate(it.candidates)}
+            head = {i: it.prompt.find(c.strip()) for i, c in enumerate(it.candidates)}
             seen = [i for i, p in pos.items() if p >= 0]
             uni += (it.label in seen) / max(1, len(seen)) if seen else 1 / len(it.candidates)
             last += (max(seen, key=pos.get) == it.label) if seen else 1 / len(it.candidates)
-        return uni / len(items), last / len(items)
+            first += (min(seen, key=head.get) == it.label) if seen else 1 / len(it.candidates)
+        return uni / len(items), last / len(items), first / len(items)
 
     results = []
-    print(f"\n{'task':<18}{'split':<7}{'diff':>5}{'acc':>7}{'chance':>8}{'copy-any':>9}{'copy-last':>10}   (text twin acc for code_state)")
+    print(f"\n{'task':<18}{'split':<7}{'diff':>5}{'acc':>7}{'chance':>8}{'copy-any':>9}{'copy-last':>10}{'copy-first':>11}")
     for name in ("entity_tracking", "variable_binding", "counting", "possession"):
         fam = get_task(name)
         for split in ("train", "eval"):
@@ -263,9 +265,11 @@ def evaluate(model, tok, args, t0, curve=()) -> int:
                 extra = ""
                 if name == "code_state":
                     extra = f"   text twin {accuracy([it.twin for it in items]):.2f}"
-                b_any, b_last = baselines(items)
-                print(f"{name:<18}{split:<7}{d:>5}{acc:>7.2f}{items[0].chance:>8.2f}{b_any:>9.2f}{b_last:>10.2f}{extra}", flush=True)
-                results.append(dict(tag=args.tag, task=name, split=split, d=d, acc=acc, chance=items[0].chance, copy_any=b_any))
+                b_any, b_last, b_first = baselines(items)
+                print(f"{name:<18}{split:<7}{d:>5}{acc:>7.2f}{items[0].chance:>8.2f}{b_any:>9.2f}{b_last:>10.2f}{b_first:>11.2f}{extra}",
+                      flush=True)
+                results.append(dict(tag=args.tag, task=name, split=split, d=d, acc=acc, chance=items[0].chance, copy_any=b_any,
+                                    copy_first=b_first, copy_last=b_last))
     print(f"total {time.time() - t0:.0f}s")
     print("RESULT " + json.dumps(dict(tag=args.tag, args=vars(args), results=results, curve=list(curve), seconds=time.time() - t0)), flush=True)
     return 0

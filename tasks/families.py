@@ -228,18 +228,23 @@ class WorldFamily(TaskFamily):
     def scenario(self, seed: int, index: int, difficulty: int, split: str) -> tuple[Scenario, Scenario]:
         """The item's scenario and its counterfactual.
 
-        Recency control: whether the last value the prose mentions is the answer is decided first
-        (true with probability = chance, 1/len(candidates)) and scenarios are resampled until they
-        agree, so "copy the last mentioned box/name/number" scores chance instead of ~0.7 (a move
-        of the queried object as the last operation would otherwise give the answer away).
+        Recency control, for scenarios with operations: whether the last value the prose mentions is
+        the answer is decided first (true with probability = chance, 1/len(candidates)) and scenarios
+        are resampled until they agree, so "copy the last mentioned box/name/number" scores chance
+        instead of ~0.7 (a move of the queried object as the last operation would otherwise give the
+        answer away). Without operations (difficulty 0) the queried key is already uniform over the
+        stated keys, so there is nothing to control; forcing the rate there would make the *first*
+        stated value the answer (counting, two people: 0.90 in version 4), a primacy shortcut.
         """
         rng = random.Random(f"{self.stream or self.name}|{split}|{seed}|{index}|{difficulty}")
         want = None
         for t in range(RECENCY_TRIES):
             sc = sample_scenario(self.kind, rng, difficulty, split)
-            if want is None:
+            if len(sc.events) == sc.n_init:  # no operation: the query key is uniform, keep the scenario
+                want = None
+            elif want is None:
                 want = rng.random() < 1.0 / len(sc.candidates)
-            if (last_mentioned(sc) == sc.answer()) != want and t < RECENCY_TRIES - 1:
+            if want is not None and (last_mentioned(sc) == sc.answer()) != want and t < RECENCY_TRIES - 1:
                 continue
             try:
                 return sc, counterfactual(sc, rng)
@@ -389,21 +394,21 @@ TRAIN_TEXT_MAX = {"boxes": 3, "possession": 3, "binding": 2, "counting": 2}
 """Most operations (hops for binding) a training narrative shows; evaluation goes up to the family max."""
 
 FAMILIES: tuple[TaskFamily, ...] = (
-    WorldFamily("entity_tracking", "reasoning", "text", "4", tuple(range(7)),
+    WorldFamily("entity_tracking", "reasoning", "text", "5", tuple(range(7)),
                 "boxes task: which box holds an object after moves/swaps ('The pen is in box' -> ' C')",
                 kind="boxes", stream="boxes"),
-    WorldFamily("variable_binding", "reasoning", "text", "4", tuple(range(6)),
+    WorldFamily("variable_binding", "reasoning", "text", "5", tuple(range(6)),
                 "binding chains ('Ann's number is the same as Tom's.'); difficulty = hops",
                 kind="binding"),
-    WorldFamily("counting", "reasoning", "text", "4", tuple(range(6)),
+    WorldFamily("counting", "reasoning", "text", "5", tuple(range(6)),
                 "small counts after buy/eat/give ('Tom has' -> ' 4'); difficulty = operations",
                 kind="counting"),
-    WorldFamily("possession", "reasoning", "text", "4", tuple(range(7)),
+    WorldFamily("possession", "reasoning", "text", "5", tuple(range(7)),
                 "who holds an object after hand-overs ('The ball is with' -> ' Ann'); difficulty = operations",
                 kind="possession"),
     KnowledgeCloze("knowledge_cloze", "knowledge", "text", "2+gcide-0.1.0", (0, 1, 2),
                    "'A sparrow is a kind of' -> ' bird', mined from GCIDE glosses; difficulty = word rarity band"),
-    WorldFamily("code_state", "code", "code", "4", tuple(range(7)),
+    WorldFamily("code_state", "code", "code", "5", tuple(range(7)),
                 "program state tracking: entity tracking as Python ending 'assert pen ==' -> ' C'",
                 kind="boxes", stream="boxes"),
 )

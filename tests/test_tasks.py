@@ -311,7 +311,9 @@ def test_recency_shortcut_is_controlled():
     sc = Scenario("boxes", (E("put", "pen", "A"), E("put", "cup", "B"), E("move", "pen", "C"), E("remove", "cup")),
                   2, "pen", tuple(" " + b for b in "ABCDE"))
     assert last_mentioned(sc) == " B"  # "The cup is removed from box B." is the last mention
-    for name, d in (("entity_tracking", 1), ("possession", 1), ("entity_tracking", 0)):
+    # with operations only: at level 0 the queried key is uniform, and last-mentioned scores what
+    # copying scores (test_no_positional_shortcut_beats_copying)
+    for name, d in (("entity_tracking", 1), ("possession", 1), ("entity_tracking", 2)):
         items = get_task(name).generate(60, seed=5, difficulty=d)
         hits = 0
         for it in items:
@@ -319,3 +321,34 @@ def test_recency_shortcut_is_controlled():
                                   "|".join(c.strip() for c in it.candidates), it.prompt[: it.prompt.rfind(".") + 1])
             hits += " " + mentions[-1] == it.answer
         assert hits / len(items) < 0.45, (name, d, hits)
+
+
+def _mentioned_in_order(it) -> list[int]:
+    """Candidate indices in the order the prose before the query line first (resp. last) mentions them."""
+    body = it.prompt[: it.prompt.rfind(".") + 1]
+    hits = []
+    for i, c in enumerate(it.candidates):
+        for m in re.finditer(rf"(?<!\w){re.escape(c.strip())}(?!\w)", body):
+            hits.append((m.start(), i))
+    return [i for _, i in sorted(hits)]
+
+
+@pytest.mark.parametrize("name", ["entity_tracking", "variable_binding", "counting", "possession"])
+def test_no_positional_shortcut_beats_copying(name):
+    """Answering with the first or the last candidate the prose mentions must not beat copying a
+    mentioned candidate at random (``copy_chance``), at any level. Version 4 forced the recency rate to
+    1/len(candidates) even without operations, which made the first stated count the answer of 90% of
+    counting items at difficulty 0 (two people, ten digit candidates)."""
+    from codetransfer.analysis.evaluate import copy_chance
+
+    fam = get_task(name)
+    for d in fam.difficulties:
+        items = fam.generate(120, seed=3, difficulty=d)
+        first = last = copy = 0.0
+        for it in items:
+            order = _mentioned_in_order(it)
+            first += bool(order) and order[0] == it.label
+            last += bool(order) and order[-1] == it.label
+            copy += copy_chance(it.prompt, it.candidates, it.label)
+        first, last, copy = first / len(items), last / len(items), copy / len(items)
+        assert first <= copy + 0.15 and last <= copy + 0.15, (name, d, round(first, 2), round(last, 2), round(copy, 2))
