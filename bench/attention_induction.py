@@ -12,7 +12,8 @@ induction target; a peak at d > 0 = induction run through lagged heads, which th
 
 Diagnosis switches (docs/learnability.md, "Which architecture learns to copy"): ``--arch llama``,
 ``--init-std``, ``--full-loss``, ``--hf '{"attention_bias": false}'`` (any transformers config field),
-``--rmsnorm`` (GPT-NeoX with RMSNorm), ``--mlp-out-std 0`` (MLP output projections zero at init).
+``--rmsnorm`` (GPT-NeoX with RMSNorm), ``--mlp-out-std 0`` (MLP output projections zero at init),
+``--gated-mlp`` (GPT-NeoX with Llama's gated MLP blocks: this one lets the induction head form).
 
 The recipe that ``tests/test_attention_induction_training.py`` uses (the defaults here): MLPs zeroed
 and frozen (attention-only), 2 heads per layer, rotary on a quarter of each head's dimensions,
@@ -101,6 +102,7 @@ def main() -> int:
     p.add_argument("--rmsnorm", action="store_true", help="GPT-NeoX with its LayerNorms replaced by RMSNorm (diagnosis)")
     p.add_argument("--mlp-out-std", type=float, default=-1.0,
                    help="re-initialise the MLP output projections with this std (0 = zero; -1 = leave)")
+    p.add_argument("--gated-mlp", action="store_true", help="GPT-NeoX with Llama's gated SiLU MLP blocks (diagnosis)")
     p.add_argument("--full-loss", action="store_true", help="loss on every position, not only the predictable ones")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,6 +129,17 @@ def main() -> int:
             setattr(hf, k, v)
         torch.manual_seed(args.seed)
         model = AutoModelForCausalLM.from_config(hf, attn_implementation="sdpa")
+    if args.gated_mlp:
+        from transformers import LlamaConfig
+        from transformers.models.llama.modeling_llama import LlamaMLP
+
+        torch.manual_seed(args.seed)
+        lc = LlamaConfig(hidden_size=args.d_model, intermediate_size=4 * args.d_model, hidden_act="silu")
+        for block in model.gpt_neox.layers:
+            block.mlp = LlamaMLP(lc)
+            for lin in block.mlp.modules():
+                if isinstance(lin, torch.nn.Linear):
+                    torch.nn.init.normal_(lin.weight, std=0.02)
     if args.rmsnorm:
         from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
