@@ -9,7 +9,9 @@ chance and the copy baseline per family x difficulty x split (``train`` = traini
     --pool N      N training objects and people instead of the shipped 12 / 24 (content-general lookup?)
     --tie         tied input/output embeddings (copying generalises to unseen tokens?)
     --tokpool     every pool word a single token (held-out names are 2-token words otherwise)
-    --short 2|3   boxes/binding facts with the value 2 or 3 tokens after the key (shorter lookups)
+    --short 1|2|3 boxes/binding facts with the value 2 or 3 tokens after the key (shorter lookups); 1: every
+                  family's facts put the value right after the key and the query ends on the key
+                  ("The pen B. ... The pen" -> " B"): what a plain induction head copies
     --drill       restate every fact (denser supervision)
     --rot F       fraction of each head's dimensions with rotary embeddings (grid default 0.25)
     --nomlp       attention-only (MLPs zeroed and frozen): do MLPs delay the lookup circuit?
@@ -129,7 +131,12 @@ def main(argv=None) -> int:
         model = AutoModelForCausalLM.from_pretrained(args.load).eval()
         return evaluate(model, tok, args, t0)
     from codetransfer.tasks.render import TEXT, POOLS as _P
-    if args.short == 2:
+    if args.short == 1:  # the value right after the key, the query ending on the key: a plain induction copy
+        TEXT["boxes"]["state"], TEXT["boxes"]["query"] = "The {key} {value}.", "The {key}"
+        TEXT["binding"]["state"], TEXT["binding"]["query"] = "{key} {value}.", "{key}"
+        TEXT["counting"]["state"], TEXT["counting"]["query"] = "{key} {value} {unit_v}.", "{key}"
+        TEXT["possession"]["state"], TEXT["possession"]["query"] = "The {key} {value}.", "The {key}"
+    elif args.short == 2:
         TEXT["boxes"]["state"], TEXT["boxes"]["query"] = "The {key} in {value}.", "The {key} in"
         TEXT["binding"]["state"], TEXT["binding"]["query"] = "{key} chose {value}.", "{key} chose"
     elif args.short == 3:
