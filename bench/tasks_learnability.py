@@ -18,6 +18,7 @@ chance and the copy baseline per family x difficulty x split (``train`` = traini
     --curve K     K evaluations of level 0 during training (learning curve lines "CURVE {...}")
     --arch llama  Llama instead of GPT-NeoX (gated MLP, no biases: grows induction heads on clean data, see
                   bench/attention_induction.py; does it learn the lookup sooner?)
+    --warm-induction K   K steps on repeated random tokens first (an induction-head warm-up)
     --mention     training distractor sentences mention every pool entity, held-out ones included, outside
                   any task role (are held-out names failing only because their embeddings never trained?)
 
@@ -103,6 +104,9 @@ def main(argv=None) -> int:
     ap.add_argument("--nomlp", action="store_true", help="attention-only: zero and freeze every MLP")
     ap.add_argument("--drill", action="store_true", help="restate every fact (denser lookups)")
     ap.add_argument("--tie", action="store_true")
+    ap.add_argument("--warm-induction", type=int, default=0,
+                    help="first train this many steps on repeated random tokens (32 x 48, loss on the copyable "
+                         "positions, as in tests/test_attention_induction_training.py): an induction-head warm-up")
     ap.add_argument("--mention", action="store_true",
                     help="training distractor sentences mention every pool entity (held-out ones too), outside task roles")
     ap.add_argument("--arch", choices=("gpt_neox", "llama"), default="gpt_neox")
@@ -190,6 +194,9 @@ def main(argv=None) -> int:
             for p in block.mlp.parameters():
                 p.data.zero_()
                 p.requires_grad_(False)
+    if args.warm_induction:  # over the tokens the narratives use (over all 2k ids it stays on the plateau)
+        ids = sorted({t for d in encode_documents(tok, narr[:2000]) for t in d if t > 2})
+        warm_up_induction(model, torch.tensor(ids), args)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     steps = total_seq // args.batch
     warm = max(1, steps // 20)
@@ -223,6 +230,29 @@ def main(argv=None) -> int:
         model.save_pretrained(args.save)
         tok.save_pretrained(args.save)
     return evaluate(model, tok, args, t0, curve)
+
+
+def warm_up_induction(model, ids: torch.Tensor, args) -> None:
+    """``args.warm_induction`` AdamW steps (lr 2e-3) on ``[bos] + r + x x x ...`` rows of random tokens
+    drawn from ``ids`` with the loss on the positions predictable by copying; prints the copy loss."""
+    gen = torch.Generator().manual_seed(args.seed + 7)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3, weight_decay=0.0)
+    n, length = 32, 48
+    ar = torch.arange(length)[None]
+    model.train()
+    for step in range(args.warm_induction):
+        x = ids[torch.randint(0, len(ids), (n, length), generator=gen)]
+        x[:, 0] = 0
+        period = torch.randint(4, 21, (n, 1), generator=gen)
+        start = 1 + (torch.rand(n, 1, generator=gen) * (length - 1 - 2 * period).clamp_min(0).add(1)).long()
+        idx = torch.where(ar >= start + period, start + (ar - start) % period, ar)
+        x, mask = x.gather(1, idx).to(args.device), (ar >= start + period + 1)[:, 1:].float().to(args.device)
+        ce = torch.nn.functional.cross_entropy(model(input_ids=x).logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
+        loss = (ce * mask).sum() / mask.sum()
+        loss.backward()
+        opt.step(), opt.zero_grad(set_to_none=True)
+        if step % max(1, args.warm_induction // 6) == 0 or step == args.warm_induction - 1:
+            print(f"  induction warm-up step {step} copy loss {loss.item():.3f} ({len(ids)} token ids)", flush=True)
 
 
 @torch.no_grad()
