@@ -324,7 +324,7 @@ def test_recency_shortcut_is_controlled():
 
 
 def _mentioned_in_order(it) -> list[int]:
-    """Candidate indices in the order the prose before the query line first (resp. last) mentions them."""
+    """Candidate indices in the order the prose before the query line mentions them (one per mention)."""
     body = it.prompt[: it.prompt.rfind(".") + 1]
     hits = []
     for i, c in enumerate(it.candidates):
