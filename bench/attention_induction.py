@@ -13,7 +13,8 @@ induction target; a peak at d > 0 = induction run through lagged heads, which th
 Diagnosis switches (docs/learnability.md, "Which architecture learns to copy"): ``--arch llama``,
 ``--init-std``, ``--full-loss``, ``--hf '{"attention_bias": false}'`` (any transformers config field),
 ``--rmsnorm`` (GPT-NeoX with RMSNorm), ``--mlp-out-std 0`` (MLP output projections zero at init),
-``--gated-mlp`` (GPT-NeoX with Llama's gated MLP blocks: this one lets the induction head form).
+``--gated-mlp`` (GPT-NeoX with Llama's gated MLP blocks: this one lets the induction head form),
+``--model-vocab N`` (a larger output vocabulary than the ids drawn: 2,048 keeps Llama d_model 64 on the plateau).
 
 The recipe that ``tests/test_attention_induction_training.py`` uses (the defaults here): MLPs zeroed
 and frozen (attention-only), 2 heads per layer, rotary on a quarter of each head's dimensions,
@@ -103,6 +104,7 @@ def main() -> int:
     p.add_argument("--mlp-out-std", type=float, default=-1.0,
                    help="re-initialise the MLP output projections with this std (0 = zero; -1 = leave)")
     p.add_argument("--gated-mlp", action="store_true", help="GPT-NeoX with Llama's gated SiLU MLP blocks (diagnosis)")
+    p.add_argument("--model-vocab", type=int, default=0, help="the model's vocabulary size (default: --vocab + 3)")
     p.add_argument("--full-loss", action="store_true", help="loss on every position, not only the predictable ones")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -118,13 +120,13 @@ def main() -> int:
     lo, hi = (int(v) for v in args.period.split(","))
     cfg = ModelConfig(n_layers=2, d_model=args.d_model, n_heads=args.heads, d_mlp=4 * args.d_model,
                       n_ctx=max(64, args.seq_len), rotary_pct=args.rotary_pct, arch=args.arch)
-    model = build_model(cfg, vocab_size=args.vocab + 3, seed=args.seed)
+    model = build_model(cfg, vocab_size=args.model_vocab or args.vocab + 3, seed=args.seed)
     if json.loads(args.hf):
         from transformers import AutoModelForCausalLM
 
         from codetransfer.trained.model import hf_config
 
-        hf = hf_config(cfg, args.vocab + 3)
+        hf = hf_config(cfg, args.model_vocab or args.vocab + 3)
         for k, v in json.loads(args.hf).items():
             setattr(hf, k, v)
         torch.manual_seed(args.seed)
