@@ -235,18 +235,14 @@ def main(argv=None) -> int:
 def warm_up_induction(model, ids: torch.Tensor, args) -> None:
     """``args.warm_induction`` AdamW steps (lr 2e-3) on ``[bos] + r + x x x ...`` rows of random tokens
     drawn from ``ids`` with the loss on the positions predictable by copying; prints the copy loss."""
+    from attention_induction import batch  # the same rows as the #6 sweep (bench/ is on sys.path when run)
+
     gen = torch.Generator().manual_seed(args.seed + 7)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3, weight_decay=0.0)
-    n, length = 32, 48
-    ar = torch.arange(length)[None]
     model.train()
     for step in range(args.warm_induction):
-        x = ids[torch.randint(0, len(ids), (n, length), generator=gen)]
-        x[:, 0] = 0
-        period = torch.randint(4, 21, (n, 1), generator=gen)
-        start = 1 + (torch.rand(n, 1, generator=gen) * (length - 1 - 2 * period).clamp_min(0).add(1)).long()
-        idx = torch.where(ar >= start + period, start + (ar - start) % period, ar)
-        x, mask = x.gather(1, idx).to(args.device), (ar >= start + period + 1)[:, 1:].float().to(args.device)
+        x, pred = batch("periodic", ids, gen, 32, 48, (4, 20))
+        x, mask = x.to(args.device), pred[:, 1:].float().to(args.device)
         ce = torch.nn.functional.cross_entropy(model(input_ids=x).logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
         loss = (ce * mask).sum() / mask.sum()
         loss.backward()
