@@ -14,7 +14,10 @@ Diagnosis switches (docs/learnability.md, "Which architecture learns to copy"): 
 ``--init-std``, ``--full-loss``, ``--hf '{"attention_bias": false}'`` (any transformers config field),
 ``--rmsnorm`` (GPT-NeoX with RMSNorm), ``--mlp-out-std 0`` (MLP output projections zero at init),
 ``--gated-mlp`` (GPT-NeoX with Llama's gated MLP blocks: this one lets the induction head form),
-``--model-vocab N`` (a larger output vocabulary than the ids drawn: 2,048 keeps Llama d_model 64 on the plateau).
+``--model-vocab N`` (a larger output vocabulary than the ids drawn: 512 or 2,048 keeps Llama d_model 64 on the plateau
+for 3,000 steps, while drawing all 509 ids of a 512-token vocabulary copies by step 500-750), and two checks of
+why: ``--output-bias`` (an lm_head bias, so a unigram prior needs no residual direction) and
+``--freeze-unused-rows`` (the output rows of ids never drawn get no gradient); neither lifts the plateau.
 
 The recipe that ``tests/test_attention_induction_training.py`` uses (the defaults here): MLPs zeroed
 and frozen (attention-only), 2 heads per layer, rotary on a quarter of each head's dimensions,
@@ -105,6 +108,9 @@ def main() -> int:
                    help="re-initialise the MLP output projections with this std (0 = zero; -1 = leave)")
     p.add_argument("--gated-mlp", action="store_true", help="GPT-NeoX with Llama's gated SiLU MLP blocks (diagnosis)")
     p.add_argument("--model-vocab", type=int, default=0, help="the model's vocabulary size (default: --vocab + 3)")
+    p.add_argument("--output-bias", action="store_true", help="give the unembedding a (zero-initialised) bias")
+    p.add_argument("--freeze-unused-rows", action="store_true",
+                   help="no gradient for the output rows of token ids never drawn (with --model-vocab)")
     p.add_argument("--full-loss", action="store_true", help="loss on every position, not only the predictable ones")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -171,6 +177,16 @@ def main() -> int:
         qkv = model.gpt_neox.layers[-1].attention.query_key_value
         qkv.weight.register_hook(lambda g: g * m.reshape(-1, 1))
         qkv.bias.register_hook(lambda g: g * m.reshape(-1))
+    if args.output_bias:
+        old = model.get_output_embeddings()
+        head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+        head.weight.data.copy_(old.weight.data)
+        head.bias.data.zero_()
+        model.set_output_embeddings(head)
+    if args.freeze_unused_rows:
+        keep = torch.zeros(model.get_output_embeddings().weight.shape[0], 1)
+        keep[: args.vocab + 3] = 1
+        model.get_output_embeddings().weight.register_hook(lambda g: g * keep)
     ids = torch.arange(3, 3 + args.vocab)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed + 1)

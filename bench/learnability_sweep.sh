@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The learnability sweeps of docs/learnability.md: many tiny-model variants at once, one CPU thread and
-# a share of one GPU each (13 variants in 142 s on an H200 machine with 16 cores). SECOND=1: the second sweep.
+# a share of one GPU each (13 variants in 142 s on an H200 machine with 16 cores). SWEEP=2 (or SECOND=1): the
+# second sweep; SWEEP=3: "how many tokens does the lookup need?", 8 long runs (32M tokens each, 12-point
+# learning curves of held-out-name level 0) of the shapes session 4 found most promising on CPU (not yet run:
+# budget about 7 minutes on one H100/H200; WATCH=540 keeps the partial logs of a run cut off at 10 minutes).
 # Results: $OUT/sweep.jsonl (RESULT lines), $OUT/curves.txt. DEV=cpu runs it on a CPU machine (slowly).
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
@@ -8,7 +11,18 @@ PY=${PY:-python3}; DEV=${DEV:-cuda}; LOG=/tmp/sweeplogs; mkdir -p $LOG
 (sleep ${WATCH:-285}; tar czf ${OUT:-/tmp}/partial_logs.tgz -C $LOG .) &
 C="--vocab 2048 --ctx 128 --d-model 128 --items 150 --curve 8 --device $DEV --threads 1 --unique 2000000"
 run() { tag=$1; shift; $PY bench/tasks_learnability.py $C --tag $tag "$@" > $LOG/$tag.log 2>&1 & PIDS="$PIDS $!"; }
-if [ "${SECOND:-0}" != 1 ]; then
+SWEEP=${SWEEP:-$([ "${SECOND:-0}" = 1 ] && echo 2 || echo 1)}
+if [ "$SWEEP" = 3 ]; then
+L="--tokens 32000000 --unique 16000000 --batch 32 --curve 12"
+run L1_neox_grid_32M      $L
+run L2_llama_d128_32M     $L --arch llama
+run L3_llama_d64_v512_32M $L --arch llama --d-model 64 --vocab 512
+run L4_llama_d64_v512_s1drill_32M $L --arch llama --d-model 64 --vocab 512 --short 1 --drill
+run L5_neox_mds2_32M      $L --mention --drill --short 2
+run L6_llama_mds2_32M     $L --arch llama --mention --drill --short 2
+run L7_llama_L3_32M       $L --arch llama --layers 3
+run L8_neox_nomlp_32M     $L --nomlp
+elif [ "$SWEEP" = 1 ]; then
 run A_base_1M       --tokens 1000000  --batch 8
 run B_p150_1M       --tokens 1000000  --batch 8 --pool 150
 run C_p150tie_1M    --tokens 1000000  --batch 8 --pool 150 --tie

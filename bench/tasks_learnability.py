@@ -18,7 +18,8 @@ chance and the copy baseline per family x difficulty x split (``train`` = traini
     --curve K     K evaluations of level 0 during training (learning curve lines "CURVE {...}")
     --arch llama  Llama instead of GPT-NeoX (gated MLP, no biases: grows induction heads on clean data, see
                   bench/attention_induction.py; does it learn the lookup sooner?)
-    --warm-induction K   K steps on repeated random tokens first (an induction-head warm-up)
+    --warm-induction K   K steps on repeated random tokens first (an induction-head warm-up); --warm-ids all
+                  draws them from every id of the vocabulary instead of the narratives' ids
     --mention     training distractor sentences mention every pool entity, held-out ones included, outside
                   any task role (are held-out names failing only because their embeddings never trained?)
 
@@ -107,6 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warm-induction", type=int, default=0,
                     help="first train this many steps on repeated random tokens (32 x 48, loss on the copyable "
                          "positions, as in tests/test_attention_induction_training.py): an induction-head warm-up")
+    ap.add_argument("--warm-ids", choices=("narratives", "all"), default="narratives",
+                    help="token ids of the warm-up rows: those the narratives use, or every id of the vocabulary "
+                         "(output rows that never occur hold the clean-data model on the plateau)")
     ap.add_argument("--mention", action="store_true",
                     help="training distractor sentences mention every pool entity (held-out ones too), outside task roles")
     ap.add_argument("--arch", choices=("gpt_neox", "llama"), default="gpt_neox")
@@ -194,8 +198,9 @@ def main(argv=None) -> int:
             for p in block.mlp.parameters():
                 p.data.zero_()
                 p.requires_grad_(False)
-    if args.warm_induction:  # over the tokens the narratives use (over all 2k ids it stays on the plateau)
-        ids = sorted({t for d in encode_documents(tok, narr[:2000]) for t in d if t > 2})
+    if args.warm_induction:  # over the tokens the narratives use, or over every id (--warm-ids all)
+        ids = (list(range(3, len(tok))) if args.warm_ids == "all"
+               else sorted({t for d in encode_documents(tok, narr[:2000]) for t in d if t > 2}))
         warm_up_induction(model, torch.tensor(ids), args)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     steps = total_seq // args.batch
