@@ -686,13 +686,15 @@ def head_ablation_scores(
 
 
 def _value_constant(bridge, layer: int) -> Float[Tensor, "head d_head"]:
-    """The part of every value vector that does not depend on the input: ``ln1.bias @ W_V + b_V``."""
+    """The part of every value vector that does not depend on the input: ``ln1.bias @ W_V + b_V`` (zero for
+    a model without biases, such as Llama)."""
     attn = bridge.blocks[layer].attn
-    const = attn.b_V.detach().float()
+    W_V = attn.W_V.detach().float()  # head d_model d_head
+    const = attn.b_V.detach().float() if isinstance(attn.b_V, Tensor) else W_V.new_zeros(W_V.shape[0], W_V.shape[2])
     ln = bridge.blocks[layer].ln1
     bias = getattr(getattr(ln, "original_component", ln), "bias", None)
     if isinstance(bias, Tensor):
-        const = const + torch.einsum("m,hmd->hd", bias.detach().float(), attn.W_V.detach().float())
+        const = const + torch.einsum("m,hmd->hd", bias.detach().float(), W_V)
     return const
 
 
@@ -726,11 +728,13 @@ def head_logit_attribution(bridge, enc: EncodedItems) -> Float[Tensor, "batch la
             [W_U[:, a] - W_U[:, list(d)].mean(-1) for a, d in zip(enc.answer_ids.tolist(), enc.distractor_ids)]
         )  # b d_model
         out = torch.zeros(enc.tokens.shape[0], n_layers, n_heads)
+        centred = getattr(bridge.cfg, "normalization_type", "LN") in ("LN", "LNPre")
         for l in range(n_layers):
             z = cache[f"blocks.{l}.attn.hook_z"][rows, enc.final].float()  # b head d_head
             z = z - _value_constant(bridge, l)
             res = torch.einsum("bhd,hdm->bhm", z, bridge.blocks[l].attn.W_O.detach().float())
-            res = res - res.mean(-1, keepdim=True)
+            if centred:  # LayerNorm subtracts the mean; RMSNorm does not
+                res = res - res.mean(-1, keepdim=True)
             out[:, l] = torch.einsum("bhm,bm->bh", res / scale[:, None], direction * w)
     return out
 

@@ -7,11 +7,12 @@ A document is a few short *episodes* separated by blank lines. An episode is one
 training entity pools, prose templates and code styles, never the evaluation ones) rendered as prose
 (``kind="narrative"``) or as a program (``kind="program"``), with **dense supervision**: after the
 initial facts and after most operations the document restates current values in the exact form the
-evaluation query uses ("The pen is in box C." / ``assert pen == C``), and every episode ends by
-restating the values of some keys and then of its query key. Right after the initial facts comes a
+evaluation query uses ("The pen C." / ``assert pen == C``), and every episode ends by
+restating the values of the other keys and then of its query key (every fact is restated: version 4's
+denser drill, measured in docs/learnability.md, session 4). Right after the initial facts comes a
 lookup drill (each fact restated with probability ``RESTATE_INITIAL``, in random order), so every
 episode carries several retrieval targets that need the key, not only the last sentence. So the easiest level (no operation) is solvable by copying an
-earlier statement (an induction-style repeat: "the pen is in box B ... the pen is in box" -> B),
+earlier statement (an induction-style repeat: "The pen B. ... The pen" -> B),
 while restatements after moves, swaps, copies and arithmetic need the state to be tracked.
 
 Honest splits (see DESIGN.md, "transfer lab"): narratives show at most ``families.TRAIN_TEXT_MAX``
@@ -34,16 +35,16 @@ from codetransfer.errors import CodetransferError
 from codetransfer.tasks.families import FAMILIES, TRAIN_TEXT_MAX, sample_scenario
 from codetransfer.tasks.render import KINDS, prelude, restatement, statement
 
-VERSION = "3"
+VERSION = "4"
 """Bumped whenever the documents for a given seed change."""
 
-RESTATE_INITIAL = 0.6
+RESTATE_INITIAL = 1.0
 """Probability of restating each initial fact right after the initial state (a lookup drill)."""
-RESTATE_FINAL = 0.5
+RESTATE_FINAL = 1.0
 """Probability of restating each other key at the end of an episode (before the query key)."""
-RESTATE_AFTER_OP = 0.8
+RESTATE_AFTER_OP = 1.0
 """Probability of restating a key the operation changed."""
-RESTATE_OTHER = 0.3
+RESTATE_OTHER = 0.6
 """Probability of also restating a random other key after a statement."""
 HELDOUT_EVERY = 10
 """One in this many documents (by text hash) belongs to the heldout split."""

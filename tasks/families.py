@@ -158,7 +158,7 @@ def _sentences(sc: Scenario) -> list[str]:
 RECENCY_TRIES = 60
 """Scenarios tried per item to meet the recency control (else any valid one is used)."""
 
-_MENTION = {"boxes": r"box ([A-E])\b", "binding": r"\b(\d)\b", "counting": r"\b(\d)\b"}
+_MENTION = {"boxes": r"(?:\bbox |\bThe [a-z]+ )([A-E])\b", "binding": r"\b(\d)\b", "counting": r"\b(\d)\b"}
 
 
 def last_mentioned(sc: Scenario) -> str | None:
@@ -394,21 +394,21 @@ TRAIN_TEXT_MAX = {"boxes": 3, "possession": 3, "binding": 2, "counting": 2}
 """Most operations (hops for binding) a training narrative shows; evaluation goes up to the family max."""
 
 FAMILIES: tuple[TaskFamily, ...] = (
-    WorldFamily("entity_tracking", "reasoning", "text", "5", tuple(range(7)),
-                "boxes task: which box holds an object after moves/swaps ('The pen is in box' -> ' C')",
+    WorldFamily("entity_tracking", "reasoning", "text", "6", tuple(range(7)),
+                "boxes task: which box holds an object after moves/swaps ('The pen C. ... The pen' -> ' C')",
                 kind="boxes", stream="boxes"),
-    WorldFamily("variable_binding", "reasoning", "text", "5", tuple(range(6)),
+    WorldFamily("variable_binding", "reasoning", "text", "6", tuple(range(6)),
                 "binding chains ('Ann's number is the same as Tom's.'); difficulty = hops",
                 kind="binding"),
-    WorldFamily("counting", "reasoning", "text", "5", tuple(range(6)),
-                "small counts after buy/eat/give ('Tom has' -> ' 4'); difficulty = operations",
+    WorldFamily("counting", "reasoning", "text", "6", tuple(range(6)),
+                "small counts after buy/eat/give ('Tom 4 plums. ... Tom' -> ' 4'); difficulty = operations",
                 kind="counting"),
-    WorldFamily("possession", "reasoning", "text", "5", tuple(range(7)),
-                "who holds an object after hand-overs ('The ball is with' -> ' Ann'); difficulty = operations",
+    WorldFamily("possession", "reasoning", "text", "6", tuple(range(7)),
+                "who holds an object after hand-overs ('The ball Ann. ... The ball' -> ' Ann'); difficulty = operations",
                 kind="possession"),
     KnowledgeCloze("knowledge_cloze", "knowledge", "text", "2+gcide-0.1.0", (0, 1, 2),
                    "'A sparrow is a kind of' -> ' bird', mined from GCIDE glosses; difficulty = word rarity band"),
-    WorldFamily("code_state", "code", "code", "5", tuple(range(7)),
+    WorldFamily("code_state", "code", "code", "6", tuple(range(7)),
                 "program state tracking: entity tracking as Python ending 'assert pen ==' -> ' C'",
                 kind="boxes", stream="boxes"),
 )

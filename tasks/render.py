@@ -49,15 +49,37 @@ SPLITS = ("train", "eval")
 BOX_LETTERS = ("A", "B", "C", "D", "E")
 DIGITS = tuple("0123456789")
 
-#: Entity pools. Train and eval are disjoint; all are common words that a small BPE gives one token.
+_TRAIN_OBJECTS = """
+arrow axe badge barrel basket bat bean bed belt bench blade blanket board boat bolt bone bottle bow bowl
+brick bucket bud bulb button cable cage can candle cap car cart chain chair chalk cheese chip cloak cloth
+coat cone cord cork crown cube curtain dart desk dial dice dish disk dress fan feather fence file flag flask
+flute foil fruit glass glove glue gown grape hammer harp helmet hook horn hose jar jug kettle knife knot
+ladder lace leaf lens letter lid lock log mask mat medal mirror mop mug nail needle net note oar pad pail
+paint pan paper pearl pebble pepper piano pillow pin pipe plate plug pot pouch pump purse quilt rack radio
+rake rod roll rug sack saddle scarf screw seed shawl sheet shell shield shirt sign skirt sled slipper soap
+spade spoon spring stamp stick stone stool straw string sword table tag tape tent
+"""
+_TRAIN_PEOPLE = """
+Aaron Abby Alan Alice Andy Angela Arthur Barbara Beth Betty Bill Brian Bruce Carol Chris Clara Colin Craig
+Dave David Dean Diana Donna Doug Edith Edward Ella Ellen Eric Frank Gary Gina Grace Greg Hank Harry Helen
+Henry Holly Hugh Irene Isaac Jake James Jean Jeff Jenny Jill Joan Joel Jonas Josh Joy Judy Julia Karen Karl
+Keith Kevin Larry Laura Leah Lena Lewis Linda Lisa Lois Louis Luke Lynn Marc Maria Marie Martin Matt Maya
+Mona Nancy Nathan Neil Nora Oliver Olga Oscar Owen Peter Phil Rachel Ralph Rita Rob Robin Ron Ross Ruby Russ
+Ryan Sally Sean Seth Simon Sonia Steve Susan Tara Terry Tess Tina Todd Tony Vera Victor Vince Wade Walt
+Wendy Will Yara Yuri Zack Omar Hugo Igor Ivan Jose Juan Kurt Lars Lee Milo Neva Otto Rex Rudy Saul Vic Wes
+Abe Al Ava Bea Cy Di Dora Ed Eli Flo Gil Hal Ike
+"""
+
+#: Entity pools. Train and eval are disjoint. The training pools are large (150 objects, 150 people):
+#: with a dozen names a small model learns one lookup per name, which does not carry over to held-out
+#: names; with 150 it has to learn a lookup by content (docs/learnability.md, session 4).
 POOLS: dict[str, dict[str, tuple[str, ...]]] = {
     "objects": {
-        "train": ("pen", "cup", "key", "hat", "book", "ball", "bag", "lamp", "shoe", "card", "bell", "rope"),
+        "train": tuple(_TRAIN_OBJECTS.split()),
         "eval": ("coin", "ring", "map", "doll", "fork", "sock", "drum", "kite", "vase", "comb", "brush", "clock"),
     },
     "people": {
-        "train": ("Tom", "Ann", "Bob", "Sam", "Kate", "Jack", "Mary", "Paul", "Lucy", "Mark", "John", "Jane",
-                  "Mike", "Sara", "Nick", "Rose", "Fred", "Emma", "Adam", "Lily", "Carl", "Ruth", "Alex", "Nina"),
+        "train": tuple(_TRAIN_PEOPLE.split()),
         "eval": ("Max", "Eve", "Dan", "Amy", "Ben", "Kim", "Joe", "Sue", "Tim", "Meg", "Ted", "Liz",
                  "Jim", "Anna", "Leo", "Ivy", "Ray", "Zoe", "Roy", "Mia", "Ian", "Ada", "Gus", "Pam"),
     },
@@ -74,11 +96,15 @@ POOLS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 #: Per world kind: the canonical state sentence, the query line and per-op prose variants per split.
+#: State sentences put the value right after the key ("The pen B.", "Joe 4 pears.") and the query ends on
+#: the key: the key->value layout that a two-layer model learns to look up within the tiny grid's budget.
+#: The longer prose ("The pen is in box B.") needs the key 3-4 tokens before the value, which no tiny model
+#: measured learned in 24M tokens (docs/learnability.md, session 4); operations stay in prose.
 #: Template set k of a split uses variant k % len(variants) of every op.
 TEXT: dict[str, dict] = {
     "boxes": {
-        "state": "The {key} is in box {value}.",
-        "query": "The {key} is in box",
+        "state": "The {key} {value}.",
+        "query": "The {key}",
         "fn": "box",
         "ops": {
             "move": {"train": ("The {key} is moved to box {value}.", "Someone moves the {key} to box {value}."),
@@ -92,8 +118,8 @@ TEXT: dict[str, dict] = {
         },
     },
     "possession": {
-        "state": "The {key} is with {value}.",
-        "query": "The {key} is with",
+        "state": "The {key} {value}.",
+        "query": "The {key}",
         "fn": "holder",
         "ops": {
             "give": {"train": ("{old} gives the {key} to {value}.", "{old} hands the {key} to {value}."),
@@ -107,8 +133,8 @@ TEXT: dict[str, dict] = {
         },
     },
     "binding": {
-        "state": "{key}'s number is {value}.",
-        "query": "{key}'s number is",
+        "state": "{key} {value}.",
+        "query": "{key}",
         "fn": "value",
         "ops": {
             "copy": {"train": ("{key}'s number is the same as {src}'s.", "{key} copies the number of {src}."),
@@ -116,8 +142,8 @@ TEXT: dict[str, dict] = {
         },
     },
     "counting": {
-        "state": "{key} has {value} {unit_v}.",
-        "query": "{key} has",
+        "state": "{key} {value} {unit_v}.",
+        "query": "{key}",
         "fn": "count",
         "ops": {
             "add": {"train": ("{key} buys {n} more {unit_n}.", "{key} finds {n} more {unit_n}."),

@@ -200,28 +200,31 @@ def test_ablation_equals_a_manual_hooked_run(tiny_bridge, tiny_tokenizer, method
             assert abs(want) > 1e-6  # the ablation does something on this model
 
 
-def _model_with_learned_norms(folder):
-    """A saved tiny model whose LayerNorm weights/biases are not 1/0 (so DLA must use them)."""
+def _model_with_learned_norms(folder, arch: str = "gpt_neox"):
+    """A saved tiny model whose norm weights (and LayerNorm biases) are not 1/0 (so DLA must use them)."""
+    import dataclasses
+
     from conftest import TINY, TOKENIZER_TEXTS
     from codetransfer.trained.model import build_model
     from codetransfer.trained.tokenizer import train_tokenizer
 
     tok = train_tokenizer(TOKENIZER_TEXTS, vocab_size=400, min_frequency=1)
     tok.save_pretrained(folder)
-    model = build_model(TINY, vocab_size=len(tok), seed=5)
+    model = build_model(dataclasses.replace(TINY, arch=arch), vocab_size=len(tok), seed=5)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "layernorm" in name or "final_layer_norm" in name:
+            if "layernorm" in name or "final_layer_norm" in name or name == "model.norm.weight":
                 p.add_(0.3 * torch.randn(p.shape, generator=gen))
     model.save_pretrained(folder)
     return folder
 
 
-def test_dla_manual_equals_transformer_lens_in_compatibility_mode(tmp_path):
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama"])  # LayerNorm + biases; RMSNorm, no biases (the tiny grid)
+def test_dla_manual_equals_transformer_lens_in_compatibility_mode(tmp_path, arch):
     from codetransfer.trained.loading import load_bridge
 
-    folder = _model_with_learned_norms(tmp_path)
+    folder = _model_with_learned_norms(tmp_path, arch)
     plain, tok = load_bridge(folder)
     compat, _ = load_bridge(folder)  # a SEPARATE bridge: compatibility mode mutates weights
     compat.enable_compatibility_mode()

@@ -171,6 +171,16 @@ class TrainConfig:
     """Steps between intermediate HF checkpoints kept for analyses over training time (0 = none). Like
     the other bookkeeping fields it is not part of the grid's identity: raising it later keeps the
     complete runs (which then have no snapshots) and snapshots the runs trained from then on."""
+    induction_warmup: int = 0
+    """Steps of an induction warm-up before the first phase of every run (0 = none): rows of random token
+    ids drawn from the whole vocabulary with a span repeated periodically, the loss only on the positions
+    predictable by copying, batch 32 x 48, its own AdamW (``trained/warmup.py``). It grows the
+    previous-token + induction-head pair that every in-context lookup needs, which the tiny models do not grow
+    from the narratives within their budget (docs/learnability.md). Every recipe of a seed starts from the
+    same warmed-up weights (computed once, cached next to the tokenized data), so it cannot by itself make
+    recipes differ."""
+    induction_warmup_lr: float = 2e-3
+    """Learning rate of the induction warm-up (constant)."""
 
 
 #: TrainConfig fields that do not change the trained weights (left out of GridConfig.fingerprint)
@@ -372,6 +382,16 @@ def _validate(g: GridConfig, where: str) -> None:
             if not 0 <= lr.warmup < 1:
                 raise CodetransferError(f"{pw}.lr.warmup: expected a fraction in [0, 1), got {lr.warmup}")
     t = g.train
+    if t.induction_warmup < 0 or t.induction_warmup_lr <= 0:
+        raise CodetransferError(
+            f"{where}.train.induction_warmup: expected steps >= 0 and induction_warmup_lr > 0, "
+            f"got {t.induction_warmup} and {t.induction_warmup_lr}"
+        )
+    if t.induction_warmup and g.model.n_ctx < 48:
+        raise CodetransferError(
+            f"{where}.train.induction_warmup: its rows are 48 tokens long, longer than model.n_ctx={g.model.n_ctx}; "
+            "raise n_ctx or set induction_warmup = 0"
+        )
     if t.batch_size <= 0 or t.grad_accum <= 0 or t.batch_size % t.grad_accum:
         raise CodetransferError(
             f"{where}.train.batch_size: expected a positive multiple of grad_accum={t.grad_accum}, got {t.batch_size}"

@@ -228,6 +228,7 @@ def train_run(
     optimizer = make_optimizer(model, grid)
     state_dir = run_dir / "state"
     cursor = load_state(state_dir, model, optimizer)
+    fresh = cursor is None and start_from is None
     if cursor is None and start_from is not None:
         cursor = load_state(start_from, model, optimizer)
         cursor.phase, cursor.step_in_phase, cursor.phase_rows = start_phase, 0, {}
@@ -243,6 +244,8 @@ def train_run(
     metrics = run_dir / "metrics.jsonl"
     if rank == 0:
         _truncate_metrics(metrics, cursor.step)
+    if fresh and t.induction_warmup:
+        _warm_up(model, grid, seed, data_dir, tokenizer_vocab, device, metrics if rank == 0 else None, progress and rank == 0)
     total_tokens = sum(phase_steps(p, t.batch_size, n_ctx) for p in recipe.phases) * t.batch_size * n_ctx
     done_tokens = sum(phase_steps(p, t.batch_size, n_ctx) for p in recipe.phases[: cursor.phase])
     done_tokens = (done_tokens + cursor.step_in_phase) * t.batch_size * n_ctx
@@ -330,6 +333,36 @@ def train_run(
     if rank == 0:
         _snapshot(model, data_dir, run_dir)
     return cursor
+
+
+def _warm_up(model, grid: GridConfig, seed: int, data_dir: Path, vocab_size: int, device, metrics: Path | None,
+             progress: bool) -> None:
+    """The induction warm-up of a run started from scratch (``trained/warmup.py``), cached per seed under
+    ``data_dir/warmup``; its copy loss goes to ``metrics.jsonl`` as ``{"warmup_step", "copy_loss"}`` lines."""
+    from codetransfer.trained.warmup import warmed_up_state
+
+    t = grid.train
+    records, t0 = [], time.perf_counter()
+
+    def log(step: int, loss: float) -> None:
+        if step % 50 == 0 or step == t.induction_warmup:
+            records.append({"warmup_step": step, "copy_loss": round(loss, 4)})
+            if progress:
+                print(f"\r  induction warm-up s{seed}: step {step}/{t.induction_warmup}, copy loss {loss:.3f}, "
+                      f"{time.perf_counter() - t0:.0f}s", end="", file=sys.stderr, flush=True)
+
+    key = {"model": asdict(grid.model), "rows": "periodic-32x48-v1"}
+    computed = warmed_up_state(model, data_dir / "warmup", key, vocab_size, t.induction_warmup, t.induction_warmup_lr,
+                               seed, device, log, write=metrics is not None)
+    if progress and computed:
+        print(file=sys.stderr)
+    if metrics is None:
+        return
+    old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
+    if computed or not any("warmup_step" in ln for ln in old):  # a restart from scratch: replace the old lines
+        records = records or [{"warmup_step": t.induction_warmup, "copy_loss": None, "cached": True}]
+        kept = [ln for ln in old if "warmup_step" not in ln]
+        metrics.write_text("".join(ln + "\n" for ln in kept + [json.dumps(r) for r in records]))
 
 
 def _snapshot(model, data_dir: Path, folder: Path) -> None:

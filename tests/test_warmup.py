@@ -1,0 +1,110 @@
+"""The induction warm-up (trained/warmup.py): its rows, the circuit it grows, and the trainer's use of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from codetransfer.errors import CodetransferError
+from codetransfer.trained import load_grid, train_grid
+from codetransfer.trained.config import _validate
+from codetransfer.trained.model import build_model
+from codetransfer.trained.presets import preset
+from codetransfer.trained.train import train_run
+from codetransfer.trained.warmup import N_SPECIAL, induction_warmup, periodic_rows
+from gridfiles import write_grid
+
+
+def test_periodic_rows_copy_targets_are_predictable_by_copying():
+    x, mask = periodic_rows(100, 64, torch.Generator().manual_seed(0))
+    assert x.shape == mask.shape == (64, 48)
+    assert (x[:, 0] == 0).all() and (x[:, 1:] >= N_SPECIAL).all() and (x < 100).all()
+    assert mask.sum(1).min() >= 4 - 1  # every row has copy targets (a 4-token span placed last: 3)
+    for row, m in zip(x.tolist(), mask.tolist()):
+        for t in (t for t in range(48) if m[t]):
+            # the token before t occurred earlier, followed by the token at t: an induction head answers it
+            assert any(row[p - 1] == row[t - 1] and row[p] == row[t] for p in range(1, t - 1))
+
+
+def test_warmup_grows_an_induction_head_in_the_tiny_shape():
+    """Known answer: the tiny preset's shape, 1,000 warm-up steps over a 512-token vocabulary, ends with a
+    previous-token head in layer 0 and induction heads in layer 1 (a random-init twin has neither)."""
+    from codetransfer.analysis.attention import induction_loss, pattern_scores, repeated_random_tokens
+
+    cfg = preset("tiny").model
+    probe = repeated_random_tokens(list(range(N_SPECIAL, 512)), 16, 20, seed=1)
+
+    def measure(model):
+        model.config._attn_implementation = "eager"
+        model.eval()
+        with torch.no_grad():
+            out = model(input_ids=probe, output_attentions=True)
+        s = pattern_scores(torch.stack(out.attentions), probe, scores=["induction", "previous_token"])
+        return (induction_loss(out.logits, probe).mean().item(), s["previous_token"].nanmean(0)[0].max().item(),
+                s["induction"].nanmean(0)[1].max().item())
+
+    loss0, prev0, ind0 = measure(build_model(cfg, 512, seed=0))
+    model = build_model(cfg, 512, seed=0)
+    copy_loss = induction_warmup(model, 512, steps=1000, lr=2e-3, seed=0)
+    loss1, prev1, ind1 = measure(model)
+    assert loss0 > 5.5 and ind0 < 0.1 and prev0 < 0.2
+    assert copy_loss < 1.0 and loss1 < 1.0, (copy_loss, loss1)
+    assert ind1 > 0.6 and prev1 > 0.4, (ind1, prev1)
+
+
+def _warm_grid(grid_file):
+    grid = load_grid(grid_file)
+    return dataclasses.replace(
+        grid, model=dataclasses.replace(grid.model, arch="llama", n_ctx=64),
+        train=dataclasses.replace(grid.train, induction_warmup=20),
+    )
+
+
+def test_trainer_warms_up_fresh_runs_once_per_seed_and_resumes_bit_identically(tmp_path):
+    from test_training import assert_same_weights
+
+    grid = _warm_grid(write_grid(tmp_path))
+    out = tmp_path / "out"
+    train_grid(load_grid(write_grid(tmp_path)), out, only=["text-only"], progress=False, log=lambda *a: None)
+    data = out / "data"
+    a, b, c = (tmp_path / n for n in ("a", "b", "c"))
+    for d in (a, b, c):
+        d.mkdir()
+    train_run(grid, grid.recipe("text-only"), 0, data, a, progress=False)
+    cached = list((data / "warmup").glob("warmup-*.safetensors"))
+    assert len(cached) == 1
+    lines = [json.loads(ln) for ln in (a / "metrics.jsonl").read_text().splitlines()]
+    warm = [r for r in lines if "warmup_step" in r]
+    assert [r["warmup_step"] for r in warm] == [20] and warm[0]["copy_loss"] > 0
+    # a second run of the seed loads the cached weights; interrupted at step 7 and resumed, it ends equal
+    train_run(grid, grid.recipe("text-only"), 0, data, b, stop_after_steps=7, progress=False)
+    train_run(grid, grid.recipe("text-only"), 0, data, b, progress=False)
+    assert_same_weights(a, b)
+    assert [r.get("cached") for r in map(json.loads, (b / "metrics.jsonl").read_text().splitlines())
+            if "warmup_step" in r] == [True]
+    # the warm-up changes the weights: without it the same run ends elsewhere
+    cold = dataclasses.replace(grid, train=dataclasses.replace(grid.train, induction_warmup=0))
+    train_run(cold, cold.recipe("text-only"), 0, data, c, progress=False)
+    from safetensors.torch import load_file
+
+    wa, wc = load_file(a / "model.safetensors"), load_file(c / "model.safetensors")
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(induction_warmup=-1), "train.induction_warmup: expected steps >= 0"),
+    (dict(induction_warmup=10, induction_warmup_lr=0.0), "induction_warmup_lr > 0"),
+])
+def test_bad_warmup_settings_are_refused(tmp_path, change, message):
+    grid = load_grid(write_grid(tmp_path))
+    with pytest.raises(CodetransferError, match=message):
+        _validate(dataclasses.replace(grid, train=dataclasses.replace(grid.train, **change)), "grid")
+
+
+def test_warmup_longer_than_the_context_is_refused(tmp_path):
+    grid = load_grid(write_grid(tmp_path))  # n_ctx 32
+    with pytest.raises(CodetransferError, match="rows are 48 tokens long, longer than model.n_ctx=32"):
+        _validate(dataclasses.replace(grid, train=dataclasses.replace(grid.train, induction_warmup=10)), "grid")

@@ -1,0 +1,113 @@
+"""Induction warm-up: a few hundred steps of in-context copying before language-model training.
+
+The method
+----------
+Every reasoning task of ``tasks/`` is a lookup: the answer is the token that followed the queried key
+earlier in the prompt ("Joe 4 pears. ... Joe" -> " 4"). A transformer does that with two heads: a
+previous-token head in one layer writes "the token before me was Joe" into the value's position, and an
+induction head in a later layer attends from the query's "Joe" to that position and copies " 4". Small
+models find this pair late: in language-model pre-training it appears after ~10^7 tokens at the tiny
+grid's batch shape, and none of the tiny models measured grew it from the synthetic narratives in 24M
+tokens (docs/learnability.md, session 4). On rows of random tokens whose second half repeats the first,
+with the loss only on the repeated positions, a two-layer Llama grows it in 500-750 steps, provided the
+rows use every token id of the vocabulary (with 40% of the output rows never seen it stays on the copying
+plateau for 3,000 steps).
+
+So a run may start with ``TrainConfig.induction_warmup`` such steps (a curriculum: the circuit is
+learned on clean data, then used and kept on the narratives). The rows: ``[bos] + r + x x x ...`` with
+``r`` random and ``x`` a random span of 4-20 tokens repeated to the end of the 48-token row; ids drawn
+uniformly from every non-special token of the vocabulary. The warm-up has its own AdamW (no weight
+decay) and leaves no optimizer state behind; it depends only on the model shape, the vocabulary size, the
+seed and its own settings, so :func:`warmed_up_state` computes it once per seed and caches it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from jaxtyping import Bool, Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+N_SPECIAL = 3
+"""Token ids 0-2 are bos, eos and pad (``trained/tokenizer.py``); rows draw from the others."""
+ROWS, ROW_LEN, PERIOD = 32, 48, (4, 20)
+
+
+def periodic_rows(
+    vocab_size: int, n: int, gen: torch.Generator, seq_len: int = ROW_LEN, period: tuple[int, int] = PERIOD
+) -> tuple[Int[Tensor, "n seq"], Bool[Tensor, "n seq"]]:
+    """``n`` rows ``[bos] + r + x x x ...`` and the mask of positions predictable by copying (the token
+    there equals the one a period earlier, from the second repeat's first token + 1 on)."""
+    if vocab_size <= N_SPECIAL + 1:
+        raise ValueError(f"vocab_size: expected more than {N_SPECIAL + 1} tokens, got {vocab_size}")
+    ar = torch.arange(seq_len)[None]
+    x = torch.randint(N_SPECIAL, vocab_size, (n, seq_len), generator=gen)
+    x[:, 0] = 0
+    length = torch.randint(period[0], period[1] + 1, (n, 1), generator=gen)
+    room = (seq_len - 1 - 2 * length).clamp_min(0) + 1
+    start = 1 + (torch.rand(n, 1, generator=gen) * room).long()
+    idx = torch.where(ar >= start + length, start + (ar - start) % length, ar)
+    return x.gather(1, idx), ar >= start + length + 1
+
+
+def induction_warmup(
+    model, vocab_size: int, steps: int, lr: float, seed: int, device: str | torch.device = "cpu",
+    log: Callable[[int, float], None] | None = None,
+) -> float:
+    """Train ``model`` in place for ``steps`` steps on :func:`periodic_rows`; returns the last copy loss
+    (nats on the predictable positions; a working induction head gives < 0.3, none ~ln(vocab))."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    was_training = model.training
+    model.train()
+    loss_value = float("nan")
+    for step in range(steps):
+        x, mask = periodic_rows(vocab_size, ROWS, gen)
+        x, mask = x.to(device), mask[:, 1:].to(device).float()
+        logits = model(input_ids=x).logits[:, :-1].float()
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+        loss = (ce * mask).sum() / mask.sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+        if log is not None:
+            log(step + 1, loss_value)
+    model.train(was_training)
+    return loss_value
+
+
+def warmed_up_state(
+    model, cache_dir: Path, key: dict, vocab_size: int, steps: int, lr: float, seed: int,
+    device: str | torch.device = "cpu", log: Callable[[int, float], None] | None = None, write: bool = True,
+) -> bool:
+    """Bring ``model`` (freshly built for ``seed``) to its warmed-up weights: load them from ``cache_dir`` if
+    a run with the same ``key`` (model shape etc.), steps, lr and seed computed them, else compute them
+    (and save them when ``write``). Returns True when it computed them. The file is written atomically, so
+    concurrent runs of one seed at worst compute the same weights twice."""
+    ident = json.dumps({**key, "vocab_size": vocab_size, "steps": steps, "lr": lr, "seed": seed}, sort_keys=True)
+    path = cache_dir / f"warmup-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.safetensors"
+    if path.exists():
+        state = load_file(path)
+        model.load_state_dict({k: v.to(next(model.parameters()).device) for k, v in state.items()}, strict=False)
+        return False
+    induction_warmup(model, vocab_size, steps, lr, seed, device, log)
+    if write:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        seen, unique = set(), {}
+        for k, v in state.items():  # tied weights: save one copy
+            if v.data_ptr() not in seen:
+                seen.add(v.data_ptr())
+                unique[k] = v
+        save_file(unique, tmp, metadata={"ident": ident})
+        os.replace(tmp, path)
+    return True
