@@ -94,6 +94,22 @@ def test_trainer_warms_up_fresh_runs_once_per_seed_and_resumes_bit_identically(t
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
 
 
+def test_damaged_warmup_cache_is_refused(tmp_path):
+    grid = _warm_grid(write_grid(tmp_path))
+    out = tmp_path / "out"
+    train_grid(load_grid(write_grid(tmp_path)), out, only=["text-only"], progress=False, log=lambda *a: None)
+    run = tmp_path / "run"
+    run.mkdir()
+    train_run(grid, grid.recipe("text-only"), 0, out / "data", run, stop_after_steps=1, progress=False)
+    (cache,) = (out / "data" / "warmup").glob("warmup-*.safetensors")
+    cache.write_bytes(cache.read_bytes()[:100])
+    again = tmp_path / "again"
+    again.mkdir()
+    with pytest.raises(CodetransferError, match="warm-up cache .* is unreadable .*; delete it and rerun"):
+        train_run(grid, grid.recipe("text-only"), 0, out / "data", again, progress=False)
+    assert not (again / "model.safetensors").exists()
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(induction_warmup=-1), "train.induction_warmup: expected steps >= 0"),
     (dict(induction_warmup=10, induction_warmup_lr=0.0), "induction_warmup_lr > 0"),

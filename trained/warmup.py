@@ -34,6 +34,8 @@ from jaxtyping import Bool, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from codetransfer.errors import CodetransferError
+
 N_SPECIAL = 3
 """Token ids 0-2 are bos, eos and pad (``trained/tokenizer.py``); rows draw from the others."""
 ROWS, ROW_LEN, PERIOD = 32, 48, (4, 20)
@@ -95,8 +97,18 @@ def warmed_up_state(
     ident = json.dumps({**key, "vocab_size": vocab_size, "steps": steps, "lr": lr, "seed": seed}, sort_keys=True)
     path = cache_dir / f"warmup-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.safetensors"
     if path.exists():
-        state = load_file(path)
-        model.load_state_dict({k: v.to(next(model.parameters()).device) for k, v in state.items()}, strict=False)
+        try:
+            state = load_file(path)
+            device_of = next(model.parameters()).device
+            missing, unexpected = model.load_state_dict({k: v.to(device_of) for k, v in state.items()}, strict=False)
+        except Exception as e:  # a truncated or foreign file
+            raise CodetransferError(f"induction warm-up cache {path} is unreadable ({type(e).__name__}); delete it and rerun") from None
+        tied = {k for k in missing if "lm_head" in k or "embed_out" in k}  # saved once, under the embedding
+        if unexpected or set(missing) - tied:
+            raise CodetransferError(
+                f"induction warm-up cache {path} does not fit this model (missing {sorted(set(missing) - tied)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]}); delete it and rerun"
+            )
         return False
     induction_warmup(model, vocab_size, steps, lr, seed, device, log)
     if write:
