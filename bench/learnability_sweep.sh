@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The learnability sweeps of docs/learnability.md: many tiny-model variants at once, one CPU thread and
 # a share of one GPU each (13 variants in 142 s on an H200 machine with 16 cores). SWEEP=2 (or SECOND=1): the
-# second sweep; SWEEP=3: "how many tokens does the lookup need?", 8 long runs (32M tokens each, 12-point
-# learning curves of held-out-name level 0) of the shapes session 4 found most promising on CPU (not yet run:
-# budget about 7 minutes on one H100/H200; WATCH=540 keeps the partial logs of a run cut off at 10 minutes).
+# second sweep; SWEEP=3: the tiny design of session 4 and its neighbours at 32M tokens each (12-point learning
+# curves of held-out-name level 0, levels 0-1 at the end): does the lookup hold, do operations appear, does
+# the circuit grow without the warm-up as the fitted law predicts (~16M)? Not yet run: budget about 7 minutes
+# on one H100/H200; WATCH=540 keeps the partial logs of a run cut off at 10 minutes.
 # Results: $OUT/sweep.jsonl (RESULT lines), $OUT/curves.txt. DEV=cpu runs it on a CPU machine (slowly).
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
@@ -12,16 +13,17 @@ PY=${PY:-python3}; DEV=${DEV:-cuda}; LOG=/tmp/sweeplogs; mkdir -p $LOG
 C="--vocab 2048 --ctx 128 --d-model 128 --items 150 --curve 8 --device $DEV --threads 1 --unique 2000000"
 run() { tag=$1; shift; $PY bench/tasks_learnability.py $C --tag $tag "$@" > $LOG/$tag.log 2>&1 & PIDS="$PIDS $!"; }
 SWEEP=${SWEEP:-$([ "${SECOND:-0}" = 1 ] && echo 2 || echo 1)}
-if [ "$SWEEP" = 3 ]; then
+if [ "$SWEEP" = 3 ]; then  # tasks version 6: the tiny design (T) and its neighbours at 32M tokens
+T="--arch llama --d-model 64 --vocab 512 --warm-induction 1000 --warm-ids all"
 L="--tokens 32000000 --unique 16000000 --batch 32 --curve 12"
-run L1_neox_grid_32M      $L
-run L2_llama_d128_32M     $L --arch llama
-run L3_llama_d64_v512_32M $L --arch llama --d-model 64 --vocab 512
-run L4_llama_d64_v512_s1drill_32M $L --arch llama --d-model 64 --vocab 512 --short 1 --drill
-run L5_neox_mds2_32M      $L --mention --drill --short 2
-run L6_llama_mds2_32M     $L --arch llama --mention --drill --short 2
-run L7_llama_L3_32M       $L --arch llama --layers 3
-run L8_neox_nomlp_32M     $L --nomlp
+run L1_tiny_design_32M        $L $T
+run L2_tiny_design_seed1_32M  $L $T --seed 1
+run L3_tiny_no_warmup_32M     $L --arch llama --d-model 64 --vocab 512
+run L4_tiny_prose3_32M        $L $T --short 3
+run L5_tiny_L3_32M            $L $T --layers 3
+run L6_tiny_code_32M          $L $T --code 0.5
+run L7_neox_d128_warm_32M     $L --warm-induction 1000 --warm-ids all
+run L8_llama_d128_warm_32M    $L --arch llama --warm-induction 1000 --warm-ids all
 elif [ "$SWEEP" = 1 ]; then
 run A_base_1M       --tokens 1000000  --batch 8
 run B_p150_1M       --tokens 1000000  --batch 8 --pool 150
