@@ -22,6 +22,19 @@ def _pair(seed=0, vocab=300, corrupt_at=2):
     return clean, corrupted, metric
 
 
+@pytest.fixture(scope="module", params=["gpt_neox", "llama"])
+def tiny_bridge(request, tmp_path_factory):
+    """The tiny random model as a bridge in both architectures of the presets (GPT-NeoX: LayerNorm, biases,
+    packed qkv; Llama, the tiny grid's: RMSNorm, no biases, gated MLP), so every parity test runs on both."""
+    import dataclasses
+
+    from conftest import TINY, save_tiny_model
+    from codetransfer.trained.loading import load_bridge
+
+    folder = save_tiny_model(tmp_path_factory.mktemp(f"tiny_{request.param}"), dataclasses.replace(TINY, arch=request.param))
+    return load_bridge(folder, device="cpu")[0]
+
+
 @pytest.fixture(scope="module")
 def pair():
     return _pair()
