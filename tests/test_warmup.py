@@ -19,7 +19,7 @@ from gridfiles import write_grid
 
 
 def test_periodic_rows_copy_targets_are_predictable_by_copying():
-    x, mask = periodic_rows(100, 64, torch.Generator().manual_seed(0))
+    x, mask = periodic_rows(torch.arange(N_SPECIAL, 100), 64, torch.Generator().manual_seed(0))
     assert x.shape == mask.shape == (64, 48)
     assert (x[:, 0] == 0).all() and (x[:, 1:] >= N_SPECIAL).all() and (x < 100).all()
     assert mask.sum(1).min() >= 4 - 1  # every row has copy targets (a 4-token span placed last: 3)

@@ -42,14 +42,15 @@ ROWS, ROW_LEN, PERIOD = 32, 48, (4, 20)
 
 
 def periodic_rows(
-    vocab_size: int, n: int, gen: torch.Generator, seq_len: int = ROW_LEN, period: tuple[int, int] = PERIOD
+    ids: Int[Tensor, " n_ids"], n: int, gen: torch.Generator, seq_len: int = ROW_LEN, period: tuple[int, int] = PERIOD
 ) -> tuple[Int[Tensor, "n seq"], Bool[Tensor, "n seq"]]:
-    """``n`` rows ``[bos] + r + x x x ...`` and the mask of positions predictable by copying (the token
-    there equals the one a period earlier, from the second repeat's first token + 1 on)."""
-    if vocab_size <= N_SPECIAL + 1:
-        raise ValueError(f"vocab_size: expected more than {N_SPECIAL + 1} tokens, got {vocab_size}")
+    """``n`` rows ``[bos] + r + x x x ...`` of tokens drawn uniformly from ``ids``, and the mask of positions
+    predictable by copying (the token there equals the one a period earlier, from the second repeat's first
+    token + 1 on). Also the rows of ``bench/attention_induction.py --data periodic``."""
+    if len(ids) < 2:
+        raise ValueError(f"ids: expected at least 2 token ids to draw from, got {len(ids)}")
     ar = torch.arange(seq_len)[None]
-    x = torch.randint(N_SPECIAL, vocab_size, (n, seq_len), generator=gen)
+    x = ids[torch.randint(0, len(ids), (n, seq_len), generator=gen)]
     x[:, 0] = 0
     length = torch.randint(period[0], period[1] + 1, (n, 1), generator=gen)
     room = (seq_len - 1 - 2 * length).clamp_min(0) + 1
@@ -64,6 +65,9 @@ def induction_warmup(
 ) -> float:
     """Train ``model`` in place for ``steps`` steps on :func:`periodic_rows`; returns the last copy loss
     (nats on the predictable positions; a working induction head gives < 0.3, none ~ln(vocab))."""
+    if vocab_size <= N_SPECIAL + 1:
+        raise ValueError(f"vocab_size: expected more than {N_SPECIAL + 1} tokens, got {vocab_size}")
+    ids = torch.arange(N_SPECIAL, vocab_size)
     gen = torch.Generator().manual_seed(seed + 7)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -71,7 +75,7 @@ def induction_warmup(
     model.train()
     loss_value = float("nan")
     for step in range(steps):
-        x, mask = periodic_rows(vocab_size, ROWS, gen)
+        x, mask = periodic_rows(ids, ROWS, gen)
         x, mask = x.to(device), mask[:, 1:].to(device).float()
         logits = model(input_ids=x).logits[:, :-1].float()
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
