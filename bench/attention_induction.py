@@ -65,16 +65,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def batch(kind: str, ids: torch.Tensor, gen: torch.Generator, n: int, seq_len: int, period: tuple[int, int]):
     """Rows and the mask of positions predictable by copying. ``periodic``: ``[bos] + r + x x x ...``;
     ``repeat``: ``[bos] + r + x + x + r'`` (one copy)."""
-    if kind == "periodic":  # the induction warm-up's rows
-        from codetransfer.trained.warmup import periodic_rows
+    from codetransfer.trained.warmup import periodic_rows, random_spans
 
+    if kind == "periodic":  # the induction warm-up's rows
         return periodic_rows(ids, n, gen, seq_len, period)
+    x, length, start = random_spans(ids, n, gen, seq_len, period)
     ar = torch.arange(seq_len)[None]
-    x = ids[torch.randint(0, len(ids), (n, seq_len), generator=gen)]
-    x[:, 0] = 0
-    length = torch.randint(period[0], period[1] + 1, (n, 1), generator=gen)
-    room = (seq_len - 1 - 2 * length).clamp_min(0) + 1
-    start = 1 + (torch.rand(n, 1, generator=gen) * room).long()
     second = (ar >= start + length) & (ar < start + 2 * length)
     return x.gather(1, torch.where(second, ar - length, ar)), second & (ar >= start + length + 1)
 

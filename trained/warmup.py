@@ -41,20 +41,29 @@ N_SPECIAL = 3
 ROWS, ROW_LEN, PERIOD = 32, 48, (4, 20)
 
 
+def random_spans(
+    ids: Int[Tensor, " n_ids"], n: int, gen: torch.Generator, seq_len: int = ROW_LEN, period: tuple[int, int] = PERIOD
+) -> tuple[Int[Tensor, "n seq"], Int[Tensor, "n 1"], Int[Tensor, "n 1"]]:
+    """``n`` rows ``[bos] + random tokens from ids``, and per row a span: its length (drawn from ``period``)
+    and its start, placed so that two copies of it fit in the row. The layouts below repeat that span."""
+    if len(ids) < 2:
+        raise ValueError(f"ids: expected at least 2 token ids to draw from, got {len(ids)}")
+    x = ids[torch.randint(0, len(ids), (n, seq_len), generator=gen)]
+    x[:, 0] = 0
+    length = torch.randint(period[0], period[1] + 1, (n, 1), generator=gen)
+    room = (seq_len - 1 - 2 * length).clamp_min(0) + 1
+    start = 1 + (torch.rand(n, 1, generator=gen) * room).long()
+    return x, length, start
+
+
 def periodic_rows(
     ids: Int[Tensor, " n_ids"], n: int, gen: torch.Generator, seq_len: int = ROW_LEN, period: tuple[int, int] = PERIOD
 ) -> tuple[Int[Tensor, "n seq"], Bool[Tensor, "n seq"]]:
     """``n`` rows ``[bos] + r + x x x ...`` of tokens drawn uniformly from ``ids``, and the mask of positions
     predictable by copying (the token there equals the one a period earlier, from the second repeat's first
     token + 1 on). Also the rows of ``bench/attention_induction.py --data periodic``."""
-    if len(ids) < 2:
-        raise ValueError(f"ids: expected at least 2 token ids to draw from, got {len(ids)}")
+    x, length, start = random_spans(ids, n, gen, seq_len, period)
     ar = torch.arange(seq_len)[None]
-    x = ids[torch.randint(0, len(ids), (n, seq_len), generator=gen)]
-    x[:, 0] = 0
-    length = torch.randint(period[0], period[1] + 1, (n, 1), generator=gen)
-    room = (seq_len - 1 - 2 * length).clamp_min(0) + 1
-    start = 1 + (torch.rand(n, 1, generator=gen) * room).long()
     idx = torch.where(ar >= start + length, start + (ar - start) % length, ar)
     return x.gather(1, idx), ar >= start + length + 1
 
