@@ -39,8 +39,10 @@ class Section:
 
 
 def _read(path: Path) -> pd.DataFrame | None:
-    if path.exists():
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    from codetransfer.trained.checks import read_table
+
+    if path.exists():  # a damaged table is refused naming the file (delete it and rerun its stage)
+        return read_table(path, "result table", fix="delete it and rerun the stage that writes it")
     return None
 
 
@@ -470,6 +472,18 @@ def write_report(out: str | Path, grid, settings) -> Path:
 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        return _write_report(out, grid, settings, results, folder, tmp)
+    except KeyError as e:  # a table that reads but lacks a column the report needs
+        raise CodetransferError(f"{results}: a result table has no column {e}; delete the damaged table and rerun "
+                                "the stage that writes it") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind on a failure
+
+
+def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: Path) -> Path:
+    import shutil
+
     baseline = settings.baseline
     sections, headline = [_grid_section(out, grid, tmp)], []
     for build in (lambda: _eval_section(results, tmp, baseline), lambda: _learning(results, tmp),
