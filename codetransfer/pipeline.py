@@ -134,8 +134,11 @@ class Units:
     """Records of finished units in ``out/units`` (the restart bookkeeping)."""
 
     def __init__(self, out: Path):
+        from codetransfer.trained.checks import read_record
+
         self.folder = out / "units"
-        self.folder.mkdir(parents=True, exist_ok=True)
+        for p in sorted(self.folder.glob("*.json")):  # a damaged record is refused before any unit works
+            read_record(p, "unit record")
 
     def done(self, name: str, key: str) -> bool:
         p = self.folder / f"{name}.json"
@@ -153,6 +156,7 @@ class Units:
         return True
 
     def finish(self, name: str, key: str, seconds: float) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         p = self.folder / f"{name}.json"
         tmp = p.with_suffix(".tmp")
         tmp.write_text(json.dumps({"key": key, "seconds": round(seconds, 1)}))
