@@ -140,7 +140,7 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
         s.add_text(f"Relative change of each recipe against **{baseline}**, 95% bootstrap intervals over items "
                       "(and seeds where there are several). 'distinguishable from noise' = the interval excludes 0. "
                       "For held-out loss, negative is better.")
-        acc = summary[(summary["of"] == "accuracy") & (summary["category"] == "reasoning")]
+        acc = summary[(summary["of"] == "accuracy") & (summary["category"] == "reasoning")].dropna(subset=["value"])
         if not acc.empty:
             best = acc.loc[acc["value"].idxmax()]
             verdict = "distinguishable from noise" if best.ci_low > 0 or best.ci_high < 0 else "NOT distinguishable from noise"

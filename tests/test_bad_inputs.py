@@ -264,11 +264,15 @@ tokens = 512
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """A grid output folder with two complete runs (2 steps each) and its grid file."""
+    """A grid output folder with two complete runs (2 steps each) and the main job's eval stage done on them
+    (one item per task family), its grid file and its settings file."""
     folder = tmp_path_factory.mktemp("bad_inputs_trained")
     grid = folder / "grid.toml"
     grid.write_text(TRAINED_GRID)
+    (folder / "settings.toml").write_text("eval_items = 1\n")
     assert cli.main(["train", str(grid), "--out", str(folder / "out"), "--quiet"]) == 0
+    assert cli.main(["run", str(grid), "--out", str(folder / "out"), "--stages", "eval",
+                     "--settings", str(folder / "settings.toml")]) == 0
     return folder
 
 
@@ -319,20 +323,37 @@ def test_attention_half_len_too_long(copy, capsys):
     assert "--half-len" in line and "<= 15" in line
 
 
-def test_unit_record_damaged(copy, capsys):
-    out = copy / "out"
-    (out / "results" / "units").mkdir(parents=True)
-    (out / "units").mkdir()
-    (out / "units" / "eval-text-only-s0.json").write_text("[not a record")
-    line = refused(capsys, ["run", copy / "grid.toml", "--out", out, "--stages", "eval"], copy)
+def _eval_stage(copy) -> list:
+    return ["run", copy / "grid.toml", "--out", copy / "out", "--stages", "eval", "--settings", copy / "settings.toml"]
+
+
+@pytest.mark.parametrize("damage", [b"[not a record", b"[]", b"\xff\xfe"])
+def test_unit_record_damaged(damage, copy, capsys):
+    (copy / "out" / "units" / "eval-text-only-s0.json").write_bytes(damage)
+    line = refused(capsys, _eval_stage(copy), copy)
     assert "eval-text-only-s0.json" in line and "delete" in line
+
+
+@pytest.mark.parametrize("table", ["scores.parquet", "losses.parquet"])
+def test_unit_table_damaged(table, copy, capsys):
+    (copy / "out" / "results" / "units" / "eval-code-text-s0" / table).write_bytes(b"PAR1 not a table")
+    line = refused(capsys, _eval_stage(copy), copy)
+    assert f"eval-code-text-s0/{table}" in line and "delete" in line
+
+
+def test_report_given_a_table_without_its_columns(copy, capsys):
+    import pandas as pd
+
+    pd.DataFrame({"x": [1, 2]}).to_parquet(copy / "out" / "results" / "eval.parquet")
+    line = refused(capsys, ["run", copy / "grid.toml", "--out", copy / "out", "--stages", "report"], copy)
+    assert "no column" in line and "results" in line
+    assert not (copy / "out" / ".report.tmp").exists()
 
 
 @pytest.mark.parametrize("table", ["eval.parquet", "summary.csv", "attention.parquet", "probes.parquet",
                                    "patching.parquet"])
 def test_damaged_result_table_given_to_the_report(table, copy, capsys):
     results = copy / "out" / "results"
-    results.mkdir()
     (results / table).write_bytes(b"PAR1 garbage \x00\xff")
     line = refused(capsys, ["run", copy / "grid.toml", "--out", copy / "out", "--stages", "report"], copy)
     assert table in line and "delete" in line
