@@ -355,7 +355,9 @@ class ActivationStore:
             raise CodetransferError(
                 f"store path '{path}' has no meta.json; expected a directory made by ActivationStore.create"
             )
-        meta = json.loads(meta_path.read_text())
+        from codetransfer.trained.checks import read_record
+
+        meta = read_record(meta_path, "activation store metadata", fix=f"delete {path} and extract again")
         if not meta.get("complete"):
             raise CodetransferError(
                 f"store '{path}' is incomplete (extraction was interrupted); delete it and extract again"

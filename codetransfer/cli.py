@@ -37,9 +37,16 @@ def _command(verb: str):
         raise
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``error: ...`` line (no usage block), like every other refusal."""
+
+    def error(self, message: str):
+        raise CodetransferError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
 def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only the module of verb ``wanted`` is imported (all of them when None)."""
-    parser = argparse.ArgumentParser(prog="codetransfer", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="codetransfer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, help_ in VERBS.items():
         p = sub.add_parser(verb, help=help_, description=help_)
@@ -63,7 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     parser = build_parser(sys.argv[1] if len(sys.argv) > 1 else None)
-    args = parser.parse_args(sys.argv[1:])
+    try:
+        args = parser.parse_args(sys.argv[1:])
+        from codetransfer.trained.checks import check_flags
+
+        check_flags(args)  # --out / --runs / --device of every verb, before any work
+    except CodetransferError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.verb is None:
         parser.print_help()
         return 2

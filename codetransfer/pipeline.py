@@ -101,7 +101,29 @@ def load_settings(path: str | Path, **overrides) -> JobSettings:
         if not isinstance(value, want) or isinstance(value, bool):
             raise CodetransferError(f"--settings: field '{name}' in {path} must be {fields[name].type}, "
                                     f"got {value!r}; e.g. {name} = {getattr(JobSettings(), name)!r}")
-    return JobSettings(**values)
+    return check_settings(JobSettings(**values), f"--settings: {path}")
+
+
+#: the least value of each numeric JobSettings field (every one has an upper bound of 2**32 - 1)
+SETTINGS_LOW = {"eval_items": 1, "curve_items": 1, "curve_max_difficulty": 0, "probe_items": 1,
+                "probe_max_difficulty": 0, "patch_items": 1, "patch_difficulty": 0, "attention_items": 1, "seed": 0}
+
+
+def check_settings(settings: JobSettings, where: str = "settings") -> JobSettings:
+    """Refuse job settings out of range (no items, a negative seed) or naming unknown task families, so that
+    ``codetransfer run`` refuses them before it trains anything."""
+    from codetransfer.tasks import task_names
+    from codetransfer.trained.checks import check_number
+
+    for name, low in SETTINGS_LOW.items():
+        check_number(getattr(settings, name), f"{where}: field {name}", low, 2**32 - 1)
+    known = task_names()
+    for name in ("probe_tasks", "patch_task", "attention_tasks"):
+        for task in getattr(settings, name).split(","):
+            if task.strip() not in known:
+                raise CodetransferError(f"{where}: field {name}: unknown task family '{task}'"
+                                        f"{did_you_mean(task.strip(), known)}; families: {', '.join(known)}")
+    return settings
 
 
 def _hash(obj) -> str:
@@ -112,12 +134,17 @@ class Units:
     """Records of finished units in ``out/units`` (the restart bookkeeping)."""
 
     def __init__(self, out: Path):
+        from codetransfer.trained.checks import read_record
+
         self.folder = out / "units"
-        self.folder.mkdir(parents=True, exist_ok=True)
+        for p in sorted(self.folder.glob("*.json")):  # a damaged record is refused before any unit works
+            read_record(p, "unit record")
 
     def done(self, name: str, key: str) -> bool:
         p = self.folder / f"{name}.json"
-        return p.exists() and json.loads(p.read_text()).get("key") == key
+        from codetransfer.trained.checks import read_record
+
+        return p.exists() and read_record(p, "unit record").get("key") == key
 
     def run(self, name: str, key: str, work) -> bool:
         """Call ``work()`` unless unit ``name`` finished with ``key``; record it; True when it worked."""
@@ -129,6 +156,7 @@ class Units:
         return True
 
     def finish(self, name: str, key: str, seconds: float) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         p = self.folder / f"{name}.json"
         tmp = p.with_suffix(".tmp")
         tmp.write_text(json.dumps({"key": key, "seconds": round(seconds, 1)}))
@@ -147,7 +175,9 @@ def _cli(args: list[str]) -> None:
 
 
 def _merge(parts: list[Path], dest: Path) -> pd.DataFrame | None:
-    tables = [pd.read_parquet(p) for p in parts if p.exists()]
+    from codetransfer.trained.checks import read_table
+
+    tables = [read_table(p, "unit table") for p in parts if p.exists()]
     if not tables:
         return None
     table = pd.concat(tables, ignore_index=True)
@@ -162,8 +192,10 @@ def _merge_eval(score_parts: list[Path], loss_parts: list[Path], results: Path, 
     from codetransfer.commands import write_tables
     from codetransfer.commands.eval import eval_tables
 
-    scores = pd.concat([pd.read_parquet(p) for p in score_parts], ignore_index=True)
-    losses = [pd.read_parquet(p) for p in loss_parts if p.exists()]
+    from codetransfer.trained.checks import read_table
+
+    scores = pd.concat([read_table(p, "unit table") for p in score_parts], ignore_index=True)
+    losses = [read_table(p, "unit table") for p in loss_parts if p.exists()]
     losses = pd.concat(losses, ignore_index=True) if losses else None
     table, summary = eval_tables(scores, losses, settings.baseline, 2000, settings.seed)
     write_tables(results, {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores})
@@ -187,7 +219,9 @@ def _merge_learning(parts: list[Path], results: Path, settings: JobSettings) -> 
     from codetransfer.analysis.learning import learning_table_from_scores
     from codetransfer.commands import write_tables
 
-    scores = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    from codetransfer.trained.checks import read_table
+
+    scores = pd.concat([read_table(p, "unit table") for p in parts], ignore_index=True)
     table = learning_table_from_scores(scores, 2000, seed=settings.seed)
     write_tables(results, {"learning.parquet": table, "learning_scores.parquet": scores})
 
@@ -244,10 +278,10 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
     if "train" in stages:
         with stage("train"):
             train_grid(grid, out, device=device, log=log)
-    units = Units(out)
     runs = [r for r in find_runs(out, complete_only=True) if r.recipe in {x.name for x in grid.recipes}]
     if not runs:
         raise CodetransferError(f"{out}: no complete runs of grid '{grid.name}'; run the train stage first")
+    units = Units(out)
     run_key = {r.name: r.record["recipe_hash"] for r in runs}
     results.mkdir(parents=True, exist_ok=True)
     seed = str(settings.seed)

@@ -39,8 +39,10 @@ class Section:
 
 
 def _read(path: Path) -> pd.DataFrame | None:
-    if path.exists():
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    from codetransfer.trained.checks import read_table
+
+    if path.exists():  # a damaged table is refused naming the file (delete it and rerun its stage)
+        return read_table(path, "result table", fix="delete it and rerun the stage that writes it")
     return None
 
 
@@ -138,7 +140,7 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
         s.add_text(f"Relative change of each recipe against **{baseline}**, 95% bootstrap intervals over items "
                       "(and seeds where there are several). 'distinguishable from noise' = the interval excludes 0. "
                       "For held-out loss, negative is better.")
-        acc = summary[(summary["of"] == "accuracy") & (summary["category"] == "reasoning")]
+        acc = summary[(summary["of"] == "accuracy") & (summary["category"] == "reasoning")].dropna(subset=["value"])
         if not acc.empty:
             best = acc.loc[acc["value"].idxmax()]
             verdict = "distinguishable from noise" if best.ci_low > 0 or best.ci_high < 0 else "NOT distinguishable from noise"
@@ -470,6 +472,18 @@ def write_report(out: str | Path, grid, settings) -> Path:
 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        return _write_report(out, grid, settings, results, folder, tmp)
+    except KeyError as e:  # a table that reads but lacks a column the report needs
+        raise CodetransferError(f"{results}: a result table has no column {e}; delete the damaged table and rerun "
+                                "the stage that writes it") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind on a failure
+
+
+def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: Path) -> Path:
+    import shutil
+
     baseline = settings.baseline
     sections, headline = [_grid_section(out, grid, tmp)], []
     for build in (lambda: _eval_section(results, tmp, baseline), lambda: _learning(results, tmp),

@@ -637,7 +637,9 @@ def merge_parts(out_dir: str | os.PathLike) -> pd.DataFrame:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = sorted((out_dir / "parts").glob("*.parquet"))
-    frames = [pd.read_parquet(p) for p in parts]
+    from codetransfer.trained.checks import read_table
+
+    frames = [read_table(p, "probe part", fix="delete it and rerun the sweep (or that shard)") for p in parts]
     frames = [f for f in frames if len(f)]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     _atomic_parquet(table, out_dir / "probes.parquet")

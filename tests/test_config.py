@@ -77,3 +77,71 @@ def test_bookkeeping_fields_do_not_change_the_grid_identity_but_optimisation_doe
     for field, value in (("batch_size", 4), ("weight_decay", 0.0), ("grad_clip", 0.5)):
         other = dataclasses.replace(g, train=dataclasses.replace(g.train, **{field: value}))
         assert other.fingerprint() != g.fingerprint(), field
+
+
+@pytest.mark.parametrize("name", ["text-only", "balanced->text", "code-25", "a_b.c+d", "x1"])
+def test_valid_names(name):
+    from codetransfer.trained.checks import check_name
+
+    assert check_name(name, "n") == name
+
+
+@pytest.mark.parametrize("name", ["", "../escaped", "a/b", ".hidden", "a..b", "a b", "-x", "x" * 65, "a\\b", 3])
+def test_invalid_names_are_refused(name):
+    from codetransfer.trained.checks import check_name
+
+    with pytest.raises(CodetransferError, match="not a valid name"):
+        check_name(name, "n")
+
+
+def test_inside_refuses_paths_that_leave_the_output_folder(tmp_path):
+    from codetransfer.trained.checks import inside
+
+    assert inside(tmp_path, tmp_path / "runs" / "a-s0") == tmp_path / "runs" / "a-s0"
+    with pytest.raises(CodetransferError, match="outside the output folder"):
+        inside(tmp_path / "out", tmp_path / "out" / "runs" / ".." / ".." / "escaped")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "link").symlink_to(tmp_path / "elsewhere")  # a link that points outside
+    with pytest.raises(CodetransferError, match="outside the output folder"):
+        inside(tmp_path / "out", tmp_path / "out" / "link" / "x.npy")
+
+
+def test_two_recipes_that_would_share_a_run_folder_are_refused_naming_both():
+    d = data()
+    d["recipes"].append({**d["recipes"][1], "name": "balanced-text"})
+    with pytest.raises(CodetransferError, match="recipes 'balanced->text' and 'balanced-text' would share"):
+        grid_from_dict(d)
+
+
+@pytest.mark.parametrize("table, field, value, message", [
+    ("train", "weight_decay", -1.0, r"train.weight_decay: expected a value in \[0, 10\], got -1.0"),
+    ("train", "beta1", 2.0, r"train.beta1: expected a value in \[0, 1\), got 2.0"),
+    ("train", "beta2", float("nan"), "train.beta2: expected a finite number"),
+    ("train", "save_every", 0, "train.save_every: expected a value >= 1, got 0"),
+    ("train", "eval_tokens", 0, "train.eval_tokens"),
+    ("model", "n_ctx", 100_000_000, "model.n_ctx"),
+    ("tokenizer", "vocab_size", 10, "tokenizer.vocab_size"),
+    ("train", "grad_clip", float("inf"), "train.grad_clip: expected a finite number"),
+])
+def test_numbers_are_checked_for_range_and_finiteness(table, field, value, message):
+    d = data()
+    d[table][field] = value
+    with pytest.raises(CodetransferError, match=message):
+        grid_from_dict(d)
+
+
+def test_learning_rates_are_finite():
+    for bad in (float("nan"), float("inf"), -1.0):
+        d = data()
+        d["recipes"][0]["phases"][0]["lr"]["peak"] = bad
+        with pytest.raises(CodetransferError, match="lr.peak" if bad == -1.0 else "finite"):
+            grid_from_dict(d)
+
+
+def test_seeds_must_be_distinct_and_non_negative():
+    for seeds, message in (([-1], r"seeds\[0\]"), ([0, 0], "duplicate seeds")):
+        d = data()
+        d["seeds"] = seeds
+        with pytest.raises(CodetransferError, match=message):
+            grid_from_dict(d)

@@ -231,3 +231,35 @@ def test_eval_heldout_loss_uses_the_manifest_categories(trained, tmp_path):
     t = pd.read_parquet(tmp_path / "r" / "eval.parquet")
     cats = dict(t[t["task"].str.startswith("heldout:")].groupby("task")["category"].first())
     assert cats == {"heldout:gcide": "text", "heldout:stdlib": "code"}
+
+
+def test_kill_at_the_end_of_a_shared_phase_still_publishes_the_branch(trained, grid_file, tmp_path, monkeypatch):
+    """A kill right after the first state written at the end of the shared phase: the resumed grid still
+    branches the second recipe from it (its record names the shared phases) and ends with the same weights."""
+    import shutil
+
+    import codetransfer.trained.train as train_mod
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copytree(trained / "data", out / "data")  # the same prepared data: no second preparation
+    real = train_mod.save_state
+
+    def killed(folder, model, optimizer, cursor, *a, **k):
+        path = real(folder, model, optimizer, cursor, *a, **k)
+        if cursor.phase == 1 and cursor.step_in_phase == 0:
+            raise KeyboardInterrupt  # killed between the two writes at the end of phase 'balanced'
+        return path
+
+    monkeypatch.setattr(train_mod, "save_state", killed)
+    grid = load_grid(grid_file)
+    only = ["balanced->text", "balanced->code"]
+    with pytest.raises(KeyboardInterrupt):
+        train_grid(grid, out, only=only, progress=False, log=lambda *a: None)
+    monkeypatch.setattr(train_mod, "save_state", real)
+    train_grid(grid, out, only=only, progress=False, log=lambda *a: None)
+    record = json.loads((out / "runs" / "balanced-code-s0" / "codetransfer.json").read_text())
+    assert record["status"] == "complete"
+    assert record["branched_from"]["phases"] == ["balanced"]
+    for name in ("balanced-text-s0", "balanced-code-s0"):
+        assert_same_weights(out / "runs" / name, trained / "runs" / name)

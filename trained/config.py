@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.trained.checks import check_name, check_number, read_text, run_folder
 
 SOURCE_KINDS = ("stdlib", "gcide", "synthetic_narrative", "synthetic_program", "files", "hf")
 SCHEDULES = ("cosine", "constant", "linear")
@@ -272,6 +273,7 @@ def _check_type(tp, value, where):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CodetransferError(f"{where}: expected a number, got {value!r}")
+        check_number(float(value), where)  # NaN and inf (TOML has both) are refused everywhere
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -312,14 +314,40 @@ def load_grid(spec: str | Path) -> GridConfig:
         if not path.is_file():
             raise CodetransferError(f"grid file {path} does not exist; give a .toml file or a preset name ({', '.join(PRESETS)})")
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(read_text(path, "grid file"))
         except tomllib.TOMLDecodeError as e:
             raise CodetransferError(f"grid file {path}: not valid TOML ({e})") from None
         return grid_from_dict(data, where=path.name)
     return preset(str(spec))
 
 
+#: (field, low, high, low_open) of the numeric fields: checked at load time, before anything is written
+MODEL_RANGES = (("n_layers", 1, 256, False), ("d_model", 1, 65536, False), ("n_heads", 1, 1024, False),
+                ("d_mlp", 1, 262144, False), ("n_ctx", 2, 65536, False), ("rotary_pct", 0, 1, True))
+TOKENIZER_RANGES = (("vocab_size", 300, 65535, False), ("sample_bytes", 1, None, False))
+TRAIN_RANGES = (("batch_size", 1, None, False), ("grad_accum", 1, None, False), ("weight_decay", 0, 10, False),
+                ("beta1", 0, 1, False), ("beta2", 0, 1, False), ("grad_clip", 0, None, False),
+                ("eval_every", 0, None, False), ("eval_tokens", 1, None, False), ("save_every", 1, None, False),
+                ("snapshot_every", 0, None, False), ("induction_warmup", 0, None, False),
+                ("induction_warmup_lr", 0, 10, True))
+MAX_SEED = 2**32 - 1
+
+
+def _ranges(obj, table: str, ranges) -> None:
+    for name, low, high, low_open in ranges:
+        high_open = table == "train" and name in ("beta1", "beta2")
+        check_number(getattr(obj, name), f"{table}.{name}", low, high, low_open=low_open, high_open=high_open)
+
+
 def _validate(g: GridConfig, where: str) -> None:
+    """Every name, number and cross-reference of the grid, so that a bad grid is refused before any work."""
+    try:
+        _ranges(g.model, "model", MODEL_RANGES)
+        _ranges(g.tokenizer, "tokenizer", TOKENIZER_RANGES)
+        _ranges(g.train, "train", TRAIN_RANGES)
+        check_name(g.name, "name")
+    except CodetransferError as e:
+        raise CodetransferError(f"{where}.{e}") from None
     m = g.model
     for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx"):
         if getattr(m, name) <= 0:
@@ -334,6 +362,7 @@ def _validate(g: GridConfig, where: str) -> None:
         raise CodetransferError(f"{where}.sources: expected at least one source")
     for name, s in g.sources.items():
         w = f"{where}.sources.{name}"
+        check_name(name, f"{where}.sources: source name")  # it names data files: nothing that makes a path
         if s.kind not in SOURCE_KINDS:
             raise CodetransferError(f"{w}.kind: unknown kind '{s.kind}'{did_you_mean(s.kind, SOURCE_KINDS)}; allowed: {', '.join(SOURCE_KINDS)}")
         if not 0 < s.heldout_fraction < 1:
@@ -348,18 +377,31 @@ def _validate(g: GridConfig, where: str) -> None:
         raise CodetransferError(f"{where}.recipes: expected at least one recipe")
     if not g.seeds:
         raise CodetransferError(f"{where}.seeds: expected at least one seed")
-    seen = set()
+    for i, seed in enumerate(g.seeds):
+        check_number(seed, f"{where}.seeds[{i}]", 0, MAX_SEED)
+    if len(set(g.seeds)) < len(g.seeds):
+        raise CodetransferError(f"{where}.seeds: duplicate seeds in {list(g.seeds)}; give each seed once")
+    seen, folders = set(), {}
     for i, r in enumerate(g.recipes):
         w = f"{where}.recipes[{i}] ('{r.name}')"
         if r.name in seen:
             raise CodetransferError(f"{w}.name: duplicate recipe name '{r.name}'")
         seen.add(r.name)
-        if not r.name or "/" in r.name or r.name.startswith("."):
-            raise CodetransferError(f"{w}.name: expected a non-empty name without '/', got {r.name!r}")
+        check_name(r.name, f"{w}.name")
+        folder = run_folder(r.name, 0)
+        if folder in folders:
+            raise CodetransferError(f"{w}.name: recipes '{folders[folder]}' and '{r.name}' would share the run folder "
+                                    f"'{run_folder(r.name, 'N')}'; rename one of them")
+        folders[folder] = r.name
         if not r.phases:
             raise CodetransferError(f"{w}.phases: expected at least one phase")
+        phase_names = set()
         for j, p in enumerate(r.phases):
             pw = f"{w}.phases[{j}] ('{p.name}')"
+            check_name(p.name, f"{pw}.name")
+            if p.name in phase_names:
+                raise CodetransferError(f"{pw}.name: duplicate phase name '{p.name}' in recipe '{r.name}'")
+            phase_names.add(p.name)
             if p.tokens <= 0:
                 raise CodetransferError(f"{pw}.tokens: every phase needs a positive token budget, got {p.tokens}")
             if not p.mixture:
@@ -377,8 +419,8 @@ def _validate(g: GridConfig, where: str) -> None:
             lr = p.lr
             if lr.schedule not in SCHEDULES:
                 raise CodetransferError(f"{pw}.lr.schedule: expected one of {SCHEDULES}, got {lr.schedule!r}")
-            if lr.peak <= 0 or lr.final < 0:
-                raise CodetransferError(f"{pw}.lr: expected peak > 0 and final >= 0, got peak={lr.peak} final={lr.final}")
+            check_number(lr.peak, f"{pw}.lr.peak", 0, 10, low_open=True)
+            check_number(lr.final, f"{pw}.lr.final", 0, 10)
             if not 0 <= lr.warmup < 1:
                 raise CodetransferError(f"{pw}.lr.warmup: expected a fraction in [0, 1), got {lr.warmup}")
     t = g.train

@@ -24,7 +24,7 @@ import numpy as np
 
 from codetransfer.errors import CodetransferError
 from codetransfer.trained.config import GridConfig
-from codetransfer.trained.loading import read_json
+from codetransfer.trained.checks import inside, read_record
 from codetransfer.trained.sources import load_source, sha256
 from codetransfer.trained.tokenizer import encode_documents, tokenizer_hash, train_tokenizer
 
@@ -52,7 +52,7 @@ def prepare_data(grid: GridConfig, folder: str | Path, log=print) -> dict:
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if manifest_path.exists():
-        manifest = read_json(manifest_path, "data manifest")
+        manifest = read_record(manifest_path, "data manifest", f"delete {folder} and rerun")
         if manifest.get("grid_fingerprint") == grid.fingerprint():
             return manifest
         raise CodetransferError(
@@ -73,7 +73,8 @@ def prepare_data(grid: GridConfig, folder: str | Path, log=print) -> dict:
     for name, s in sources.items():
         counts = {}
         for split, docs in (("train", s.train), ("heldout", s.heldout)):
-            counts[split] = _write_tokens(folder / f"{name}.{split}.npy", encode_documents(tokenizer, docs))
+            counts[split] = _write_tokens(inside(folder, folder / f"{name}.{split}.npy", f"source '{name}':"),
+                                          encode_documents(tokenizer, docs))
         info[name] = {
             "kind": s.kind,
             "category": s.category,
@@ -88,8 +89,11 @@ def prepare_data(grid: GridConfig, folder: str | Path, log=print) -> dict:
         "tokenizer_sha256": tokenizer_hash(tokenizer),
         "vocab_size": len(tokenizer),
         "sources": info,
-        "seconds": round(time.time() - t0, 1),
     }
+    # the wall time is kept apart from the manifest, so that identical preparations have identical manifests
+    tmp = folder / ".timing.json.tmp"
+    tmp.write_text(json.dumps({"seconds": round(time.time() - t0, 1)}))
+    os.replace(tmp, folder / "timing.json")
     tmp = manifest_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, manifest_path)

@@ -26,6 +26,7 @@ import torch
 
 import codetransfer
 from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.trained.checks import check_folder, inside, read_record, require_keys, run_folder
 from codetransfer.trained.config import GridConfig, Recipe, prefix_key
 from codetransfer.trained.data import data_hash, prepare_data
 from codetransfer.trained.loading import load_bridge, read_json
@@ -35,8 +36,8 @@ RUN_FILE = "codetransfer.json"
 
 
 def run_name(recipe: str, seed: int) -> str:
-    safe = recipe.replace(">", "").replace(" ", "_")
-    return f"{safe}-s{seed}"
+    """Folder name of a run (recipe names are checked at load time: two recipes never share a folder)."""
+    return run_folder(recipe, seed)
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -67,7 +68,7 @@ def check_out_folder(grid: GridConfig, out: Path) -> None:
     """Refuse an output folder that holds a different grid (different shape, tokenizer or sources)."""
     path = out / "grid.json"
     if path.exists():
-        old = read_json(path, "grid record")
+        old = read_record(path, "grid record", f"delete {out} and train again")
         if old.get("fingerprint") != grid.fingerprint():
             raise CodetransferError(
                 f"{out} holds grid '{old.get('name')}' with a different model, tokenizer, sources or training "
@@ -87,7 +88,13 @@ def train_grid(
 ) -> list[RunInfo]:
     """Train every (recipe, seed) of ``grid`` that is not complete in ``out``; returns all runs."""
     out = Path(out)
+    check_folder(out, "--out")
     recipes = list(grid.recipes)
+    if seeds is not None:
+        for s in seeds:
+            if s not in grid.seeds:
+                raise CodetransferError(f"--seed: seed {s} is not a seed of grid '{grid.name}' "
+                                        f"(seeds: {', '.join(map(str, grid.seeds))}); add it to the grid's seeds")
     if only:
         names = [r.name for r in grid.recipes]
         for o in only:
@@ -132,10 +139,10 @@ def _shared_prefixes(grid: GridConfig) -> dict[tuple, int]:
 
 
 def _train_one(grid, recipe, seed, out, shared, device, progress, log):
-    run_dir = out / "runs" / run_name(recipe.name, seed)
+    run_dir = inside(out, out / "runs" / run_name(recipe.name, seed), f"run folder of recipe '{recipe.name}':")
     record_path = run_dir / RUN_FILE
     if record_path.exists():
-        rec = read_json(record_path, "run record")
+        rec = read_run_record(record_path)
         if rec.get("status") == "complete" and rec.get("recipe_hash") == recipe_hash(recipe):
             log(f"run {run_dir.name}: complete, skipped")
             return
@@ -174,7 +181,7 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log):
         "torch_version": torch.__version__,
         "data_manifest_sha256": data_hash(out / "data"),
         "tokenizer_sha256": read_json(out / "data" / "manifest.json", "data manifest")["tokenizer_sha256"],
-        "branched_from": branched if branched else (read_json(record_path, "run record").get("branched_from")
+        "branched_from": branched if branched else (read_run_record(record_path).get("branched_from")
                                                     if record_path.exists() else None),
     }
     if _rank() == 0:
@@ -211,11 +218,18 @@ def _last_val(path: Path) -> dict[str, float]:
     return val
 
 
+def read_run_record(path: Path) -> dict:
+    """A run's ``codetransfer.json``; a damaged one (not a JSON object, no recipe or seed) is refused."""
+    fix = f"delete {Path(path).parent} and train it again"
+    return require_keys(read_record(path, "run record", fix), {"recipe": str, "seed": int}, path, "run record", fix)
+
+
 def find_runs(folder: str | Path, complete_only: bool = False) -> list[RunInfo]:
     """Runs under ``folder`` (a grid output folder, its ``runs/`` folder, or one run folder)."""
     folder = Path(folder)
     if not folder.exists():
         raise CodetransferError(f"{folder} does not exist; train a grid first ('codetransfer train tiny --out {folder}')")
+    check_folder(folder, "--runs")
     if (folder / RUN_FILE).exists():
         candidates = [folder]
     else:
@@ -223,7 +237,7 @@ def find_runs(folder: str | Path, complete_only: bool = False) -> list[RunInfo]:
         candidates = sorted(p for p in base.iterdir() if (p / RUN_FILE).exists())
     runs = []
     for p in candidates:
-        rec = read_json(p / RUN_FILE, "run record")
+        rec = read_run_record(p / RUN_FILE)
         info = RunInfo(name=p.name, path=p, recipe=rec["recipe"], seed=rec["seed"], status=rec.get("status", "new"),
                        grid=rec.get("grid", ""), record=rec)
         if not complete_only or info.status == "complete":

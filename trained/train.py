@@ -303,6 +303,12 @@ def train_run(
             steps_run += 1
             tok_last += t.batch_size * n_ctx
             loss = float(row_loss.mean())
+            if not math.isfinite(loss):  # the run stays partial: its record is never marked complete
+                bar.close()
+                raise CodetransferError(
+                    f"run {run_dir.name}: the training loss became {loss} at step {cursor.step} (phase '{phase.name}'); "
+                    f"lower lr.peak or set train.grad_clip, then delete {run_dir} and train again"
+                )
             bar.update(t.batch_size * n_ctx, loss=f"{loss:.3f}", phase=phase.name)
             now = time.perf_counter()
             record = {"step": cursor.step, "phase": phase.name, "lr": lr, "loss": loss,
@@ -322,11 +328,13 @@ def train_run(
                 cursor.step_in_phase = 0
                 cursor.phase_rows = {}
             if rank == 0 and (end_of_phase or cursor.step % t.save_every == 0):
-                save_state(state_dir, model, optimizer, cursor)
+                # the shared state is published before the run's own state moves past it: a kill in between
+                # then leaves a run that redoes the end of the phase, never a branch that is not published
                 if end_of_phase and branch_dirs and (cursor.phase - 1) in branch_dirs:
                     b = branch_dirs[cursor.phase - 1]
                     if not (b / "LATEST").exists():
                         save_state(b, model, optimizer, cursor)
+                save_state(state_dir, model, optimizer, cursor)
             if end_of_phase:
                 break
     bar.close()
@@ -362,7 +370,7 @@ def _warm_up(model, grid: GridConfig, seed: int, data_dir: Path, vocab_size: int
     if computed or not any("warmup_step" in ln for ln in old):  # a restart from scratch: replace the old lines
         records = records or [{"warmup_step": t.induction_warmup, "copy_loss": None, "cached": True}]
         kept = [ln for ln in old if "warmup_step" not in ln]
-        metrics.write_text("".join(ln + "\n" for ln in kept + [json.dumps(r) for r in records]))
+        _write_atomic(metrics, "".join(ln + "\n" for ln in kept + [json.dumps(r) for r in records]))
 
 
 def _snapshot(model, data_dir: Path, folder: Path) -> None:
@@ -371,9 +379,16 @@ def _snapshot(model, data_dir: Path, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     hf_logging.disable_progress_bar()
-    model.save_pretrained(folder, safe_serialization=True)
+    # written into a temporary folder and moved file by file: a reader never sees a half-written checkpoint
+    tmp = folder / f".tmp-checkpoint-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(tmp, safe_serialization=True)
     for f in (data_dir / "tokenizer").iterdir():
-        shutil.copy2(f, folder / f.name)
+        shutil.copy2(f, tmp / f.name)
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name == "config.json"):  # config.json last
+        os.replace(f, folder / f.name)
+    tmp.rmdir()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -388,4 +403,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 kept.append(ln)
         except json.JSONDecodeError:
             pass
-    path.write_text("".join(ln + "\n" for ln in kept))
+    _write_atomic(path, "".join(ln + "\n" for ln in kept))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -33,7 +33,8 @@ def add_arguments(p) -> None:
                    help="comma-separated task families (default: all; see `codetransfer tasks`; 'none' for random tokens only)")
     p.add_argument("--n-items", type=int, default=64, help="items per task (default 64)")
     p.add_argument("--n-seqs", type=int, default=32, help="repeated random sequences (default 32)")
-    p.add_argument("--half-len", type=int, default=20, help="tokens per half of a repeated random sequence (default 20)")
+    p.add_argument("--half-len", type=int, default=None,
+                   help="tokens per half of a repeated random sequence (default 20, or what fits the context)")
     p.add_argument("--ablation", choices=("mean", "zero"), default="mean", help="head ablation (default mean)")
     p.add_argument("--max-difficulty", type=int, default=None,
                    help="only items of this difficulty or lower (keeps prompts inside small models' context)")
@@ -53,7 +54,7 @@ def run(args) -> int:
     from codetransfer.tasks import get_task, task_names
     from codetransfer.trained import check_same_grid, find_runs, load_run
 
-    for flag, value, low in (("--n-items", args.n_items, 1), ("--n-seqs", args.n_seqs, 1), ("--half-len", args.half_len, 2),
+    for flag, value, low in (("--n-items", args.n_items, 1), ("--n-seqs", args.n_seqs, 1), ("--half-len", args.half_len or 2, 2),
                              ("--batch-size", args.batch_size, 1), ("--n-boot", args.n_boot, 0)):
         if value < low:
             raise CodetransferError(f"{flag}: expected an integer >= {low}, got {value}")
@@ -71,6 +72,10 @@ def run(args) -> int:
     if not infos:
         raise CodetransferError(f"--runs: no complete runs in {args.runs}; train them with 'codetransfer train'")
     check_same_grid(infos)
+    fit = (int(infos[0].record["model"]["n_ctx"]) - 1) // 2
+    if args.half_len is not None and args.half_len > fit:  # refused, not shortened behind the user's back
+        raise CodetransferError(f"--half-len: {args.half_len} gives {1 + 2 * args.half_len} tokens, more than the "
+                                f"runs' context of {2 * fit + 1}; use --half-len <= {fit}")
     items = {f.name: items_up_to(f, args.n_items, args.seed, args.max_difficulty) for f in families}
 
     def log(msg):
@@ -102,7 +107,7 @@ def run(args) -> int:
             )
         for name in without:
             log(f"note: run {name} kept no intermediate checkpoints; it has no curve over training")
-    kw = dict(n_seqs=args.n_seqs, half_len=args.half_len, seed=args.seed, ablation=args.ablation,
+    kw = dict(n_seqs=args.n_seqs, half_len=args.half_len or 20, seed=args.seed, ablation=args.ablation,
               n_boot=args.n_boot, batch_size=args.batch_size, progress=log)
     table = score_runs(loaded(), score_run, items_by_task=items, **kw)
     tables = {OUT_FILE: table}

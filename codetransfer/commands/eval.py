@@ -112,11 +112,10 @@ def run(args) -> int:
     check_same_grid(infos)
     recipes = sorted({i.recipe for i in infos})
     baseline = args.baseline or DEFAULT_BASELINE
-    if baseline not in recipes and args.baseline is not None:
-        raise CodetransferError(
-            f"--baseline: recipe '{baseline}' is not among the runs' recipes{did_you_mean(baseline, recipes)} "
-            f"({', '.join(recipes)})"
-        )
+    if args.baseline is not None:
+        from codetransfer.trained.checks import check_baseline
+
+        check_baseline(baseline, recipes)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(task_names())
     items = make_items(tasks, args.n_items, args.seed, args.max_difficulty)
     heldout = _heldout_arrays(runs_dir, infos) if args.heldout_windows > 0 else {}

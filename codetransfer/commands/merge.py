@@ -112,17 +112,20 @@ def part_meta(path: Path) -> dict | None:
     except Exception:  # a truncated or foreign file: treat as not finished
         return None
     raw = md.get(META_KEY)
-    return json.loads(raw) if raw else None
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:  # damaged metadata: treat as not finished
+        return None
 
 
 def read_manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise CodetransferError(f"{path}: not valid JSON; re-run any one shard of the sweep to rewrite it") from None
+    from codetransfer.trained.checks import read_record, require_keys
+
+    fix = "re-run any one shard of the sweep to rewrite it"
+    return require_keys(read_record(path, "sweep manifest", fix), {"units": list}, path, "sweep manifest", fix)
 
 
 def check_manifest(folder: Path, settings: dict, what: str = "patch") -> None:
@@ -223,11 +226,14 @@ def merge_patch(out: str | os.PathLike, allow_partial: bool = False, log=None) -
     units = manifest["units"]
     if missing and log:
         log(f"note: merging {len(units) - len(missing)} of {len(units)} patching parts ({len(missing)} missing)")
+    from codetransfer.trained.checks import read_table
+
     frames: dict[str, list] = {t: [] for t in manifest.get("tables", [])}
     skip = set(missing)
     for k, unit in enumerate(units):
         if k not in skip:
-            frames.setdefault(unit["table"], []).append(pd.read_parquet(folder / unit["part"]))
+            frames.setdefault(unit["table"], []).append(
+                read_table(folder / unit["part"], "patching part", fix="delete it and rerun that shard"))
     tables = finalize_patch_tables(frames)
     write_tables(out, tables)
     return tables

@@ -31,6 +31,11 @@ def run(args) -> int:
         settings = load_settings(args.settings, baseline=args.baseline)
     else:
         settings = JobSettings(**({"baseline": args.baseline} if args.baseline else {}))
+    if args.baseline is not None or settings.baseline != JobSettings().baseline:  # asked for: must exist
+        from codetransfer.trained import load_grid
+        from codetransfer.trained.checks import check_baseline
+
+        check_baseline(settings.baseline, [r.name for r in load_grid(args.grid).recipes])
     t0 = time.time()
     timings = run_job(args.grid, args.out, settings, device=args.device, stages=stages)
     report = timings.pop("report_path", None)

@@ -17,15 +17,12 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import torch
 
-    from codetransfer.errors import CodetransferError
     from codetransfer.trained import load_grid, runs_table, train_grid
 
+    from codetransfer.trained.checks import check_device
+
     grid = load_grid(args.grid)
-    device = args.device
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as e:
-        raise CodetransferError(f"--device: '{device}' is not available here ({str(e).splitlines()[0]})") from None
+    device = check_device(args.device)  # the check every verb gets (also done before the verb starts)
     dist = _init_distributed(device)
     train_grid(grid, args.out, only=args.only, seeds=args.seed, device=_local_device(device),
                progress=not args.quiet, log=print if _rank() == 0 else (lambda *a, **k: None))
