@@ -60,7 +60,8 @@ def test_loss_falls_and_runs_are_listed(trained):
     vals = [r["val/gcide"] for r in metrics(trained / "runs" / "text-only-s0") if "val/gcide" in r]
     assert vals[-1] < vals[0]
     table = runs_table(trained)
-    assert {"tokens/gcide", "val/gcide", "val/stdlib", "status"} <= set(table.columns)
+    assert {"tokens/gcide", "val/gcide", "val/stdlib", "status", "data"} <= set(table.columns)
+    assert table["data"].nunique() == 1 and len(table["data"].iloc[0]) == 16  # the data hash every run trained on
 
 
 def test_provenance_and_token_accounting(trained):
@@ -263,3 +264,17 @@ def test_kill_at_the_end_of_a_shared_phase_still_publishes_the_branch(trained, g
     assert record["branched_from"]["phases"] == ["balanced"]
     for name in ("balanced-text-s0", "balanced-code-s0"):
         assert_same_weights(out / "runs" / name, trained / "runs" / name)
+
+
+def test_runs_trained_on_different_data_are_not_compared(tmp_path):
+    """Two machines with other standard libraries prepare other data: their runs are refused as one grid."""
+    from codetransfer.errors import CodetransferError
+    from codetransfer.trained.runs import RunInfo, check_same_grid
+
+    def run(name, data):
+        record = {"model": {"d_model": 64}, "tokenizer_sha256": "t", "data_manifest_sha256": data}
+        return RunInfo(name, tmp_path / name, "text-only", 0, "complete", "g", record)
+
+    check_same_grid([run("a", "d1"), run("b", "d1")])
+    with pytest.raises(CodetransferError, match="runs a and b were trained on different data .*d1 and d2"):
+        check_same_grid([run("a", "d1"), run("b", "d2")])

@@ -294,7 +294,12 @@ def _borrowed_checkpoints(info: RunInfo) -> dict[int, Path]:
 
 
 def check_same_grid(runs: list[RunInfo]) -> None:
-    """Refuse comparisons of runs that differ in shape or tokenizer."""
+    """Refuse comparisons of runs that differ in shape, tokenizer or training data.
+
+    The data check compares the hash of the data manifest each run was trained on (it holds every
+    source's provenance: file hashes of the stdlib, package versions, generator versions). Two machines
+    with different Python versions prepare different ``stdlib`` code, and their runs are not one grid.
+    """
     if not runs:
         return
     ref = runs[0].record
@@ -304,6 +309,12 @@ def check_same_grid(runs: list[RunInfo]) -> None:
                 raise CodetransferError(
                     f"runs {runs[0].name} and {r.name} differ in {what}; compare runs of one grid only"
                 )
+        a, b = ref.get("data_manifest_sha256"), r.record.get("data_manifest_sha256")
+        if a and b and a != b:
+            raise CodetransferError(
+                f"runs {runs[0].name} and {r.name} were trained on different data (data hashes {a} and {b}, "
+                "e.g. another Python's standard library); compare runs prepared from the same data only"
+            )
 
 
 @dataclass
@@ -337,7 +348,8 @@ def runs_table(folder: str | Path) -> pd.DataFrame:
         row = {"run": r.name, "recipe": r.recipe, "seed": r.seed, "status": r.status,
                "phases": "→".join(p["name"] for p in rec.get("recipe_config", {}).get("phases", [])),
                "steps": rec.get("steps"),
-               "branched_from": "→".join(rec["branched_from"]["phases"]) if rec.get("branched_from") else ""}
+               "branched_from": "→".join(rec["branched_from"]["phases"]) if rec.get("branched_from") else "",
+               "data": rec.get("data_manifest_sha256", "")}
         for s, n in rec.get("tokens_by_source", {}).items():
             row[f"tokens/{s}"] = n
         for s, v in rec.get("final_val_loss", {}).items():
