@@ -116,19 +116,19 @@ def _check_scores(scores: pd.DataFrame, baseline: str, metric: str, by: Sequence
     return col
 
 
-def paired_matrices(recipe_rows: pd.DataFrame, baseline_rows: pd.DataFrame, column: str):
+def paired_matrices(wide: pd.DataFrame, recipe: str, baseline: str):
     """``(recipe, baseline, seeds)``: ``[seeds, items]`` score matrices paired by seed and item.
 
-    Seeds scored by both recipes, items scored by all of those seeds' models of both recipes.
+    ``wide``: scores with rows ``(recipe, seed)`` and one column per item. Seeds scored by both
+    recipes, items scored by all of those seeds' models of both recipes.
     """
-    key = _item_key(recipe_rows)
-    r = recipe_rows.pivot_table(index="seed", columns=key, values=column, aggfunc="first")
-    b = baseline_rows.pivot_table(index="seed", columns=key, values=column, aggfunc="first")
+    if recipe not in wide.index.get_level_values(0) or baseline not in wide.index.get_level_values(0):
+        return np.empty((0, 0)), np.empty((0, 0)), []
+    r, b = wide.loc[recipe], wide.loc[baseline]
     seeds = r.index.intersection(b.index)
-    items = r.columns.intersection(b.columns)
-    r, b = r.loc[seeds, items], b.loc[seeds, items]
-    ok = r.notna().all(axis=0) & b.notna().all(axis=0)
-    return r.loc[:, ok].to_numpy(float), b.loc[:, ok].to_numpy(float), list(seeds)
+    r, b = r.loc[seeds], b.loc[seeds]
+    ok = (r.notna().all(axis=0) & b.notna().all(axis=0)).to_numpy()
+    return r.to_numpy(float)[:, ok], b.to_numpy(float)[:, ok], list(seeds)
 
 
 def mixedlm_pvalue(diffs: np.ndarray) -> tuple[float, str]:
@@ -243,9 +243,9 @@ def compare_recipes(
     df = scores.assign(recipe=scores["recipe"].astype(str))
     records, boots = [], []
     for key, g in _levels(df, by):
-        base_rows = g[g["recipe"] == baseline]
+        wide = g.pivot(index=["recipe", "seed"], columns=_item_key(g), values=col)
         for recipe in recipes:
-            r, b, seeds = paired_matrices(g[g["recipe"] == recipe], base_rows, col)
+            r, b, seeds = paired_matrices(wide, recipe, baseline)
             if r.size == 0:
                 continue
             k, n = r.shape
@@ -316,7 +316,7 @@ def above_chance_levels(
     base = scores[scores["recipe"].astype(str) == baseline]
     recs = []
     for key, g in _levels(base, levels):
-        m = g.pivot_table(index="seed", columns=_item_key(g), values="correct", aggfunc="first").dropna(axis=1)
+        m = g.pivot(index="seed", columns=_item_key(g), values="correct").dropna(axis=1)
         if m.shape[1] == 0:
             continue
         iv = hierarchical_bootstrap_ci(m.to_numpy(float), n_resamples, confidence, rng, crossed=True)
