@@ -23,16 +23,21 @@ an item's recipe effect recurs in every seed and must not average out over seeds
 seed draw is trivial and the interval is the item-level bootstrap. The relative change is the ratio of
 the same resampled means.
 
-**Test.** ``p_value`` is a two-level test: a linear mixed model (statsmodels ``MixedLM``, REML) of the
-per-item paired differences, ``d[s, j] = mu + u_s + e[s, j]`` with a random intercept ``u_s`` per seed;
-fitted from the ANOVA estimates as start values; the Wald statistic ``mu_hat / se(mu_hat)`` is referred to a t distribution with ``n_seeds - 1``
-degrees of freedom (the seeds are the replicates; a normal reference would be far too liberal with 3
-seeds). When the fit fails the row falls back to the one-sample t-test of the per-seed differences,
-and ``test`` says so. With 6 seeds or more ``p_signflip`` adds the exact sign-flip permutation test
-over seeds (all ``2^n_seeds`` sign patterns of the per-seed differences up to 12 seeds, else
-``n_resamples`` random ones; two-sided on ``|mean|``), which assumes only symmetry. The relative change
-has the same null (``mean R = mean B``), so the same p-values. With one seed the p-value is the paired
-t-test over items, which says nothing about another seed; ``test`` names it.
+**Test.** ``p_value`` is a two-level test: a linear mixed model (statsmodels ``MixedLM``, REML,
+started at the ANOVA estimates) of the per-item paired differences, ``d[s, j] = mu + u_s + e[s, j]``
+with a random intercept ``u_s`` per seed; the Wald statistic ``mu_hat / se(mu_hat)`` is referred to a
+t distribution with ``n_seeds - 1`` degrees of freedom (the seeds are the replicates; a normal
+reference would be far too liberal with 3 seeds). In a balanced table this is the t-test of the
+per-seed differences whenever the between-seed mean square exceeds the within-seed one; when the seed
+variance is estimated as 0 the pooled standard error is larger, so the test is conservative: with 3
+seeds, 12 items, a seed variance of 0.32 and an item variance of 2 (null data) it rejected 0.5% of
+rows at the 5% level (Satterthwaite's ``k * n - 1`` degrees of freedom at that boundary would reject
+3-7%, too many). When the fit fails the row falls back to the one-sample t-test of the per-seed
+differences, and ``test`` says so. With 6 seeds or more ``p_signflip`` adds the exact sign-flip
+permutation test over seeds (all ``2^n_seeds`` sign patterns of the per-seed differences up to 12
+seeds, else ``n_resamples`` random ones; two-sided on ``|mean|``), which assumes only symmetry. The
+relative change has the same null (``mean R = mean B``), so the same p-values. With one seed the
+p-value is the paired t-test over items, which says nothing about another seed; ``test`` names it.
 
 **Multiplicity.** ``p_holm`` is Holm's adjustment (:func:`codetransfer.analysis.stats.holm`) over all
 rows of the returned table (recipes x levels of ``by``), and ``ci_low_corrected, ci_high_corrected``

@@ -82,7 +82,9 @@ def _rng(seed: int | np.random.Generator) -> np.random.Generator:
 
 def _check(confidence: float, n_resamples: int) -> None:
     if not 0.0 < confidence < 1.0:
-        raise CodetransferError(f"confidence: expected a confidence level between 0 and 1 (e.g. 0.95), got {confidence}")
+        raise CodetransferError(
+            f"confidence: expected a confidence level between 0 and 1 (e.g. 0.95), got {confidence}"
+        )
     if n_resamples < 10:
         raise CodetransferError(f"n_resamples: expected at least 10 bootstrap resamples (e.g. 2000), got {n_resamples}")
 
