@@ -438,27 +438,13 @@ def head_scores(
     return {s: torch.cat(v) for s, v in out.items()}
 
 
-def bootstrap_mean(
-    values: Float[Tensor, "n ..."], *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean over the first axis with a percentile bootstrap interval (NaN rows ignored)."""
-    v = values.double()
-    mean = torch.nanmean(v, dim=0)
-    if v.shape[0] < 2 or n_boot < 1:
-        return mean.float(), mean.float(), mean.float()
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, v.shape[0], (n_boot, v.shape[0]), generator=gen)
-    boots = torch.nanmean(v[idx], dim=1)
-    lo = torch.nanquantile(boots, alpha / 2, dim=0)
-    hi = torch.nanquantile(boots, 1 - alpha / 2, dim=0)
-    return mean.float(), lo.float(), hi.float()
-
-
 def _table(per_item: Mapping[str, Tensor], *, task: str, rendering: str, n_boot: int, seed: int) -> pd.DataFrame:
     """Tidy rows (layer, head, metric, value, ci) from per-item [n, layer, head] tensors."""
+    from codetransfer.analysis.stats import nan_bootstrap_ci
+
     frames = []
     for metric, vals in per_item.items():
-        mean, lo, hi = bootstrap_mean(vals, n_boot=n_boot, seed=seed)
+        mean, lo, hi = nan_bootstrap_ci(vals, n_resamples=n_boot, seed=seed)
         n_layers, n_heads = mean.shape
         layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
         frames.append(

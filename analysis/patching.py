@@ -83,6 +83,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from codetransfer.analysis.stats import ratio_bootstrap_ci
 from codetransfer.errors import CodetransferError, did_you_mean
 
 # ----------------------------------------------------------------------------------------------
@@ -493,7 +494,9 @@ class PatchingSweep:
 
     def table(self, meta: Mapping[str, object] | None = None, n_boot: int = 1000, ci: float = 0.95, seed: int = 0):
         """Tidy rows (DESIGN.md columns): metric '<direction>' is the normalised scale, 'logit_diff' raw."""
-        norm, lo, hi = ratio_bootstrap(self.values, self.clean, self.corrupted, n_boot=n_boot, ci=ci, seed=seed)
+        norm, lo, hi = ratio_bootstrap_ci(
+            self.values, self.clean, self.corrupted, n_resamples=n_boot, confidence=ci, seed=seed
+        )
         raw = self.values.mean(1).numpy()
         rows = []
         for i, c in enumerate(self.cells):
@@ -521,42 +524,6 @@ def _tidy(rows: list[dict], meta: Mapping[str, object] | None) -> pd.DataFrame:
         df[col] = df[col].astype(float)
     extra = [c for c in df.columns if c not in TABLE_COLUMNS]
     return df[[c for c in TABLE_COLUMNS if c in df.columns] + extra]
-
-
-def ratio_bootstrap(
-    values: Float[Tensor, "cell batch"],
-    top: Float[Tensor, " batch"],
-    bottom: Float[Tensor, " batch"],
-    n_boot: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(mean(values) - mean(bottom)) / (mean(top) - mean(bottom))`` per cell with a percentile
-    bootstrap over items (the same item resamples for every cell). NaN where the gap is zero."""
-    v = values.double().numpy()
-    t, b = top.double().numpy(), bottom.double().numpy()
-    n = v.shape[1]
-
-    def ratio(vm, tm, bm):
-        gap = tm - bm
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(np.abs(gap) > 1e-12, (vm - bm) / gap, np.nan)
-
-    point = ratio(v.mean(1), t.mean(), b.mean())
-    if n < 2:
-        return point, np.full_like(point, np.nan), np.full_like(point, np.nan)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    counts = np.zeros((n_boot, n))
-    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
-    counts /= n
-    vm = counts @ v.T  # [boot, cell]
-    r = ratio(vm, (counts @ t)[:, None], (counts @ b)[:, None])
-    a = (1 - ci) / 2
-    with np.errstate(all="ignore"):
-        lo = np.nanquantile(r, a, axis=0) if np.isfinite(r).any() else np.full_like(point, np.nan)
-        hi = np.nanquantile(r, 1 - a, axis=0) if np.isfinite(r).any() else np.full_like(point, np.nan)
-    return point, lo, hi
 
 
 def make_cells(
@@ -1152,7 +1119,7 @@ def circuit_faithfulness(
     full = run(all_heads, set(range(n_layers)))
     circuit = run(keep_heads, keep_mlps)
     empty = run(set(), set())
-    value, low, high = ratio_bootstrap(circuit[None], full, empty, n_boot=n_boot, seed=seed)
+    value, low, high = ratio_bootstrap_ci(circuit[None], full, empty, n_resamples=n_boot, seed=seed)
     return dict(
         full=float(full.mean()), circuit=float(circuit.mean()), empty=float(empty.mean()),
         faithfulness=float(value[0]), ci_low=float(low[0]), ci_high=float(high[0]),

@@ -1,4 +1,4 @@
-"""Train/test splits that hold out whole templates or entities, and bootstrap confidence intervals.
+"""Train/test splits that hold out whole templates or entities.
 
 Rows of a probing set are not independent: rows from one item share a prompt, items from one template
 share wording, items about one entity share its name. Splitting rows (or items) at random lets a probe
@@ -12,9 +12,10 @@ score by recognising a template or an entity it has seen. So splits here are alw
 
 There is deliberately no item-level split.
 
-Intervals are percentile bootstraps (95% by default) that resample test *groups* (a cluster bootstrap)
-when groups are given, rows otherwise; with several split seeds each resample draws from every seed's
-test set and averages over seeds, matching a value reported as the mean over seeds.
+Intervals over these splits come from :func:`codetransfer.analysis.stats.cluster_bootstrap_ci`: a
+percentile bootstrap that resamples test *groups* when groups are given, rows otherwise; with several
+split seeds each resample draws from every seed's test set and averages over seeds, matching a value
+reported as the mean over seeds.
 """
 
 from __future__ import annotations
@@ -119,40 +120,3 @@ def entity_splits(
         out.append(Split(int(seed), train, test))
     return out
 
-
-def bootstrap_ci(
-    values: Sequence[np.ndarray] | np.ndarray,
-    groups: Sequence[np.ndarray] | np.ndarray | None = None,
-    *,
-    n_boot: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """Mean and percentile-bootstrap interval of per-row ``values`` (e.g. 0/1 correctness).
-
-    ``values`` is one array, or a list of arrays (one per split seed; the statistic is the mean over
-    seeds of each seed's mean). ``groups`` (same structure) makes it a cluster bootstrap over groups.
-
-    Returns ``(value, ci_low, ci_high)``.
-    """
-    if isinstance(values, np.ndarray) and values.ndim == 1:
-        values = [values]
-        groups = None if groups is None else [np.asarray(groups)]
-    values = [np.asarray(v, dtype=float) for v in values]
-    if any(len(v) == 0 for v in values):
-        raise CodetransferError("values: expected non-empty arrays to bootstrap")
-    if groups is None:
-        groups = [np.arange(len(v)) for v in values]
-    rng = np.random.default_rng(seed)
-    stats = np.zeros(n_boot)
-    point = float(np.mean([v.mean() for v in values]))
-    for v, g in zip(values, groups):
-        uniq, inv = np.unique(np.asarray(g), return_inverse=True)
-        sums = np.bincount(inv, weights=v, minlength=len(uniq))
-        counts = np.bincount(inv, minlength=len(uniq)).astype(float)
-        draws = rng.integers(0, len(uniq), size=(n_boot, len(uniq)))
-        stats += sums[draws].sum(1) / counts[draws].sum(1)
-    stats /= len(values)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
-    return point, float(lo), float(hi)

@@ -52,12 +52,13 @@ import pandas as pd
 from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
+from codetransfer.analysis.stats import cluster_bootstrap_ci
 from codetransfer.analysis.store import ActivationStore, parse_sites
 from codetransfer.errors import CodetransferError
 from codetransfer.probes.controls import control_labels, majority_accuracy, shuffled_labels
 from codetransfer.probes.estimators import make_probe
 from codetransfer.probes.mdl import online_codelength
-from codetransfer.probes.splits import Split, bootstrap_ci, entity_splits, group_splits
+from codetransfer.probes.splits import Split, entity_splits, group_splits
 
 COLUMNS = ["run", "recipe", "seed", "task", "site", "layer", "head", "pos", "probe", "metric", "value",
            "ci_low", "ci_high"]
@@ -238,10 +239,10 @@ def _probe_one(X, labels, splits, clusters, control_types, probe, params, mdl, n
         grp.append(clusters[sp.test])
     rows = []
     for metric, vals in (("accuracy", task_c), ("control_accuracy", ctrl_c), ("selectivity", sel)):
-        v, lo, hi = bootstrap_ci(vals, grp, n_boot=n_boot, seed=0)
+        v, lo, hi = cluster_bootstrap_ci(vals, grp, n_resamples=n_boot, seed=0)
         rows.append(dict(metric=metric, value=v, ci_low=lo, ci_high=hi))
     if shuf:
-        v, lo, hi = bootstrap_ci([a for a, _ in shuf], [g for _, g in shuf], n_boot=n_boot, seed=0)
+        v, lo, hi = cluster_bootstrap_ci([a for a, _ in shuf], [g for _, g in shuf], n_resamples=n_boot, seed=0)
         rows.append(dict(metric="shuffled_accuracy", value=v, ci_low=lo, ci_high=hi))
     rows.append(dict(metric="majority", value=float(np.mean([m.mean() for m in maj])), ci_low=np.nan, ci_high=np.nan))
     if mdl:
@@ -297,7 +298,7 @@ def cross_format_probe(
         _cross_fit(splits, all_groups, formats, X, y, g, est, results)
     out = []
     for (a, b), (vals, grps) in results.items():
-        v, lo, hi = bootstrap_ci(vals, grps, n_boot=n_boot)
+        v, lo, hi = cluster_bootstrap_ci(vals, grps, n_resamples=n_boot)
         out.append(dict(fit_on=a, test_on=b, probe=probe, metric="accuracy", value=v, ci_low=lo, ci_high=hi))
     return pd.DataFrame(out)
 

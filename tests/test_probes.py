@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from codetransfer.analysis.stats import cluster_bootstrap_ci
 from codetransfer.errors import CodetransferError
 from codetransfer.probes.controls import control_labels, selectivity, shuffled_labels
 from codetransfer.probes.estimators import LinearProbe, MLPProbe, RidgeProbe, make_probe
 from codetransfer.probes.mdl import online_codelength
-from codetransfer.probes.splits import bootstrap_ci, entity_splits, group_splits
+from codetransfer.probes.splits import entity_splits, group_splits
 from codetransfer.probes.sweep import COLUMNS, cross_format_probe, probe_layers, sparse_probe_rows
 
 META = {"run": "r0", "recipe": "balanced", "seed": 0, "task": "boxes"}
@@ -108,14 +109,14 @@ def test_bootstrap_interval_covers_and_narrows():
     rng = np.random.default_rng(0)
     small = (rng.random(50) < 0.7).astype(float)
     big = (rng.random(5000) < 0.7).astype(float)
-    v, lo, hi = bootstrap_ci(small)
-    V, LO, HI = bootstrap_ci(big)
+    v, lo, hi = cluster_bootstrap_ci(small)
+    V, LO, HI = cluster_bootstrap_ci(big)
     assert lo < 0.7 < hi and LO < 0.7 < HI and (HI - LO) < (hi - lo) / 5
     # cluster bootstrap: one group of identical values is one draw, so the interval is wider
     groups = np.repeat(np.arange(50), 100)
     clustered = np.repeat((rng.random(50) < 0.7).astype(float), 100)
-    _, clo, chi = bootstrap_ci(clustered, groups)
-    _, rlo, rhi = bootstrap_ci(clustered)
+    _, clo, chi = cluster_bootstrap_ci(clustered, groups)
+    _, rlo, rhi = cluster_bootstrap_ci(clustered)
     assert (chi - clo) > 3 * (rhi - rlo)
 
 
