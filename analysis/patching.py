@@ -83,43 +83,32 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from codetransfer.analysis import schema, sites
 from codetransfer.errors import CodetransferError, did_you_mean
 
 # ----------------------------------------------------------------------------------------------
 # Sites
 
-SITES = ("resid_pre", "resid_mid", "attn_out", "mlp_out", "head_out", "q", "k", "v")
-HEAD_SITES = ("head_out", "q", "k", "v")
+SITES = sites.PATCH_KINDS
+"""Site kinds that patching supports (see :mod:`codetransfer.analysis.sites`)."""
+HEAD_SITES = sites.HEAD_KINDS
 DIRECTIONS = ("denoising", "noising")
-TABLE_COLUMNS = (
-    "run", "recipe", "seed", "task", "site", "layer", "head", "pos", "pos_label", "metric", "value",
-    "ci_low", "ci_high",
-)  # fmt: skip
-
-_HOOK = {
-    "resid_pre": "blocks.{l}.hook_resid_pre",
-    "resid_mid": "blocks.{l}.hook_resid_mid",
-    "attn_out": "blocks.{l}.hook_attn_out",
-    "mlp_out": "blocks.{l}.hook_mlp_out",
-    "head_out": "blocks.{l}.attn.hook_z",
-    "q": "blocks.{l}.attn.hook_q",
-    "k": "blocks.{l}.attn.hook_k",
-    "v": "blocks.{l}.attn.hook_v",
-}
+TABLE_COLUMNS = schema.columns("patching")
 
 
 def hook_name(site: str, layer: int) -> str:
     """The TransformerBridge hook name of ``site`` at ``layer``."""
-    check_site(site)
-    return _HOOK[site].format(l=layer)
+    return sites.Site(check_site(site), layer).hook
 
 
 def check_site(site: str) -> str:
-    if site not in SITES:
-        raise CodetransferError(
-            f"site: expected one of {', '.join(SITES)}, got {site!r}{did_you_mean(site, SITES)}"
-        )
-    return site
+    """The canonical patching site kind for ``site`` (``attn`` -> ``attn_out``); refuses others."""
+    return sites.resolve_kind(site, SITES, "site")
+
+
+def parse_sites(text: str) -> list[str]:
+    """Canonical patching site kinds of a comma-separated list (``"resid_pre,attn,mlp,head"``)."""
+    return sites.parse_kinds(text, SITES, "--sites")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,20 +185,8 @@ class RunCache:
 
 
 def _cache_names(n_layers: int) -> list[str]:
-    names = []
-    for l in range(n_layers):
-        names += [
-            f"blocks.{l}.hook_resid_pre",
-            f"blocks.{l}.hook_resid_mid",
-            f"blocks.{l}.hook_resid_post",
-            f"blocks.{l}.hook_attn_out",
-            f"blocks.{l}.hook_mlp_out",
-            f"blocks.{l}.attn.hook_z",
-            f"blocks.{l}.attn.hook_q",
-            f"blocks.{l}.attn.hook_k",
-            f"blocks.{l}.attn.hook_v",
-        ]
-    return names
+    """Every hook a patched run may start from or patch, at every layer."""
+    return [sites.HOOKS[kind].format(layer=l) for l in range(n_layers) for kind in sites.KINDS]
 
 
 def check_model(model) -> None:
@@ -354,7 +331,7 @@ def patch_cells(
     ``source_acts`` maps hook names to source activations (same batch; positions may differ when
     cells carry ``src_pos``). Cells are grouped by layer and stacked along the batch dimension.
     """
-    check_site(site)
+    site = check_site(site)
     check_model(model)
     if site in ("resid_mid", "attn_out", "head_out") and getattr(model.cfg, "parallel_attn_mlp", False):
         raise CodetransferError(
@@ -574,7 +551,7 @@ def make_cells(
     ``positions`` (name -> token index per item) replaces the absolute positions ``0..n_pos-1``;
     ``by_pos=False`` patches all positions at once.
     """
-    check_site(site)
+    site = check_site(site)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     layers = range(n_layers) if layers is None else layers
     hs: list[int | None] = list(range(n_heads) if heads is None else heads) if site in HEAD_SITES else [None]
@@ -615,7 +592,7 @@ def activation_patching(
     ``"noising"`` the reverse. ``caches`` = ``(clean, corrupted)`` from :func:`run_cache` avoids
     recomputing them across sites.
     """
-    check_site(site)
+    site = check_site(site)
     if direction not in DIRECTIONS:
         raise CodetransferError(
             f"direction: expected one of {', '.join(DIRECTIONS)}, got {direction!r}{did_you_mean(direction, DIRECTIONS)}"
@@ -821,7 +798,7 @@ def cross_model_patching(
     e.g. a model with itself; the raw ``logit_diff`` rows then equal ``metric_A``).
     A head's ``head_out`` is its ``hook_z``, so B's own ``W_O`` maps it into the residual stream.
     """
-    check_site(site)
+    site = check_site(site)
     check_same_shape(model_a, model_b, tokenizer_a, tokenizer_b)
     if len(metric) != tokens.shape[0]:
         raise CodetransferError(f"metric: expected {tokens.shape[0]} items, got {len(metric)}")
@@ -930,7 +907,7 @@ def cross_rendering_patching(
     ``within`` patches from the clean prompt of the target rendering at the same positions (the
     ceiling). Both are scaled 0 = target counterfactual, 1 = target clean.
     """
-    check_site(site)
+    site = check_site(site)
     clean = run_cache(model, batch.clean_tokens, batch.metric)
     target = run_cache(model, batch.target_tokens, batch.metric)
     source = run_cache(model, batch.source_tokens, batch.source_metric)
