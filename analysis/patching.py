@@ -26,7 +26,10 @@ Sites (TransformerBridge hook names, ``l`` = layer): ``resid_pre`` (``blocks.l.h
 ``resid_mid`` (the residual after attention), ``attn_out`` and ``mlp_out`` (a layer's write), per
 head ``head_out`` (``blocks.l.attn.hook_z``, i.e. the head's output before the shared ``W_O``), and
 ``q``/``k``/``v`` (``blocks.l.attn.hook_q/k/v``). Each is swept by layer and position (``by_pos``)
-or by layer over all positions; head sites also by head.
+or by layer over all positions; head sites also by head. Names and hooks come from
+:mod:`codetransfer.analysis.sites` (the vocabulary probing and the store share; ``attn``, ``mlp``
+and ``head`` are accepted for ``attn_out``, ``mlp_out`` and ``head_out``, a bare ``resid`` is
+refused as ambiguous). Prompts are encoded by :mod:`codetransfer.analysis.encoding`.
 
 Speed
 -----
@@ -81,10 +84,15 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
+from scipy.stats import spearmanr
 from torch import Tensor
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.patching import get_act_patch_direct_path
+from transformer_lens.tools.analysis import attribution_patch
 
-from codetransfer.analysis import schema, sites
+from codetransfer.analysis import encoding, schema, sites
 from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.trained.tokenizer import tokenizer_hash
 
 # ----------------------------------------------------------------------------------------------
 # Sites
@@ -469,7 +477,7 @@ class PatchingSweep:
         return g
 
     def table(self, meta: Mapping[str, object] | None = None, n_boot: int = 1000, ci: float = 0.95, seed: int = 0):
-        """Tidy rows (DESIGN.md columns): metric '<direction>' is the normalised scale, 'logit_diff' raw."""
+        """Tidy rows (:data:`codetransfer.analysis.schema.TABLES` ``["patching"]``): metric '<direction>' is the normalised scale, 'logit_diff' raw."""
         norm, lo, hi = ratio_bootstrap(self.values, self.clean, self.corrupted, n_boot=n_boot, ci=ci, seed=seed)
         raw = self.values.mean(1).numpy()
         rows = []
@@ -668,34 +676,12 @@ class PairBatch:
     """Items left out because their counterfactual tokenized to another length (``drop_misaligned``)."""
 
 
-def _answer_tokens(tokenizer, answer: str, counter: str, where: str) -> tuple[list[int], int, int]:
-    """``(shared prefix, answer token, counter token)``: the first tokens where the two answers differ.
-
-    When both answers start with the same tokens (a lone space before a digit in a small
-    vocabulary), the shared tokens are appended to the prompt and the metric reads the next one.
-    """
-    a = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    c = tokenizer(counter, add_special_tokens=False)["input_ids"]
-    k = 0
-    while k < min(len(a), len(c)) and a[k] == c[k]:
-        k += 1
-    if k == len(a) or k == len(c):
-        raise CodetransferError(
-            f"{where}: answer {answer!r} and counterfactual answer {counter!r} have the same tokens (or one is a "
-            "prefix of the other); a counterfactual must change the answer"
-        )
-    return a[:k], a[k], c[k]
-
-
-def _pad(rows: list[list[int]], pad_id: int) -> Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+_answer_tokens = encoding.answer_tokens
+_pad = encoding.pad_rows
 
 
 def _span_positions(item, offsets, keys) -> dict[str, int]:
-    from codetransfer.trained.tokenizer import char_to_token
-
-    return {k: char_to_token(offsets, item.spans[k][1]) for k in keys}
+    return encoding.span_positions(offsets, item.spans, keys)
 
 
 def pair_batch(items: Sequence, tokenizer, drop_misaligned: bool = False) -> PairBatch:
@@ -704,8 +690,6 @@ def pair_batch(items: Sequence, tokenizer, drop_misaligned: bool = False) -> Pai
     Refuses items without a counterfactual, counterfactuals with the same answer token, and
     (unless ``drop_misaligned``) counterfactuals that tokenize to another length.
     """
-    from codetransfer.trained.tokenizer import encode_with_bos
-
     if not items:
         raise CodetransferError("items: expected at least one item, got none")
     clean_rows, corr_rows, pos, ans, cnt, offs, kept = [], [], [], [], [], [], []
@@ -716,8 +700,8 @@ def pair_batch(items: Sequence, tokenizer, drop_misaligned: bool = False) -> Pai
                 f"items[{i}] ({it.task}): has no counterfactual; patching needs clean/counterfactual pairs"
             )
         shared, a, c = _answer_tokens(tokenizer, it.answer, cf.answer, f"items[{i}] ({it.task})")
-        ids, off = encode_with_bos(tokenizer, it.prompt)
-        cids, _ = encode_with_bos(tokenizer, cf.prompt)
+        ids, off = encoding.encode_prompt(tokenizer, it.prompt)
+        cids, _ = encoding.encode_prompt(tokenizer, cf.prompt)
         ids, cids = ids + shared, cids + shared
         if len(ids) != len(cids):
             if drop_misaligned:
@@ -728,7 +712,7 @@ def pair_batch(items: Sequence, tokenizer, drop_misaligned: bool = False) -> Pai
             )
         clean_rows.append(ids)
         corr_rows.append(cids)
-        pos.append(len(ids) - 1)
+        pos.append(encoding.answer_position(ids))
         ans.append(a)
         cnt.append(c)
         offs.append(off)
@@ -765,8 +749,6 @@ def check_same_shape(model_a, model_b, tokenizer_a=None, tokenizer_b=None) -> No
     if (tokenizer_a is None) != (tokenizer_b is None):
         raise CodetransferError("tokenizer_b: pass both tokenizers or neither to check that the models share one")
     if tokenizer_a is not None:
-        from codetransfer.trained.tokenizer import tokenizer_hash
-
         ha, hb = tokenizer_hash(tokenizer_a), tokenizer_hash(tokenizer_b)
         if ha != hb:
             raise CodetransferError(
@@ -838,8 +820,6 @@ def rendering_batch(
 ) -> RenderingBatch:
     """Pair each item's rendering-``from_rendering`` version (source) with the other rendering's
     counterfactual (target), aligned at the span keys the two share (span ends) and the last token."""
-    from codetransfer.trained.tokenizer import encode_with_bos
-
     if not items:
         raise CodetransferError("items: expected at least one item, got none")
     tgt_rows, cln_rows, src_rows, tpos, spos, ans, cnt, aligned = [], [], [], [], [], [], [], []
@@ -855,9 +835,9 @@ def rendering_batch(
         if cf is None:
             raise CodetransferError(f"items[{i}] ({it.task}): its {target.rendering} rendering has no counterfactual")
         shared, a, c = _answer_tokens(tokenizer, target.answer, cf.answer, f"items[{i}] ({it.task})")
-        ids, off = encode_with_bos(tokenizer, target.prompt)
-        cids, coff = encode_with_bos(tokenizer, cf.prompt)
-        sids, soff = encode_with_bos(tokenizer, source.prompt)
+        ids, off = encoding.encode_prompt(tokenizer, target.prompt)
+        cids, coff = encoding.encode_prompt(tokenizer, cf.prompt)
+        sids, soff = encoding.encode_prompt(tokenizer, source.prompt)
         ids, cids, sids = ids + shared, cids + shared, sids + shared
         if len(ids) != len(cids):
             if drop_misaligned:
@@ -874,8 +854,8 @@ def rendering_batch(
         tgt_rows.append(cids)
         cln_rows.append(ids)
         src_rows.append(sids)
-        tpos.append({**tp, "last": len(cids) - 1})
-        spos.append({**sp, "last": len(sids) - 1})
+        tpos.append({**tp, "last": encoding.answer_position(cids)})
+        spos.append({**sp, "last": encoding.answer_position(sids)})
         ans.append(a)
         cnt.append(c)
         aligned.append(set(keys) | {"last"})
@@ -944,8 +924,6 @@ def path_patching(
     sees the corrupted sender. Cells have ``site`` = 'path_q' / 'path_k' / 'path_v', ``layer`` and
     ``head`` of the receiver; receivers at or before the sender's layer are left out.
     """
-    from transformer_lens.patching import get_act_patch_direct_path
-
     _check_pair(clean_tokens, corrupted_tokens, metric)
     layer, head = sender
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -985,8 +963,6 @@ def path_patching(
 
 
 def _slice_cache(cache, i: int):
-    from transformer_lens.ActivationCache import ActivationCache
-
     return ActivationCache({k: v[i : i + 1] for k, v in cache.items()}, cache.model)
 
 
@@ -1002,8 +978,6 @@ def attribution_screen(
     (pos), ``value`` = the first-order estimate of the denoising effect (patched - corrupted) in
     logit-difference units, averaged over items.
     """
-    from transformer_lens.tools.analysis import attribution_patch
-
     _check_pair(clean_tokens, corrupted_tokens, metric)
     totals: dict = {}
     n = clean_tokens.shape[0]
@@ -1031,8 +1005,6 @@ def attribution_agreement(
     """Spearman rank correlation between attribution patching and exact denoising patching over
     every head-by-position and MLP-by-position node, with the joined table (columns
     ``attribution``, ``exact`` = mean patched - mean corrupted)."""
-    from scipy.stats import spearmanr
-
     screen = attribution_screen(model, clean_tokens, corrupted_tokens, metric)
     if caches is None:
         caches = (run_cache(model, clean_tokens, metric), run_cache(model, corrupted_tokens, metric))

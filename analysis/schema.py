@@ -11,9 +11,10 @@ Conventions:
   training seeds of one recipe have ``run = "<recipe>*"`` and a missing ``seed``.
 * **no head.** A row that is not about one attention head (a residual-stream or MLP site, a
   layer's whole attention write) has ``head`` = missing: the pandas nullable integer ``Int64``'s
-  ``NA`` (:data:`NO_HEAD`), in probing, patching and attention tables alike. ``head`` columns are
-  always of dtype ``Int64`` (:func:`head_column`), so ``table["head"].isna()`` selects the rows
-  without a head and a head index is never confused with a sentinel value.
+  ``NA`` (:data:`NO_HEAD`), in probing and patching tables alike (:func:`head_column`), so
+  ``table["head"].isna()`` selects the rows without a head and a head index is never confused
+  with a sentinel value. A ``head`` column is always of an integer dtype (``Int64`` where a head
+  can be missing; attention tables, where every row is a head, keep ``int64``).
 * **sites.** ``site`` holds a kind of :mod:`codetransfer.analysis.sites` (``resid_pre``,
   ``head_out``, ...), the layer sits in ``layer`` and the head in ``head``.
 """
@@ -122,7 +123,8 @@ def order(df: pd.DataFrame, name: str, run_columns: bool = True) -> pd.DataFrame
 def check(df: pd.DataFrame, name: str, run_columns: bool = True) -> pd.DataFrame:
     """Refuse ``df`` unless its columns are exactly table ``name``'s (in order, then optional ones).
 
-    Also refuses a ``head`` column that is not ``Int64``. Returns ``df``.
+    Also refuses a ``head`` column that is not of an integer dtype (a float or object column means
+    a sentinel or ``None`` crept in). Returns ``df``.
     """
     t = table(name)
     want = list(columns(name, run_columns))
@@ -135,9 +137,9 @@ def check(df: pd.DataFrame, name: str, run_columns: bool = True) -> pd.DataFrame
             f"table '{name}': expected columns {want} (then optionally {list(t.optional)}), got {have}; "
             f"missing {missing}, unexpected {unknown}"
         )
-    if "head" in df.columns and str(df["head"].dtype) != HEAD_DTYPE:
+    if "head" in df.columns and not pd.api.types.is_integer_dtype(df["head"].dtype):
         raise CodetransferError(
-            f"table '{name}': column 'head' must be {HEAD_DTYPE} (NA = no head), got {df['head'].dtype}"
+            f"table '{name}': column 'head' must be an integer column ({HEAD_DTYPE}, NA = no head), got {df['head'].dtype}"
         )
     return df
 

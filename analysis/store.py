@@ -55,6 +55,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from codetransfer.analysis import encoding
 from codetransfer.analysis import sites as sitespec
 from codetransfer.errors import CodetransferError, did_you_mean
 
@@ -402,11 +403,7 @@ def _pad_tokens(tokens, pad_id: int) -> tuple[Int[Tensor, "item pos"], list[int]
     seqs = [torch.as_tensor(list(t), dtype=torch.long) for t in tokens]
     if not seqs or any(len(s) == 0 for s in seqs):
         raise CodetransferError("tokens: expected a non-empty list of non-empty token sequences")
-    lengths = [len(s) for s in seqs]
-    out = torch.full((len(seqs), max(lengths)), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-    return out, lengths
+    return encoding.pad_rows(seqs, pad_id), [len(s) for s in seqs]
 
 
 def extract_activations(

@@ -59,7 +59,7 @@ import pyarrow.parquet as pq
 from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
-from codetransfer.analysis import schema
+from codetransfer.analysis import encoding, schema
 from codetransfer.analysis.sites import Site
 from codetransfer.analysis.store import ActivationStore, extract_activations, parse_sites
 from codetransfer.errors import CodetransferError, did_you_mean
@@ -408,17 +408,15 @@ def item_rows(items: Sequence, tokenizer, *, twins: bool = False) -> tuple[list[
     the original item). Returns ``(tokens, positions, index)``; the index has ``item, pair, label,
     family, value, template, entities, rendering``.
     """
-    from codetransfer.trained.tokenizer import char_to_token, encode_with_bos
-
     sequence = [(i, it) for i, it in enumerate(items)]
     if twins:
         sequence += [(i, it.twin) for i, it in enumerate(items) if getattr(it, "twin", None) is not None]
     tokens, positions, recs = [], [], []
     for k, (pair, item) in enumerate(sequence):
-        ids, offsets = encode_with_bos(tokenizer, item.prompt)
+        ids, offsets = encoding.encode_prompt(tokenizer, item.prompt)
         ps = []
         for lab in item.labels:
-            ps.append(char_to_token(offsets, lab.end))
+            ps.append(encoding.span_token(offsets, lab.end))
             recs.append(dict(item=k, pair=pair, label=lab.name, family=label_family(lab.name), value=str(lab.value),
                              template=str(item.template), entities="|".join(item.entities),
                              rendering=item.rendering))
