@@ -116,7 +116,7 @@ def check_site(site: str) -> str:
 
 def parse_sites(text: str) -> list[str]:
     """Canonical patching site kinds of a comma-separated list (``"resid_pre,attn,mlp,head"``)."""
-    return sites.parse_kinds(text, SITES, "--sites")
+    return sites.parse_kinds(text, SITES, "sites")
 
 
 # ----------------------------------------------------------------------------------------------
