@@ -83,6 +83,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from codetransfer.analysis import encoding, schema
 from codetransfer.errors import CodetransferError, did_you_mean
 
 DETECTION_KINDS = ("previous_token", "duplicate_token", "induction")
@@ -93,7 +94,7 @@ SPAN_KEYS = ("query", "answer_source")
 """Item spans whose attention from the final position is reported (plus the distractors)."""
 RANDOM_TASK = "repeated_random"
 """Value of the ``task`` column for scores measured on repeated random tokens."""
-TABLE_COLUMNS = ("task", "rendering", "layer", "head", "metric", "value", "ci_low", "ci_high")
+TABLE_COLUMNS = schema.columns("attention", run_columns=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,8 +158,7 @@ class EncodedItems:
         return self.lengths - 1
 
 
-def _span_positions(offsets, start: int, end: int) -> tuple[int, ...]:
-    return tuple(i for i, (s, e) in enumerate(offsets) if i > 0 and s < end and e > start and e > s)
+_span_positions = encoding.span_tokens
 
 
 def _distractor_positions(item, offsets) -> tuple[int, ...]:
@@ -186,8 +186,6 @@ def encode_items(tokenizer, items: Sequence, *, need: Sequence[str] = ()) -> Enc
 
     ``need``: span keys every item must have (refused with a one-line error otherwise).
     """
-    from codetransfer.trained.tokenizer import encode_with_bos
-
     items = list(items)
     if not items:
         raise CodetransferError("items: expected at least one item, got an empty list")
@@ -199,15 +197,13 @@ def encode_items(tokenizer, items: Sequence, *, need: Sequence[str] = ()) -> Enc
                     f"item {n} of task '{item.task}': no span '{key}' (has {sorted(item.spans) or 'none'}); "
                     f"this score needs items whose generator records '{key}' in Item.spans"
                 )
-        ids, offsets = encode_with_bos(tokenizer, item.prompt)
+        ids, offsets = encoding.encode_prompt(tokenizer, item.prompt)
         if len(ids) < 2:
             raise CodetransferError(f"item {n} of task '{item.task}': empty prompt; every item needs a prompt")
-        cands = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.candidates]
+        cands = [encoding.tokens(tokenizer, c) for c in item.candidates]
         if not all(cands):
             raise CodetransferError(f"item {n} of task '{item.task}': empty candidate in {item.candidates!r}")
-        k = 0  # tokens every candidate starts with (e.g. a lone space): they join the prompt
-        while all(len(c) > k + 1 for c in cands) and len({c[k] for c in cands}) == 1:
-            k += 1
+        k = encoding.shared_prefix_len(cands)  # tokens every candidate starts with: they join the prompt
         ids = ids + cands[0][:k]
         rows.append(ids)
         spans.append({key: _span_positions(offsets, s, e) for key, (s, e) in item.spans.items()})
@@ -216,9 +212,7 @@ def encode_items(tokenizer, items: Sequence, *, need: Sequence[str] = ()) -> Enc
         answers.append(first[item.label])
         wrong.append(tuple(sorted({t for j, t in enumerate(first) if j != item.label and t != first[item.label]})))
     lengths = torch.tensor([len(r) for r in rows])
-    tokens = torch.full((len(rows), int(lengths.max())), tokenizer.pad_token_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, : len(r)] = torch.tensor(r)
+    tokens = encoding.pad_rows(rows, encoding.pad_id(tokenizer))
     return EncodedItems(tokens, lengths, tuple(spans), tuple(distractors), torch.tensor(answers), tuple(wrong))
 
 
@@ -299,10 +293,8 @@ def attention_patterns(
 def prompt_attention(bridge, tokenizer, prompt: str, layer: int, head: int) -> tuple[Float[Tensor, "q k"], list[str]]:
     """One head's attention pattern on ``[bos] + tokens(prompt)`` and the token strings (for
     :func:`codetransfer.analysis.attention_plots.plot_attention_pattern`)."""
-    from codetransfer.trained.tokenizer import encode_with_bos
-
     ((layer, head),) = check_heads(bridge, [(layer, head)])
-    ids, offsets = encode_with_bos(tokenizer, prompt)
+    ids, offsets = encoding.encode_prompt(tokenizer, prompt)
     pats = attention_patterns(bridge, torch.tensor([ids]))
     return pats[layer, 0, head], [tokenizer.bos_token] + [prompt[s:e] for s, e in offsets[1:]]
 
@@ -891,10 +883,7 @@ def score_runs(runs: Iterable, score: Callable[..., pd.DataFrame] = score_run, *
             )
         shape = this
         t = score(run.bridge, run.tokenizer, **kwargs)
-        t.insert(0, "seed", run.info.seed)
-        t.insert(0, "recipe", run.info.recipe)
-        t.insert(0, "run", run.info.name)
-        frames.append(t)
+        frames.append(schema.add_run_columns(t, run))
     if not frames:
         raise CodetransferError("runs: expected at least one run, got none")
     return pd.concat(frames, ignore_index=True)

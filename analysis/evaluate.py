@@ -56,8 +56,10 @@ families this costs at most (number of multi-token candidates - 1) extra prompt 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -65,24 +67,22 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from codetransfer.analysis import encoding, schema
 from codetransfer.analysis.stats import (
     bootstrap_ci,
     hierarchical_bootstrap_ci,
     relative_change_ci,
 )
 from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.tasks import get_task, task_names
 
 METRICS = ("accuracy", "logit_diff")
-SUMMARY_COLUMNS = ("recipe", "baseline", "category", "metric", "of", "value", "ci_low", "ci_high", "recipe_value",
-                   "baseline_value", "n_seeds", "n_items")
+SUMMARY_COLUMNS = schema.columns("summary")
 #: metric name -> the per-item (or per-window) score column it averages
 METRIC_COLUMNS = {"accuracy": "correct", "logit_diff": "logit_diff", "loss": "loss"}
 
 #: per-item score columns (besides run, recipe, seed)
-ITEM_COLUMNS = (
-    "task", "version", "item_seed", "index", "category", "rendering", "difficulty", "template",
-    "n_candidates", "label", "chance", "copy_chance", "logprobs", "logprob_answer", "logit_diff", "correct",
-)
+ITEM_COLUMNS = schema.columns("scores", run_columns=False)
 
 
 def copy_chance(prompt: str, candidates: Sequence[str], label: int) -> float:
@@ -93,8 +93,6 @@ def copy_chance(prompt: str, candidates: Sequence[str], label: int) -> float:
     answers are copied from a stated fact, so this, not ``chance``, is the bar that shows a model uses
     the queried key (e.g. "The pen is in box B. The cup is in box A. The pen is in box" -> 1/2).
     """
-    import re
-
     seen = [i for i, c in enumerate(candidates)
             if c.strip() and re.search(rf"(?<!\w){re.escape(c.strip())}(?!\w)", prompt)]
     if not seen:
@@ -138,18 +136,10 @@ def _plan(items: Sequence, tokenizer, n_ctx: int):
     """Token rows and scored entries for ``items``; raises on the first bad item (before any forward)."""
     if len(items) == 0:
         raise CodetransferError("items: expected at least one item to score, got an empty list")
-    bos = tokenizer.bos_token_id
-    if bos is None:
-        raise CodetransferError("tokenizer: has no bos_token; load the run's tokenizer with codetransfer")
-    backend = tokenizer.backend_tokenizer
-    prompts = [it.prompt for it in items]
-    prompt_ids = [e.ids for e in backend.encode_batch(prompts, add_special_tokens=False)]
-    flat_cands = [c for it in items for c in it.candidates]
-    cand_ids = [e.ids for e in backend.encode_batch(flat_cands, add_special_tokens=False)]
-    joint_ids = [
-        e.ids
-        for e in backend.encode_batch([it.prompt + c for it in items for c in it.candidates], add_special_tokens=False)
-    ]
+    bos = encoding.bos_id(tokenizer)
+    prompt_ids = encoding.encode_batch(tokenizer, [it.prompt for it in items])
+    cand_ids = encoding.encode_batch(tokenizer, [c for it in items for c in it.candidates])
+    joint_ids = encoding.encode_batch(tokenizer, [it.prompt + c for it in items for c in it.candidates])
 
     rows: list[list[int]] = []
     entry_row, entry_pos, entry_tgt, entry_pair = [], [], [], []
@@ -171,12 +161,7 @@ def _plan(items: Sequence, tokenizer, n_ctx: int):
             c = cand_ids[pair + j]
             if len(c) == 0:
                 raise CodetransferError(f"{name}: candidate {j} is empty; candidates need at least one token")
-            if joint_ids[pair + j] != prompt_ids[i] + c:
-                raise CodetransferError(
-                    f"{name}: candidate {cand!r} does not tokenize as a continuation (its first token merges "
-                    f"with the prompt's end {it.prompt[-8:]!r}); start candidates with a space or end the "
-                    "prompt at a word boundary"
-                )
+            encoding.check_continuation(prompt_ids[i], c, joint_ids[pair + j], name, cand, it.prompt)
             need = len(p) + len(c) - 1
             if need > n_ctx:
                 raise CodetransferError(
@@ -192,7 +177,7 @@ def _plan(items: Sequence, tokenizer, n_ctx: int):
                     first_row = row
                 for t, tok in enumerate(c):
                     entry_row.append(row)
-                    entry_pos.append(len(p) - 1 + t)
+                    entry_pos.append(encoding.answer_position(p) + t)
                     entry_tgt.append(tok)
                     entry_pair.append(pair + j)
         if first_row is None:
@@ -202,7 +187,7 @@ def _plan(items: Sequence, tokenizer, n_ctx: int):
             c = cand_ids[pair + j]
             if len(c) == 1:
                 entry_row.append(first_row)
-                entry_pos.append(len(p) - 1)
+                entry_pos.append(encoding.answer_position(p))
                 entry_tgt.append(c[0])
                 entry_pair.append(pair + j)
         pair += k
@@ -217,11 +202,7 @@ def _batches(rows: list[list[int]], batch_size: int):
 
 
 def _pad(rows: list[list[int]], batch: list[int], pad_id: int, device) -> Int[Tensor, "batch pos"]:
-    width = max(len(rows[r]) for r in batch)
-    out = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    for b, r in enumerate(batch):
-        out[b, : len(rows[r])] = torch.tensor(rows[r], dtype=torch.long)
-    return out.to(device)
+    return encoding.pad_rows([rows[r] for r in batch], pad_id).to(device)
 
 
 @torch.no_grad()
@@ -232,7 +213,7 @@ def candidate_logprobs(
     if batch_size < 1:
         raise CodetransferError(f"batch_size: expected a positive number of rows per forward, got {batch_size}")
     rows, entries, n_pairs = _plan(items, tokenizer, model_n_ctx(model))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.bos_token_id
+    pad_id = encoding.pad_id(tokenizer)
     scores = torch.zeros(n_pairs, dtype=torch.float64)
     by_row = np.argsort(entries[0], kind="stable")
     starts = np.searchsorted(entries[0][by_row], np.arange(len(rows) + 1))
@@ -284,9 +265,8 @@ def score_items(
 
 def item_token_lengths(items: Sequence, tokenizer) -> np.ndarray:
     """Tokens each item needs in one row: ``1 (bos) + len(prompt) + len(longest candidate) - 1``."""
-    backend = tokenizer.backend_tokenizer
-    prompt = [len(e.ids) for e in backend.encode_batch([it.prompt for it in items], add_special_tokens=False)]
-    cands = [len(e.ids) for e in backend.encode_batch([c for it in items for c in it.candidates], add_special_tokens=False)]
+    prompt = [len(e) for e in encoding.encode_batch(tokenizer, [it.prompt for it in items])]
+    cands = [len(e) for e in encoding.encode_batch(tokenizer, [c for it in items for c in it.candidates])]
     out, s = [], 0
     for it, p in zip(items, prompt):
         out.append(p + max(cands[s : s + len(it.candidates)]))
@@ -340,8 +320,6 @@ def make_items(tasks, n_items: int, seed: int, max_difficulty: int | None = None
             tasks = [t for t in tasks.split(",") if t]
         if n_items < 1:
             raise CodetransferError(f"n_items: expected a positive number of items per task, got {n_items}")
-        from codetransfer.tasks import get_task, task_names
-
         known = list(task_names())
         out = {}
         for name in tasks:
@@ -397,10 +375,7 @@ def score_runs(
             if progress is not None:
                 progress(f"scoring run {name} on {task} ({len(items)} items)")
             df = score_items(model, run.tokenizer, items, batch_size, device)
-            df.insert(0, "seed", seed)
-            df.insert(0, "recipe", recipe)
-            df.insert(0, "run", name)
-            frames.append(df)
+            frames.append(schema.add_run_columns(df, SimpleNamespace(name=name, recipe=recipe, seed=seed)))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -453,9 +428,7 @@ def tidy_table(scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed:
                 iv = hierarchical_bootstrap_ci(m.to_numpy(), n_boot, ci, rng, crossed=True)
                 recs.append((f"{recipe}*", recipe, pd.NA, task, category, level, metric, iv.value, iv.low, iv.high,
                              _chance(gl), _chance(gl, "copy_chance"), m.shape[1]))
-    cols = ["run", "recipe", "seed", "task", "category", "difficulty", "metric", "value", "ci_low", "ci_high",
-            "chance", "copy_chance", "n_items"]
-    table = pd.DataFrame.from_records(recs, columns=cols)
+    table = pd.DataFrame.from_records(recs, columns=list(schema.columns("eval")))
     table["seed"] = table["seed"].astype("Int64")
     table["difficulty"] = table["difficulty"].astype(str)
     return table

@@ -42,6 +42,7 @@ import pandas as pd
 
 from codetransfer.analysis.evaluate import select_task, tidy_table
 from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.tasks import get_task, task_names
 
 #: the learning table's first columns; the others are :func:`~codetransfer.analysis.evaluate.tidy_table`'s
 #: (``task, category, difficulty, metric, value, ci_low, ci_high, chance, copy_chance, n_items``)
@@ -75,8 +76,6 @@ def learning_items(tasks, n_items: int, seed: int, max_difficulty: int = 0) -> d
 
     ``tasks`` is a list of task names or a comma-separated string.
     """
-    from codetransfer.tasks import get_task, task_names
-
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     if not tasks:

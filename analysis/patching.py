@@ -26,7 +26,10 @@ Sites (TransformerBridge hook names, ``l`` = layer): ``resid_pre`` (``blocks.l.h
 ``resid_mid`` (the residual after attention), ``attn_out`` and ``mlp_out`` (a layer's write), per
 head ``head_out`` (``blocks.l.attn.hook_z``, i.e. the head's output before the shared ``W_O``), and
 ``q``/``k``/``v`` (``blocks.l.attn.hook_q/k/v``). Each is swept by layer and position (``by_pos``)
-or by layer over all positions; head sites also by head.
+or by layer over all positions; head sites also by head. Names and hooks come from
+:mod:`codetransfer.analysis.sites` (the vocabulary probing and the store share; ``attn``, ``mlp``
+and ``head`` are accepted for ``attn_out``, ``mlp_out`` and ``head_out``, a bare ``resid`` is
+refused as ambiguous). Prompts are encoded by :mod:`codetransfer.analysis.encoding`.
 
 Speed
 -----
@@ -81,46 +84,40 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
+from scipy.stats import spearmanr
 from torch import Tensor
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.patching import get_act_patch_direct_path
+from transformer_lens.tools.analysis import attribution_patch
 
+from codetransfer.analysis import encoding, schema, sites
 from codetransfer.analysis.stats import ratio_bootstrap_ci
 from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.trained.tokenizer import tokenizer_hash
 
 # ----------------------------------------------------------------------------------------------
 # Sites
 
-SITES = ("resid_pre", "resid_mid", "attn_out", "mlp_out", "head_out", "q", "k", "v")
-HEAD_SITES = ("head_out", "q", "k", "v")
+SITES = sites.PATCH_KINDS
+"""Site kinds that patching supports (see :mod:`codetransfer.analysis.sites`)."""
+HEAD_SITES = sites.HEAD_KINDS
 DIRECTIONS = ("denoising", "noising")
-TABLE_COLUMNS = (
-    "run", "recipe", "seed", "task", "site", "layer", "head", "pos", "pos_label", "metric", "value",
-    "ci_low", "ci_high",
-)  # fmt: skip
-
-_HOOK = {
-    "resid_pre": "blocks.{l}.hook_resid_pre",
-    "resid_mid": "blocks.{l}.hook_resid_mid",
-    "attn_out": "blocks.{l}.hook_attn_out",
-    "mlp_out": "blocks.{l}.hook_mlp_out",
-    "head_out": "blocks.{l}.attn.hook_z",
-    "q": "blocks.{l}.attn.hook_q",
-    "k": "blocks.{l}.attn.hook_k",
-    "v": "blocks.{l}.attn.hook_v",
-}
+TABLE_COLUMNS = schema.columns("patching")
 
 
 def hook_name(site: str, layer: int) -> str:
     """The TransformerBridge hook name of ``site`` at ``layer``."""
-    check_site(site)
-    return _HOOK[site].format(l=layer)
+    return sites.Site(check_site(site), layer).hook
 
 
 def check_site(site: str) -> str:
-    if site not in SITES:
-        raise CodetransferError(
-            f"site: expected one of {', '.join(SITES)}, got {site!r}{did_you_mean(site, SITES)}"
-        )
-    return site
+    """The canonical patching site kind for ``site`` (``attn`` -> ``attn_out``); refuses others."""
+    return sites.resolve_kind(site, SITES, "site")
+
+
+def parse_sites(text: str) -> list[str]:
+    """Canonical patching site kinds of a comma-separated list (``"resid_pre,attn,mlp,head"``)."""
+    return sites.parse_kinds(text, SITES, "sites")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,20 +194,8 @@ class RunCache:
 
 
 def _cache_names(n_layers: int) -> list[str]:
-    names = []
-    for l in range(n_layers):
-        names += [
-            f"blocks.{l}.hook_resid_pre",
-            f"blocks.{l}.hook_resid_mid",
-            f"blocks.{l}.hook_resid_post",
-            f"blocks.{l}.hook_attn_out",
-            f"blocks.{l}.hook_mlp_out",
-            f"blocks.{l}.attn.hook_z",
-            f"blocks.{l}.attn.hook_q",
-            f"blocks.{l}.attn.hook_k",
-            f"blocks.{l}.attn.hook_v",
-        ]
-    return names
+    """Every hook a patched run may start from or patch, at every layer."""
+    return [sites.HOOKS[kind].format(layer=l) for l in range(n_layers) for kind in sites.KINDS]
 
 
 def check_model(model) -> None:
@@ -355,7 +340,7 @@ def patch_cells(
     ``source_acts`` maps hook names to source activations (same batch; positions may differ when
     cells carry ``src_pos``). Cells are grouped by layer and stacked along the batch dimension.
     """
-    check_site(site)
+    site = check_site(site)
     check_model(model)
     if site in ("resid_mid", "attn_out", "head_out") and getattr(model.cfg, "parallel_attn_mlp", False):
         raise CodetransferError(
@@ -493,7 +478,8 @@ class PatchingSweep:
         return g
 
     def table(self, meta: Mapping[str, object] | None = None, n_boot: int = 1000, ci: float = 0.95, seed: int = 0):
-        """Tidy rows (DESIGN.md columns): metric '<direction>' is the normalised scale, 'logit_diff' raw."""
+        """Tidy rows (:data:`codetransfer.analysis.schema.TABLES` ``["patching"]``): metric '<direction>' is the
+        normalised scale, 'logit_diff' raw."""
         norm, lo, hi = ratio_bootstrap_ci(
             self.values, self.clean, self.corrupted, n_resamples=n_boot, confidence=ci, seed=seed
         )
@@ -541,7 +527,7 @@ def make_cells(
     ``positions`` (name -> token index per item) replaces the absolute positions ``0..n_pos-1``;
     ``by_pos=False`` patches all positions at once.
     """
-    check_site(site)
+    site = check_site(site)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     layers = range(n_layers) if layers is None else layers
     hs: list[int | None] = list(range(n_heads) if heads is None else heads) if site in HEAD_SITES else [None]
@@ -582,7 +568,7 @@ def activation_patching(
     ``"noising"`` the reverse. ``caches`` = ``(clean, corrupted)`` from :func:`run_cache` avoids
     recomputing them across sites.
     """
-    check_site(site)
+    site = check_site(site)
     if direction not in DIRECTIONS:
         raise CodetransferError(
             f"direction: expected one of {', '.join(DIRECTIONS)}, got {direction!r}{did_you_mean(direction, DIRECTIONS)}"
@@ -658,34 +644,12 @@ class PairBatch:
     """Items left out because their counterfactual tokenized to another length (``drop_misaligned``)."""
 
 
-def _answer_tokens(tokenizer, answer: str, counter: str, where: str) -> tuple[list[int], int, int]:
-    """``(shared prefix, answer token, counter token)``: the first tokens where the two answers differ.
-
-    When both answers start with the same tokens (a lone space before a digit in a small
-    vocabulary), the shared tokens are appended to the prompt and the metric reads the next one.
-    """
-    a = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    c = tokenizer(counter, add_special_tokens=False)["input_ids"]
-    k = 0
-    while k < min(len(a), len(c)) and a[k] == c[k]:
-        k += 1
-    if k == len(a) or k == len(c):
-        raise CodetransferError(
-            f"{where}: answer {answer!r} and counterfactual answer {counter!r} have the same tokens (or one is a "
-            "prefix of the other); a counterfactual must change the answer"
-        )
-    return a[:k], a[k], c[k]
-
-
-def _pad(rows: list[list[int]], pad_id: int) -> Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+_answer_tokens = encoding.answer_tokens
+_pad = encoding.pad_rows
 
 
 def _span_positions(item, offsets, keys) -> dict[str, int]:
-    from codetransfer.trained.tokenizer import char_to_token
-
-    return {k: char_to_token(offsets, item.spans[k][1]) for k in keys}
+    return encoding.span_positions(offsets, item.spans, keys)
 
 
 def pair_batch(items: Sequence, tokenizer, drop_misaligned: bool = False) -> PairBatch:
@@ -694,8 +658,6 @@ def pair_batch(items: Sequence, tokenizer, drop_misaligned: bool = False) -> Pai
     Refuses items without a counterfactual, counterfactuals with the same answer token, and
     (unless ``drop_misaligned``) counterfactuals that tokenize to another length.
     """
-    from codetransfer.trained.tokenizer import encode_with_bos
-
     if not items:
         raise CodetransferError("items: expected at least one item, got none")
     clean_rows, corr_rows, pos, ans, cnt, offs, kept = [], [], [], [], [], [], []
@@ -706,8 +668,8 @@ def pair_batch(items: Sequence, tokenizer, drop_misaligned: bool = False) -> Pai
                 f"items[{i}] ({it.task}): has no counterfactual; patching needs clean/counterfactual pairs"
             )
         shared, a, c = _answer_tokens(tokenizer, it.answer, cf.answer, f"items[{i}] ({it.task})")
-        ids, off = encode_with_bos(tokenizer, it.prompt)
-        cids, _ = encode_with_bos(tokenizer, cf.prompt)
+        ids, off = encoding.encode_prompt(tokenizer, it.prompt)
+        cids, _ = encoding.encode_prompt(tokenizer, cf.prompt)
         ids, cids = ids + shared, cids + shared
         if len(ids) != len(cids):
             if drop_misaligned:
@@ -718,7 +680,7 @@ def pair_batch(items: Sequence, tokenizer, drop_misaligned: bool = False) -> Pai
             )
         clean_rows.append(ids)
         corr_rows.append(cids)
-        pos.append(len(ids) - 1)
+        pos.append(encoding.answer_position(ids))
         ans.append(a)
         cnt.append(c)
         offs.append(off)
@@ -755,8 +717,6 @@ def check_same_shape(model_a, model_b, tokenizer_a=None, tokenizer_b=None) -> No
     if (tokenizer_a is None) != (tokenizer_b is None):
         raise CodetransferError("tokenizer_b: pass both tokenizers or neither to check that the models share one")
     if tokenizer_a is not None:
-        from codetransfer.trained.tokenizer import tokenizer_hash
-
         ha, hb = tokenizer_hash(tokenizer_a), tokenizer_hash(tokenizer_b)
         if ha != hb:
             raise CodetransferError(
@@ -788,7 +748,7 @@ def cross_model_patching(
     e.g. a model with itself; the raw ``logit_diff`` rows then equal ``metric_A``).
     A head's ``head_out`` is its ``hook_z``, so B's own ``W_O`` maps it into the residual stream.
     """
-    check_site(site)
+    site = check_site(site)
     check_same_shape(model_a, model_b, tokenizer_a, tokenizer_b)
     if len(metric) != tokens.shape[0]:
         raise CodetransferError(f"metric: expected {tokens.shape[0]} items, got {len(metric)}")
@@ -828,8 +788,6 @@ def rendering_batch(
 ) -> RenderingBatch:
     """Pair each item's rendering-``from_rendering`` version (source) with the other rendering's
     counterfactual (target), aligned at the span keys the two share (span ends) and the last token."""
-    from codetransfer.trained.tokenizer import encode_with_bos
-
     if not items:
         raise CodetransferError("items: expected at least one item, got none")
     tgt_rows, cln_rows, src_rows, tpos, spos, ans, cnt, aligned = [], [], [], [], [], [], [], []
@@ -845,9 +803,9 @@ def rendering_batch(
         if cf is None:
             raise CodetransferError(f"items[{i}] ({it.task}): its {target.rendering} rendering has no counterfactual")
         shared, a, c = _answer_tokens(tokenizer, target.answer, cf.answer, f"items[{i}] ({it.task})")
-        ids, off = encode_with_bos(tokenizer, target.prompt)
-        cids, coff = encode_with_bos(tokenizer, cf.prompt)
-        sids, soff = encode_with_bos(tokenizer, source.prompt)
+        ids, off = encoding.encode_prompt(tokenizer, target.prompt)
+        cids, coff = encoding.encode_prompt(tokenizer, cf.prompt)
+        sids, soff = encoding.encode_prompt(tokenizer, source.prompt)
         ids, cids, sids = ids + shared, cids + shared, sids + shared
         if len(ids) != len(cids):
             if drop_misaligned:
@@ -864,8 +822,8 @@ def rendering_batch(
         tgt_rows.append(cids)
         cln_rows.append(ids)
         src_rows.append(sids)
-        tpos.append({**tp, "last": len(cids) - 1})
-        spos.append({**sp, "last": len(sids) - 1})
+        tpos.append({**tp, "last": encoding.answer_position(cids)})
+        spos.append({**sp, "last": encoding.answer_position(sids)})
         ans.append(a)
         cnt.append(c)
         aligned.append(set(keys) | {"last"})
@@ -897,7 +855,7 @@ def cross_rendering_patching(
     ``within`` patches from the clean prompt of the target rendering at the same positions (the
     ceiling). Both are scaled 0 = target counterfactual, 1 = target clean.
     """
-    check_site(site)
+    site = check_site(site)
     clean = run_cache(model, batch.clean_tokens, batch.metric)
     target = run_cache(model, batch.target_tokens, batch.metric)
     source = run_cache(model, batch.source_tokens, batch.source_metric)
@@ -934,8 +892,6 @@ def path_patching(
     sees the corrupted sender. Cells have ``site`` = 'path_q' / 'path_k' / 'path_v', ``layer`` and
     ``head`` of the receiver; receivers at or before the sender's layer are left out.
     """
-    from transformer_lens.patching import get_act_patch_direct_path
-
     _check_pair(clean_tokens, corrupted_tokens, metric)
     layer, head = sender
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -975,8 +931,6 @@ def path_patching(
 
 
 def _slice_cache(cache, i: int):
-    from transformer_lens.ActivationCache import ActivationCache
-
     return ActivationCache({k: v[i : i + 1] for k, v in cache.items()}, cache.model)
 
 
@@ -992,8 +946,6 @@ def attribution_screen(
     (pos), ``value`` = the first-order estimate of the denoising effect (patched - corrupted) in
     logit-difference units, averaged over items.
     """
-    from transformer_lens.tools.analysis import attribution_patch
-
     _check_pair(clean_tokens, corrupted_tokens, metric)
     totals: dict = {}
     n = clean_tokens.shape[0]
@@ -1021,8 +973,6 @@ def attribution_agreement(
     """Spearman rank correlation between attribution patching and exact denoising patching over
     every head-by-position and MLP-by-position node, with the joined table (columns
     ``attribution``, ``exact`` = mean patched - mean corrupted)."""
-    from scipy.stats import spearmanr
-
     screen = attribution_screen(model, clean_tokens, corrupted_tokens, metric)
     if caches is None:
         caches = (run_cache(model, clean_tokens, metric), run_cache(model, corrupted_tokens, metric))

@@ -11,12 +11,13 @@ store_dir/
   acts/<site>.npy      one memory-mapped float array per site, rows aligned with the index
 ```
 
-A *site* is ``"<kind>.<layer>"``: ``kind`` is one of :data:`SITE_KINDS` (``resid_pre``,
-``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out`` read from the matching
-``blocks.{l}.hook_*``; ``head`` is the per-head output ``z[h] @ W_O[h]``, computed from
-``blocks.{l}.attn.hook_z`` and the layer's ``W_O`` because the bridge has no per-head hook).
-``resid_pre.3`` has shape ``[rows, d_model]``; ``head.3`` has shape ``[rows, n_heads, d_model]``
-(its heads sum, plus ``b_O``, to ``attn_out.3``).
+A *site* is ``"<kind>.<layer>"`` (:mod:`codetransfer.analysis.sites`): ``kind`` is one of
+``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out`` read from the matching
+``blocks.{l}.hook_*``, or ``head_out``, the per-head output ``z[h] @ W_O[h]``, computed from
+``blocks.{l}.attn.hook_z`` and the layer's ``W_O`` because the bridge has no per-head hook.
+``resid_pre.3`` has shape ``[rows, d_model]``; ``head_out.3`` has shape ``[rows, n_heads, d_model]``
+(its heads sum, plus ``b_O``, to ``attn_out.3``). The aliases ``attn``, ``mlp`` and ``head`` are
+accepted for ``attn_out``, ``mlp_out`` and ``head_out``; a bare ``resid`` is refused.
 
 Arrays are ``.npy`` files opened with :func:`numpy.lib.format.open_memmap`, so reading a site never
 loads the whole store: :meth:`ActivationStore.iter_chunks` streams rows in chunks that fit a memory
@@ -45,7 +46,6 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,20 +54,19 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from codetransfer.analysis import encoding
+from codetransfer.analysis import sites as sitespec
 from codetransfer.errors import CodetransferError, did_you_mean
 
-SITE_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head")
-"""Kinds of site that can be stored; a site is ``f"{kind}.{layer}"``."""
+SITE_KINDS = sitespec.STORE_KINDS + tuple(a for a, k in sitespec.ALIASES.items() if k in sitespec.STORE_KINDS)
+"""Site kinds the store accepts (canonical kinds of :mod:`~codetransfer.analysis.sites` and their aliases);
+a site is ``f"{kind}.{layer}"``."""
 
-HOOKS = {
-    "resid_pre": "blocks.{layer}.hook_resid_pre",
-    "resid_mid": "blocks.{layer}.hook_resid_mid",
-    "resid_post": "blocks.{layer}.hook_resid_post",
-    "attn_out": "blocks.{layer}.hook_attn_out",
-    "mlp_out": "blocks.{layer}.hook_mlp_out",
-    "head": "blocks.{layer}.attn.hook_z",
-}
-"""The bridge hook each site kind reads."""
+HOOKS = {kind: sitespec.HOOKS[kind] for kind in sitespec.STORE_KINDS}
+"""The bridge hook each stored site kind reads."""
+
+Site = sitespec.Site
+"""A site (``kind``, ``layer``); see :class:`codetransfer.analysis.sites.Site`."""
 
 META_KEYS_CHECKED = ("run", "task", "task_version", "seed")
 """Keys of ``meta.json`` that :meth:`ActivationStore.open` can be asked to check."""
@@ -75,71 +74,23 @@ META_KEYS_CHECKED = ("run", "task", "task_version", "seed")
 _DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64}
 
 
-@dataclass(frozen=True)
-class Site:
-    """One place in the model whose activations are stored."""
+def parse_sites(spec: Sequence[str] | str, n_layers: int) -> list[Site]:
+    """Turn ``["resid_post", "head_out.1"]`` into concrete sites (one per layer) the store can hold.
 
-    kind: str
-    """One of SITE_KINDS."""
-    layer: int
-    """Block index, 0-based."""
-
-    @property
-    def name(self) -> str:
-        """The store key, e.g. ``"resid_post.3"``."""
-        return f"{self.kind}.{self.layer}"
-
-    @property
-    def hook(self) -> str:
-        """The bridge hook that this site reads."""
-        return HOOKS[self.kind].format(layer=self.layer)
-
-
-def parse_sites(sites: Sequence[str] | str, n_layers: int) -> list[Site]:
-    """Turn ``["resid_post", "head.1"]`` into concrete :class:`Site` objects.
-
-    A bare kind means that kind at every layer; ``kind.layer`` means one layer. Unknown kinds and
-    layers the model lacks are refused.
+    A bare kind means that kind at every layer; ``kind.layer`` means one layer. Unknown kinds (with a
+    did-you-mean hint), the ambiguous ``resid``, kinds the store cannot hold and layers the model
+    lacks are refused. See :func:`codetransfer.analysis.sites.parse_sites`.
     """
-    if isinstance(sites, str):
-        sites = [s for s in sites.split(",") if s]
-    if not sites:
-        raise CodetransferError(
-            f"sites: expected at least one of {', '.join(SITE_KINDS)} (optionally '.layer'), got none"
-        )
-    out: list[Site] = []
-    for spec in sites:
-        kind, _, layer_text = str(spec).partition(".")
-        if kind not in SITE_KINDS:
-            raise CodetransferError(
-                f"sites: unknown site kind '{kind}' in '{spec}'; expected one of "
-                f"{', '.join(SITE_KINDS)}{did_you_mean(kind, SITE_KINDS)}"
-            )
-        if layer_text == "":
-            layers = range(n_layers)
-        else:
-            try:
-                layer = int(layer_text)
-            except ValueError:
-                raise CodetransferError(
-                    f"sites: layer in '{spec}' must be an integer, got '{layer_text}'; write e.g. '{kind}.0'"
-                ) from None
-            if not 0 <= layer < n_layers:
-                raise CodetransferError(
-                    f"sites: '{spec}' asks for layer {layer} but the model has {n_layers} layers "
-                    f"(0..{n_layers - 1}); pick a layer in range"
-                )
-            layers = [layer]
-        for layer in layers:
-            site = Site(kind, layer)
-            if site not in out:
-                out.append(site)
+    out = sitespec.parse_sites(spec, n_layers, allowed=sitespec.STORE_KINDS)
+    whole = [s.name for s in out if s.head is not None]
+    if whole:
+        raise CodetransferError(f"sites: the store keeps every head of a layer; write '{whole[0].rsplit('.', 1)[0]}'")
     return out
 
 
 def site_shape(site: Site, d_model: int, n_heads: int) -> tuple[int, ...]:
     """Per-row shape of a site's array."""
-    return (n_heads, d_model) if site.kind == "head" else (d_model,)
+    return (n_heads, d_model) if site.per_head else (d_model,)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -195,13 +146,13 @@ class ActivationStore:
             )
         parsed = []
         for name in sites:
-            kind, _, layer = str(name).partition(".")
-            if kind not in SITE_KINDS or not layer.isdigit():
+            site = sitespec.Site.from_name(name, sitespec.STORE_KINDS)
+            if site.layer is None or site.head is not None:
                 raise CodetransferError(
-                    f"sites: store sites are '<kind>.<layer>' with kind in {', '.join(SITE_KINDS)}, "
+                    f"sites: store sites are '<kind>.<layer>' with kind in {', '.join(sitespec.STORE_KINDS)}, "
                     f"got '{name}'; use parse_sites() to expand bare kinds"
                 )
-            parsed.append(Site(kind, int(layer)))
+            parsed.append(site)
         if not parsed:
             raise CodetransferError("sites: expected at least one site, got none")
         if int(capacity) < 1:
@@ -453,11 +404,7 @@ def _pad_tokens(tokens, pad_id: int) -> tuple[Int[Tensor, "item pos"], list[int]
     seqs = [torch.as_tensor(list(t), dtype=torch.long) for t in tokens]
     if not seqs or any(len(s) == 0 for s in seqs):
         raise CodetransferError("tokens: expected a non-empty list of non-empty token sequences")
-    lengths = [len(s) for s in seqs]
-    out = torch.full((len(seqs), max(lengths)), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-    return out, lengths
+    return encoding.pad_rows(seqs, pad_id), [len(s) for s in seqs]
 
 
 def extract_activations(
@@ -479,7 +426,7 @@ def extract_activations(
         tokens: one token sequence per item (BOS included), or a 2-D tensor.
         positions: for each item, the token positions to keep (row order: item by item, in the
             order given).
-        sites: site specs (``"resid_post"`` = every layer, ``"head.1"`` = one layer); must match the
+        sites: site specs (``"resid_post"`` = every layer, ``"head_out.1"`` = one layer); must match the
             store's sites once expanded.
         store: a writable store from :meth:`ActivationStore.create`; it is closed and returned.
         batch_size: items per forward pass.
@@ -500,7 +447,7 @@ def extract_activations(
             f"sites: expanded to {names} but the store was created for {store.meta['sites']}; "
             "create the store with the same sites"
         )
-    if store.meta["d_model"] != d_model or ("head" in {s.kind for s in parsed} and store.meta["n_heads"] != n_heads):
+    if store.meta["d_model"] != d_model or (any(s.per_head for s in parsed) and store.meta["n_heads"] != n_heads):
         raise CodetransferError(
             f"store: made for d_model={store.meta['d_model']}, n_heads={store.meta['n_heads']} but the model has "
             f"d_model={d_model}, n_heads={n_heads}; create the store from this model's config"
@@ -538,7 +485,7 @@ def extract_activations(
         device = next(bridge.parameters()).device
     row_starts = np.concatenate([[0], np.cumsum([len(p) for p in positions])])
     stop_at = max(s.layer for s in parsed) + 1
-    W_O = {s.layer: bridge.blocks[s.layer].attn.W_O.detach().to(device) for s in parsed if s.kind == "head"}
+    W_O = {s.layer: bridge.blocks[s.layer].attn.W_O.detach().to(device) for s in parsed if s.per_head}
 
     for start in range(0, len(lengths), int(batch_size)):
         stop = min(len(lengths), start + int(batch_size))
@@ -566,7 +513,7 @@ def extract_activations(
                     gathered[site.name] = cache[site.hook][b_idx, p_idx]
                 del cache
             for site in parsed:
-                if site.kind == "head":
+                if site.per_head:
                     z = gathered[site.name]  # [rows, head, d_head]
                     gathered[site.name] = torch.einsum("rhd,hdm->rhm", z, W_O[site.layer])
         item_ids = [i for i in range(start, stop) for _ in positions[i]]

@@ -35,6 +35,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from threadpoolctl import threadpool_limits
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from codetransfer.errors import CodetransferError, did_you_mean
+
 
 class _PipelineProbe(BaseEstimator):
     """Shared delegation to a fitted ``pipeline_``."""
@@ -206,8 +208,6 @@ PROBES = {"linear": LinearProbe, "mlp": MLPProbe, "ridge": RidgeProbe}
 
 def make_probe(name: str, **params) -> BaseEstimator:
     """A fresh probe by name (``linear``, ``mlp``, ``ridge``)."""
-    from codetransfer.errors import CodetransferError, did_you_mean
-
     if name not in PROBES:
         raise CodetransferError(
             f"probe: unknown probe '{name}'; expected one of {', '.join(PROBES)}{did_you_mean(name, PROBES)}"

@@ -1,7 +1,8 @@
 """Layer sweeps of probes over stored activations, cross-format probing, and the batch sweep.
 
 :func:`probe_layers` answers "at which site and layer is this property linearly decodable?" for one
-set of rows. For every site (``resid_post.3``; ``head.3`` is probed head by head) it fits a probe on
+set of rows. For every site (``resid_post.3``; ``head_out.3`` is probed head by head; see
+:mod:`codetransfer.analysis.sites`) it fits a probe on
 the training rows of each group split (by template or by entity, several seeds; see
 ``probes.splits``) and scores it on the held-out rows, next to the same probe trained on a
 Hewitt & Liang control task (``probes.controls``) over the same rows, and an online-code MDL
@@ -13,8 +14,8 @@ same held-out rows. Output is a tidy table, one row per (site, layer, head, metr
 with metrics ``accuracy``, ``control_accuracy``, ``selectivity`` (paired per held-out row),
 ``majority`` (always the most frequent training label), ``mdl_bits`` and ``compression`` (one
 transmission order, no interval), optionally ``shuffled_accuracy`` (label-shuffle baseline); a
-``ridge`` probe reports ``r2`` instead (interval: min..max over split seeds). ``head`` is -1 for
-sites that are not per-head. ``value`` is the mean
+``ridge`` probe reports ``r2`` instead (interval: min..max over split seeds). ``head`` is missing
+(``Int64`` NA, :data:`~codetransfer.analysis.schema.NO_HEAD`) for sites that are not per-head. ``value`` is the mean
 over split seeds and ``[ci_low, ci_high]`` a 95% cluster bootstrap over held-out groups.
 ``seed`` is the *training* seed of the run (from the caller or the store's meta), never a split seed.
 
@@ -42,27 +43,34 @@ property; it is not a replacement for the dense probes above.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+import shutil
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
+from codetransfer.analysis import encoding, schema
+from codetransfer.analysis.sites import Site
 from codetransfer.analysis.stats import cluster_bootstrap_ci
-from codetransfer.analysis.store import ActivationStore, parse_sites
-from codetransfer.errors import CodetransferError
+from codetransfer.analysis.store import ActivationStore, extract_activations, parse_sites
+from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.probes.controls import control_labels, majority_accuracy, shuffled_labels
 from codetransfer.probes.estimators import make_probe
 from codetransfer.probes.mdl import online_codelength
 from codetransfer.probes.splits import Split, entity_splits, group_splits
 
-COLUMNS = ["run", "recipe", "seed", "task", "site", "layer", "head", "pos", "probe", "metric", "value",
-           "ci_low", "ci_high"]
-"""Columns of a probing table (DESIGN.md vocabulary, plus ``probe``)."""
+COLUMNS = list(schema.columns("probes"))
+"""Columns of a probing table (:data:`codetransfer.analysis.schema.TABLES` ``["probes"]``)."""
 
 
 def _site_arrays(source, site: str, rows) -> np.ndarray:
@@ -160,8 +168,6 @@ def probe_layers(
     sites = list(all_sites if sites is None else sites)
     for s in sites:
         if s not in all_sites:
-            from codetransfer.errors import did_you_mean
-
             raise CodetransferError(
                 f"sites: '{s}' is not in the activations (have {', '.join(all_sites)}){did_you_mean(s, all_sites)}"
             )
@@ -183,6 +189,7 @@ def probe_layers(
             out.extend(_probe_site(source, site, rows, labels, splits, clusters, control_types, probe,
                                    probe_params, mdl, n_boot, meta, pos, fit_counter, shuffle_baseline))
     table = pd.DataFrame(out)
+    table["head"] = schema.head_column(table["head"])
     return table[[c for c in COLUMNS if c in table.columns] + [c for c in table.columns if c not in COLUMNS]]
 
 
@@ -190,12 +197,13 @@ def _probe_site(source, site, rows, labels, splits, clusters, control_types, pro
                 meta, pos, fit_counter, shuffle_baseline=False):
     """Rows for one site (every head separately for ``head.*`` sites)."""
     out = []
-    kind, _, layer = site.partition(".")
+    spec = Site.from_name(site)
     X_site = _site_arrays(source, site, rows)
     heads = range(X_site.shape[1]) if X_site.ndim == 3 else [None]
     for head in heads:
         X = X_site[:, head, :] if head is not None else X_site
-        base = dict(meta, site=kind, layer=int(layer), head=-1 if head is None else int(head), pos=pos, probe=probe)
+        base = dict(meta, site=spec.kind, layer=spec.layer, head=schema.NO_HEAD if head is None else int(head),
+                    pos=pos, probe=probe)
         out.extend({**base, **r} for r in _probe_one(
             X, labels, splits, clusters, control_types, probe, probe_params or {}, mdl, n_boot, fit_counter,
             shuffle_baseline))
@@ -360,11 +368,6 @@ PART_KEY = b"codetransfer.part_key"
 def _atomic_parquet(df: pd.DataFrame, path: Path, key: str | None = None) -> None:
     """Write ``df`` to ``path`` atomically (temporary name unique per host and process), with ``key`` in
     the parquet metadata when given."""
-    import socket
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     tmp = path.with_name(path.name + f".tmp-{socket.gethostname()}-{os.getpid()}")
     table = pa.Table.from_pandas(df, preserve_index=False)
     if key is not None:
@@ -376,9 +379,6 @@ def _atomic_parquet(df: pd.DataFrame, path: Path, key: str | None = None) -> Non
 def _part_key(settings: Mapping, info, task: str, site: str) -> str:
     """What a probe part depends on: the sweep settings, the unit and the model it read (its recipe hash
     and weights file's size and time, so a retrained run of the same name is probed again)."""
-    import hashlib
-    import json
-
     weights = Path(getattr(info, "path", "")) / "model.safetensors"
     stat = weights.stat() if weights.exists() else None
     model = {"recipe_hash": (getattr(info, "record", None) or {}).get("recipe_hash"),
@@ -388,8 +388,6 @@ def _part_key(settings: Mapping, info, task: str, site: str) -> str:
 
 
 def _read_part_key(path: Path) -> str | None:
-    import pyarrow.parquet as pq
-
     try:
         meta = pq.read_schema(path).metadata or {}
     except Exception:  # a damaged part is redone
@@ -411,17 +409,15 @@ def item_rows(items: Sequence, tokenizer, *, twins: bool = False) -> tuple[list[
     the original item). Returns ``(tokens, positions, index)``; the index has ``item, pair, label,
     family, value, template, entities, rendering``.
     """
-    from codetransfer.trained.tokenizer import char_to_token, encode_with_bos
-
     sequence = [(i, it) for i, it in enumerate(items)]
     if twins:
         sequence += [(i, it.twin) for i, it in enumerate(items) if getattr(it, "twin", None) is not None]
     tokens, positions, recs = [], [], []
     for k, (pair, item) in enumerate(sequence):
-        ids, offsets = encode_with_bos(tokenizer, item.prompt)
+        ids, offsets = encoding.encode_prompt(tokenizer, item.prompt)
         ps = []
         for lab in item.labels:
-            ps.append(char_to_token(offsets, lab.end))
+            ps.append(encoding.span_token(offsets, lab.end))
             recs.append(dict(item=k, pair=pair, label=lab.name, family=label_family(lab.name), value=str(lab.value),
                              template=str(item.template), entities="|".join(item.entities),
                              rendering=item.rendering))
@@ -503,14 +499,15 @@ def probe_store(
                             skipped(f"{name} cross-format at {site}: {e}")
                         break
                     c = c[c["fit_on"] != c["test_on"]]
-                    kind, _, layer = site.partition(".")
-                    for k, v in dict(meta or {}, site=kind, layer=int(layer), head=-1 if head is None else int(head),
-                                     pos=str(name)).items():
+                    spec = Site.from_name(site)
+                    for k, v in dict(meta or {}, site=spec.kind, layer=spec.layer,
+                                     head=schema.NO_HEAD if head is None else int(head), pos=str(name)).items():
                         c[k] = v
                     tables.append(c)
     if not tables:
         return pd.DataFrame(columns=COLUMNS + ["fit_on", "test_on"])
     table = pd.concat(tables, ignore_index=True)
+    table["head"] = schema.head_column(table["head"])
     return table[[c for c in COLUMNS if c in table.columns] + [c for c in table.columns if c not in COLUMNS]]
 
 
@@ -566,8 +563,6 @@ def run_probe_sweep(
     Returns:
         the merged table of every part present in ``out_dir`` (all shards done so far).
     """
-    from codetransfer.analysis.store import extract_activations
-
     i, n = shard
     if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
         raise CodetransferError(f"shard: expected (i, n) with 0 <= i < n, got {shard!r}; e.g. --shard 0/4")
@@ -627,8 +622,6 @@ def run_probe_sweep(
         part.parent.mkdir(parents=True, exist_ok=True)
         _atomic_parquet(table, part, key=key)
         if not keep_stores:
-            import shutil
-
             shutil.rmtree(store_dir, ignore_errors=True)
     return merge_parts(out_dir)
 

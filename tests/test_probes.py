@@ -51,13 +51,15 @@ def test_planted_direction_found_and_selective_random_not():
     assert v[(0, "shuffled_accuracy")] < 0.55  # shuffled training labels teach nothing
     acc0 = table[(table.layer == 0) & (table.metric == "accuracy")].iloc[0]
     assert acc0.ci_low <= acc0.value <= acc0.ci_high and acc0.ci_high - acc0.ci_low < 0.2
-    assert (table.run == "r0").all() and (table["head"] == -1).all()
+    assert (table.run == "r0").all() and table["head"].isna().all()
+    assert str(table["head"].dtype) == "Int64"  # schema: no head = Int64 NA, never a sentinel
 
 
 def test_head_sites_are_probed_per_head():
     y, ent, tmpl, planted, unrelated = synth(n=200, d=16)
     heads = np.stack([unrelated, planted], axis=1)  # head 1 carries the label
-    table = probe_layers({"head.0": heads}, y, tmpl, meta=META, mdl=False, seeds=(0,), n_boot=50)
+    table = probe_layers({"head_out.0": heads}, y, tmpl, meta=META, mdl=False, seeds=(0,), n_boot=50)
+    assert set(table.site) == {"head_out"}
     acc = table[table.metric == "accuracy"].set_index("head")["value"]
     assert acc[1] > 0.85 and acc[0] < 0.55
 

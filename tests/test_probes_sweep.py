@@ -71,7 +71,7 @@ def test_item_rows_put_labels_on_the_token_that_ends_their_span(tiny_tokenizer):
 
 def test_sweep_restarts_without_repeating_work_and_shards_partition(tmp_path, long_ctx_model):
     runs = _runs(long_ctx_model)[:1]
-    sites = ["resid_post.1", "head.1"]
+    sites = ["resid_post.1", "head.1"]  # 'head' is the alias of 'head_out'; tables name the kind
     # two shards together = one full sweep
     c0, c1 = Counter(), Counter()
     run_probe_sweep(runs, ["entity_tracking"], sites, tmp_path / "s", shard=(0, 2), load=c0.load,
@@ -93,8 +93,9 @@ def test_sweep_restarts_without_repeating_work_and_shards_partition(tmp_path, lo
     merged = pd.read_parquet(tmp_path / "s" / "probes.parquet")
     assert len(merged) == len(table) > 0
     assert set(COLUMNS) <= set(merged.columns)
-    assert set(merged["run"]) == {"r_text"} and set(merged["site"]) == {"resid_post", "head"}
-    assert set(merged.loc[merged.site == "head", "head"]) == {0, 1, 2, 3}
+    assert set(merged["run"]) == {"r_text"} and set(merged["site"]) == {"resid_post", "head_out"}
+    assert set(merged.loc[merged.site == "head_out", "head"]) == {0, 1, 2, 3}
+    assert merged.loc[merged.site == "resid_post", "head"].isna().all() and str(merged["head"].dtype) == "Int64"
     assert {"accuracy", "selectivity", "control_accuracy"} <= set(merged["metric"])
     # cross-format rows: fitted on one rendering, tested on the other
     cross = merged[merged["fit_on"] != merged["test_on"]]

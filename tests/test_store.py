@@ -18,14 +18,14 @@ META = dict(run="runA", task="boxes", task_version="1", seed=3)
 
 def _fill(path, n_rows=50, batches=4, capacity=8, d=8, heads=2):
     rng = np.random.default_rng(0)
-    store = ActivationStore.create(path, sites=["resid_post.0", "head.1"], d_model=d, n_heads=heads,
+    store = ActivationStore.create(path, sites=["resid_post.0", "head_out.1"], d_model=d, n_heads=heads,
                                    capacity=capacity, **META)
     res, head, idx = [], [], []
     for b in np.array_split(np.arange(n_rows), batches):
         r = rng.standard_normal((len(b), d)).astype(np.float32)
         h = rng.standard_normal((len(b), heads, d)).astype(np.float32)
         ix = pd.DataFrame({"item": b // 3, "pos": b % 3, "label": [f"v{i % 4}" for i in b]})
-        store.append({"resid_post.0": r, "head.1": h}, ix)
+        store.append({"resid_post.0": r, "head_out.1": h}, ix)
         res.append(r), head.append(h), idx.append(ix)
     return store.close(), np.concatenate(res), np.concatenate(head), pd.concat(idx, ignore_index=True)
 
@@ -36,13 +36,13 @@ def test_store_round_trips_exactly_through_growth_and_trim(tmp_path):
     reopened = ActivationStore.open(tmp_path / "s", expect=META)
     assert reopened.n_rows == 50
     assert np.array_equal(reopened.read("resid_post.0"), res)
-    assert np.array_equal(reopened.read("head.1"), head)
-    assert reopened.array("head.1").shape == (50, 2, 8)
+    assert np.array_equal(reopened.read("head_out.1"), head)
+    assert reopened.array("head_out.1").shape == (50, 2, 8)
     assert list(reopened.index["row"]) == list(range(50))
     pd.testing.assert_frame_equal(reopened.index.drop(columns="row"), idx, check_dtype=False)
     assert np.array_equal(reopened.read("resid_post.0", [3, 7, 49]), res[[3, 7, 49]])
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())
-    assert meta["complete"] and meta["d_model"] == 8 and meta["sites"] == ["resid_post.0", "head.1"]
+    assert meta["complete"] and meta["d_model"] == 8 and meta["sites"] == ["resid_post.0", "head_out.1"]
 
 
 def test_store_streams_in_chunks_under_memory_budget(tmp_path):
@@ -92,7 +92,13 @@ def test_incomplete_or_missing_store_is_refused(tmp_path):
 
 
 def test_parse_sites_expands_and_refuses():
-    assert [s.name for s in parse_sites(["resid_post", "head.1"], 2)] == ["resid_post.0", "resid_post.1", "head.1"]
+    # 'head' is the group alias of the per-head output 'head_out', the name patching uses too
+    assert [s.name for s in parse_sites(["resid_post", "head.1"], 2)] == ["resid_post.0", "resid_post.1", "head_out.1"]
+    assert [s.name for s in parse_sites("attn,mlp_out.1", 2)] == ["attn_out.0", "attn_out.1", "mlp_out.1"]
+    with pytest.raises(CodetransferError, match="resid_pre, resid_mid, resid_post"):
+        parse_sites(["resid"], 2)
+    with pytest.raises(CodetransferError, match="not supported here"):
+        parse_sites(["q"], 2)
     with pytest.raises(CodetransferError, match="resid_post"):
         parse_sites(["resid_pots"], 2)
     with pytest.raises(CodetransferError, match="2 layers"):
@@ -109,8 +115,8 @@ def _prompts(tokenizer):
 
 
 @pytest.mark.parametrize("method,sites", [
-    ("hooks", ["resid_pre", "resid_mid", "resid_post.1", "attn_out.0", "mlp_out.1", "head"]),
-    ("cache", ["resid_pre", "resid_mid", "resid_post.1", "attn_out.0", "mlp_out.1", "head"]),
+    ("hooks", ["resid_pre", "resid_mid", "resid_post.1", "attn_out.0", "mlp_out.1", "head_out"]),
+    ("cache", ["resid_pre", "resid_mid", "resid_post.1", "attn_out.0", "mlp_out.1", "head_out"]),
     ("hooks", ["resid_post.0", "head.0", "mlp_out.0"]),  # the forward pass stops after block 0
 ])
 def test_extraction_matches_full_run_with_cache(tmp_path, tiny_bridge, tiny_tokenizer, method, sites):
@@ -132,7 +138,7 @@ def test_extraction_matches_full_run_with_cache(tmp_path, tiny_bridge, tiny_toke
         for p in ps:
             for name in names:
                 kind, layer = name.split(".")
-                if kind == "head":
+                if kind == "head_out":
                     z = cache[f"blocks.{layer}.attn.hook_z"][0, p]
                     want = torch.einsum("hd,hdm->hm", z, W_O[int(layer)])
                     # heads sum (plus b_O) to attn_out
