@@ -39,7 +39,10 @@ def _command(verb: str):
 
 def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only the module of verb ``wanted`` is imported (all of them when None)."""
+    import codetransfer
+
     parser = argparse.ArgumentParser(prog="codetransfer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"codetransfer {codetransfer.__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, help_ in VERBS.items():
         p = sub.add_parser(verb, help=help_, description=help_)
