@@ -342,3 +342,14 @@ def test_transformers_logits_on_autotokenizer_ids_equal_our_eval(tiny_model_dir,
             row.append(sum(lp[t - 1, whole[t]].item() for t in range(len(ctx), len(whole))))
         ref.append(row)
     assert np.abs(ours - np.array(ref)).max() < 1e-4
+
+
+def test_select_runs_takes_exactly_one_of_runs_and_models(model_set_file, tmp_path):
+    from codetransfer.trained.modelset import select_runs
+
+    assert [r.recipe for r in select_runs(models=model_set_file)] == ["base", "+code", "+code"]
+    for kw in ({}, {"runs": tmp_path, "models": model_set_file}):
+        with pytest.raises(CodetransferError, match="give exactly one"):
+            select_runs(**kw)
+    with pytest.raises(CodetransferError, match="no complete runs in .*--models FILE"):
+        select_runs(runs=tmp_path)

@@ -294,3 +294,24 @@ def policy_table(runs: list[RunInfo]):
                      "n_ctx": rec.get("n_ctx") or rec.get("model", {}).get("n_ctx"),
                      "bos_token": pol.get("bos_token"), "bos_from": pol.get("bos_from"), "pad_from": pol.get("pad_from")})
     return pd.DataFrame(rows)
+
+
+def select_runs(runs: str | Path | None = None, models: str | Path | None = None) -> list[RunInfo]:
+    """The complete runs an analysis verb works on: the runs of a trained grid folder (``--runs``)
+    or the checkpoints of a model-set file (``--models``), exactly one of the two.
+
+    The verbs' context length is then ``runs[i].record["model"]["n_ctx"]`` for a model set, or
+    :func:`~codetransfer.trained.loading.folder_context_length` of ``runs[i].path`` for either.
+    """
+    from codetransfer.trained.runs import find_runs
+
+    if (runs is None) == (models is None):
+        raise CodetransferError("--runs / --models: give exactly one: a grid output folder (--runs) or a model-set "
+                                "TOML file (--models, see docs/models.md)")
+    if models is not None:
+        return model_runs(models)
+    found = find_runs(Path(runs), complete_only=True)
+    if not found:
+        raise CodetransferError(f"--runs: no complete runs in {runs}; train them with 'codetransfer train', or "
+                                "name checkpoints in a model-set file and pass --models FILE")
+    return found
