@@ -353,3 +353,45 @@ def test_select_runs_takes_exactly_one_of_runs_and_models(model_set_file, tmp_pa
             select_runs(**kw)
     with pytest.raises(CodetransferError, match="no complete runs in .*--models FILE"):
         select_runs(runs=tmp_path)
+
+
+# The map in docs/models.md: our site -> the HF module whose input (i) or output (o) it equals.
+HF_SITES = {
+    "gpt2": {"blocks.1.hook_resid_pre": ("transformer.h.1", "i"), "blocks.1.hook_resid_mid": ("transformer.h.1.ln_2", "i"),
+             "blocks.1.hook_attn_out": ("transformer.h.1.attn", "o"), "blocks.1.hook_mlp_out": ("transformer.h.1.mlp", "o"),
+             "blocks.1.attn.hook_z": ("transformer.h.1.attn.c_proj", "i"),
+             "blocks.1.hook_resid_post": ("transformer.h.1", "o")},
+    "gpt_neox": {"blocks.1.hook_resid_pre": ("gpt_neox.layers.1", "i"),
+                 "blocks.1.hook_attn_out": ("gpt_neox.layers.1.attention", "o"),
+                 "blocks.1.hook_mlp_out": ("gpt_neox.layers.1.mlp", "o"),
+                 "blocks.1.attn.hook_z": ("gpt_neox.layers.1.attention.dense", "i"),
+                 "blocks.1.hook_resid_post": ("gpt_neox.layers.1", "o")},
+    "llama": {"blocks.1.hook_resid_pre": ("model.layers.1", "i"),
+              "blocks.1.hook_resid_mid": ("model.layers.1.post_attention_layernorm", "i"),
+              "blocks.1.hook_attn_out": ("model.layers.1.self_attn", "o"), "blocks.1.hook_mlp_out": ("model.layers.1.mlp", "o"),
+              "blocks.1.attn.hook_z": ("model.layers.1.self_attn.o_proj", "i"),
+              "blocks.1.attn.hook_q": ("model.layers.1.self_attn.q_proj", "o"),
+              "blocks.1.attn.hook_v": ("model.layers.1.self_attn.v_proj", "o"),
+              "blocks.1.hook_resid_post": ("model.layers.1", "o")},
+}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_site_map_to_hf_modules(loaded, folders, arch):
+    from codetransfer.trained.loading import load_hf_model
+
+    run, hf = loaded[arch], load_hf_model(folders[arch])
+    tokens = torch.tensor([[run.tokenizer.bos_token_id, 30, 41, 52, 63, 74, 85]])
+    _, cache = run.bridge.run_with_cache(tokens)
+    got, hooks = {}, []
+    for hook, (module, side) in HF_SITES[arch].items():
+        def grab(m, args, out, hook=hook, side=side):
+            x = args[0] if side == "i" else out
+            got[hook] = x[0] if isinstance(x, tuple) else x
+        hooks.append(hf.get_submodule(module).register_forward_hook(grab))
+    with torch.no_grad():
+        hf(tokens)
+    for h in hooks:
+        h.remove()
+    for hook in HF_SITES[arch]:
+        assert torch.allclose(cache[hook].reshape(got[hook].shape), got[hook], atol=1e-5), hook
