@@ -4,6 +4,7 @@ the verbs call; the loader's refusals; our own tokenizers' BOS as seen by plain 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -395,3 +396,30 @@ def test_site_map_to_hf_modules(loaded, folders, arch):
         h.remove()
     for hook in HF_SITES[arch]:
         assert torch.allclose(cache[hook].reshape(got[hook].shape), got[hook], atol=1e-5), hook
+
+
+def test_old_saved_tokenizers_can_be_given_the_bos_and_keep_their_hash(tiny_model_dir, tmp_path):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from codetransfer.trained.tokenizer import add_bos_to_saved_tokenizer, load_tokenizer, tokenizer_hash
+
+    folder = _copy(tiny_model_dir, tmp_path / "old")
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["post_processor"] = {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+                              "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                              "special_tokens": {}}  # as transformers saved our tokenizers before
+    old_hash = hashlib.sha256(Tokenizer.from_str(json.dumps(data)).to_str().encode()).hexdigest()[:16]
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    before = load_tokenizer(folder)
+    assert AutoTokenizer.from_pretrained(str(folder))("The pen")["input_ids"][0] != 0
+    add_bos_to_saved_tokenizer(folder, n_ctx=64)
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    assert hf("The pen")["input_ids"] == [0, *before("The pen", add_special_tokens=False)["input_ids"]]
+    assert hf.model_max_length == 64
+    assert tokenizer_hash(hf) == tokenizer_hash(before) == tokenizer_hash(load_tokenizer(tiny_model_dir)) == old_hash
+    assert Tokenizer.from_file(str(folder / "tokenizer.json")).post_processor is not None
+    with pytest.raises(CodetransferError, match="not a codetransfer tokenizer"):
+        gpt2 = _copy(tiny_model_dir, tmp_path / "g")
+        _tokenizer("gpt2").save_pretrained(gpt2)
+        add_bos_to_saved_tokenizer(gpt2, 64)

@@ -164,8 +164,33 @@ def load_tokenizer(folder: str | Path):
 
 
 def tokenizer_hash(tokenizer) -> str:
-    """A content hash of the tokenizer's vocabulary and merges (to check two runs share one)."""
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+    """A content hash of the tokenizer's vocabulary, merges, normalisation and pre-tokenisation (to
+    check two runs share one). The post-processor (which special tokens a default call adds) is left
+    out, so a tokenizer hashes the same with or without the BOS post-processor."""
+    from tokenizers import Tokenizer, processors
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    # the no-op template transformers gives a tokenizer without special-token rules, so that hashes
+    # equal those of tokenizers saved before the BOS post-processor
+    backend.post_processor = processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1", special_tokens=[])
+    return hashlib.sha256(backend.to_str().encode()).hexdigest()[:16]
+
+
+def add_bos_to_saved_tokenizer(folder: str | Path, n_ctx: int) -> None:
+    """Give a codetransfer tokenizer saved before the BOS post-processor existed (in a run or grid
+    folder) that post-processor and ``model_max_length = n_ctx``, in place. Token ids of every
+    ``add_special_tokens=False`` call, and :func:`tokenizer_hash`, stay the same."""
+    folder = Path(folder)
+    tok = load_tokenizer(folder)
+    if (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) != (0, 1, 2) or tok.convert_ids_to_tokens(0) != BOS:
+        raise CodetransferError(f"tokenizer in {folder}: not a codetransfer tokenizer (bos/eos/pad 0/1/2); "
+                                "other tokenizers keep their own special-token policy")
+    if n_ctx < 1:
+        raise CodetransferError(f"n_ctx: expected the model's context length (>= 1), got {n_ctx}")
+    tok.backend_tokenizer.post_processor = bos_post_processor()
+    tok.model_max_length = n_ctx
+    del tok.codetransfer_bos_policy
+    tok.save_pretrained(str(folder))
 
 
 def encode_with_bos(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
