@@ -423,3 +423,10 @@ def test_old_saved_tokenizers_can_be_given_the_bos_and_keep_their_hash(tiny_mode
         gpt2 = _copy(tiny_model_dir, tmp_path / "g")
         _tokenizer("gpt2").save_pretrained(gpt2)
         add_bos_to_saved_tokenizer(gpt2, 64)
+
+
+def test_transformer_lens_to_tokens_adds_one_bos(tiny_bridge, tiny_tokenizer):
+    from codetransfer.trained.tokenizer import encode_with_bos
+
+    text = "The pen is in box A."
+    assert tiny_bridge.to_tokens(text)[0].tolist() == encode_with_bos(tiny_tokenizer, text)[0]
