@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 
+import codetransfer
 from codetransfer.errors import CodetransferError
 
 #: verb -> one-line help. Modules are imported lazily so that `codetransfer --help` is instant.
@@ -47,6 +48,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only the module of verb ``wanted`` is imported (all of them when None)."""
     parser = _Parser(prog="codetransfer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"codetransfer {codetransfer.__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, help_ in VERBS.items():
         p = sub.add_parser(verb, help=help_, description=help_)

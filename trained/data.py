@@ -65,7 +65,7 @@ def prepare_data(grid: GridConfig, folder: str | Path, log=print) -> dict:
     folder.mkdir(parents=True, exist_ok=True)  # only once every source has loaded
     share = grid.tokenizer.sample_bytes // len(sources)
     sample = [d for s in sources.values() for d in _sample(s.train, share)]
-    tokenizer = train_tokenizer(sample, vocab_size=grid.tokenizer.vocab_size)
+    tokenizer = train_tokenizer(sample, vocab_size=grid.tokenizer.vocab_size, model_max_length=grid.model.n_ctx)
     if len(tokenizer) > grid.tokenizer.vocab_size:
         raise CodetransferError(f"tokenizer has {len(tokenizer)} tokens, more than vocab_size")
     tokenizer.save_pretrained(folder / "tokenizer")

@@ -327,8 +327,15 @@ class LoadedRun:
 
 
 def load_run(path: str | Path | RunInfo, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LoadedRun:
-    """Load a complete run as a TransformerBridge booted fresh from its folder, plus tokenizer."""
+    """Load a complete run as a TransformerBridge booted fresh from its folder, plus tokenizer.
+
+    ``path`` is a run folder, a run info (from :func:`find_runs` or a model set), or any checkpoint
+    folder saved with ``save_pretrained`` (see :mod:`codetransfer.trained.modelset`)."""
     info = path if isinstance(path, RunInfo) else None
+    if info is None and not (Path(path) / RUN_FILE).exists() and (Path(path) / "config.json").is_file():
+        from codetransfer.trained.modelset import folder_run  # a checkpoint codetransfer did not train
+
+        info = folder_run(path)
     if info is None:
         found = find_runs(path)
         if len(found) != 1:
