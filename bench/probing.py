@@ -8,7 +8,7 @@ random-init twin) twice per repeat into fresh folders: once inside ``probes.fast
 (every linear probe and MDL block fitted by scikit-learn's ``LogisticRegressionCV`` /
 ``LogisticRegression``, the implementation before the fast path) and once as shipped. It checks
 that the two ``probes.parquet`` tables agree (same rows and labels, numbers within 1e-6), prints the
-median wall time of each and, last, ``ratio <reference / fast>``.
+median wall and CPU time of each, the CPU-time ratio and, last, ``ratio <reference / fast>`` (wall).
 
 ``--run`` is a trained run folder (e.g. the tiny grid's ``runs/text-only-s0``; ``--max-difficulty``
 should then be what the main job picks for it, 1 for the tiny grid). Without it a random model of
@@ -56,19 +56,19 @@ def _random_run(folder: Path, n_items: int, max_difficulty: int) -> Path:
     return run
 
 
-def _sweep(run: Path, out: Path, args) -> float:
+def _sweep(run: Path, out: Path, args) -> tuple[float, float]:
     from codetransfer.cli import main as cli
 
     argv = ["probe", "--runs", str(run), "--tasks", "entity_tracking", "--sites", "resid_post", "--out", str(out),
             "--n-items", str(args.n_items), "--max-difficulty", str(args.max_difficulty), "--item-seed", "0",
             "--seeds", "0", "--drop-stores", "--random-baseline", "--device", "cpu"]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         rc = cli(argv)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     if rc != 0:
         raise SystemExit(f"codetransfer probe exited {rc}: {' '.join(argv)}")
-    return seconds
+    return seconds, cpu
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, tol: float = 1e-6) -> float:
@@ -108,22 +108,28 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-probing-"))
     run = Path(args.run) if args.run else _random_run(tmp / "model", args.n_items, args.max_difficulty)
     load_run(run)  # imports and first load paid before timing
+    import codetransfer.probes.sweep  # noqa: F401
     from transformer_lens.tools.analysis import random_init_bridge  # noqa: F401
 
     times: dict[str, list[float]] = {"reference": [], "fast": []}
+    cpus: dict[str, list[float]] = {"reference": [], "fast": []}
     tables: dict[str, pd.DataFrame] = {}
     for r in range(args.repeats):
         for name in ("reference", "fast"):
             out = tmp / f"{name}-{r}"
             with fast.reference() if name == "reference" else contextlib.nullcontext():
-                times[name].append(_sweep(run, out, args))
+                wall, cpu = _sweep(run, out, args)
+            times[name].append(wall)
+            cpus[name].append(cpu)
             tables[name] = pd.read_parquet(out / "probes.parquet")
-            print(f"{name:9s} repeat {r}: {times[name][-1]:.1f} s, {len(tables[name])} rows", flush=True)
+            print(f"{name:9s} repeat {r}: {wall:.1f} s wall, {cpu:.1f} s cpu, {len(tables[name])} rows", flush=True)
     worst = compare(tables["reference"], tables["fast"])
     ref, new = statistics.median(times["reference"]), statistics.median(times["fast"])
+    ref_cpu, new_cpu = statistics.median(cpus["reference"]), statistics.median(cpus["fast"])
     print(f"tables agree: {len(tables['fast'])} rows, largest difference {worst:.3g}")
-    print(f"reference {ref:.1f} s")
-    print(f"fast      {new:.1f} s")
+    print(f"reference {ref:.1f} s wall, {ref_cpu:.1f} s cpu")
+    print(f"fast      {new:.1f} s wall, {new_cpu:.1f} s cpu")
+    print(f"cpu ratio {ref_cpu / new_cpu:.2f}")
     print(f"ratio {ref / new:.2f}")
 
 

@@ -62,6 +62,8 @@ def reference():
         yield
     finally:
         _ENABLED.pop()
+
+
 _EPS = np.finfo(float).eps
 _CONVERGENCE_MSG = (
     "Please also refer to the documentation for alternative solver options:\n"
@@ -70,43 +72,63 @@ _CONVERGENCE_MSG = (
 
 
 # ---------------------------------------------------------------------- loss and solver
-def loss_gradient(coef, X, y, base_loss, l2_reg_strength):
+class LogisticObjective:
     """Mean half log-loss plus ``l2/2 |w|^2`` and its gradient, as ``LinearModelLoss.loss_gradient``.
 
-    Args:
-        coef: ``[n_classes * (features + 1)]`` (classes contiguous per feature, intercept last) for
-            the multinomial loss, ``[features + 1]`` for the binomial one.
-        X: ``[rows, features]`` float64 or float32, C-contiguous.
-        y: ``[rows]`` class indices (multinomial) or 0/1 (binomial), X's dtype.
-        base_loss: a ``HalfMultinomialLoss`` or ``HalfBinomialLoss``.
-        l2_reg_strength: ``1 / (C * rows)``.
+    For one problem (rows ``X`` ``[rows, features]``, float64 or float32, C-contiguous; targets ``y``
+    ``[rows]`` in X's dtype: class indices for ``HalfMultinomialLoss``, 0/1 for
+    ``HalfBinomialLoss``), called as ``objective(coef, l2_reg_strength) -> (loss, grad)`` with
+    ``coef`` ``[classes * (features + 1)]`` (classes contiguous per feature, intercepts last; binary:
+    ``[features + 1]``) and ``l2_reg_strength = 1 / (C * rows)``. The point-wise buffers are kept
+    between calls; every operation is scikit-learn's, on arrays of the same dtype and layout.
     """
-    (n_samples, n_features), n_classes = X.shape, base_loss.n_classes
-    n_dof = n_features + 1
-    if not base_loss.is_multiclass:
-        intercept, weights = coef[-1], coef[:-1]
-        raw = X @ _xp.asarray(weights, dtype=X.dtype) + _xp.asarray(intercept, dtype=X.dtype)
-    else:
-        weights = coef.reshape((n_classes, -1), order="F") if coef.ndim == 1 else coef
-        intercept, weights = weights[:, -1], weights[:, :-1]
-        raw = X @ _xp.asarray(weights, dtype=X.dtype).T + _xp.asarray(intercept, dtype=X.dtype)
-    loss, grad_pointwise = base_loss.loss_gradient(y_true=y, raw_prediction=raw, sample_weight=None, n_threads=1)
-    loss = float(_xp.sum(loss) / n_samples)
-    norm2_w = weights @ weights if weights.ndim == 1 else np.dot(np.ravel(weights, order="K"),
-                                                                 np.ravel(weights, order="K"))
-    loss += float(0.5 * l2_reg_strength * norm2_w)
-    grad_pointwise /= n_samples
-    if not base_loss.is_multiclass:
-        grad = np.empty_like(coef, dtype=weights.dtype)
-        grad[:n_features] = X.T @ grad_pointwise + l2_reg_strength * weights
-        grad[-1] = _xp.sum(grad_pointwise)
-    else:
-        grad = np.empty((n_classes, n_dof), dtype=weights.dtype, order="F")
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, base_loss):
+        self.X = X
+        self.y = y
+        self.n_samples, self.n_features = X.shape
+        self.n_classes = base_loss.n_classes
+        self.multiclass = base_loss.is_multiclass
+        self.closs = base_loss.closs
+        self.loss_out = np.empty_like(y)
+        self.gradient_out = (np.empty((self.n_samples, self.n_classes), dtype=X.dtype) if self.multiclass
+                             else np.empty(self.n_samples, dtype=X.dtype))
+
+    def __call__(self, coef: np.ndarray, l2_reg_strength: float):
+        X, n_samples, n_features = self.X, self.n_samples, self.n_features
+        loss_out, grad_pointwise = self.loss_out, self.gradient_out
+        if not self.multiclass:
+            weights = coef[:-1]
+            raw = X @ np.array(weights, copy=None, dtype=X.dtype)
+            raw += np.array(coef[-1], copy=None, dtype=X.dtype)
+            norm2_w = weights @ weights
+        else:
+            n_classes = self.n_classes
+            weights = coef.reshape((n_classes, -1), order="F")[:, :-1]
+            raw = X @ np.array(weights, copy=None, dtype=X.dtype).T
+            raw += np.array(coef.reshape((n_classes, -1), order="F")[:, -1], copy=None, dtype=X.dtype)
+            flat = coef[: n_classes * n_features]  # ravel(weights, order="K"): the same memory, in order
+            norm2_w = np.dot(flat, flat)
+        self.closs.loss_gradient(y_true=self.y, raw_prediction=raw, sample_weight=None, loss_out=loss_out,
+                                 gradient_out=grad_pointwise, n_threads=1)
+        loss = float(np.add.reduce(loss_out) / n_samples)
+        loss += float(0.5 * l2_reg_strength * norm2_w)
+        grad_pointwise /= n_samples
+        if not self.multiclass:
+            grad = np.empty_like(coef, dtype=weights.dtype)
+            grad[:n_features] = X.T @ grad_pointwise + l2_reg_strength * weights
+            grad[-1] = np.add.reduce(grad_pointwise)
+            return loss, grad
+        grad = np.empty((n_classes, n_features + 1), dtype=weights.dtype, order="F")
         grad[:, :n_features] = grad_pointwise.T @ X + l2_reg_strength * weights
-        grad[:, -1] = _xp.sum(grad_pointwise, axis=0)
-        if coef.ndim == 1:
-            grad = grad.ravel(order="F")
-    return loss, grad
+        grad[:, -1] = np.add.reduce(grad_pointwise, axis=0)
+        return loss, grad.ravel(order="F")
+
+
+def loss_gradient(coef, X, y, base_loss, l2_reg_strength):
+    """One evaluation of :class:`LogisticObjective` (``LinearModelLoss.loss_gradient`` without sample
+    weights, intercept fitted); ``coef`` 1-D as there."""
+    return LogisticObjective(X, y, base_loss)(coef, l2_reg_strength)
 
 
 def lbfgs(fun, x0, args=(), *, maxiter: int, gtol: float, maxls: int = 50, ftol: float = 64 * _EPS,
@@ -128,9 +150,8 @@ def lbfgs(fun, x0, args=(), *, maxiter: int, gtol: float, maxls: int = 50, ftol:
     x0 = np.asarray(x0).ravel()
     (n,) = x0.shape
     x_dtype = x0.dtype if np.issubdtype(x0.dtype, np.floating) else np.float64
-    at = x0.astype(x_dtype)  # ScalarFunction evaluates at x0 on creation
-    f_at, g_at = fun(np.copy(at), *args)
-    g_at = np.atleast_1d(g_at)
+    at = x0.astype(x_dtype)  # ScalarFunction evaluates at x0 on creation (fun must not modify its x)
+    f_at, g_at = fun(at, *args)
     nfev = 1
 
     nbd = np.zeros(n, np.int32)
@@ -154,10 +175,9 @@ def lbfgs(fun, x0, args=(), *, maxiter: int, gtol: float, maxls: int = 50, ftol:
         _lbfgsb.setulb(m, x, low_bnd, upper_bnd, nbd, f, g, factr, gtol, wa, iwa, task, lsave, isave, dsave,
                        maxls, ln_task)
         if task[0] == 3:
-            if not np.array_equal(x, at):
-                at = np.atleast_1d(np.asarray(x)).astype(x_dtype)
-                f_at, g_at = fun(np.copy(at), *args)
-                g_at = np.atleast_1d(g_at)
+            if not (x == at).all():  # np.array_equal: the shapes are equal
+                at = x.astype(x_dtype)
+                f_at, g_at = fun(at, *args)
                 nfev += 1
             f, g = f_at, g_at
         elif task[0] == 1:
@@ -217,9 +237,10 @@ def logistic_path(X, y_idx, n_classes: int, Cs, *, max_iter: int, tol: float = 1
         w0 = w0.ravel(order="F")
     coefs = []
     n_iter = _xp.zeros(len(Cs), dtype=_xp.int32)
+    objective = LogisticObjective(X, target, base_loss)
     for i, C in enumerate(Cs):
         l2_reg_strength = 1.0 / (C * n_samples)
-        res = lbfgs(loss_gradient, w0, args=(X, target, base_loss, l2_reg_strength), maxiter=max_iter, gtol=tol)
+        res = lbfgs(objective, w0, args=(l2_reg_strength,), maxiter=max_iter, gtol=tol)
         n_iter_i = _check_optimize_result("lbfgs", res, max_iter, extra_warning_msg=_CONVERGENCE_MSG)
         w0 = res.x
         w = w0 if is_binary else np.reshape(w0, (n_classes, -1), order="F")
