@@ -97,16 +97,18 @@ class LogisticObjective:
     def __call__(self, coef: np.ndarray, l2_reg_strength: float):
         X, n_samples, n_features = self.X, self.n_samples, self.n_features
         loss_out, grad_pointwise = self.loss_out, self.gradient_out
+        cast = coef.dtype != X.dtype  # np.asarray(w, dtype=X.dtype) is w itself otherwise
         if not self.multiclass:
             weights = coef[:-1]
-            raw = X @ np.array(weights, copy=None, dtype=X.dtype)
-            raw += np.array(coef[-1], copy=None, dtype=X.dtype)
+            raw = X @ (np.array(weights, dtype=X.dtype) if cast else weights)
+            raw += np.array(coef[-1], dtype=X.dtype) if cast else coef[-1]
             norm2_w = weights @ weights
         else:
             n_classes = self.n_classes
-            weights = coef.reshape((n_classes, -1), order="F")[:, :-1]
-            raw = X @ np.array(weights, copy=None, dtype=X.dtype).T
-            raw += np.array(coef.reshape((n_classes, -1), order="F")[:, -1], copy=None, dtype=X.dtype)
+            W = coef.reshape((n_classes, -1), order="F")
+            weights = W[:, :-1]
+            raw = X @ (np.array(weights, dtype=X.dtype) if cast else weights).T
+            raw += np.array(W[:, -1], dtype=X.dtype) if cast else W[:, -1]
             flat = coef[: n_classes * n_features]  # ravel(weights, order="K"): the same memory, in order
             norm2_w = np.dot(flat, flat)
         self.closs.loss_gradient(y_true=self.y, raw_prediction=raw, sample_weight=None, loss_out=loss_out,
@@ -119,10 +121,13 @@ class LogisticObjective:
             grad[:n_features] = X.T @ grad_pointwise + l2_reg_strength * weights
             grad[-1] = np.add.reduce(grad_pointwise)
             return loss, grad
-        grad = np.empty((n_classes, n_features + 1), dtype=weights.dtype, order="F")
-        grad[:, :n_features] = grad_pointwise.T @ X + l2_reg_strength * weights
-        grad[:, -1] = np.add.reduce(grad_pointwise, axis=0)
-        return loss, grad.ravel(order="F")
+        grad = np.empty(coef.shape[0], dtype=weights.dtype)  # the F-ravel of a [classes, features + 1] array
+        G = grad.reshape((n_classes, n_features + 1), order="F")
+        data = grad_pointwise.T @ X
+        data += l2_reg_strength * weights
+        G[:, :n_features] = data
+        G[:, -1] = np.add.reduce(grad_pointwise, axis=0)
+        return loss, grad
 
 
 def loss_gradient(coef, X, y, base_loss, l2_reg_strength):
@@ -174,13 +179,14 @@ def lbfgs(fun, x0, args=(), *, maxiter: int, gtol: float, maxls: int = 50, ftol:
         g = g.astype(np.float64)
         _lbfgsb.setulb(m, x, low_bnd, upper_bnd, nbd, f, g, factr, gtol, wa, iwa, task, lsave, isave, dsave,
                        maxls, ln_task)
-        if task[0] == 3:
+        state = task[0]
+        if state == 3:
             if not (x == at).all():  # np.array_equal: the shapes are equal
                 at = x.astype(x_dtype)
                 f_at, g_at = fun(at, *args)
                 nfev += 1
             f, g = f_at, g_at
-        elif task[0] == 1:
+        elif state == 1:
             n_iterations += 1
             if n_iterations >= maxiter:
                 task[0], task[1] = 5, 504
@@ -275,7 +281,7 @@ def _neg_log_loss(X_test, y_test_idx, w, n_classes: int) -> float:
         onehot = np.zeros((len(y_test_idx), n_classes), dtype=int)
         onehot[np.arange(len(y_test_idx)), y_test_idx] = 1
     eps = _xp.finfo(y_prob.dtype).eps
-    y_prob = _xp.clip(y_prob, eps, 1 - eps)
+    y_prob = np.clip(y_prob, eps, 1 - eps)  # exact, as the array-API clip
     onehot = _xp.astype(onehot, y_prob.dtype, copy=False)
     with np.errstate(divide="ignore", invalid="ignore"):
         temp = onehot * _xp.log(y_prob)
