@@ -145,7 +145,7 @@ class LinearProbe(_ClassifierProbe):
                 f"y: expected labels of at least 2 classes, got 1 class ({self.classes_[0]!r}); "
                 "a probe cannot learn from a single class: choose a property that varies"
             )
-        with warnings.catch_warnings(), threadpool_limits(self.blas_threads):
+        with warnings.catch_warnings(), fast.blas_threads(self.blas_threads):
             if not self.warn_convergence:
                 warnings.simplefilter("ignore", ConvergenceWarning)
             scale = StandardScaler().fit(X)

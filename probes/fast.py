@@ -64,6 +64,23 @@ def reference():
         _ENABLED.pop()
 
 
+_CONTROLLER: list = [None, -1]  # a ThreadpoolController and the len(sys.modules) it was made at
+
+
+def blas_threads(n: int | None):
+    """``threadpoolctl.threadpool_limits(n)`` (None: no change), without re-scanning the loaded
+    libraries on every call: the controller is made again only after new modules were imported."""
+    import sys
+
+    from threadpoolctl import ThreadpoolController
+
+    if n is None:
+        return contextlib.nullcontext()
+    if _CONTROLLER[0] is None or _CONTROLLER[1] != len(sys.modules):
+        _CONTROLLER[:] = [ThreadpoolController(), len(sys.modules)]
+    return _CONTROLLER[0].limit(limits=n)
+
+
 _EPS = np.finfo(float).eps
 _CONVERGENCE_MSG = (
     "Please also refer to the documentation for alternative solver options:\n"
