@@ -7,7 +7,9 @@ property ``y`` of the input. These classes only *compose* scikit-learn: each bui
 * ``LinearProbe`` is logistic regression on standardised features with the inverse regularisation
   ``C`` chosen by cross-validated log-loss (``LogisticRegressionCV``). With ``groups`` given to
   ``fit`` the inner cross-validation is a ``GroupKFold``, so C is never chosen on rows that share a
-  template or entity with the rows it is scored on.
+  template or entity with the rows it is scored on. Without ``class_weight`` the fit runs through
+  ``probes.fast`` (scikit-learn's computation step for step, bit-identical coefficients, a fraction
+  of the time on probe-sized problems); ``probes.fast.reference()`` makes it use scikit-learn itself.
 * ``RidgeProbe`` is ridge regression (for scalar properties such as a count), alpha by CV
   (``RidgeCV``; efficient leave-one-out when ``cv`` is None).
 * ``MLPProbe`` is a one-hidden-layer MLP classifier (a higher-capacity probe; compare its
