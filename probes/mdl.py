@@ -62,6 +62,18 @@ def default_mdl_probe(C: float = 1.0, max_iter: int = 300):
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
 
 
+def _default_fit(X: np.ndarray, y: np.ndarray):
+    """``default_mdl_probe().fit(X, y)``, the logistic regression fitted by :func:`probes.fast.fit_logistic`."""
+    from sklearn.pipeline import Pipeline
+
+    from codetransfer.probes.fast import fit_logistic
+
+    lr = default_mdl_probe()[-1]
+    scale = StandardScaler().fit(X)
+    model = fit_logistic(scale.transform(X), y, C=lr.C, max_iter=lr.max_iter, tol=lr.tol)
+    return Pipeline([("standardscaler", scale), ("logisticregression", model)])
+
+
 def online_codelength(
     X: np.ndarray,
     y: Sequence,
@@ -97,6 +109,9 @@ def online_codelength(
         raise CodetransferError(f"X: {n} rows are too few for an online code; give at least {min_first_block + 1} rows")
     order = np.random.default_rng(seed).permutation(n)
     Xo, yo = X[order], y_idx[order]
+    from codetransfer.probes import fast
+
+    default = estimator is None and fast.enabled()  # the default probe through probes.fast: same numbers, faster
     estimator = default_mdl_probe() if estimator is None else estimator
     bits = [ends[0] * np.log2(K)]
     for start, stop in zip(ends[:-1], ends[1:]):
@@ -106,7 +121,7 @@ def online_codelength(
             counts = np.bincount(train_y, minlength=K) + 1.0
             proba = np.tile(counts / counts.sum(), (stop - start, 1))
         else:
-            model = clone(estimator).fit(Xo[:start], train_y)
+            model = _default_fit(Xo[:start], train_y) if default else clone(estimator).fit(Xo[:start], train_y)
             p = model.predict_proba(Xo[start:stop])
             proba = np.zeros((stop - start, K))
             proba[:, np.asarray(model.classes_, dtype=int)] = p
