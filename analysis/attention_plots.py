@@ -190,7 +190,7 @@ def plot_best_head_over_training(
                          f"uniform guess over {vocab_size} tokens (ln {vocab_size} = {uniform_guess_loss(vocab_size):.2f})")
     _time_axis(ax, is_tokens, phases, t[by] if by == "recipe" else None)
     style = S.metric_style(metric)
-    ax.set_ylabel(style.label if metric == "induction_loss" else f"best head's {style.label}", fontsize="small")
+    ax.set_ylabel(style.label if metric == "induction_loss" else f"best head: {style.label}", fontsize="small")
     S.legend_outside(ax, by)
     return ax
 

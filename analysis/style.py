@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 #: Okabe-Ito (colour-blind safe) followed by the Tableau-10 colours not too close to them.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000",
+PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#d55e00", "#56b4e9", "#f0e442", "#000000",
            "#8c564b", "#7f7f7f", "#bcbd22", "#17becf", "#9467bd", "#e377c2")
 
 #: The shipped grids' recipes (trained/presets.py), in their fixed palette slots.
@@ -78,26 +78,27 @@ _ATTN = "viridis"
 _DIV = "RdBu_r"
 
 METRICS: dict[str, MetricStyle] = {
-    "induction": MetricStyle("induction score (attention share on the token after the earlier copy)", False, _ATTN, (0, 1)),
-    "previous_token": MetricStyle("previous-token score (attention share on the previous token)", False, _ATTN, (0, 1)),
-    "duplicate_token": MetricStyle("duplicate-token score (attention share on earlier copies)", False, _ATTN, (0, 1)),
-    "attn_to_answer_source": MetricStyle("attention share on the answer's source span", False, _ATTN, (0, 1)),
-    "attn_to_query": MetricStyle("attention share on the query span", False, _ATTN, (0, 1)),
-    "attn_to_distractors": MetricStyle("attention share on distractor tokens", False, _ATTN, (0, 1)),
-    "attn_answer_minus_distractors": MetricStyle("attention share: answer source minus distractors", True, _DIV, (-1, 1)),
-    "bos": MetricStyle("attention share on the first (BOS) position", False, _ATTN, (0, 1)),
+    "induction": MetricStyle("induction score (attention share)", False, _ATTN, (0, 1)),
+    "previous_token": MetricStyle("previous-token score (attention share)", False, _ATTN, (0, 1)),
+    "duplicate_token": MetricStyle("duplicate-token score (attention share)", False, _ATTN, (0, 1)),
+    "attn_to_answer_source": MetricStyle("attention share on answer source", False, _ATTN, (0, 1)),
+    "attn_to_query": MetricStyle("attention share on the query", False, _ATTN, (0, 1)),
+    "attn_to_distractors": MetricStyle("attention share on distractors", False, _ATTN, (0, 1)),
+    "attn_answer_minus_distractors": MetricStyle("attention share: answer − distractors", True, _DIV, (-1, 1)),
+    "bos": MetricStyle("attention share on BOS", False, _ATTN, (0, 1)),
     "entropy": MetricStyle("attention entropy (nats)", False, "magma", None),
-    "induction_loss": MetricStyle("induction loss on repeated random tokens (nats/token)", False, "magma", None),
-    "denoising": MetricStyle("share of the clean behaviour restored (0 corrupted, 1 clean)", True, _DIV, None),
-    "noising": MetricStyle("share of the clean behaviour destroyed (0 none, 1 all)", True, _DIV, None),
-    "cross_model": MetricStyle("share of the code-exposed model's advantage carried (1 = all)", True, _DIV, None),
-    "cross_rendering": MetricStyle("share restored by the code rendering's activation", True, _DIV, None),
-    "within_rendering": MetricStyle("share restored by the text rendering's activation", True, _DIV, None),
-    "logit_diff": MetricStyle("logit difference, answer minus distractors (nats)", True, _DIV, None),
-    "accuracy": MetricStyle("accuracy (share of items correct)", False, _ATTN, (0, 1)),
-    "selectivity": MetricStyle("selectivity (probe accuracy minus control-task accuracy)", True, _DIV, (-1, 1)),
+    "induction_loss": MetricStyle("induction loss (nats/token)", False, "magma", None),
+    "denoising": MetricStyle("share restored (0 corrupt, 1 clean)", True, _DIV, None),
+    "noising": MetricStyle("share destroyed (0 none, 1 all)", True, _DIV, None),
+    "cross_model": MetricStyle("share of the advantage carried", True, _DIV, None),
+    "cross_rendering": MetricStyle("share restored from code rendering", True, _DIV, None),
+    "within_rendering": MetricStyle("share restored from text rendering", True, _DIV, None),
+    "logit_diff": MetricStyle("logit difference (nats)", True, _DIV, None),
+    "accuracy": MetricStyle("accuracy (share correct)", False, _ATTN, (0, 1)),
+    "selectivity": MetricStyle("selectivity (probe − control acc.)", True, _DIV, (-1, 1)),
     "loss": MetricStyle("loss (nats/token)", False, "magma", None),
 }
+"""Labels are short (they must fit beside a colourbar); the figures' captions say more."""
 
 
 def metric_style(metric: str, values: Iterable[float] | None = None) -> MetricStyle:
@@ -108,16 +109,17 @@ def metric_style(metric: str, values: Iterable[float] | None = None) -> MetricSt
         return METRICS[metric]
     words = metric.replace("_", " ")
     if metric.startswith("ablation_"):
-        return MetricStyle(f"change of {words[len('ablation '):]} when the head is ablated", True, _DIV, None)
+        return MetricStyle(f"change of {words.split(' ', 2)[-1]} on ablation", True, _DIV, None)
     if metric.startswith("dla") or metric.endswith("_dla"):
-        return MetricStyle(f"direct logit attribution ({words}, logits)", True, _DIV, None)
+        return MetricStyle("direct logit attribution (logits)", True, _DIV, None)
     arr = np.asarray(list(values) if values is not None else [], dtype=float)
     signed = bool(np.any(arr[np.isfinite(arr)] < 0)) if arr.size else False
     return MetricStyle(words, signed, _DIV if signed else _ATTN, None)
 
 
 def difference_label(style: MetricStyle, a: str, b: str) -> str:
-    return f"difference {a} minus {b}: {style.label}"
+    """Colourbar label of a difference map: the quantity and the direction."""
+    return f"difference in {style.label.split(' (')[0]}\n({a} minus {b})"
 
 
 def shared_limits(values: Iterable[float] | np.ndarray, style: MetricStyle) -> tuple[float, float]:
