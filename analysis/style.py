@@ -175,8 +175,7 @@ def heatmap(ax, grid: pd.DataFrame, *, style: MetricStyle, limits: tuple[float, 
         ys, xs = np.nonzero(mask)
         ax.scatter(xs, ys, marker="o", s=6, color="#666666", label=mask_label or "marked")
         if mask_label:
-            ax.text(0, -0.02, f"• {mask_label}", transform=ax.transAxes, ha="left", va="top", fontsize="x-small",
-                    color="#444444")
+            ax.set_title(f"{title}\n(dots: {mask_label})", fontsize="medium")
     return ax
 
 
