@@ -253,9 +253,14 @@ def plot_learning_curves(table: pd.DataFrame, task: str | None = None, difficult
         S.line_with_band(ax, g["tokens"], g["value"], g["ci_low"], g["ci_high"], label=str(name).rstrip("*"),
                          color=S.recipe_color(g["recipe"].iloc[0]))
     if metric == "accuracy" and "chance" in t.columns and len(t):
-        S.reference_line(ax, float(t["chance"].mean()), "chance")
-        if "copy_chance" in t.columns and t["copy_chance"].notna().any():
-            S.reference_line(ax, float(t["copy_chance"].mean()), "copy baseline", ls=":")
+        chance = float(t["chance"].mean())
+        copy = float(t["copy_chance"].mean()) if "copy_chance" in t.columns and t["copy_chance"].notna().any() else None
+        if copy is not None and abs(copy - chance) < 1e-9:
+            S.reference_line(ax, chance, "chance = copy baseline")
+        else:
+            S.reference_line(ax, chance, "chance")
+            if copy is not None:
+                S.reference_line(ax, copy, "copy baseline", ls=":")
     S.tokens_axis(ax)
     S.draw_phase_boundaries(ax, phases, sorted(t["recipe"].astype(str).unique()))
     ax.set_ylabel(S.metric_style(metric).label, fontsize="small")

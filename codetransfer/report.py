@@ -22,6 +22,7 @@ import html
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,7 +159,9 @@ def render_table(df: pd.DataFrame) -> Table:
     if numeric:
         styler = styler.set_td_classes(pd.DataFrame({c: ["num" if c in numeric else "" for _ in df.index]
                                                      for c in df.columns}, index=df.index))
-    body = styler.to_html()
+    # the page's stylesheet styles tables: drop Styler's (empty) <style> element, which would also come
+    # between a paragraph and its table
+    body = re.sub(r"^\s*<style[^>]*>.*?</style>\s*", "", styler.to_html(), flags=re.S)
     cols = [md_escape(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in df.itertuples(index=False)]
@@ -798,4 +801,23 @@ def write_report(out: str | Path, grid, settings) -> Path:
     (tmp / "headline.json").write_text(json.dumps(headline, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
+    screenshot(folder / "index.html", folder / "report.png")
     return folder / "index.html"
+
+
+def screenshot(page: Path, png: Path, width: int = 1280, height: int = 900) -> bool:
+    """The page's first screen as a PNG, through headless Chromium when it is installed (else nothing).
+    Returns whether the file was written."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        return False
+    try:
+        subprocess.run([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                        "--hide-scrollbars", f"--window-size={width},{height}", f"--screenshot={png}",
+                        Path(page).resolve().as_uri()], capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return png.is_file()

@@ -302,3 +302,35 @@ def test_shared_limits():
     unsigned = S.metric_style("induction")
     assert S.shared_limits([0.2, 0.3], unsigned) == (0.0, 0.3)
     assert S.shared_limits([5.9, 6.3], S.metric_style("induction_loss")) == (5.9, 6.3)
+
+
+# ------------------------------------------------------------------------------------------------
+# the report's tables (codetransfer/report.py)
+
+
+def test_numbers_are_rounded_to_what_their_interval_supports():
+    from codetransfer.report import decimals, with_interval
+
+    assert with_interval(0.33899998664855957, 0.21, 0.47) == "0.3 [0.2, 0.5]"
+    assert with_interval(0.339, 0.335, 0.343) == "0.339 [0.335, 0.343]"
+    assert with_interval(1.2345, 0.5, np.inf, scale=100, signed=True, unit="%") == "+123% [+50, unbounded]"
+    assert with_interval(np.nan, 0, 1, missing="undefined: the baseline scores 0") == "undefined: the baseline scores 0"
+    assert decimals(0.1, 0.1) == 3 and decimals(-2.0, 6.0) == 0
+
+
+def test_tables_state_reasons_use_integer_counts_drop_duplicates_and_escape_names():
+    from codetransfer.report import format_table, md_escape, names, render_table
+
+    df = pd.DataFrame({"recipe": ["a<b>|c", "a<b>|c", "text-only"], "tokens": [375168.0, 375168.0, np.nan],
+                       "value": [0.33899998664855957, 0.33899998664855957, np.nan], "lo": [0.21, 0.21, np.nan],
+                       "hi": [0.47, 0.47, np.nan]})
+    t = format_table(df, intervals={"value": ("lo", "hi")}, counts=("tokens",),
+                     reasons={"value": "not scored at this step", "tokens": "not trained"})
+    assert len(t) == 2 and list(t.columns) == ["recipe", "tokens", "value"]
+    assert t.loc[0, "tokens"] == "375,168" and t.loc[0, "value"] == "0.3 [0.2, 0.5]"
+    assert t.loc[1, "value"] == "not scored at this step" and t.loc[1, "tokens"] == "not trained"
+    assert not t.apply(lambda c: c.str.contains("nan")).any().any()
+    r = render_table(t)
+    assert "a&lt;b&gt;|c" in r.html and "<b>" not in r.html and "<style" not in r.html
+    assert "a&lt;b&gt;\\|c" in r.markdown and md_escape("x|y") == "x\\|y"
+    assert names("a, b") == ("a", "b") == names(("a", "b")) and names(None) == ()
