@@ -255,12 +255,10 @@ def plot_learning_curves(table: pd.DataFrame, task: str | None = None, difficult
     if metric == "accuracy" and "chance" in t.columns and len(t):
         chance = float(t["chance"].mean())
         copy = float(t["copy_chance"].mean()) if "copy_chance" in t.columns and t["copy_chance"].notna().any() else None
-        if copy is not None and abs(copy - chance) < 1e-9:
-            S.reference_line(ax, chance, "chance = copy baseline")
-        else:
-            S.reference_line(ax, chance, "chance")
-            if copy is not None:
-                S.reference_line(ax, copy, "copy baseline", ls=":")
+        same = copy is not None and abs(copy - chance) < 1e-9
+        S.reference_line(ax, chance, "chance = copy baseline" if same else "chance", legend="chance")
+        if copy is not None:
+            S.reference_line(ax, copy, "copy baseline", ls=":", legend="copy chance", named=not same)
     S.tokens_axis(ax)
     S.draw_phase_boundaries(ax, phases, sorted(t["recipe"].astype(str).unique()))
     ax.set_ylabel(S.metric_style(metric).label, fontsize="small")

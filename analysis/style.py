@@ -252,13 +252,16 @@ def draw_phase_boundaries(ax, phases, recipes: Sequence[str] | None = None) -> l
     return sorted(marks)
 
 
-def reference_line(ax, y: float, label: str, *, ls="--") -> None:
-    """A horizontal reference line (chance, copy baseline, uniform guess) named on the line itself."""
+def reference_line(ax, y: float, label: str, *, ls="--", legend: str | None = None, named: bool = True) -> None:
+    """A horizontal reference line (chance, copy baseline, uniform guess) named on the line itself
+    (``label``; ``named=False``: not written) and in the legend (``legend``, default ``label``)."""
     import matplotlib.transforms as mtransforms
 
     if y is None or not np.isfinite(y):
         return
-    ax.axhline(y, color=REFERENCE_COLOR, ls=ls, lw=1, zorder=1, label=label)
+    ax.axhline(y, color=REFERENCE_COLOR, ls=ls, lw=1, zorder=1, label=legend or label)
+    if not named:
+        return
     trans = mtransforms.blended_transform_factory(ax.transAxes, ax.transData)
     ax.text(0.01, y, label, transform=trans, va="bottom", ha="left", fontsize="x-small", color=REFERENCE_COLOR)
 
