@@ -114,7 +114,7 @@ def plot_head_score_difference(
             mask = (diff.abs() <= np.sqrt(ha**2 + hb**2)).to_numpy()
     return S.heatmap(_axes(ax), diff, style=signed, limits=limits, title=f"{a} minus {b}", xlabel="head",
                      colorbar_label=S.difference_label(style, a, b), mask=mask,
-                     mask_label="difference within the intervals (not distinguishable from 0)")
+                     mask_label="within the intervals")
 
 
 def _x_of(t: pd.DataFrame) -> tuple[str, bool]:

@@ -230,4 +230,4 @@ def plot_difference(
     metric_name = _metric(table, site, metric)
     style = S.metric_style(metric_name)
     return _heat(diff, ax, f"{a} minus {b}", metric_name, (-m, m), label=S.difference_label(style, a, b), mask=mask,
-                 mask_label="difference within the intervals (not distinguishable from 0)")
+                 mask_label="within the intervals")
