@@ -610,46 +610,80 @@ def select_task(table: pd.DataFrame, task: str | None) -> tuple[pd.DataFrame, st
 
 def plot_accuracy_vs_difficulty(table: pd.DataFrame, task: str | None = None, ax=None, metric: str = "accuracy"):
     """One line per recipe (seed-aggregated rows ``run = "<recipe>*"``, else per run) of ``metric`` vs
-    difficulty, with CI bands and the chance line. ``task`` may be omitted when the table has one task."""
-    import matplotlib.pyplot as plt
+    difficulty, with CI bands, the chance line and (where the table has it) the copy baseline.
+    ``task`` may be omitted when the table has one task."""
+    from matplotlib.ticker import MaxNLocator
+
+    from codetransfer.analysis import style as S
 
     t = table[(table["metric"] == metric) & (table["difficulty"] != "all")]
     t, task = select_task(t, task)
     agg = t[t["run"].str.endswith("*")]
     t, key = (agg, "recipe") if len(agg) else (t, "run")
-    ax = ax if ax is not None else plt.gca()
+    ax = ax if ax is not None else S.new_axes()
     for name, g in t.groupby(key, sort=True):
         g = g.assign(_d=g["difficulty"].astype(int)).sort_values("_d")
-        (line,) = ax.plot(g["_d"], g["value"], marker="o", label=name)
-        ax.fill_between(g["_d"], g["ci_low"], g["ci_high"], color=line.get_color(), alpha=0.2)
+        S.line_with_band(ax, g["_d"], g["value"], g["ci_low"], g["ci_high"], label=str(name).rstrip("*"),
+                         color=S.recipe_color(g["recipe"].iloc[0]))
     if metric == "accuracy" and len(t):
-        ch = t.assign(_d=t["difficulty"].astype(int)).groupby("_d")["chance"].mean()
-        ax.plot(ch.index, ch.values, "k--", lw=1, label="chance")
-    from matplotlib.ticker import MaxNLocator
-
+        d = t.assign(_d=t["difficulty"].astype(int))
+        ch = d.groupby("_d")["chance"].mean()
+        ax.plot(ch.index, ch.values, color=S.REFERENCE_COLOR, ls="--", lw=1, label="chance")
+        if "copy_chance" in d.columns and d["copy_chance"].notna().any():
+            cc = d.groupby("_d")["copy_chance"].mean()
+            ax.plot(cc.index, cc.values, color=S.REFERENCE_COLOR, ls=":", lw=1, label="copy baseline")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("difficulty")
-    ax.set_ylabel(metric)
-    ax.set_title(task)
-    ax.legend(fontsize="small")
+    ax.set_xlabel("difficulty level (task generator)")
+    ax.set_ylabel(S.metric_style(metric).label, fontsize="small")
+    ax.set_title(task, fontsize="medium")
+    S.legend_outside(ax)
     return ax
 
 
 def plot_relative_change(summary: pd.DataFrame, ax=None):
-    """Grouped bars: relative change vs the baseline per category, one bar per recipe, CI error bars."""
-    import matplotlib.pyplot as plt
+    """Grouped bars: relative change vs the baseline per category, one bar per recipe (its fixed
+    colour), CI error bars. An interval end that is not finite (a baseline resample with mean 0) is
+    drawn as an arrow running off the axes and labelled "unbounded"; a change that is not defined
+    (baseline mean 0) is written as "undefined" instead of a bar."""
+    from codetransfer.analysis import style as S
 
-    ax = ax if ax is not None else plt.gca()
+    ax = ax if ax is not None else S.new_axes((7, 3.6))
     cats = sorted(summary["category"].unique())
     recipes = sorted(summary["recipe"].unique())
     width = 0.8 / max(1, len(recipes))
+    finite = summary[["value", "ci_low", "ci_high"]].to_numpy(dtype=float) * 100
+    finite = finite[np.isfinite(finite)]
+    top = float(np.max(np.abs(finite))) * 1.15 if finite.size else 10.0
+    arrows = []
     for k, recipe in enumerate(recipes):
         g = summary[summary["recipe"] == recipe].set_index("category").reindex(cats)
         x = np.arange(len(cats)) + (k - (len(recipes) - 1) / 2) * width
-        yerr = np.abs(np.vstack([g["value"] - g["ci_low"], g["ci_high"] - g["value"]]) * 100)
-        ax.bar(x, g["value"] * 100, width, yerr=np.nan_to_num(yerr, posinf=0), capsize=3, label=recipe)
+        v, lo, hi = (g[c].to_numpy(dtype=float) * 100 for c in ("value", "ci_low", "ci_high"))
+        ok = np.isfinite(v)
+        ax.bar(x[ok], v[ok], width, color=S.recipe_color(recipe), label=recipe)
+        fin = ok & np.isfinite(lo) & np.isfinite(hi)
+        ax.errorbar(x[fin], v[fin], yerr=np.vstack([v[fin] - lo[fin], hi[fin] - v[fin]]), fmt="none",
+                    ecolor="black", capsize=3, lw=1)
+        for xi, vi, li, hii in zip(x, v, lo, hi):
+            if not np.isfinite(vi):
+                ax.text(xi, 0, "undefined", rotation=90, ha="center", va="bottom", fontsize="x-small")
+                continue
+            for end, sign in ((hii, 1), (li, -1)):
+                if not np.isfinite(end):  # inf, or NaN where the ratio's resamples diverged
+                    other = li if sign > 0 else hii
+                    start = other if np.isfinite(other) else vi
+                    ax.vlines(xi, min(start, vi) if sign > 0 else max(start, vi), sign * top, color="black", lw=1)
+                    arrows.append((xi, sign * top, sign))
+    for xi, yi, sign in arrows:
+        ax.annotate("", xy=(xi, yi), xytext=(xi, yi - sign * 1e-9), arrowprops=dict(arrowstyle="-|>", color="black"))
+        ax.text(xi, yi, "unbounded", ha="center", va="bottom" if sign > 0 else "top", fontsize="x-small")
+    if arrows:
+        ax.set_ylim(-top * 1.1 if any(s < 0 for *_, s in arrows) else None, top * 1.1)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(cats)), cats)
-    ax.set_ylabel(f"relative change vs '{summary['baseline'].iloc[0]}' (%)" if len(summary) else "relative change (%)")
-    ax.legend(fontsize="small")
+    ax.set_xlabel("task category")
+    of = summary["of"].iloc[0] if "of" in summary.columns and len(summary) else "accuracy"
+    ax.set_ylabel(f"relative change of {of} vs '{summary['baseline'].iloc[0]}' (%)" if len(summary)
+                  else "relative change (%)", fontsize="small")
+    S.legend_outside(ax, "recipe")
     return ax

@@ -219,11 +219,13 @@ def first_above_chance(table: pd.DataFrame, difficulty: str | int = "0", metric:
 
 
 def plot_learning_curves(table: pd.DataFrame, task: str | None = None, difficulty: str | int = "0",
-                         metric: str = "accuracy", ax=None):
+                         metric: str = "accuracy", ax=None, phases=None):
     """``metric`` against training tokens, one line per recipe (the seed-aggregated rows
     ``run = "<recipe>*"``; per run when the table has none) with its interval band, a dashed chance
-    line for accuracy (and a dotted ``copy_chance`` line when the table has that column). ``task`` may be omitted when the table has one task. Returns the Axes."""
-    import matplotlib.pyplot as plt
+    line for accuracy (and a dotted ``copy_chance`` line when the table has that column). ``task`` may be omitted when the table has one task. Training tokens are drawn in millions;
+    ``phases`` (a grid, run records or a phase table: :func:`codetransfer.analysis.style.phase_table`)
+    adds the recipes' phase boundaries. Returns the Axes."""
+    from codetransfer.analysis import style as S
 
     need = {"run", "recipe", "task", "difficulty", "metric", "value", "ci_low", "ci_high", "tokens"}
     if not need <= set(table.columns):
@@ -244,18 +246,21 @@ def plot_learning_curves(table: pd.DataFrame, task: str | None = None, difficult
     t = t[t["difficulty"].astype(str) == str(difficulty)]
     agg = t[t["run"].astype(str).str.endswith("*")]
     t, key = (agg, "recipe") if len(agg) else (t, "run")
-    ax = ax if ax is not None else plt.gca()
+    ax = ax if ax is not None else S.new_axes()
     for name, g in t.groupby(key, sort=True):
         g = g.sort_values("tokens")
-        (line,) = ax.plot(g["tokens"], g["value"], marker="o", ms=3, label=name)
-        ax.fill_between(g["tokens"], g["ci_low"], g["ci_high"], color=line.get_color(), alpha=0.2)
+        S.line_with_band(ax, g["tokens"], g["value"], g["ci_low"], g["ci_high"], label=str(name).rstrip("*"),
+                         color=S.recipe_color(g["recipe"].iloc[0]))
     if metric == "accuracy" and "chance" in t.columns and len(t):
-        ax.axhline(float(t["chance"].mean()), color="k", ls="--", lw=1, label="chance")
-        if "copy_chance" in t.columns and t["copy_chance"].notna().any():
-            ax.axhline(float(t["copy_chance"].mean()), color="grey", ls=":", lw=1, label="copy chance")
-    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{task} (difficulty {difficulty})")
-    ax.legend(fontsize="small")
+        chance = float(t["chance"].mean())
+        copy = float(t["copy_chance"].mean()) if "copy_chance" in t.columns and t["copy_chance"].notna().any() else None
+        same = copy is not None and abs(copy - chance) < 1e-9
+        S.reference_line(ax, chance, "chance = copy baseline" if same else "chance", legend="chance")
+        if copy is not None:
+            S.reference_line(ax, copy, "copy baseline", ls=":", legend="copy chance", named=not same)
+    S.tokens_axis(ax)
+    S.draw_phase_boundaries(ax, phases, sorted(t["recipe"].astype(str).unique()))
+    ax.set_ylabel(S.metric_style(metric).label, fontsize="small")
+    ax.set_title(f"{task} (difficulty {difficulty})", fontsize="medium")
+    S.legend_outside(ax, "recipe")
     return ax

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from codetransfer.analysis import style as S
 from codetransfer.errors import CodetransferError
 
 _DEFAULT_METRICS = ("denoising", "noising", "cross_model", "cross_rendering", "within_rendering")
@@ -83,32 +84,50 @@ def layer_head_grid(table, site="head_out", metric=None, pos_label="all", **filt
     return df.pivot_table(index="layer", columns="head", values="value", aggfunc="mean")
 
 
-def _heat(grid: pd.DataFrame, ax, title: str, vmax: float | None = None, cmap="RdBu_r", label="value"):
-    import matplotlib.pyplot as plt
+def _xlabel(grid: pd.DataFrame) -> str:
+    name = str(grid.columns.name or "")
+    return {"pos_label": "position (token index or prompt span)", "head": "head"}.get(name, name.replace("_", " "))
 
+
+def _heat(grid: pd.DataFrame, ax, title: str, metric: str, limits=None, label: str | None = None, mask=None,
+          mask_label=None):
     if ax is None:
-        _, ax = plt.subplots(
-            figsize=(max(4, 0.35 * grid.shape[1] + 2), max(2.5, 0.4 * grid.shape[0] + 1.5)), layout="constrained"
-        )
-    values = grid.to_numpy(dtype=float)
-    if vmax is None:
-        finite = values[np.isfinite(values)]
-        vmax = float(np.abs(finite).max()) if finite.size else 1.0
-        vmax = vmax or 1.0
-    im = ax.imshow(values, aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax, origin="lower")
-    ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
-    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], rotation=90 if grid.shape[1] > 8 else 0)
-    ax.set_ylabel("layer")
-    ax.set_xlabel(str(grid.columns.name or ""))
-    ax.set_title(title)
-    ax.figure.colorbar(im, ax=ax, label=label)
-    return ax
+        ax = S.new_axes((max(4.5, 0.35 * grid.shape[1] + 2.5), max(2.8, 0.4 * grid.shape[0] + 1.8)))
+    style = S.metric_style(metric)
+    style = S.MetricStyle(style.label, True, "RdBu_r", style.bounds)  # patching effects are signed
+    if limits is None:
+        limits = S.shared_limits(grid.to_numpy(dtype=float), style)
+    return S.heatmap(ax, grid, style=style, limits=limits, title=title, xlabel=_xlabel(grid), colorbar_label=label,
+                     mask=mask, mask_label=mask_label)
+
+
+def _metric(table, site, metric) -> str:
+    return _select(table, site, metric, {})["metric"].iloc[0]
+
+
+def _metric_limits(table, kind, site, metric, pos_label, filters, by: str | None = None) -> tuple[float, float]:
+    """Symmetric limits of ``metric`` at ``site`` over every group of the table (recipes, runs): the scale
+    that the maps and differences of one figure share."""
+    key = by if by is not None else ("recipe" if "recipe" in table.columns else None)
+    groups = [None] if key is None else list(dict.fromkeys(table[key].dropna()))
+    vals = []
+    for v in groups:
+        f = dict(filters) if v is None else {**filters, key: v}
+        try:
+            vals.append(_grid(table, kind, site, metric, pos_label, f).to_numpy(dtype=float).ravel())
+        except CodetransferError:
+            continue
+    style = S.MetricStyle("", True, "RdBu_r", None)
+    return S.shared_limits(np.concatenate(vals) if vals else np.zeros(1), style)
 
 
 def plot_layer_pos(table: pd.DataFrame, site: str | None = None, metric: str | None = None, ax=None, **filters):
-    """Layer x position heatmap of one site (heads summed for head sites). Returns the Axes."""
+    """Layer x position heatmap of one site (heads summed for head sites), layer 0 at the bottom, on the
+    symmetric scale of the metric over the whole table (every recipe). Returns the Axes."""
     grid = layer_pos_grid(table, site, metric, **filters)
-    return _heat(grid, ax, f"{site or table['site'].iloc[0]}: layer x position")
+    m = _metric(table, site, metric)
+    lim = _metric_limits(table, "layer_pos", site, metric, None, {k: v for k, v in filters.items() if k != "recipe"})
+    return _heat(grid, ax, f"{site or table['site'].iloc[0]}: layer x position", m, lim)
 
 
 def plot_layer_head(
@@ -116,7 +135,9 @@ def plot_layer_head(
 ):
     """Layer x head heatmap of a head site at one position label ('all', an index or a span key)."""
     grid = layer_head_grid(table, site, metric, pos_label, **filters)
-    return _heat(grid, ax, f"{site} at {pos_label}: layer x head")
+    m = _metric(table, site, metric)
+    lim = _metric_limits(table, "layer_head", site, metric, pos_label, {k: v for k, v in filters.items() if k != "recipe"})
+    return _heat(grid, ax, f"{site} at {pos_label}: layer x head", m, lim)
 
 
 def _grid(table, kind, site, metric, pos_label, filters):
@@ -125,6 +146,16 @@ def _grid(table, kind, site, metric, pos_label, filters):
     if kind == "layer_head":
         return layer_head_grid(table, site or "head_out", metric, pos_label, **filters)
     raise CodetransferError(f"kind: expected 'layer_pos' or 'layer_head', got {kind!r}")
+
+
+def _half_width_grid(table, kind, site, metric, pos_label, filters) -> pd.DataFrame | None:
+    if not {"ci_low", "ci_high"} <= set(table.columns) or table["ci_low"].isna().all():
+        return None
+    t = table.assign(value=(table["ci_high"] - table["ci_low"]) / 2)
+    try:
+        return _grid(t, kind, site, metric, pos_label, filters)
+    except CodetransferError:
+        return None
 
 
 def plot_side_by_side(
@@ -138,7 +169,7 @@ def plot_side_by_side(
     ax=None,
     **filters,
 ):
-    """One heatmap per value of column ``by`` (e.g. per recipe) on one colour scale.
+    """One heatmap per value of column ``by`` (e.g. per recipe) on one symmetric colour scale.
 
     ``ax`` is a sequence of Axes (one per value) or None. Returns the array of Axes.
     """
@@ -150,14 +181,15 @@ def plot_side_by_side(
     if not values:
         raise CodetransferError(f"by: column {by!r} holds no values to split on")
     grids = [_grid(table, kind, site, metric, pos_label, {**filters, by: v}) for v in values]
-    vmax = max(float(np.nanmax(np.abs(g.to_numpy(dtype=float)))) for g in grids) or 1.0
+    lim = _metric_limits(table, kind, site, metric, pos_label, filters, by=by)
     if ax is None:
-        _, ax = plt.subplots(1, len(values), figsize=(4.5 * len(values), 3.5), squeeze=False, layout="constrained")
+        _, ax = plt.subplots(1, len(values), figsize=(4.6 * len(values), 3.6), squeeze=False, layout="constrained")
         ax = ax[0]
     if len(ax) != len(values):
         raise CodetransferError(f"ax: expected {len(values)} Axes (one per {by}), got {len(ax)}")
+    m = _metric(table, site, metric)
     for a, v, g in zip(ax, values, grids):
-        _heat(g, a, f"{by}={v}", vmax=vmax)
+        _heat(g, a, f"{v}", m, lim)
     return np.asarray(ax)
 
 
@@ -173,7 +205,13 @@ def plot_difference(
     ax=None,
     **filters,
 ):
-    """Heatmap of ``map(by == a) - map(by == b)`` (cells present in both). Returns the Axes."""
+    """Heatmap of ``map(by == a) - map(by == b)`` (cells present in both). Returns the Axes.
+
+    Drawn on the scale of the maps it compares (the metric's symmetric limits over every group of
+    the table), so a difference of 0.02 on a 0..1 effect looks small. Where the table has intervals,
+    cells whose difference lies within the combined half-width of the two maps' intervals
+    (``sqrt(h_a^2 + h_b^2)``) are marked with a dot: not distinguishable from 0.
+    """
     if by not in table.columns:
         raise CodetransferError(f"by: {by!r} is not a column of the table (have {list(table.columns)})")
     ga = _grid(table, kind, site, metric, pos_label, {**filters, by: a})
@@ -181,4 +219,15 @@ def plot_difference(
     diff = ga.sub(gb).dropna(how="all").dropna(axis=1, how="all")
     if diff.empty:
         raise CodetransferError(f"{by}: maps for {a!r} and {b!r} share no cells")
-    return _heat(diff, ax, f"{a} - {b}", label="difference")
+    lim = _metric_limits(table, kind, site, metric, pos_label, filters, by=by)
+    m = max(abs(lim[0]), float(np.nanmax(np.abs(diff.to_numpy(dtype=float)))))
+    ha = _half_width_grid(table, kind, site, metric, pos_label, {**filters, by: a})
+    hb = _half_width_grid(table, kind, site, metric, pos_label, {**filters, by: b})
+    mask = None
+    if ha is not None and hb is not None:
+        h = np.sqrt(ha.reindex_like(diff) ** 2 + hb.reindex_like(diff) ** 2)
+        mask = (diff.abs() <= h).to_numpy()
+    metric_name = _metric(table, site, metric)
+    style = S.metric_style(metric_name)
+    return _heat(diff, ax, f"{a} minus {b}", metric_name, (-m, m), label=S.difference_label(style, a, b), mask=mask,
+                 mask_label="within the intervals")

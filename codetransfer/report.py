@@ -2,8 +2,18 @@
 
 Built from the result tables only (compute once, plot after): the grid, the paper-style table,
 evaluation curves, learning curves (when the grid kept checkpoints), probing curves, patching maps,
-head tables, and the headline findings — each claim with its interval, null results stated as such. A figure that cannot be drawn (its table is
-missing or holds no such rows) is listed with the reason instead of silently left out.
+head tables, and the headline findings — each claim with its interval, null results stated as such.
+A figure that cannot be drawn (its table is missing or holds no such rows) is listed with the reason
+instead of silently left out.
+
+Both files are rendered from Jinja2 templates (``codetransfer/templates``); tables go through
+pandas (``Styler.to_html``) after :func:`format_table`: a value with an interval is rounded to the
+first significant digit of the interval's half-width, counts are integers, an empty cell states why
+it is empty, and identical rows are dropped. Every name that comes from the grid or the tables
+(recipe, source, task) is escaped, in HTML and in markdown (where ``|`` is escaped too). Figures
+follow one style (:mod:`codetransfer.analysis.style`). Where ``circuitsvis`` is installed, the heads
+the report names get an interactive attention view each (a separate page, at most
+:data:`VIEW_MAX_BYTES`).
 """
 
 from __future__ import annotations
@@ -12,12 +22,25 @@ import html
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from codetransfer.errors import CodetransferError
+
+VIEW_MAX_BYTES = 300_000
+"""Largest interactive head view embedded in the report (bytes of its HTML page)."""
+
+
+@dataclass
+class Table:
+    """A formatted table: its HTML (pandas Styler) and markdown renderings."""
+
+    html: str
+    markdown: str
 
 
 @dataclass
@@ -31,11 +54,118 @@ class Section:
     def add_text(self, text: str) -> None:
         self.blocks.append(("text", text))
 
-    def add_table(self, md: str) -> None:
-        self.blocks.append(("table", md))
+    def add_table(self, df: pd.DataFrame, **fmt) -> None:
+        self.blocks.append(("table", render_table(format_table(df, **fmt))))
 
     def add_figure(self, file: str, caption: str) -> None:
         self.blocks.append(("figure", (file, caption)))
+
+    def add_view(self, snippet, caption: str) -> None:
+        self.blocks.append(("view", (snippet, caption)))
+
+
+# --------------------------------------------------------------------------------------------------
+# numbers and tables
+
+
+def names(value) -> tuple[str, ...]:
+    """A settings field that names several things: a comma string (``"a,b"``) or a sequence (``("a", "b")``)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(str(v) for v in value)
+
+
+def _finite(x) -> bool:
+    try:
+        return x is not None and not pd.isna(x) and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def decimals(low, high, default: int = 3) -> int:
+    """Decimal places an interval supports: those of the first significant digit of its half-width
+    (``[0.21, 0.47]`` -> 1: half-width 0.13). ``default`` when the interval is missing or empty."""
+    if not (_finite(low) and _finite(high)) or float(high) <= float(low):
+        return default
+    return max(0, -math.floor(math.log10((float(high) - float(low)) / 2)))
+
+
+def with_interval(value, low, high, *, scale: float = 1.0, signed: bool = False, unit: str = "",
+                  missing: str = "not measured") -> str:
+    """``value [low, high]`` rounded to what the interval supports (see :func:`decimals`); an interval
+    end that is not finite is written ``unbounded``; a value that is not finite gives ``missing``."""
+    if not _finite(value):
+        return missing
+    v = float(value) * scale
+    lo = float(low) * scale if _finite(low) else None
+    hi = float(high) * scale if _finite(high) else None
+    if lo is not None and hi is not None:
+        d = decimals(lo, hi)
+    else:  # one end unbounded: the finite end's distance, else two significant digits of the value
+        near = lo if lo is not None else hi
+        d = decimals(min(near, 2 * v - near), max(near, 2 * v - near), default=-1) if near is not None else -1
+        if d < 0:
+            d = max(0, 1 - math.floor(math.log10(abs(v)))) if v else 0
+    f = f"{{:{'+' if signed else ''}.{d}f}}"
+    lo_s = f.format(lo) if lo is not None else "unbounded"
+    hi_s = f.format(hi) if hi is not None else "unbounded"
+    return f"{f.format(v)}{unit} [{lo_s}, {hi_s}]"
+
+
+def format_table(df: pd.DataFrame, *, intervals: dict[str, tuple[str, str]] | None = None,
+                 counts: tuple[str, ...] = (), reasons: dict[str, str] | None = None,
+                 decimals_of: dict[str, int] | None = None, rename: dict[str, str] | None = None) -> pd.DataFrame:
+    """A table of display strings.
+
+    ``intervals``: ``{value column: (low column, high column)}``, merged into one ``value [low, high]``
+    column rounded by :func:`decimals` (the low/high columns are dropped). ``counts``: integer columns.
+    ``reasons``: ``{column: why a cell is empty}`` (default: "not measured"). Other floats keep 3
+    significant digits (or ``decimals_of[col]`` places). Duplicate rows are dropped. ``rename`` maps
+    column names to words."""
+    intervals, reasons, decimals_of = intervals or {}, reasons or {}, decimals_of or {}
+    out = pd.DataFrame(index=df.index)
+    dropped = {c for lo_hi in intervals.values() for c in lo_hi}
+    for c in df.columns:
+        if c in dropped:
+            continue
+        why = reasons.get(c, "not measured")
+        col = df[c]
+        if c in intervals:
+            lo, hi = intervals[c]
+            out[c] = [with_interval(v, a, b, missing=why) for v, a, b in zip(col, df[lo], df[hi])]
+        elif c in counts:
+            out[c] = [f"{int(round(float(v))):,}" if _finite(v) else why for v in col]
+        elif pd.api.types.is_float_dtype(col):
+            d = decimals_of.get(c)
+            out[c] = [(f"{float(v):.{d}f}" if d is not None else f"{float(v):.3g}") if _finite(v) else why for v in col]
+        else:
+            out[c] = [why if (v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA) else str(v)
+                      for v in col]
+    out = out.drop_duplicates().reset_index(drop=True)
+    return out.rename(columns=rename or {})
+
+
+def md_escape(text) -> str:
+    """Text for a markdown cell or paragraph: HTML escaped, ``|`` escaped."""
+    return html.escape(str(text), quote=False).replace("|", "\\|")
+
+
+def render_table(df: pd.DataFrame) -> Table:
+    """HTML (pandas Styler, names escaped) and markdown of a table of display strings."""
+    styler = df.style.hide(axis="index").format(escape="html").format_index(escape="html", axis=1)
+    numeric = [c for c in df.columns if df[c].map(lambda s: bool(s) and (s[0].isdigit() or s[0] in "+-")).all()]
+    if numeric:
+        styler = styler.set_td_classes(pd.DataFrame({c: ["num" if c in numeric else "" for _ in df.index]
+                                                     for c in df.columns}, index=df.index))
+    # the page's stylesheet styles tables: drop Styler's (empty) <style> element, which would also come
+    # between a paragraph and its table
+    body = re.sub(r"^\s*<style[^>]*>.*?</style>\s*", "", styler.to_html(), flags=re.S)
+    cols = [md_escape(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return Table(body, "\n".join(lines))
 
 
 def _read(path: Path) -> pd.DataFrame | None:
@@ -44,10 +174,6 @@ def _read(path: Path) -> pd.DataFrame | None:
     if path.exists():  # a damaged table is refused naming the file (delete it and rerun its stage)
         return read_table(path, "result table", fix="delete it and rerun the stage that writes it")
     return None
-
-
-def _pct(v: float) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:+.1f}%"
 
 
 def _figure(section: Section, folder: Path, name: str, caption: str, draw) -> None:
@@ -60,17 +186,14 @@ def _figure(section: Section, folder: Path, name: str, caption: str, draw) -> No
         section.missing.append(f"{caption}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
         plt.close("all")
         return
-    fig.savefig(folder / name, dpi=110, bbox_inches="tight")
+    fig.savefig(folder / name, dpi=110)
     plt.close(fig)
     section.add_figure(name, caption)
 
 
-def _md_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    return "\n".join(lines)
+def _file(name: str) -> str:
+    """A file name from a user-controlled name (recipe, task): only safe characters."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name.replace("->", "-"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,35 +201,48 @@ def _md_table(df: pd.DataFrame) -> str:
 
 def _grid_section(out: Path, grid, folder: Path) -> Section:
     import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
 
+    from codetransfer.analysis import style as S
     from codetransfer.trained import runs_table
 
     s = Section("The grid")
     s.add_text(f"Grid **{grid.name}**: {grid.model.n_layers} layers, d_model {grid.model.d_model}, "
-                  f"{grid.model.n_heads} heads, context {grid.model.n_ctx}, vocabulary {grid.tokenizer.vocab_size}; "
-                  f"seeds {list(grid.seeds)}. Sources: " + ", ".join(f"{k} ({v.kind})" for k, v in grid.sources.items()) + ".")
+               f"{grid.model.n_heads} heads, context {grid.model.n_ctx}, vocabulary {grid.tokenizer.vocab_size}; "
+               f"seeds {list(grid.seeds)}. Sources: " + ", ".join(f"{k} ({v.kind})" for k, v in grid.sources.items()) + ".")
     code_sources = {k for k, v in grid.sources.items() if v.kind in ("stdlib", "synthetic_program") or v.category == "code"}
+    prefixes: dict[str, set[str]] = {}
+    for r in grid.recipes:
+        for k in range(1, len(r.phases) + 1):
+            key = json.dumps([[p.name, p.mixture, p.tokens] for p in r.phases[:k]], sort_keys=True)
+            prefixes.setdefault(key, set()).add(r.name)
 
     def draw():
-        fig, ax = plt.subplots(figsize=(9, 0.55 * len(grid.recipes) + 1.2))
-        cmap = plt.get_cmap("coolwarm")
-        seen: dict[str, str] = {}
+        fig, ax = plt.subplots(figsize=(9.5, 0.6 * len(grid.recipes) + 1.6), layout="constrained")
+        cmap, norm = plt.get_cmap("cividis"), Normalize(0, 100)
+        any_shared = False
         for i, r in enumerate(grid.recipes):
             x = 0.0
-            prefix = []
-            for p in r.phases:
-                prefix.append(json.dumps([p.name, p.mixture, p.tokens], sort_keys=True))
-                code = sum(w for k, w in p.weights().items() if k in code_sources)
-                ax.barh(i, p.tokens / 1e6, left=x, color=cmap(code), edgecolor="black")
-                key = "|".join(prefix)
-                label = p.name + (" (shared)" if key in seen and seen[key] != r.name else "")
-                seen.setdefault(key, r.name)
-                ax.text(x + p.tokens / 2e6, i, f"{label}\n{100 * code:.0f}% code", ha="center", va="center", fontsize=7)
+            for k, p in enumerate(r.phases):
+                code = 100 * sum(w for src, w in p.weights().items() if src in code_sources)
+                key = json.dumps([[q.name, q.mixture, q.tokens] for q in r.phases[: k + 1]], sort_keys=True)
+                shared = len(prefixes[key]) > 1
+                any_shared |= shared
+                ax.barh(i, p.tokens / 1e6, left=x, color=cmap(norm(code)), edgecolor="black",
+                        hatch="//" if shared else None, lw=0.8)
+                rgb = cmap(norm(code))[:3]
+                light = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 0.5
+                ax.text(x + p.tokens / 2e6, i, f"{p.name}\n{code:.0f}% code", ha="center", va="center", fontsize=8,
+                        color="black" if light else "white")
                 x += p.tokens / 1e6
         ax.set_yticks(range(len(grid.recipes)), [r.name for r in grid.recipes])
+        for lab, r in zip(ax.get_yticklabels(), grid.recipes):
+            lab.set_color(S.recipe_color(r.name))
         ax.invert_yaxis()
-        ax.set_xlabel("training tokens (millions); colour = code share of the phase")
-        ax.set_title("recipes and phases (phases marked 'shared' are trained once and branched from)")
+        ax.set_xlabel("training tokens (millions)")
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="code share of the phase (%)")
+        ax.set_title("recipes and phases" + (" (hatched: phases shared by several recipes, trained once and "
+                                             "branched from)" if any_shared else ""), fontsize="medium")
         return fig
 
     _figure(s, folder, "grid.png", "Recipes, phases, code share and branch points", draw)
@@ -114,8 +250,28 @@ def _grid_section(out: Path, grid, folder: Path) -> Section:
     if not table.empty:
         keep = [c for c in table.columns if c in ("run", "recipe", "seed", "steps", "branched_from")
                 or c.startswith("tokens/") or c.startswith("val/")]
-        s.add_table(_md_table(table[keep].fillna(0)))
+        t = table[keep].copy()
+        tok = [c for c in keep if c.startswith("tokens/")]
+        t[tok] = t[tok].fillna(0)  # a source a run never read: 0 tokens
+        t["branched_from"] = t["branched_from"].replace("", "trained from the start")
+        s.add_table(t, counts=("seed", "steps", *tok), decimals_of={c: 3 for c in keep if c.startswith("val/")},
+                    reasons={c: "no held-out tokens" for c in keep if c.startswith("val/")},
+                    rename={**{c: f"tokens of {c[7:]}" for c in tok},
+                            **{c: f"held-out loss on {c[4:]} (nats/token)" for c in keep if c.startswith("val/")},
+                            "branched_from": "branched from"})
     return s
+
+
+def _category_chance(table: pd.DataFrame, baseline: str) -> dict[str, float]:
+    """Mean chance accuracy of each category's items (over the baseline's per-level rows, weighted by items)."""
+    t = table[(table["metric"] == "accuracy") & (table["difficulty"].astype(str) != "all")
+              & ~table["task"].astype(str).str.startswith("heldout:")]
+    if baseline in set(t["recipe"]):
+        t = t[t["recipe"] == baseline]
+    if "chance" not in t.columns or t.empty:
+        return {}
+    w = t["n_items"] if "n_items" in t.columns else pd.Series(1.0, index=t.index)
+    return {c: float(np.average(g["chance"], weights=w[g.index])) for c, g in t.groupby("category")}
 
 
 def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, list[str]]:
@@ -129,46 +285,75 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
     if table is None:
         s.missing.append("eval.parquet: the eval stage has not run")
         return s, findings
+    chance = _category_chance(table, baseline)
     if summary is not None and not summary.empty:
         rows = []
         for _, r in summary.iterrows():
-            distinct = r.ci_low > 0 or r.ci_high < 0
+            ch = chance.get(r.category) if r["of"] == "accuracy" else None
+            below = ch is not None and _finite(r.baseline_value) and r.baseline_value <= ch + 1e-12
+            if below:
+                # relative change against a baseline at chance says nothing: report the difference in points
+                b = float(r.baseline_value)
+                cell = with_interval((r.recipe_value - b), b * r.ci_low if _finite(r.ci_low) else None,
+                                     b * r.ci_high if _finite(r.ci_high) else None, scale=100, signed=True,
+                                     unit=" pp", missing="undefined")
+                kind = f"difference in percentage points (baseline {100 * b:.0f}% is at or below chance {100 * ch:.0f}%)"
+            elif not _finite(r.value):
+                cell, kind = "undefined: the baseline scores 0", "relative change"
+            else:
+                cell = with_interval(r.value, r.ci_low, r.ci_high, scale=100, signed=True, unit="%")
+                kind = "relative change"
+            distinct = (_finite(r.ci_low) and r.ci_low > 0) or (_finite(r.ci_high) and r.ci_high < 0)
             rows.append({"recipe": r.recipe, "category": r.category, "of": r["of"],
-                         "change vs " + baseline: f"{_pct(r.value)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]",
-                         "distinguishable from noise": "yes" if distinct else "no"})
-        s.add_table(_md_table(pd.DataFrame(rows)))
-        s.add_text(f"Relative change of each recipe against **{baseline}**, 95% bootstrap intervals over items "
-                      "(and seeds where there are several). 'distinguishable from noise' = the interval excludes 0. "
-                      "For held-out loss, negative is better.")
-        acc = summary[(summary["of"] == "accuracy") & (summary["category"] == "reasoning")].dropna(subset=["value"])
+                         "recipe / baseline": f"{100 * r.recipe_value:.0f}% / {100 * r.baseline_value:.0f}%"
+                         if r["of"] == "accuracy" else f"{r.recipe_value:.3g} / {r.baseline_value:.3g}",
+                         "change vs " + baseline: cell, "measured as": kind,
+                         "distinguishable from noise": "yes" if distinct else "no", "items": r.n_items,
+                         "seeds": r.n_seeds})
+        s.add_table(pd.DataFrame(rows), counts=("items", "seeds"))
+        s.add_text(f"Change of each recipe against **{baseline}**, 95% bootstrap intervals over items (and seeds "
+                   "where there are several), rounded to the interval's first significant digit. Where the "
+                   "baseline is at or below chance a relative change is meaningless, so the difference in "
+                   "percentage points is given (its interval: the relative interval times the baseline, "
+                   "approximate). 'unbounded': some bootstrap resamples of the baseline average 0. "
+                   "'distinguishable from noise' = the interval excludes 0. For held-out loss, negative is better.")
+        acc = summary[(summary["of"] == "accuracy") & (summary["category"] == "reasoning")]
+        acc = acc[acc["value"].map(_finite)]
         if not acc.empty:
             best = acc.loc[acc["value"].idxmax()]
-            verdict = "distinguishable from noise" if best.ci_low > 0 or best.ci_high < 0 else "NOT distinguishable from noise"
-            findings.append(f"Reasoning accuracy: best recipe vs {baseline} is {best.recipe} at {_pct(best.value)} "
-                            f"[{_pct(best.ci_low)}, {_pct(best.ci_high)}] ({verdict} at this number of seeds and items).")
+            verdict = ("distinguishable from noise" if (_finite(best.ci_low) and best.ci_low > 0)
+                       or (_finite(best.ci_high) and best.ci_high < 0) else "NOT distinguishable from noise")
+            ch = chance.get("reasoning")
+            if ch is not None and best.baseline_value <= ch + 1e-12:
+                change = f"{100 * (best.recipe_value - best.baseline_value):+.0f} percentage points (baseline at chance)"
+            else:
+                change = with_interval(best.value, best.ci_low, best.ci_high, scale=100, signed=True, unit="%")
+            findings.append(f"Reasoning accuracy: best recipe vs {baseline} is {best.recipe} at {change} "
+                            f"({verdict} at this number of seeds and items).")
 
         def draw_rel():
-            fig, ax = plt.subplots(figsize=(8, 3.5))
+            fig, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
             plot_relative_change(summary[summary["of"] == "accuracy"], ax=ax)
             return fig
 
-        _figure(s, folder, "relative_change.png", f"Relative change of accuracy vs {baseline} per category", draw_rel)
+        _figure(s, folder, "relative_change.png", f"Relative change of accuracy vs {baseline} per category "
+                "(arrows: interval unbounded above)", draw_rel)
     tasks = [t for t in table["task"].unique() if not str(t).startswith("heldout:")]
     for task in tasks:
         def draw(task=task):
-            fig, ax = plt.subplots(figsize=(6, 3.5))
+            fig, ax = plt.subplots(figsize=(6.5, 3.5), layout="constrained")
             plot_accuracy_vs_difficulty(table, task=task, ax=ax)
             return fig
 
-        _figure(s, folder, f"eval_{task}.png", f"{task}: accuracy against difficulty per recipe", draw)
+        _figure(s, folder, f"eval_{_file(task)}.png", f"{task}: accuracy against difficulty per recipe", draw)
     run_rows = table[(table["metric"] == "accuracy") & (table["difficulty"].astype(str) == "0")
                      & ~table["run"].astype(str).str.endswith("*")]
     if not run_rows.empty and baseline in set(run_rows["recipe"]):
         b = run_rows[run_rows["recipe"] == baseline]
         above = b[b["ci_low"] > b["chance"]]
         s.add_text(f"Easiest level, {baseline}: above chance (interval) on "
-                      f"{', '.join(sorted(above['task'])) or 'no task'}; at chance on "
-                      f"{', '.join(sorted(set(b['task']) - set(above['task']))) or 'no task'}.")
+                   f"{', '.join(sorted(above['task'])) or 'no task'}; at chance on "
+                   f"{', '.join(sorted(set(b['task']) - set(above['task']))) or 'no task'}.")
         if "copy_chance" in b.columns:
             keyed = b[b["ci_low"] > b["copy_chance"]]
             s.add_text("Above the copy baseline (guessing among the values the prompt mentions, which needs no "
@@ -176,8 +361,37 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
     return s, findings
 
 
-def _learning(results: Path, folder: Path) -> tuple[Section, list[str]]:
-    """Learning curves (issue #3): accuracy against training tokens on the easiest level, one panel per
+def _phases(out: Path, grid):
+    """Phase boundaries in tokens: from the run records (tokens actually seen), else from the grid."""
+    from codetransfer.analysis.style import phase_table
+    from codetransfer.trained import find_runs
+
+    try:
+        runs = [r for r in find_runs(out) if r.record.get("tokens_by_phase")]
+    except CodetransferError:
+        runs = []
+    t = phase_table(runs) if runs else pd.DataFrame()
+    return t if not t.empty else phase_table(grid)
+
+
+def _tokens_per_step(out: Path) -> dict[str, int]:
+    from codetransfer.analysis.learning import tokens_per_step
+    from codetransfer.trained import find_runs
+
+    found = {}
+    try:
+        for r in find_runs(out):
+            try:
+                found[r.name] = tokens_per_step(r.record)
+            except CodetransferError:
+                pass
+    except CodetransferError:
+        pass
+    return found
+
+
+def _learning(results: Path, folder: Path, phases) -> tuple[Section, list[str]]:
+    """Learning curves: accuracy against training tokens on the easiest level, one panel per
     reasoning family, and the first checkpoint whose interval clears chance."""
     import matplotlib.pyplot as plt
 
@@ -198,33 +412,38 @@ def _learning(results: Path, folder: Path) -> tuple[Section, list[str]]:
     reasoning = sorted(t.loc[t["category"] == "reasoning", "task"].unique()) or sorted(t["task"].unique())
 
     def draw():
-        cols = min(4, len(reasoning))
+        cols = min(3, len(reasoning))
         rows = -(-len(reasoning) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.2 * rows), squeeze=False, layout="constrained")
+        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False, layout="constrained",
+                                 sharey=True)
         for k, ax in enumerate(axes.flat):
             if k >= len(reasoning):
                 ax.set_visible(False)
                 continue
-            plot_learning_curves(t, task=reasoning[k], difficulty=level, ax=ax)
-            if k and ax.get_legend() is not None:
+            plot_learning_curves(t, task=reasoning[k], difficulty=level, ax=ax, phases=phases)
+            if ax.get_legend() is not None and k != cols - 1:
                 ax.get_legend().remove()
         return fig
 
     steps = [int(x) for x in sorted(t["step"].unique())]
-    listed = ", ".join(map(str, steps)) if len(steps) <= 12 else f"{steps[0]}, {steps[1]}, ..., {steps[-1]}"
     _figure(s, folder, "learning_curves.png",
-            f"Accuracy at difficulty {level} against training tokens, one line per recipe (reasoning families)", draw)
-    s.add_text(f"Every saved checkpoint and the final model ({len(steps)} steps: {listed}) scored on the same "
+            f"Accuracy at difficulty {level} against training tokens (millions), one line per recipe; dashed "
+            "vertical lines: phase boundaries", draw)
+    s.add_text(f"Every saved checkpoint and the final model ({len(steps)} checkpoints) scored on the same "
                f"difficulty-{level} items; bands are 95% bootstrap intervals over items (and "
-               "seeds), the dashed line is chance, the dotted line the accuracy of copying a value the prompt "
-               "mentions. Points of one curve share items and training history.")
+               "seeds); the lines named 'chance' and 'copy baseline' are guessing uniformly and copying a value "
+               "the prompt mentions. Points of one curve share items and training history.")
     first = first_above_chance(t, difficulty=level)
     if not first.empty:
-        first = first.assign(cell=[f"{tok / 1e6:.2f}M tokens (step {st})" if pd.notna(st) else "not above chance"
-                                   for st, tok in zip(first["step"], first["tokens"])])
-        wide = first.pivot(index="recipe", columns="task", values="cell").fillna("").reset_index()
+        last = t.groupby("recipe")["tokens"].max()
+        first = first.assign(cell=[f"{tok / 1e6:.2f}M tokens (step {st})" if pd.notna(st)
+                                   else f"not above chance by {last.get(rc, float('nan')) / 1e6:.2f}M tokens"
+                                   for st, tok, rc in zip(first["step"], first["tokens"], first["recipe"])])
+        wide = first.pivot_table(index="recipe", columns="task", values="cell", aggfunc="first")
+        wide = wide.fillna("not scored").reset_index()
+        wide.columns.name = None
         s.add_text(f"First checkpoint whose accuracy interval lies above chance (difficulty {level}):")
-        s.add_table(_md_table(wide))
+        s.add_table(wide)
     return s, []
 
 
@@ -246,16 +465,21 @@ def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
         pooled = pooled.assign(task=task, site=site, pos="pooled", probe=g["probe"].iloc[0], head=-1)
         for metric in ("accuracy", "selectivity"):
             def draw(pooled=pooled, metric=metric):
-                fig, ax = plt.subplots(figsize=(6, 3.5))
+                fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
                 plot_probe_curves(pooled, metric=metric, ax=ax)
-                ax.set_title(f"{task} / {site}: probe {metric} (mean over labels)")
+                ax.set_title(f"{task} / {site}: probe {metric} (mean over labels)", fontsize="medium")
                 return fig
 
-            _figure(s, folder, f"probe_{task}_{site}_{metric}.png",
-                    f"{task}, {site}: probe {metric} against layer, one line per recipe", draw)
-        fd = first_decodable_layer(pooled, threshold=float(pooled[pooled.metric == "accuracy"]["value"].max()) * 0.9)
+            _figure(s, folder, f"probe_{_file(task)}_{_file(site)}_{metric}.png",
+                    f"{task}, {site}: probe {metric} against layer, one line per recipe (grey dashed: the "
+                    "random-init models)", draw)
+        threshold = float(pooled[pooled.metric == "accuracy"]["value"].max()) * 0.9
+        fd = first_decodable_layer(pooled, threshold=threshold)
         if not fd.empty:
-            s.add_table(_md_table(fd))
+            fd = fd.drop(columns=[c for c in ("metric", "threshold") if c in fd.columns])
+            s.add_text(f"First layer whose probe accuracy reaches {threshold:.2f} (90% of the best over all "
+                       f"models), {task} / {site}:")
+            s.add_table(fd, counts=("seed", "layer"), reasons={"layer": "never reached"})
         sel = pooled[pooled.metric == "selectivity"].groupby("recipe")["value"].max()
         random = sel[sel.index.str.endswith("(random init)")]
         trained = sel[~sel.index.str.endswith("(random init)")]
@@ -263,15 +487,36 @@ def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
             finding = (f"Probing ({task}, {site}): best-layer selectivity by recipe — "
                        + ", ".join(f"{k} {v:.2f}" for k, v in trained.sort_values(ascending=False).items()))
             if len(random):
-                finding += (f"; random-init twins of the same shape reach {random.min():.2f}–{random.max():.2f}, "
+                span = f"{random.min():.2f}" if np.isclose(random.min(), random.max()) else \
+                    f"{random.min():.2f}–{random.max():.2f}"
+                finding += (f"; random-init twins of the same shape reach {span}, "
                             + ("so the trained models' probes do NOT beat the random-init baseline"
                                if random.max() >= trained.max() else "below the trained models"))
             findings.append(finding + ".")
     if not cross.empty:
         c = cross[cross.metric == "accuracy"].groupby(["recipe", "fit_on", "test_on"])["value"].mean().reset_index()
         s.add_text("Cross-format probing (fit on one rendering, test on the other), mean accuracy over layers and labels:")
-        s.add_table(_md_table(c.round(3)))
+        s.add_table(c.rename(columns={"value": "mean accuracy"}), decimals_of={"mean accuracy": 2})
     return s, findings
+
+
+def _component_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Name each patched component, and merge rows that are the same measurement under several
+    position labels (e.g. '@last' and '@query' on one token): one row, labels joined by '='."""
+    def component(r):
+        head = f" H{int(r['head'])}" if pd.notna(r.get("head")) and r["head"] >= 0 else ""
+        return f"{r.site} L{r.layer}{head}"
+
+    def pos(r):
+        p = r.get("pos_label") if pd.notna(r.get("pos_label")) else r.get("pos")
+        return str(p) if pd.notna(p) and str(p) != "all" else ""
+
+    rows = rows.assign(component=rows.apply(component, axis=1), _pos=rows.apply(pos, axis=1))
+    keys = [c for c in ("source_recipe", "recipe", "run", "component", "value", "ci_low", "ci_high") if c in rows.columns]
+    merged = rows.groupby(keys, as_index=False, sort=False, dropna=False)["_pos"].agg(
+        lambda p: " = ".join("@" + x for x in dict.fromkeys(p) if x))
+    merged["component"] = [f"{c} {p}".strip() for c, p in zip(merged["component"], merged["_pos"])]
+    return merged.drop(columns="_pos")
 
 
 def _patching(results: Path, folder: Path, baseline: str) -> tuple[Section, list[str]]:
@@ -289,14 +534,16 @@ def _patching(results: Path, folder: Path, baseline: str) -> tuple[Section, list
         recipes = sorted(den["recipe"].unique())
         for site in [x for x in ("resid_pre", "attn_out", "mlp_out") if x in set(den["site"])]:
             def draw(site=site):
-                axes = plot_side_by_side(den, by="recipe", kind="layer_pos", site=site, metric="denoising")
+                axes = plot_side_by_side(den, by="recipe", kind="layer_pos", site=site, metric="denoising",
+                                         values=recipes)
                 return axes[0].figure
 
-            _figure(s, folder, f"patch_{site}.png", f"Denoising patching of {site}, layer x position, per recipe", draw)
+            _figure(s, folder, f"patch_{site}.png", f"Denoising patching of {site}, layer x position, per recipe "
+                    "(one colour scale)", draw)
         if "head_out" in set(den["site"]):
             def draw_h():
                 axes = plot_side_by_side(den, by="recipe", kind="layer_head", site="head_out", metric="denoising",
-                                         pos_label="all")
+                                         pos_label="all", values=recipes)
                 return axes[0].figure
 
             _figure(s, folder, "patch_heads.png", "Denoising patching of each head's output (all positions)", draw_h)
@@ -305,56 +552,61 @@ def _patching(results: Path, folder: Path, baseline: str) -> tuple[Section, list
                 continue
 
             def draw_d(other=other):
-                fig, ax = plt.subplots(figsize=(6, 3.5))
+                fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
                 plot_difference(den, other, baseline, by="recipe", kind="layer_pos", site="resid_pre",
                                 metric="denoising", ax=ax)
                 return fig
 
-            _figure(s, folder, f"patch_diff_{other.replace('>', '')}.png",
-                    f"resid_pre denoising map: {other} minus {baseline}", draw_d)
+            _figure(s, folder, f"patch_diff_{_file(other)}.png",
+                    f"resid_pre denoising map: {other} minus {baseline}, on the scale of the maps above; dots: "
+                    "cells whose difference is within the intervals", draw_d)
     cm = _read(results / "cross_model.parquet")
     if cm is None or cm.empty:
         s.missing.append("cross_model.parquet: no cross-model patching (needs the baseline recipe)")
     else:
         rows = cm[cm["metric"] == "cross_model"].copy()
         if not rows.empty:
-            def component(r):
-                head = f" H{int(r['head'])}" if pd.notna(r.get("head")) and r["head"] >= 0 else ""
-                pos = r.get("pos_label") if pd.notna(r.get("pos_label")) else r.get("pos")
-                return f"{r.site} L{r.layer}{head}" + (f" @{pos}" if pd.notna(pos) and str(pos) != "all" else "")
-
-            label = rows.apply(component, axis=1)
-            rows = rows.assign(component=label)
-            src_col = "source_recipe" if "source_recipe" in rows else None
-            top = rows.sort_values("value", ascending=False).head(8)
+            merged = _component_rows(rows)
+            src_col = "source_recipe" if "source_recipe" in merged else None
+            top = merged.sort_values("value", ascending=False).head(8)
             keep = [c for c in ("source_recipe", "recipe", "component", "value", "ci_low", "ci_high") if c in top.columns]
             s.add_text("**Where code exposure changes the reasoning circuit.** Cross-model patching puts one component "
-                          f"of a code-exposed model into the {baseline} model on the same prompts; 'value' is the share of "
-                          "the code-exposed model's advantage that the component carries (1 = all of it).")
-            s.add_table(_md_table(top[keep].round(3)))
+                       f"of a code-exposed model into the {baseline} model on the same prompts; 'share of the "
+                       "advantage' is the part of the code-exposed model's advantage that the component carries "
+                       "(1 = all of it), with its 95% interval; positions that are the same token are one row.")
+            s.add_table(top[keep], intervals={"value": ("ci_low", "ci_high")},
+                        rename={"value": "share of the advantage [95% interval]", "recipe": "patched pair"})
             best = top.iloc[0]
-            sig = "interval excludes 0" if best.ci_low > 0 else "interval includes 0: not distinguishable from noise"
+            sig = ("interval excludes 0" if _finite(best.ci_low) and best.ci_low > 0
+                   else "interval includes 0: not distinguishable from noise")
             findings.append(f"Cross-model patching: the component carrying most of the gap is {best.component} "
-                            f"({best.value:.2f} [{best.ci_low:.2f}, {best.ci_high:.2f}] of the advantage; {sig})"
+                            f"({with_interval(best.value, best.ci_low, best.ci_high)} of the advantage; {sig})"
                             + (f", from {best[src_col]}" if src_col else "") + ".")
     cr = _read(results / "cross_rendering.parquet")
     if cr is not None and not cr.empty:
         g = cr.groupby(["recipe", "metric"])["value"].max().unstack()
         s.add_text("Cross-rendering patching (code rendering patched into the text rendering at aligned positions), "
-                      "best site per recipe; compare with the same patch taken from the text rendering:")
-        s.add_table(_md_table(g.reset_index().round(3)))
+                   "largest effect over sites per recipe; compare with the same patch taken from the text rendering:")
+        g.columns.name = None
+        s.add_table(g.reset_index(), decimals_of={c: 2 for c in g.columns})
         if "cross_rendering" in g:
             best = g["cross_rendering"].idxmax()
+            ref = g["within_rendering"].get(best, float("nan")) if "within_rendering" in g else float("nan")
             findings.append(f"Shared representation: the largest code→text patch effect is {g['cross_rendering'].max():.2f} "
                             f"(recipe {best}; within-text reference "
-                            f"{g.get('within_rendering', pd.Series(dtype=float)).get(best, float('nan')):.2f}).")
+                            + (f"{ref:.2f}" if _finite(ref) else "not measured") + ").")
     return s, findings
 
 
-def _attention(results: Path, folder: Path, baseline: str) -> tuple[Section, list[str]]:
+def _attention(results: Path, folder: Path, baseline: str, phases, per_step: dict[str, int], vocab_size: int,
+               out: Path) -> tuple[Section, list[str]]:
     import matplotlib.pyplot as plt
 
-    from codetransfer.analysis.attention_plots import plot_head_score_difference, plot_head_scores
+    from codetransfer.analysis.attention_plots import (
+        plot_best_head_over_training,
+        plot_head_score_difference,
+        plot_head_scores,
+    )
 
     s = Section("Attention heads")
     findings = []
@@ -365,98 +617,150 @@ def _attention(results: Path, folder: Path, baseline: str) -> tuple[Section, lis
     recipes = sorted(t["recipe"].unique())
     for metric in [m for m in ("induction", "previous_token", "attn_to_answer_source") if m in set(t["metric"])]:
         def draw(metric=metric):
-            fig, axes = plt.subplots(1, len(recipes), figsize=(3.6 * len(recipes), 3), squeeze=False, layout="constrained")
+            fig, axes = plt.subplots(1, len(recipes), figsize=(3.9 * len(recipes), 3.1), squeeze=False, layout="constrained")
             for ax, r in zip(axes[0], recipes):
                 plot_head_scores(t, metric, ax=ax, recipe=r)
             return fig
 
-        _figure(s, folder, f"heads_{metric}.png", f"{metric} score of every head, per recipe", draw)
+        _figure(s, folder, f"heads_{metric}.png", f"{metric} score of every head, per recipe (one colour scale)", draw)
         if baseline in recipes:
             for other in recipes:
                 if other == baseline:
                     continue
 
                 def draw_d(metric=metric, other=other):
-                    fig, ax = plt.subplots(figsize=(4, 3))
+                    fig, ax = plt.subplots(figsize=(5, 3.1), layout="constrained")
                     plot_head_score_difference(t, other, baseline, metric, ax=ax)
                     return fig
 
-                _figure(s, folder, f"heads_{metric}_diff_{other.replace('>', '')}.png", f"{metric}: {other} minus {baseline}", draw_d)
+                _figure(s, folder, f"heads_{metric}_diff_{_file(other)}.png",
+                        f"{metric}: {other} minus {baseline} (dots: within the intervals)", draw_d)
     over = _read(results / "attention_over_training.parquet")
     if over is not None and not over.empty:
+        if "tokens" not in over.columns and per_step and set(over["run"]) <= set(per_step):
+            over = over.assign(tokens=over["step"] * over["run"].map(per_step))
+
         def draw_over():
             metrics = [m for m in ("previous_token", "induction", "induction_loss") if m in set(over["metric"])]
-            fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False, layout="constrained")
-            for ax, m in zip(axes[0], metrics):
-                o = over[over["metric"] == m]
-                agg = "min" if m == "induction_loss" else "max"  # the loss is one value per run and step
-                for r, g in o.groupby("recipe"):
-                    line = g.groupby("step")["value"].agg(agg)
-                    ax.plot(line.index, line.values, marker="o", label=r)
-                ax.set_xlabel("step")
-                ax.set_ylabel(m if m == "induction_loss" else f"best head's {m} score")
-            axes[0][0].legend(fontsize="small")
+            fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False, layout="constrained")
+            for k, (ax, m) in enumerate(zip(axes[0], metrics)):
+                plot_best_head_over_training(over, m, ax=ax, phases=phases, vocab_size=vocab_size)
+                if k != len(metrics) - 1 and ax.get_legend() is not None:
+                    ax.get_legend().remove()
             return fig
 
         _figure(s, folder, "heads_over_training.png",
                 "When head roles appear: the best head's previous-token and induction scores, and the induction "
-                "loss, at every saved checkpoint", draw_over)
+                "loss against the uniform-guess level, at every saved checkpoint", draw_over)
     ind = t[t["metric"] == "induction"]
     if not ind.empty:
-        best = ind.loc[ind.groupby("recipe")["value"].idxmax()][["recipe", "layer", "head", "value"]]
-        s.add_text("Strongest induction head per recipe:")
-        s.add_table(_md_table(best.round(3)))
+        m = ind.groupby(["recipe", "layer", "head"], as_index=False)[["value", "ci_low", "ci_high"]].mean()
+        best = m.loc[m.groupby("recipe")["value"].idxmax()]
+        s.add_text("Strongest induction head per recipe (score: attention share on the token after the earlier copy, "
+                   "with its 95% interval):")
+        s.add_table(best.rename(columns={"value": "induction score"}),
+                    intervals={"induction score": ("ci_low", "ci_high")}, counts=("layer", "head"))
         findings.append("Induction heads: strongest score per recipe — "
-                        + ", ".join(f"{r.recipe} L{r.layer}H{r.head} {r.value:.2f}" for r in best.itertuples()) + ".")
+                        + ", ".join(f"{r.recipe} L{r.layer}H{r.head} {with_interval(r.value, r.ci_low, r.ci_high)}"
+                                    for r in best.itertuples()) + ".")
+        _head_views(s, folder, out, t, best)
     return s, findings
 
 
-def _html(sections: list[Section], headline: list[str], title: str) -> str:
-    def md_table_to_html(md: str) -> str:
-        lines = [ln for ln in md.splitlines() if ln.strip()]
-        head = [c.strip() for c in lines[0].strip("|").split("|")]
-        body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
-        h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
-        b = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
-        return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
+def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: pd.DataFrame) -> None:
+    """CircuitsVis attention views of the named heads' layers (one page per recipe, on repeated random
+    tokens), each at most VIEW_MAX_BYTES; skipped with a reason when circuitsvis is not installed."""
+    try:
+        import circuitsvis
+    except ImportError:
+        s.missing.append("interactive head views: the circuitsvis package is not installed "
+                         "(pip install 'codetransfer[notebooks]')")
+        return
+    import torch
 
-    def inline(text: str) -> str:
-        out = html.escape(text)
-        parts = out.split("**")
-        return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    from codetransfer.analysis.attention import attention_patterns, ordinary_token_ids, repeated_random_tokens
+    from codetransfer.analysis.attention_plots import attention_heads_view
+    from codetransfer.trained import find_runs, load_run
 
-    body = [f"<h1>{html.escape(title)}</h1>", "<h2>Headline findings</h2><ol>"]
-    body += [f"<li>{inline(h)}</li>" for h in headline] + ["</ol>"]
-    for s in sections:
-        body.append(f"<h2>{html.escape(s.title)}</h2>")
-        for kind, payload in s.blocks:
-            if kind == "text":
-                body.append(f"<p>{inline(payload)}</p>")
-            elif kind == "table":
-                body.append(md_table_to_html(payload))
-            else:
-                f, cap = payload
-                body.append(f'<figure><img src="{html.escape(f)}" alt="{html.escape(cap)}">'
-                            f'<figcaption>{html.escape(cap)}</figcaption></figure>')
-        if s.missing:
-            body.append("<p class='missing'>Not shown: " + "; ".join(html.escape(m) for m in s.missing) + "</p>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
-             "table{border-collapse:collapse;margin:0.6em 0;font-size:0.9em}td,th{border:1px solid #bbb;padding:3px 7px}"
-             "img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:0.9em}.missing{color:#a33}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    runs = {}
+    try:
+        for r in find_runs(out, complete_only=True):
+            runs.setdefault(r.recipe, r)
+    except CodetransferError as e:
+        s.missing.append(f"interactive head views: {e}")
+        return
+    for row in best.itertuples():
+        info = runs.get(row.recipe)
+        if info is None:
+            s.missing.append(f"interactive view of {row.recipe} L{row.layer}H{row.head}: no complete run")
+            continue
+        try:
+            run = load_run(info)
+            tok = run.tokenizer
+            ids = repeated_random_tokens(ordinary_token_ids(tok), 1, 12, 0, tok.bos_token_id)
+            with torch.no_grad():
+                pat = attention_patterns(run.bridge, ids)
+            words = [tok.decode([i]) for i in ids[0].tolist()]
+            page = attention_heads_view(pat, words, layer=int(row.layer))._repr_html_()
+        except (CodetransferError, RuntimeError, ValueError, KeyError) as e:
+            s.missing.append(f"interactive view of {row.recipe}: {str(e).splitlines()[0][:160]}")
+            continue
+        # CircuitsVis inlines its 1.3 MB script bundle in every view: the report ships it once
+        # (circuitsvis.js) and each view keeps only its element and its render call
+        start, end = page.find("CircuitsVis.render("), page.rfind("</script>")
+        uuid = page[page.find('id="') + 4: page.find('"', page.find('id="') + 4)]
+        if start < 0 or end < start or not uuid.startswith("circuits-vis-"):
+            s.missing.append(f"interactive view of {row.recipe}: unexpected CircuitsVis output")
+            continue
+        call = page[start:end].replace("</", "<\\/")
+        snippet = f'<div id="{uuid}" style="margin: 15px 0;"></div><script>{call}</script>'
+        if len(snippet.encode()) > VIEW_MAX_BYTES:
+            s.missing.append(f"interactive view of {row.recipe} layer {int(row.layer)}: "
+                             f"{len(snippet.encode()) // 1000} kB is over the {VIEW_MAX_BYTES // 1000} kB limit")
+            continue
+        bundle = folder / "circuitsvis.js"
+        if not bundle.exists():
+            bundle.write_text((Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8"),
+                              encoding="utf-8")
+        from markupsafe import Markup
+
+        s.add_view(Markup(snippet), f"{row.recipe}: every head of layer {int(row.layer)} (named head: "
+                   f"H{int(row.head)}) on a sequence of random tokens repeated twice (CircuitsVis; choose a head "
+                   "to see its pattern)")
 
 
-def _markdown(sections: list[Section], headline: list[str], title: str) -> str:
-    out = [f"# {title}", "", "## Headline findings", ""]
-    out += [f"{i}. {h}" for i, h in enumerate(headline, 1)] + [""]
-    for s in sections:
-        out += [f"## {s.title}", ""]
-        for kind, payload in s.blocks:
-            out += [f"![{payload[1]}]({payload[0]})" if kind == "figure" else payload, ""]
-        if s.missing:
-            out += ["Not shown: " + "; ".join(s.missing), ""]
-    return "\n".join(out)
+# --------------------------------------------------------------------------------------------------
+
+
+def _inline(text: str):
+    from markupsafe import Markup
+
+    out = html.escape(str(text))
+    parts = out.split("**")
+    return Markup("".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts)))
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"], default=False),
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["inline"] = _inline
+    env.filters["md"] = md_escape
+    return env
+
+
+def render(sections: list[Section], headline: list[str], title: str, subtitle: str) -> tuple[str, str]:
+    """The report's HTML page and markdown summary from the templates."""
+    env = _environment()
+    views = any(kind == "view" for s in sections for kind, _ in s.blocks)
+    ctx = dict(sections=sections, headline=headline, title=title, subtitle=subtitle, views=views)
+    page = env.get_template("report.html.j2").render(**ctx)
+    md_env = _environment()
+    md_env.autoescape = False
+    md = md_env.get_template("summary.md.j2").render(**ctx)
+    return page, md
 
 
 def write_report(out: str | Path, grid, settings) -> Path:
@@ -484,11 +788,14 @@ def write_report(out: str | Path, grid, settings) -> Path:
 def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: Path) -> Path:
     import shutil
 
-    baseline = settings.baseline
+    baseline = getattr(settings, "baseline", "text-only")
+    phases = _phases(out, grid)
+    per_step = _tokens_per_step(out)
     sections, headline = [_grid_section(out, grid, tmp)], []
-    for build in (lambda: _eval_section(results, tmp, baseline), lambda: _learning(results, tmp),
+    for build in (lambda: _eval_section(results, tmp, baseline), lambda: _learning(results, tmp, phases),
                   lambda: _probes(results, tmp),
-                  lambda: _patching(results, tmp, baseline), lambda: _attention(results, tmp, baseline)):
+                  lambda: _patching(results, tmp, baseline),
+                  lambda: _attention(results, tmp, baseline, phases, per_step, grid.tokenizer.vocab_size, out)):
         s, f = build()
         sections.append(s)
         headline += f
@@ -498,9 +805,33 @@ def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: P
     if not headline:
         headline = ["No result tables were found: run the eval, probe, patch and attention stages."]
     title = f"codetransfer report — grid {grid.name}"
-    (tmp / "index.html").write_text(_html(sections, headline, title))
-    (tmp / "summary.md").write_text(_markdown(sections, headline, title))
+    probed = ", ".join(names(getattr(settings, "probe_tasks", ()))) or "none"
+    patched = ", ".join(names(getattr(settings, "patch_task", ()))) or "none"
+    subtitle = (f"Baseline recipe: {baseline}. Probed tasks: {probed}; patched task: {patched}. "
+                "Intervals are 95% bootstrap intervals; numbers are rounded to what their interval supports.")
+    page, md = render(sections, headline, title, subtitle)
+    (tmp / "index.html").write_text(page)
+    (tmp / "summary.md").write_text(md)
     (tmp / "headline.json").write_text(json.dumps(headline, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
+    screenshot(folder / "index.html", folder / "report.png")
     return folder / "index.html"
+
+
+def screenshot(page: Path, png: Path, width: int = 1280, height: int = 900) -> bool:
+    """The page's first screen as a PNG, through headless Chromium when it is installed (else nothing).
+    Returns whether the file was written."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        return False
+    try:
+        subprocess.run([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                        "--hide-scrollbars", f"--window-size={width},{height}", f"--screenshot={png}",
+                        Path(page).resolve().as_uri()], capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return png.is_file()

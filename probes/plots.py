@@ -42,26 +42,38 @@ def _select(table: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def plot_probe_curves(table: pd.DataFrame, metric: str = "accuracy", ax=None):
-    """Metric (y) against layer (x), one line per recipe with a CI band."""
-    import matplotlib.pyplot as plt
+    """Metric (y) against layer (x), one line per recipe (its fixed colour) with a CI band.
+
+    Random-init twins (recipes ``"<recipe> (random init)"``: untrained models of the same shape) are
+    pooled into one grey dashed line, the mean of their values (their band: the lowest and highest
+    interval end among them), since they are the same baseline for every recipe. The majority-class
+    accuracy is a labelled reference line; the legend sits beside the axes."""
+    from codetransfer.analysis import style as S
 
     sub = _select(table, metric)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+    ax = S.new_axes((6.5, 3.8)) if ax is None else ax
     key = "recipe" if "recipe" in sub.columns and sub["recipe"].notna().any() else "run"
-    for name, grp in sub.groupby(key, sort=True):
+    names = sub[key].astype(str)
+    rand = names.str.endswith(S.RANDOM_INIT_SUFFIX)
+    for name, grp in sub[~rand].groupby(key, sort=True):
         agg = grp.groupby("layer")[["value", "ci_low", "ci_high"]].mean().sort_index()
-        line = ax.plot(agg.index, agg["value"], marker="o", label=str(name))[0]
-        if agg["ci_low"].notna().any():
-            ax.fill_between(agg.index, agg["ci_low"], agg["ci_high"], color=line.get_color(), alpha=0.2)
+        S.line_with_band(ax, agg.index, agg["value"], agg["ci_low"], agg["ci_high"], label=str(name),
+                         color=S.recipe_color(name))
+    if rand.any():
+        r = sub[rand]
+        per = r.groupby("layer").agg(value=("value", "mean"), ci_low=("ci_low", "min"), ci_high=("ci_high", "max"))
+        n = r[key].nunique()
+        S.line_with_band(ax, per.index, per["value"], per["ci_low"], per["ci_high"],
+                         label="random init" + (f" (mean of {n})" if n > 1 else ""), color=S.RANDOM_INIT_COLOR,
+                         ls="--", marker="s")
     if "majority" in set(table["metric"]) and metric == "accuracy":
         maj = table[table["metric"] == "majority"]["value"].mean()
-        ax.axhline(maj, color="grey", ls=":", lw=1, label="majority")
-    ax.set_xlabel("layer")
-    ax.set_ylabel(metric)
+        S.reference_line(ax, maj, "majority class", ls=":")
+    ax.set_xlabel("layer (residual stream after the block)")
+    ax.set_ylabel(S.metric_style(metric).label)
     layers = sorted(sub["layer"].unique())
     ax.set_xticks(layers)
-    ax.legend(title=key, fontsize="small")
+    S.legend_outside(ax, key)
     return ax
 
 
@@ -83,20 +95,21 @@ def first_decodable_layer(table: pd.DataFrame, threshold: float, metric: str = "
 
 def plot_first_decodable_layer(table: pd.DataFrame, threshold: float, ax=None, metric: str = "accuracy"):
     """First layer reaching ``threshold`` per run, grouped by recipe (dots: runs; bar: recipe mean)."""
-    import matplotlib.pyplot as plt
+    from codetransfer.analysis import style as S
 
     first = first_decodable_layer(table, threshold, metric)
     n_layers = int(table["layer"].max()) + 1
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+        ax = S.new_axes((6, 4))
     key = "recipe" if "recipe" in first.columns and first["recipe"].notna().any() else "run"
     names = sorted(first[key].astype(str).unique())
     for x, name in enumerate(names):
         layers = first[first[key].astype(str) == name]["layer"].to_numpy(dtype=float)
         shown = np.where(np.isnan(layers), n_layers, layers)
-        ax.bar(x, np.mean(shown), color="C0", alpha=0.3)
+        color = S.recipe_color(name)
+        ax.bar(x, np.mean(shown), color=color, alpha=0.3)
         jitter = np.linspace(-0.15, 0.15, len(shown)) if len(shown) > 1 else np.zeros(1)
-        ax.scatter(x + jitter, shown, color="C0", zorder=3)
+        ax.scatter(x + jitter, shown, color=color, zorder=3)
     ax.axhline(n_layers, color="grey", ls=":", lw=1)
     ax.text(len(names) - 0.5, n_layers, "never", va="bottom", ha="right", fontsize="small", color="grey")
     ax.set_xticks(range(len(names)))
@@ -104,4 +117,6 @@ def plot_first_decodable_layer(table: pd.DataFrame, threshold: float, ax=None, m
     ax.set_ylim(-0.5, n_layers + 0.7)
     ax.set_ylabel(f"first layer with {metric} ≥ {threshold:g}")
     ax.set_xlabel(key)
+    ax.text(0.0, -0.3, "bar: mean over training seeds; dots: one seed each", transform=ax.transAxes,
+            fontsize="x-small", color="#444444")
     return ax
