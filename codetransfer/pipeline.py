@@ -218,7 +218,7 @@ def _fitting_difficulty(task: str, run, settings: JobSettings) -> int:
 
 
 def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings(), device: str = "cpu",
-            stages: tuple[str, ...] = STAGES, log=print) -> dict:
+            stages: tuple[str, ...] = STAGES, log=print, jobs: int = 1) -> dict:
     """Run the main job; returns ``{stage: seconds}``. See the module docstring."""
     from codetransfer.trained import find_runs, load_grid, train_grid
 
@@ -243,7 +243,7 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
 
     if "train" in stages:
         with stage("train"):
-            train_grid(grid, out, device=device, log=log)
+            train_grid(grid, out, device=device, log=log, jobs=jobs)
     units = Units(out)
     runs = [r for r in find_runs(out, complete_only=True) if r.recipe in {x.name for x in grid.recipes}]
     if not runs:
