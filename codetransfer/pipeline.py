@@ -252,7 +252,7 @@ def _fitting_difficulty(task: str, run, settings: JobSettings) -> int:
 
 
 def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings(), device: str = "cpu",
-            stages: tuple[str, ...] = STAGES, log=print) -> dict:
+            stages: tuple[str, ...] = STAGES, log=print, jobs: int = 1) -> dict:
     """Run the main job; returns ``{stage: seconds}``. See the module docstring."""
     from codetransfer.trained import find_runs, load_grid, train_grid
 
@@ -277,7 +277,7 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
 
     if "train" in stages:
         with stage("train"):
-            train_grid(grid, out, device=device, log=log)
+            train_grid(grid, out, device=device, log=log, jobs=jobs)
     runs = [r for r in find_runs(out, complete_only=True) if r.recipe in {x.name for x in grid.recipes}]
     if not runs:
         raise CodetransferError(f"{out}: no complete runs of grid '{grid.name}'; run the train stage first")

@@ -85,8 +85,15 @@ def train_grid(
     device: str = "cpu",
     progress: bool = True,
     log=print,
+    jobs: int = 1,
 ) -> list[RunInfo]:
-    """Train every (recipe, seed) of ``grid`` that is not complete in ``out``; returns all runs."""
+    """Train every (recipe, seed) of ``grid`` that is not complete in ``out``; returns all runs.
+
+    ``jobs``: worker processes training runs side by side (``trained/parallel.py``); any ``jobs`` gives
+    bit-identical runs. On CPU every run trains with one torch thread."""
+    from codetransfer.trained.parallel import check_jobs, plan_tasks, run_tasks
+
+    check_jobs(jobs)
     out = Path(out)
     check_folder(out, "--out")
     recipes = list(grid.recipes)
@@ -112,9 +119,8 @@ def train_grid(
         manifest = read_json(out / "data" / "manifest.json", "data manifest")
     log(f"data ready in {time.time() - t0:.1f}s (vocab {manifest['vocab_size']})")
     shared = _shared_prefixes(grid)
-    for seed in seeds if seeds is not None else grid.seeds:
-        for recipe in recipes:
-            _train_one(grid, recipe, seed, out, shared, device, progress, log)
+    tasks = plan_tasks(grid, recipes, seeds if seeds is not None else grid.seeds, out, shared)
+    run_tasks(grid, tasks, out, shared, device=device, jobs=jobs, progress=progress, log=log)
     return find_runs(out)
 
 

@@ -14,6 +14,9 @@ def add_arguments(p) -> None:
                         "fields left out keep their defaults, unknown fields are refused")
     p.add_argument("--baseline", default=None, help="baseline recipe (default: the settings file's, else text-only)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="train stage: runs trained side by side, one torch thread each; results do not depend on "
+                        "it (default: the CPU cores available on cpu, 1 on a GPU)")
 
 
 def run(args) -> int:
@@ -37,7 +40,10 @@ def run(args) -> int:
 
         check_baseline(settings.baseline, [r.name for r in load_grid(args.grid).recipes])
     t0 = time.time()
-    timings = run_job(args.grid, args.out, settings, device=args.device, stages=stages)
+    from codetransfer.commands.train import default_jobs
+
+    jobs = default_jobs(args.device) if args.jobs is None else args.jobs
+    timings = run_job(args.grid, args.out, settings, device=args.device, stages=stages, jobs=jobs)
     report = timings.pop("report_path", None)
     print(f"\nmain job done in {time.time() - t0:.0f}s: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     if report:

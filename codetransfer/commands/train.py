@@ -1,4 +1,4 @@
-"""codetransfer train GRID [--out DIR] [--only RECIPE ...] [--device DEV]"""
+"""codetransfer train GRID [--out DIR] [--only RECIPE ...] [--device DEV] [--jobs N]"""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", action="append", type=int, help="train only this seed (repeatable)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...); default cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained side by side in worker processes, one torch thread each; results do not "
+                        "depend on it (default: the CPU cores available on cpu, 1 on a GPU or under torchrun)")
 
 
 def run(args) -> int:
@@ -25,12 +28,20 @@ def run(args) -> int:
     device = check_device(args.device)  # the check every verb gets (also done before the verb starts)
     dist = _init_distributed(device)
     train_grid(grid, args.out, only=args.only, seeds=args.seed, device=_local_device(device),
-               progress=not args.quiet, log=print if _rank() == 0 else (lambda *a, **k: None))
+               progress=not args.quiet, log=print if _rank() == 0 else (lambda *a, **k: None),
+               jobs=default_jobs(device, dist) if args.jobs is None else args.jobs)
     if dist:
         torch.distributed.destroy_process_group()
     if _rank() == 0:
         print(runs_table(args.out).to_string(index=False))
     return 0
+
+
+def default_jobs(device: str, dist: bool = False) -> int:
+    """--jobs default: the CPU cores available when training on CPU outside torchrun, else 1."""
+    from codetransfer.trained.parallel import default_jobs as cores
+
+    return cores() if device == "cpu" and not dist else 1
 
 
 def _rank() -> int:
