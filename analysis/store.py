@@ -54,6 +54,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from codetransfer import artifacts
 from codetransfer.errors import CodetransferError, did_you_mean
 
 SITE_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head")
@@ -142,10 +143,7 @@ def site_shape(site: Site, d_model: int, n_heads: int) -> tuple[int, ...]:
     return (n_heads, d_model) if site.kind == "head" else (d_model,)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_atomic_write_text = artifacts.write_text
 
 
 class ActivationStore:
