@@ -43,7 +43,6 @@ property; it is not a replacement for the dense probes above.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
