@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from codetransfer.errors import CodetransferError
 
@@ -81,9 +83,6 @@ def write_json(path: str | os.PathLike, data, indent: int | None = 1) -> None:
 
 def write_parquet(table, path: str | os.PathLike, metadata: Mapping[bytes, bytes] | None = None) -> None:
     """Write a DataFrame to ``path`` atomically (no index), with ``metadata`` added to the parquet schema."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t = pa.Table.from_pandas(table, preserve_index=False)
@@ -94,8 +93,6 @@ def write_parquet(table, path: str | os.PathLike, metadata: Mapping[bytes, bytes
 
 def read_parquet_metadata(path: str | os.PathLike, name: bytes) -> bytes | None:
     """Schema metadata ``name`` of a parquet file; None when absent or the file is unreadable."""
-    import pyarrow.parquet as pq
-
     try:
         md = pq.read_schema(path).metadata or {}
     except Exception:  # a truncated or foreign file: treat as not finished

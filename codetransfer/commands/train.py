@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from codetransfer.errors import CodetransferError
+
 
 def add_arguments(p) -> None:
     p.add_argument("grid", help="a grid .toml file or a preset name (tiny, tiny-full, small, gpu)")
@@ -17,7 +19,6 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import torch
 
-    from codetransfer.errors import CodetransferError
     from codetransfer.trained import load_grid, runs_table, train_grid
 
     grid = load_grid(args.grid)
