@@ -68,14 +68,21 @@ def _table(root, name):
     return pd.read_parquet(root / "out" / "results" / name)
 
 
+def _stored(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` as read back from a parquet file (list columns come back as arrays), like the job's tables."""
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    return pd.read_parquet(io.BytesIO(buf.getvalue()))
+
+
 def test_eval_tables_equal_one_evaluation_of_every_run(job):
     root, runs = job
     s = SETTINGS
     direct = evaluate_grid(runs, runs_dir=root / "out", n_items=s.eval_items, seed=s.seed, baseline=DEFAULT_BASELINE,
                            n_boot=UNIT_N_BOOT, heldout_windows=HELDOUT_WINDOWS, fit_context=True)
-    pd.testing.assert_frame_equal(_table(root, "scores.parquet"), direct["scores.parquet"], check_exact=True)
+    pd.testing.assert_frame_equal(_table(root, "scores.parquet"), _stored(direct["scores.parquet"]), check_exact=True)
     table, summary = eval_tables(direct["scores.parquet"], direct["losses.parquet"], s.baseline, GRID_N_BOOT, s.seed)
-    pd.testing.assert_frame_equal(_table(root, "eval.parquet"), table, check_exact=True)
+    pd.testing.assert_frame_equal(_table(root, "eval.parquet"), _stored(table), check_exact=True)
     pd.testing.assert_frame_equal(pd.read_csv(root / "out" / "results" / "summary.csv"),
                                   pd.read_csv(io.StringIO(summary.to_csv(index=False))), check_exact=True)
     assert {"accuracy", "loss"} <= set(summary["of"])  # both kinds of relative change are there
@@ -92,7 +99,7 @@ def test_probe_table_equals_one_sweep_of_every_run(job, tmp_path):
     got = _table(root, "probes.parquet")
     assert len(got) and set(got["recipe"]) == {"balanced", "text-only", "balanced (random init)",
                                                "text-only (random init)"}
-    pd.testing.assert_frame_equal(got, direct, check_exact=True)
+    pd.testing.assert_frame_equal(got, _stored(direct), check_exact=True)
 
 
 def test_patch_tables_equal_one_sweep_of_every_run(job):
@@ -102,11 +109,11 @@ def test_patch_tables_equal_one_sweep_of_every_run(job):
                           difficulty=s.patch_difficulty, seed=s.seed)
     within = patch_grid(runs, dataclasses.replace(patch, cross_rendering=True))
     for name in ("patching.parquet", "cross_rendering.parquet"):
-        pd.testing.assert_frame_equal(_table(root, name), within[name], check_exact=True)
+        pd.testing.assert_frame_equal(_table(root, name), _stored(within[name]), check_exact=True)
     cross = patch_grid(runs, dataclasses.replace(patch, cross_model=("balanced-s0", "text-only-s0"),
                                                  cross_model_only=True))
     assert list(cross) == ["cross_model.parquet"]
-    pd.testing.assert_frame_equal(_table(root, "cross_model.parquet"), cross["cross_model.parquet"], check_exact=True)
+    pd.testing.assert_frame_equal(_table(root, "cross_model.parquet"), _stored(cross["cross_model.parquet"]), check_exact=True)
 
 
 def test_attention_table_equals_one_scoring_of_every_run(job):
@@ -116,4 +123,4 @@ def test_attention_table_equals_one_scoring_of_every_run(job):
                   for t in s.attention_tasks)
     direct = attention_grid(runs, s.attention_tasks, n_items=s.attention_items, seed=s.seed, max_difficulty=hardest)
     assert list(direct) == ["attention.parquet"]  # no checkpoints kept: no table over training
-    pd.testing.assert_frame_equal(_table(root, "attention.parquet"), direct["attention.parquet"], check_exact=True)
+    pd.testing.assert_frame_equal(_table(root, "attention.parquet"), _stored(direct["attention.parquet"]), check_exact=True)
