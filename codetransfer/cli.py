@@ -1,7 +1,8 @@
 """``codetransfer <verb>``: the thin command-line layer over the library.
 
 Each verb lives in ``codetransfer/commands/<verb>.py`` with ``add_arguments(parser)`` and
-``run(args) -> int``. Bad input raises :class:`~codetransfer.errors.CodetransferError`; it is printed
+``run(args) -> int``: it parses its flags, calls one library function and prints (the map of verbs
+to library functions is in docs/design.md). Bad input raises :class:`~codetransfer.errors.CodetransferError`; it is printed
 as one line (``error: ...``) with exit status 2 and no traceback.
 """
 
