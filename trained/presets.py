@@ -23,7 +23,6 @@ from __future__ import annotations
 from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.trained.config import (
     GridConfig,
-    grid_from_dict,
     LRSchedule,
     ModelConfig,
     Phase,
@@ -31,6 +30,7 @@ from codetransfer.trained.config import (
     SourceConfig,
     TokenizerConfig,
     TrainConfig,
+    grid_from_dict,
 )
 
 TEXT = ("gcide", "narratives")
