@@ -51,11 +51,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from codetransfer.analysis import encoding
 from codetransfer.analysis import sites as sitespec
+from codetransfer import artifacts
 from codetransfer.errors import CodetransferError, did_you_mean
 
 SITE_KINDS = sitespec.STORE_KINDS + tuple(a for a, k in sitespec.ALIASES.items() if k in sitespec.STORE_KINDS)
@@ -93,10 +94,7 @@ def site_shape(site: Site, d_model: int, n_heads: int) -> tuple[int, ...]:
     return (n_heads, d_model) if site.per_head else (d_model,)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_atomic_write_text = artifacts.write_text
 
 
 class ActivationStore:

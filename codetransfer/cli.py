@@ -1,7 +1,8 @@
 """``codetransfer <verb>``: the thin command-line layer over the library.
 
 Each verb lives in ``codetransfer/commands/<verb>.py`` with ``add_arguments(parser)`` and
-``run(args) -> int``. Bad input raises :class:`~codetransfer.errors.CodetransferError`; it is printed
+``run(args) -> int``: it parses its flags, calls one library function and prints (the map of verbs
+to library functions is in docs/design.md). Bad input raises :class:`~codetransfer.errors.CodetransferError`; it is printed
 as one line (``error: ...``) with exit status 2 and no traceback.
 """
 
@@ -20,6 +21,7 @@ VERBS = {
     "train": "train the runs of a grid that are missing (skips complete ones)",
     "runs": "list the runs in a folder with tokens seen and validation loss",
     "tasks": "list the task families, or show sample items",
+    "grid": "list the shipped grids, or print one as a grid .toml file",
     "eval": "score every run on every task; writes eval.parquet",
     "probe": "probing sweep over runs x tasks x sites x layers; writes probes.parquet",
     "patch": "activation patching sweeps; writes patching.parquet (and cross-model / cross-rendering)",
@@ -59,11 +61,6 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
                 mod.add_arguments(p)
                 p.set_defaults(_run=mod.run)
     return parser
-
-
-def build_parser_for(verb: str) -> argparse.ArgumentParser:
-    """A parser that knows the arguments of ``verb`` (used by the main job to run a stage in-process)."""
-    return build_parser(verb)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,26 +10,75 @@ per-recipe rows and relative-change summary, the merged tables) are rebuilt from
 Units write their tables atomically, and the merged tables are rebuilt from the unit tables, so a
 re-run after a kill gives identical tables.
 
-Each stage prints one summary line with its time; commands inside show their own progress.
+Each stage calls the library functions the ``codetransfer`` verbs call (:mod:`codetransfer.analysis.grid`,
+:mod:`codetransfer.probes.grid`) with the settings of :class:`JobSettings` and the fixed choices below
+(:data:`UNIT_N_BOOT` ...). Each stage prints one summary line with its time; the analyses print their own
+progress. The stages, units, keys and files are described in docs/design.md.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
-import os
 import time
-from dataclasses import asdict, dataclass
+import tomllib
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from codetransfer import artifacts
+from codetransfer.analysis.grid import (
+    DEFAULT_BASELINE,
+    PatchSettings,
+    attention_grid,
+    eval_tables,
+    evaluate_grid,
+    hardest_fitting_level,
+    patch_grid,
+    patch_sites,
+)
+from codetransfer.analysis.learning import learning_table_from_scores
 from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.probes.grid import probe_grid
+from codetransfer.report import write_report
+from codetransfer.trained import find_runs, load_grid, train_grid
+from codetransfer.trained.runs import run_checkpoints
+from codetransfer.trained.checks import check_number, read_table
+from codetransfer.tasks import task_names
+
+GRID_N_BOOT = 2000
+"""Bootstrap resamples of the grid-wide evaluation tables (``results/eval.parquet``, ``summary.csv``,
+``learning.parquet``)."""
+UNIT_N_BOOT = 200
+"""Bootstrap resamples of a per-run evaluation unit's own tables (``results/units/eval-<run>/``); the
+grid-wide tables are recomputed from the units' per-item scores with :data:`GRID_N_BOOT`."""
+HELDOUT_WINDOWS = 32
+"""Context windows per held-out source in each run's held-out loss."""
+PROBE_SPLIT_SEEDS = (0,)
+"""Split seeds of the probing sweep (one held-out split of entities per probe)."""
+
+_LIST_FIELDS = ("probe_tasks", "probe_sites", "patch_sites", "attention_tasks")
+
+
+def _as_names(value, name: str) -> tuple[str, ...]:
+    """A tuple of names from a tuple/list of strings or one comma-separated string."""
+    if isinstance(value, str):
+        return tuple(t.strip() for t in value.split(",") if t.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(v.strip() for v in value if v.strip())
+    raise CodetransferError(f"JobSettings.{name}: expected a list of strings (or one comma-separated string), "
+                            f"got {value!r}")
 
 
 @dataclass(frozen=True)
 class JobSettings:
-    """How much analysis the main job does per run (the tiny demo uses the defaults)."""
+    """How much analysis the main job does per run (the tiny demo uses the defaults).
+
+    List fields take a tuple or list of names, or (as older settings files wrote them) one
+    comma-separated string: ``probe_sites = ["resid_post", "mlp_out"]`` or ``"resid_post,mlp_out"``.
+    """
 
     baseline: str = "text-only"
     """Recipe every other recipe is compared with (relative change, cross-model patching)."""
@@ -40,67 +89,82 @@ class JobSettings:
     """Items per task family for the learning curves (runs that kept checkpoints: grid train.snapshot_every > 0)."""
     curve_max_difficulty: int = 0
     """Hardest difficulty of the learning curves' items (0: the easiest level only)."""
-    probe_tasks: str = "entity_tracking"
-    """Comma-separated task families to probe."""
-    probe_sites: str = "resid_post"
-    """Comma-separated probe sites (resid_pre, resid_mid, resid_post, attn_out, mlp_out, head)."""
+    probe_tasks: tuple[str, ...] = ("entity_tracking",)
+    """Task families to probe."""
+    probe_sites: tuple[str, ...] = ("resid_post",)
+    """Probe sites (resid_pre, resid_mid, resid_post, attn_out, mlp_out, head; all layers, or kind.layer)."""
     probe_items: int = 120
     """Items per probed task."""
     probe_max_difficulty: int = 3
     """Hardest difficulty probed (lowered automatically to what fits the models' context)."""
     patch_task: str = "entity_tracking"
     """Task family whose counterfactual pairs are patched."""
-    patch_sites: str = "resid,attn,mlp,head"
-    """Patching sites."""
+    patch_sites: tuple[str, ...] = ("resid", "attn", "mlp", "head")
+    """Patching sites (resid, resid_mid, attn, mlp, head, q, k, v)."""
     patch_items: int = 48
     """Clean/counterfactual pairs per patching sweep."""
     patch_difficulty: int = 0
     """Difficulty of the patched items (the level the models can do)."""
-    attention_tasks: str = "entity_tracking"
-    """Task families for task-aligned head scores."""
+    attention_tasks: tuple[str, ...] = ("entity_tracking",)
+    """Task families for task-aligned head scores (empty: random-token scores only)."""
     attention_items: int = 48
     """Items per task for head scores."""
     seed: int = 0
     """Seed of item generators and bootstrap."""
 
+    def __post_init__(self):
+        for name in _LIST_FIELDS:
+            object.__setattr__(self, name, _as_names(getattr(self, name), name))
+
+    def key(self) -> dict:
+        """The settings as the units' keys hash them: list fields as comma-joined strings (the form the
+        keys have always hashed, so that finished units of older jobs are recognised)."""
+        d = dataclasses.asdict(self)
+        return {k: ",".join(v) if k in _LIST_FIELDS else v for k, v in d.items()}
+
 
 STAGES = ("train", "eval", "probe", "patch", "attention", "report")
+
+
+def _type_error(name: str, value, path: Path) -> CodetransferError:
+    f = {f.name: f for f in dataclasses.fields(JobSettings)}[name]
+    default = getattr(JobSettings(), name)
+    if name in _LIST_FIELDS:
+        return CodetransferError(f"--settings: field '{name}' in {path} must be str, got {value!r}: a list of strings "
+                                 f"or one comma-separated string, e.g. {name} = {json.dumps(list(default))}")
+    return CodetransferError(f"--settings: field '{name}' in {path} must be {f.type}, "
+                             f"got {value!r}; e.g. {name} = {default!r}")
 
 
 def load_settings(path: str | Path, **overrides) -> JobSettings:
     """``JobSettings`` from a TOML or JSON file of field = value pairs (``codetransfer run --settings``).
 
     Fields left out keep their defaults; ``overrides`` (e.g. ``baseline`` from the command line)
-    win over the file. An unknown field or a value of the wrong type is refused with a one-line error.
+    win over the file. List fields take a list of strings or one comma-separated string. An unknown
+    field or a value of the wrong type is refused with a one-line error.
     """
-    import dataclasses
-
     path = Path(path)
     if not path.is_file():
         raise CodetransferError(f"--settings: file {path} does not exist; give a .toml or .json file of JobSettings fields")
     try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-        else:
-            import tomllib
-
-            data = tomllib.loads(path.read_text())
+        data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
         raise CodetransferError(f"--settings: {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
                                 f"{str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise CodetransferError(f"--settings: {path} must hold a table of field = value pairs, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(JobSettings)}
-    types = {"int": int, "str": str}
     values = {**data, **{k: v for k, v in overrides.items() if v is not None}}
     for name, value in values.items():
         if name not in fields:
             raise CodetransferError(f"--settings: unknown field '{name}' in {path}{did_you_mean(name, fields)}; "
                                     f"fields: {', '.join(fields)}")
-        want = types[fields[name].type]
-        if not isinstance(value, want) or isinstance(value, bool):
-            raise CodetransferError(f"--settings: field '{name}' in {path} must be {fields[name].type}, "
-                                    f"got {value!r}; e.g. {name} = {getattr(JobSettings(), name)!r}")
+        if name in _LIST_FIELDS:
+            ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        else:
+            ok = isinstance(value, {"int": int, "str": str}[fields[name].type]) and not isinstance(value, bool)
+        if not ok:
+            raise _type_error(name, value, path)
     return check_settings(JobSettings(**values), f"--settings: {path}")
 
 
@@ -112,103 +176,35 @@ SETTINGS_LOW = {"eval_items": 1, "curve_items": 1, "curve_max_difficulty": 0, "p
 def check_settings(settings: JobSettings, where: str = "settings") -> JobSettings:
     """Refuse job settings out of range (no items, a negative seed) or naming unknown task families, so that
     ``codetransfer run`` refuses them before it trains anything."""
-    from codetransfer.tasks import task_names
-    from codetransfer.trained.checks import check_number
-
     for name, low in SETTINGS_LOW.items():
         check_number(getattr(settings, name), f"{where}: field {name}", low, 2**32 - 1)
     known = task_names()
     for name in ("probe_tasks", "patch_task", "attention_tasks"):
-        for task in getattr(settings, name).split(","):
+        value = getattr(settings, name)
+        for task in (value.split(",") if isinstance(value, str) else value):
             if task.strip() not in known:
                 raise CodetransferError(f"{where}: field {name}: unknown task family '{task}'"
                                         f"{did_you_mean(task.strip(), known)}; families: {', '.join(known)}")
     return settings
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class Units:
-    """Records of finished units in ``out/units`` (the restart bookkeeping)."""
-
-    def __init__(self, out: Path):
-        from codetransfer.trained.checks import read_record
-
-        self.folder = out / "units"
-        for p in sorted(self.folder.glob("*.json")):  # a damaged record is refused before any unit works
-            read_record(p, "unit record")
-
-    def done(self, name: str, key: str) -> bool:
-        p = self.folder / f"{name}.json"
-        from codetransfer.trained.checks import read_record
-
-        return p.exists() and read_record(p, "unit record").get("key") == key
-
-    def run(self, name: str, key: str, work) -> bool:
-        """Call ``work()`` unless unit ``name`` finished with ``key``; record it; True when it worked."""
-        if self.done(name, key):
-            return False
-        t0 = time.time()
-        work()
-        self.finish(name, key, time.time() - t0)
-        return True
-
-    def finish(self, name: str, key: str, seconds: float) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        p = self.folder / f"{name}.json"
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "seconds": round(seconds, 1)}))
-        os.replace(tmp, p)
-
-
-def _cli(args: list[str]) -> None:
-    """Run one ``codetransfer`` command in-process; its CodetransferError propagates."""
-    from codetransfer import cli
-
-    parser = cli.build_parser_for(args[0])
-    ns = parser.parse_args(args)
-    code = ns._run(ns)
-    if code:
-        raise CodetransferError(f"stage command 'codetransfer {' '.join(args)}' failed with exit status {code}")
-
-
 def _merge(parts: list[Path], dest: Path) -> pd.DataFrame | None:
-    from codetransfer.trained.checks import read_table
-
+    """Concatenate the units' tables (those that exist) into ``dest`` (atomic); None when there are none."""
     tables = [read_table(p, "unit table") for p in parts if p.exists()]
     if not tables:
         return None
     table = pd.concat(tables, ignore_index=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, dest)
+    artifacts.write_parquet(table, dest)
     return table
 
 
 def _merge_eval(score_parts: list[Path], loss_parts: list[Path], results: Path, settings: JobSettings) -> None:
     """The grid's eval tables from the per-run units' scores (the same tables one ``codetransfer eval`` writes)."""
-    from codetransfer.commands import write_tables
-    from codetransfer.commands.eval import eval_tables
-
-    from codetransfer.trained.checks import read_table
-
     scores = pd.concat([read_table(p, "unit table") for p in score_parts], ignore_index=True)
     losses = [read_table(p, "unit table") for p in loss_parts if p.exists()]
     losses = pd.concat(losses, ignore_index=True) if losses else None
-    table, summary = eval_tables(scores, losses, settings.baseline, 2000, settings.seed)
-    write_tables(results, {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores})
-
-
-def _curve_args(run, settings: JobSettings) -> list[str]:
-    """``codetransfer eval`` flags that add ``run``'s learning curve; [] when it kept no checkpoints."""
-    from codetransfer.trained.runs import run_checkpoints
-
-    if len(run_checkpoints(run)) < 2:
-        return []
-    return ["--checkpoints", "--curve-items", str(settings.curve_items),
-            "--curve-max-difficulty", str(settings.curve_max_difficulty)]
+    table, summary = eval_tables(scores, losses, settings.baseline, GRID_N_BOOT, settings.seed)
+    artifacts.write_tables(results, {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores})
 
 
 def _merge_learning(parts: list[Path], results: Path, settings: JobSettings) -> None:
@@ -216,89 +212,75 @@ def _merge_learning(parts: list[Path], results: Path, settings: JobSettings) -> 
     units' checkpoint scores; nothing when no run kept checkpoints."""
     if not parts:
         return
-    from codetransfer.analysis.learning import learning_table_from_scores
-    from codetransfer.commands import write_tables
-
-    from codetransfer.trained.checks import read_table
-
     scores = pd.concat([read_table(p, "unit table") for p in parts], ignore_index=True)
-    table = learning_table_from_scores(scores, 2000, seed=settings.seed)
-    write_tables(results, {"learning.parquet": table, "learning_scores.parquet": scores})
+    table = learning_table_from_scores(scores, GRID_N_BOOT, seed=settings.seed)
+    artifacts.write_tables(results, {"learning.parquet": table, "learning_scores.parquet": scores})
 
 
-def _fitting_difficulty(task: str, run, settings: JobSettings) -> int:
-    """The hardest level <= settings.probe_max_difficulty whose items all fit the run's context."""
-    from codetransfer.analysis.evaluate import fit_to_context
-    from codetransfer.tasks import get_task
-    from codetransfer.trained.tokenizer import load_tokenizer
+def _has_curve(run) -> bool:
+    """Whether ``run`` kept intermediate checkpoints (its learning curve and head roles over training)."""
+    return len(run_checkpoints(run)) >= 2
 
-    from codetransfer.commands import items_up_to
 
-    n_ctx = run.record["model"]["n_ctx"]
-    family = get_task(task)
-    tokenizer = load_tokenizer(run.path)
-    best = None
-    for d in sorted(d for d in family.difficulties if d <= settings.probe_max_difficulty):
-        # exactly the items the probe sweep will draw at this limit, and their twins (probes read twins too)
-        generated = items_up_to(family, settings.probe_items, settings.seed, d)
-        items = {task: generated + [it.twin for it in generated if it.twin is not None]}
-        kept, _ = fit_to_context(items, tokenizer, n_ctx)
-        if len(kept.get(task, [])) < len(items[task]):
-            break
-        best = d
-    if best is None:
-        raise CodetransferError(f"{task}: no difficulty level fits the models' context n_ctx={n_ctx}")
-    return best
+def _curve_key(settings: JobSettings) -> list[str]:
+    """What an eval unit's key adds for a run with checkpoints (the curve settings, in the form the keys
+    have always hashed)."""
+    return ["--checkpoints", "--curve-items", str(settings.curve_items),
+            "--curve-max-difficulty", str(settings.curve_max_difficulty)]
+
+
+def _hardest(tasks, run, n_items: int, settings: JobSettings) -> int | None:
+    """The hardest level <= settings.probe_max_difficulty at which every task's items fit ``run``'s context."""
+    levels = [hardest_fitting_level(t, run, n_items, settings.seed, settings.probe_max_difficulty) for t in tasks]
+    return min(levels) if levels else None
+
+
+@contextmanager
+def _stage(name: str, timings: dict, log):
+    t0 = time.time()
+    log(f"== {name}")
+    yield
+    timings[name] = time.time() - t0
+    log(f"== {name}: done in {timings[name]:.0f}s")
 
 
 def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings(), device: str = "cpu",
             stages: tuple[str, ...] = STAGES, log=print, jobs: int = 1) -> dict:
-    """Run the main job; returns ``{stage: seconds}``. See the module docstring."""
-    from codetransfer.trained import find_runs, load_grid, train_grid
+    """Run the main job; returns ``{stage: seconds}`` (and ``report_path``). See the module docstring.
 
+    ``jobs``: worker processes for training (one torch thread each; results equal ``jobs=1``)."""
     grid = load_grid(grid_spec)
     out = Path(out)
     results = out / "results"
     timings: dict[str, float] = {}
-    skey = asdict(settings)
-
-    def stage(name: str):
-        class _S:
-            def __enter__(self_):
-                self_.t0 = time.time()
-                log(f"== {name}")
-
-            def __exit__(self_, *exc):
-                if exc[0] is None:
-                    timings[name] = time.time() - self_.t0
-                    log(f"== {name}: done in {timings[name]:.0f}s")
-
-        return _S()
+    skey = settings.key()
 
     if "train" in stages:
-        with stage("train"):
+        with _stage("train", timings, log):
             train_grid(grid, out, device=device, log=log, jobs=jobs)
     runs = [r for r in find_runs(out, complete_only=True) if r.recipe in {x.name for x in grid.recipes}]
     if not runs:
         raise CodetransferError(f"{out}: no complete runs of grid '{grid.name}'; run the train stage first")
-    units = Units(out)
+    units = artifacts.UnitRecords(out / "units")  # a damaged record is refused before any unit works
     run_key = {r.name: r.record["recipe_hash"] for r in runs}
     results.mkdir(parents=True, exist_ok=True)
-    seed = str(settings.seed)
 
     if "eval" in stages:
-        with stage("eval"):
+        with _stage("eval", timings, log):
             # one unit per run (a changed recipe re-scores only its runs); the grid tables come from their scores
             score_parts, loss_parts, curve_parts, worked = [], [], [], False
             for r in runs:
                 name = f"eval-{r.name}"
                 dest = results / "units" / name
-                curve = _curve_args(r, settings)  # learning curves of the runs that kept checkpoints
-                key = _hash(["eval", skey, r.name, run_key[r.name]] + curve)
-                def work():
-                    _cli(["eval", "--runs", str(r.path), "--out", str(dest), "--n-items", str(settings.eval_items),
-                          "--fit-context", "--seed", seed, "--device", device, "--heldout-windows", "32",
-                          "--n-boot", "200", *curve])
+                curve = _has_curve(r)  # learning curves of the runs that kept checkpoints
+                key = artifacts.key(["eval", skey, r.name, run_key[r.name]] + (_curve_key(settings) if curve else []))
+
+                def work(r=r, dest=dest, curve=curve):
+                    artifacts.write_tables(dest, evaluate_grid(
+                        [r], runs_dir=r.path, n_items=settings.eval_items, seed=settings.seed,
+                        baseline=DEFAULT_BASELINE, n_boot=UNIT_N_BOOT, heldout_windows=HELDOUT_WINDOWS,
+                        fit_context=True, checkpoints=curve, curve_items_per_task=settings.curve_items,
+                        curve_max_difficulty=settings.curve_max_difficulty, device=device))
 
                 if units.run(name, key, work):
                     worked = True
@@ -310,20 +292,22 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
             if not worked:
                 log("eval: up to date")
             _merge_learning(curve_parts, results, settings)
+
     if "probe" in stages:
-        with stage("probe"):
+        with _stage("probe", timings, log):
             # one unit per run, like patching: a changed recipe re-probes only its runs
             parts, worked = [], False
             for r in runs:
                 name = f"probe-{r.name}"
                 dest = results / "units" / name
-                key = _hash(["probe", skey, r.name, run_key[r.name]])
-                def work():  # the sweep redoes parts made from other settings or an older model of this name
-                    hardest = min(_fitting_difficulty(t, r, settings) for t in settings.probe_tasks.split(","))
-                    _cli(["probe", "--runs", str(r.path), "--tasks", settings.probe_tasks, "--sites",
-                          settings.probe_sites, "--out", str(dest), "--n-items", str(settings.probe_items),
-                          "--max-difficulty", str(hardest), "--item-seed", seed, "--seeds", "0", "--drop-stores",
-                          "--random-baseline", "--device", device])
+                key = artifacts.key(["probe", skey, r.name, run_key[r.name]])
+
+                def work(r=r, dest=dest):  # the sweep redoes parts made from other settings or an older model
+                    probe_grid(
+                        [r], settings.probe_tasks, settings.probe_sites, dest, n_items=settings.probe_items,
+                        item_seed=settings.seed, seeds=PROBE_SPLIT_SEEDS, keep_stores=False, random_baseline=True,
+                        max_difficulty=_hardest(settings.probe_tasks, r, settings.probe_items, settings),
+                        device=device, progress=lambda msg: print(msg, flush=True))
 
                 if units.run(name, key, work):
                     worked = True
@@ -333,34 +317,34 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
                 log("probe: up to date")
 
     if "patch" in stages:
-        with stage("patch"):
+        with _stage("patch", timings, log):
+            patch = PatchSettings(task=settings.patch_task, sites=tuple(patch_sites(settings.patch_sites)),
+                                  n_items=settings.patch_items, difficulty=settings.patch_difficulty,
+                                  seed=settings.seed)
             parts_within, parts_rendering, parts_cross = [], [], []
             for r in runs:
                 name = f"patch-{r.name}"
                 dest = results / "units" / name
-                key = _hash(["patch", skey, r.name, run_key[r.name]])
-                def work():
-                    _cli(["patch", "--runs", str(r.path), "--task", settings.patch_task, "--sites",
-                          settings.patch_sites, "--out", str(dest), "--cross-rendering", "--n-items",
-                          str(settings.patch_items), "--difficulty", str(settings.patch_difficulty),
-                          "--seed", seed, "--device", device])
+                key = artifacts.key(["patch", skey, r.name, run_key[r.name]])
+
+                def work(r=r, dest=dest):
+                    tables = patch_grid([r], dataclasses.replace(patch, cross_rendering=True), device=device)
+                    artifacts.write_tables(dest, tables)
 
                 units.run(name, key, work)
                 parts_within.append(dest / "patching.parquet")
                 parts_rendering.append(dest / "cross_rendering.parquet")
-            base = [r for r in runs if r.recipe == settings.baseline]
-            for b in base:
+            for b in (r for r in runs if r.recipe == settings.baseline):
                 for a in runs:
                     if a.recipe == settings.baseline or a.seed != b.seed:
                         continue
                     name = f"cross-{a.name}-into-{b.name}"
                     dest = results / "units" / name
-                    key = _hash(["cross", skey, a.name, run_key[a.name], b.name, run_key[b.name]])
-                    def work():
-                        _cli(["patch", "--runs", str(out), "--task", settings.patch_task, "--sites",
-                              settings.patch_sites, "--out", str(dest), "--cross-model", a.name, b.name, "--cross-model-only",
-                              "--n-items", str(settings.patch_items), "--difficulty", str(settings.patch_difficulty),
-                              "--seed", seed, "--device", device])
+                    key = artifacts.key(["cross", skey, a.name, run_key[a.name], b.name, run_key[b.name]])
+
+                    def work(a=a, b=b, dest=dest):
+                        cross = dataclasses.replace(patch, cross_model=(a.name, b.name), cross_model_only=True)
+                        artifacts.write_tables(dest, patch_grid(runs, cross, device=device))
 
                     units.run(name, key, work)
                     parts_cross.append(dest / "cross_model.parquet")
@@ -369,31 +353,31 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
             _merge(parts_cross, results / "cross_model.parquet")
 
     if "attention" in stages:
-        with stage("attention"):
+        with _stage("attention", timings, log):
             parts, over_training = [], []
             for r in runs:
                 name = f"attention-{r.name}"
                 dest = results / "units" / name
-                with_checkpoints = ["--checkpoints"] if _curve_args(r, settings) else []  # head roles over training
-                key = _hash(["attention", skey, r.name, run_key[r.name]] + with_checkpoints)
-                def work():
-                    hardest = min(_fitting_difficulty(t, r, settings) for t in settings.attention_tasks.split(","))
-                    _cli(["attention", "--runs", str(r.path), "--tasks", settings.attention_tasks, "--out", str(dest),
-                          "--max-difficulty", str(hardest), "--n-items", str(settings.attention_items),
-                          "--seed", seed, "--device", device, *with_checkpoints])
+                curve = _has_curve(r)  # head roles over training
+                key = artifacts.key(["attention", skey, r.name, run_key[r.name]] + (["--checkpoints"] if curve else []))
+
+                def work(r=r, dest=dest, curve=curve):
+                    tables = attention_grid(
+                        [r], settings.attention_tasks, n_items=settings.attention_items, seed=settings.seed,
+                        max_difficulty=_hardest(settings.attention_tasks, r, settings.probe_items, settings),
+                        checkpoints=curve, device=device)
+                    artifacts.write_tables(dest, tables)
 
                 units.run(name, key, work)
                 parts.append(dest / "attention.parquet")
-                if with_checkpoints:
+                if curve:
                     over_training.append(dest / "attention_over_training.parquet")
             _merge(parts, results / "attention.parquet")
             if over_training:
                 _merge(over_training, results / "attention_over_training.parquet")
 
     if "report" in stages:
-        with stage("report"):
-            from codetransfer.report import write_report
-
+        with _stage("report", timings, log):
             report = write_report(out, grid, settings)
             timings["report_path"] = str(report)
     return timings

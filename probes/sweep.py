@@ -43,22 +43,17 @@ property; it is not a replacement for the dense probes above.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
 import shutil
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
+from codetransfer import artifacts
 from codetransfer.analysis import encoding, schema
 from codetransfer.analysis.sites import Site
 from codetransfer.analysis.stats import cluster_bootstrap_ci
@@ -358,9 +353,7 @@ def sparse_probe_rows(X: np.ndarray, labels: Sequence, groups: Sequence, *, ks: 
 
 
 # ---------------------------------------------------------------------- the batch sweep
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(name))
-
+_safe = artifacts.safe_name
 
 PART_KEY = b"codetransfer.part_key"
 
@@ -368,12 +361,7 @@ PART_KEY = b"codetransfer.part_key"
 def _atomic_parquet(df: pd.DataFrame, path: Path, key: str | None = None) -> None:
     """Write ``df`` to ``path`` atomically (temporary name unique per host and process), with ``key`` in
     the parquet metadata when given."""
-    tmp = path.with_name(path.name + f".tmp-{socket.gethostname()}-{os.getpid()}")
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    if key is not None:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), PART_KEY: key.encode()})
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    artifacts.write_parquet(df, path, None if key is None else {PART_KEY: key.encode()})
 
 
 def _part_key(settings: Mapping, info, task: str, site: str) -> str:
@@ -383,16 +371,11 @@ def _part_key(settings: Mapping, info, task: str, site: str) -> str:
     stat = weights.stat() if weights.exists() else None
     model = {"recipe_hash": (getattr(info, "record", None) or {}).get("recipe_hash"),
              "weights": [stat.st_size, stat.st_mtime_ns] if stat else None}
-    blob = json.dumps({"settings": settings, "task": task, "site": site, "model": model}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return artifacts.key({"settings": settings, "task": task, "site": site, "model": model})
 
 
 def _read_part_key(path: Path) -> str | None:
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except Exception:  # a damaged part is redone
-        return None
-    value = meta.get(PART_KEY)
+    value = artifacts.read_parquet_metadata(path, PART_KEY)  # None for a damaged part: it is redone
     return value.decode() if value else None
 
 
@@ -573,8 +556,7 @@ def run_probe_sweep(
     out_dir = Path(out_dir)
     units = sorted((str(r.name), t, s) for r in runs for t in tasks for s in sites)
     by_name = {str(r.name): r for r in runs}
-    bounds = np.linspace(0, len(units), n + 1).round().astype(int)
-    mine = units[bounds[i] : bounds[i + 1]]
+    mine = artifacts.shard_units(units, (i, n))
     loaded_name, loaded = None, None
     items_cache: dict = {}
     settings = {"n_items": n_items, "item_seed": item_seed, "probe": probe, "probe_params": probe_params,

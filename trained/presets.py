@@ -30,6 +30,7 @@ from codetransfer.trained.config import (
     SourceConfig,
     TokenizerConfig,
     TrainConfig,
+    grid_from_dict,
 )
 
 TEXT = ("gcide", "narratives")
@@ -106,7 +107,7 @@ def sources(scale: int) -> dict[str, SourceConfig]:
 
 
 def _tiny(full: bool) -> GridConfig:
-    # Sized by measurement (docs/learnability.md, session 4): a Llama block (gated MLP, no biases), d_model 64
+    # Sized by measurement (docs/learnability.md): a Llama block (gated MLP, no biases), d_model 64
     # and a 512-token BPE, after a 1,000-step induction warm-up, looks keys up in the narratives within 1M
     # tokens; GPT-NeoX at d_model 128 with 2,048 tokens did not in 16M.
     return GridConfig(
@@ -154,9 +155,10 @@ PRESETS = {"tiny": lambda: _tiny(False), "tiny-full": lambda: _tiny(True), "smal
 
 
 def preset(name: str) -> GridConfig:
-    """The shipped grid called ``name`` (see PRESETS)."""
+    """The shipped grid called ``name`` (see PRESETS), validated by the loader of grid files
+    (``grid_from_dict``) exactly as a user's file is."""
     if name not in PRESETS:
         raise CodetransferError(
             f"grid '{name}' is neither a .toml file nor a preset{did_you_mean(name, PRESETS)}; presets: {', '.join(PRESETS)}"
         )
-    return PRESETS[name]()
+    return grid_from_dict(PRESETS[name]().to_dict(), where=f"preset '{name}'")

@@ -8,7 +8,7 @@ previous-token head in one layer writes "the token before me was Joe" into the v
 induction head in a later layer attends from the query's "Joe" to that position and copies " 4". Small
 models find this pair late: in language-model pre-training it appears after ~10^7 tokens at the tiny
 grid's batch shape, and none of the tiny models measured grew it from the synthetic narratives in 24M
-tokens (docs/learnability.md, session 4). On rows of random tokens whose second half repeats the first,
+tokens (docs/learnability.md). On rows of random tokens whose second half repeats the first,
 with the loss only on the repeated positions, a two-layer Llama grows it in 500-750 steps, provided the
 rows use every token id of the vocabulary (with 40% of the output rows never seen it stays on the copying
 plateau for 3,000 steps).

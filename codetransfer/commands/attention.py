@@ -16,10 +16,8 @@ every run (pattern scores and induction loss: when each head role appears during
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from codetransfer.commands import items_up_to, write_tables
 from codetransfer.errors import CodetransferError
 
 OUT_FILE = "attention.parquet"
@@ -48,11 +46,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import pandas as pd
-
-    from codetransfer.analysis.attention import score_run, score_runs
+    from codetransfer.analysis.grid import attention_grid
+    from codetransfer.artifacts import write_tables
     from codetransfer.tasks import get_task, task_names
-    from codetransfer.trained import check_same_grid, find_runs, load_run
+    from codetransfer.trained import find_runs
 
     for flag, value, low in (("--n-items", args.n_items, 1), ("--n-seqs", args.n_seqs, 1), ("--half-len", args.half_len or 2, 2),
                              ("--batch-size", args.batch_size, 1), ("--n-boot", args.n_boot, 0)):
@@ -67,64 +64,16 @@ def run(args) -> int:
         tasks = []
     else:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    families = [get_task(t) for t in tasks]  # unknown names: one-line did-you-mean error, before any work
+    for t in tasks:
+        get_task(t)  # unknown names: one-line did-you-mean error, before any work
     infos = find_runs(Path(args.runs), complete_only=True)
     if not infos:
         raise CodetransferError(f"--runs: no complete runs in {args.runs}; train them with 'codetransfer train'")
-    check_same_grid(infos)
-    fit = (int(infos[0].record["model"]["n_ctx"]) - 1) // 2
-    if args.half_len is not None and args.half_len > fit:  # refused, not shortened behind the user's back
-        raise CodetransferError(f"--half-len: {args.half_len} gives {1 + 2 * args.half_len} tokens, more than the "
-                                f"runs' context of {2 * fit + 1}; use --half-len <= {fit}")
-    items = {f.name: items_up_to(f, args.n_items, args.seed, args.max_difficulty) for f in families}
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
-    def loaded():
-        for info in infos:
-            log(f"attention: run {info.name}")
-            yield load_run(info, device=args.device)
-
-    checkpoints = {}
-    if args.checkpoints:  # checked before any scoring: nothing is written on a refusal
-        from codetransfer.trained.loading import check_model_folder
-        from codetransfer.trained.runs import run_checkpoints
-
-        without = []
-        for info in infos:
-            found = run_checkpoints(info)
-            if len(found) < 2:
-                without.append(info.name)
-                continue
-            for folder in found.values():
-                check_model_folder(folder)
-            checkpoints[info.name] = (info, found)
-        if not checkpoints:
-            raise CodetransferError(
-                "--checkpoints: no run kept intermediate checkpoints; set the grid field train.snapshot_every > 0 "
-                "and train again"
-            )
-        for name in without:
-            log(f"note: run {name} kept no intermediate checkpoints; it has no curve over training")
-    kw = dict(n_seqs=args.n_seqs, half_len=args.half_len or 20, seed=args.seed, ablation=args.ablation,
-              n_boot=args.n_boot, batch_size=args.batch_size, progress=log)
-    table = score_runs(loaded(), score_run, items_by_task=items, **kw)
-    tables = {OUT_FILE: table}
-    if checkpoints:
-        from codetransfer.analysis.attention import score_checkpoints
-
-        frames = []
-        for info, found in checkpoints.values():
-            log(f"attention: {len(found)} checkpoints of run {info.name}")
-            t = score_checkpoints(found, None, device=args.device, **kw)
-            t.insert(0, "seed", info.seed)
-            t.insert(0, "recipe", info.recipe)
-            t.insert(0, "run", info.name)
-            frames.append(t)
-        tables[OVER_TRAINING_FILE] = pd.concat(frames, ignore_index=True)
+    tables = attention_grid(infos, tasks, n_items=args.n_items, n_seqs=args.n_seqs, half_len=args.half_len,
+                            ablation=args.ablation, max_difficulty=args.max_difficulty, seed=args.seed,
+                            batch_size=args.batch_size, n_boot=args.n_boot, checkpoints=args.checkpoints,
+                            device=args.device)
     write_tables(out, tables)
-    print(f"wrote {out / OUT_FILE} ({len(table)} rows, {len(infos)} runs, tasks: {', '.join(tasks) or 'none'})"
-          + (f", {out / OVER_TRAINING_FILE}" if checkpoints else ""))
+    print(f"wrote {out / OUT_FILE} ({len(tables[OUT_FILE])} rows, {len(infos)} runs, tasks: {', '.join(tasks) or 'none'})"
+          + (f", {out / OVER_TRAINING_FILE}" if OVER_TRAINING_FILE in tables else ""))
     return 0
-

@@ -39,17 +39,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu", help="device to run the models on (default cpu)")
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"1/4"`` -> ``(1, 4)``; refuses anything else with a one-line error."""
-    try:
-        i, n = (int(x) for x in str(text).split("/"))
-    except ValueError:
-        raise CodetransferError(f"--shard: expected i/n such as 0/4, got '{text}'") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise CodetransferError(f"--shard: expected 0 <= i < n, got '{text}'; shards of 4 are 0/4 .. 3/4")
-    return i, n
-
-
 def _split_list(text: str, flag: str) -> list[str]:
     items = [t.strip() for t in str(text).split(",") if t.strip()]
     if not items:
@@ -58,33 +47,13 @@ def _split_list(text: str, flag: str) -> list[str]:
 
 
 def run(args) -> int:
-    from codetransfer.analysis.store import SITE_KINDS
-    from codetransfer.errors import did_you_mean
-    from codetransfer.probes.estimators import PROBES
-    from codetransfer.probes.sweep import run_probe_sweep
-    from codetransfer.tasks import get_task
-    from codetransfer.trained import find_runs, load_run
+    from codetransfer.artifacts import parse_shard
+    from codetransfer.probes.grid import probe_grid
+    from codetransfer.trained import find_runs
 
     shard = parse_shard(args.shard)
     tasks = _split_list(args.tasks, "--tasks")
-    for t in tasks:
-        get_task(t)  # refuses unknown names with a hint
-    sites = [_alias(s) for s in _split_list(args.sites, "--sites")]
-    for s in sites:
-        kind = s.split(".")[0]
-        if kind not in SITE_KINDS:
-            raise CodetransferError(
-                f"--sites: unknown site '{s}'; expected kinds {', '.join(SITE_KINDS)} (optionally .layer)"
-                f"{did_you_mean(kind, SITE_KINDS)}"
-            )
-    if args.probe not in PROBES:
-        raise CodetransferError(f"--probe: expected one of {', '.join(PROBES)}, got '{args.probe}'{did_you_mean(args.probe, PROBES)}")
-    if args.split not in ("entity", "group"):
-        raise CodetransferError(f"--split: expected entity or group, got '{args.split}'")
-    if args.target not in ("label", "family"):
-        raise CodetransferError(f"--target: expected label or family, got '{args.target}'")
-    if args.n_items < 1:
-        raise CodetransferError(f"--n-items: expected a positive number, got {args.n_items}")
+    sites = _split_list(args.sites, "--sites")
     try:
         seeds = [int(s) for s in _split_list(args.seeds, "--seeds")]
     except ValueError:
@@ -92,71 +61,21 @@ def run(args) -> int:
     runs = find_runs(args.runs, complete_only=True)
     if not runs:
         raise CodetransferError(f"--runs: no complete runs under {args.runs}; train them first ('codetransfer train')")
-    device = args.device
-    if args.random_baseline:
-        import dataclasses
-
-        runs = runs + [dataclasses.replace(r, name=f"{r.name}+random-init", recipe=f"{r.recipe} (random init)",
-                                           path=RandomInit(r.path, r.seed)) for r in runs]
-
-    def load(path):
-        if isinstance(path, RandomInit):
-            return _random_init_run(path, device)
-        return load_run(path, device=device)
-
-    table = run_probe_sweep(
+    table = probe_grid(
         runs, tasks, sites, args.out, shard=shard, n_items=args.n_items, item_seed=args.item_seed,
-        probe=args.probe, target=args.target, split=args.split, seeds=seeds, min_rows=args.min_rows,
-        cross_format=not args.no_cross_format, mdl=not args.no_mdl, batch_size=args.batch_size,
-        keep_stores=not args.drop_stores, load=load,
-        generate=_generator(args.max_difficulty),
-        progress=lambda msg: print(msg, flush=True),
+        max_difficulty=args.max_difficulty, probe=args.probe, split=args.split, target=args.target, seeds=seeds,
+        min_rows=args.min_rows, cross_format=not args.no_cross_format, mdl=not args.no_mdl,
+        batch_size=args.batch_size, keep_stores=not args.drop_stores, random_baseline=args.random_baseline,
+        device=args.device, progress=lambda msg: print(msg, flush=True),
     )
     print(f"{len(table)} rows in {args.out}/probes.parquet")
     return 0
 
 
-#: the patching/attention site names, accepted here too
-SITE_ALIASES = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out"}
+def __getattr__(name: str):
+    """``RandomInit`` and ``_random_init_run`` live in :mod:`codetransfer.probes.grid` (imported on use)."""
+    if name in ("RandomInit", "_random_init_run"):
+        from codetransfer.probes import grid
 
-
-def _alias(site: str) -> str:
-    kind, dot, layer = site.partition(".")
-    return SITE_ALIASES.get(kind, kind) + dot + layer
-
-
-class RandomInit(str):
-    """The path of a trained run, marked to be loaded as a random-init model of the same shape."""
-
-    def __new__(cls, path, seed: int):
-        obj = super().__new__(cls, str(path))
-        obj.seed = seed
-        return obj
-
-
-def _random_init_run(path: "RandomInit", device):
-    """A run-like object: TransformerLens' random_init_bridge of the run's folder (HF initialisation)."""
-    from types import SimpleNamespace
-
-    from transformer_lens.tools.analysis import random_init_bridge
-
-    from codetransfer.trained.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(str(path))
-    bridge = random_init_bridge(str(path), seed=1000 + int(path.seed), device=device, tokenizer=tokenizer)
-    bridge.cfg.default_prepend_bos = True
-    return SimpleNamespace(bridge=bridge.eval(), tokenizer=tokenizer)
-
-
-def _generator(max_difficulty):
-    """The sweep's item generator, limited to levels <= max_difficulty (None: the sweep's default)."""
-    if max_difficulty is None:
-        return None
-
-    def generate(task, n, seed):
-        from codetransfer.commands import items_up_to
-        from codetransfer.tasks import get_task
-
-        return items_up_to(get_task(task), n, seed, max_difficulty)
-
-    return generate
+        return grid.RandomInit if name == "RandomInit" else grid.random_init_run
+    raise AttributeError(name)

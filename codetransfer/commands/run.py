@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
+from codetransfer.errors import CodetransferError, did_you_mean
+
 
 def add_arguments(p) -> None:
     p.add_argument("grid", help="a grid .toml file or a preset name (tiny, tiny-full, small, gpu)")
@@ -20,10 +26,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import json
-    import time
-
-    from codetransfer.errors import CodetransferError, did_you_mean
     from codetransfer.pipeline import STAGES, JobSettings, load_settings, run_job
 
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
@@ -47,8 +49,6 @@ def run(args) -> int:
     report = timings.pop("report_path", None)
     print(f"\nmain job done in {time.time() - t0:.0f}s: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     if report:
-        from pathlib import Path
-
         headline = json.loads((Path(report).parent / "headline.json").read_text())
         print(f"report: {report}")
         for i, h in enumerate(headline, 1):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from codetransfer.errors import CodetransferError
+
 
 def add_arguments(p) -> None:
     p.add_argument("grid", help="a grid .toml file or a preset name (tiny, tiny-full, small, gpu)")
