@@ -31,6 +31,8 @@ import pandas as pd
 
 from codetransfer import artifacts
 from codetransfer.analysis import patching as P
+from codetransfer.analysis import sites
+from codetransfer.analysis.compare import compare_recipes, headline_comparison
 from codetransfer.analysis.attention import score_checkpoints, score_run, score_runs as attention_score_runs
 from codetransfer.analysis.evaluate import (
     SUMMARY_COLUMNS,
@@ -126,6 +128,30 @@ def eval_tables(scores: pd.DataFrame, losses: pd.DataFrame | None, baseline: str
     table["seed"] = table["seed"].astype("Int64")
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame(columns=list(SUMMARY_COLUMNS))
     return table, summary
+
+
+def comparison_table(scores: pd.DataFrame, baseline: str, n_boot: int, seed: int) -> pd.DataFrame:
+    """Seed-paired comparisons of every recipe with ``baseline`` (:mod:`codetransfer.analysis.compare`).
+
+    Rows per recipe x category x task x difficulty, for the logit difference (the primary metric:
+    graded, less variance) and for accuracy; plus per category the headline rows pooled over the levels
+    where the baseline is above chance (``pooled`` true, ``pooled_levels`` naming them). Each row has its
+    hierarchical interval, the two-level p-value, Holm's correction over the rows of its block, the
+    minimum detectable effect, ``n_seeds``, ``n_items`` and ``distinguishable`` (never with fewer than 3
+    seeds). Empty when no run has the baseline recipe.
+    """
+    if baseline not in set(scores["recipe"]):
+        return pd.DataFrame()
+    blocks = []
+    for metric in ("logit_diff", "correct"):
+        per_level = compare_recipes(scores, baseline, metric, ("category", "task", "difficulty"),
+                                    n_resamples=n_boot, seed=seed)
+        per_level["pooled"], per_level["pooled_levels"] = False, ""
+        blocks.append(per_level)
+        blocks.append(headline_comparison(scores, baseline, metric, ("category",), ("task", "difficulty"),
+                                          n_resamples=n_boot, seed=seed))
+    blocks = [b for b in blocks if len(b)]
+    return pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
 
 
 def heldout_arrays(runs_dir: Path, infos) -> dict[str, Path]:
@@ -310,22 +336,6 @@ def evaluate_grid(
 # ================================================================================================
 # activation patching
 
-PATCH_SITES = {
-    "resid": "resid_pre",
-    "resid_pre": "resid_pre",
-    "resid_mid": "resid_mid",
-    "attn": "attn_out",
-    "attn_out": "attn_out",
-    "mlp": "mlp_out",
-    "mlp_out": "mlp_out",
-    "head": "head_out",
-    "head_out": "head_out",
-    "q": "q",
-    "k": "k",
-    "v": "v",
-}
-"""Patching site names (and their aliases) -> the site patched."""
-
 PATCH_PARTS = Path("parts") / "patch"
 """Where sharded patching parts go, relative to the results folder."""
 PART_META = b"codetransfer"
@@ -333,19 +343,9 @@ PART_META = b"codetransfer"
 
 
 def patch_sites(names: Sequence[str], flag: str = "--sites") -> list[str]:
-    """Site names (aliases allowed, e.g. ``resid``) -> the distinct sites patched, in order."""
-    names = [s.strip() for s in names if s.strip()]
-    if not names:
-        raise CodetransferError(f"{flag}: expected a comma-separated list such as resid,attn,mlp,head, got nothing")
-    out = []
-    for s in names:
-        if s not in PATCH_SITES:
-            raise CodetransferError(
-                f"{flag}: unknown site {s!r}{did_you_mean(s, PATCH_SITES)}; choose from {', '.join(PATCH_SITES)}"
-            )
-        if PATCH_SITES[s] not in out:
-            out.append(PATCH_SITES[s])
-    return out
+    """Site kinds (aliases allowed: ``attn``, ``mlp``, ``head``) -> the distinct kinds patched, in order
+    (:func:`codetransfer.analysis.sites.parse_kinds`; a bare ``resid`` is refused as ambiguous)."""
+    return sites.parse_kinds([s for s in names if s.strip()], allowed=sites.PATCH_KINDS, where=flag)
 
 
 @dataclass(frozen=True)

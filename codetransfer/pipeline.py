@@ -33,6 +33,7 @@ from codetransfer.analysis.grid import (
     DEFAULT_BASELINE,
     PatchSettings,
     attention_grid,
+    comparison_table,
     eval_tables,
     evaluate_grid,
     hardest_fitting_level,
@@ -99,8 +100,8 @@ class JobSettings:
     """Hardest difficulty probed (lowered automatically to what fits the models' context)."""
     patch_task: str = "entity_tracking"
     """Task family whose counterfactual pairs are patched."""
-    patch_sites: tuple[str, ...] = ("resid", "attn", "mlp", "head")
-    """Patching sites (resid, resid_mid, attn, mlp, head, q, k, v)."""
+    patch_sites: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out", "head_out")
+    """Patching sites (resid_pre, resid_mid, attn_out, mlp_out, head_out, q, k, v; aliases attn, mlp, head)."""
     patch_items: int = 48
     """Clean/counterfactual pairs per patching sweep."""
     patch_difficulty: int = 0
@@ -204,7 +205,9 @@ def _merge_eval(score_parts: list[Path], loss_parts: list[Path], results: Path, 
     losses = [read_table(p, "unit table") for p in loss_parts if p.exists()]
     losses = pd.concat(losses, ignore_index=True) if losses else None
     table, summary = eval_tables(scores, losses, settings.baseline, GRID_N_BOOT, settings.seed)
-    artifacts.write_tables(results, {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores})
+    comparison = comparison_table(scores, settings.baseline, GRID_N_BOOT, settings.seed)
+    artifacts.write_tables(results, {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores,
+                                     "comparison.parquet": comparison})
 
 
 def _merge_learning(parts: list[Path], results: Path, settings: JobSettings) -> None:

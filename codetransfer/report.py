@@ -274,6 +274,53 @@ def _category_chance(table: pd.DataFrame, baseline: str) -> dict[str, float]:
     return {c: float(np.average(g["chance"], weights=w[g.index])) for c, g in t.groupby("category")}
 
 
+def _verdict(r) -> str:
+    """What one seed-paired comparison row supports, in words."""
+    if r.n_seeds < 3:
+        return f"{int(r.n_seeds)} seed(s): an item-level interval, not a claim"
+    if r.distinguishable:
+        return f"distinguishable from seed noise (Holm p = {r.p_holm:.2g})"
+    mde = f"{r.mde:.2g}" if _finite(r.mde) else "unknown"
+    return f"not distinguishable (Holm p = {r.p_holm:.2g}); effects larger than {mde} would have been detected"
+
+
+def _seed_paired(s: Section, comparison: pd.DataFrame, baseline: str) -> list[str]:
+    """The seed-paired comparison table (pooled over the levels where the baseline is above chance) and its
+    headline: the primary metric (logit difference) on reasoning."""
+    pooled = comparison[comparison["pooled"].astype(bool)]
+    if pooled.empty:
+        s.add_text(f"No level has **{baseline}** above chance, so there is no seed-paired headline comparison "
+                   "(per-level rows are in results/comparison.parquet).")
+        return []
+    rows = []
+    for _, r in pooled.iterrows():
+        scale = 100 if r.metric == "correct" else 1
+        unit = " pp" if r.metric == "correct" else ""
+        rows.append({"recipe": r.recipe, "category": r.category,
+                     "metric": "accuracy" if r.metric == "correct" else "logit difference",
+                     "recipe - " + baseline: with_interval(r.estimate, r.ci_low, r.ci_high, scale=scale, signed=True,
+                                                           unit=unit),
+                     "Holm p": f"{r.p_holm:.2g}" if _finite(r.p_holm) else "not tested",
+                     "smallest detectable": f"{scale * r.mde:.2g}{unit}" if _finite(r.mde) else "unknown",
+                     "seeds": r.n_seeds, "items": r.n_items, "verdict": _verdict(r),
+                     "levels": r.pooled_levels})
+    s.add_table(pd.DataFrame(rows), counts=("seeds", "items"))
+    s.add_text(f"Seed-paired comparisons with **{baseline}**: per seed, the recipe and the baseline are scored on "
+               "the same items and their difference is the unit; 95% hierarchical bootstrap intervals (seeds, then "
+               "items); p from a mixed model with seed as a random effect, Holm-corrected over the rows; the "
+               "smallest detectable effect is for 80% power at alpha 0.05 given the seeds' spread. Pooled over the "
+               "levels where the baseline is above chance (listed); per-level rows are in "
+               "results/comparison.parquet. The logit difference (answer minus best other candidate) is the "
+               "primary metric.")
+    lead = pooled[(pooled["metric"] == "logit_diff") & (pooled["category"] == "reasoning")]
+    findings = []
+    for _, r in lead.iterrows():
+        findings.append(f"Reasoning (logit difference, seed-paired): {r.recipe} - {baseline} = "
+                        f"{with_interval(r.estimate, r.ci_low, r.ci_high, signed=True)} over {int(r.n_seeds)} seed(s) "
+                        f"and {int(r.n_items)} items; {_verdict(r)}.")
+    return ["; ".join(findings)] if findings else []
+
+
 def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, list[str]]:
     import matplotlib.pyplot as plt
 
@@ -286,6 +333,9 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
         s.missing.append("eval.parquet: the eval stage has not run")
         return s, findings
     chance = _category_chance(table, baseline)
+    comparison = _read(results / "comparison.parquet")
+    if comparison is not None and not comparison.empty:
+        findings += _seed_paired(s, comparison, baseline)
     if summary is not None and not summary.empty:
         rows = []
         for _, r in summary.iterrows():
@@ -308,7 +358,8 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
                          "recipe / baseline": f"{100 * r.recipe_value:.0f}% / {100 * r.baseline_value:.0f}%"
                          if r["of"] == "accuracy" else f"{r.recipe_value:.3g} / {r.baseline_value:.3g}",
                          "change vs " + baseline: cell, "measured as": kind,
-                         "distinguishable from noise": "yes" if distinct else "no", "items": r.n_items,
+                         "distinguishable from noise": ("yes" if distinct else "no") if r.n_seeds >= 3
+                         else f"{int(r.n_seeds)} seed(s): an item-level interval, not a claim", "items": r.n_items,
                          "seeds": r.n_seeds})
         s.add_table(pd.DataFrame(rows), counts=("items", "seeds"))
         s.add_text(f"Change of each recipe against **{baseline}**, 95% bootstrap intervals over items (and seeds "
@@ -323,6 +374,8 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
             best = acc.loc[acc["value"].idxmax()]
             verdict = ("distinguishable from noise" if (_finite(best.ci_low) and best.ci_low > 0)
                        or (_finite(best.ci_high) and best.ci_high < 0) else "NOT distinguishable from noise")
+            if best.n_seeds < 3:
+                verdict = f"{int(best.n_seeds)} seed(s): an item-level interval, not a claim"
             ch = chance.get("reasoning")
             if ch is not None and best.baseline_value <= ch + 1e-12:
                 change = f"{100 * (best.recipe_value - best.baseline_value):+.0f} percentage points (baseline at chance)"

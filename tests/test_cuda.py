@@ -225,7 +225,7 @@ def _same_table(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]) -> None:
 VERBS = {
     "eval": (["--tasks", "knowledge_cloze", "--n-items", "12", "--n-boot", "50", "--heldout-windows", "2"],
              "eval.parquet", ["run", "task", "difficulty", "metric"]),
-    "patch": (["--task", "counting", "--sites", "resid,mlp", "--n-items", "4", "--difficulty", "0", "--n-boot", "20"],
+    "patch": (["--task", "counting", "--sites", "resid_pre,mlp", "--n-items", "4", "--difficulty", "0", "--n-boot", "20"],
               "patching.parquet", ["run", "site", "layer", "pos_label", "metric"]),
 }
 

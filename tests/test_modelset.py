@@ -430,3 +430,27 @@ def test_transformer_lens_to_tokens_adds_one_bos(tiny_bridge, tiny_tokenizer):
 
     text = "The pen is in box A."
     assert tiny_bridge.to_tokens(text)[0].tolist() == encode_with_bos(tiny_tokenizer, text)[0]
+
+
+def test_analysis_verbs_take_a_model_set_on_the_command_line(tmp_path):
+    """``--models FILE`` wherever ``--runs`` is taken: two GPT-2 checkpoints as groups 'base' and '+code'."""
+    import pandas as pd
+
+    from codetransfer.cli import main
+
+    for name in ("a", "b"):
+        _save(tmp_path / name, "gpt2")
+    models = tmp_path / "set.toml"
+    models.write_text('baseline = "base"\n[[model]]\npath = "a"\ngroup = "base"\nseed = 0\n'
+                      '[[model]]\npath = "b"\ngroup = "+code"\nseed = 0\n')
+    out = tmp_path / "out"
+    assert main(["eval", "--models", str(models), "--out", str(out / "eval"), "--tasks", "counting",
+                 "--n-items", "8", "--max-difficulty", "0", "--fit-context", "--n-boot", "20",
+                 "--baseline", "base"]) == 0
+    scores = pd.read_parquet(out / "eval" / "scores.parquet")
+    assert set(scores["recipe"]) == {"base", "+code"}
+    assert main(["attention", "--models", str(models), "--out", str(out / "att"), "--n-seqs", "4", "--tasks", "counting",
+                 "--max-difficulty", "0", "--n-items", "8",
+                 "--half-len", "8", "--n-boot", "0"]) == 0
+    assert set(pd.read_parquet(out / "att" / "attention.parquet")["recipe"]) == {"base", "+code"}
+    assert main(["eval", "--models", str(models), "--runs", str(tmp_path), "--out", str(out / "x")]) == 2

@@ -31,7 +31,7 @@ def grid(tmp_path_factory):
 
 def test_patch_cli_writes_three_tables(grid, tmp_path, capsys):
     out = tmp_path / "results"
-    rc = main(["patch", "--runs", str(grid), "--task", "counting", "--sites", "resid,head", "--out", str(out),
+    rc = main(["patch", "--runs", str(grid), "--task", "counting", "--sites", "resid_pre,head", "--out", str(out),
                "--n-items", "4", "--difficulty", "0", "--n-boot", "20", "--cross-model", "code25-s1", "text-only-s0",
                "--cross-rendering"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
@@ -83,7 +83,8 @@ def test_patch_cli_attribution_screen(grid, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, match",
     [
-        (["--sites", "resid,atn"], "--sites: unknown site 'atn' (did you mean 'attn'?)"),
+        (["--sites", "resid_pre,atn"], "--sites: unknown site kind 'atn' (did you mean 'attn'?)"),
+        (["--sites", "resid,attn"], "--sites: 'resid' is ambiguous; write one of resid_pre, resid_mid, resid_post"),
         (["--cross-model", "code25-s1", "text-only-s9"], "--cross-model: no complete run named 'text-only-s9'"),
         (["--n-items", "0"], "--n-items"),
         (["--cross-model-only"], "--cross-model-only: needs --cross-model A B"),

@@ -161,7 +161,7 @@ def test_probe_random_init_baseline_and_site_aliases(job, tmp_path):
     from codetransfer.trained import find_runs, load_run
 
     out = tmp_path / "probe"
-    assert cli(["probe", "--runs", str(job / "out"), "--tasks", "entity_tracking", "--sites", "resid.1",
+    assert cli(["probe", "--runs", str(job / "out"), "--tasks", "entity_tracking", "--sites", "resid_post.1",
                 "--out", str(out), "--n-items", "40", "--max-difficulty", "0", "--seeds", "0", "--no-mdl",
                 "--no-cross-format", "--random-baseline"]) == 0
     t = pd.read_parquet(out / "probes.parquet")

@@ -56,7 +56,7 @@ eval_items = 6
 probe_items = 16
 probe_max_difficulty = 1
 patch_items = 4
-patch_sites = "resid,attn,head"
+patch_sites = "resid_pre,attn,head"
 attention_items = 4
 """
 
@@ -182,9 +182,9 @@ def test_killed_twice_at_random_moments_then_rerun_gives_identical_tables(root):
 
 
 def test_settings_file_sets_job_settings_and_baseline_flag_wins(tmp_path):
-    (tmp_path / "s.toml").write_text('eval_items = 7\npatch_sites = "resid"\nbaseline = "balanced"\n')
+    (tmp_path / "s.toml").write_text('eval_items = 7\npatch_sites = "resid_pre"\nbaseline = "balanced"\n')
     (tmp_path / "s.json").write_text('{"probe_items": 9, "seed": 3}')
-    assert load_settings(tmp_path / "s.toml") == JobSettings(eval_items=7, patch_sites="resid", baseline="balanced")
+    assert load_settings(tmp_path / "s.toml") == JobSettings(eval_items=7, patch_sites="resid_pre", baseline="balanced")
     assert load_settings(tmp_path / "s.toml", baseline="text-only").baseline == "text-only"
     assert load_settings(tmp_path / "s.json") == JobSettings(probe_items=9, seed=3)
 

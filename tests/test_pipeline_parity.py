@@ -50,7 +50,7 @@ tokens = 8192
 """)
 
 SETTINGS = JobSettings(eval_items=6, probe_items=16, probe_max_difficulty=1, probe_sites=["resid_post"],
-                       patch_items=4, patch_sites="resid,head", attention_items=4)
+                       patch_items=4, patch_sites="resid_pre,head", attention_items=4)
 
 
 @pytest.fixture(scope="module")

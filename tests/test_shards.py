@@ -18,7 +18,7 @@ from codetransfer.trained.config import ModelConfig
 
 CTX = ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=512)
 RUNS = ("code25-s1", "text-only-s0")
-PATCH = ["patch", "--task", "counting", "--sites", "resid,head", "--n-items", "4", "--difficulty", "0",
+PATCH = ["patch", "--task", "counting", "--sites", "resid_pre,head", "--n-items", "4", "--difficulty", "0",
          "--n-boot", "20", "--attribution", "--cross-rendering", "--cross-model", *RUNS]  # fmt: skip
 PROBE = ["probe", "--tasks", "entity_tracking", "--sites", "resid_post.0,resid_post.1", "--n-items", "14",
          "--seeds", "0", "--no-mdl", "--min-rows", "30", "--no-cross-format", "--drop-stores"]  # fmt: skip

@@ -60,7 +60,7 @@ def test_unit_keys_hash_the_settings_as_they_always_did():
     # the key form: list fields comma-joined (what the job hashed when they were strings)
     legacy = dict(baseline="text-only", eval_items=300, curve_items=60, curve_max_difficulty=0,
                   probe_tasks="entity_tracking", probe_sites="resid_post", probe_items=120, probe_max_difficulty=3,
-                  patch_task="entity_tracking", patch_sites="resid,attn,mlp,head", patch_items=48,
+                  patch_task="entity_tracking", patch_sites="resid_pre,attn_out,mlp_out,head_out", patch_items=48,
                   patch_difficulty=0, attention_tasks="entity_tracking", attention_items=48, seed=0)
     assert JobSettings().key() == legacy
     obj = ["eval", legacy, "text-only-s0", "abc"]

@@ -25,7 +25,9 @@ OVER_TRAINING_FILE = "attention_over_training.parquet"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--runs", required=True, help="a grid output folder (or its runs/ folder, or one run)")
+    p.add_argument("--runs", default=None, help="a grid output folder (or its runs/ folder, or one run)")
+    p.add_argument("--models", default=None,
+                   help="a model-set TOML file naming checkpoints (instead of --runs; see docs/models.md)")
     p.add_argument("--out", required=True, help=f"results folder (created); {OUT_FILE} goes there")
     p.add_argument("--tasks", default=None,
                    help="comma-separated task families (default: all; see `codetransfer tasks`; 'none' for random tokens only)")
@@ -49,7 +51,7 @@ def run(args) -> int:
     from codetransfer.analysis.grid import attention_grid
     from codetransfer.artifacts import write_tables
     from codetransfer.tasks import get_task, task_names
-    from codetransfer.trained import find_runs
+    from codetransfer.trained.modelset import select_runs
 
     for flag, value, low in (("--n-items", args.n_items, 1), ("--n-seqs", args.n_seqs, 1), ("--half-len", args.half_len or 2, 2),
                              ("--batch-size", args.batch_size, 1), ("--n-boot", args.n_boot, 0)):
@@ -66,9 +68,7 @@ def run(args) -> int:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     for t in tasks:
         get_task(t)  # unknown names: one-line did-you-mean error, before any work
-    infos = find_runs(Path(args.runs), complete_only=True)
-    if not infos:
-        raise CodetransferError(f"--runs: no complete runs in {args.runs}; train them with 'codetransfer train'")
+    infos = select_runs(args.runs, args.models)
     tables = attention_grid(infos, tasks, n_items=args.n_items, n_seqs=args.n_seqs, half_len=args.half_len,
                             ablation=args.ablation, max_difficulty=args.max_difficulty, seed=args.seed,
                             batch_size=args.batch_size, n_boot=args.n_boot, checkpoints=args.checkpoints,

@@ -32,7 +32,9 @@ DEFAULT_BASELINE = "text-only"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--runs", required=True, help="a grid output folder (or its runs/ folder, or one run)")
+    p.add_argument("--runs", default=None, help="a grid output folder (or its runs/ folder, or one run)")
+    p.add_argument("--models", default=None,
+                   help="a model-set TOML file naming checkpoints (instead of --runs; see docs/models.md)")
     p.add_argument("--out", required=True, help="results folder (created); eval.parquet, summary.csv go there")
     p.add_argument("--tasks", default=None, help="comma-separated task families (default: all; see `codetransfer tasks`)")
     p.add_argument("--n-items", type=int, default=200, help="items per task (default 200)")
@@ -64,7 +66,8 @@ def run(args) -> int:
     from codetransfer.analysis.evaluate import format_summary
     from codetransfer.analysis.grid import evaluate_grid
     from codetransfer.artifacts import write_tables
-    from codetransfer.trained import check_same_grid, find_runs
+    from codetransfer.trained import check_same_grid
+    from codetransfer.trained.modelset import select_runs
     from codetransfer.trained.checks import check_baseline
 
     for flag, value, low in (("--n-items", args.n_items, 1), ("--batch-size", args.batch_size, 1),
@@ -78,10 +81,8 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CodetransferError(f"--out: {out} is a file; pass a folder for the results")
-    runs_dir = Path(args.runs)
-    infos = find_runs(runs_dir, complete_only=True)
-    if not infos:
-        raise CodetransferError(f"--runs: no complete runs in {runs_dir}; train them with 'codetransfer train'")
+    runs_dir = Path(args.runs) if args.runs is not None else None
+    infos = select_runs(args.runs, args.models)
     check_same_grid(infos)
     recipes = sorted({i.recipe for i in infos})
     baseline = args.baseline or DEFAULT_BASELINE

@@ -1,4 +1,4 @@
-"""codetransfer patch --runs DIR --task T --sites resid,attn,mlp,head --out RESULTS [--cross-model A B [--cross-model-only]] [--cross-rendering] [--shard i/n]
+"""codetransfer patch --runs DIR --task T --sites resid_pre,attn,mlp,head --out RESULTS [--cross-model A B [--cross-model-only]] [--cross-rendering] [--shard i/n]
 
 Activation patching of every complete run under DIR on one task's clean/counterfactual pairs (items
 generated once, seeded, shared by all runs), written at the end and atomically:
@@ -36,10 +36,12 @@ from codetransfer.errors import CodetransferError
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--runs", required=True, help="a grid output folder (or its runs/ folder, or one run)")
+    p.add_argument("--runs", default=None, help="a grid output folder (or its runs/ folder, or one run)")
+    p.add_argument("--models", default=None,
+                   help="a model-set TOML file naming checkpoints (instead of --runs; see docs/models.md)")
     p.add_argument("--task", required=True, help="task family with counterfactuals (see `codetransfer tasks`)")
-    p.add_argument("--sites", default="resid,attn,mlp,head",
-                   help="comma-separated sites: resid, resid_mid, attn, mlp, head, q, k, v (default resid,attn,mlp,head)")
+    p.add_argument("--sites", default="resid_pre,attn_out,mlp_out,head_out",
+                   help="comma-separated sites: resid_pre, resid_mid, attn_out, mlp_out, head_out, q, k, v (aliases attn, mlp, head; default resid_pre,attn_out,mlp_out,head_out)")
     p.add_argument("--out", required=True, help="results folder (created)")
     p.add_argument("--cross-model", nargs=2, metavar=("A", "B"), default=None,
                    help="also patch run A's activations into run B (run names as listed by `codetransfer runs`)")
@@ -67,7 +69,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from codetransfer.analysis.grid import PatchSettings, patch_grid, patch_shard, patch_sites
     from codetransfer.artifacts import parse_shard, write_tables
-    from codetransfer.trained import find_runs
+    from codetransfer.trained.modelset import select_runs
 
     shard = parse_shard(args.shard) if args.shard is not None else None
     for flag, value, low in (("--n-items", args.n_items, 1), ("--n-boot", args.n_boot, 10),
@@ -78,9 +80,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CodetransferError(f"--out: {out} is a file; pass a folder for the results")
-    infos = find_runs(Path(args.runs), complete_only=True)
-    if not infos:
-        raise CodetransferError(f"--runs: no complete runs in {args.runs}; train them with 'codetransfer train'")
+    infos = select_runs(args.runs, args.models)
     settings = PatchSettings(
         task=args.task, sites=tuple(sites), n_items=args.n_items, difficulty=args.difficulty, seed=args.seed,
         n_boot=args.n_boot, positions=args.positions, noising=args.noising, attribution=args.attribution,

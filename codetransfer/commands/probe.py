@@ -14,7 +14,9 @@ from codetransfer.errors import CodetransferError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--runs", required=True, help="grid output folder (or one run folder) with trained runs")
+    parser.add_argument("--runs", default=None, help="grid output folder (or one run folder) with trained runs")
+    parser.add_argument("--models", default=None,
+                   help="a model-set TOML file naming checkpoints (instead of --runs; see docs/models.md)")
     parser.add_argument("--tasks", required=True, help="comma-separated task families, e.g. entity_tracking,code_state")
     parser.add_argument("--sites", default="resid_post",
                         help="comma-separated sites: resid_pre, resid_mid, resid_post, attn_out, mlp_out, head "
@@ -49,7 +51,7 @@ def _split_list(text: str, flag: str) -> list[str]:
 def run(args) -> int:
     from codetransfer.artifacts import parse_shard
     from codetransfer.probes.grid import probe_grid
-    from codetransfer.trained import find_runs
+    from codetransfer.trained.modelset import select_runs
 
     shard = parse_shard(args.shard)
     tasks = _split_list(args.tasks, "--tasks")
@@ -58,9 +60,7 @@ def run(args) -> int:
         seeds = [int(s) for s in _split_list(args.seeds, "--seeds")]
     except ValueError:
         raise CodetransferError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
-    runs = find_runs(args.runs, complete_only=True)
-    if not runs:
-        raise CodetransferError(f"--runs: no complete runs under {args.runs}; train them first ('codetransfer train')")
+    runs = select_runs(args.runs, args.models)
     table = probe_grid(
         runs, tasks, sites, args.out, shard=shard, n_items=args.n_items, item_seed=args.item_seed,
         max_difficulty=args.max_difficulty, probe=args.probe, split=args.split, target=args.target, seeds=seeds,
