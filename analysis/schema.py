@@ -73,6 +73,13 @@ TABLES: dict[str, Table] = {
               ("recipe", "baseline", "category", "metric", "of", "value", "ci_low", "ci_high", "recipe_value",
                "baseline_value", "n_seeds", "n_items"),
               description="relative change of a recipe against the baseline recipe in one category"),
+        Table("comparison", "comparison.parquet",
+              ("recipe", "baseline", "metric", "scale", "category", "task", "difficulty", "estimate", "ci_low",
+               "ci_high", "ci_low_corrected", "ci_high_corrected", "recipe_value", "baseline_value", "n_seeds",
+               "n_items", "p_value", "p_holm", "p_signflip", "test", "mde", "distinguishable", "pooled",
+               "pooled_levels"),
+              description="a recipe against the baseline, paired by seed and item, at one level (or pooled over "
+                          "the levels where the baseline is above chance)"),
         Table("learning", "learning.parquet", RUN_COLUMNS + ("step", "tokens") + _EVAL,
               description="an eval row at one training checkpoint"),
         Table("probes", "probes.parquet",
