@@ -34,7 +34,7 @@ The method, in the order the functions appear:
    for every head, the attention mass on the ``query`` and ``answer_source`` spans
    (``attn_to_query``, ``attn_to_answer_source``), on the *distractor* tokens
    (``attn_to_distractors``: spans whose key starts with ``distractor``; else the other entities'
-   value spans, keys ending in ``.value`` that do not overlap ``answer_source``, as the tasks room
+   value spans, keys ending in ``.value`` that do not overlap ``answer_source``, as the tasks package
    records them; else word-boundary mentions of the wrong candidates' text outside
    ``answer_source``) and the difference (``attn_answer_minus_distractors``). The same scores on
    ``item.twin`` give the other rendering (column ``rendering``).

@@ -26,7 +26,7 @@ candidate tokenization, labels) before the first forward, so a bad item wastes n
 no partial table.
 
 **Across runs.** :func:`score_runs` scores the same items (generated once per task, seeded) with every
-loaded run and returns one row per (run, item). :func:`tidy_table` turns that into DESIGN.md's tidy
+loaded run and returns one row per (run, item). :func:`tidy_table` turns that into the tidy
 table: per run x task x difficulty (and ``'all'``) x metric (``accuracy``, ``logit_diff``), the mean
 with a percentile-bootstrap interval over items; plus, in the SAME table, one row per *recipe*
 aggregated over its seeds, marked ``run = "<recipe>*"`` and ``seed = <NA>``, whose interval comes from
@@ -42,7 +42,7 @@ the relative change of each recipe's accuracy vs a baseline recipe (default ``"t
 all the category's tasks pooled, with a bootstrap interval of the ratio (seeds of each recipe resampled
 independently, item resamples shared because every run saw the same items).
 
-:func:`heldout_scores` is the per-source held-out next-token loss on token arrays (the training room's
+:func:`heldout_scores` is the per-source held-out next-token loss on token arrays (the train stage's
 ``<source>.heldout.npy`` files), one row per non-overlapping window of the model's context; the
 ``stdlib`` source is the ``code`` category by default (other sources ``text``). Its rows go through
 :func:`tidy_table` (metric ``loss``, difficulty ``'all'``) and :func:`relative_change_summary`
@@ -399,7 +399,7 @@ def _chance(df: pd.DataFrame, column: str = "chance") -> float:
 
 
 def tidy_table(scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """DESIGN.md's tidy evaluation table from :func:`score_runs`'s per-item scores (see module docstring).
+    """The tidy evaluation table from :func:`score_runs`'s per-item scores (see module docstring).
 
     Columns: ``run, recipe, seed, task, category, difficulty, metric, value, ci_low, ci_high, chance,
     copy_chance, n_items`` (``copy_chance``: mean of :func:`copy_chance`, the bar a key-blind copier

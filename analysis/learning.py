@@ -1,4 +1,4 @@
-"""Learning curves: how task accuracy grows during training, per recipe of the grid (issue #3).
+"""Learning curves: how task accuracy grows during training, per recipe of the grid.
 
 **What is measured.** When the grid's ``train.snapshot_every`` is above 0, training keeps intermediate
 HF checkpoints in ``RUN/checkpoints/step-N/`` (``codetransfer.trained.runs.run_checkpoints`` lists
@@ -15,7 +15,7 @@ these items, so there the curve's last point is the evaluation's number, not a s
 (with other ``--n-items`` the two share their first items).
 
 **The table.** :func:`learning_table` turns per-item scores at each step (``score_runs`` rows) into
-DESIGN.md's tidy table: for every step, :func:`~codetransfer.analysis.evaluate.tidy_table`'s rows
+The tidy table (``codetransfer.analysis.schema``): for every step, :func:`~codetransfer.analysis.evaluate.tidy_table`'s rows
 (per run, and per recipe aggregated over seeds with ``run = "<recipe>*"``, intervals from the
 item bootstrap or the seeds-then-items bootstrap), plus ``step`` (optimizer steps) and ``tokens``
 (training tokens seen: ``step x batch_size x n_ctx``, the tokens per step read from the run record).

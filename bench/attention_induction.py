@@ -1,4 +1,4 @@
-"""Does a tiny model trained on repeated random tokens grow an induction head? (attention room)
+"""Does a tiny model trained on repeated random tokens grow an induction head? (attention analysis)
 
 Trains a 2-layer GPT-NeoX (``codetransfer.trained.model.build_model``) on rows of random tokens
 with repeats, loss only on the positions predictable by copying, and prints every ``--every``

@@ -26,7 +26,7 @@ chance and the copy baseline per family x difficulty x split (``train`` = traini
     .venv/bin/python bench/tasks_learnability.py --tokens 1000000 --vocab 2048 --ctx 128 --batch 8 --lr 3e-3
     bash bench/learnability_sweep.sh      # the GPU sweep of docs/learnability.md (13 variants at once)
 
-Since tasks version 6 (session 4) the library's defaults are what ``--short 1 --drill --pool 150`` switched on
+Since tasks version 6 the library's defaults are what ``--short 1 --drill --pool 150`` switched on
 here (so those switches no longer change anything, ``--short 2/3`` and ``--pool N`` still replace them), and the
 tiny preset is ``--arch llama --d-model 64 --vocab 512 --warm-induction 1000 --warm-ids all``; numbers
 measured before are on version-5 items with the old defaults (docs/learnability.md says which).

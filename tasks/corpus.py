@@ -9,13 +9,13 @@ training entity pools, prose templates and code styles, never the evaluation one
 initial facts and after most operations the document restates current values in the exact form the
 evaluation query uses ("The pen C." / ``assert pen == C``), and every episode ends by
 restating the values of the other keys and then of its query key (every fact is restated: version 4's
-denser drill, measured in docs/learnability.md, session 4). Right after the initial facts comes a
+denser drill, measured in docs/learnability.md). Right after the initial facts comes a
 lookup drill (each fact restated with probability ``RESTATE_INITIAL``, in random order), so every
 episode carries several retrieval targets that need the key, not only the last sentence. So the easiest level (no operation) is solvable by copying an
 earlier statement (an induction-style repeat: "The pen B. ... The pen" -> B),
 while restatements after moves, swaps, copies and arithmetic need the state to be tracked.
 
-Honest splits (see DESIGN.md, "transfer lab"): narratives show at most ``families.TRAIN_TEXT_MAX``
+Honest splits (docs/design.md, "the embedded default"): narratives show at most ``families.TRAIN_TEXT_MAX``
 operations (hops for binding); programs go up to the families' full depth (the transfer question is
 whether deep programs help deep prose). Entity names, templates, code styles and distractor sentences
 are disjoint from evaluation items, so no evaluation prompt or held-out fact sentence can occur here.

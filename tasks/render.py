@@ -72,7 +72,7 @@ Abe Al Ava Bea Cy Di Dora Ed Eli Flo Gil Hal Ike
 
 #: Entity pools. Train and eval are disjoint. The training pools are large (150 objects, 150 people):
 #: with a dozen names a small model learns one lookup per name, which does not carry over to held-out
-#: names; with 150 it has to learn a lookup by content (docs/learnability.md, session 4).
+#: names; with 150 it has to learn a lookup by content (docs/learnability.md).
 POOLS: dict[str, dict[str, tuple[str, ...]]] = {
     "objects": {
         "train": tuple(_TRAIN_OBJECTS.split()),
@@ -99,7 +99,7 @@ POOLS: dict[str, dict[str, tuple[str, ...]]] = {
 #: State sentences put the value right after the key ("The pen B.", "Joe 4 pears.") and the query ends on
 #: the key: the key->value layout that a two-layer model learns to look up within the tiny grid's budget.
 #: The longer prose ("The pen is in box B.") needs the key 3-4 tokens before the value, which no tiny model
-#: measured learned in 24M tokens (docs/learnability.md, session 4); operations stay in prose.
+#: measured learned in 24M tokens (docs/learnability.md); operations stay in prose.
 #: Template set k of a split uses variant k % len(variants) of every op.
 TEXT: dict[str, dict] = {
     "boxes": {

@@ -1,5 +1,5 @@
 """A small model trained on repeated random tokens grows an induction head that our score finds, and
-ablating that head raises our induction loss (issue #6).
+ablating that head raises our induction loss.
 
 Recipe: a 2-layer GPT-NeoX from ``build_model`` (d_model 64, 2 heads per layer, rotary on a quarter
 of each head's dimensions as in the grid's default) with its MLPs zeroed and frozen (attention-only,
