@@ -139,10 +139,10 @@ def _distributed() -> bool:
 
 
 def _record(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    """A run's record, None when it has none; a damaged one is refused (one line: delete it and train again)."""
+    from codetransfer.trained.runs import read_run_record
+
+    return read_run_record(path) if path.exists() else None
 
 
 def _state_step(run_dir: Path) -> int:
