@@ -48,7 +48,7 @@ from codetransfer.analysis.learning import learning_items, learning_table_from_s
 from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.tasks import get_task, task_names
 from codetransfer.trained import LoadedRun, check_same_grid, load_run
-from codetransfer.trained.loading import check_model_folder, folder_context_length, load_bridge, read_json
+from codetransfer.trained.loading import check_model_folder, folder_context_length, load_bridge
 from codetransfer.trained.checks import read_table
 from codetransfer.trained.runs import run_checkpoints
 from codetransfer.trained.tokenizer import load_tokenizer

@@ -8,7 +8,9 @@ bf16 5.741. `bash bench/gpu_check.sh` is the fuller check (our trainer, CUDA tes
 
     python bench/gpu_quick.py      # needs a CUDA GPU
 """
-import json, time, torch
+import json
+import time
+import torch
 from codetransfer.trained.config import ModelConfig
 from codetransfer.trained.model import build_model, flops_per_token
 from codetransfer.trained.train import token_losses, _autocast

@@ -18,7 +18,7 @@ import pandas as pd
 
 from codetransfer import artifacts
 from codetransfer.analysis.grid import items_up_to
-from codetransfer.analysis.store import SITE_KINDS
+from codetransfer.analysis import sites
 from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.probes.estimators import PROBES
 from codetransfer.probes.sweep import merge_parts, run_probe_sweep
@@ -26,24 +26,14 @@ from codetransfer.tasks import get_task
 from codetransfer.trained import LoadedRun, load_run
 from codetransfer.trained.tokenizer import load_tokenizer
 
-SITE_ALIASES = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out"}
-"""The patching/attention site names, accepted by the probing sweep too."""
-
 PARTS = "parts"
 """Where probing parts go, relative to the results folder."""
 
 
 def probe_site(site: str) -> str:
-    """``resid.2`` -> ``resid_post.2`` (aliases of :data:`SITE_ALIASES`); refuses unknown kinds."""
-    kind, dot, layer = site.partition(".")
-    name = SITE_ALIASES.get(kind, kind) + dot + layer
-    kind = name.split(".")[0]
-    if kind not in SITE_KINDS:
-        raise CodetransferError(
-            f"--sites: unknown site '{name}'; expected kinds {', '.join(SITE_KINDS)} (optionally .layer)"
-            f"{did_you_mean(kind, SITE_KINDS)}"
-        )
-    return name
+    """A probe site's canonical name (``attn.2`` -> ``attn_out.2``); refuses unknown kinds and bare ``resid``
+    (:func:`codetransfer.analysis.sites.parse_sites`)."""
+    return sites.parse_sites([site], allowed=sites.STORE_KINDS, where="--sites")[0].name
 
 
 @dataclass(frozen=True)

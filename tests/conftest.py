@@ -8,7 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
-import torch
+import torch  # noqa: F401  (imported before the tests import transformers)
 
 from codetransfer.trained.config import ModelConfig
 

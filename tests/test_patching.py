@@ -7,7 +7,6 @@ import torch
 import transformer_lens.patching as tlp
 
 from codetransfer.analysis import patching as P
-from codetransfer.errors import CodetransferError
 
 B, T = 3, 6
 PLANTED_HEAD = 2

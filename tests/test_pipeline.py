@@ -4,7 +4,6 @@ and a changed recipe redoes only the units that read it."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path

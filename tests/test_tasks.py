@@ -15,7 +15,7 @@ from codetransfer.tasks.families import (TRAIN_TEXT_MAX, WorldFamily, counterfac
                                          sample_scenario)
 from codetransfer.tasks.render import (CODE_SETS, KINDS, POOLS, SPLITS, Scenario, execute_code_answer, program_value,
                                        render)
-from codetransfer.tasks.world import Event, apply, is_valid, simulate
+from codetransfer.tasks.world import Event, is_valid, simulate
 
 WORLD_TASKS = [f.name for f in (get_task(n) for n in task_names()) if isinstance(f, WorldFamily)]
 E = Event

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from codetransfer.cli import main
-from codetransfer.errors import CodetransferError
 
 
 def test_jsonl_holds_the_items_eval_scores(tmp_path):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.errors import CodetransferError
 
 DEFAULT_BASELINE = "text-only"
 """The summary's baseline recipe when --baseline is not given (``analysis.grid.DEFAULT_BASELINE``)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-from codetransfer.errors import CodetransferError
 
 
 def add_arguments(p) -> None:
