@@ -30,8 +30,6 @@ Every field below has a docstring; errors name the field, the value given and wh
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import tomllib
 import typing
@@ -39,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from codetransfer import artifacts
 from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.trained.checks import check_name, check_number, read_text, run_folder
 
@@ -228,13 +227,13 @@ class GridConfig:
         d = self.to_dict()
         key = {k: d[k] for k in ("model", "tokenizer", "sources", "train")}
         key["train"] = {k: v for k, v in key["train"].items() if k not in BOOKKEEPING}
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return artifacts.key(key)
 
 
 def prefix_key(grid: GridConfig, phases: tuple[Phase, ...], seed: int) -> str:
     """Identity of the training state after ``phases``: equal keys are trained once and shared."""
     d = {"grid": grid.fingerprint(), "seed": seed, "phases": [dataclasses.asdict(p) for p in phases]}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return artifacts.key(d)
 
 
 # --------------------------------------------------------------------------------------------------

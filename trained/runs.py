@@ -13,7 +13,6 @@ Folder layout of ``codetransfer train GRID --out OUT``::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ import pandas as pd
 import torch
 
 import codetransfer
+from codetransfer import artifacts
 from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.trained.checks import check_folder, inside, read_record, require_keys, run_folder
 from codetransfer.trained.config import GridConfig, Recipe, prefix_key
@@ -41,7 +41,7 @@ def run_name(recipe: str, seed: int) -> str:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    return hashlib.sha256(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode()).hexdigest()[:16]
+    return artifacts.key(dataclasses.asdict(recipe))
 
 
 @dataclass(frozen=True)
