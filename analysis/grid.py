@@ -151,7 +151,12 @@ def comparison_table(scores: pd.DataFrame, baseline: str, n_boot: int, seed: int
         blocks.append(headline_comparison(scores, baseline, metric, ("category",), ("task", "difficulty"),
                                           n_resamples=n_boot, seed=seed))
     blocks = [b for b in blocks if len(b)]
-    return pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
+    if not blocks:
+        return pd.DataFrame()
+    table = pd.concat(blocks, ignore_index=True)
+    # a pooled row has no one difficulty (its levels are in pooled_levels): <NA>, so the column stays integer
+    table["difficulty"] = pd.to_numeric(table["difficulty"], errors="coerce").astype("Int64")
+    return table
 
 
 def heldout_arrays(runs_dir: Path, infos) -> dict[str, Path]:

@@ -318,7 +318,7 @@ def _seed_paired(s: Section, comparison: pd.DataFrame, baseline: str) -> list[st
         findings.append(f"Reasoning (logit difference, seed-paired): {r.recipe} - {baseline} = "
                         f"{with_interval(r.estimate, r.ci_low, r.ci_high, signed=True)} over {int(r.n_seeds)} seed(s) "
                         f"and {int(r.n_items)} items; {_verdict(r)}.")
-    return ["; ".join(findings)] if findings else []
+    return [" ".join(findings)] if findings else []
 
 
 def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, list[str]]:
@@ -544,7 +544,8 @@ def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
                     f"{random.min():.2f}–{random.max():.2f}"
                 finding += (f"; random-init twins of the same shape reach {span}, "
                             + ("so the trained models' probes do NOT beat the random-init baseline"
-                               if random.max() >= trained.max() else "below the trained models"))
+                               if random.max() >= trained.max() else
+                               "a difference without a seed-level interval: not a finding"))
             findings.append(finding + ".")
     if not cross.empty:
         c = cross[cross.metric == "accuracy"].groupby(["recipe", "fit_on", "test_on"])["value"].mean().reset_index()
