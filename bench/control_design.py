@@ -14,7 +14,9 @@ optimizer and one cosine schedule over ``--tokens``, **no warm-up**:
 ``--interleave`` mixes the repeat documents into the text from the start (their share = copy-tokens / tokens)
 instead of a first phase. Prints per arm: the best layer-1 induction score and the best layer-0
 previous-token score on ``[bos] + x + x`` of random tokens (every ordinary id, ``analysis.attention``),
-the induction loss there (nats on the second copy), after the first phase and at the end, and accuracy at
+the induction loss there (nats on the second copy), the best layer-1 score at a lag of 0-15 (a lagged
+circuit, ``induction_shift_profile``), and the loss on held-out repeat documents in order and scrambled
+(copying makes the first lower), after the first phase and at the end, and accuracy at
 difficulty 0 per reasoning family on training and held-out names (``bench/tasks_learnability.py``'s
 scorer). One thread by default. Not a test; the last line is ``RESULT {json}``.
 
@@ -50,10 +52,21 @@ def rows_of(tok, docs: list[str], ctx: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def circuit_scores(model, tok, seed: int) -> dict:
+def doc_loss(model, rows: torch.Tensor) -> float:
+    """Mean next-token loss (nats) of ``model`` on ``rows``."""
+    was = model.training
+    model.eval()
+    loss = sum(model(input_ids=rows[i:i + 32], labels=rows[i:i + 32]).loss.item() for i in range(0, len(rows), 32))
+    model.train(was)
+    return round(loss / len(range(0, len(rows), 32)), 3)
+
+
+@torch.no_grad()
+def circuit_scores(model, tok, seed: int, probes: dict | None = None) -> dict:
     """Best layer-0 previous-token and layer-1 induction scores (``rows`` reduction, mean over 32 sequences
     of ``[bos] + x + x``, ``x`` 20 random ordinary tokens) and the induction loss on the second copy."""
-    from codetransfer.analysis.attention import induction_loss, ordinary_token_ids, pattern_scores, repeated_random_tokens
+    from codetransfer.analysis.attention import (induction_loss, induction_shift_profile, ordinary_token_ids, pattern_scores,
+                                                 repeated_random_tokens)
 
     tokens = repeated_random_tokens(ordinary_token_ids(tok), 32, 20, seed=1000 + seed, bos_id=tok.bos_token_id)
     was = model.training
@@ -65,7 +78,10 @@ def circuit_scores(model, tok, seed: int) -> dict:
     model.train(was)
     pats = torch.stack(out.attentions)  # layer batch head q k
     s = {k: v.mean(0) for k, v in pattern_scores(pats, tokens, scores=["induction", "previous_token"]).items()}
-    return {"induction_l1": round(s["induction"][1].max().item(), 3),
+    prof = induction_shift_profile(pats, tokens, shifts=range(0, 16)).mean(1)[:, 1]  # shift head (layer 1)
+    lag = {"lag_best": round(prof.max().item(), 3), "lag_shift": int(prof.max(1).values.argmax())}
+    losses = {f"loss_{k}": doc_loss(model, v) for k, v in (probes or {}).items()}
+    return {**lag, **losses, "induction_l1": round(s["induction"][1].max().item(), 3),
             "induction_head": int(s["induction"][1].argmax()),
             "prev_l0": round(s["previous_token"][0].max().item(), 3),
             "induction_loss": round(induction_loss(out.logits, tokens).mean().item(), 3)}
@@ -121,6 +137,9 @@ def main(argv=None) -> int:
     rng.shuffle(text_docs)
     text = rows_of(tok, text_docs, args.ctx)
     rep_rows = {k: rows_of(tok, v, args.ctx) for k, v in reps.items()}
+    held = {"copy": list(repeat_documents(64, seed=args.seed, split="heldout")),
+            "scrambled": list(repeat_documents(64, seed=args.seed, scrambled=True, split="heldout"))}
+    probes = {k: rows_of(tok, v, args.ctx)[:32] for k, v in held.items()}  # the same documents, words in or out of order
     cover = {k: round(repeat_coverage(tok, v[:3000]), 3) for k, v in reps.items()}
     text_cover = round(repeat_coverage(tok, text_docs[:3000]), 3)
     print(f"seed {args.seed}: text rows {len(text)}, repeat rows {len(rep_rows['copy'])}; id coverage: text {text_cover}, "
@@ -156,12 +175,12 @@ def main(argv=None) -> int:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
             if s == steps1 - 1:
-                mid = circuit_scores(model, tok, args.seed)
+                mid = circuit_scores(model, tok, args.seed, probes)
                 print(f"  {arm} after phase 1 (step {s + 1}): loss {loss.item():.3f} {mid}", flush=True)
             if s % max(1, steps // 5) == 0:
                 print(f"  {arm} step {s}/{steps} loss {loss.item():.3f} ({time.time() - t1:.0f}s)", flush=True)
         model.eval()
-        end = circuit_scores(model, tok, args.seed)
+        end = circuit_scores(model, tok, args.seed, probes)
         acc = {}
         for name in FAMILIES:
             for split in ("train", "eval"):

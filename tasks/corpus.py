@@ -27,6 +27,7 @@ Every program document executes without error (all its asserts hold), which the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from typing import Iterator, Literal
@@ -124,6 +125,7 @@ REPEAT_SPAN = (4, 12)
 """Length in words of the span that a repeat document repeats (inclusive range)."""
 
 
+@functools.lru_cache(maxsize=1)
 def repeat_lexicon() -> tuple[str, ...]:
     """The words repeat documents draw from, sorted: every whitespace-separated word of 400 training
     narratives and 400 training programs (seed 0), Python's keywords and builtins, every printable ASCII
