@@ -111,6 +111,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--interleave", action="store_true", help="mix the repeat documents into the text instead of a phase")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--token-rows", action="store_true",
+                    help="the repeat phase on the warm-up's periodic rows of token ids (trained/warmup.py, every ordinary "
+                         "id, rows of --ctx tokens) with the loss on every position: what no text source can write")
+    ap.add_argument("--single-token", action="store_true",
+                    help="repeat documents from the lexicon words that are one token of the tokenizer (token-level "
+                         "periodic rows, as the warm-up's), instead of every lexicon word")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     arms = args.arms.split(",")
@@ -132,14 +138,33 @@ def main(argv=None) -> int:
     reps = {"copy": list(repeat_documents(n_rep, seed=args.seed)),
             "scrambled": list(repeat_documents(n_rep, seed=args.seed, scrambled=True))}
     tok = train_tokenizer(narr[:3000] + eng[:1500] + reps["copy"][:1500], vocab_size=args.vocab)
+    if args.single_token:
+        from codetransfer.tasks.corpus import repeat_lexicon
+
+        lex = tuple(w for w in repeat_lexicon() if len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1)
+        print(f"single-token lexicon: {len(lex)} words", flush=True)
+        reps = {"copy": list(repeat_documents(n_rep, seed=args.seed, lexicon=lex)),
+                "scrambled": list(repeat_documents(n_rep, seed=args.seed, scrambled=True, lexicon=lex))}
+    else:
+        lex = None
     rng = random.Random(args.seed)
     text_docs = narr + eng[: int(len(narr) / 3)]
     rng.shuffle(text_docs)
     text = rows_of(tok, text_docs, args.ctx)
     rep_rows = {k: rows_of(tok, v, args.ctx) for k, v in reps.items()}
-    held = {"copy": list(repeat_documents(64, seed=args.seed, split="heldout")),
-            "scrambled": list(repeat_documents(64, seed=args.seed, scrambled=True, split="heldout"))}
+    held = {"copy": list(repeat_documents(64, seed=args.seed, split="heldout", lexicon=lex)),
+            "scrambled": list(repeat_documents(64, seed=args.seed, scrambled=True, split="heldout", lexicon=lex))}
     probes = {k: rows_of(tok, v, args.ctx)[:32] for k, v in held.items()}  # the same documents, words in or out of order
+    if args.token_rows:
+        from codetransfer.trained.warmup import periodic_rows
+
+        gen = torch.Generator().manual_seed(args.seed + 7)
+        n_rows = args.copy_tokens // args.ctx + 64
+        rows, _ = periodic_rows(torch.arange(3, len(tok)), n_rows, gen, seq_len=args.ctx)
+        shuffled = torch.stack([r[torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(args.ctx - 1, generator=gen)])]
+                                for r in rows])
+        rep_rows = {"copy": rows[64:], "scrambled": shuffled[64:]}
+        probes = {"copy": rows[:32], "scrambled": shuffled[:32]}
     cover = {k: round(repeat_coverage(tok, v[:3000]), 3) for k, v in reps.items()}
     text_cover = round(repeat_coverage(tok, text_docs[:3000]), 3)
     print(f"seed {args.seed}: text rows {len(text)}, repeat rows {len(rep_rows['copy'])}; id coverage: text {text_cover}, "
@@ -186,7 +211,7 @@ def main(argv=None) -> int:
             for split in ("train", "eval"):
                 items = get_task(name).generate(args.items, seed=1000 + args.seed, difficulty=0, split=split)
                 acc[f"{name}/{split}"] = round(accuracy_of(model, tok, args, items), 3)
-        row = dict(arm=arm, seed=args.seed, interleave=args.interleave, copy_tokens=args.copy_tokens, tokens=args.tokens,
+        row = dict(arm=arm, seed=args.seed, interleave=args.interleave, single_token=args.single_token, token_rows=args.token_rows, copy_tokens=args.copy_tokens, tokens=args.tokens,
                    phase1=mid, end=end, acc=acc, seconds=round(time.time() - t1))
         print(f"ARM {json.dumps(row)}", flush=True)
         results.append(row)

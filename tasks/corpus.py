@@ -151,7 +151,7 @@ def repeat_lexicon() -> tuple[str, ...]:
 
 
 def repeat_documents(n: int, seed: int, scrambled: bool = False,
-                     split: Literal["train", "heldout"] = "train") -> Iterator[str]:
+                     split: Literal["train", "heldout"] = "train", lexicon: tuple[str, ...] | None = None) -> Iterator[str]:
     """``n`` documents of random words, each carrying an exact in-context repeat; deterministic for
     (seed, scrambled, split).
 
@@ -162,12 +162,15 @@ def repeat_documents(n: int, seed: int, scrambled: bool = False,
     predict by copying from earlier in the context. ``scrambled=True`` is the control: the same document
     with its words shuffled, so the same words occur as often but no span repeats (beyond chance) and
     there is nothing to copy. Heldout and train documents are disjoint by a hash of the unscrambled text.
+    ``lexicon`` replaces :func:`repeat_lexicon` (e.g. the words that are single tokens of a tokenizer).
     """
     if split not in ("train", "heldout"):
         raise CodetransferError(f"split must be 'train' or 'heldout', got {split!r}")
     if not isinstance(n, int) or n < 0:
         raise CodetransferError(f"n must be a non-negative integer, got {n!r}")
-    lexicon = repeat_lexicon()
+    lexicon = repeat_lexicon() if lexicon is None else tuple(lexicon)
+    if len(lexicon) < 2:
+        raise CodetransferError(f"lexicon: expected at least 2 words, got {len(lexicon)}")
     made = j = 0
     while made < n:
         rng = random.Random(f"repeats|{REPEATS_VERSION}|{seed}|{j}")
