@@ -10,6 +10,7 @@ optimizer and one cosine schedule over ``--tokens``, **no warm-up**:
     copy        --copy-tokens of ``repeat_documents`` (tasks/corpus.py), then the text mixture
     scrambled   the same budget of ``repeat_documents(scrambled=True)`` (same words, nothing to copy), then text
     text-only   the text mixture throughout (75% narratives, 25% GCIDE glosses by document)
+    warmup      the positive control: ``trained/warmup.py``'s 1,000-step induction warm-up, then text throughout
 
 ``--interleave`` mixes the repeat documents into the text from the start (their share = copy-tokens / tokens)
 instead of a first phase. Prints per arm: the best layer-1 induction score and the best layer-0
@@ -39,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tasks_learnability import accuracy_of, gloss_texts  # noqa: E402
 
 FAMILIES = ("entity_tracking", "variable_binding", "counting", "possession")
-ARMS = ("copy", "scrambled", "text-only")
+ARMS = ("copy", "scrambled", "text-only", "warmup")
 
 
 def rows_of(tok, docs: list[str], ctx: int) -> torch.Tensor:
@@ -114,6 +115,9 @@ def main(argv=None) -> int:
     ap.add_argument("--token-rows", action="store_true",
                     help="the repeat phase on the warm-up's periodic rows of token ids (trained/warmup.py, every ordinary "
                          "id, rows of --ctx tokens) with the loss on every position: what no text source can write")
+    ap.add_argument("--mask", action="store_true",
+                    help="with --token-rows: the loss on the copyable positions only (the warm-up's loss; not a data source)")
+    ap.add_argument("--twice", action="store_true", help="repeat documents with the span twice among fresh words")
     ap.add_argument("--single-token", action="store_true",
                     help="repeat documents from the lexicon words that are one token of the tokenizer (token-level "
                          "periodic rows, as the warm-up's), instead of every lexicon word")
@@ -135,8 +139,9 @@ def main(argv=None) -> int:
     glosses = gloss_texts(60000, args.seed)
     eng = ["\n".join(glosses[i:i + 8]) for i in range(0, len(glosses), 8)]
     n_rep = args.copy_tokens // 60 + 200
-    reps = {"copy": list(repeat_documents(n_rep, seed=args.seed)),
-            "scrambled": list(repeat_documents(n_rep, seed=args.seed, scrambled=True))}
+    lay = "twice" if args.twice else "periodic"
+    reps = {"copy": list(repeat_documents(n_rep, seed=args.seed, layout=lay)),
+            "scrambled": list(repeat_documents(n_rep, seed=args.seed, scrambled=True, layout=lay))}
     tok = train_tokenizer(narr[:3000] + eng[:1500] + reps["copy"][:1500], vocab_size=args.vocab)
     if args.single_token:
         from codetransfer.tasks.corpus import repeat_lexicon
@@ -152,15 +157,16 @@ def main(argv=None) -> int:
     rng.shuffle(text_docs)
     text = rows_of(tok, text_docs, args.ctx)
     rep_rows = {k: rows_of(tok, v, args.ctx) for k, v in reps.items()}
-    held = {"copy": list(repeat_documents(64, seed=args.seed, split="heldout", lexicon=lex)),
-            "scrambled": list(repeat_documents(64, seed=args.seed, scrambled=True, split="heldout", lexicon=lex))}
+    held = {"copy": list(repeat_documents(64, seed=args.seed, split="heldout", lexicon=lex, layout=lay)),
+            "scrambled": list(repeat_documents(64, seed=args.seed, scrambled=True, split="heldout", lexicon=lex, layout=lay))}
     probes = {k: rows_of(tok, v, args.ctx)[:32] for k, v in held.items()}  # the same documents, words in or out of order
     if args.token_rows:
         from codetransfer.trained.warmup import periodic_rows
 
         gen = torch.Generator().manual_seed(args.seed + 7)
         n_rows = args.copy_tokens // args.ctx + 64
-        rows, _ = periodic_rows(torch.arange(3, len(tok)), n_rows, gen, seq_len=args.ctx)
+        rows, copyable = periodic_rows(torch.arange(3, len(tok)), n_rows, gen, seq_len=args.ctx)
+        masks = copyable[64:]
         shuffled = torch.stack([r[torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(args.ctx - 1, generator=gen)])]
                                 for r in rows])
         rep_rows = {"copy": rows[64:], "scrambled": shuffled[64:]}
@@ -177,6 +183,13 @@ def main(argv=None) -> int:
     for arm in arms:
         t1 = time.time()
         model = build_model(cfg, vocab_size=len(tok), seed=args.seed).to(args.device)
+        mid = {}
+        if arm == "warmup":  # the positive control: the tiny preset's induction warm-up, then text throughout
+            from codetransfer.trained.warmup import induction_warmup
+
+            induction_warmup(model, len(tok), 1000, 2e-3, args.seed)
+            mid = circuit_scores(model, tok, args.seed, probes)
+            print(f"  warmup after the induction warm-up: {mid}", flush=True)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
         warm = max(1, steps // 20)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -188,14 +201,19 @@ def main(argv=None) -> int:
                     if rep is not None else None)
         share = steps1 / steps
         ti = ri = 0
-        mid = {}
         model.train()
         for s in range(steps):
             if rep is not None and (int((s + 1) * share) > int(s * share) if args.interleave else s < steps1):
-                x, ri = rep[rep_perm[ri:ri + args.batch]], ri + args.batch
+                sel, ri = rep_perm[ri:ri + args.batch], ri + args.batch
+                x, m = rep[sel], (masks[sel] if args.mask and args.token_rows else None)
             else:
-                x, ti = text[text_perm[ti:ti + args.batch]], ti + args.batch
-            loss = model(input_ids=x.to(args.device), labels=x.to(args.device)).loss
+                (x, m), ti = (text[text_perm[ti:ti + args.batch]], None), ti + args.batch
+            if m is None:
+                loss = model(input_ids=x.to(args.device), labels=x.to(args.device)).loss
+            else:
+                ce = torch.nn.functional.cross_entropy(model(input_ids=x).logits[:, :-1].transpose(1, 2), x[:, 1:],
+                                                       reduction="none")
+                loss = (ce * m[:, 1:]).sum() / m[:, 1:].sum()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
@@ -211,7 +229,7 @@ def main(argv=None) -> int:
             for split in ("train", "eval"):
                 items = get_task(name).generate(args.items, seed=1000 + args.seed, difficulty=0, split=split)
                 acc[f"{name}/{split}"] = round(accuracy_of(model, tok, args, items), 3)
-        row = dict(arm=arm, seed=args.seed, interleave=args.interleave, single_token=args.single_token, token_rows=args.token_rows, copy_tokens=args.copy_tokens, tokens=args.tokens,
+        row = dict(arm=arm, seed=args.seed, interleave=args.interleave, single_token=args.single_token, token_rows=args.token_rows, twice=args.twice, mask=args.mask, copy_tokens=args.copy_tokens, tokens=args.tokens,
                    phase1=mid, end=end, acc=acc, seconds=round(time.time() - t1))
         print(f"ARM {json.dumps(row)}", flush=True)
         results.append(row)

@@ -151,7 +151,8 @@ def repeat_lexicon() -> tuple[str, ...]:
 
 
 def repeat_documents(n: int, seed: int, scrambled: bool = False,
-                     split: Literal["train", "heldout"] = "train", lexicon: tuple[str, ...] | None = None) -> Iterator[str]:
+                     split: Literal["train", "heldout"] = "train", lexicon: tuple[str, ...] | None = None,
+                     layout: Literal["periodic", "twice"] = "periodic") -> Iterator[str]:
     """``n`` documents of random words, each carrying an exact in-context repeat; deterministic for
     (seed, scrambled, split).
 
@@ -163,7 +164,11 @@ def repeat_documents(n: int, seed: int, scrambled: bool = False,
     with its words shuffled, so the same words occur as often but no span repeats (beyond chance) and
     there is nothing to copy. Heldout and train documents are disjoint by a hash of the unscrambled text.
     ``lexicon`` replaces :func:`repeat_lexicon` (e.g. the words that are single tokens of a tokenizer).
+    ``layout="twice"``: ``r1 + x + r2 + x + r3`` instead, fresh random words around two copies of the span,
+    so that only the second copy is predictable and guessing "a word this document used" helps little.
     """
+    if layout not in ("periodic", "twice"):
+        raise CodetransferError(f"layout must be 'periodic' or 'twice', got {layout!r}")
     if split not in ("train", "heldout"):
         raise CodetransferError(f"split must be 'train' or 'heldout', got {split!r}")
     if not isinstance(n, int) or n < 0:
@@ -180,7 +185,12 @@ def repeat_documents(n: int, seed: int, scrambled: bool = False,
         start = rng.randint(0, total - 2 * span)
         prefix = [rng.choice(lexicon) for _ in range(start)]
         x = [rng.choice(lexicon) for _ in range(span)]
-        words = prefix + [x[i % span] for i in range(total - start)]
+        if layout == "twice":
+            gap = rng.randint(0, total - start - 2 * span)
+            middle = [rng.choice(lexicon) for _ in range(gap)]
+            words = prefix + x + middle + x + [rng.choice(lexicon) for _ in range(total - start - 2 * span - gap)]
+        else:
+            words = prefix + [x[i % span] for i in range(total - start)]
         doc = " ".join(words)
         bucket = int(hashlib.sha1(doc.encode()).hexdigest(), 16) % HELDOUT_EVERY
         if (bucket == 0) != (split == "heldout"):

@@ -64,6 +64,15 @@ def test_repeat_documents_are_deterministic_split_and_cover_the_lexicon():
     assert set(range(0x80, 0xC0)) <= bytes_seen and set(range(0x21, 0x7F)) <= bytes_seen
     with pytest.raises(CodetransferError, match="split"):
         list(repeat_documents(1, seed=0, split="eval"))
+    with pytest.raises(CodetransferError, match="layout"):
+        list(repeat_documents(1, seed=0, layout="thrice"))
+
+
+def test_twice_layout_holds_two_copies_among_fresh_words():
+    for doc in repeat_documents(50, seed=4, layout="twice"):
+        words = doc.split(" ")
+        assert repeated_ngrams(words, REPEAT_SPAN[0]) > 0  # the span's second copy
+        assert max(Counter(words).values()) <= 3  # no periodic run: each word about once, span words twice
 
 
 def test_tokenized_copies_repeat_tokens():
