@@ -117,6 +117,9 @@ def main(argv=None) -> int:
                          "id, rows of --ctx tokens) with the loss on every position: what no text source can write")
     ap.add_argument("--mask", action="store_true",
                     help="with --token-rows: the loss on the copyable positions only (the warm-up's loss; not a data source)")
+    ap.add_argument("--rep-warmup-opt", action="store_true",
+                    help="with --token-rows: the repeat phase with the warm-up's optimisation (32 rows a step, constant "
+                         "lr 2e-3, no weight decay, its own AdamW) before the text phase's optimizer and schedule")
     ap.add_argument("--twice", action="store_true", help="repeat documents with the span twice among fresh words")
     ap.add_argument("--single-token", action="store_true",
                     help="repeat documents from the lexicon words that are one token of the tokenizer (token-level "
@@ -190,13 +193,29 @@ def main(argv=None) -> int:
             induction_warmup(model, len(tok), 1000, 2e-3, args.seed)
             mid = circuit_scores(model, tok, args.seed, probes)
             print(f"  warmup after the induction warm-up: {mid}", flush=True)
+        if args.rep_warmup_opt and arm in rep_rows and args.token_rows:
+            wopt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+            gw = torch.Generator().manual_seed(args.seed + 7)
+            model.train()
+            for s in range(steps1):
+                sel = torch.randint(0, len(rep_rows[arm]), (32,), generator=gw)
+                x, m = rep_rows[arm][sel], masks[sel].float()
+                ce = torch.nn.functional.cross_entropy(model(input_ids=x).logits[:, :-1].transpose(1, 2), x[:, 1:],
+                                                       reduction="none")
+                loss = (ce * m[:, 1:]).sum() / m[:, 1:].sum() if args.mask else ce.mean()
+                loss.backward()
+                wopt.step(), wopt.zero_grad(set_to_none=True)
+                if s % max(1, steps1 // 5) == 0:
+                    print(f"  {arm} repeat step {s}/{steps1} loss {loss.item():.3f} ({time.time() - t1:.0f}s)", flush=True)
+            mid = circuit_scores(model, tok, args.seed, probes)
+            print(f"  {arm} after the repeat phase (warm-up optimisation): {mid}", flush=True)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
         warm = max(1, steps // 20)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
         g = torch.Generator().manual_seed(args.seed)
         text_perm = torch.cat([torch.randperm(len(text), generator=g) for _ in range(steps * args.batch // len(text) + 1)])
-        rep = rep_rows.get(arm)
+        rep = None if args.rep_warmup_opt else rep_rows.get(arm)
         rep_perm = (torch.cat([torch.randperm(len(rep), generator=g) for _ in range(steps1 * args.batch // len(rep) + 1)])
                     if rep is not None else None)
         share = steps1 / steps
@@ -217,7 +236,7 @@ def main(argv=None) -> int:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-            if s == steps1 - 1:
+            if s == steps1 - 1 and rep is not None:
                 mid = circuit_scores(model, tok, args.seed, probes)
                 print(f"  {arm} after phase 1 (step {s + 1}): loss {loss.item():.3f} {mid}", flush=True)
             if s % max(1, steps // 5) == 0:
@@ -229,7 +248,7 @@ def main(argv=None) -> int:
             for split in ("train", "eval"):
                 items = get_task(name).generate(args.items, seed=1000 + args.seed, difficulty=0, split=split)
                 acc[f"{name}/{split}"] = round(accuracy_of(model, tok, args, items), 3)
-        row = dict(arm=arm, seed=args.seed, interleave=args.interleave, single_token=args.single_token, token_rows=args.token_rows, twice=args.twice, mask=args.mask, copy_tokens=args.copy_tokens, tokens=args.tokens,
+        row = dict(arm=arm, seed=args.seed, interleave=args.interleave, single_token=args.single_token, token_rows=args.token_rows, twice=args.twice, mask=args.mask, rep_warmup_opt=args.rep_warmup_opt, copy_tokens=args.copy_tokens, tokens=args.tokens,
                    phase1=mid, end=end, acc=acc, seconds=round(time.time() - t1))
         print(f"ARM {json.dumps(row)}", flush=True)
         results.append(row)
