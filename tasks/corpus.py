@@ -27,6 +27,7 @@ Every program document executes without error (all its asserts hold), which the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from typing import Iterator, Literal
@@ -114,3 +115,88 @@ def synthetic_documents(kind: Literal["narrative", "program"], n: int, seed: int
         if (bucket == 0) == (split == "heldout"):
             made += 1
             yield doc
+
+
+REPEATS_VERSION = "1"
+"""Bumped whenever the repeat documents for a given seed change."""
+REPEAT_WORDS = (40, 64)
+"""Words per repeat document (inclusive range): about 60-128 tokens of a 512-token BPE, one n_ctx-128 row."""
+REPEAT_SPAN = (4, 12)
+"""Length in words of the span that a repeat document repeats (inclusive range)."""
+
+
+@functools.lru_cache(maxsize=1)
+def repeat_lexicon() -> tuple[str, ...]:
+    """The words repeat documents draw from, sorted: every whitespace-separated word of 400 training
+    narratives and 400 training programs (seed 0), Python's keywords and builtins, every printable ASCII
+    character, and a character for each byte value that valid UTF-8 can hold (U+0100-U+013F for the
+    continuation bytes, one character per two-, three- and four-byte lead; unprintable ones dropped). So a
+    byte-level BPE trained on any mix of these sources sees most of its ids in the documents."""
+    import builtins
+    import keyword
+
+    words: set[str] = set()
+    for kind in ("narrative", "program"):
+        for doc in synthetic_documents(kind, 400, seed=0):
+            words.update(doc.split())
+    words.update(keyword.kwlist)
+    words.update(w for w in dir(builtins) if not w.startswith("_"))
+    words.update(chr(c) for c in range(33, 127))
+    words.update(chr(c) for c in range(0x100, 0x140))  # lead C4 with every continuation byte 80-BF
+    words.update(chr(((lead - 0xC0) << 6) + 1) for lead in range(0xC2, 0xE0) if lead != 0xC4)  # two-byte leads
+    words.update(chr(0x1000 * k + 0x100) for k in range(1, 16) if k != 0xD)  # three-byte leads E1-EF (no surrogates)
+    words.update(("\u0900", "\U00010400", "\U00040100", "\U00080100", "\U00100100"))  # leads E0, F0-F4
+    words = {w for w in words if w.isprintable()}
+    return tuple(sorted(words))
+
+
+def repeat_documents(n: int, seed: int, scrambled: bool = False,
+                     split: Literal["train", "heldout"] = "train", lexicon: tuple[str, ...] | None = None,
+                     layout: Literal["periodic", "twice"] = "periodic") -> Iterator[str]:
+    """``n`` documents of random words, each carrying an exact in-context repeat; deterministic for
+    (seed, scrambled, split).
+
+    A document is ``r + x x x ...``: ``r`` a random prefix and ``x`` a random span of
+    ``REPEAT_SPAN`` words repeated until the document has its length (``REPEAT_WORDS``), every word drawn
+    uniformly from :func:`repeat_lexicon` and joined by single spaces: the induction warm-up's periodic rows
+    (``trained/warmup.py``) written as text, so a language model trained on them meets tokens it can only
+    predict by copying from earlier in the context. ``scrambled=True`` is the control: the same document
+    with its words shuffled, so the same words occur as often but no span repeats (beyond chance) and
+    there is nothing to copy. Heldout and train documents are disjoint by a hash of the unscrambled text.
+    ``lexicon`` replaces :func:`repeat_lexicon` (e.g. the words that are single tokens of a tokenizer).
+    ``layout="twice"``: ``r1 + x + r2 + x + r3`` instead, fresh random words around two copies of the span,
+    so that only the second copy is predictable and guessing "a word this document used" helps little.
+    """
+    if layout not in ("periodic", "twice"):
+        raise CodetransferError(f"layout must be 'periodic' or 'twice', got {layout!r}")
+    if split not in ("train", "heldout"):
+        raise CodetransferError(f"split must be 'train' or 'heldout', got {split!r}")
+    if not isinstance(n, int) or n < 0:
+        raise CodetransferError(f"n must be a non-negative integer, got {n!r}")
+    lexicon = repeat_lexicon() if lexicon is None else tuple(lexicon)
+    if len(lexicon) < 2:
+        raise CodetransferError(f"lexicon: expected at least 2 words, got {len(lexicon)}")
+    made = j = 0
+    while made < n:
+        rng = random.Random(f"repeats|{REPEATS_VERSION}|{seed}|{j}")
+        j += 1
+        total = rng.randint(*REPEAT_WORDS)
+        span = rng.randint(*REPEAT_SPAN)
+        start = rng.randint(0, total - 2 * span)
+        prefix = [rng.choice(lexicon) for _ in range(start)]
+        x = [rng.choice(lexicon) for _ in range(span)]
+        if layout == "twice":
+            gap = rng.randint(0, total - start - 2 * span)
+            middle = [rng.choice(lexicon) for _ in range(gap)]
+            words = prefix + x + middle + x + [rng.choice(lexicon) for _ in range(total - start - 2 * span - gap)]
+        else:
+            words = prefix + [x[i % span] for i in range(total - start)]
+        doc = " ".join(words)
+        bucket = int(hashlib.sha1(doc.encode()).hexdigest(), 16) % HELDOUT_EVERY
+        if (bucket == 0) != (split == "heldout"):
+            continue
+        made += 1
+        if scrambled:
+            rng.shuffle(words)
+            doc = " ".join(words)
+        yield doc

@@ -111,8 +111,8 @@ def test_damaged_warmup_cache_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(induction_warmup=-1), "train.induction_warmup: expected steps >= 0"),
-    (dict(induction_warmup=10, induction_warmup_lr=0.0), "induction_warmup_lr > 0"),
+    (dict(induction_warmup=-1), r"train.induction_warmup: expected a value >= 0, got -1"),
+    (dict(induction_warmup=10, induction_warmup_lr=0.0), r"induction_warmup_lr: expected a value in \(0, 10\]"),
 ])
 def test_bad_warmup_settings_are_refused(tmp_path, change, message):
     grid = load_grid(write_grid(tmp_path))

