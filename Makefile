@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= out/demo
 
-.PHONY: setup demo test browser bench clean
+.PHONY: setup demo test lint browser bench clean
 
 setup: $(STAMP)
 
@@ -41,8 +41,13 @@ browser:
 		echo "test: chromium not found and not installable here (needs root and apt-get): the report's browser check will be skipped"; \
 	fi
 
-test: setup browser
+test: setup browser lint
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -p no:cacheprovider
+
+# ruff (configured in pyproject.toml): lint, and the formatter's check (`ruff format .` fixes it)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: setup
 	$(PY) bench/train_throughput.py

@@ -152,16 +152,16 @@ def ablated_scores(
         for start in range(0, tokens.shape[0], batch_size):
             toks = tokens[start : start + batch_size]
             stop = start + toks.shape[0]
-            hooks = [(f"blocks.{layer}.attn.hook_z", _replace_heads(values, layer, heads, start, stop))
-                     for layer, heads in by_layer.items()]
+            hooks = [
+                (f"blocks.{layer}.attn.hook_z", _replace_heads(values, layer, heads, start, stop))
+                for layer, heads in by_layer.items()
+            ]
             logits = bridge.run_with_hooks(toks, fwd_hooks=hooks) if hooks else bridge(toks)
             out.append(metric(logits, toks).float())
     return torch.cat(out)
 
 
-def _paired_bootstrap(
-    terms: np.ndarray, n_boot: int, confidence: float, seed: int
-) -> np.ndarray:
+def _paired_bootstrap(terms: np.ndarray, n_boot: int, confidence: float, seed: int) -> np.ndarray:
     """Bootstrap means of ``terms`` [k, items], one item resample shared by the k rows: [n_boot, k]."""
     n = terms.shape[1]
     rng = np.random.default_rng(seed)

@@ -262,7 +262,9 @@ def check_heads(bridge, heads: Iterable[tuple[int, int]]) -> list[tuple[int, int
 def detection_pattern(tokens: Int[Tensor, "batch pos"], kind: str) -> Float[Tensor, "batch pos pos"]:
     """TransformerLens' ``head_detector`` detection patterns, for a batch of sequences at once."""
     if kind not in DETECTION_KINDS:
-        raise CodetransferError(f"kind: expected one of {DETECTION_KINDS}, got '{kind}'{did_you_mean(kind, DETECTION_KINDS)}")
+        raise CodetransferError(
+            f"kind: expected one of {DETECTION_KINDS}, got '{kind}'{did_you_mean(kind, DETECTION_KINDS)}"
+        )
     b, n = tokens.shape
     if kind == "previous_token":
         det = torch.zeros(n, n)
@@ -322,7 +324,9 @@ def pattern_scores(
     """
     for s in scores:
         if s not in PATTERN_SCORES:
-            raise CodetransferError(f"scores: unknown score '{s}'{did_you_mean(s, PATTERN_SCORES)}; expected some of {PATTERN_SCORES}")
+            raise CodetransferError(
+                f"scores: unknown score '{s}'{did_you_mean(s, PATTERN_SCORES)}; expected some of {PATTERN_SCORES}"
+            )
     if reduction not in REDUCTIONS:
         raise CodetransferError(f"reduction: expected one of {REDUCTIONS}, got '{reduction}'")
     n_layers, b, n_heads, n, _ = patterns.shape
@@ -422,8 +426,13 @@ def head_scores(
         tok_chunk = tok_chunk[:, : int(len_chunk.max())]
         pats = attention_patterns(bridge, tok_chunk, batch_size=batch_size)
         got = pattern_scores(
-            pats, tok_chunk, lengths=len_chunk, scores=scores, reduction=reduction,
-            exclude_bos=exclude_bos, exclude_current_token=exclude_current_token,
+            pats,
+            tok_chunk,
+            lengths=len_chunk,
+            scores=scores,
+            reduction=reduction,
+            exclude_bos=exclude_bos,
+            exclude_current_token=exclude_current_token,
         )
         for s in scores:
             out[s].append(got[s])
@@ -549,9 +558,7 @@ def _mass(att: Float[Tensor, "batch layer head k"], positions: Sequence) -> Floa
 # 3. causal importance: ablation and direct logit attribution
 
 
-def logit_diff(
-    logits: Float[Tensor, "batch pos vocab"], enc: EncodedItems, offset: int = 0
-) -> Float[Tensor, " batch"]:
+def logit_diff(logits: Float[Tensor, "batch pos vocab"], enc: EncodedItems, offset: int = 0) -> Float[Tensor, " batch"]:
     """Logit of the answer's first token minus the mean over the distractors' first tokens, at the final position."""
     rows = torch.arange(logits.shape[0])
     final = logits[rows, enc.final[offset : offset + logits.shape[0]]]  # batch vocab
@@ -622,6 +629,7 @@ def ablated_metric(
             reps = toks.repeat(n_heads, 1)  # copy h = rows h*b .. (h+1)*b
             per_layer = []
             for l in range(n_layers):
+
                 def hook(z, hook, l=l, b=b):
                     z = z.clone()
                     for h in range(n_heads):
@@ -655,8 +663,12 @@ def head_ablation_scores(
     enc = encode_items(tokenizer, items)
     _check_metric_items(enc)
     clean, ablated = ablated_metric(
-        bridge, enc.tokens, lambda logits, off: logit_diff(logits, enc, off),
-        method=method, lengths=enc.lengths, batch_size=batch_size,
+        bridge,
+        enc.tokens,
+        lambda logits, off: logit_diff(logits, enc, off),
+        method=method,
+        lengths=enc.lengths,
+        batch_size=batch_size,
     )
     delta = ablated - clean[:, None, None]
     per_item = {f"ablation_{method}_logit_diff": delta}
@@ -751,15 +763,20 @@ def head_dla_scores(
     for start in range(0, len(items), batch_size):
         sub = _subset(enc, start, start + batch_size)
         parts.append(head_logit_attribution(bridge, sub))
-    return _table({"dla_logit_diff": torch.cat(parts)}, task=items[0].task, rendering=items[0].rendering,
-                  n_boot=n_boot, seed=seed)
+    return _table(
+        {"dla_logit_diff": torch.cat(parts)}, task=items[0].task, rendering=items[0].rendering, n_boot=n_boot, seed=seed
+    )
 
 
 def _subset(enc: EncodedItems, start: int, stop: int) -> EncodedItems:
     lengths = enc.lengths[start:stop]
     return EncodedItems(
-        enc.tokens[start:stop, : int(lengths.max())], lengths, enc.span_tokens[start:stop],
-        enc.distractor_tokens[start:stop], enc.answer_ids[start:stop], enc.distractor_ids[start:stop],
+        enc.tokens[start:stop, : int(lengths.max())],
+        lengths,
+        enc.span_tokens[start:stop],
+        enc.distractor_tokens[start:stop],
+        enc.answer_ids[start:stop],
+        enc.distractor_ids[start:stop],
     )
 
 
@@ -767,7 +784,9 @@ def _subset(enc: EncodedItems, start: int, stop: int) -> EncodedItems:
 # 4. induction loss
 
 
-def induction_loss(logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, " batch"]:
+def induction_loss(
+    logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, " batch"]:
     """Mean cross-entropy on the predictable part of the second copy of ``[bos] + x + x`` per sequence.
 
     With ``half = (pos - 1) // 2``, the targets are positions ``half + 2 .. 2 * half`` (the second
@@ -805,8 +824,11 @@ def induction_loss_scores(
     ids = ordinary_token_ids(tokenizer) if token_ids is None else token_ids
     tokens = repeated_random_tokens(ids, n_seqs, half_len, seed, tokenizer.bos_token_id)
     clean, ablated = ablated_metric(
-        bridge, tokens, lambda logits, off: induction_loss(logits, tokens[off : off + logits.shape[0]]),
-        method=method, batch_size=batch_size,
+        bridge,
+        tokens,
+        lambda logits, off: induction_loss(logits, tokens[off : off + logits.shape[0]]),
+        method=method,
+        batch_size=batch_size,
     )
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
     per_seq = {
@@ -841,7 +863,9 @@ def score_run(
     ``run, recipe, seed`` (see :func:`score_runs`).
     """
     if ablation not in ABLATIONS:
-        raise CodetransferError(f"ablation: expected one of {ABLATIONS}, got '{ablation}'{did_you_mean(ablation, ABLATIONS)}")
+        raise CodetransferError(
+            f"ablation: expected one of {ABLATIONS}, got '{ablation}'{did_you_mean(ablation, ABLATIONS)}"
+        )
     half_len = min(half_len, (bridge.cfg.n_ctx - 1) // 2)
     kw = dict(n_boot=n_boot, seed=seed, batch_size=batch_size)
     progress("attention: pattern scores and induction loss on repeated random tokens")
@@ -856,8 +880,10 @@ def score_run(
         task_frames = []
         with_source = [it for it in items if "answer_source" in it.spans]
         if len(with_source) < len(items):
-            progress(f"attention: task {task}: {len(items) - len(with_source)} of {len(items)} items have no "
-                     "'answer_source' span; task-aligned attention uses the others")
+            progress(
+                f"attention: task {task}: {len(items) - len(with_source)} of {len(items)} items have no "
+                "'answer_source' span; task-aligned attention uses the others"
+            )
         if with_source:
             task_frames.append(task_attention_scores(bridge, tokenizer, with_source, **kw))
         for group in renderings:

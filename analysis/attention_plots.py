@@ -36,7 +36,9 @@ def _select(table: pd.DataFrame, metric: str, **where) -> pd.DataFrame:
             continue
         if col not in t.columns or val not in set(t[col]):
             have = sorted(set(t[col])) if col in t.columns else []
-            raise CodetransferError(f"{col}: '{val}' has no rows for metric '{metric}'{did_you_mean(str(val), map(str, have))}; available: {have}")
+            raise CodetransferError(
+                f"{col}: '{val}' has no rows for metric '{metric}'{did_you_mean(str(val), map(str, have))}; available: {have}"
+            )
         t = t[t[col] == val]
     return t
 
@@ -56,8 +58,15 @@ def _group_grids(table: pd.DataFrame, metric: str, **where) -> list[pd.DataFrame
 
 
 def plot_head_scores(
-    table: pd.DataFrame, metric: str, ax=None, *, recipe: str | None = None, run: str | None = None,
-    task: str | None = None, rendering: str | None = None, limits: tuple[float, float] | None = None,
+    table: pd.DataFrame,
+    metric: str,
+    ax=None,
+    *,
+    recipe: str | None = None,
+    run: str | None = None,
+    task: str | None = None,
+    rendering: str | None = None,
+    limits: tuple[float, float] | None = None,
 ):
     """Layer x head heatmap of ``metric`` (mean over the runs left after the filters), layer 0 at the bottom.
 
@@ -67,16 +76,29 @@ def plot_head_scores(
     t = _select(table, metric, recipe=recipe, run=run, task=task, rendering=rendering)
     style = S.metric_style(metric, table.loc[table["metric"] == metric, "value"])
     if limits is None:
-        limits = S.shared_limits(np.concatenate([g.to_numpy(float).ravel() for g in
-                                                 _group_grids(table, metric, task=task, rendering=rendering)]), style)
+        limits = S.shared_limits(
+            np.concatenate(
+                [g.to_numpy(float).ravel() for g in _group_grids(table, metric, task=task, rendering=rendering)]
+            ),
+            style,
+        )
     label = " ".join(str(v) for v in (recipe, run, task, rendering) if v)
-    return S.heatmap(_axes(ax), _grid(t), style=style, limits=limits, title=label or style.label.split(" (")[0],
-                     xlabel="head")
+    return S.heatmap(
+        _axes(ax), _grid(t), style=style, limits=limits, title=label or style.label.split(" (")[0], xlabel="head"
+    )
 
 
 def plot_head_score_difference(
-    table: pd.DataFrame, a: str, b: str, metric: str, ax=None, *, by: str = "recipe",
-    task: str | None = None, rendering: str | None = None, limits: tuple[float, float] | None = None,
+    table: pd.DataFrame,
+    a: str,
+    b: str,
+    metric: str,
+    ax=None,
+    *,
+    by: str = "recipe",
+    task: str | None = None,
+    rendering: str | None = None,
+    limits: tuple[float, float] | None = None,
 ):
     """Layer x head heatmap of ``metric`` in ``a`` minus in ``b`` (``by`` = 'recipe' or 'run').
 
@@ -100,21 +122,36 @@ def plot_head_score_difference(
     style = S.metric_style(metric, table.loc[table["metric"] == metric, "value"])
     signed = S.MetricStyle(style.label, True, "RdBu_r", None)
     if limits is None:
-        scale = np.concatenate([g.to_numpy(float).ravel() for g in _group_grids(table, metric, task=task, rendering=rendering)]
-                               + [diff.to_numpy(float).ravel()])
+        scale = np.concatenate(
+            [g.to_numpy(float).ravel() for g in _group_grids(table, metric, task=task, rendering=rendering)]
+            + [diff.to_numpy(float).ravel()]
+        )
         limits = S.shared_limits(scale, signed)
     mask = None
     if {"ci_low", "ci_high"} <= set(table.columns):
+
         def half(t):
             h = (t["ci_high"] - t["ci_low"]) / 2
-            return t.assign(value=h).pivot_table(index="layer", columns="head", values="value", aggfunc="mean").sort_index()
+            return (
+                t.assign(value=h)
+                .pivot_table(index="layer", columns="head", values="value", aggfunc="mean")
+                .sort_index()
+            )
 
         ha, hb = half(ta), half(tb)
         if ha.notna().to_numpy().any():
             mask = (diff.abs() <= np.sqrt(ha**2 + hb**2)).to_numpy()
-    return S.heatmap(_axes(ax), diff, style=signed, limits=limits, title=f"{a} minus {b}", xlabel="head",
-                     colorbar_label=S.difference_label(style, a, b), mask=mask,
-                     mask_label="within the intervals")
+    return S.heatmap(
+        _axes(ax),
+        diff,
+        style=signed,
+        limits=limits,
+        title=f"{a} minus {b}",
+        xlabel="head",
+        colorbar_label=S.difference_label(style, a, b),
+        mask=mask,
+        mask_label="within the intervals",
+    )
 
 
 def _x_of(t: pd.DataFrame) -> tuple[str, bool]:
@@ -123,8 +160,15 @@ def _x_of(t: pd.DataFrame) -> tuple[str, bool]:
 
 
 def plot_score_over_training(
-    table: pd.DataFrame, metric: str, ax=None, *, heads: Sequence[tuple[int, int]] | None = None, top: int = 4,
-    task: str | None = None, rendering: str | None = None, phases=None,
+    table: pd.DataFrame,
+    metric: str,
+    ax=None,
+    *,
+    heads: Sequence[tuple[int, int]] | None = None,
+    top: int = 4,
+    task: str | None = None,
+    rendering: str | None = None,
+    phases=None,
 ):
     """``metric`` against training tokens (``tokens`` column, else ``step``) for chosen heads (default:
     the ``top`` heads at the last step), with the interval as a band where the table has one and the
@@ -143,8 +187,15 @@ def plot_score_over_training(
         h = t[(t["layer"] == layer) & (t["head"] == head)].sort_values(xcol)
         if h.empty:
             raise CodetransferError(f"heads: L{layer}H{head} is not in the table; check the layer and head numbers")
-        S.line_with_band(ax, h[xcol], h["value"], h.get("ci_low"), h.get("ci_high"), label=f"layer {layer} head {head}",
-                         color=S.PALETTE[k % len(S.PALETTE)])
+        S.line_with_band(
+            ax,
+            h[xcol],
+            h["value"],
+            h.get("ci_low"),
+            h.get("ci_high"),
+            label=f"layer {layer} head {head}",
+            color=S.PALETTE[k % len(S.PALETTE)],
+        )
     _time_axis(ax, is_tokens, phases, table.get("recipe"))
     ax.set_ylabel(S.metric_style(metric).label)
     S.legend_outside(ax, "head")
@@ -165,7 +216,13 @@ def uniform_guess_loss(vocab_size: int) -> float:
 
 
 def plot_best_head_over_training(
-    table: pd.DataFrame, metric: str, ax=None, *, by: str = "recipe", phases=None, vocab_size: int | None = None,
+    table: pd.DataFrame,
+    metric: str,
+    ax=None,
+    *,
+    by: str = "recipe",
+    phases=None,
+    vocab_size: int | None = None,
 ):
     """One line per recipe (``by``) against training tokens: the best head's ``metric`` score at each
     checkpoint (mean over seeds, then the largest over heads, with that head's interval), or for
@@ -181,13 +238,25 @@ def plot_best_head_over_training(
     ax = _axes(ax)
     for name, g in t.groupby(by, sort=True):
         m = g.groupby([xcol, "layer", "head"], as_index=False)[vals].mean()
-        best = m.loc[m.groupby(xcol)["value"].idxmin() if metric == "induction_loss" else m.groupby(xcol)["value"].idxmax()]
+        best = m.loc[
+            m.groupby(xcol)["value"].idxmin() if metric == "induction_loss" else m.groupby(xcol)["value"].idxmax()
+        ]
         best = best.sort_values(xcol)
-        S.line_with_band(ax, best[xcol], best["value"], best.get("ci_low"), best.get("ci_high"), label=str(name),
-                         color=S.recipe_color(name))
+        S.line_with_band(
+            ax,
+            best[xcol],
+            best["value"],
+            best.get("ci_low"),
+            best.get("ci_high"),
+            label=str(name),
+            color=S.recipe_color(name),
+        )
     if metric == "induction_loss" and vocab_size:
-        S.reference_line(ax, uniform_guess_loss(vocab_size),
-                         f"uniform guess over {vocab_size} tokens (ln {vocab_size} = {uniform_guess_loss(vocab_size):.2f})")
+        S.reference_line(
+            ax,
+            uniform_guess_loss(vocab_size),
+            f"uniform guess over {vocab_size} tokens (ln {vocab_size} = {uniform_guess_loss(vocab_size):.2f})",
+        )
     _time_axis(ax, is_tokens, phases, t[by] if by == "recipe" else None)
     style = S.metric_style(metric)
     ax.set_ylabel(style.label if metric == "induction_loss" else f"best head: {style.label}", fontsize="small")
@@ -196,7 +265,12 @@ def plot_best_head_over_training(
 
 
 def plot_attention_pattern(
-    pattern, tokens: Sequence[str], ax=None, *, layer: int | None = None, head: int | None = None,
+    pattern,
+    tokens: Sequence[str],
+    ax=None,
+    *,
+    layer: int | None = None,
+    head: int | None = None,
 ):
     """One head's attention pattern (query rows x key columns) with the tokens as tick labels.
 
@@ -259,7 +333,9 @@ def attention_heads_view(patterns, tokens: Sequence[str], *, layer: int | None =
         p = p[:, 0]
     if p.ndim == 4:
         if layer is None or not 0 <= layer < p.shape[0]:
-            raise CodetransferError(f"layer: a [layer, head, q, k] pattern needs layer= in 0..{p.shape[0] - 1}, got {layer}")
+            raise CodetransferError(
+                f"layer: a [layer, head, q, k] pattern needs layer= in 0..{p.shape[0] - 1}, got {layer}"
+            )
         p = p[layer]
     if p.ndim != 3 or p.shape[1] != p.shape[2] or p.shape[1] != len(tokens):
         raise CodetransferError(

@@ -98,8 +98,7 @@ def _check_scores(scores: pd.DataFrame, baseline: str, metric: str, by: Sequence
     missing = [c for c in need if c not in scores.columns]
     if missing:
         raise CodetransferError(
-            f"scores: missing column(s) {', '.join(missing)}; pass the per-item scores of score_runs "
-            "(scores.parquet)"
+            f"scores: missing column(s) {', '.join(missing)}; pass the per-item scores of score_runs (scores.parquet)"
         )
     if len(scores) == 0:
         raise CodetransferError("scores: the table is empty; score some runs first")
@@ -326,8 +325,18 @@ def above_chance_levels(
             continue
         iv = hierarchical_bootstrap_ci(m.to_numpy(float), n_resamples, confidence, rng, crossed=True)
         chance = float(g["chance"].mean())
-        recs.append(dict(**dict(zip(levels, key)), accuracy=iv.value, ci_low=iv.low, ci_high=iv.high, chance=chance,
-                         n_seeds=m.shape[0], n_items=m.shape[1], above_chance=bool(iv.low > chance)))
+        recs.append(
+            dict(
+                **dict(zip(levels, key)),
+                accuracy=iv.value,
+                ci_low=iv.low,
+                ci_high=iv.high,
+                chance=chance,
+                n_seeds=m.shape[0],
+                n_items=m.shape[1],
+                above_chance=bool(iv.low > chance),
+            )
+        )
     return pd.DataFrame.from_records(
         recs, columns=[*levels, "accuracy", "ci_low", "ci_high", "chance", "n_seeds", "n_items", "above_chance"]
     )
@@ -364,8 +373,9 @@ def headline_comparison(
     for key, g in names:
         key = key if isinstance(key, tuple) else (key,)
         labels[key] = "; ".join("/".join(str(v) for v in row) for row in g[list(levels)].itertuples(index=False))
-    out["pooled_levels"] = [labels.get(tuple(row), "") for row in out[list(by)].itertuples(index=False)] if by \
-        else labels.get((), "")
+    out["pooled_levels"] = (
+        [labels.get(tuple(row), "") for row in out[list(by)].itertuples(index=False)] if by else labels.get((), "")
+    )
     for c in levels:
         if c not in by:
             out[c] = "pooled"

@@ -59,8 +59,9 @@ def encode_batch(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [e.ids for e in tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
 
-def check_continuation(prompt_ids: Sequence[int], cand_ids: Sequence[int], joint_ids: Sequence[int],
-                       name: str, cand: str, prompt: str) -> None:
+def check_continuation(
+    prompt_ids: Sequence[int], cand_ids: Sequence[int], joint_ids: Sequence[int], name: str, cand: str, prompt: str
+) -> None:
     """Refuse a candidate whose tokens change when it follows the prompt (its first token merges)."""
     if list(joint_ids) != list(prompt_ids) + list(cand_ids):
         raise CodetransferError(
@@ -104,8 +105,9 @@ def span_token(offsets: Sequence[tuple[int, int]], char_end: int) -> int:
     return char_to_token(offsets, char_end)
 
 
-def span_positions(offsets: Sequence[tuple[int, int]], spans: Mapping[str, tuple[int, int]],
-                   keys: Sequence[str]) -> dict[str, int]:
+def span_positions(
+    offsets: Sequence[tuple[int, int]], spans: Mapping[str, tuple[int, int]], keys: Sequence[str]
+) -> dict[str, int]:
     """Span key -> :func:`span_token` of the span's end, for ``keys``."""
     return {k: span_token(offsets, spans[k][1]) for k in keys}
 

@@ -93,8 +93,9 @@ def copy_chance(prompt: str, candidates: Sequence[str], label: int) -> float:
     answers are copied from a stated fact, so this, not ``chance``, is the bar that shows a model uses
     the queried key (e.g. "The pen is in box B. The cup is in box A. The pen is in box" -> 1/2).
     """
-    seen = [i for i, c in enumerate(candidates)
-            if c.strip() and re.search(rf"(?<!\w){re.escape(c.strip())}(?!\w)", prompt)]
+    seen = [
+        i for i, c in enumerate(candidates) if c.strip() and re.search(rf"(?<!\w){re.escape(c.strip())}(?!\w)", prompt)
+    ]
     if not seen:
         return 1.0 / len(candidates)
     return (label in seen) / len(seen)
@@ -251,10 +252,24 @@ def score_items(
         others = np.delete(lp, it.label)
         diff = float(lp[it.label] - others.max())
         recs.append(
-            (it.task, it.version, it.seed, it.index, it.category, it.rendering, int(it.difficulty), it.template,
-             len(it.candidates), it.label, 1.0 / len(it.candidates), copy_chance(it.prompt, it.candidates, it.label),
-             lp.tolist(), float(lp[it.label]), diff,
-             diff > 0)
+            (
+                it.task,
+                it.version,
+                it.seed,
+                it.index,
+                it.category,
+                it.rendering,
+                int(it.difficulty),
+                it.template,
+                len(it.candidates),
+                it.label,
+                1.0 / len(it.candidates),
+                copy_chance(it.prompt, it.candidates, it.label),
+                lp.tolist(),
+                float(lp[it.label]),
+                diff,
+                diff > 0,
+            )
         )
     return pd.DataFrame.from_records(recs, columns=list(ITEM_COLUMNS))
 
@@ -335,8 +350,9 @@ def make_items(tasks, n_items: int, seed: int, max_difficulty: int | None = None
     for name, items in out.items():
         if len(items) == 0:
             raise CodetransferError(
-                f"tasks: task '{name}' has no items" + (f" of difficulty <= {max_difficulty}" if max_difficulty is not None
-                                                        else "") + "; ask for more items or a higher difficulty"
+                f"tasks: task '{name}' has no items"
+                + (f" of difficulty <= {max_difficulty}" if max_difficulty is not None else "")
+                + "; ask for more items or a higher difficulty"
             )
     return out
 
@@ -353,8 +369,11 @@ def _run_meta(run) -> tuple[str, str, int]:
 
 
 def score_runs(
-    loaded_runs: Sequence, items_by_task: Mapping[str, Sequence], batch_size: int = 32,
-    device: str | torch.device = "cpu", progress=None,
+    loaded_runs: Sequence,
+    items_by_task: Mapping[str, Sequence],
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress=None,
 ) -> pd.DataFrame:
     """Per-item scores of every run on every task: :func:`score_items` rows plus ``run, recipe, seed``.
 
@@ -415,19 +434,51 @@ def tidy_table(scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed:
         for level, gl in _levels(g):
             for metric in metrics:
                 v, lo, hi = bootstrap_ci(_metric_values(gl, metric), n_boot, ci, rng)
-                recs.append((run, recipe, rseed, task, category, level, metric, float(v), float(lo), float(hi),
-                             _chance(gl), _chance(gl, "copy_chance"), len(gl)))
+                recs.append(
+                    (
+                        run,
+                        recipe,
+                        rseed,
+                        task,
+                        category,
+                        level,
+                        metric,
+                        float(v),
+                        float(lo),
+                        float(hi),
+                        _chance(gl),
+                        _chance(gl, "copy_chance"),
+                        len(gl),
+                    )
+                )
     for (recipe, task, category), g in scores.groupby(["recipe", "task", "category"], sort=True):
         for level, gl in _levels(g):
             for metric in metrics:
-                m = gl.assign(_v=_metric_values(gl, metric)).pivot_table(
-                    index="seed", columns="index", values="_v", aggfunc="mean"
-                ).dropna(axis=1)
+                m = (
+                    gl.assign(_v=_metric_values(gl, metric))
+                    .pivot_table(index="seed", columns="index", values="_v", aggfunc="mean")
+                    .dropna(axis=1)
+                )
                 if m.shape[1] == 0:
                     continue
                 iv = hierarchical_bootstrap_ci(m.to_numpy(), n_boot, ci, rng, crossed=True)
-                recs.append((f"{recipe}*", recipe, pd.NA, task, category, level, metric, iv.value, iv.low, iv.high,
-                             _chance(gl), _chance(gl, "copy_chance"), m.shape[1]))
+                recs.append(
+                    (
+                        f"{recipe}*",
+                        recipe,
+                        pd.NA,
+                        task,
+                        category,
+                        level,
+                        metric,
+                        iv.value,
+                        iv.low,
+                        iv.high,
+                        _chance(gl),
+                        _chance(gl, "copy_chance"),
+                        m.shape[1],
+                    )
+                )
     table = pd.DataFrame.from_records(recs, columns=list(schema.columns("eval")))
     table["seed"] = table["seed"].astype("Int64")
     table["difficulty"] = table["difficulty"].astype(str)
@@ -435,8 +486,14 @@ def tidy_table(scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed:
 
 
 def evaluate_runs(
-    loaded_runs: Sequence, tasks, n_items: int = 200, seed: int = 0, batch_size: int = 32,
-    device: str | torch.device = "cpu", n_boot: int = 2000, ci: float = 0.95,
+    loaded_runs: Sequence,
+    tasks,
+    n_items: int = 200,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    n_boot: int = 2000,
+    ci: float = 0.95,
 ) -> pd.DataFrame:
     """Every run on every task: the tidy table of :func:`tidy_table` (items generated once, shared by all runs).
 
@@ -457,8 +514,12 @@ def evaluate_runs(
 
 
 def relative_change_summary(
-    scores: pd.DataFrame, baseline: str = "text-only", metric: str = "accuracy", n_boot: int = 2000,
-    ci: float = 0.95, seed: int = 0,
+    scores: pd.DataFrame,
+    baseline: str = "text-only",
+    metric: str = "accuracy",
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Relative change of every recipe vs ``baseline`` per category, with bootstrap intervals of the ratio.
 
@@ -501,8 +562,22 @@ def relative_change_summary(
             else:
                 iv = relative_change_ci(r_m, b_m, n_boot, ci, rng, paired_items=paired)
                 iv_value, iv_low, iv_high = iv.value, iv.low, iv.high
-            recs.append((recipe, baseline, category, "relative_change", metric, iv_value, iv_low, iv_high,
-                         float(r_m.mean()), float(b_m.mean()), r_m.shape[0], r_m.shape[1]))
+            recs.append(
+                (
+                    recipe,
+                    baseline,
+                    category,
+                    "relative_change",
+                    metric,
+                    iv_value,
+                    iv_low,
+                    iv_high,
+                    float(r_m.mean()),
+                    float(b_m.mean()),
+                    r_m.shape[0],
+                    r_m.shape[1],
+                )
+            )
     return pd.DataFrame.from_records(recs, columns=list(SUMMARY_COLUMNS))
 
 
@@ -511,8 +586,9 @@ def format_summary(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "(no recipes to compare with the baseline)"
     cell = summary.apply(
-        lambda r: f"{100 * r.value:+.1f}% [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
-        if np.isfinite(r.value) else "n/a",
+        lambda r: (
+            f"{100 * r.value:+.1f}% [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]" if np.isfinite(r.value) else "n/a"
+        ),
         axis=1,
     )
     wide = summary.assign(cell=cell).pivot(index="recipe", columns="category", values="cell").fillna("")
@@ -526,8 +602,12 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 @torch.no_grad()
 def heldout_scores(
-    model, token_arrays_by_source: Mapping[str, np.ndarray | str | Path], batch_size: int = 8,
-    device: str | torch.device = "cpu", max_windows: int | None = None, categories: Mapping[str, str] | None = None,
+    model,
+    token_arrays_by_source: Mapping[str, np.ndarray | str | Path],
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    max_windows: int | None = None,
+    categories: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Per-window held-out next-token loss (nats/token) of every source.
 
@@ -569,15 +649,29 @@ def heldout_scores(
                 logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
             ).view(x.shape[0], -1)
             per_window.append(nll.mean(1).cpu().numpy())
-        frames.append(pd.DataFrame({"task": f"heldout:{source}", "category": cats.get(source, "text"),
-                                    "index": np.arange(len(windows)), "loss": np.concatenate(per_window)}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "task": f"heldout:{source}",
+                    "category": cats.get(source, "text"),
+                    "index": np.arange(len(windows)),
+                    "loss": np.concatenate(per_window),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
 def heldout_loss(
-    model, token_arrays_by_source: Mapping[str, np.ndarray | str | Path], batch_size: int = 8,
-    device: str | torch.device = "cpu", max_windows: int | None = None, categories: Mapping[str, str] | None = None,
-    n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+    model,
+    token_arrays_by_source: Mapping[str, np.ndarray | str | Path],
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    max_windows: int | None = None,
+    categories: Mapping[str, str] | None = None,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Per-source held-out loss rows (``task, category, metric='loss', value, ci_low, ci_high, n_windows``),
     the interval a bootstrap over windows; see :func:`heldout_scores`."""
@@ -623,8 +717,15 @@ def plot_accuracy_vs_difficulty(table: pd.DataFrame, task: str | None = None, ax
     ax = ax if ax is not None else S.new_axes()
     for name, g in t.groupby(key, sort=True):
         g = g.assign(_d=g["difficulty"].astype(int)).sort_values("_d")
-        S.line_with_band(ax, g["_d"], g["value"], g["ci_low"], g["ci_high"], label=str(name).rstrip("*"),
-                         color=S.recipe_color(g["recipe"].iloc[0]))
+        S.line_with_band(
+            ax,
+            g["_d"],
+            g["value"],
+            g["ci_low"],
+            g["ci_high"],
+            label=str(name).rstrip("*"),
+            color=S.recipe_color(g["recipe"].iloc[0]),
+        )
     if metric == "accuracy" and len(t):
         d = t.assign(_d=t["difficulty"].astype(int))
         ch = d.groupby("_d")["chance"].mean()
@@ -662,8 +763,15 @@ def plot_relative_change(summary: pd.DataFrame, ax=None):
         ok = np.isfinite(v)
         ax.bar(x[ok], v[ok], width, color=S.recipe_color(recipe), label=recipe)
         fin = ok & np.isfinite(lo) & np.isfinite(hi)
-        ax.errorbar(x[fin], v[fin], yerr=np.vstack([v[fin] - lo[fin], hi[fin] - v[fin]]), fmt="none",
-                    ecolor="black", capsize=3, lw=1)
+        ax.errorbar(
+            x[fin],
+            v[fin],
+            yerr=np.vstack([v[fin] - lo[fin], hi[fin] - v[fin]]),
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+            lw=1,
+        )
         for xi, vi, li, hii in zip(x, v, lo, hi):
             if not np.isfinite(vi):
                 ax.text(xi, 0, "undefined", rotation=90, ha="center", va="bottom", fontsize="x-small")
@@ -683,7 +791,9 @@ def plot_relative_change(summary: pd.DataFrame, ax=None):
     ax.set_xticks(np.arange(len(cats)), cats)
     ax.set_xlabel("task category")
     of = summary["of"].iloc[0] if "of" in summary.columns and len(summary) else "accuracy"
-    ax.set_ylabel(f"relative change of {of} vs '{summary['baseline'].iloc[0]}' (%)" if len(summary)
-                  else "relative change (%)", fontsize="small")
+    ax.set_ylabel(
+        f"relative change of {of} vs '{summary['baseline'].iloc[0]}' (%)" if len(summary) else "relative change (%)",
+        fontsize="small",
+    )
     S.legend_outside(ax, "recipe")
     return ax

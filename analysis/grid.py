@@ -106,8 +106,9 @@ def hardest_fitting_level(task: str, run, n_items: int, seed: int, max_difficult
 # evaluation and learning curves
 
 
-def eval_tables(scores: pd.DataFrame, losses: pd.DataFrame | None, baseline: str, n_boot: int,
-                seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def eval_tables(
+    scores: pd.DataFrame, losses: pd.DataFrame | None, baseline: str, n_boot: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(eval table, summary)`` from per-item ``scores`` and per-window held-out ``losses`` (or None) of runs.
 
     The eval table holds per-run rows and per-recipe rows (``tidy_table``, bootstrap intervals over
@@ -144,12 +145,16 @@ def comparison_table(scores: pd.DataFrame, baseline: str, n_boot: int, seed: int
         return pd.DataFrame()
     blocks = []
     for metric in ("logit_diff", "correct"):
-        per_level = compare_recipes(scores, baseline, metric, ("category", "task", "difficulty"),
-                                    n_resamples=n_boot, seed=seed)
+        per_level = compare_recipes(
+            scores, baseline, metric, ("category", "task", "difficulty"), n_resamples=n_boot, seed=seed
+        )
         per_level["pooled"], per_level["pooled_levels"] = False, ""
         blocks.append(per_level)
-        blocks.append(headline_comparison(scores, baseline, metric, ("category",), ("task", "difficulty"),
-                                          n_resamples=n_boot, seed=seed))
+        blocks.append(
+            headline_comparison(
+                scores, baseline, metric, ("category",), ("task", "difficulty"), n_resamples=n_boot, seed=seed
+            )
+        )
     blocks = [b for b in blocks if len(b)]
     if not blocks:
         return pd.DataFrame()
@@ -201,23 +206,32 @@ def checkpoint_curves(infos, runs_dir, log: Log = _stderr) -> dict[str, list[tup
             "set the grid field train.snapshot_every > 0 (e.g. 250) and train the grid into a new --out folder"
         )
     for name in without:
-        log(f"note: run {name} has no intermediate checkpoints (trained with train.snapshot_every = 0); "
-            "left out of learning.parquet")
+        log(
+            f"note: run {name} has no intermediate checkpoints (trained with train.snapshot_every = 0); "
+            "left out of learning.parquet"
+        )
     return out
 
 
-def curve_items(tasks, n_items: int, seed: int, max_difficulty: int, tokenizer, n_ctx: int, fit_context: bool,
-                log: Log = _stderr) -> dict:
+def curve_items(
+    tasks, n_items: int, seed: int, max_difficulty: int, tokenizer, n_ctx: int, fit_context: bool, log: Log = _stderr
+) -> dict:
     """The learning curves' items (``learning_items``), fitted to the context like the evaluation's."""
     items = learning_items(tasks, n_items, seed, max_difficulty)
     if not fit_context:
-        check_fits_context(items, tokenizer, n_ctx, hint="pass --fit-context to drop those levels, "
-                           "a lower --curve-max-difficulty, or --tasks without them")
+        check_fits_context(
+            items,
+            tokenizer,
+            n_ctx,
+            hint="pass --fit-context to drop those levels, a lower --curve-max-difficulty, or --tasks without them",
+        )
         return items
     items, dropped = fit_to_context(items, tokenizer, n_ctx)
     for task, levels in dropped.items():
-        log(f"note: learning curves: {task}: difficulty {', '.join(map(str, levels))} dropped "
-            f"(longer than n_ctx={n_ctx})")
+        log(
+            f"note: learning curves: {task}: difficulty {', '.join(map(str, levels))} dropped "
+            f"(longer than n_ctx={n_ctx})"
+        )
     if not items:
         raise CodetransferError(f"--curve-max-difficulty: no task has curve items that fit the context n_ctx={n_ctx}")
     return items
@@ -242,8 +256,11 @@ def learning_scores(infos, curves, items, batch_size: int, device, log: Log | No
                 bridge, tokenizer = load_bridge(folder, device=device)
                 cache[where] = score_runs([LoadedRun(bridge, tokenizer, info)], items, batch_size, device)
                 del bridge
-            frames.append(cache[where].assign(run=info.name, recipe=info.recipe, seed=info.seed, step=int(step),
-                                              tokens=int(step) * per_step))
+            frames.append(
+                cache[where].assign(
+                    run=info.name, recipe=info.recipe, seed=info.seed, step=int(step), tokens=int(step) * per_step
+                )
+            )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -308,11 +325,16 @@ def evaluate_grid(
         if not items:
             raise CodetransferError(f"--fit-context: no task has items that fit the context n_ctx={n_ctx}")
     else:
-        check_fits_context(items, tokenizer, n_ctx, hint="pass --fit-context to drop those levels, "
-                           "--max-difficulty D, or --tasks without them")
+        check_fits_context(
+            items,
+            tokenizer,
+            n_ctx,
+            hint="pass --fit-context to drop those levels, --max-difficulty D, or --tasks without them",
+        )
     if curves:
-        c_items = curve_items(tasks, curve_items_per_task, seed, curve_max_difficulty, tokenizer, n_ctx,
-                              fit_context, log)
+        c_items = curve_items(
+            tasks, curve_items_per_task, seed, curve_max_difficulty, tokenizer, n_ctx, fit_context, log
+        )
 
     scores, losses = [], []
     for info in infos:
@@ -320,8 +342,14 @@ def evaluate_grid(
         scores.append(score_runs([loaded], items, batch_size, device, progress=log))
         if heldout:
             log(f"held-out loss of run {info.name} on {', '.join(heldout)}")
-            ls = heldout_scores(loaded.bridge, heldout, batch_size=8, device=device,
-                                max_windows=heldout_windows, categories=source_categories(heldout))
+            ls = heldout_scores(
+                loaded.bridge,
+                heldout,
+                batch_size=8,
+                device=device,
+                max_windows=heldout_windows,
+                categories=source_categories(heldout),
+            )
             losses.append(ls.assign(run=info.name, recipe=info.recipe, seed=info.seed))
         del loaded
     scores = pd.concat(scores, ignore_index=True)
@@ -400,8 +428,12 @@ class PatchUnit:
     @property
     def table(self) -> str:
         """The final table the unit's rows go to."""
-        return {"within": "patching.parquet", "attribution": "patching.parquet",
-                "rendering": "cross_rendering.parquet", "cross": "cross_model.parquet"}[self.kind]
+        return {
+            "within": "patching.parquet",
+            "attribution": "patching.parquet",
+            "rendering": "cross_rendering.parquet",
+            "cross": "cross_model.parquet",
+        }[self.kind]
 
     @property
     def id(self) -> str:
@@ -409,9 +441,15 @@ class PatchUnit:
         return f"{self.table.removesuffix('.parquet')}__{artifacts.safe_name(self.run)}__{self.site or 'attribution'}"
 
 
-def plan_patch_units(run_names: Sequence[str], sites: Sequence[str], *, attribution: bool = False,
-                     cross_rendering: bool = False, cross_model: tuple[str, str] | None = None,
-                     cross_model_only: bool = False) -> list[PatchUnit]:
+def plan_patch_units(
+    run_names: Sequence[str],
+    sites: Sequence[str],
+    *,
+    attribution: bool = False,
+    cross_rendering: bool = False,
+    cross_model: tuple[str, str] | None = None,
+    cross_model_only: bool = False,
+) -> list[PatchUnit]:
     """The sweep's units in their fixed order: each run (in the given, sorted order) with its sites, its
     attribution screen and its cross-rendering sites, then the cross-model sites. This is also the
     row order of the final tables; shard ``i/n`` takes the ``i``-th contiguous block, so a shard
@@ -520,8 +558,10 @@ def attribution_rows(rho: float, joined: pd.DataFrame, meta: Mapping) -> list[pd
     long["metric"] = long["metric"].map({"attribution": "attribution", "exact": "exact_effect"})
     summary = pd.DataFrame([dict(site="all", metric="attribution_spearman", value=rho)])
     # the integer columns stay integers next to the summary's missing ones
-    return [t.assign(**meta, **{c: t[c].astype("Int64") for c in ("layer", "head", "pos") if c in t})
-            for t in (long, summary)]
+    return [
+        t.assign(**meta, **{c: t[c].astype("Int64") for c in ("layer", "head", "pos") if c in t})
+        for t in (long, summary)
+    ]
 
 
 def finalize_patch_tables(frames: Mapping[str, list]) -> dict[str, pd.DataFrame]:
@@ -593,8 +633,9 @@ def _patch_plan(runs: Sequence, s: PatchSettings, device: str, load: Callable, l
     return _PatchPlan(infos, by_name, items, units, worker)
 
 
-def patch_grid(runs: Sequence, settings: PatchSettings, *, device: str = "cpu", load: Callable = load_run,
-               log: Log = _stderr) -> dict[str, pd.DataFrame]:
+def patch_grid(
+    runs: Sequence, settings: PatchSettings, *, device: str = "cpu", load: Callable = load_run, log: Log = _stderr
+) -> dict[str, pd.DataFrame]:
     """Activation patching of every run (items generated once, seeded, shared by all runs), in memory.
 
     Returns ``{"patching.parquet": ...}`` plus ``"cross_rendering.parquet"`` and ``"cross_model.parquet"``
@@ -612,13 +653,30 @@ def patch_sweep_settings(settings: PatchSettings, infos, items) -> dict:
     """The sharded sweep's settings record (what its parts' settings hash is made of)."""
     s = settings
     return dict(
-        kind="patch", task=s.task, task_version=str(getattr(items[0], "version", "")) if items else "",
-        sites=list(s.sites), n_items=s.n_items, difficulty=s.difficulty, seed=s.seed, n_boot=s.n_boot,
-        positions=s.positions, noising=bool(s.noising), attribution=bool(s.attribution),
-        cross_rendering=bool(s.cross_rendering), cross_model=list(s.cross_model or []),
+        kind="patch",
+        task=s.task,
+        task_version=str(getattr(items[0], "version", "")) if items else "",
+        sites=list(s.sites),
+        n_items=s.n_items,
+        difficulty=s.difficulty,
+        seed=s.seed,
+        n_boot=s.n_boot,
+        positions=s.positions,
+        noising=bool(s.noising),
+        attribution=bool(s.attribution),
+        cross_rendering=bool(s.cross_rendering),
+        cross_model=list(s.cross_model or []),
         cross_model_only=bool(s.cross_model_only),
-        runs=[dict(name=i.name, recipe=i.recipe, seed=i.seed, recipe_hash=i.record.get("recipe_hash"),
-                   tokenizer=i.record.get("tokenizer_sha256")) for i in infos],  # fmt: skip
+        runs=[
+            dict(
+                name=i.name,
+                recipe=i.recipe,
+                seed=i.seed,
+                recipe_hash=i.record.get("recipe_hash"),
+                tokenizer=i.record.get("tokenizer_sha256"),
+            )
+            for i in infos
+        ],  # fmt: skip
     )
 
 
@@ -675,8 +733,16 @@ class ShardReport:
     """The merged tables, written when this shard completed the sweep (else empty)."""
 
 
-def patch_shard(runs: Sequence, settings: PatchSettings, out: str | Path, shard: tuple[int, int], *,
-                device: str = "cpu", load: Callable = load_run, log: Log = _stderr) -> ShardReport:
+def patch_shard(
+    runs: Sequence,
+    settings: PatchSettings,
+    out: str | Path,
+    shard: tuple[int, int],
+    *,
+    device: str = "cpu",
+    load: Callable = load_run,
+    log: Log = _stderr,
+) -> ShardReport:
     """Shard ``(i, n)`` of a patching sweep: one parquet part per unit of its block under ``out/parts/patch``
     (finished parts are skipped; a folder holding a sweep of other settings is refused), next to
     ``manifest.json``; the shard that completes the sweep merges the parts into ``out``'s tables."""
@@ -698,8 +764,11 @@ def patch_shard(runs: Sequence, settings: PatchSettings, out: str | Path, shard:
         meta = _part_meta(part) if part.exists() else None
         if meta is not None and meta.get("settings") == digest and meta.get("unit") == unit.id:
             continue
-        artifacts.write_parquet(plan.worker.compute(unit), part,
-                                {PART_META: json.dumps(dict(settings=digest, unit=unit.id, table=unit.table)).encode()})
+        artifacts.write_parquet(
+            plan.worker.compute(unit),
+            part,
+            {PART_META: json.dumps(dict(settings=digest, unit=unit.id, table=unit.table)).encode()},
+        )
         done += 1
     missing, _ = patch_part_status(folder, manifest)
     tables = {} if missing else merge_patch_parts(out)
@@ -755,7 +824,8 @@ def merge_patch_parts(out: str | Path, allow_partial: bool = False, log: Log | N
     for k, unit in enumerate(units):
         if k not in skip:
             frames.setdefault(unit["table"], []).append(
-                read_table(folder / unit["part"], "patching part", fix="delete it and rerun that shard"))
+                read_table(folder / unit["part"], "patching part", fix="delete it and rerun that shard")
+            )
     tables = finalize_patch_tables(frames)
     artifacts.write_tables(out, tables)
     return tables
@@ -800,8 +870,10 @@ def attention_grid(
     check_same_grid(infos)
     fit = (int(infos[0].record["model"]["n_ctx"]) - 1) // 2
     if half_len is not None and half_len > fit:  # refused, not shortened behind the user's back
-        raise CodetransferError(f"--half-len: {half_len} gives {1 + 2 * half_len} tokens, more than the "
-                                f"runs' context of {2 * fit + 1}; use --half-len <= {fit}")
+        raise CodetransferError(
+            f"--half-len: {half_len} gives {1 + 2 * half_len} tokens, more than the "
+            f"runs' context of {2 * fit + 1}; use --half-len <= {fit}"
+        )
     half_len = 20 if half_len is None else half_len
     items = {f.name: items_up_to(f, n_items, seed, max_difficulty) for f in families}
 
@@ -828,8 +900,15 @@ def attention_grid(
             )
         for name in without:
             log(f"note: run {name} kept no intermediate checkpoints; it has no curve over training")
-    kw = dict(n_seqs=n_seqs, half_len=half_len, seed=seed, ablation=ablation, n_boot=n_boot, batch_size=batch_size,
-              progress=log)
+    kw = dict(
+        n_seqs=n_seqs,
+        half_len=half_len,
+        seed=seed,
+        ablation=ablation,
+        n_boot=n_boot,
+        batch_size=batch_size,
+        progress=log,
+    )
     tables = {ATTENTION_FILE: attention_score_runs(loaded(), score_run, items_by_task=items, **kw)}
     if found_ckpts:
         frames = []

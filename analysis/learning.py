@@ -88,14 +88,14 @@ def learning_items(tasks, n_items: int, seed: int, max_difficulty: int = 0) -> d
     out = {}
     for name in tasks:
         if name not in known:
-            raise CodetransferError(f"tasks: unknown task '{name}'{did_you_mean(name, known)}; "
-                                    f"choose from {', '.join(known)}")
+            raise CodetransferError(
+                f"tasks: unknown task '{name}'{did_you_mean(name, known)}; choose from {', '.join(known)}"
+            )
         family = get_task(name)
         levels = list(family.difficulties)
         kept = [p for p, d in enumerate(levels) if d <= max_difficulty]
         if not kept:
-            raise CodetransferError(f"max_difficulty: task '{name}' has no level <= {max_difficulty} "
-                                    f"(levels {levels})")
+            raise CodetransferError(f"max_difficulty: task '{name}' has no level <= {max_difficulty} (levels {levels})")
         per = -(-n_items // len(kept))
         items = []
         for p in kept:  # item i of eval's generator has level levels[i % L]: the items p, p + L, ...
@@ -151,8 +151,9 @@ def learning_table(
     return table
 
 
-def learning_table_from_scores(curve_scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95,
-                               seed: int = 0) -> pd.DataFrame:
+def learning_table_from_scores(
+    curve_scores: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
     """:func:`learning_table` of per-item scores that carry their ``step`` and ``tokens`` (training tokens
     seen at that step) as columns: what ``codetransfer eval --checkpoints`` writes to
     ``learning_scores.parquet``, so that the scores of several runs (per-run units) merge into one table."""
@@ -167,8 +168,10 @@ def learning_table_from_scores(curve_scores: pd.DataFrame, n_boot: int = 2000, c
     by_run = pd.DataFrame({"run": curve_scores["run"], "t": per_step}).drop_duplicates()
     if by_run["run"].duplicated().any():
         bad = by_run.loc[by_run["run"].duplicated(), "run"].iloc[0]
-        raise CodetransferError(f"curve_scores: run '{bad}' has different tokens per step at different steps; "
-                                "its rows come from different runs of the same name")
+        raise CodetransferError(
+            f"curve_scores: run '{bad}' has different tokens per step at different steps; "
+            "its rows come from different runs of the same name"
+        )
     tokens = dict(zip(by_run["run"], by_run["t"].astype(int)))
     cols = [c for c in curve_scores.columns if c not in ("step", "tokens")]
     frames = {int(step): g[cols].reset_index(drop=True) for step, g in curve_scores.groupby("step", sort=True)}
@@ -193,8 +196,9 @@ def _tokens_by_run(scores: pd.DataFrame, tokens_per_step, step) -> dict[str, int
     return {r: int(v) for r, v in out.items()}
 
 
-def first_above_chance(table: pd.DataFrame, difficulty: str | int = "0", metric: str = "accuracy",
-                       against: str = "chance") -> pd.DataFrame:
+def first_above_chance(
+    table: pd.DataFrame, difficulty: str | int = "0", metric: str = "accuracy", against: str = "chance"
+) -> pd.DataFrame:
     """Per recipe (the seed-aggregated rows; per run when the table has none) and task: the first
     checkpoint whose interval lies above ``against`` (``"chance"`` or ``"copy_chance"``), i.e.
     ``ci_low > against``. Columns ``run, recipe, task, step, tokens, value, ci_low, <against>``; ``step``
@@ -211,15 +215,32 @@ def first_above_chance(table: pd.DataFrame, difficulty: str | int = "0", metric:
         g = g.sort_values("step")
         above = g[g["ci_low"] > g[against]]
         r = above.iloc[0] if len(above) else None
-        recs.append((run, recipe, task, pd.NA if r is None else int(r["step"]), pd.NA if r is None else int(r["tokens"]),
-                     float("nan") if r is None else float(r["value"]), float("nan") if r is None else float(r["ci_low"]),
-                     float(g[against].mean())))
-    out = pd.DataFrame.from_records(recs, columns=["run", "recipe", "task", "step", "tokens", "value", "ci_low", against])
+        recs.append(
+            (
+                run,
+                recipe,
+                task,
+                pd.NA if r is None else int(r["step"]),
+                pd.NA if r is None else int(r["tokens"]),
+                float("nan") if r is None else float(r["value"]),
+                float("nan") if r is None else float(r["ci_low"]),
+                float(g[against].mean()),
+            )
+        )
+    out = pd.DataFrame.from_records(
+        recs, columns=["run", "recipe", "task", "step", "tokens", "value", "ci_low", against]
+    )
     return out.astype({"step": "Int64", "tokens": "Int64"})
 
 
-def plot_learning_curves(table: pd.DataFrame, task: str | None = None, difficulty: str | int = "0",
-                         metric: str = "accuracy", ax=None, phases=None):
+def plot_learning_curves(
+    table: pd.DataFrame,
+    task: str | None = None,
+    difficulty: str | int = "0",
+    metric: str = "accuracy",
+    ax=None,
+    phases=None,
+):
     """``metric`` against training tokens, one line per recipe (the seed-aggregated rows
     ``run = "<recipe>*"``; per run when the table has none) with its interval band, a dashed chance
     line for accuracy (and a dotted ``copy_chance`` line when the table has that column). ``task`` may be omitted when the table has one task. Training tokens are drawn in millions;
@@ -235,22 +256,31 @@ def plot_learning_curves(table: pd.DataFrame, task: str | None = None, difficult
         )
     metrics = sorted(table["metric"].unique())
     if metric not in metrics:
-        raise CodetransferError(f"metric: '{metric}' is not in the table{did_you_mean(metric, metrics)}; "
-                                f"choose from {metrics}")
+        raise CodetransferError(
+            f"metric: '{metric}' is not in the table{did_you_mean(metric, metrics)}; choose from {metrics}"
+        )
     t = table[table["metric"] == metric]
     t, task = select_task(t, task)
     levels = sorted(t["difficulty"].astype(str).unique())
     if str(difficulty) not in levels:
-        raise CodetransferError(f"difficulty: level '{difficulty}' of task '{task}' is not in the table; "
-                                f"choose from {levels}")
+        raise CodetransferError(
+            f"difficulty: level '{difficulty}' of task '{task}' is not in the table; choose from {levels}"
+        )
     t = t[t["difficulty"].astype(str) == str(difficulty)]
     agg = t[t["run"].astype(str).str.endswith("*")]
     t, key = (agg, "recipe") if len(agg) else (t, "run")
     ax = ax if ax is not None else S.new_axes()
     for name, g in t.groupby(key, sort=True):
         g = g.sort_values("tokens")
-        S.line_with_band(ax, g["tokens"], g["value"], g["ci_low"], g["ci_high"], label=str(name).rstrip("*"),
-                         color=S.recipe_color(g["recipe"].iloc[0]))
+        S.line_with_band(
+            ax,
+            g["tokens"],
+            g["value"],
+            g["ci_low"],
+            g["ci_high"],
+            label=str(name).rstrip("*"),
+            color=S.recipe_color(g["recipe"].iloc[0]),
+        )
     if metric == "accuracy" and "chance" in t.columns and len(t):
         chance = float(t["chance"].mean())
         copy = float(t["copy_chance"].mean()) if "copy_chance" in t.columns and t["copy_chance"].notna().any() else None

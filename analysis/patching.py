@@ -833,7 +833,12 @@ def rendering_batch(
     metric = LogitDiff(positions["last"][0], torch.tensor(ans), torch.tensor(cnt))
     source_metric = LogitDiff(positions["last"][1], torch.tensor(ans), torch.tensor(cnt))
     return RenderingBatch(
-        _pad(tgt_rows, pad), _pad(cln_rows, pad), _pad(src_rows, pad), metric, source_metric, positions,
+        _pad(tgt_rows, pad),
+        _pad(cln_rows, pad),
+        _pad(src_rows, pad),
+        metric,
+        source_metric,
+        positions,
         len(items) - len(aligned),
     )
 
@@ -949,7 +954,9 @@ def attribution_screen(
     n = clean_tokens.shape[0]
     for i in range(n):
         m = LogitDiff(metric.position[i : i + 1], metric.answer[i : i + 1], metric.counter[i : i + 1])
-        res = attribution_patch(model, clean_tokens[i : i + 1], corrupted_tokens[i : i + 1], lambda lg, m=m: m(lg).sum())
+        res = attribution_patch(
+            model, clean_tokens[i : i + 1], corrupted_tokens[i : i + 1], lambda lg, m=m: m(lg).sum()
+        )
         for node, s in res.node_scores.items():
             totals[node] = totals.get(node, 0.0) + s / n
     site = {"attn_head_out": "head_out", "mlp_out": "mlp_out", "embed": "embed"}
@@ -986,7 +993,9 @@ def attribution_agreement(
         )  # fmt: skip
     exact = pd.concat(frames)
     exact["head"] = exact["head"].astype("Int64")
-    scr = screen[screen.site != "embed"].rename(columns={"value": "attribution"})[["site", "layer", "head", "pos", "attribution"]]
+    scr = screen[screen.site != "embed"].rename(columns={"value": "attribution"})[
+        ["site", "layer", "head", "pos", "attribution"]
+    ]
     scr = scr.astype({"head": "Int64", "layer": int})
     joined = exact.merge(scr, on=["site", "layer", "head", "pos"], how="inner")
     if len(joined) < 3:

@@ -89,16 +89,26 @@ def _xlabel(grid: pd.DataFrame) -> str:
     return {"pos_label": "position (token index or prompt span)", "head": "head"}.get(name, name.replace("_", " "))
 
 
-def _heat(grid: pd.DataFrame, ax, title: str, metric: str, limits=None, label: str | None = None, mask=None,
-          mask_label=None):
+def _heat(
+    grid: pd.DataFrame, ax, title: str, metric: str, limits=None, label: str | None = None, mask=None, mask_label=None
+):
     if ax is None:
         ax = S.new_axes((max(4.5, 0.35 * grid.shape[1] + 2.5), max(2.8, 0.4 * grid.shape[0] + 1.8)))
     style = S.metric_style(metric)
     style = S.MetricStyle(style.label, True, "RdBu_r", style.bounds)  # patching effects are signed
     if limits is None:
         limits = S.shared_limits(grid.to_numpy(dtype=float), style)
-    return S.heatmap(ax, grid, style=style, limits=limits, title=title, xlabel=_xlabel(grid), colorbar_label=label,
-                     mask=mask, mask_label=mask_label)
+    return S.heatmap(
+        ax,
+        grid,
+        style=style,
+        limits=limits,
+        title=title,
+        xlabel=_xlabel(grid),
+        colorbar_label=label,
+        mask=mask,
+        mask_label=mask_label,
+    )
 
 
 def _metric(table, site, metric) -> str:
@@ -131,12 +141,19 @@ def plot_layer_pos(table: pd.DataFrame, site: str | None = None, metric: str | N
 
 
 def plot_layer_head(
-    table: pd.DataFrame, site: str = "head_out", metric: str | None = None, pos_label: str | None = "all", ax=None, **filters
+    table: pd.DataFrame,
+    site: str = "head_out",
+    metric: str | None = None,
+    pos_label: str | None = "all",
+    ax=None,
+    **filters,
 ):
     """Layer x head heatmap of a head site at one position label ('all', an index or a span key)."""
     grid = layer_head_grid(table, site, metric, pos_label, **filters)
     m = _metric(table, site, metric)
-    lim = _metric_limits(table, "layer_head", site, metric, pos_label, {k: v for k, v in filters.items() if k != "recipe"})
+    lim = _metric_limits(
+        table, "layer_head", site, metric, pos_label, {k: v for k, v in filters.items() if k != "recipe"}
+    )
     return _heat(grid, ax, f"{site} at {pos_label}: layer x head", m, lim)
 
 
@@ -229,5 +246,13 @@ def plot_difference(
         mask = (diff.abs() <= h).to_numpy()
     metric_name = _metric(table, site, metric)
     style = S.metric_style(metric_name)
-    return _heat(diff, ax, f"{a} minus {b}", metric_name, (-m, m), label=S.difference_label(style, a, b), mask=mask,
-                 mask_label="within the intervals")
+    return _heat(
+        diff,
+        ax,
+        f"{a} minus {b}",
+        metric_name,
+        (-m, m),
+        label=S.difference_label(style, a, b),
+        mask=mask,
+        mask_label="within the intervals",
+    )

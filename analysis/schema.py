@@ -64,38 +64,113 @@ _ITEM = (
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
-        Table("eval", "eval.parquet", RUN_COLUMNS + _EVAL,
-              description="a run (or recipe) on a task category and difficulty: one metric with its interval"),
+        Table(
+            "eval",
+            "eval.parquet",
+            RUN_COLUMNS + _EVAL,
+            description="a run (or recipe) on a task category and difficulty: one metric with its interval",
+        ),
         Table("scores", "scores.parquet", RUN_COLUMNS + _ITEM, description="one item scored by one run"),
-        Table("losses", "losses.parquet", RUN_COLUMNS + ("task", "category", "index", "loss"),
-              description="one held-out window's next-token loss under one run"),
-        Table("summary", "summary.csv",
-              ("recipe", "baseline", "category", "metric", "of", "value", "ci_low", "ci_high", "recipe_value",
-               "baseline_value", "n_seeds", "n_items"),
-              description="relative change of a recipe against the baseline recipe in one category"),
-        Table("comparison", "comparison.parquet",
-              ("recipe", "baseline", "metric", "scale", "category", "task", "difficulty", "estimate", "ci_low",
-               "ci_high", "ci_low_corrected", "ci_high_corrected", "recipe_value", "baseline_value", "n_seeds",
-               "n_items", "p_value", "p_holm", "p_signflip", "test", "mde", "distinguishable", "pooled",
-               "pooled_levels"),
-              description="a recipe against the baseline, paired by seed and item, at one level (or pooled over "
-                          "the levels where the baseline is above chance)"),
-        Table("learning", "learning.parquet", RUN_COLUMNS + ("step", "tokens") + _EVAL,
-              description="an eval row at one training checkpoint"),
-        Table("probes", "probes.parquet",
-              RUN_COLUMNS + ("task", "site", "layer", "head", "pos", "probe", "metric", "value", "ci_low", "ci_high"),
-              optional=("fit_on", "test_on"),
-              description="a probe at one site, layer (and head) for one label: one metric with its interval"),
-        Table("patching", "patching.parquet", RUN_COLUMNS + _PATCH,
-              description="one patched cell (site, layer, head, position) within a run"),
-        Table("cross_model", "cross_model.parquet", RUN_COLUMNS + _PATCH,
-              description="one cell of run A patched into run B (run = 'A->B')"),
-        Table("cross_rendering", "cross_rendering.parquet", RUN_COLUMNS + _PATCH,
-              description="one cell of the code rendering patched into the text rendering"),
-        Table("attention", "attention.parquet", RUN_COLUMNS + _ATTN,
-              description="one head's attention score on one task and rendering"),
-        Table("attention_over_training", "attention_over_training.parquet", RUN_COLUMNS + ("step",) + _ATTN,
-              description="an attention row at one training checkpoint"),
+        Table(
+            "losses",
+            "losses.parquet",
+            RUN_COLUMNS + ("task", "category", "index", "loss"),
+            description="one held-out window's next-token loss under one run",
+        ),
+        Table(
+            "summary",
+            "summary.csv",
+            (
+                "recipe",
+                "baseline",
+                "category",
+                "metric",
+                "of",
+                "value",
+                "ci_low",
+                "ci_high",
+                "recipe_value",
+                "baseline_value",
+                "n_seeds",
+                "n_items",
+            ),
+            description="relative change of a recipe against the baseline recipe in one category",
+        ),
+        Table(
+            "comparison",
+            "comparison.parquet",
+            (
+                "recipe",
+                "baseline",
+                "metric",
+                "scale",
+                "category",
+                "task",
+                "difficulty",
+                "estimate",
+                "ci_low",
+                "ci_high",
+                "ci_low_corrected",
+                "ci_high_corrected",
+                "recipe_value",
+                "baseline_value",
+                "n_seeds",
+                "n_items",
+                "p_value",
+                "p_holm",
+                "p_signflip",
+                "test",
+                "mde",
+                "distinguishable",
+                "pooled",
+                "pooled_levels",
+            ),
+            description="a recipe against the baseline, paired by seed and item, at one level (or pooled over "
+            "the levels where the baseline is above chance)",
+        ),
+        Table(
+            "learning",
+            "learning.parquet",
+            RUN_COLUMNS + ("step", "tokens") + _EVAL,
+            description="an eval row at one training checkpoint",
+        ),
+        Table(
+            "probes",
+            "probes.parquet",
+            RUN_COLUMNS + ("task", "site", "layer", "head", "pos", "probe", "metric", "value", "ci_low", "ci_high"),
+            optional=("fit_on", "test_on"),
+            description="a probe at one site, layer (and head) for one label: one metric with its interval",
+        ),
+        Table(
+            "patching",
+            "patching.parquet",
+            RUN_COLUMNS + _PATCH,
+            description="one patched cell (site, layer, head, position) within a run",
+        ),
+        Table(
+            "cross_model",
+            "cross_model.parquet",
+            RUN_COLUMNS + _PATCH,
+            description="one cell of run A patched into run B (run = 'A->B')",
+        ),
+        Table(
+            "cross_rendering",
+            "cross_rendering.parquet",
+            RUN_COLUMNS + _PATCH,
+            description="one cell of the code rendering patched into the text rendering",
+        ),
+        Table(
+            "attention",
+            "attention.parquet",
+            RUN_COLUMNS + _ATTN,
+            description="one head's attention score on one task and rendering",
+        ),
+        Table(
+            "attention_over_training",
+            "attention_over_training.parquet",
+            RUN_COLUMNS + ("step",) + _ATTN,
+            description="an attention row at one training checkpoint",
+        ),
     )
 }
 """Every result table, by short name."""
@@ -104,7 +179,9 @@ TABLES: dict[str, Table] = {
 def table(name: str) -> Table:
     """The schema of table ``name``; refuses unknown names."""
     if name not in TABLES:
-        raise CodetransferError(f"table: unknown table '{name}'{did_you_mean(name, TABLES)}; expected one of {', '.join(TABLES)}")
+        raise CodetransferError(
+            f"table: unknown table '{name}'{did_you_mean(name, TABLES)}; expected one of {', '.join(TABLES)}"
+        )
     return TABLES[name]
 
 
@@ -136,7 +213,7 @@ def check(df: pd.DataFrame, name: str, run_columns: bool = True) -> pd.DataFrame
     t = table(name)
     want = list(columns(name, run_columns))
     have = list(df.columns)
-    extra = [c for c in have[len(want):]]
+    extra = [c for c in have[len(want) :]]
     if have[: len(want)] != want or any(c not in t.optional for c in extra):
         missing = [c for c in want if c not in have]
         unknown = [c for c in have if c not in want and c not in t.optional]

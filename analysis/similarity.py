@@ -31,7 +31,9 @@ from codetransfer.errors import CodetransferError
 def linear_cka(x: Float[Tensor, "n d1"], y: Float[Tensor, "n d2"]) -> float:
     """Linear CKA of two activation matrices over the same ``n`` inputs (rows)."""
     if x.ndim != 2 or y.ndim != 2:
-        raise CodetransferError(f"linear_cka: expected two [n, d] matrices, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
+        raise CodetransferError(
+            f"linear_cka: expected two [n, d] matrices, got shapes {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if x.shape[0] != y.shape[0]:
         raise CodetransferError(
             f"linear_cka: the two matrices must hold the same inputs (rows), got {x.shape[0]} and {y.shape[0]}"
@@ -60,9 +62,16 @@ def cka_table(
     rows = []
     for a, b in combinations(sorted(activations), 2):
         for layer in sorted(set(activations[a]) & set(activations[b])):
-            rows.append(dict(
-                run_a=a, run_b=b, recipe_a=recipes[a], recipe_b=recipes[b], layer=layer,
-                pair="same_recipe" if recipes[a] == recipes[b] else "cross_recipe",
-                metric="linear_cka", value=linear_cka(activations[a][layer], activations[b][layer]),
-            ))
+            rows.append(
+                dict(
+                    run_a=a,
+                    run_b=b,
+                    recipe_a=recipes[a],
+                    recipe_b=recipes[b],
+                    layer=layer,
+                    pair="same_recipe" if recipes[a] == recipes[b] else "cross_recipe",
+                    metric="linear_cka",
+                    value=linear_cka(activations[a][layer], activations[b][layer]),
+                )
+            )
     return pd.DataFrame(rows, columns=["run_a", "run_b", "recipe_a", "recipe_b", "layer", "pair", "metric", "value"])

@@ -451,7 +451,9 @@ def extract_activations(
             f"d_model={d_model}, n_heads={n_heads}; create the store from this model's config"
         )
     if method not in ("hooks", "cache"):
-        raise CodetransferError(f"method: expected 'hooks' or 'cache', got '{method}'{did_you_mean(method, ['hooks', 'cache'])}")
+        raise CodetransferError(
+            f"method: expected 'hooks' or 'cache', got '{method}'{did_you_mean(method, ['hooks', 'cache'])}"
+        )
     if int(batch_size) < 1:
         raise CodetransferError(f"batch_size: expected a positive integer, got {batch_size}")
     pad_id = getattr(getattr(bridge, "tokenizer", None), "pad_token_id", None) or 0
@@ -476,9 +478,7 @@ def extract_activations(
     if n_rows == 0:
         raise CodetransferError("positions: no positions to extract; give at least one position per item")
     if index is not None and len(index) != n_rows:
-        raise CodetransferError(
-            f"index: expected one row per kept position ({n_rows}), got {len(index)} rows"
-        )
+        raise CodetransferError(f"index: expected one row per kept position ({n_rows}), got {len(index)} rows")
     if device is None:
         device = next(bridge.parameters()).device
     row_starts = np.concatenate([[0], np.cumsum([len(p) for p in positions])])
@@ -492,19 +492,24 @@ def extract_activations(
         b_idx = torch.tensor(
             [i - start for i in range(start, stop) for _ in positions[i]], dtype=torch.long, device=device
         )
-        p_idx = torch.tensor([int(p) for i in range(start, stop) for p in positions[i]], dtype=torch.long, device=device)
+        p_idx = torch.tensor(
+            [int(p) for i in range(start, stop) for p in positions[i]], dtype=torch.long, device=device
+        )
         gathered: dict[str, Tensor] = {}
         with torch.inference_mode():
             if method == "hooks":
                 hooks = []
                 for site in parsed:
+
                     def hook(act, hook, _name=site.name):
                         gathered[_name] = act[b_idx, p_idx].detach().clone()
+
                     hooks.append((site.hook, hook))
                 bridge.run_with_hooks(batch, fwd_hooks=hooks, stop_at_layer=stop_at if stop_at < n_layers else None)
             else:
                 _, cache = bridge.run_with_cache(
-                    batch, names_filter=sorted({s.hook for s in parsed}),
+                    batch,
+                    names_filter=sorted({s.hook for s in parsed}),
                     stop_at_layer=stop_at if stop_at < n_layers else None,
                 )
                 for site in parsed:

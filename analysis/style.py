@@ -31,12 +31,37 @@ import numpy as np
 import pandas as pd
 
 #: Okabe-Ito (colour-blind safe) followed by the Tableau-10 colours not too close to them.
-PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#d55e00", "#56b4e9", "#f0e442", "#000000",
-           "#8c564b", "#7f7f7f", "#bcbd22", "#17becf", "#9467bd", "#e377c2")
+PALETTE = (
+    "#0072b2",
+    "#e69f00",
+    "#009e73",
+    "#cc79a7",
+    "#d55e00",
+    "#56b4e9",
+    "#f0e442",
+    "#000000",
+    "#8c564b",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#9467bd",
+    "#e377c2",
+)
 
 #: The shipped grids' recipes (trained/presets.py), in their fixed palette slots.
-KNOWN_RECIPES = ("text-only", "balanced", "code->text", "balanced->text", "balanced->text+cooldown-code",
-                 "balanced->text+cooldown-text", "code-25", "code-75", "code-90", "code-100", "additive-50")
+KNOWN_RECIPES = (
+    "text-only",
+    "balanced",
+    "code->text",
+    "balanced->text",
+    "balanced->text+cooldown-code",
+    "balanced->text+cooldown-text",
+    "code-25",
+    "code-75",
+    "code-90",
+    "code-100",
+    "additive-50",
+)
 
 RANDOM_INIT_SUFFIX = " (random init)"
 RANDOM_INIT_COLOR = "#999999"
@@ -56,7 +81,7 @@ def recipe_color(name: str) -> str:
     if name in KNOWN_RECIPES:
         return PALETTE[KNOWN_RECIPES.index(name) % len(PALETTE)]
     h = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-    free = PALETTE[len(KNOWN_RECIPES):] or PALETTE
+    free = PALETTE[len(KNOWN_RECIPES) :] or PALETTE
     return free[h % len(free)]
 
 
@@ -152,20 +177,34 @@ def new_axes(figsize=(5.5, 3.6)):
     return ax
 
 
-def heatmap(ax, grid: pd.DataFrame, *, style: MetricStyle, limits: tuple[float, float], title: str,
-            xlabel: str, colorbar_label: str | None = None, mask: np.ndarray | None = None,
-            mask_label: str | None = None):
+def heatmap(
+    ax,
+    grid: pd.DataFrame,
+    *,
+    style: MetricStyle,
+    limits: tuple[float, float],
+    title: str,
+    xlabel: str,
+    colorbar_label: str | None = None,
+    mask: np.ndarray | None = None,
+    mask_label: str | None = None,
+):
     """A layer (rows, layer 0 at the bottom) x something heatmap with a labelled colourbar.
 
     ``mask``: cells (same shape as ``grid``) to mark with a dot, e.g. those whose interval includes
     0; ``mask_label`` says what the dot means (written under the axes)."""
     values = grid.to_numpy(dtype=float)
-    im = ax.imshow(values, aspect="auto", cmap=style.cmap, vmin=limits[0], vmax=limits[1], origin="lower",
-                   interpolation="nearest")
+    im = ax.imshow(
+        values, aspect="auto", cmap=style.cmap, vmin=limits[0], vmax=limits[1], origin="lower", interpolation="nearest"
+    )
     ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
     cols = [str(c) for c in grid.columns]
-    ax.set_xticks(range(grid.shape[1]), cols, rotation=90 if len(cols) > 8 or max(map(len, cols), default=0) > 4 else 0,
-                  fontsize="small" if len(cols) > 8 else None)
+    ax.set_xticks(
+        range(grid.shape[1]),
+        cols,
+        rotation=90 if len(cols) > 8 or max(map(len, cols), default=0) > 4 else 0,
+        fontsize="small" if len(cols) > 8 else None,
+    )
     ax.set_ylabel("layer")
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize="medium")
@@ -241,14 +280,25 @@ def draw_phase_boundaries(ax, phases, recipes: Sequence[str] | None = None) -> l
     for recipe, g in t.groupby("recipe", sort=True):
         g = g.sort_values("start").reset_index(drop=True)
         for i in range(len(g) - 1):
-            marks.setdefault(float(g.loc[i, "end"]), []).append((recipe, f"{g.loc[i, 'phase']} | {g.loc[i + 1, 'phase']}"))
+            marks.setdefault(float(g.loc[i, "end"]), []).append(
+                (recipe, f"{g.loc[i, 'phase']} | {g.loc[i + 1, 'phase']}")
+            )
     trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
     for x, who in sorted(marks.items()):
         color = recipe_color(who[0][0]) if len({w[0] for w in who}) == 1 else REFERENCE_COLOR
         ax.axvline(x, color=color, ls=(0, (4, 2)), lw=1, alpha=0.8, zorder=1)
         names = sorted({w[1] for w in who})
-        ax.text(x, 0.99, " " + "; ".join(names), transform=trans, rotation=90, va="top", ha="right",
-                fontsize="x-small", color=color)
+        ax.text(
+            x,
+            0.99,
+            " " + "; ".join(names),
+            transform=trans,
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize="x-small",
+            color=color,
+        )
     return sorted(marks)
 
 
@@ -271,8 +321,17 @@ def legend_outside(ax, title: str | None = None) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return
-    ax.legend(handles, labels, title=title, fontsize="small", title_fontsize="small", loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    ax.legend(
+        handles,
+        labels,
+        title=title,
+        fontsize="small",
+        title_fontsize="small",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+        frameon=False,
+    )
 
 
 def line_with_band(ax, x, y, low=None, high=None, *, label: str, color: str, ls="-", marker="o"):
@@ -305,4 +364,3 @@ def decimals_for(low: float, high: float) -> int | None:
     if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)) or high <= low:
         return None
     return max(0, -int(math.floor(math.log10((high - low) / 2))))
-

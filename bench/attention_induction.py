@@ -92,22 +92,32 @@ def main() -> int:
     p.add_argument("--rotary-pct", type=float, default=0.25)
     p.add_argument("--data", choices=("periodic", "repeat"), default="periodic")
     p.add_argument("--keep-mlp", action="store_true", help="train the MLPs too (default: attention-only)")
-    p.add_argument("--free-heads", type=int, default=1,
-                   help="last-layer heads whose queries/keys train (0 = all)")
+    p.add_argument("--free-heads", type=int, default=1, help="last-layer heads whose queries/keys train (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--every", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--init-std", type=float, default=0.0, help="re-initialise weights with this std (0 = HF's 0.02)")
     p.add_argument("--arch", choices=("gpt_neox", "llama"), default="gpt_neox")
-    p.add_argument("--hf", default="{}", help='JSON overrides of the transformers config, e.g. \'{"attention_bias": false}\'')
-    p.add_argument("--rmsnorm", action="store_true", help="GPT-NeoX with its LayerNorms replaced by RMSNorm (diagnosis)")
-    p.add_argument("--mlp-out-std", type=float, default=-1.0,
-                   help="re-initialise the MLP output projections with this std (0 = zero; -1 = leave)")
+    p.add_argument(
+        "--hf", default="{}", help="JSON overrides of the transformers config, e.g. '{\"attention_bias\": false}'"
+    )
+    p.add_argument(
+        "--rmsnorm", action="store_true", help="GPT-NeoX with its LayerNorms replaced by RMSNorm (diagnosis)"
+    )
+    p.add_argument(
+        "--mlp-out-std",
+        type=float,
+        default=-1.0,
+        help="re-initialise the MLP output projections with this std (0 = zero; -1 = leave)",
+    )
     p.add_argument("--gated-mlp", action="store_true", help="GPT-NeoX with Llama's gated SiLU MLP blocks (diagnosis)")
     p.add_argument("--model-vocab", type=int, default=0, help="the model's vocabulary size (default: --vocab + 3)")
     p.add_argument("--output-bias", action="store_true", help="give the unembedding a (zero-initialised) bias")
-    p.add_argument("--freeze-unused-rows", action="store_true",
-                   help="no gradient for the output rows of token ids never drawn (with --model-vocab)")
+    p.add_argument(
+        "--freeze-unused-rows",
+        action="store_true",
+        help="no gradient for the output rows of token ids never drawn (with --model-vocab)",
+    )
     p.add_argument("--full-loss", action="store_true", help="loss on every position, not only the predictable ones")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,8 +131,15 @@ def main() -> int:
     from codetransfer.trained.model import build_model
 
     lo, hi = (int(v) for v in args.period.split(","))
-    cfg = ModelConfig(n_layers=2, d_model=args.d_model, n_heads=args.heads, d_mlp=4 * args.d_model,
-                      n_ctx=max(64, args.seq_len), rotary_pct=args.rotary_pct, arch=args.arch)
+    cfg = ModelConfig(
+        n_layers=2,
+        d_model=args.d_model,
+        n_heads=args.heads,
+        d_mlp=4 * args.d_model,
+        n_ctx=max(64, args.seq_len),
+        rotary_pct=args.rotary_pct,
+        arch=args.arch,
+    )
     model = build_model(cfg, vocab_size=args.model_vocab or args.vocab + 3, seed=args.seed)
     if json.loads(args.hf):
         from transformers import AutoModelForCausalLM
@@ -155,7 +172,9 @@ def main() -> int:
     if args.mlp_out_std >= 0:
         for block in model.base_model.layers:
             out = block.mlp.dense_4h_to_h if hasattr(block.mlp, "dense_4h_to_h") else block.mlp.down_proj
-            torch.nn.init.normal_(out.weight, std=args.mlp_out_std) if args.mlp_out_std > 0 else torch.nn.init.zeros_(out.weight)
+            torch.nn.init.normal_(out.weight, std=args.mlp_out_std) if args.mlp_out_std > 0 else torch.nn.init.zeros_(
+                out.weight
+            )
     model.config._attn_implementation = "eager"  # attention weights for the scores
     if args.init_std:
         model.config.initializer_range = args.init_std
@@ -168,7 +187,7 @@ def main() -> int:
     if 0 < args.free_heads < args.heads:
         dh = args.d_model // args.heads
         m = torch.ones(args.heads, 3 * dh)
-        m[args.free_heads:, : 2 * dh] = 0  # GPT-NeoX packs each head's rows as [q | k | v]
+        m[args.free_heads :, : 2 * dh] = 0  # GPT-NeoX packs each head's rows as [q | k | v]
         if args.arch != "gpt_neox":
             raise SystemExit("--free-heads needs --arch gpt_neox (packed q/k/v); use --free-heads 0")
         qkv = model.gpt_neox.layers[-1].attention.query_key_value
@@ -208,10 +227,13 @@ def main() -> int:
             s = pattern_scores(pats, probe, scores=["induction", "previous_token"])
             prof = induction_shift_profile(pats, probe, shifts).nanmean(1)[:, -1]  # shift head
             peaks = [(shifts[int(prof[:, h].argmax())], round(float(prof[:, h].max()), 2)) for h in range(args.heads)]
-            print(f"step {step:5d}  loss {loss.item():.3f}  induction loss {induction_loss(out.logits, probe).mean():.3f}  "
-                  f"last-layer induction {_r(s['induction'].nanmean(0)[-1])}  "
-                  f"(shift, value) peaks {peaks}  layer-0 previous-token "
-                  f"{_r(s['previous_token'].nanmean(0)[0])}  {time.time() - t0:.0f}s", flush=True)
+            print(
+                f"step {step:5d}  loss {loss.item():.3f}  induction loss {induction_loss(out.logits, probe).mean():.3f}  "
+                f"last-layer induction {_r(s['induction'].nanmean(0)[-1])}  "
+                f"(shift, value) peaks {peaks}  layer-0 previous-token "
+                f"{_r(s['previous_token'].nanmean(0)[0])}  {time.time() - t0:.0f}s",
+                flush=True,
+            )
     return 0
 
 

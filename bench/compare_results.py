@@ -3,6 +3,7 @@
 Used to check that a change leaves the main job's tables as they were: run ``codetransfer run GRID --out A``
 before and ``--out B`` after (same grid and --settings), then ``python bench/compare_results.py A/results B/results``.
 """
+
 import sys
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import pandas as pd
 ref, got = Path(sys.argv[1]), Path(sys.argv[2])
 files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.suffix in (".parquet", ".csv"))
 gfiles = sorted(p.relative_to(got) for p in got.rglob("*") if p.suffix in (".parquet", ".csv"))
-print(f"{len(files)} reference tables, {len(gfiles)} new; only in ref: {sorted(set(files) - set(gfiles))}, "
-      f"only in new: {sorted(set(gfiles) - set(files))}")
+print(
+    f"{len(files)} reference tables, {len(gfiles)} new; only in ref: {sorted(set(files) - set(gfiles))}, "
+    f"only in new: {sorted(set(gfiles) - set(files))}"
+)
 worst, bad = 0.0, 0
 for f in files:
     read = pd.read_parquet if f.suffix == ".parquet" else pd.read_csv

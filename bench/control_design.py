@@ -57,7 +57,7 @@ def doc_loss(model, rows: torch.Tensor) -> float:
     """Mean next-token loss (nats) of ``model`` on ``rows``."""
     was = model.training
     model.eval()
-    loss = sum(model(input_ids=rows[i:i + 32], labels=rows[i:i + 32]).loss.item() for i in range(0, len(rows), 32))
+    loss = sum(model(input_ids=rows[i : i + 32], labels=rows[i : i + 32]).loss.item() for i in range(0, len(rows), 32))
     model.train(was)
     return round(loss / len(range(0, len(rows), 32)), 3)
 
@@ -66,8 +66,13 @@ def doc_loss(model, rows: torch.Tensor) -> float:
 def circuit_scores(model, tok, seed: int, probes: dict | None = None) -> dict:
     """Best layer-0 previous-token and layer-1 induction scores (``rows`` reduction, mean over 32 sequences
     of ``[bos] + x + x``, ``x`` 20 random ordinary tokens) and the induction loss on the second copy."""
-    from codetransfer.analysis.attention import (induction_loss, induction_shift_profile, ordinary_token_ids, pattern_scores,
-                                                 repeated_random_tokens)
+    from codetransfer.analysis.attention import (
+        induction_loss,
+        induction_shift_profile,
+        ordinary_token_ids,
+        pattern_scores,
+        repeated_random_tokens,
+    )
 
     tokens = repeated_random_tokens(ordinary_token_ids(tok), 32, 20, seed=1000 + seed, bos_id=tok.bos_token_id)
     was = model.training
@@ -82,10 +87,14 @@ def circuit_scores(model, tok, seed: int, probes: dict | None = None) -> dict:
     prof = induction_shift_profile(pats, tokens, shifts=range(0, 16)).mean(1)[:, 1]  # shift head (layer 1)
     lag = {"lag_best": round(prof.max().item(), 3), "lag_shift": int(prof.max(1).values.argmax())}
     losses = {f"loss_{k}": doc_loss(model, v) for k, v in (probes or {}).items()}
-    return {**lag, **losses, "induction_l1": round(s["induction"][1].max().item(), 3),
-            "induction_head": int(s["induction"][1].argmax()),
-            "prev_l0": round(s["previous_token"][0].max().item(), 3),
-            "induction_loss": round(induction_loss(out.logits, tokens).mean().item(), 3)}
+    return {
+        **lag,
+        **losses,
+        "induction_l1": round(s["induction"][1].max().item(), 3),
+        "induction_head": int(s["induction"][1].argmax()),
+        "prev_l0": round(s["previous_token"][0].max().item(), 3),
+        "induction_loss": round(induction_loss(out.logits, tokens).mean().item(), 3),
+    }
 
 
 def repeat_coverage(tok, docs: list[str]) -> float:
@@ -110,20 +119,34 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--items", type=int, default=150)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--interleave", action="store_true", help="mix the repeat documents into the text instead of a phase")
+    ap.add_argument(
+        "--interleave", action="store_true", help="mix the repeat documents into the text instead of a phase"
+    )
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--token-rows", action="store_true",
-                    help="the repeat phase on the warm-up's periodic rows of token ids (trained/warmup.py, every ordinary "
-                         "id, rows of --ctx tokens) with the loss on every position: what no text source can write")
-    ap.add_argument("--mask", action="store_true",
-                    help="with --token-rows: the loss on the copyable positions only (the warm-up's loss; not a data source)")
-    ap.add_argument("--rep-warmup-opt", action="store_true",
-                    help="with --token-rows: the repeat phase with the warm-up's optimisation (32 rows a step, constant "
-                         "lr 2e-3, no weight decay, its own AdamW) before the text phase's optimizer and schedule")
+    ap.add_argument(
+        "--token-rows",
+        action="store_true",
+        help="the repeat phase on the warm-up's periodic rows of token ids (trained/warmup.py, every ordinary "
+        "id, rows of --ctx tokens) with the loss on every position: what no text source can write",
+    )
+    ap.add_argument(
+        "--mask",
+        action="store_true",
+        help="with --token-rows: the loss on the copyable positions only (the warm-up's loss; not a data source)",
+    )
+    ap.add_argument(
+        "--rep-warmup-opt",
+        action="store_true",
+        help="with --token-rows: the repeat phase with the warm-up's optimisation (32 rows a step, constant "
+        "lr 2e-3, no weight decay, its own AdamW) before the text phase's optimizer and schedule",
+    )
     ap.add_argument("--twice", action="store_true", help="repeat documents with the span twice among fresh words")
-    ap.add_argument("--single-token", action="store_true",
-                    help="repeat documents from the lexicon words that are one token of the tokenizer (token-level "
-                         "periodic rows, as the warm-up's), instead of every lexicon word")
+    ap.add_argument(
+        "--single-token",
+        action="store_true",
+        help="repeat documents from the lexicon words that are one token of the tokenizer (token-level "
+        "periodic rows, as the warm-up's), instead of every lexicon word",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     arms = args.arms.split(",")
@@ -140,19 +163,23 @@ def main(argv=None) -> int:
     n_docs = args.tokens // 200 + 200
     narr = list(synthetic_documents("narrative", n_docs, seed=args.seed))
     glosses = gloss_texts(60000, args.seed)
-    eng = ["\n".join(glosses[i:i + 8]) for i in range(0, len(glosses), 8)]
+    eng = ["\n".join(glosses[i : i + 8]) for i in range(0, len(glosses), 8)]
     n_rep = args.copy_tokens // 60 + 200
     lay = "twice" if args.twice else "periodic"
-    reps = {"copy": list(repeat_documents(n_rep, seed=args.seed, layout=lay)),
-            "scrambled": list(repeat_documents(n_rep, seed=args.seed, scrambled=True, layout=lay))}
+    reps = {
+        "copy": list(repeat_documents(n_rep, seed=args.seed, layout=lay)),
+        "scrambled": list(repeat_documents(n_rep, seed=args.seed, scrambled=True, layout=lay)),
+    }
     tok = train_tokenizer(narr[:3000] + eng[:1500] + reps["copy"][:1500], vocab_size=args.vocab)
     if args.single_token:
         from codetransfer.tasks.corpus import repeat_lexicon
 
         lex = tuple(w for w in repeat_lexicon() if len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1)
         print(f"single-token lexicon: {len(lex)} words", flush=True)
-        reps = {"copy": list(repeat_documents(n_rep, seed=args.seed, lexicon=lex)),
-                "scrambled": list(repeat_documents(n_rep, seed=args.seed, scrambled=True, lexicon=lex))}
+        reps = {
+            "copy": list(repeat_documents(n_rep, seed=args.seed, lexicon=lex)),
+            "scrambled": list(repeat_documents(n_rep, seed=args.seed, scrambled=True, lexicon=lex)),
+        }
     else:
         lex = None
     rng = random.Random(args.seed)
@@ -160,9 +187,15 @@ def main(argv=None) -> int:
     rng.shuffle(text_docs)
     text = rows_of(tok, text_docs, args.ctx)
     rep_rows = {k: rows_of(tok, v, args.ctx) for k, v in reps.items()}
-    held = {"copy": list(repeat_documents(64, seed=args.seed, split="heldout", lexicon=lex, layout=lay)),
-            "scrambled": list(repeat_documents(64, seed=args.seed, scrambled=True, split="heldout", lexicon=lex, layout=lay))}
-    probes = {k: rows_of(tok, v, args.ctx)[:32] for k, v in held.items()}  # the same documents, words in or out of order
+    held = {
+        "copy": list(repeat_documents(64, seed=args.seed, split="heldout", lexicon=lex, layout=lay)),
+        "scrambled": list(
+            repeat_documents(64, seed=args.seed, scrambled=True, split="heldout", lexicon=lex, layout=lay)
+        ),
+    }
+    probes = {
+        k: rows_of(tok, v, args.ctx)[:32] for k, v in held.items()
+    }  # the same documents, words in or out of order
     if args.token_rows:
         from codetransfer.trained.warmup import periodic_rows
 
@@ -170,14 +203,21 @@ def main(argv=None) -> int:
         n_rows = args.copy_tokens // args.ctx + 64
         rows, copyable = periodic_rows(torch.arange(3, len(tok)), n_rows, gen, seq_len=args.ctx)
         masks = copyable[64:]
-        shuffled = torch.stack([r[torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(args.ctx - 1, generator=gen)])]
-                                for r in rows])
+        shuffled = torch.stack(
+            [
+                r[torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(args.ctx - 1, generator=gen)])]
+                for r in rows
+            ]
+        )
         rep_rows = {"copy": rows[64:], "scrambled": shuffled[64:]}
         probes = {"copy": rows[:32], "scrambled": shuffled[:32]}
     cover = {k: round(repeat_coverage(tok, v[:3000]), 3) for k, v in reps.items()}
     text_cover = round(repeat_coverage(tok, text_docs[:3000]), 3)
-    print(f"seed {args.seed}: text rows {len(text)}, repeat rows {len(rep_rows['copy'])}; id coverage: text {text_cover}, "
-          f"repeats {cover}; prep {time.time() - t0:.0f}s", flush=True)
+    print(
+        f"seed {args.seed}: text rows {len(text)}, repeat rows {len(rep_rows['copy'])}; id coverage: text {text_cover}, "
+        f"repeats {cover}; prep {time.time() - t0:.0f}s",
+        flush=True,
+    )
 
     steps = args.tokens // (args.batch * args.ctx)
     steps1 = args.copy_tokens // (args.batch * args.ctx)
@@ -200,38 +240,48 @@ def main(argv=None) -> int:
             for s in range(steps1):
                 sel = torch.randint(0, len(rep_rows[arm]), (32,), generator=gw)
                 x, m = rep_rows[arm][sel], masks[sel].float()
-                ce = torch.nn.functional.cross_entropy(model(input_ids=x).logits[:, :-1].transpose(1, 2), x[:, 1:],
-                                                       reduction="none")
+                ce = torch.nn.functional.cross_entropy(
+                    model(input_ids=x).logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none"
+                )
                 loss = (ce * m[:, 1:]).sum() / m[:, 1:].sum() if args.mask else ce.mean()
                 loss.backward()
                 wopt.step(), wopt.zero_grad(set_to_none=True)
                 if s % max(1, steps1 // 5) == 0:
-                    print(f"  {arm} repeat step {s}/{steps1} loss {loss.item():.3f} ({time.time() - t1:.0f}s)", flush=True)
+                    print(
+                        f"  {arm} repeat step {s}/{steps1} loss {loss.item():.3f} ({time.time() - t1:.0f}s)", flush=True
+                    )
             mid = circuit_scores(model, tok, args.seed, probes)
             print(f"  {arm} after the repeat phase (warm-up optimisation): {mid}", flush=True)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
         warm = max(1, steps // 20)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+            opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+        )
         g = torch.Generator().manual_seed(args.seed)
-        text_perm = torch.cat([torch.randperm(len(text), generator=g) for _ in range(steps * args.batch // len(text) + 1)])
+        text_perm = torch.cat(
+            [torch.randperm(len(text), generator=g) for _ in range(steps * args.batch // len(text) + 1)]
+        )
         rep = None if args.rep_warmup_opt else rep_rows.get(arm)
-        rep_perm = (torch.cat([torch.randperm(len(rep), generator=g) for _ in range(steps1 * args.batch // len(rep) + 1)])
-                    if rep is not None else None)
+        rep_perm = (
+            torch.cat([torch.randperm(len(rep), generator=g) for _ in range(steps1 * args.batch // len(rep) + 1)])
+            if rep is not None
+            else None
+        )
         share = steps1 / steps
         ti = ri = 0
         model.train()
         for s in range(steps):
             if rep is not None and (int((s + 1) * share) > int(s * share) if args.interleave else s < steps1):
-                sel, ri = rep_perm[ri:ri + args.batch], ri + args.batch
+                sel, ri = rep_perm[ri : ri + args.batch], ri + args.batch
                 x, m = rep[sel], (masks[sel] if args.mask and args.token_rows else None)
             else:
-                (x, m), ti = (text[text_perm[ti:ti + args.batch]], None), ti + args.batch
+                (x, m), ti = (text[text_perm[ti : ti + args.batch]], None), ti + args.batch
             if m is None:
                 loss = model(input_ids=x.to(args.device), labels=x.to(args.device)).loss
             else:
-                ce = torch.nn.functional.cross_entropy(model(input_ids=x).logits[:, :-1].transpose(1, 2), x[:, 1:],
-                                                       reduction="none")
+                ce = torch.nn.functional.cross_entropy(
+                    model(input_ids=x).logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none"
+                )
                 loss = (ce * m[:, 1:]).sum() / m[:, 1:].sum()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -248,11 +298,28 @@ def main(argv=None) -> int:
             for split in ("train", "eval"):
                 items = get_task(name).generate(args.items, seed=1000 + args.seed, difficulty=0, split=split)
                 acc[f"{name}/{split}"] = round(accuracy_of(model, tok, args, items), 3)
-        row = dict(arm=arm, seed=args.seed, interleave=args.interleave, single_token=args.single_token, token_rows=args.token_rows, twice=args.twice, mask=args.mask, rep_warmup_opt=args.rep_warmup_opt, copy_tokens=args.copy_tokens, tokens=args.tokens,
-                   phase1=mid, end=end, acc=acc, seconds=round(time.time() - t1))
+        row = dict(
+            arm=arm,
+            seed=args.seed,
+            interleave=args.interleave,
+            single_token=args.single_token,
+            token_rows=args.token_rows,
+            twice=args.twice,
+            mask=args.mask,
+            rep_warmup_opt=args.rep_warmup_opt,
+            copy_tokens=args.copy_tokens,
+            tokens=args.tokens,
+            phase1=mid,
+            end=end,
+            acc=acc,
+            seconds=round(time.time() - t1),
+        )
         print(f"ARM {json.dumps(row)}", flush=True)
         results.append(row)
-    print("RESULT " + json.dumps(dict(args=vars(args), coverage=dict(text=text_cover, **cover), results=results)), flush=True)
+    print(
+        "RESULT " + json.dumps(dict(args=vars(args), coverage=dict(text=text_cover, **cover), results=results)),
+        flush=True,
+    )
     return 0
 
 

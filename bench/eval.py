@@ -47,8 +47,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--naive-items", type=int, default=24)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="'cpu' times this process's CPU seconds (robust on a busy machine with --threads 1)")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="'cpu' times this process's CPU seconds (robust on a busy machine with --threads 1)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -95,6 +99,7 @@ def main() -> int:
                     sum(lp[len(p) - 1 + t, ids[t]].item() for t in range(len(ids)))
 
     for kind, model in (("bridge", bridge), ("hf", hf)):
+
         def bare():
             with torch.no_grad():
                 for b in batches:

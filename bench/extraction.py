@@ -51,8 +51,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     tmp = Path(tempfile.mkdtemp())
-    cfg = ModelConfig(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, d_mlp=4 * args.d_model,
-                      n_ctx=args.seq)
+    cfg = ModelConfig(
+        n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, d_mlp=4 * args.d_model, n_ctx=args.seq
+    )
     tok = train_tokenizer(["the pen is in box A. def f(x): return x"] * 200, vocab_size=300, min_frequency=1)
     tok.save_pretrained(tmp / "m")
     build_model(cfg, vocab_size=args.vocab, seed=0).save_pretrained(tmp / "m")
@@ -72,14 +73,28 @@ def main() -> None:
     def extract(method, sites):
         def go():
             names = [s.name for s in parse_sites(sites, args.layers)]
-            store = ActivationStore.create(tmp / "store", run="bench", task="bench", task_version="0", seed=0,
-                                           sites=names, d_model=args.d_model, n_heads=args.heads,
-                                           capacity=4 * n_items, overwrite=True)
+            store = ActivationStore.create(
+                tmp / "store",
+                run="bench",
+                task="bench",
+                task_version="0",
+                seed=0,
+                sites=names,
+                d_model=args.d_model,
+                n_heads=args.heads,
+                capacity=4 * n_items,
+                overwrite=True,
+            )
             extract_activations(bridge, tokens, positions, sites, store, batch_size=args.batch, method=method)
+
         return go
 
-    cases = {"bare": bare, "hooks": extract("hooks", all_sites), "cache": extract("cache", all_sites),
-             "hooks@L0": extract("hooks", l0_sites)}
+    cases = {
+        "bare": bare,
+        "hooks": extract("hooks", all_sites),
+        "cache": extract("cache", all_sites),
+        "hooks@L0": extract("hooks", l0_sites),
+    }
     for fn in cases.values():  # warm-up
         fn()
     times = {k: [] for k in cases}
@@ -89,8 +104,10 @@ def main() -> None:
             fn()
             times[k].append(time.perf_counter() - t)
     n_tok = n_items * args.seq
-    print(f"model: {args.layers} layers, d_model {args.d_model}, {args.heads} heads; {args.batches} batches of "
-          f"{args.batch}x{args.seq} tokens; torch threads {torch.get_num_threads()}; device {args.device}")
+    print(
+        f"model: {args.layers} layers, d_model {args.d_model}, {args.heads} heads; {args.batches} batches of "
+        f"{args.batch}x{args.seq} tokens; torch threads {torch.get_num_threads()}; device {args.device}"
+    )
     base = statistics.median(times["bare"])
     for k, ts in times.items():
         med = statistics.median(ts)

@@ -8,6 +8,7 @@ bf16 5.741. `bash bench/gpu_check.sh` is the fuller check (our trainer, CUDA tes
 
     python bench/gpu_quick.py      # needs a CUDA GPU
 """
+
 import json
 import time
 import torch
@@ -25,15 +26,22 @@ for bs, compiled in ((16, False), (32, False)):
     x = torch.randint(3, g.tokenizer.vocab_size, (bs, g.model.n_ctx), device="cuda")
     ts = []
     for s in range(14):
-        torch.cuda.synchronize(); t = time.perf_counter()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
         with _autocast("cuda"):
             loss = token_losses(m, x).mean()
-        loss.backward(); torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0); opt.step(); opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize(); ts.append(time.perf_counter() - t)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t)
     dt = sorted(ts[4:])[len(ts[4:]) // 2]
     tps = bs * g.model.n_ctx / dt
     fpt = flops_per_token(g.model, g.tokenizer.vocab_size, g.model.n_ctx)
-    out[f"gpu_preset_b{bs}"] = dict(tok_s=tps, mfu_vs_790T=tps * fpt / 790e12, step_s=dt, mem_gb=torch.cuda.max_memory_allocated() / 1e9)
+    out[f"gpu_preset_b{bs}"] = dict(
+        tok_s=tps, mfu_vs_790T=tps * fpt / 790e12, step_s=dt, mem_gb=torch.cuda.max_memory_allocated() / 1e9
+    )
     print(out, flush=True)
     del m, opt
     torch.cuda.empty_cache()
@@ -42,6 +50,8 @@ cfg = ModelConfig(n_layers=2, d_model=128, n_heads=4, d_mlp=512, n_ctx=128)
 gen = torch.Generator().manual_seed(0)
 data = torch.randint(3, 300, (60, 8, 128), generator=gen)
 data[:, :, 64:] = data[:, :, :64]  # repeated halves: learnable
+
+
 def curve(device, bf16, steps):
     torch.manual_seed(0)
     m = build_model(cfg, 512, seed=0).to(device).train()
@@ -54,9 +64,16 @@ def curve(device, bf16, steps):
                 loss = token_losses(m, x).mean()
         else:
             loss = token_losses(m, x).mean()
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True); ls.append(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ls.append(loss.item())
     return ls
-cpu = curve("cpu", False, 3); c32 = curve("cuda", False, 60); c16 = curve("cuda", True, 60)
+
+
+cpu = curve("cpu", False, 3)
+c32 = curve("cuda", False, 60)
+c16 = curve("cuda", True, 60)
 out["cpu_vs_cuda_fp32_maxdiff_3steps"] = max(abs(a - b) for a, b in zip(cpu, c32[:3]))
 out["fp32_first_last"] = (c32[0], sum(c32[-10:]) / 10)
 out["bf16_first_last"] = (c16[0], sum(c16[-10:]) / 10)

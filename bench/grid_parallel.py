@@ -27,8 +27,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def scaled(grid, fraction: float):
     """``grid`` with every phase's tokens and the warm-up's steps times ``fraction``."""
-    recipes = tuple(dataclasses.replace(r, phases=tuple(dataclasses.replace(p, tokens=max(1, int(p.tokens * fraction)))
-                                                        for p in r.phases)) for r in grid.recipes)
+    recipes = tuple(
+        dataclasses.replace(
+            r, phases=tuple(dataclasses.replace(p, tokens=max(1, int(p.tokens * fraction))) for p in r.phases)
+        )
+        for r in grid.recipes
+    )
     train = dataclasses.replace(grid.train, induction_warmup=int(round(grid.train.induction_warmup * fraction)))
     return dataclasses.replace(grid, recipes=recipes, train=train)
 
@@ -54,9 +58,12 @@ def main() -> None:
     prepare_data(grid, root / "data", log=lambda *a: None)
     steps = grid.train.induction_warmup
     per_run = [sum(p.tokens for p in r.phases) for r in grid.recipes]
-    print(f"grid {grid.name} x{args.fraction}: {len(grid.recipes)} recipes x {len(grid.seeds)} seeds, "
-          f"{per_run[0]:,} tokens per run, warm-up {steps} steps; data ready in {time.time() - t0:.0f}s; "
-          f"{len(os.sched_getaffinity(0))} cores, torch {torch.__version__}", flush=True)
+    print(
+        f"grid {grid.name} x{args.fraction}: {len(grid.recipes)} recipes x {len(grid.seeds)} seeds, "
+        f"{per_run[0]:,} tokens per run, warm-up {steps} steps; data ready in {time.time() - t0:.0f}s; "
+        f"{len(os.sched_getaffinity(0))} cores, torch {torch.__version__}",
+        flush=True,
+    )
     seconds = {}
     for jobs in (1, args.jobs):
         out = root / f"jobs-{jobs}"
@@ -69,8 +76,11 @@ def main() -> None:
         seconds[jobs] = time.perf_counter() - t0
         print(f"jobs {jobs}: {seconds[jobs]:.1f}s", flush=True)
     a, b = root / "jobs-1", root / f"jobs-{args.jobs}"
-    same = all(all(torch.equal(x[k], y[k]) for k in x) for p in sorted(a.glob("runs/*/model.safetensors"))
-               for x, y in [(load_file(p), load_file(b / p.relative_to(a)))])
+    same = all(
+        all(torch.equal(x[k], y[k]) for k in x)
+        for p in sorted(a.glob("runs/*/model.safetensors"))
+        for x, y in [(load_file(p), load_file(b / p.relative_to(a)))]
+    )
     print(f"final weights identical: {same}")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)

@@ -27,8 +27,11 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-rows", type=int, default=256)
     ap.add_argument("--sweeps", default="resid_pre,head_out")
-    ap.add_argument("--attribution", action="store_true",
-                    help="also time attribution patching and report its Spearman agreement with exact patching")
+    ap.add_argument(
+        "--attribution",
+        action="store_true",
+        help="also time attribution patching and report its Spearman agreement with exact patching",
+    )
     args = ap.parse_args()
 
     import torch

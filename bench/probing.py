@@ -59,9 +59,29 @@ def _random_run(folder: Path, n_items: int, max_difficulty: int) -> Path:
 def _sweep(run: Path, out: Path, args) -> tuple[float, float]:
     from codetransfer.cli import main as cli
 
-    argv = ["probe", "--runs", str(run), "--tasks", "entity_tracking", "--sites", "resid_post", "--out", str(out),
-            "--n-items", str(args.n_items), "--max-difficulty", str(args.max_difficulty), "--item-seed", "0",
-            "--seeds", "0", "--drop-stores", "--random-baseline", "--device", "cpu"]
+    argv = [
+        "probe",
+        "--runs",
+        str(run),
+        "--tasks",
+        "entity_tracking",
+        "--sites",
+        "resid_post",
+        "--out",
+        str(out),
+        "--n-items",
+        str(args.n_items),
+        "--max-difficulty",
+        str(args.max_difficulty),
+        "--item-seed",
+        "0",
+        "--seeds",
+        "0",
+        "--drop-stores",
+        "--random-baseline",
+        "--device",
+        "cpu",
+    ]
     t0, c0 = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         rc = cli(argv)
@@ -88,8 +108,10 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, tol: float = 1e-6) -> float:
             if diff > tol:
                 raise AssertionError(f"column {col}: values differ by up to {diff:.3g} (> {tol})")
             worst = max(worst, diff)
-        elif not (pd.isna(a[col]).to_numpy() == pd.isna(b[col]).to_numpy()).all() or \
-                not (a[col].astype(str).to_numpy() == b[col].astype(str).to_numpy()).all():
+        elif (
+            not (pd.isna(a[col]).to_numpy() == pd.isna(b[col]).to_numpy()).all()
+            or not (a[col].astype(str).to_numpy() == b[col].astype(str).to_numpy()).all()
+        ):
             raise AssertionError(f"column {col}: labels differ")
     return worst
 

@@ -94,11 +94,15 @@ def main(argv=None) -> int:
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--english", type=float, default=0.25, help="fraction of documents that are GCIDE glosses (grouped)")
+    ap.add_argument(
+        "--english", type=float, default=0.25, help="fraction of documents that are GCIDE glosses (grouped)"
+    )
     ap.add_argument("--items", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--pool", type=int, default=0, help="train entity pools: this many objects and people (0 = shipped)")
+    ap.add_argument(
+        "--pool", type=int, default=0, help="train entity pools: this many objects and people (0 = shipped)"
+    )
     ap.add_argument("--code", type=float, default=0.0, help="share of synthetic docs that are programs")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--unique", type=int, default=4_000_000, help="cap on unique tokens generated (repeat beyond)")
@@ -110,14 +114,25 @@ def main(argv=None) -> int:
     ap.add_argument("--nomlp", action="store_true", help="attention-only: zero and freeze every MLP")
     ap.add_argument("--drill", action="store_true", help="restate every fact (denser lookups)")
     ap.add_argument("--tie", action="store_true")
-    ap.add_argument("--warm-induction", type=int, default=0,
-                    help="first train this many steps on repeated random tokens (32 x 48, loss on the copyable "
-                         "positions, as in tests/test_attention_induction_training.py): an induction-head warm-up")
-    ap.add_argument("--warm-ids", choices=("narratives", "all"), default="narratives",
-                    help="token ids of the warm-up rows: those the narratives use, or every id of the vocabulary "
-                         "(output rows that never occur hold the clean-data model on the plateau)")
-    ap.add_argument("--mention", action="store_true",
-                    help="training distractor sentences mention every pool entity (held-out ones too), outside task roles")
+    ap.add_argument(
+        "--warm-induction",
+        type=int,
+        default=0,
+        help="first train this many steps on repeated random tokens (32 x 48, loss on the copyable "
+        "positions, as in tests/test_attention_induction_training.py): an induction-head warm-up",
+    )
+    ap.add_argument(
+        "--warm-ids",
+        choices=("narratives", "all"),
+        default="narratives",
+        help="token ids of the warm-up rows: those the narratives use, or every id of the vocabulary "
+        "(output rows that never occur hold the clean-data model on the plateau)",
+    )
+    ap.add_argument(
+        "--mention",
+        action="store_true",
+        help="training distractor sentences mention every pool entity (held-out ones too), outside task roles",
+    )
     ap.add_argument("--arch", choices=("gpt_neox", "llama"), default="gpt_neox")
     ap.add_argument("--save", default="", help="folder to save the trained model and tokenizer to")
     ap.add_argument("--load", default="", help="skip training: evaluate the model saved in this folder")
@@ -125,6 +140,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.pool:
         from codetransfer.tasks.render import POOLS
+
         POOLS["objects"]["train"] = tuple(OBJECTS[: args.pool])
         POOLS["people"]["train"] = tuple(NAMES[: args.pool])
 
@@ -144,6 +160,7 @@ def main(argv=None) -> int:
         model = AutoModelForCausalLM.from_pretrained(args.load).eval()
         return evaluate(model, tok, args, t0)
     from codetransfer.tasks.render import TEXT, POOLS as _P
+
     if args.short == 1:  # the value right after the key, the query ending on the key: a plain induction copy
         TEXT["boxes"]["state"], TEXT["boxes"]["query"] = "The {key} {value}.", "The {key}"
         TEXT["binding"]["state"], TEXT["binding"]["query"] = "{key} {value}.", "{key}"
@@ -157,25 +174,39 @@ def main(argv=None) -> int:
         TEXT["binding"]["state"], TEXT["binding"]["query"] = "{key} has number {value}.", "{key} has number"
     if args.mention:
         import codetransfer.tasks.families as _f
+
         people = _P["people"]["train"] + _P["people"]["eval"]
         things = _P["objects"]["train"] + _P["objects"]["eval"] + _P["units"]["train"] + _P["units"]["eval"]
-        forms = ("{p} is asleep.", "{p} sings a song.", "{p} looks at a {o}.", "A {o} lies on the floor.",
-                 "{p} draws a {o}.", "Nobody wants the old {o}.")
-        sents = [f.format(p=people[i % len(people)], o=things[(i * 7) % len(things)]) for i in range(240) for f in forms[i % 6:i % 6 + 1]]
+        forms = (
+            "{p} is asleep.",
+            "{p} sings a song.",
+            "{p} looks at a {o}.",
+            "A {o} lies on the floor.",
+            "{p} draws a {o}.",
+            "Nobody wants the old {o}.",
+        )
+        sents = [
+            f.format(p=people[i % len(people)], o=things[(i * 7) % len(things)])
+            for i in range(240)
+            for f in forms[i % 6 : i % 6 + 1]
+        ]
         _P["distractors"]["train"] = tuple(_P["distractors"]["train"]) + tuple(sents)
         _f.DISTRACTOR_RATE = max(_f.DISTRACTOR_RATE, 0.5)
     if args.drill:
         import codetransfer.tasks.corpus as _c
+
         _c.RESTATE_INITIAL = _c.RESTATE_FINAL = _c.RESTATE_AFTER_OP = 1.0
         _c.RESTATE_OTHER = 0.6
     n_docs = min(args.tokens, args.unique) // 200 + 200
     narr = list(synthetic_documents("narrative", int(n_docs * (1 - args.code)), seed=args.seed))
     prog = list(synthetic_documents("program", int(n_docs * args.code), seed=args.seed))
     glosses = gloss_texts(60000, args.seed)
-    eng = ["\n".join(glosses[i:i + 8]) for i in range(0, len(glosses), 8)]
+    eng = ["\n".join(glosses[i : i + 8]) for i in range(0, len(glosses), 8)]
     extra = []
     if args.tokpool:
-        words = sorted({w for kind in ("objects", "people", "units") for split in ("train", "eval") for w in _P[kind][split]})
+        words = sorted(
+            {w for kind in ("objects", "people", "units") for split in ("train", "eval") for w in _P[kind][split]}
+        )
         extra = [" ".join(words) + "\n" + " ".join(w.lower() for w in words)] * 400
     tok = train_tokenizer(narr[:3000] + prog[:2000] + eng[:1500] + extra, vocab_size=args.vocab)
     rng = random.Random(args.seed)
@@ -187,14 +218,24 @@ def main(argv=None) -> int:
     n_seq = min(len(stream) // args.ctx, args.tokens // args.ctx)
     data = torch.tensor(stream[: n_seq * args.ctx]).view(n_seq, args.ctx)
     total_seq = args.tokens // args.ctx
-    print(f"data: {n_seq * args.ctx:,} tokens ({len(narr)} narratives, {len(prog)} programs, {n_eng} gloss docs); "
-          f"vocab {len(tok)}; prep {time.time() - t0:.0f}s", flush=True)
+    print(
+        f"data: {n_seq * args.ctx:,} tokens ({len(narr)} narratives, {len(prog)} programs, {n_eng} gloss docs); "
+        f"vocab {len(tok)}; prep {time.time() - t0:.0f}s",
+        flush=True,
+    )
     for w in (" pen", " box", " B", " coin", " Max", " Anna", " Zoe", " 3", " Rex", " wagon"):
         print(f"  {w!r} -> {len(tok(w, add_special_tokens=False)['input_ids'])} token(s)", end="")
     print()
 
-    cfg = ModelConfig(n_layers=args.layers, d_model=args.d_model, n_heads=4, d_mlp=4 * args.d_model, n_ctx=args.ctx,
-                      rotary_pct=args.rot, arch=args.arch)
+    cfg = ModelConfig(
+        n_layers=args.layers,
+        d_model=args.d_model,
+        n_heads=4,
+        d_mlp=4 * args.d_model,
+        n_ctx=args.ctx,
+        rotary_pct=args.rot,
+        arch=args.arch,
+    )
     model = build_model(cfg, vocab_size=len(tok), seed=args.seed).to(args.device)
     if args.tie:
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
@@ -204,14 +245,20 @@ def main(argv=None) -> int:
                 p.data.zero_()
                 p.requires_grad_(False)
     if args.warm_induction:  # over the tokens the narratives use, or over every id (--warm-ids all)
-        ids = (list(range(3, len(tok))) if args.warm_ids == "all"
-               else sorted({t for d in encode_documents(tok, narr[:2000]) for t in d if t > 2}))
+        ids = (
+            list(range(3, len(tok)))
+            if args.warm_ids == "all"
+            else sorted({t for d in encode_documents(tok, narr[:2000]) for t in d if t > 2})
+        )
         warm_up_induction(model, torch.tensor(ids), args)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95)
+    )
     steps = total_seq // args.batch
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
     g = torch.Generator().manual_seed(args.seed)
     perm = torch.cat([torch.randperm(n_seq, generator=g) for _ in range(total_seq // n_seq + 1)])
     curve = []
@@ -219,7 +266,7 @@ def main(argv=None) -> int:
     model.train()
     t1 = time.time()
     for s in range(steps):
-        x = data[perm[s * args.batch:(s + 1) * args.batch]].to(args.device)
+        x = data[perm[s * args.batch : (s + 1) * args.batch]].to(args.device)
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -234,7 +281,10 @@ def main(argv=None) -> int:
             print("CURVE " + json.dumps(point), flush=True)
             model.train()
         if s % max(1, steps // 10) == 0 or s == steps - 1:
-            print(f"  step {s}/{steps} loss {loss.item():.3f} ({(s + 1) * args.batch * args.ctx / (time.time() - t1):,.0f} tok/s)", flush=True)
+            print(
+                f"  step {s}/{steps} loss {loss.item():.3f} ({(s + 1) * args.batch * args.ctx / (time.time() - t1):,.0f} tok/s)",
+                flush=True,
+            )
     model.eval()
     if args.save:
         model.save_pretrained(args.save)
@@ -253,7 +303,9 @@ def warm_up_induction(model, ids: torch.Tensor, args) -> None:
     for step in range(args.warm_induction):
         x, pred = batch("periodic", ids, gen, 32, 48, (4, 20))
         x, mask = x.to(args.device), pred[:, 1:].float().to(args.device)
-        ce = torch.nn.functional.cross_entropy(model(input_ids=x).logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
+        ce = torch.nn.functional.cross_entropy(
+            model(input_ids=x).logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none"
+        )
         loss = (ce * mask).sum() / mask.sum()
         loss.backward()
         opt.step(), opt.zero_grad(set_to_none=True)
@@ -298,7 +350,9 @@ def evaluate(model, tok, args, t0, curve=()) -> int:
         return uni / len(items), last / len(items), first / len(items)
 
     results = []
-    print(f"\n{'task':<18}{'split':<7}{'diff':>5}{'acc':>7}{'chance':>8}{'copy-any':>9}{'copy-last':>10}{'copy-first':>11}")
+    print(
+        f"\n{'task':<18}{'split':<7}{'diff':>5}{'acc':>7}{'chance':>8}{'copy-any':>9}{'copy-last':>10}{'copy-first':>11}"
+    )
     for name in ("entity_tracking", "variable_binding", "counting", "possession"):
         fam = get_task(name)
         for split in ("train", "eval"):
@@ -309,12 +363,29 @@ def evaluate(model, tok, args, t0, curve=()) -> int:
                 if name == "code_state":
                     extra = f"   text twin {accuracy([it.twin for it in items]):.2f}"
                 b_any, b_last, b_first = baselines(items)
-                print(f"{name:<18}{split:<7}{d:>5}{acc:>7.2f}{items[0].chance:>8.2f}{b_any:>9.2f}{b_last:>10.2f}{b_first:>11.2f}{extra}",
-                      flush=True)
-                results.append(dict(tag=args.tag, task=name, split=split, d=d, acc=acc, chance=items[0].chance, copy_any=b_any,
-                                    copy_first=b_first, copy_last=b_last))
+                print(
+                    f"{name:<18}{split:<7}{d:>5}{acc:>7.2f}{items[0].chance:>8.2f}{b_any:>9.2f}{b_last:>10.2f}{b_first:>11.2f}{extra}",
+                    flush=True,
+                )
+                results.append(
+                    dict(
+                        tag=args.tag,
+                        task=name,
+                        split=split,
+                        d=d,
+                        acc=acc,
+                        chance=items[0].chance,
+                        copy_any=b_any,
+                        copy_first=b_first,
+                        copy_last=b_last,
+                    )
+                )
     print(f"total {time.time() - t0:.0f}s")
-    print("RESULT " + json.dumps(dict(tag=args.tag, args=vars(args), results=results, curve=list(curve), seconds=time.time() - t0)), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(dict(tag=args.tag, args=vars(args), results=results, curve=list(curve), seconds=time.time() - t0)),
+        flush=True,
+    )
     return 0
 
 

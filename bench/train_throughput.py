@@ -75,8 +75,9 @@ def matmul_peak(device: torch.device, precision: str, seconds: float = 3.0) -> f
     return best
 
 
-def plain_loop(grid: GridConfig, vocab: int, tokens: np.ndarray, steps: int, device: torch.device,
-               precision: str) -> list[float]:
+def plain_loop(
+    grid: GridConfig, vocab: int, tokens: np.ndarray, steps: int, device: torch.device, precision: str
+) -> list[float]:
     """The minimal loop: same model, optimizer, loss, micro-batches; contiguous rows; per-step seconds."""
     model = build_model(grid.model, vocab, seed=0).to(device).train()
     opt = make_optimizer(model, grid)
@@ -124,7 +125,11 @@ def grid_tokens(grid: GridConfig) -> tuple[int, int]:
                 if key(r.phases[:k]) in trained:
                     start = k
                     break
-            total += sum(phase_steps(p, t.batch_size, grid.model.n_ctx) for p in r.phases[start:]) * t.batch_size * grid.model.n_ctx
+            total += (
+                sum(phase_steps(p, t.batch_size, grid.model.n_ctx) for p in r.phases[start:])
+                * t.batch_size
+                * grid.model.n_ctx
+            )
             trained |= {key(r.phases[:k]) for k in range(1, len(r.phases)) if key(r.phases[:k]) in shared}
     return total, len(grid.recipes) * len(grid.seeds)
 
@@ -136,17 +141,33 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--grad-accum", type=int, default=None,
-                    help="micro-batches per step (default 1, or the preset's); batch/grad_accum rows per forward")
+    ap.add_argument(
+        "--grad-accum",
+        type=int,
+        default=None,
+        help="micro-batches per step (default 1, or the preset's); batch/grad_accum rows per forward",
+    )
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--vocab", type=int, default=4096)
-    ap.add_argument("--preset", default=None, help="take shape, vocab, batch and grad_accum from this shipped grid "
-                    "(tiny, small, gpu) and project the whole grid's wall time")
+    ap.add_argument(
+        "--preset",
+        default=None,
+        help="take shape, vocab, batch and grad_accum from this shipped grid "
+        "(tiny, small, gpu) and project the whole grid's wall time",
+    )
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...); default cpu")
-    ap.add_argument("--precision", choices=sorted(DTYPES), default=None,
-                    help="fp32 or bf16 (autocast); default: what train_run does (fp32 on CPU, bf16 on CUDA)")
-    ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="also report MFU against this nominal peak (TFLOP/s), e.g. 790 for bf16 on an H200")
+    ap.add_argument(
+        "--precision",
+        choices=sorted(DTYPES),
+        default=None,
+        help="fp32 or bf16 (autocast); default: what train_run does (fp32 on CPU, bf16 on CUDA)",
+    )
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="also report MFU against this nominal peak (TFLOP/s), e.g. 790 for bf16 on an H200",
+    )
     ap.add_argument("--no-plain", action="store_true", help="skip the plain loop (no ratio)")
     args = ap.parse_args()
 
@@ -160,12 +181,18 @@ def main() -> None:
 
         p = preset(args.preset)
         model_cfg, vocab = p.model, p.tokenizer.vocab_size
-        train_cfg = dataclasses.replace(p.train, eval_every=0, save_every=10**9, snapshot_every=0,
-                                        grad_accum=args.grad_accum or p.train.grad_accum)
+        train_cfg = dataclasses.replace(
+            p.train, eval_every=0, save_every=10**9, snapshot_every=0, grad_accum=args.grad_accum or p.train.grad_accum
+        )
     else:
         p = None
-        model_cfg = ModelConfig(n_layers=args.layers, d_model=args.d_model, n_heads=max(1, args.d_model // 64),
-                                d_mlp=4 * args.d_model, n_ctx=args.ctx)
+        model_cfg = ModelConfig(
+            n_layers=args.layers,
+            d_model=args.d_model,
+            n_heads=max(1, args.d_model // 64),
+            d_mlp=4 * args.d_model,
+            n_ctx=args.ctx,
+        )
         vocab = args.vocab
         train_cfg = TrainConfig(batch_size=args.batch, grad_accum=args.grad_accum or 1, eval_every=0, save_every=10**9)
     batch, ctx = train_cfg.batch_size, model_cfg.n_ctx
@@ -183,11 +210,17 @@ def main() -> None:
     tokens = rng.integers(3, vocab, size=(steps + 1) * batch * ctx, dtype=np.uint16)
     tok = batch * ctx
     if device.type == "cuda":
-        print(f"device: {torch.cuda.get_device_name(device)}; tf32 matmul allowed: "
-              f"{torch.backends.cuda.matmul.allow_tf32}", flush=True)
-    print(f"shape: {model_cfg.n_layers} layers, d_model {model_cfg.d_model}, heads {model_cfg.n_heads}, "
-          f"d_mlp {model_cfg.d_mlp}, vocab {vocab}, batch {batch}x{ctx} in {train_cfg.grad_accum} micro-batches, "
-          f"{precision}, {device}, {torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
+        print(
+            f"device: {torch.cuda.get_device_name(device)}; tf32 matmul allowed: "
+            f"{torch.backends.cuda.matmul.allow_tf32}",
+            flush=True,
+        )
+    print(
+        f"shape: {model_cfg.n_layers} layers, d_model {model_cfg.d_model}, heads {model_cfg.n_heads}, "
+        f"d_mlp {model_cfg.d_mlp}, vocab {vocab}, batch {batch}x{ctx} in {train_cfg.grad_accum} micro-batches, "
+        f"{precision}, {device}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as d:
         data = Path(d) / "data"
         data.mkdir()
@@ -203,15 +236,18 @@ def main() -> None:
         sync(device)
         ours_wall = time.perf_counter() - t0
         records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-        per_step = [tok / r["tokens_per_s"] for r in records][args.warmup:]
+        per_step = [tok / r["tokens_per_s"] for r in records][args.warmup :]
         losses = [r["loss"] for r in records]
     if device.type == "cuda":
         torch.cuda.empty_cache()
     ours_tps = tok / statistics.median(per_step)
-    print(f"ours   {ours_tps:12,.0f} tokens/s   (whole call incl. model build: {steps * tok / ours_wall:,.0f}); "
-          f"loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps", flush=True)
+    print(
+        f"ours   {ours_tps:12,.0f} tokens/s   (whole call incl. model build: {steps * tok / ours_wall:,.0f}); "
+        f"loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps",
+        flush=True,
+    )
     if not args.no_plain:
-        plain = plain_loop(grid, vocab, tokens, steps, device, precision)[args.warmup:]
+        plain = plain_loop(grid, vocab, tokens, steps, device, precision)[args.warmup :]
         plain_tps = tok / statistics.median(plain)
         print(f"plain  {plain_tps:12,.0f} tokens/s")
         print(f"ratio ours/plain: {ours_tps / plain_tps:.3f}   (target >= 0.95)")
@@ -227,9 +263,11 @@ def main() -> None:
     if p is not None:
         total, n_runs = grid_tokens(p)
         hours = total / ours_tps / 3600
-        print(f"grid '{p.name}': {n_runs} runs, {total:,} tokens to train (shared phases once) -> "
-              f"{hours:.1f} h at {ours_tps:,.0f} tokens/s on one device ({hours / n_runs * 60:.0f} min per run on "
-              f"average; evaluation and checkpoint time not included)")
+        print(
+            f"grid '{p.name}': {n_runs} runs, {total:,} tokens to train (shared phases once) -> "
+            f"{hours:.1f} h at {ours_tps:,.0f} tokens/s on one device ({hours / n_runs * 60:.0f} min per run on "
+            f"average; evaluation and checkpoint time not included)"
+        )
 
 
 if __name__ == "__main__":

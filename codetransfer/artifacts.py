@@ -172,8 +172,9 @@ class UnitRecords:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CodetransferError(f"{path}: damaged unit record ({type(e).__name__}); delete it and rerun") from None
         if not isinstance(record, dict) or not isinstance(record.get("key"), str):
-            raise CodetransferError(f"{path}: damaged unit record (expected an object with a 'key'); "
-                                    "delete it and rerun")
+            raise CodetransferError(
+                f"{path}: damaged unit record (expected an object with a 'key'); delete it and rerun"
+            )
         return record
 
     def done(self, name: str, unit_key: str) -> bool:
@@ -211,11 +212,14 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
         manifest = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CodetransferError(f"{path}: not valid JSON; {fix}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("units"), list) or not all(
-        isinstance(u, dict) and isinstance(u.get("part"), str) for u in manifest["units"]
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(manifest.get("units"), list)
+        or not all(isinstance(u, dict) and isinstance(u.get("part"), str) for u in manifest["units"])
     ):
-        raise CodetransferError(f"{path}: damaged sweep manifest (expected 'units': a list of objects with a 'part'); "
-                                f"{fix}")
+        raise CodetransferError(
+            f"{path}: damaged sweep manifest (expected 'units': a list of objects with a 'part'); {fix}"
+        )
     return manifest
 
 

@@ -69,8 +69,9 @@ def _as_names(value, name: str) -> tuple[str, ...]:
         return tuple(t.strip() for t in value.split(",") if t.strip())
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(v.strip() for v in value if v.strip())
-    raise CodetransferError(f"JobSettings.{name}: expected a list of strings (or one comma-separated string), "
-                            f"got {value!r}")
+    raise CodetransferError(
+        f"JobSettings.{name}: expected a list of strings (or one comma-separated string), got {value!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -131,10 +132,13 @@ def _type_error(name: str, value, path: Path) -> CodetransferError:
     f = {f.name: f for f in dataclasses.fields(JobSettings)}[name]
     default = getattr(JobSettings(), name)
     if name in _LIST_FIELDS:
-        return CodetransferError(f"--settings: field '{name}' in {path} must be str, got {value!r}: a list of strings "
-                                 f"or one comma-separated string, e.g. {name} = {json.dumps(list(default))}")
-    return CodetransferError(f"--settings: field '{name}' in {path} must be {f.type}, "
-                             f"got {value!r}; e.g. {name} = {default!r}")
+        return CodetransferError(
+            f"--settings: field '{name}' in {path} must be str, got {value!r}: a list of strings "
+            f"or one comma-separated string, e.g. {name} = {json.dumps(list(default))}"
+        )
+    return CodetransferError(
+        f"--settings: field '{name}' in {path} must be {f.type}, got {value!r}; e.g. {name} = {default!r}"
+    )
 
 
 def load_settings(path: str | Path, **overrides) -> JobSettings:
@@ -146,20 +150,26 @@ def load_settings(path: str | Path, **overrides) -> JobSettings:
     """
     path = Path(path)
     if not path.is_file():
-        raise CodetransferError(f"--settings: file {path} does not exist; give a .toml or .json file of JobSettings fields")
+        raise CodetransferError(
+            f"--settings: file {path} does not exist; give a .toml or .json file of JobSettings fields"
+        )
     try:
         data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
-        raise CodetransferError(f"--settings: {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
-                                f"{str(e).splitlines()[0]}") from None
+        raise CodetransferError(
+            f"--settings: {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {str(e).splitlines()[0]}"
+        ) from None
     if not isinstance(data, dict):
-        raise CodetransferError(f"--settings: {path} must hold a table of field = value pairs, got {type(data).__name__}")
+        raise CodetransferError(
+            f"--settings: {path} must hold a table of field = value pairs, got {type(data).__name__}"
+        )
     fields = {f.name: f for f in dataclasses.fields(JobSettings)}
     values = {**data, **{k: v for k, v in overrides.items() if v is not None}}
     for name, value in values.items():
         if name not in fields:
-            raise CodetransferError(f"--settings: unknown field '{name}' in {path}{did_you_mean(name, fields)}; "
-                                    f"fields: {', '.join(fields)}")
+            raise CodetransferError(
+                f"--settings: unknown field '{name}' in {path}{did_you_mean(name, fields)}; fields: {', '.join(fields)}"
+            )
         if name in _LIST_FIELDS:
             ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
         else:
@@ -170,8 +180,17 @@ def load_settings(path: str | Path, **overrides) -> JobSettings:
 
 
 #: the least value of each numeric JobSettings field (every one has an upper bound of 2**32 - 1)
-SETTINGS_LOW = {"eval_items": 1, "curve_items": 1, "curve_max_difficulty": 0, "probe_items": 1,
-                "probe_max_difficulty": 0, "patch_items": 1, "patch_difficulty": 0, "attention_items": 1, "seed": 0}
+SETTINGS_LOW = {
+    "eval_items": 1,
+    "curve_items": 1,
+    "curve_max_difficulty": 0,
+    "probe_items": 1,
+    "probe_max_difficulty": 0,
+    "patch_items": 1,
+    "patch_difficulty": 0,
+    "attention_items": 1,
+    "seed": 0,
+}
 
 
 def check_settings(settings: JobSettings, where: str = "settings") -> JobSettings:
@@ -182,10 +201,12 @@ def check_settings(settings: JobSettings, where: str = "settings") -> JobSetting
     known = task_names()
     for name in ("probe_tasks", "patch_task", "attention_tasks"):
         value = getattr(settings, name)
-        for task in (value.split(",") if isinstance(value, str) else value):
+        for task in value.split(",") if isinstance(value, str) else value:
             if task.strip() not in known:
-                raise CodetransferError(f"{where}: field {name}: unknown task family '{task}'"
-                                        f"{did_you_mean(task.strip(), known)}; families: {', '.join(known)}")
+                raise CodetransferError(
+                    f"{where}: field {name}: unknown task family '{task}'"
+                    f"{did_you_mean(task.strip(), known)}; families: {', '.join(known)}"
+                )
     return settings
 
 
@@ -206,8 +227,10 @@ def _merge_eval(score_parts: list[Path], loss_parts: list[Path], results: Path, 
     losses = pd.concat(losses, ignore_index=True) if losses else None
     table, summary = eval_tables(scores, losses, settings.baseline, GRID_N_BOOT, settings.seed)
     comparison = comparison_table(scores, settings.baseline, GRID_N_BOOT, settings.seed)
-    artifacts.write_tables(results, {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores,
-                                     "comparison.parquet": comparison})
+    artifacts.write_tables(
+        results,
+        {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores, "comparison.parquet": comparison},
+    )
 
 
 def _merge_learning(parts: list[Path], results: Path, settings: JobSettings) -> None:
@@ -228,8 +251,13 @@ def _has_curve(run) -> bool:
 def _curve_key(settings: JobSettings) -> list[str]:
     """What an eval unit's key adds for a run with checkpoints (the curve settings, in the form the keys
     have always hashed)."""
-    return ["--checkpoints", "--curve-items", str(settings.curve_items),
-            "--curve-max-difficulty", str(settings.curve_max_difficulty)]
+    return [
+        "--checkpoints",
+        "--curve-items",
+        str(settings.curve_items),
+        "--curve-max-difficulty",
+        str(settings.curve_max_difficulty),
+    ]
 
 
 def _hardest(tasks, run, n_items: int, settings: JobSettings) -> int | None:
@@ -247,8 +275,15 @@ def _stage(name: str, timings: dict, log):
     log(f"== {name}: done in {timings[name]:.0f}s")
 
 
-def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings(), device: str = "cpu",
-            stages: tuple[str, ...] = STAGES, log=print, jobs: int = 1) -> dict:
+def run_job(
+    grid_spec: str,
+    out: str | Path,
+    settings: JobSettings = JobSettings(),
+    device: str = "cpu",
+    stages: tuple[str, ...] = STAGES,
+    log=print,
+    jobs: int = 1,
+) -> dict:
     """Run the main job; returns ``{stage: seconds}`` (and ``report_path``). See the module docstring.
 
     ``jobs``: worker processes for training (one torch thread each; results equal ``jobs=1``)."""
@@ -279,11 +314,23 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
                 key = artifacts.key(["eval", skey, r.name, run_key[r.name]] + (_curve_key(settings) if curve else []))
 
                 def work(r=r, dest=dest, curve=curve):
-                    artifacts.write_tables(dest, evaluate_grid(
-                        [r], runs_dir=r.path, n_items=settings.eval_items, seed=settings.seed,
-                        baseline=DEFAULT_BASELINE, n_boot=UNIT_N_BOOT, heldout_windows=HELDOUT_WINDOWS,
-                        fit_context=True, checkpoints=curve, curve_items_per_task=settings.curve_items,
-                        curve_max_difficulty=settings.curve_max_difficulty, device=device))
+                    artifacts.write_tables(
+                        dest,
+                        evaluate_grid(
+                            [r],
+                            runs_dir=r.path,
+                            n_items=settings.eval_items,
+                            seed=settings.seed,
+                            baseline=DEFAULT_BASELINE,
+                            n_boot=UNIT_N_BOOT,
+                            heldout_windows=HELDOUT_WINDOWS,
+                            fit_context=True,
+                            checkpoints=curve,
+                            curve_items_per_task=settings.curve_items,
+                            curve_max_difficulty=settings.curve_max_difficulty,
+                            device=device,
+                        ),
+                    )
 
                 if units.run(name, key, work):
                     worked = True
@@ -307,10 +354,19 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
 
                 def work(r=r, dest=dest):  # the sweep redoes parts made from other settings or an older model
                     probe_grid(
-                        [r], settings.probe_tasks, settings.probe_sites, dest, n_items=settings.probe_items,
-                        item_seed=settings.seed, seeds=PROBE_SPLIT_SEEDS, keep_stores=False, random_baseline=True,
+                        [r],
+                        settings.probe_tasks,
+                        settings.probe_sites,
+                        dest,
+                        n_items=settings.probe_items,
+                        item_seed=settings.seed,
+                        seeds=PROBE_SPLIT_SEEDS,
+                        keep_stores=False,
+                        random_baseline=True,
                         max_difficulty=_hardest(settings.probe_tasks, r, settings.probe_items, settings),
-                        device=device, progress=lambda msg: print(msg, flush=True))
+                        device=device,
+                        progress=lambda msg: print(msg, flush=True),
+                    )
 
                 if units.run(name, key, work):
                     worked = True
@@ -321,9 +377,13 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
 
     if "patch" in stages:
         with _stage("patch", timings, log):
-            patch = PatchSettings(task=settings.patch_task, sites=tuple(patch_sites(settings.patch_sites)),
-                                  n_items=settings.patch_items, difficulty=settings.patch_difficulty,
-                                  seed=settings.seed)
+            patch = PatchSettings(
+                task=settings.patch_task,
+                sites=tuple(patch_sites(settings.patch_sites)),
+                n_items=settings.patch_items,
+                difficulty=settings.patch_difficulty,
+                seed=settings.seed,
+            )
             parts_within, parts_rendering, parts_cross = [], [], []
             for r in runs:
                 name = f"patch-{r.name}"
@@ -366,9 +426,14 @@ def run_job(grid_spec: str, out: str | Path, settings: JobSettings = JobSettings
 
                 def work(r=r, dest=dest, curve=curve):
                     tables = attention_grid(
-                        [r], settings.attention_tasks, n_items=settings.attention_items, seed=settings.seed,
+                        [r],
+                        settings.attention_tasks,
+                        n_items=settings.attention_items,
+                        seed=settings.seed,
                         max_difficulty=_hardest(settings.attention_tasks, r, settings.probe_items, settings),
-                        checkpoints=curve, device=device)
+                        checkpoints=curve,
+                        device=device,
+                    )
                     artifacts.write_tables(dest, tables)
 
                 units.run(name, key, work)

@@ -92,8 +92,9 @@ def decimals(low, high, default: int = 3) -> int:
     return max(0, -math.floor(math.log10((float(high) - float(low)) / 2)))
 
 
-def with_interval(value, low, high, *, scale: float = 1.0, signed: bool = False, unit: str = "",
-                  missing: str = "not measured") -> str:
+def with_interval(
+    value, low, high, *, scale: float = 1.0, signed: bool = False, unit: str = "", missing: str = "not measured"
+) -> str:
     """``value [low, high]`` rounded to what the interval supports (see :func:`decimals`); an interval
     end that is not finite is written ``unbounded``; a value that is not finite gives ``missing``."""
     if not _finite(value):
@@ -114,9 +115,15 @@ def with_interval(value, low, high, *, scale: float = 1.0, signed: bool = False,
     return f"{f.format(v)}{unit} [{lo_s}, {hi_s}]"
 
 
-def format_table(df: pd.DataFrame, *, intervals: dict[str, tuple[str, str]] | None = None,
-                 counts: tuple[str, ...] = (), reasons: dict[str, str] | None = None,
-                 decimals_of: dict[str, int] | None = None, rename: dict[str, str] | None = None) -> pd.DataFrame:
+def format_table(
+    df: pd.DataFrame,
+    *,
+    intervals: dict[str, tuple[str, str]] | None = None,
+    counts: tuple[str, ...] = (),
+    reasons: dict[str, str] | None = None,
+    decimals_of: dict[str, int] | None = None,
+    rename: dict[str, str] | None = None,
+) -> pd.DataFrame:
     """A table of display strings.
 
     ``intervals``: ``{value column: (low column, high column)}``, merged into one ``value [low, high]``
@@ -141,8 +148,9 @@ def format_table(df: pd.DataFrame, *, intervals: dict[str, tuple[str, str]] | No
             d = decimals_of.get(c)
             out[c] = [(f"{float(v):.{d}f}" if d is not None else f"{float(v):.3g}") if _finite(v) else why for v in col]
         else:
-            out[c] = [why if (v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA) else str(v)
-                      for v in col]
+            out[c] = [
+                why if (v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA) else str(v) for v in col
+            ]
     out = out.drop_duplicates().reset_index(drop=True)
     return out.rename(columns=rename or {})
 
@@ -157,8 +165,9 @@ def render_table(df: pd.DataFrame) -> Table:
     styler = df.style.hide(axis="index").format(escape="html").format_index(escape="html", axis=1)
     numeric = [c for c in df.columns if df[c].map(lambda s: bool(s) and (s[0].isdigit() or s[0] in "+-")).all()]
     if numeric:
-        styler = styler.set_td_classes(pd.DataFrame({c: ["num" if c in numeric else "" for _ in df.index]
-                                                     for c in df.columns}, index=df.index))
+        styler = styler.set_td_classes(
+            pd.DataFrame({c: ["num" if c in numeric else "" for _ in df.index] for c in df.columns}, index=df.index)
+        )
     # the page's stylesheet styles tables: drop Styler's (empty) <style> element, which would also come
     # between a paragraph and its table
     body = re.sub(r"^\s*<style[^>]*>.*?</style>\s*", "", styler.to_html(), flags=re.S)
@@ -207,10 +216,14 @@ def _grid_section(out: Path, grid, folder: Path) -> Section:
     from codetransfer.trained import runs_table
 
     s = Section("The grid")
-    s.add_text(f"Grid **{grid.name}**: {grid.model.n_layers} layers, d_model {grid.model.d_model}, "
-               f"{grid.model.n_heads} heads, context {grid.model.n_ctx}, vocabulary {grid.tokenizer.vocab_size}; "
-               f"seeds {list(grid.seeds)}. Sources: " + ", ".join(f"{k} ({v.kind})" for k, v in grid.sources.items()) + ".")
-    code_sources = {k for k, v in grid.sources.items() if v.kind in ("stdlib", "synthetic_program") or v.category == "code"}
+    s.add_text(
+        f"Grid **{grid.name}**: {grid.model.n_layers} layers, d_model {grid.model.d_model}, "
+        f"{grid.model.n_heads} heads, context {grid.model.n_ctx}, vocabulary {grid.tokenizer.vocab_size}; "
+        f"seeds {list(grid.seeds)}. Sources: " + ", ".join(f"{k} ({v.kind})" for k, v in grid.sources.items()) + "."
+    )
+    code_sources = {
+        k for k, v in grid.sources.items() if v.kind in ("stdlib", "synthetic_program") or v.category == "code"
+    }
     prefixes: dict[str, set[str]] = {}
     for r in grid.recipes:
         for k in range(1, len(r.phases) + 1):
@@ -228,12 +241,26 @@ def _grid_section(out: Path, grid, folder: Path) -> Section:
                 key = json.dumps([[q.name, q.mixture, q.tokens] for q in r.phases[: k + 1]], sort_keys=True)
                 shared = len(prefixes[key]) > 1
                 any_shared |= shared
-                ax.barh(i, p.tokens / 1e6, left=x, color=cmap(norm(code)), edgecolor="black",
-                        hatch="//" if shared else None, lw=0.8)
+                ax.barh(
+                    i,
+                    p.tokens / 1e6,
+                    left=x,
+                    color=cmap(norm(code)),
+                    edgecolor="black",
+                    hatch="//" if shared else None,
+                    lw=0.8,
+                )
                 rgb = cmap(norm(code))[:3]
                 light = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 0.5
-                ax.text(x + p.tokens / 2e6, i, f"{p.name}\n{code:.0f}% code", ha="center", va="center", fontsize=8,
-                        color="black" if light else "white")
+                ax.text(
+                    x + p.tokens / 2e6,
+                    i,
+                    f"{p.name}\n{code:.0f}% code",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="black" if light else "white",
+                )
                 x += p.tokens / 1e6
         ax.set_yticks(range(len(grid.recipes)), [r.name for r in grid.recipes])
         for lab, r in zip(ax.get_yticklabels(), grid.recipes):
@@ -241,31 +268,48 @@ def _grid_section(out: Path, grid, folder: Path) -> Section:
         ax.invert_yaxis()
         ax.set_xlabel("training tokens (millions)")
         fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="code share of the phase (%)")
-        ax.set_title("recipes and phases" + (" (hatched: phases shared by several recipes, trained once and "
-                                             "branched from)" if any_shared else ""), fontsize="medium")
+        ax.set_title(
+            "recipes and phases"
+            + (" (hatched: phases shared by several recipes, trained once and branched from)" if any_shared else ""),
+            fontsize="medium",
+        )
         return fig
 
     _figure(s, folder, "grid.png", "Recipes, phases, code share and branch points", draw)
     table = runs_table(out)
     if not table.empty:
-        keep = [c for c in table.columns if c in ("run", "recipe", "seed", "steps", "branched_from")
-                or c.startswith("tokens/") or c.startswith("val/")]
+        keep = [
+            c
+            for c in table.columns
+            if c in ("run", "recipe", "seed", "steps", "branched_from")
+            or c.startswith("tokens/")
+            or c.startswith("val/")
+        ]
         t = table[keep].copy()
         tok = [c for c in keep if c.startswith("tokens/")]
         t[tok] = t[tok].fillna(0)  # a source a run never read: 0 tokens
         t["branched_from"] = t["branched_from"].replace("", "trained from the start")
-        s.add_table(t, counts=("seed", "steps", *tok), decimals_of={c: 3 for c in keep if c.startswith("val/")},
-                    reasons={c: "no held-out tokens" for c in keep if c.startswith("val/")},
-                    rename={**{c: f"tokens of {c[7:]}" for c in tok},
-                            **{c: f"held-out loss on {c[4:]} (nats/token)" for c in keep if c.startswith("val/")},
-                            "branched_from": "branched from"})
+        s.add_table(
+            t,
+            counts=("seed", "steps", *tok),
+            decimals_of={c: 3 for c in keep if c.startswith("val/")},
+            reasons={c: "no held-out tokens" for c in keep if c.startswith("val/")},
+            rename={
+                **{c: f"tokens of {c[7:]}" for c in tok},
+                **{c: f"held-out loss on {c[4:]} (nats/token)" for c in keep if c.startswith("val/")},
+                "branched_from": "branched from",
+            },
+        )
     return s
 
 
 def _category_chance(table: pd.DataFrame, baseline: str) -> dict[str, float]:
     """Mean chance accuracy of each category's items (over the baseline's per-level rows, weighted by items)."""
-    t = table[(table["metric"] == "accuracy") & (table["difficulty"].astype(str) != "all")
-              & ~table["task"].astype(str).str.startswith("heldout:")]
+    t = table[
+        (table["metric"] == "accuracy")
+        & (table["difficulty"].astype(str) != "all")
+        & ~table["task"].astype(str).str.startswith("heldout:")
+    ]
     if baseline in set(t["recipe"]):
         t = t[t["recipe"] == baseline]
     if "chance" not in t.columns or t.empty:
@@ -289,35 +333,49 @@ def _seed_paired(s: Section, comparison: pd.DataFrame, baseline: str) -> list[st
     headline: the primary metric (logit difference) on reasoning."""
     pooled = comparison[comparison["pooled"].astype(bool)]
     if pooled.empty:
-        s.add_text(f"No level has **{baseline}** above chance, so there is no seed-paired headline comparison "
-                   "(per-level rows are in results/comparison.parquet).")
+        s.add_text(
+            f"No level has **{baseline}** above chance, so there is no seed-paired headline comparison "
+            "(per-level rows are in results/comparison.parquet)."
+        )
         return []
     rows = []
     for _, r in pooled.iterrows():
         scale = 100 if r.metric == "correct" else 1
         unit = " pp" if r.metric == "correct" else ""
-        rows.append({"recipe": r.recipe, "category": r.category,
-                     "metric": "accuracy" if r.metric == "correct" else "logit difference",
-                     "recipe - " + baseline: with_interval(r.estimate, r.ci_low, r.ci_high, scale=scale, signed=True,
-                                                           unit=unit),
-                     "Holm p": f"{r.p_holm:.2g}" if _finite(r.p_holm) else "not tested",
-                     "smallest detectable": f"{scale * r.mde:.2g}{unit}" if _finite(r.mde) else "unknown",
-                     "seeds": r.n_seeds, "items": r.n_items, "verdict": _verdict(r),
-                     "levels": r.pooled_levels})
+        rows.append(
+            {
+                "recipe": r.recipe,
+                "category": r.category,
+                "metric": "accuracy" if r.metric == "correct" else "logit difference",
+                "recipe - " + baseline: with_interval(
+                    r.estimate, r.ci_low, r.ci_high, scale=scale, signed=True, unit=unit
+                ),
+                "Holm p": f"{r.p_holm:.2g}" if _finite(r.p_holm) else "not tested",
+                "smallest detectable": f"{scale * r.mde:.2g}{unit}" if _finite(r.mde) else "unknown",
+                "seeds": r.n_seeds,
+                "items": r.n_items,
+                "verdict": _verdict(r),
+                "levels": r.pooled_levels,
+            }
+        )
     s.add_table(pd.DataFrame(rows), counts=("seeds", "items"))
-    s.add_text(f"Seed-paired comparisons with **{baseline}**: per seed, the recipe and the baseline are scored on "
-               "the same items and their difference is the unit; 95% hierarchical bootstrap intervals (seeds, then "
-               "items); p from a mixed model with seed as a random effect, Holm-corrected over the rows; the "
-               "smallest detectable effect is for 80% power at alpha 0.05 given the seeds' spread. Pooled over the "
-               "levels where the baseline is above chance (listed); per-level rows are in "
-               "results/comparison.parquet. The logit difference (answer minus best other candidate) is the "
-               "primary metric.")
+    s.add_text(
+        f"Seed-paired comparisons with **{baseline}**: per seed, the recipe and the baseline are scored on "
+        "the same items and their difference is the unit; 95% hierarchical bootstrap intervals (seeds, then "
+        "items); p from a mixed model with seed as a random effect, Holm-corrected over the rows; the "
+        "smallest detectable effect is for 80% power at alpha 0.05 given the seeds' spread. Pooled over the "
+        "levels where the baseline is above chance (listed); per-level rows are in "
+        "results/comparison.parquet. The logit difference (answer minus best other candidate) is the "
+        "primary metric."
+    )
     lead = pooled[(pooled["metric"] == "logit_diff") & (pooled["category"] == "reasoning")]
     findings = []
     for _, r in lead.iterrows():
-        findings.append(f"Reasoning (logit difference, seed-paired): {r.recipe} - {baseline} = "
-                        f"{with_interval(r.estimate, r.ci_low, r.ci_high, signed=True)} over {int(r.n_seeds)} seed(s) "
-                        f"and {int(r.n_items)} items; {_verdict(r)}.")
+        findings.append(
+            f"Reasoning (logit difference, seed-paired): {r.recipe} - {baseline} = "
+            f"{with_interval(r.estimate, r.ci_low, r.ci_high, signed=True)} over {int(r.n_seeds)} seed(s) "
+            f"and {int(r.n_items)} items; {_verdict(r)}."
+        )
     return [" ".join(findings)] if findings else []
 
 
@@ -344,73 +402,113 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
             if below:
                 # relative change against a baseline at chance says nothing: report the difference in points
                 b = float(r.baseline_value)
-                cell = with_interval((r.recipe_value - b), b * r.ci_low if _finite(r.ci_low) else None,
-                                     b * r.ci_high if _finite(r.ci_high) else None, scale=100, signed=True,
-                                     unit=" pp", missing="undefined")
-                kind = f"difference in percentage points (baseline {100 * b:.0f}% is at or below chance {100 * ch:.0f}%)"
+                cell = with_interval(
+                    (r.recipe_value - b),
+                    b * r.ci_low if _finite(r.ci_low) else None,
+                    b * r.ci_high if _finite(r.ci_high) else None,
+                    scale=100,
+                    signed=True,
+                    unit=" pp",
+                    missing="undefined",
+                )
+                kind = (
+                    f"difference in percentage points (baseline {100 * b:.0f}% is at or below chance {100 * ch:.0f}%)"
+                )
             elif not _finite(r.value):
                 cell, kind = "undefined: the baseline scores 0", "relative change"
             else:
                 cell = with_interval(r.value, r.ci_low, r.ci_high, scale=100, signed=True, unit="%")
                 kind = "relative change"
             distinct = (_finite(r.ci_low) and r.ci_low > 0) or (_finite(r.ci_high) and r.ci_high < 0)
-            rows.append({"recipe": r.recipe, "category": r.category, "of": r["of"],
-                         "recipe / baseline": f"{100 * r.recipe_value:.0f}% / {100 * r.baseline_value:.0f}%"
-                         if r["of"] == "accuracy" else f"{r.recipe_value:.3g} / {r.baseline_value:.3g}",
-                         "change vs " + baseline: cell, "measured as": kind,
-                         "distinguishable from noise": ("yes" if distinct else "no") if r.n_seeds >= 3
-                         else f"{int(r.n_seeds)} seed(s): an item-level interval, not a claim", "items": r.n_items,
-                         "seeds": r.n_seeds})
+            rows.append(
+                {
+                    "recipe": r.recipe,
+                    "category": r.category,
+                    "of": r["of"],
+                    "recipe / baseline": f"{100 * r.recipe_value:.0f}% / {100 * r.baseline_value:.0f}%"
+                    if r["of"] == "accuracy"
+                    else f"{r.recipe_value:.3g} / {r.baseline_value:.3g}",
+                    "change vs " + baseline: cell,
+                    "measured as": kind,
+                    "distinguishable from noise": ("yes" if distinct else "no")
+                    if r.n_seeds >= 3
+                    else f"{int(r.n_seeds)} seed(s): an item-level interval, not a claim",
+                    "items": r.n_items,
+                    "seeds": r.n_seeds,
+                }
+            )
         s.add_table(pd.DataFrame(rows), counts=("items", "seeds"))
-        s.add_text(f"Change of each recipe against **{baseline}**, 95% bootstrap intervals over items (and seeds "
-                   "where there are several), rounded to the interval's first significant digit. Where the "
-                   "baseline is at or below chance a relative change is meaningless, so the difference in "
-                   "percentage points is given (its interval: the relative interval times the baseline, "
-                   "approximate). 'unbounded': some bootstrap resamples of the baseline average 0. "
-                   "'distinguishable from noise' = the interval excludes 0. For held-out loss, negative is better.")
+        s.add_text(
+            f"Change of each recipe against **{baseline}**, 95% bootstrap intervals over items (and seeds "
+            "where there are several), rounded to the interval's first significant digit. Where the "
+            "baseline is at or below chance a relative change is meaningless, so the difference in "
+            "percentage points is given (its interval: the relative interval times the baseline, "
+            "approximate). 'unbounded': some bootstrap resamples of the baseline average 0. "
+            "'distinguishable from noise' = the interval excludes 0. For held-out loss, negative is better."
+        )
         acc = summary[(summary["of"] == "accuracy") & (summary["category"] == "reasoning")]
         acc = acc[acc["value"].map(_finite)]
         if not acc.empty:
             best = acc.loc[acc["value"].idxmax()]
-            verdict = ("distinguishable from noise" if (_finite(best.ci_low) and best.ci_low > 0)
-                       or (_finite(best.ci_high) and best.ci_high < 0) else "NOT distinguishable from noise")
+            verdict = (
+                "distinguishable from noise"
+                if (_finite(best.ci_low) and best.ci_low > 0) or (_finite(best.ci_high) and best.ci_high < 0)
+                else "NOT distinguishable from noise"
+            )
             if best.n_seeds < 3:
                 verdict = f"{int(best.n_seeds)} seed(s): an item-level interval, not a claim"
             ch = chance.get("reasoning")
             if ch is not None and best.baseline_value <= ch + 1e-12:
-                change = f"{100 * (best.recipe_value - best.baseline_value):+.0f} percentage points (baseline at chance)"
+                change = (
+                    f"{100 * (best.recipe_value - best.baseline_value):+.0f} percentage points (baseline at chance)"
+                )
             else:
                 change = with_interval(best.value, best.ci_low, best.ci_high, scale=100, signed=True, unit="%")
-            findings.append(f"Reasoning accuracy: best recipe vs {baseline} is {best.recipe} at {change} "
-                            f"({verdict} at this number of seeds and items).")
+            findings.append(
+                f"Reasoning accuracy: best recipe vs {baseline} is {best.recipe} at {change} "
+                f"({verdict} at this number of seeds and items)."
+            )
 
         def draw_rel():
             fig, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
             plot_relative_change(summary[summary["of"] == "accuracy"], ax=ax)
             return fig
 
-        _figure(s, folder, "relative_change.png", f"Relative change of accuracy vs {baseline} per category "
-                "(arrows: interval unbounded above)", draw_rel)
+        _figure(
+            s,
+            folder,
+            "relative_change.png",
+            f"Relative change of accuracy vs {baseline} per category (arrows: interval unbounded above)",
+            draw_rel,
+        )
     tasks = [t for t in table["task"].unique() if not str(t).startswith("heldout:")]
     for task in tasks:
+
         def draw(task=task):
             fig, ax = plt.subplots(figsize=(6.5, 3.5), layout="constrained")
             plot_accuracy_vs_difficulty(table, task=task, ax=ax)
             return fig
 
         _figure(s, folder, f"eval_{_file(task)}.png", f"{task}: accuracy against difficulty per recipe", draw)
-    run_rows = table[(table["metric"] == "accuracy") & (table["difficulty"].astype(str) == "0")
-                     & ~table["run"].astype(str).str.endswith("*")]
+    run_rows = table[
+        (table["metric"] == "accuracy")
+        & (table["difficulty"].astype(str) == "0")
+        & ~table["run"].astype(str).str.endswith("*")
+    ]
     if not run_rows.empty and baseline in set(run_rows["recipe"]):
         b = run_rows[run_rows["recipe"] == baseline]
         above = b[b["ci_low"] > b["chance"]]
-        s.add_text(f"Easiest level, {baseline}: above chance (interval) on "
-                   f"{', '.join(sorted(above['task'])) or 'no task'}; at chance on "
-                   f"{', '.join(sorted(set(b['task']) - set(above['task']))) or 'no task'}.")
+        s.add_text(
+            f"Easiest level, {baseline}: above chance (interval) on "
+            f"{', '.join(sorted(above['task'])) or 'no task'}; at chance on "
+            f"{', '.join(sorted(set(b['task']) - set(above['task']))) or 'no task'}."
+        )
         if "copy_chance" in b.columns:
             keyed = b[b["ci_low"] > b["copy_chance"]]
-            s.add_text("Above the copy baseline (guessing among the values the prompt mentions, which needs no "
-                       f"use of the question): {', '.join(sorted(keyed['task'])) or 'no task'}.")
+            s.add_text(
+                "Above the copy baseline (guessing among the values the prompt mentions, which needs no "
+                f"use of the question): {', '.join(sorted(keyed['task'])) or 'no task'}."
+            )
     return s, findings
 
 
@@ -453,8 +551,9 @@ def _learning(results: Path, folder: Path, phases) -> tuple[Section, list[str]]:
     s = Section("Learning curves")
     t = _read(results / "learning.parquet")
     if t is None or t.empty:
-        s.missing.append("learning.parquet: no intermediate checkpoints were scored (train the grid with "
-                         "train.snapshot_every > 0)")
+        s.missing.append(
+            "learning.parquet: no intermediate checkpoints were scored (train the grid with train.snapshot_every > 0)"
+        )
         return s, []
     t = t.assign(difficulty=t["difficulty"].astype(str))
     levels = sorted((d for d in t["difficulty"].unique() if d != "all"), key=int)
@@ -467,8 +566,9 @@ def _learning(results: Path, folder: Path, phases) -> tuple[Section, list[str]]:
     def draw():
         cols = min(3, len(reasoning))
         rows = -(-len(reasoning) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False, layout="constrained",
-                                 sharey=True)
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False, layout="constrained", sharey=True
+        )
         for k, ax in enumerate(axes.flat):
             if k >= len(reasoning):
                 ax.set_visible(False)
@@ -479,19 +579,31 @@ def _learning(results: Path, folder: Path, phases) -> tuple[Section, list[str]]:
         return fig
 
     steps = [int(x) for x in sorted(t["step"].unique())]
-    _figure(s, folder, "learning_curves.png",
-            f"Accuracy at difficulty {level} against training tokens (millions), one line per recipe; dashed "
-            "vertical lines: phase boundaries", draw)
-    s.add_text(f"Every saved checkpoint and the final model ({len(steps)} checkpoints) scored on the same "
-               f"difficulty-{level} items; bands are 95% bootstrap intervals over items (and "
-               "seeds); the lines named 'chance' and 'copy baseline' are guessing uniformly and copying a value "
-               "the prompt mentions. Points of one curve share items and training history.")
+    _figure(
+        s,
+        folder,
+        "learning_curves.png",
+        f"Accuracy at difficulty {level} against training tokens (millions), one line per recipe; dashed "
+        "vertical lines: phase boundaries",
+        draw,
+    )
+    s.add_text(
+        f"Every saved checkpoint and the final model ({len(steps)} checkpoints) scored on the same "
+        f"difficulty-{level} items; bands are 95% bootstrap intervals over items (and "
+        "seeds); the lines named 'chance' and 'copy baseline' are guessing uniformly and copying a value "
+        "the prompt mentions. Points of one curve share items and training history."
+    )
     first = first_above_chance(t, difficulty=level)
     if not first.empty:
         last = t.groupby("recipe")["tokens"].max()
-        first = first.assign(cell=[f"{tok / 1e6:.2f}M tokens (step {st})" if pd.notna(st)
-                                   else f"not above chance by {last.get(rc, float('nan')) / 1e6:.2f}M tokens"
-                                   for st, tok, rc in zip(first["step"], first["tokens"], first["recipe"])])
+        first = first.assign(
+            cell=[
+                f"{tok / 1e6:.2f}M tokens (step {st})"
+                if pd.notna(st)
+                else f"not above chance by {last.get(rc, float('nan')) / 1e6:.2f}M tokens"
+                for st, tok, rc in zip(first["step"], first["tokens"], first["recipe"])
+            ]
+        )
         wide = first.pivot_table(index="recipe", columns="task", values="cell", aggfunc="first")
         wide = wide.fillna("not scored").reset_index()
         wide.columns.name = None
@@ -514,42 +626,59 @@ def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
     same = t[t["fit_on"] == t["test_on"]] if "fit_on" in t else t
     cross = t[t["fit_on"] != t["test_on"]] if "fit_on" in t else t.iloc[:0]
     for (task, site), g in same.groupby(["task", "site"]):
-        pooled = g.groupby(["run", "recipe", "seed", "layer", "metric"], as_index=False)[["value", "ci_low", "ci_high"]].mean()
+        pooled = g.groupby(["run", "recipe", "seed", "layer", "metric"], as_index=False)[
+            ["value", "ci_low", "ci_high"]
+        ].mean()
         pooled = pooled.assign(task=task, site=site, pos="pooled", probe=g["probe"].iloc[0], head=-1)
         for metric in ("accuracy", "selectivity"):
+
             def draw(pooled=pooled, metric=metric):
                 fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
                 plot_probe_curves(pooled, metric=metric, ax=ax)
                 ax.set_title(f"{task} / {site}: probe {metric} (mean over labels)", fontsize="medium")
                 return fig
 
-            _figure(s, folder, f"probe_{_file(task)}_{_file(site)}_{metric}.png",
-                    f"{task}, {site}: probe {metric} against layer, one line per recipe (grey dashed: the "
-                    "random-init models)", draw)
+            _figure(
+                s,
+                folder,
+                f"probe_{_file(task)}_{_file(site)}_{metric}.png",
+                f"{task}, {site}: probe {metric} against layer, one line per recipe (grey dashed: the "
+                "random-init models)",
+                draw,
+            )
         threshold = float(pooled[pooled.metric == "accuracy"]["value"].max()) * 0.9
         fd = first_decodable_layer(pooled, threshold=threshold)
         if not fd.empty:
             fd = fd.drop(columns=[c for c in ("metric", "threshold") if c in fd.columns])
-            s.add_text(f"First layer whose probe accuracy reaches {threshold:.2f} (90% of the best over all "
-                       f"models), {task} / {site}:")
+            s.add_text(
+                f"First layer whose probe accuracy reaches {threshold:.2f} (90% of the best over all "
+                f"models), {task} / {site}:"
+            )
             s.add_table(fd, counts=("seed", "layer"), reasons={"layer": "never reached"})
         sel = pooled[pooled.metric == "selectivity"].groupby("recipe")["value"].max()
         random = sel[sel.index.str.endswith("(random init)")]
         trained = sel[~sel.index.str.endswith("(random init)")]
         if len(trained):
-            finding = (f"Probing ({task}, {site}): best-layer selectivity by recipe — "
-                       + ", ".join(f"{k} {v:.2f}" for k, v in trained.sort_values(ascending=False).items()))
+            finding = f"Probing ({task}, {site}): best-layer selectivity by recipe — " + ", ".join(
+                f"{k} {v:.2f}" for k, v in trained.sort_values(ascending=False).items()
+            )
             if len(random):
-                span = f"{random.min():.2f}" if np.isclose(random.min(), random.max()) else \
-                    f"{random.min():.2f}–{random.max():.2f}"
-                finding += (f"; random-init twins of the same shape reach {span}, "
-                            + ("so the trained models' probes do NOT beat the random-init baseline"
-                               if random.max() >= trained.max() else
-                               "a difference without a seed-level interval: not a finding"))
+                span = (
+                    f"{random.min():.2f}"
+                    if np.isclose(random.min(), random.max())
+                    else f"{random.min():.2f}–{random.max():.2f}"
+                )
+                finding += f"; random-init twins of the same shape reach {span}, " + (
+                    "so the trained models' probes do NOT beat the random-init baseline"
+                    if random.max() >= trained.max()
+                    else "a difference without a seed-level interval: not a finding"
+                )
             findings.append(finding + ".")
     if not cross.empty:
         c = cross[cross.metric == "accuracy"].groupby(["recipe", "fit_on", "test_on"])["value"].mean().reset_index()
-        s.add_text("Cross-format probing (fit on one rendering, test on the other), mean accuracy over layers and labels:")
+        s.add_text(
+            "Cross-format probing (fit on one rendering, test on the other), mean accuracy over layers and labels:"
+        )
         s.add_table(c.rename(columns={"value": "mean accuracy"}), decimals_of={"mean accuracy": 2})
     return s, findings
 
@@ -557,6 +686,7 @@ def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
 def _component_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Name each patched component, and merge rows that are the same measurement under several
     position labels (e.g. '@last' and '@query' on one token): one row, labels joined by '='."""
+
     def component(r):
         head = f" H{int(r['head'])}" if pd.notna(r.get("head")) and r["head"] >= 0 else ""
         return f"{r.site} L{r.layer}{head}"
@@ -566,9 +696,12 @@ def _component_rows(rows: pd.DataFrame) -> pd.DataFrame:
         return str(p) if pd.notna(p) and str(p) != "all" else ""
 
     rows = rows.assign(component=rows.apply(component, axis=1), _pos=rows.apply(pos, axis=1))
-    keys = [c for c in ("source_recipe", "recipe", "run", "component", "value", "ci_low", "ci_high") if c in rows.columns]
+    keys = [
+        c for c in ("source_recipe", "recipe", "run", "component", "value", "ci_low", "ci_high") if c in rows.columns
+    ]
     merged = rows.groupby(keys, as_index=False, sort=False, dropna=False)["_pos"].agg(
-        lambda p: " = ".join("@" + x for x in dict.fromkeys(p) if x))
+        lambda p: " = ".join("@" + x for x in dict.fromkeys(p) if x)
+    )
     merged["component"] = [f"{c} {p}".strip() for c, p in zip(merged["component"], merged["_pos"])]
     return merged.drop(columns="_pos")
 
@@ -587,17 +720,32 @@ def _patching(results: Path, folder: Path, baseline: str) -> tuple[Section, list
         den = t[t["metric"] == "denoising"]
         recipes = sorted(den["recipe"].unique())
         for site in [x for x in ("resid_pre", "attn_out", "mlp_out") if x in set(den["site"])]:
+
             def draw(site=site):
-                axes = plot_side_by_side(den, by="recipe", kind="layer_pos", site=site, metric="denoising",
-                                         values=recipes)
+                axes = plot_side_by_side(
+                    den, by="recipe", kind="layer_pos", site=site, metric="denoising", values=recipes
+                )
                 return axes[0].figure
 
-            _figure(s, folder, f"patch_{site}.png", f"Denoising patching of {site}, layer x position, per recipe "
-                    "(one colour scale)", draw)
+            _figure(
+                s,
+                folder,
+                f"patch_{site}.png",
+                f"Denoising patching of {site}, layer x position, per recipe (one colour scale)",
+                draw,
+            )
         if "head_out" in set(den["site"]):
+
             def draw_h():
-                axes = plot_side_by_side(den, by="recipe", kind="layer_head", site="head_out", metric="denoising",
-                                         pos_label="all", values=recipes)
+                axes = plot_side_by_side(
+                    den,
+                    by="recipe",
+                    kind="layer_head",
+                    site="head_out",
+                    metric="denoising",
+                    pos_label="all",
+                    values=recipes,
+                )
                 return axes[0].figure
 
             _figure(s, folder, "patch_heads.png", "Denoising patching of each head's output (all positions)", draw_h)
@@ -607,13 +755,19 @@ def _patching(results: Path, folder: Path, baseline: str) -> tuple[Section, list
 
             def draw_d(other=other):
                 fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
-                plot_difference(den, other, baseline, by="recipe", kind="layer_pos", site="resid_pre",
-                                metric="denoising", ax=ax)
+                plot_difference(
+                    den, other, baseline, by="recipe", kind="layer_pos", site="resid_pre", metric="denoising", ax=ax
+                )
                 return fig
 
-            _figure(s, folder, f"patch_diff_{_file(other)}.png",
-                    f"resid_pre denoising map: {other} minus {baseline}, on the scale of the maps above; dots: "
-                    "cells whose difference is within the intervals", draw_d)
+            _figure(
+                s,
+                folder,
+                f"patch_diff_{_file(other)}.png",
+                f"resid_pre denoising map: {other} minus {baseline}, on the scale of the maps above; dots: "
+                "cells whose difference is within the intervals",
+                draw_d,
+            )
     cm = _read(results / "cross_model.parquet")
     if cm is None or cm.empty:
         s.missing.append("cross_model.parquet: no cross-model patching (needs the baseline recipe)")
@@ -623,37 +777,54 @@ def _patching(results: Path, folder: Path, baseline: str) -> tuple[Section, list
             merged = _component_rows(rows)
             src_col = "source_recipe" if "source_recipe" in merged else None
             top = merged.sort_values("value", ascending=False).head(8)
-            keep = [c for c in ("source_recipe", "recipe", "component", "value", "ci_low", "ci_high") if c in top.columns]
-            s.add_text("**Where code exposure changes the reasoning circuit.** Cross-model patching puts one component "
-                       f"of a code-exposed model into the {baseline} model on the same prompts; 'share of the "
-                       "advantage' is the part of the code-exposed model's advantage that the component carries "
-                       "(1 = all of it), with its 95% interval; positions that are the same token are one row.")
-            s.add_table(top[keep], intervals={"value": ("ci_low", "ci_high")},
-                        rename={"value": "share of the advantage [95% interval]", "recipe": "patched pair"})
+            keep = [
+                c for c in ("source_recipe", "recipe", "component", "value", "ci_low", "ci_high") if c in top.columns
+            ]
+            s.add_text(
+                "**Where code exposure changes the reasoning circuit.** Cross-model patching puts one component "
+                f"of a code-exposed model into the {baseline} model on the same prompts; 'share of the "
+                "advantage' is the part of the code-exposed model's advantage that the component carries "
+                "(1 = all of it), with its 95% interval; positions that are the same token are one row."
+            )
+            s.add_table(
+                top[keep],
+                intervals={"value": ("ci_low", "ci_high")},
+                rename={"value": "share of the advantage [95% interval]", "recipe": "patched pair"},
+            )
             best = top.iloc[0]
-            sig = ("interval excludes 0" if _finite(best.ci_low) and best.ci_low > 0
-                   else "interval includes 0: not distinguishable from noise")
-            findings.append(f"Cross-model patching: the component carrying most of the gap is {best.component} "
-                            f"({with_interval(best.value, best.ci_low, best.ci_high)} of the advantage; {sig})"
-                            + (f", from {best[src_col]}" if src_col else "") + ".")
+            sig = (
+                "interval excludes 0"
+                if _finite(best.ci_low) and best.ci_low > 0
+                else "interval includes 0: not distinguishable from noise"
+            )
+            findings.append(
+                f"Cross-model patching: the component carrying most of the gap is {best.component} "
+                f"({with_interval(best.value, best.ci_low, best.ci_high)} of the advantage; {sig})"
+                + (f", from {best[src_col]}" if src_col else "")
+                + "."
+            )
     cr = _read(results / "cross_rendering.parquet")
     if cr is not None and not cr.empty:
         g = cr.groupby(["recipe", "metric"])["value"].max().unstack()
-        s.add_text("Cross-rendering patching (code rendering patched into the text rendering at aligned positions), "
-                   "largest effect over sites per recipe; compare with the same patch taken from the text rendering:")
+        s.add_text(
+            "Cross-rendering patching (code rendering patched into the text rendering at aligned positions), "
+            "largest effect over sites per recipe; compare with the same patch taken from the text rendering:"
+        )
         g.columns.name = None
         s.add_table(g.reset_index(), decimals_of={c: 2 for c in g.columns})
         if "cross_rendering" in g:
             best = g["cross_rendering"].idxmax()
             ref = g["within_rendering"].get(best, float("nan")) if "within_rendering" in g else float("nan")
-            findings.append(f"Shared representation: the largest code→text patch effect is {g['cross_rendering'].max():.2f} "
-                            f"(recipe {best}; within-text reference "
-                            + (f"{ref:.2f}" if _finite(ref) else "not measured") + ").")
+            findings.append(
+                f"Shared representation: the largest code→text patch effect is {g['cross_rendering'].max():.2f} "
+                f"(recipe {best}; within-text reference " + (f"{ref:.2f}" if _finite(ref) else "not measured") + ")."
+            )
     return s, findings
 
 
-def _attention(results: Path, folder: Path, baseline: str, phases, per_step: dict[str, int], vocab_size: int,
-               out: Path) -> tuple[Section, list[str]]:
+def _attention(
+    results: Path, folder: Path, baseline: str, phases, per_step: dict[str, int], vocab_size: int, out: Path
+) -> tuple[Section, list[str]]:
     import matplotlib.pyplot as plt
 
     from codetransfer.analysis.attention_plots import (
@@ -670,8 +841,11 @@ def _attention(results: Path, folder: Path, baseline: str, phases, per_step: dic
         return s, findings
     recipes = sorted(t["recipe"].unique())
     for metric in [m for m in ("induction", "previous_token", "attn_to_answer_source") if m in set(t["metric"])]:
+
         def draw(metric=metric):
-            fig, axes = plt.subplots(1, len(recipes), figsize=(3.9 * len(recipes), 3.1), squeeze=False, layout="constrained")
+            fig, axes = plt.subplots(
+                1, len(recipes), figsize=(3.9 * len(recipes), 3.1), squeeze=False, layout="constrained"
+            )
             for ax, r in zip(axes[0], recipes):
                 plot_head_scores(t, metric, ax=ax, recipe=r)
             return fig
@@ -687,8 +861,13 @@ def _attention(results: Path, folder: Path, baseline: str, phases, per_step: dic
                     plot_head_score_difference(t, other, baseline, metric, ax=ax)
                     return fig
 
-                _figure(s, folder, f"heads_{metric}_diff_{_file(other)}.png",
-                        f"{metric}: {other} minus {baseline} (dots: within the intervals)", draw_d)
+                _figure(
+                    s,
+                    folder,
+                    f"heads_{metric}_diff_{_file(other)}.png",
+                    f"{metric}: {other} minus {baseline} (dots: within the intervals)",
+                    draw_d,
+                )
     over = _read(results / "attention_over_training.parquet")
     if over is not None and not over.empty:
         if "tokens" not in over.columns and per_step and set(over["run"]) <= set(per_step):
@@ -696,27 +875,44 @@ def _attention(results: Path, folder: Path, baseline: str, phases, per_step: dic
 
         def draw_over():
             metrics = [m for m in ("previous_token", "induction", "induction_loss") if m in set(over["metric"])]
-            fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False, layout="constrained")
+            fig, axes = plt.subplots(
+                1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False, layout="constrained"
+            )
             for k, (ax, m) in enumerate(zip(axes[0], metrics)):
                 plot_best_head_over_training(over, m, ax=ax, phases=phases, vocab_size=vocab_size)
                 if k != len(metrics) - 1 and ax.get_legend() is not None:
                     ax.get_legend().remove()
             return fig
 
-        _figure(s, folder, "heads_over_training.png",
-                "When head roles appear: the best head's previous-token and induction scores, and the induction "
-                "loss against the uniform-guess level, at every saved checkpoint", draw_over)
+        _figure(
+            s,
+            folder,
+            "heads_over_training.png",
+            "When head roles appear: the best head's previous-token and induction scores, and the induction "
+            "loss against the uniform-guess level, at every saved checkpoint",
+            draw_over,
+        )
     ind = t[t["metric"] == "induction"]
     if not ind.empty:
         m = ind.groupby(["recipe", "layer", "head"], as_index=False)[["value", "ci_low", "ci_high"]].mean()
         best = m.loc[m.groupby("recipe")["value"].idxmax()]
-        s.add_text("Strongest induction head per recipe (score: attention share on the token after the earlier copy, "
-                   "with its 95% interval):")
-        s.add_table(best.rename(columns={"value": "induction score"}),
-                    intervals={"induction score": ("ci_low", "ci_high")}, counts=("layer", "head"))
-        findings.append("Induction heads: strongest score per recipe — "
-                        + ", ".join(f"{r.recipe} L{r.layer}H{r.head} {with_interval(r.value, r.ci_low, r.ci_high)}"
-                                    for r in best.itertuples()) + ".")
+        s.add_text(
+            "Strongest induction head per recipe (score: attention share on the token after the earlier copy, "
+            "with its 95% interval):"
+        )
+        s.add_table(
+            best.rename(columns={"value": "induction score"}),
+            intervals={"induction score": ("ci_low", "ci_high")},
+            counts=("layer", "head"),
+        )
+        findings.append(
+            "Induction heads: strongest score per recipe — "
+            + ", ".join(
+                f"{r.recipe} L{r.layer}H{r.head} {with_interval(r.value, r.ci_low, r.ci_high)}"
+                for r in best.itertuples()
+            )
+            + "."
+        )
         _head_views(s, folder, out, t, best)
     return s, findings
 
@@ -727,8 +923,9 @@ def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: 
     try:
         import circuitsvis
     except ImportError:
-        s.missing.append("interactive head views: the circuitsvis package is not installed "
-                         "(pip install 'codetransfer[notebooks]')")
+        s.missing.append(
+            "interactive head views: the circuitsvis package is not installed (pip install 'codetransfer[notebooks]')"
+        )
         return
     import torch
 
@@ -762,25 +959,32 @@ def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: 
         # CircuitsVis inlines its 1.3 MB script bundle in every view: the report ships it once
         # (circuitsvis.js) and each view keeps only its element and its render call
         start, end = page.find("CircuitsVis.render("), page.rfind("</script>")
-        uuid = page[page.find('id="') + 4: page.find('"', page.find('id="') + 4)]
+        uuid = page[page.find('id="') + 4 : page.find('"', page.find('id="') + 4)]
         if start < 0 or end < start or not uuid.startswith("circuits-vis-"):
             s.missing.append(f"interactive view of {row.recipe}: unexpected CircuitsVis output")
             continue
         call = page[start:end].replace("</", "<\\/")
         snippet = f'<div id="{uuid}" style="margin: 15px 0;"></div><script>{call}</script>'
         if len(snippet.encode()) > VIEW_MAX_BYTES:
-            s.missing.append(f"interactive view of {row.recipe} layer {int(row.layer)}: "
-                             f"{len(snippet.encode()) // 1000} kB is over the {VIEW_MAX_BYTES // 1000} kB limit")
+            s.missing.append(
+                f"interactive view of {row.recipe} layer {int(row.layer)}: "
+                f"{len(snippet.encode()) // 1000} kB is over the {VIEW_MAX_BYTES // 1000} kB limit"
+            )
             continue
         bundle = folder / "circuitsvis.js"
         if not bundle.exists():
-            bundle.write_text((Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8"),
-                              encoding="utf-8")
+            bundle.write_text(
+                (Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8"),
+                encoding="utf-8",
+            )
         from markupsafe import Markup
 
-        s.add_view(Markup(snippet), f"{row.recipe}: every head of layer {int(row.layer)} (named head: "
-                   f"H{int(row.head)}) on a sequence of random tokens repeated twice (CircuitsVis; choose a head "
-                   "to see its pattern)")
+        s.add_view(
+            Markup(snippet),
+            f"{row.recipe}: every head of layer {int(row.layer)} (named head: "
+            f"H{int(row.head)}) on a sequence of random tokens repeated twice (CircuitsVis; choose a head "
+            "to see its pattern)",
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -797,9 +1001,13 @@ def _inline(text: str):
 def _environment():
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-                             autoescape=jinja2.select_autoescape(["html", "j2"], default=False),
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"], default=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters["inline"] = _inline
     env.filters["md"] = md_escape
     return env
@@ -833,8 +1041,9 @@ def write_report(out: str | Path, grid, settings) -> Path:
     try:
         return _write_report(out, grid, settings, results, folder, tmp)
     except KeyError as e:  # a table that reads but lacks a column the report needs
-        raise CodetransferError(f"{results}: a result table has no column {e}; delete the damaged table and rerun "
-                                "the stage that writes it") from None
+        raise CodetransferError(
+            f"{results}: a result table has no column {e}; delete the damaged table and rerun the stage that writes it"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind on a failure
 
@@ -846,23 +1055,31 @@ def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: P
     phases = _phases(out, grid)
     per_step = _tokens_per_step(out)
     sections, headline = [_grid_section(out, grid, tmp)], []
-    for build in (lambda: _eval_section(results, tmp, baseline), lambda: _learning(results, tmp, phases),
-                  lambda: _probes(results, tmp),
-                  lambda: _patching(results, tmp, baseline),
-                  lambda: _attention(results, tmp, baseline, phases, per_step, grid.tokenizer.vocab_size, out)):
+    for build in (
+        lambda: _eval_section(results, tmp, baseline),
+        lambda: _learning(results, tmp, phases),
+        lambda: _probes(results, tmp),
+        lambda: _patching(results, tmp, baseline),
+        lambda: _attention(results, tmp, baseline, phases, per_step, grid.tokenizer.vocab_size, out),
+    ):
         s, f = build()
         sections.append(s)
         headline += f
     # the three headlines: evaluation, circuit (cross-model), representation/heads
-    headline = headline[:1] + [h for h in headline if h.startswith("Cross-model")][:1] + \
-        [h for h in headline if h.startswith(("Shared representation", "Probing", "Induction"))][:1]
+    headline = (
+        headline[:1]
+        + [h for h in headline if h.startswith("Cross-model")][:1]
+        + [h for h in headline if h.startswith(("Shared representation", "Probing", "Induction"))][:1]
+    )
     if not headline:
         headline = ["No result tables were found: run the eval, probe, patch and attention stages."]
     title = f"codetransfer report — grid {grid.name}"
     probed = ", ".join(names(getattr(settings, "probe_tasks", ()))) or "none"
     patched = ", ".join(names(getattr(settings, "patch_task", ()))) or "none"
-    subtitle = (f"Baseline recipe: {baseline}. Probed tasks: {probed}; patched task: {patched}. "
-                "Intervals are 95% bootstrap intervals; numbers are rounded to what their interval supports.")
+    subtitle = (
+        f"Baseline recipe: {baseline}. Probed tasks: {probed}; patched task: {patched}. "
+        "Intervals are 95% bootstrap intervals; numbers are rounded to what their interval supports."
+    )
     page, md = render(sections, headline, title, subtitle)
     (tmp / "index.html").write_text(page)
     (tmp / "summary.md").write_text(md)
@@ -883,9 +1100,22 @@ def screenshot(page: Path, png: Path, width: int = 1280, height: int = 900) -> b
     if exe is None:
         return False
     try:
-        subprocess.run([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                        "--hide-scrollbars", f"--window-size={width},{height}", f"--screenshot={png}",
-                        Path(page).resolve().as_uri()], capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [
+                exe,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+                f"--window-size={width},{height}",
+                f"--screenshot={png}",
+                Path(page).resolve().as_uri(),
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return png.is_file()

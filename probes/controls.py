@@ -41,9 +41,7 @@ def control_labels(types: Sequence, labels: Sequence, seed: int = 0, *, distribu
     types = np.asarray(types)
     labels = np.asarray(labels)
     if types.shape[0] != labels.shape[0]:
-        raise CodetransferError(
-            f"types: expected one type per label ({labels.shape[0]}), got {types.shape[0]}"
-        )
+        raise CodetransferError(f"types: expected one type per label ({labels.shape[0]}), got {types.shape[0]}")
     if distribution not in ("empirical", "uniform"):
         raise CodetransferError(f"distribution: expected 'empirical' or 'uniform', got '{distribution}'")
     classes, counts = np.unique(labels, return_counts=True)

@@ -100,8 +100,9 @@ class LinearProbe(_ClassifierProbe):
             None leaves the process setting alone).
     """
 
-    def __init__(self, Cs=8, cv=3, max_iter=200, class_weight=None, warn_convergence=False, random_state=0,
-                 blas_threads=1):
+    def __init__(
+        self, Cs=8, cv=3, max_iter=200, class_weight=None, warn_convergence=False, random_state=0, blas_threads=1
+    ):
         self.Cs = Cs
         self.blas_threads = blas_threads
         self.cv = cv
@@ -126,12 +127,19 @@ class LinearProbe(_ClassifierProbe):
             return self._fit_fast(X, y, cv if n_folds >= 2 else None)
         if n_folds >= 2:
             model = LogisticRegressionCV(
-                Cs=self.Cs, cv=cv, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=self.max_iter,
-                class_weight=self.class_weight, random_state=self.random_state, use_legacy_attributes=False,
+                Cs=self.Cs,
+                cv=cv,
+                l1_ratios=(0.0,),
+                scoring="neg_log_loss",
+                max_iter=self.max_iter,
+                class_weight=self.class_weight,
+                random_state=self.random_state,
+                use_legacy_attributes=False,
             )
         else:  # too few rows per class for inner CV: a fixed, moderate C
-            model = LogisticRegression(C=1.0, max_iter=self.max_iter, class_weight=self.class_weight,
-                                       random_state=self.random_state)
+            model = LogisticRegression(
+                C=1.0, max_iter=self.max_iter, class_weight=self.class_weight, random_state=self.random_state
+            )
         self._fit_pipeline(X, y, model)
         fitted = self.pipeline_.named_steps["model"]
         self.n_iter_ = int(np.max(fitted.n_iter_))
@@ -157,8 +165,9 @@ class LinearProbe(_ClassifierProbe):
                 model = fast.fit_logistic(Xt, y, C=1.0, max_iter=self.max_iter, random_state=self.random_state)
             else:
                 folds = cv if isinstance(cv, list) else list(cv.split(np.asarray(Xt, dtype=np.float64), y))
-                model = fast.fit_logistic_cv(Xt, y, folds, Cs=self.Cs, max_iter=self.max_iter,
-                                        random_state=self.random_state)
+                model = fast.fit_logistic_cv(
+                    Xt, y, folds, Cs=self.Cs, max_iter=self.max_iter, random_state=self.random_state
+                )
         self.pipeline_ = Pipeline([("scale", scale), ("model", model)])
         self.n_iter_ = int(np.max(model.n_iter_))
         self.C_ = float(np.ravel(model.C_)[0]) if hasattr(model, "C_") else float(model.C)
@@ -189,8 +198,16 @@ class MLPProbe(_ClassifierProbe):
         blas_threads: BLAS/OpenMP threads while fitting (None: leave alone).
     """
 
-    def __init__(self, hidden=64, alpha=1e-3, max_iter=300, early_stopping=False, warn_convergence=False,
-                 random_state=0, blas_threads=1):
+    def __init__(
+        self,
+        hidden=64,
+        alpha=1e-3,
+        max_iter=300,
+        early_stopping=False,
+        warn_convergence=False,
+        random_state=0,
+        blas_threads=1,
+    ):
         self.hidden = hidden
         self.blas_threads = blas_threads
         self.alpha = alpha
@@ -200,8 +217,13 @@ class MLPProbe(_ClassifierProbe):
         self.random_state = random_state
 
     def fit(self, X, y, groups=None):
-        model = MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, max_iter=self.max_iter,
-                              early_stopping=self.early_stopping, random_state=self.random_state)
+        model = MLPClassifier(
+            hidden_layer_sizes=(self.hidden,),
+            alpha=self.alpha,
+            max_iter=self.max_iter,
+            early_stopping=self.early_stopping,
+            random_state=self.random_state,
+        )
         self._fit_pipeline(X, y, model)
         self.n_iter_ = int(self.pipeline_.named_steps["model"].n_iter_)
         return self

@@ -112,8 +112,11 @@ class LogisticObjective:
         self.multiclass = base_loss.is_multiclass
         self.closs = base_loss.closs
         self.loss_out = np.empty_like(y)
-        self.gradient_out = (np.empty((self.n_samples, self.n_classes), dtype=X.dtype) if self.multiclass
-                             else np.empty(self.n_samples, dtype=X.dtype))
+        self.gradient_out = (
+            np.empty((self.n_samples, self.n_classes), dtype=X.dtype)
+            if self.multiclass
+            else np.empty(self.n_samples, dtype=X.dtype)
+        )
 
     def __call__(self, coef: np.ndarray, l2_reg_strength: float):
         X, n_samples, n_features = self.X, self.n_samples, self.n_features
@@ -132,8 +135,14 @@ class LogisticObjective:
             raw += np.array(W[:, -1], dtype=X.dtype) if cast else W[:, -1]
             flat = coef[: n_classes * n_features]  # ravel(weights, order="K"): the same memory, in order
             norm2_w = np.dot(flat, flat)
-        self.closs.loss_gradient(y_true=self.y, raw_prediction=raw, sample_weight=None, loss_out=loss_out,
-                                 gradient_out=grad_pointwise, n_threads=1)
+        self.closs.loss_gradient(
+            y_true=self.y,
+            raw_prediction=raw,
+            sample_weight=None,
+            loss_out=loss_out,
+            gradient_out=grad_pointwise,
+            n_threads=1,
+        )
         loss = float(np.add.reduce(loss_out) / n_samples)
         loss += float(0.5 * l2_reg_strength * norm2_w)
         grad_pointwise /= n_samples
@@ -157,8 +166,18 @@ def loss_gradient(coef, X, y, base_loss, l2_reg_strength):
     return LogisticObjective(X, y, base_loss)(coef, l2_reg_strength)
 
 
-def lbfgs(fun, x0, args=(), *, maxiter: int, gtol: float, maxls: int = 50, ftol: float = 64 * _EPS,
-          maxcor: int = 10, maxfun: int = 15000) -> OptimizeResult:
+def lbfgs(
+    fun,
+    x0,
+    args=(),
+    *,
+    maxiter: int,
+    gtol: float,
+    maxls: int = 50,
+    ftol: float = 64 * _EPS,
+    maxcor: int = 10,
+    maxfun: int = 15000,
+) -> OptimizeResult:
     """Unbounded L-BFGS-B, step for step SciPy's ``minimize(method="L-BFGS-B", jac=True)``.
 
     ``fun(x, *args) -> (f, g)``. Like SciPy, ``fun`` is evaluated at ``x0`` first, at points cast to
@@ -168,8 +187,14 @@ def lbfgs(fun, x0, args=(), *, maxiter: int, gtol: float, maxls: int = 50, ftol:
     if _lbfgsb is None:  # pragma: no cover
         from scipy.optimize import minimize
 
-        return minimize(fun, x0, args=args, method="L-BFGS-B", jac=True,
-                        options={"maxiter": maxiter, "maxls": maxls, "gtol": gtol, "ftol": ftol})
+        return minimize(
+            fun,
+            x0,
+            args=args,
+            method="L-BFGS-B",
+            jac=True,
+            options={"maxiter": maxiter, "maxls": maxls, "gtol": gtol, "ftol": ftol},
+        )
     x0 = np.atleast_1d(np.asarray(x0))
     if x0.dtype.kind in np.typecodes["AllInteger"]:
         x0 = np.asarray(x0, dtype=float)
@@ -198,8 +223,9 @@ def lbfgs(fun, x0, args=(), *, maxiter: int, gtol: float, maxls: int = 50, ftol:
     n_iterations = 0
     while True:
         g = g.astype(np.float64)
-        _lbfgsb.setulb(m, x, low_bnd, upper_bnd, nbd, f, g, factr, gtol, wa, iwa, task, lsave, isave, dsave,
-                       maxls, ln_task)
+        _lbfgsb.setulb(
+            m, x, low_bnd, upper_bnd, nbd, f, g, factr, gtol, wa, iwa, task, lsave, isave, dsave, maxls, ln_task
+        )
         state = task[0]
         if state == 3:
             if not (x == at).all():  # np.array_equal: the shapes are equal
@@ -222,8 +248,7 @@ def lbfgs(fun, x0, args=(), *, maxiter: int, gtol: float, maxls: int = 50, ftol:
     else:
         status = 2
     message = _STATUS[task[0]] + ": " + _TASK[task[1]]
-    return OptimizeResult(x=x, fun=f, nit=n_iterations, nfev=nfev, status=status, message=message,
-                          success=status == 0)
+    return OptimizeResult(x=x, fun=f, nit=n_iterations, nfev=nfev, status=status, message=message, success=status == 0)
 
 
 # ---------------------------------------------------------------------- regularisation path
@@ -310,8 +335,9 @@ def _neg_log_loss(X_test, y_test_idx, w, n_classes: int) -> float:
     return -1 * float(_xp.asarray(np.average(loss)))
 
 
-def fit_logistic_cv(X, y, folds, *, Cs=8, max_iter: int = 100, tol: float = 1e-4,
-                    random_state=None) -> LogisticRegressionCV:
+def fit_logistic_cv(
+    X, y, folds, *, Cs=8, max_iter: int = 100, tol: float = 1e-4, random_state=None
+) -> LogisticRegressionCV:
     """``LogisticRegressionCV(Cs, cv=folds, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter,
     random_state, use_legacy_attributes=False).fit(X, y)``, returned fitted.
 
@@ -325,8 +351,10 @@ def fit_logistic_cv(X, y, folds, *, Cs=8, max_iter: int = 100, tol: float = 1e-4
     classes = np.unique(y)
     n_classes = len(classes)
     if n_classes < 2:
-        raise ValueError(f"This solver needs samples of at least 2 classes in the data, but the data contains "
-                         f"only one class: {classes[0]}.")
+        raise ValueError(
+            f"This solver needs samples of at least 2 classes in the data, but the data contains "
+            f"only one class: {classes[0]}."
+        )
     y_idx = _encode(y, classes)
     paths, all_scores, n_iters = [], [], []
     Cs_ = None
@@ -358,8 +386,16 @@ def fit_logistic_cv(X, y, folds, *, Cs=8, max_iter: int = 100, tol: float = 1e-4
     w, _, _ = logistic_path(X, y_idx, n_classes, [C_], max_iter=max_iter, tol=tol, coef=coef_init)
     w = w[0]
 
-    model = LogisticRegressionCV(Cs=Cs, cv=folds, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=max_iter,
-                                 tol=tol, random_state=random_state, use_legacy_attributes=False)
+    model = LogisticRegressionCV(
+        Cs=Cs,
+        cv=folds,
+        l1_ratios=(0.0,),
+        scoring="neg_log_loss",
+        max_iter=max_iter,
+        tol=tol,
+        random_state=random_state,
+        use_legacy_attributes=False,
+    )
     model.classes_ = classes
     model.n_features_in_ = n_features
     model.Cs_ = Cs_
@@ -380,8 +416,9 @@ def fit_logistic_cv(X, y, folds, *, Cs=8, max_iter: int = 100, tol: float = 1e-4
     return model
 
 
-def fit_logistic(X, y, *, C: float = 1.0, max_iter: int = 100, tol: float = 1e-4,
-                 random_state=None) -> LogisticRegression:
+def fit_logistic(
+    X, y, *, C: float = 1.0, max_iter: int = 100, tol: float = 1e-4, random_state=None
+) -> LogisticRegression:
     """``LogisticRegression(C, max_iter, random_state).fit(X, y)`` (lbfgs, l2), returned fitted."""
     X = np.asarray(X)
     if X.dtype not in (np.float64, np.float32):
@@ -391,8 +428,10 @@ def fit_logistic(X, y, *, C: float = 1.0, max_iter: int = 100, tol: float = 1e-4
     classes = np.unique(y)
     n_classes = len(classes)
     if n_classes < 2:
-        raise ValueError(f"This solver needs samples of at least 2 classes in the data, but the data contains "
-                         f"only one class: {classes[0]!r}")
+        raise ValueError(
+            f"This solver needs samples of at least 2 classes in the data, but the data contains "
+            f"only one class: {classes[0]!r}"
+        )
     coefs, _, n_iter = logistic_path(X, _encode(y, classes), n_classes, [C], max_iter=max_iter, tol=tol)
     model = LogisticRegression(C=C, max_iter=max_iter, tol=tol, random_state=random_state)
     model.classes_ = classes
@@ -406,4 +445,3 @@ def fit_logistic(X, y, *, C: float = 1.0, max_iter: int = 100, tol: float = 1e-4
         model.intercept_ = coef[:, -1]
         model.coef_ = coef[:, :-1]
     return model
-

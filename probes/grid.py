@@ -65,8 +65,15 @@ def random_init_run(source: RandomInit, device: str = "cpu") -> LoadedRun:
 def with_random_init(runs: Sequence) -> list:
     """``runs`` followed by a random-init twin of each (``<name>+random-init``, recipe ``<recipe> (random init)``)."""
     runs = list(runs)
-    return runs + [dataclasses.replace(r, name=f"{r.name}+random-init", recipe=f"{r.recipe} (random init)",
-                                       path=RandomInit(Path(r.path), int(r.seed))) for r in runs]
+    return runs + [
+        dataclasses.replace(
+            r,
+            name=f"{r.name}+random-init",
+            recipe=f"{r.recipe} (random init)",
+            path=RandomInit(Path(r.path), int(r.seed)),
+        )
+        for r in runs
+    ]
 
 
 def probe_units(runs: Sequence, tasks: Sequence[str], sites: Sequence[str]) -> list[dict]:
@@ -117,7 +124,9 @@ def probe_grid(
     if not sites:
         raise CodetransferError("--sites: expected a comma-separated list, got nothing")
     if probe not in PROBES:
-        raise CodetransferError(f"--probe: expected one of {', '.join(PROBES)}, got '{probe}'{did_you_mean(probe, PROBES)}")
+        raise CodetransferError(
+            f"--probe: expected one of {', '.join(PROBES)}, got '{probe}'{did_you_mean(probe, PROBES)}"
+        )
     if split not in ("entity", "group"):
         raise CodetransferError(f"--split: expected entity or group, got '{split}'")
     if target not in ("label", "family"):
@@ -135,19 +144,36 @@ def probe_grid(
 
     generate = None
     if max_difficulty is not None:
+
         def generate(task, n, seed):
             return items_up_to(get_task(task), n, seed, max_difficulty)
 
     table = run_probe_sweep(
-        runs, tasks, sites, out, shard=shard, n_items=n_items, item_seed=item_seed,
-        probe=probe, target=target, split=split, seeds=seeds, min_rows=min_rows,
-        cross_format=cross_format, mdl=mdl, batch_size=batch_size,
-        keep_stores=keep_stores, load=load, generate=generate, progress=progress,
+        runs,
+        tasks,
+        sites,
+        out,
+        shard=shard,
+        n_items=n_items,
+        item_seed=item_seed,
+        probe=probe,
+        target=target,
+        split=split,
+        seeds=seeds,
+        min_rows=min_rows,
+        cross_format=cross_format,
+        mdl=mdl,
+        batch_size=batch_size,
+        keep_stores=keep_stores,
+        load=load,
+        generate=generate,
+        progress=progress,
     )
     # the sweep's unit list, so that a merge of shards can name the parts still missing (written once this
     # shard is done: a refused sweep writes nothing)
-    artifacts.write_manifest(Path(out) / PARTS, dict(kind="probe", n_shards=shard[1],
-                                                     units=probe_units(runs, tasks, sites)))
+    artifacts.write_manifest(
+        Path(out) / PARTS, dict(kind="probe", n_shards=shard[1], units=probe_units(runs, tasks, sites))
+    )
     return table
 
 
@@ -195,7 +221,9 @@ def check_probe_parts(out: str | Path, allow_partial: bool = False) -> list[str]
     return missing
 
 
-def merge_probe_parts(out: str | Path, allow_partial: bool = False, log: Callable[[str], None] | None = None) -> pd.DataFrame:
+def merge_probe_parts(
+    out: str | Path, allow_partial: bool = False, log: Callable[[str], None] | None = None
+) -> pd.DataFrame:
     """Merge ``out/parts/*.parquet`` into ``out/probes.parquet`` (``probes.sweep.merge_parts``); returns it.
 
     Refuses as :func:`check_probe_parts` does, before writing anything.

@@ -31,7 +31,9 @@ def _single(table: pd.DataFrame, columns=("site", "pos", "probe", "task", "head"
 
 def _select(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     if "metric" not in table.columns or "layer" not in table.columns:
-        raise CodetransferError(f"table: expected a probing table with 'metric' and 'layer' columns, got {list(table.columns)}")
+        raise CodetransferError(
+            f"table: expected a probing table with 'metric' and 'layer' columns, got {list(table.columns)}"
+        )
     sub = table[table["metric"] == metric]
     if sub.empty:
         raise CodetransferError(
@@ -57,15 +59,24 @@ def plot_probe_curves(table: pd.DataFrame, metric: str = "accuracy", ax=None):
     rand = names.str.endswith(S.RANDOM_INIT_SUFFIX)
     for name, grp in sub[~rand].groupby(key, sort=True):
         agg = grp.groupby("layer")[["value", "ci_low", "ci_high"]].mean().sort_index()
-        S.line_with_band(ax, agg.index, agg["value"], agg["ci_low"], agg["ci_high"], label=str(name),
-                         color=S.recipe_color(name))
+        S.line_with_band(
+            ax, agg.index, agg["value"], agg["ci_low"], agg["ci_high"], label=str(name), color=S.recipe_color(name)
+        )
     if rand.any():
         r = sub[rand]
         per = r.groupby("layer").agg(value=("value", "mean"), ci_low=("ci_low", "min"), ci_high=("ci_high", "max"))
         n = r[key].nunique()
-        S.line_with_band(ax, per.index, per["value"], per["ci_low"], per["ci_high"],
-                         label="random init" + (f" (mean of {n})" if n > 1 else ""), color=S.RANDOM_INIT_COLOR,
-                         ls="--", marker="s")
+        S.line_with_band(
+            ax,
+            per.index,
+            per["value"],
+            per["ci_low"],
+            per["ci_high"],
+            label="random init" + (f" (mean of {n})" if n > 1 else ""),
+            color=S.RANDOM_INIT_COLOR,
+            ls="--",
+            marker="s",
+        )
     if "majority" in set(table["metric"]) and metric == "accuracy":
         maj = table[table["metric"] == "majority"]["value"].mean()
         S.reference_line(ax, maj, "majority class", ls=":")
@@ -88,8 +99,14 @@ def first_decodable_layer(table: pd.DataFrame, threshold: float, metric: str = "
     for k, grp in sub.groupby(keys, sort=True, dropna=False):
         agg = grp.groupby("layer")["value"].mean().sort_index()
         hit = agg[agg >= threshold]
-        rows.append({**dict(zip(keys, k if isinstance(k, tuple) else (k,))), "metric": metric,
-                     "threshold": threshold, "layer": float(hit.index[0]) if len(hit) else np.nan})
+        rows.append(
+            {
+                **dict(zip(keys, k if isinstance(k, tuple) else (k,))),
+                "metric": metric,
+                "threshold": threshold,
+                "layer": float(hit.index[0]) if len(hit) else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -117,6 +134,12 @@ def plot_first_decodable_layer(table: pd.DataFrame, threshold: float, ax=None, m
     ax.set_ylim(-0.5, n_layers + 0.7)
     ax.set_ylabel(f"first layer with {metric} ≥ {threshold:g}")
     ax.set_xlabel(key)
-    ax.text(0.0, -0.3, "bar: mean over training seeds; dots: one seed each", transform=ax.transAxes,
-            fontsize="x-small", color="#444444")
+    ax.text(
+        0.0,
+        -0.3,
+        "bar: mean over training seeds; dots: one seed each",
+        transform=ax.transAxes,
+        fontsize="x-small",
+        color="#444444",
+    )
     return ax

@@ -119,4 +119,3 @@ def entity_splits(
         _check_labels(labels, train, seed, "entity")
         out.append(Split(int(seed), train, test))
     return out
-

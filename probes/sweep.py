@@ -170,8 +170,12 @@ def probe_layers(
         meta = {}
         if isinstance(source, ActivationStore):
             extra = source.meta.get("extra", {})
-            meta = {"run": source.meta["run"], "task": source.meta["task"], "recipe": extra.get("recipe"),
-                    "seed": extra.get("run_seed")}
+            meta = {
+                "run": source.meta["run"],
+                "task": source.meta["task"],
+                "recipe": extra.get("recipe"),
+                "seed": extra.get("run_seed"),
+            }
     splits = _make_splits(labels, groups, split, seeds, test_fraction)
     clusters = _group_ids(groups, split)
     if control_types is None:
@@ -181,15 +185,47 @@ def probe_layers(
     out = []
     with threadpool_limits(blas_threads):
         for site in sites:
-            out.extend(_probe_site(source, site, rows, labels, splits, clusters, control_types, probe,
-                                   probe_params, mdl, n_boot, meta, pos, fit_counter, shuffle_baseline))
+            out.extend(
+                _probe_site(
+                    source,
+                    site,
+                    rows,
+                    labels,
+                    splits,
+                    clusters,
+                    control_types,
+                    probe,
+                    probe_params,
+                    mdl,
+                    n_boot,
+                    meta,
+                    pos,
+                    fit_counter,
+                    shuffle_baseline,
+                )
+            )
     table = pd.DataFrame(out)
     table["head"] = schema.head_column(table["head"])
     return table[[c for c in COLUMNS if c in table.columns] + [c for c in table.columns if c not in COLUMNS]]
 
 
-def _probe_site(source, site, rows, labels, splits, clusters, control_types, probe, probe_params, mdl, n_boot,
-                meta, pos, fit_counter, shuffle_baseline=False):
+def _probe_site(
+    source,
+    site,
+    rows,
+    labels,
+    splits,
+    clusters,
+    control_types,
+    probe,
+    probe_params,
+    mdl,
+    n_boot,
+    meta,
+    pos,
+    fit_counter,
+    shuffle_baseline=False,
+):
     """Rows for one site (every head separately for ``head.*`` sites)."""
     out = []
     spec = Site.from_name(site)
@@ -197,16 +233,36 @@ def _probe_site(source, site, rows, labels, splits, clusters, control_types, pro
     heads = range(X_site.shape[1]) if X_site.ndim == 3 else [None]
     for head in heads:
         X = X_site[:, head, :] if head is not None else X_site
-        base = dict(meta, site=spec.kind, layer=spec.layer, head=schema.NO_HEAD if head is None else int(head),
-                    pos=pos, probe=probe)
-        out.extend({**base, **r} for r in _probe_one(
-            X, labels, splits, clusters, control_types, probe, probe_params or {}, mdl, n_boot, fit_counter,
-            shuffle_baseline))
+        base = dict(
+            meta,
+            site=spec.kind,
+            layer=spec.layer,
+            head=schema.NO_HEAD if head is None else int(head),
+            pos=pos,
+            probe=probe,
+        )
+        out.extend(
+            {**base, **r}
+            for r in _probe_one(
+                X,
+                labels,
+                splits,
+                clusters,
+                control_types,
+                probe,
+                probe_params or {},
+                mdl,
+                n_boot,
+                fit_counter,
+                shuffle_baseline,
+            )
+        )
     return out
 
 
-def _probe_one(X, labels, splits, clusters, control_types, probe, params, mdl, n_boot, fit_counter,
-               shuffle_baseline=False):
+def _probe_one(
+    X, labels, splits, clusters, control_types, probe, params, mdl, n_boot, fit_counter, shuffle_baseline=False
+):
     est = make_probe(probe, **params)
 
     def fit(y_train, train):
@@ -220,8 +276,9 @@ def _probe_one(X, labels, splits, clusters, control_types, probe, params, mdl, n
         for sp in splits:
             model = fit(labels[sp.train], sp.train)
             scores.append(model.score(X[sp.test], labels[sp.test]))
-        return [dict(metric="r2", value=float(np.mean(scores)), ci_low=float(np.min(scores)),
-                     ci_high=float(np.max(scores)))]
+        return [
+            dict(metric="r2", value=float(np.mean(scores)), ci_low=float(np.min(scores)), ci_high=float(np.max(scores)))
+        ]
     task_c, ctrl_c, sel, maj, grp, shuf = [], [], [], [], [], []
     for sp in splits:
         if shuffle_baseline:
@@ -322,8 +379,15 @@ def _cross_fit(splits, all_groups, formats, X, y, g, est, results):
                 results[(a, b)][1].append(g[b][te])
 
 
-def sparse_probe_rows(X: np.ndarray, labels: Sequence, groups: Sequence, *, ks: Sequence[int] = (1, 4, 16),
-                      seed: int = 0, test_fraction: float = 0.3) -> pd.DataFrame:
+def sparse_probe_rows(
+    X: np.ndarray,
+    labels: Sequence,
+    groups: Sequence,
+    *,
+    ks: Sequence[int] = (1, 4, 16),
+    seed: int = 0,
+    test_fraction: float = 0.3,
+) -> pd.DataFrame:
     """k-sparse binary probes (TransformerLens ``sweep_sparse_probe``) as tidy rows.
 
     ``labels`` must be binary; ``groups`` (any hashables) are held out whole. Returns rows with
@@ -340,15 +404,27 @@ def sparse_probe_rows(X: np.ndarray, labels: Sequence, groups: Sequence, *, ks: 
     _, gid = np.unique(np.asarray(groups), return_inverse=True)
     try:
         res = sweep_sparse_probe(
-            torch.as_tensor(np.asarray(X), dtype=torch.float32), torch.as_tensor(labels == classes[1]),
-            ks=list(ks), groups=torch.as_tensor(gid), preprocess="standardize", seed=seed,
+            torch.as_tensor(np.asarray(X), dtype=torch.float32),
+            torch.as_tensor(labels == classes[1]),
+            ks=list(ks),
+            groups=torch.as_tensor(gid),
+            preprocess="standardize",
+            seed=seed,
             test_fraction=test_fraction,
         )
     except ValueError as e:
         raise CodetransferError(f"sparse probe: {e}".replace("\n", " ")) from None
     return pd.DataFrame(
-        [dict(k=r.k, features=",".join(str(int(f)) for f in r.selected_features), metric=m,
-              value=float(getattr(r.metrics, m))) for r in res.results for m in ("accuracy", "roc_auc")]
+        [
+            dict(
+                k=r.k,
+                features=",".join(str(int(f)) for f in r.selected_features),
+                metric=m,
+                value=float(getattr(r.metrics, m)),
+            )
+            for r in res.results
+            for m in ("accuracy", "roc_auc")
+        ]
     )
 
 
@@ -369,8 +445,10 @@ def _part_key(settings: Mapping, info, task: str, site: str) -> str:
     and weights file's size and time, so a retrained run of the same name is probed again)."""
     weights = Path(getattr(info, "path", "")) / "model.safetensors"
     stat = weights.stat() if weights.exists() else None
-    model = {"recipe_hash": (getattr(info, "record", None) or {}).get("recipe_hash"),
-             "weights": [stat.st_size, stat.st_mtime_ns] if stat else None}
+    model = {
+        "recipe_hash": (getattr(info, "record", None) or {}).get("recipe_hash"),
+        "weights": [stat.st_size, stat.st_mtime_ns] if stat else None,
+    }
     return artifacts.key({"settings": settings, "task": task, "site": site, "model": model})
 
 
@@ -384,7 +462,9 @@ def label_family(name: str) -> str:
     return str(name).split("(", 1)[0]
 
 
-def item_rows(items: Sequence, tokenizer, *, twins: bool = False) -> tuple[list[list[int]], list[list[int]], pd.DataFrame]:
+def item_rows(
+    items: Sequence, tokenizer, *, twins: bool = False
+) -> tuple[list[list[int]], list[list[int]], pd.DataFrame]:
     """Token ids, label token positions and the index table of a list of task items.
 
     Each item label becomes one row at the token holding the label span's last character (after
@@ -401,9 +481,18 @@ def item_rows(items: Sequence, tokenizer, *, twins: bool = False) -> tuple[list[
         ps = []
         for lab in item.labels:
             ps.append(encoding.span_token(offsets, lab.end))
-            recs.append(dict(item=k, pair=pair, label=lab.name, family=label_family(lab.name), value=str(lab.value),
-                             template=str(item.template), entities="|".join(item.entities),
-                             rendering=item.rendering))
+            recs.append(
+                dict(
+                    item=k,
+                    pair=pair,
+                    label=lab.name,
+                    family=label_family(lab.name),
+                    value=str(lab.value),
+                    template=str(item.template),
+                    entities="|".join(item.entities),
+                    rendering=item.rendering,
+                )
+            )
         tokens.append(ids)
         positions.append(ps)
     return tokens, positions, pd.DataFrame(recs)
@@ -455,8 +544,19 @@ def probe_store(
                     "use the linear probe for categorical labels"
                 )
         try:
-            t = probe_layers(store, values, groups, rows=sub["row"].to_numpy(), split=split,
-                             probe=probe, probe_params=probe_params, seeds=seeds, meta=meta, pos=str(name), mdl=mdl)
+            t = probe_layers(
+                store,
+                values,
+                groups,
+                rows=sub["row"].to_numpy(),
+                split=split,
+                probe=probe,
+                probe_params=probe_params,
+                seeds=seeds,
+                meta=meta,
+                pos=str(name),
+                mdl=mdl,
+            )
         except CodetransferError as e:
             if skipped:
                 skipped(f"{name}: {e}")
@@ -474,17 +574,31 @@ def probe_store(
                     a = A if head is None else A[:, head]
                     b = B if head is None else B[:, head]
                     try:
-                        c = cross_format_probe(a, sub["value"], sub["entities"], b, other["value"], other["entities"],
-                                               formats=(main, renderings[1]), probe=probe,
-                                               probe_params=probe_params, seeds=seeds)
+                        c = cross_format_probe(
+                            a,
+                            sub["value"],
+                            sub["entities"],
+                            b,
+                            other["value"],
+                            other["entities"],
+                            formats=(main, renderings[1]),
+                            probe=probe,
+                            probe_params=probe_params,
+                            seeds=seeds,
+                        )
                     except CodetransferError as e:
                         if skipped:
                             skipped(f"{name} cross-format at {site}: {e}")
                         break
                     c = c[c["fit_on"] != c["test_on"]]
                     spec = Site.from_name(site)
-                    for k, v in dict(meta or {}, site=spec.kind, layer=spec.layer,
-                                     head=schema.NO_HEAD if head is None else int(head), pos=str(name)).items():
+                    for k, v in dict(
+                        meta or {},
+                        site=spec.kind,
+                        layer=spec.layer,
+                        head=schema.NO_HEAD if head is None else int(head),
+                        pos=str(name),
+                    ).items():
                         c[k] = v
                     tables.append(c)
     if not tables:
@@ -559,9 +673,18 @@ def run_probe_sweep(
     mine = artifacts.shard_units(units, (i, n))
     loaded_name, loaded = None, None
     items_cache: dict = {}
-    settings = {"n_items": n_items, "item_seed": item_seed, "probe": probe, "probe_params": probe_params,
-                "target": target, "split": split, "seeds": list(seeds), "min_rows": min_rows,
-                "cross_format": cross_format, "mdl": mdl}
+    settings = {
+        "n_items": n_items,
+        "item_seed": item_seed,
+        "probe": probe,
+        "probe_params": probe_params,
+        "target": target,
+        "split": split,
+        "seeds": list(seeds),
+        "min_rows": min_rows,
+        "cross_format": cross_format,
+        "mdl": mdl,
+    }
     for run_name, task, site in mine:
         part = out_dir / "parts" / f"{_safe(run_name)}__{_safe(task)}__{_safe(site)}.parquet"
         info = by_name[run_name]
@@ -590,17 +713,35 @@ def run_probe_sweep(
                 raise CodetransferError("store differs")
         except CodetransferError:
             store = ActivationStore.create(
-                store_dir, **expect, sites=site_names, d_model=int(bridge.cfg.d_model),
-                n_heads=int(bridge.cfg.n_heads), capacity=max(1, len(index)),
+                store_dir,
+                **expect,
+                sites=site_names,
+                d_model=int(bridge.cfg.d_model),
+                n_heads=int(bridge.cfg.n_heads),
+                capacity=max(1, len(index)),
                 extra={"recipe": getattr(info, "recipe", None), "run_seed": getattr(info, "seed", None)},
                 overwrite=True,
             )
             store = extract_activations(bridge, tokens, positions, [site], store, batch_size=batch_size, index=index)
-        meta = {"run": run_name, "recipe": getattr(info, "recipe", None), "seed": getattr(info, "seed", None),
-                "task": task}
-        table = probe_store(store, target=target, split=split, probe=probe, probe_params=probe_params, seeds=seeds,
-                            min_rows=min_rows, cross_format=cross_format, mdl=mdl, meta=meta,
-                            skipped=(lambda m: progress(f"skipped {run_name}/{task}/{site} {m}")) if progress else None)
+        meta = {
+            "run": run_name,
+            "recipe": getattr(info, "recipe", None),
+            "seed": getattr(info, "seed", None),
+            "task": task,
+        }
+        table = probe_store(
+            store,
+            target=target,
+            split=split,
+            probe=probe,
+            probe_params=probe_params,
+            seeds=seeds,
+            min_rows=min_rows,
+            cross_format=cross_format,
+            mdl=mdl,
+            meta=meta,
+            skipped=(lambda m: progress(f"skipped {run_name}/{task}/{site} {m}")) if progress else None,
+        )
         part.parent.mkdir(parents=True, exist_ok=True)
         _atomic_parquet(table, part, key=key)
         if not keep_stores:

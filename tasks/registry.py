@@ -23,7 +23,8 @@ def get_task(name: str) -> TaskFamily:
         if f.name == name:
             return f
     raise CodetransferError(
-        f"unknown task '{name}'{did_you_mean(str(name), task_names())}; choose one of {', '.join(task_names())}")
+        f"unknown task '{name}'{did_you_mean(str(name), task_names())}; choose one of {', '.join(task_names())}"
+    )
 
 
 def get_tasks(names: str | list[str]) -> list[TaskFamily]:
@@ -37,5 +38,14 @@ def get_tasks(names: str | list[str]) -> list[TaskFamily]:
 
 def list_tasks() -> list[dict]:
     """One dict per family: name, category, rendering, version, difficulties, description."""
-    return [{"name": f.name, "category": f.category, "rendering": f.rendering, "version": f.version,
-             "difficulties": list(f.difficulties), "description": f.description} for f in FAMILIES]
+    return [
+        {
+            "name": f.name,
+            "category": f.category,
+            "rendering": f.rendering,
+            "version": f.version,
+            "difficulties": list(f.difficulties),
+            "description": f.description,
+        }
+        for f in FAMILIES
+    ]

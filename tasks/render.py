@@ -80,18 +80,52 @@ POOLS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "people": {
         "train": tuple(_TRAIN_PEOPLE.split()),
-        "eval": ("Max", "Eve", "Dan", "Amy", "Ben", "Kim", "Joe", "Sue", "Tim", "Meg", "Ted", "Liz",
-                 "Jim", "Anna", "Leo", "Ivy", "Ray", "Zoe", "Roy", "Mia", "Ian", "Ada", "Gus", "Pam"),
+        "eval": (
+            "Max",
+            "Eve",
+            "Dan",
+            "Amy",
+            "Ben",
+            "Kim",
+            "Joe",
+            "Sue",
+            "Tim",
+            "Meg",
+            "Ted",
+            "Liz",
+            "Jim",
+            "Anna",
+            "Leo",
+            "Ivy",
+            "Ray",
+            "Zoe",
+            "Roy",
+            "Mia",
+            "Ian",
+            "Ada",
+            "Gus",
+            "Pam",
+        ),
     },
     "units": {
         "train": ("apple", "egg", "plum", "cake"),
         "eval": ("pear", "nut", "fig", "bun"),
     },
     "distractors": {
-        "train": ("It is a quiet morning.", "The window is open.", "A dog barks outside.",
-                  "The room smells of tea.", "Rain taps on the roof."),
-        "eval": ("The sun is shining.", "A bird sings nearby.", "The clock ticks softly.",
-                 "Somebody hums a tune.", "The door creaks."),
+        "train": (
+            "It is a quiet morning.",
+            "The window is open.",
+            "A dog barks outside.",
+            "The room smells of tea.",
+            "Rain taps on the roof.",
+        ),
+        "eval": (
+            "The sun is shining.",
+            "A bird sings nearby.",
+            "The clock ticks softly.",
+            "Somebody hums a tune.",
+            "The door creaks.",
+        ),
     },
 }
 
@@ -107,14 +141,22 @@ TEXT: dict[str, dict] = {
         "query": "The {key}",
         "fn": "box",
         "ops": {
-            "move": {"train": ("The {key} is moved to box {value}.", "Someone moves the {key} to box {value}."),
-                     "eval": ("The {key} is transferred to box {value}.", "The {key} goes into box {value}.")},
-            "swap": {"train": ("The {key} and the {key2} switch boxes.", "The {key} and the {key2} are swapped."),
-                     "eval": ("The {key} and the {key2} trade places.", "The {key} changes places with the {key2}.")},
-            "put": {"train": ("A {key} is put into box {value}.", "Someone puts a {key} in box {value}."),
-                    "eval": ("A {key} is added to box {value}.", "Someone drops a {key} into box {value}.")},
-            "remove": {"train": ("The {key} is removed from box {old}.", "Someone takes the {key} out of box {old}."),
-                       "eval": ("The {key} is taken away from box {old}.", "The {key} is lifted out of box {old}.")},
+            "move": {
+                "train": ("The {key} is moved to box {value}.", "Someone moves the {key} to box {value}."),
+                "eval": ("The {key} is transferred to box {value}.", "The {key} goes into box {value}."),
+            },
+            "swap": {
+                "train": ("The {key} and the {key2} switch boxes.", "The {key} and the {key2} are swapped."),
+                "eval": ("The {key} and the {key2} trade places.", "The {key} changes places with the {key2}."),
+            },
+            "put": {
+                "train": ("A {key} is put into box {value}.", "Someone puts a {key} in box {value}."),
+                "eval": ("A {key} is added to box {value}.", "Someone drops a {key} into box {value}."),
+            },
+            "remove": {
+                "train": ("The {key} is removed from box {old}.", "Someone takes the {key} out of box {old}."),
+                "eval": ("The {key} is taken away from box {old}.", "The {key} is lifted out of box {old}."),
+            },
         },
     },
     "possession": {
@@ -122,14 +164,28 @@ TEXT: dict[str, dict] = {
         "query": "The {key}",
         "fn": "holder",
         "ops": {
-            "give": {"train": ("{old} gives the {key} to {value}.", "{old} hands the {key} to {value}."),
-                     "eval": ("{old} passes the {key} to {value}.", "{value} gets the {key} from {old}.")},
-            "swap": {"train": ("{old} and {old2} trade the {key} and the {key2}.", "{old} swaps the {key} for the {key2} of {old2}."),
-                     "eval": ("{old} and {old2} exchange the {key} and the {key2}.", "{old} gives the {key} to {old2} for the {key2}.")},
-            "put": {"train": ("{value} finds a {key}.", "{value} gets a new {key}."),
-                    "eval": ("{value} buys a {key}.", "{value} picks up a {key}.")},
-            "remove": {"train": ("{old} loses the {key}.", "{old} throws the {key} away."),
-                       "eval": ("The {key} of {old} breaks.", "{old} sells the {key}.")},
+            "give": {
+                "train": ("{old} gives the {key} to {value}.", "{old} hands the {key} to {value}."),
+                "eval": ("{old} passes the {key} to {value}.", "{value} gets the {key} from {old}."),
+            },
+            "swap": {
+                "train": (
+                    "{old} and {old2} trade the {key} and the {key2}.",
+                    "{old} swaps the {key} for the {key2} of {old2}.",
+                ),
+                "eval": (
+                    "{old} and {old2} exchange the {key} and the {key2}.",
+                    "{old} gives the {key} to {old2} for the {key2}.",
+                ),
+            },
+            "put": {
+                "train": ("{value} finds a {key}.", "{value} gets a new {key}."),
+                "eval": ("{value} buys a {key}.", "{value} picks up a {key}."),
+            },
+            "remove": {
+                "train": ("{old} loses the {key}.", "{old} throws the {key} away."),
+                "eval": ("The {key} of {old} breaks.", "{old} sells the {key}."),
+            },
         },
     },
     "binding": {
@@ -137,8 +193,10 @@ TEXT: dict[str, dict] = {
         "query": "{key}",
         "fn": "value",
         "ops": {
-            "copy": {"train": ("{key}'s number is the same as {src}'s.", "{key} copies the number of {src}."),
-                     "eval": ("{key} takes {src}'s number.", "{key} picks the number that {src} has.")},
+            "copy": {
+                "train": ("{key}'s number is the same as {src}'s.", "{key} copies the number of {src}."),
+                "eval": ("{key} takes {src}'s number.", "{key} picks the number that {src} has."),
+            },
         },
     },
     "counting": {
@@ -146,12 +204,18 @@ TEXT: dict[str, dict] = {
         "query": "{key}",
         "fn": "count",
         "ops": {
-            "add": {"train": ("{key} buys {n} more {unit_n}.", "{key} finds {n} more {unit_n}."),
-                    "eval": ("{key} gets {n} more {unit_n}.", "{key} picks up {n} more {unit_n}.")},
-            "sub": {"train": ("{key} eats {n} {unit_n}.", "{key} drops {n} {unit_n}."),
-                    "eval": ("{key} loses {n} {unit_n}.", "{key} throws away {n} {unit_n}.")},
-            "transfer": {"train": ("{key} gives {n} {unit_n} to {dst}.", "{key} hands {n} {unit_n} to {dst}."),
-                         "eval": ("{key} passes {n} {unit_n} to {dst}.", "{dst} gets {n} {unit_n} from {key}.")},
+            "add": {
+                "train": ("{key} buys {n} more {unit_n}.", "{key} finds {n} more {unit_n}."),
+                "eval": ("{key} gets {n} more {unit_n}.", "{key} picks up {n} more {unit_n}."),
+            },
+            "sub": {
+                "train": ("{key} eats {n} {unit_n}.", "{key} drops {n} {unit_n}."),
+                "eval": ("{key} loses {n} {unit_n}.", "{key} throws away {n} {unit_n}."),
+            },
+            "transfer": {
+                "train": ("{key} gives {n} {unit_n} to {dst}.", "{key} hands {n} {unit_n} to {dst}."),
+                "eval": ("{key} passes {n} {unit_n} to {dst}.", "{dst} gets {n} {unit_n} from {key}."),
+            },
         },
     },
 }
@@ -222,7 +286,9 @@ class Scenario:
     def label(self) -> int:
         ans = self.answer()
         if ans not in self.candidates:
-            raise CodetransferError(f"answer {ans!r} is not among the candidates {self.candidates}; widen the candidate set")
+            raise CodetransferError(
+                f"answer {ans!r} is not among the candidates {self.candidates}; widen the candidate set"
+            )
         return self.candidates.index(ans)
 
     def keys(self) -> tuple[str, ...]:
@@ -255,7 +321,7 @@ def fill(template: str, fields: dict[str, str]) -> tuple[str, dict[str, tuple[in
     pos = 0
     last = 0
     for m in _FIELD.finditer(template):
-        lit = template[last:m.start()]
+        lit = template[last : m.start()]
         out.append(lit)
         pos += len(lit)
         role = m.group(1)
@@ -332,7 +398,7 @@ def _prelude(sc: Scenario) -> list[str]:
     if sc.kind == "boxes":
         lines.append(f'{", ".join(BOX_LETTERS)} = "{"".join(BOX_LETTERS)}"')
     if sc.kind == "possession":
-        lines.append(f'{", ".join(sc.people)} = {", ".join(repr(p).replace(chr(39), chr(34)) for p in sc.people)}')
+        lines.append(f"{', '.join(sc.people)} = {', '.join(repr(p).replace(chr(39), chr(34)) for p in sc.people)}")
     pre = CODE_STYLES[sc.code_style]["prelude"]
     if pre:
         lines.append(pre)
@@ -419,7 +485,9 @@ def render(sc: Scenario, rendering: str) -> Rendered:
     src = states[-1].sources.get(sc.query)
     if src is not None:
         spans["answer_source"] = spans[f"e{src[0]}.{src[1]}"]
-    template = f"{sc.split}/{sc.kind}/text{sc.text_set}" if rendering == "text" else f"{sc.split}/{sc.kind}/{sc.code_style}"
+    template = (
+        f"{sc.split}/{sc.kind}/text{sc.text_set}" if rendering == "text" else f"{sc.split}/{sc.kind}/{sc.code_style}"
+    )
     return Rendered("".join(parts), spans, tuple(labels), template)
 
 
@@ -442,4 +510,4 @@ def program_value(prompt: str) -> str:
         raise CodetransferError(f"last line of a code prompt must be 'assert EXPR ==', got {last!r}")
     ns: dict = {}
     exec(compile(body, "<codetransfer-task>", "exec"), ns)
-    return str(eval(last[len("assert "):-len(" ==")], ns))
+    return str(eval(last[len("assert ") : -len(" ==")], ns))

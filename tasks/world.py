@@ -65,7 +65,11 @@ class Event:
     def fact(self) -> str:
         """Canonical one-line form, e.g. ``move(pen,B)``; two event lists differ in one fact iff
         exactly one of these strings differs."""
-        args = [self.key] + ([self.value] if self.value else []) + ([str(self.n)] if self.op in ("add", "sub", "transfer") else [])
+        args = (
+            [self.key]
+            + ([self.value] if self.value else [])
+            + ([str(self.n)] if self.op in ("add", "sub", "transfer") else [])
+        )
         return f"{self.op}({','.join(args)})"
 
 
@@ -81,7 +85,9 @@ class State:
     def value(self, key: str) -> str:
         """The value of ``key`` ("where is Y", "what is Y bound to", "how many does Y have")."""
         if key not in self.values:
-            raise CodetransferError(f"query key '{key}' is not in the world (keys: {sorted(self.values)}); ask about a key that exists")
+            raise CodetransferError(
+                f"query key '{key}' is not in the world (keys: {sorted(self.values)}); ask about a key that exists"
+            )
         return self.values[key]
 
     def where(self, key: str) -> str:
@@ -105,7 +111,9 @@ def apply(state: State, event: Event, index: int) -> State:
 
     def need(key: str) -> None:
         if key not in v:
-            raise CodetransferError(f"event {index} '{event.fact()}' uses '{key}', which is not in the world; put it first")
+            raise CodetransferError(
+                f"event {index} '{event.fact()}' uses '{key}', which is not in the world; put it first"
+            )
 
     if op not in OPS:
         raise CodetransferError(f"event {index}: op '{op}' is unknown; expected one of {OPS}")
@@ -116,7 +124,9 @@ def apply(state: State, event: Event, index: int) -> State:
     elif op in ("move", "give"):
         need(k)
         if v[k] == event.value:
-            raise CodetransferError(f"event {index} '{event.fact()}': '{k}' already has value {event.value}; move it elsewhere")
+            raise CodetransferError(
+                f"event {index} '{event.fact()}': '{k}' already has value {event.value}; move it elsewhere"
+            )
         v[k], s[k] = event.value, (index, "value")
     elif op == "remove":
         need(k)
@@ -171,9 +181,15 @@ def is_valid(events) -> bool:
 # ``n_initial`` events are the initial state; the rest are the `difficulty` operations.
 
 
-def sample_locations(rng: random.Random, n_ops: int, keys: list[str], places: list[str], n_keys: int,
-                     ops: tuple[str, ...] = ("move", "swap", "put", "remove"),
-                     move_op: str = "move") -> tuple[list[Event], int, str]:
+def sample_locations(
+    rng: random.Random,
+    n_ops: int,
+    keys: list[str],
+    places: list[str],
+    n_keys: int,
+    ops: tuple[str, ...] = ("move", "swap", "put", "remove"),
+    move_op: str = "move",
+) -> tuple[list[Event], int, str]:
     """Objects in boxes (or with people). The query key (a random initial object, so not always the
     first one stated) is touched by at least one op when n_ops > 0.
 
@@ -228,8 +244,9 @@ def sample_locations(rng: random.Random, n_ops: int, keys: list[str], places: li
     return events, n_init, query
 
 
-def sample_binding(rng: random.Random, chain: int, names: list[str], digits: list[str],
-                   n_chains: int = 3) -> tuple[list[Event], int, str]:
+def sample_binding(
+    rng: random.Random, chain: int, names: list[str], digits: list[str], n_chains: int = 3
+) -> tuple[list[Event], int, str]:
     """Variable-binding chains: ``n_chains`` roots get distinct constants, then ``copy`` hops.
 
     The query chain has exactly ``chain`` hops (0 = ask the root itself); each distractor chain has
@@ -238,13 +255,15 @@ def sample_binding(rng: random.Random, chain: int, names: list[str], digits: lis
     """
     need = n_chains * (chain + 1)
     if need > len(names):
-        raise CodetransferError(f"difficulty {chain} needs {need} names, the pool has {len(names)}; lower the difficulty")
+        raise CodetransferError(
+            f"difficulty {chain} needs {need} names, the pool has {len(names)}; lower the difficulty"
+        )
     vars_ = rng.sample(names, need)
     consts = rng.sample(digits, n_chains)
     chains = []
     for c in range(n_chains):
         length = chain if c == 0 else rng.randint(0, chain)
-        chains.append(vars_[c * (chain + 1): c * (chain + 1) + length + 1])
+        chains.append(vars_[c * (chain + 1) : c * (chain + 1) + length + 1])
     events = [Event("assign", ch[0], consts[c]) for c, ch in enumerate(chains)]
     rng.shuffle(events)
     pending = [list(zip(ch[1:], ch[:-1])) for ch in chains]
@@ -255,8 +274,9 @@ def sample_binding(rng: random.Random, chain: int, names: list[str], digits: lis
     return events, n_chains, chains[0][-1]
 
 
-def sample_counts(rng: random.Random, n_ops: int, names: list[str], n_people: int = 2,
-                  max_count: int = 9) -> tuple[list[Event], int, str]:
+def sample_counts(
+    rng: random.Random, n_ops: int, names: list[str], n_people: int = 2, max_count: int = 9
+) -> tuple[list[Event], int, str]:
     """Small counts that change by add / sub / transfer; every count stays within 0..max_count.
 
     The query person is involved in at least one op when n_ops > 0.

@@ -14,10 +14,9 @@ from codetransfer.trained.config import ModelConfig
 
 TINY = ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, n_ctx=64)
 
-TOKENIZER_TEXTS = (
-    ["The pen is in box A. The apple is in box B. Where is the pen? The pen is in box A."] * 50
-    + ["def f(x):\n    return x + 1\nbox_a = ['pen']\nprint(box_a)\n"] * 50
-)
+TOKENIZER_TEXTS = ["The pen is in box A. The apple is in box B. Where is the pen? The pen is in box A."] * 50 + [
+    "def f(x):\n    return x + 1\nbox_a = ['pen']\nprint(box_a)\n"
+] * 50
 
 
 def save_tiny_model(folder, cfg: ModelConfig = TINY, seed: int = 0, vocab_size: int = 400):

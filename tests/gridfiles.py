@@ -68,6 +68,7 @@ def write_grid(folder, text: str = MINI_GRID, name: str = "grid.toml"):
     path.write_text(text)
     return path
 
+
 #: model, tokenizer and sources of the small grids on the world simulator's corpora (n_ctx 128: task items fit)
 SYNTHETIC_HEAD = """
 name = "{name}"

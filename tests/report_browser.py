@@ -33,8 +33,14 @@ from pathlib import Path
 import pytest
 
 #: Chromium flags for a headless run in a container (no sandbox, no GPU, no network chatter).
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--no-first-run")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--no-first-run",
+)
 
 
 @dataclass(frozen=True)
@@ -121,10 +127,14 @@ def browser_or_skip():
     if missing:
         can_install = hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get") is not None
         if can_install:
-            pytest.fail(f"{' and '.join(missing)} not found although this machine can install them: "
-                        "run `make test` (or apt-get install chromium chromium-driver)")
-        pytest.skip(f"{' and '.join(missing)} not found and not installable here (needs root and apt-get): "
-                    "the report's browser check is skipped")
+            pytest.fail(
+                f"{' and '.join(missing)} not found although this machine can install them: "
+                "run `make test` (or apt-get install chromium chromium-driver)"
+            )
+        pytest.skip(
+            f"{' and '.join(missing)} not found and not installable here (needs root and apt-get): "
+            "the report's browser check is skipped"
+        )
     return start_chromium()
 
 

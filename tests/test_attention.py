@@ -33,8 +33,18 @@ def _item(prompt, answer_span, candidates=(" A", " B"), label=0, twin=None, rend
     spans = {"query": (prompt.rindex("pen"), prompt.rindex("pen") + 3), "answer_source": answer_span}
     spans.update(extra or {})
     return Item(
-        task="entity_tracking", version="test", seed=0, index=0, category="reasoning", rendering=rendering,
-        prompt=prompt, candidates=candidates, label=label, difficulty=0, spans=spans, twin=twin,
+        task="entity_tracking",
+        version="test",
+        seed=0,
+        index=0,
+        category="reasoning",
+        rendering=rendering,
+        prompt=prompt,
+        candidates=candidates,
+        label=label,
+        difficulty=0,
+        spans=spans,
+        twin=twin,
     )
 
 
@@ -71,8 +81,13 @@ def test_scores_equal_head_detector(tiny_bridge, tiny_tokenizer, kind, exclude_b
 
     tokens, lengths = _pad(tiny_tokenizer, PROMPTS)
     ours = A.head_scores(
-        tiny_bridge, tokens, lengths=lengths, scores=[kind], reduction="head_detector",
-        exclude_bos=exclude_bos, exclude_current_token=exclude_current,
+        tiny_bridge,
+        tokens,
+        lengths=lengths,
+        scores=[kind],
+        reduction="head_detector",
+        exclude_bos=exclude_bos,
+        exclude_current_token=exclude_current,
     )[kind].mean(0)
     theirs = detect_head(
         tiny_bridge, PROMPTS, f"{kind}_head", exclude_bos=exclude_bos, exclude_current_token=exclude_current
@@ -188,6 +203,7 @@ def test_ablation_equals_a_manual_hooked_run(tiny_bridge, tiny_tokenizer, method
     with torch.inference_mode():
         clean = A.logit_diff(tiny_bridge(enc.tokens), enc)
         for layer, head in [(0, 2), (1, 3)]:
+
             def hook(z, hook):
                 z = z.clone()
                 z[:, :, head] = means[layer, head] if method == "mean" else 0.0
@@ -261,9 +277,13 @@ def test_induction_loss_equals_manual_cross_entropy(tiny_bridge, tiny_tokenizer)
     tokens = A.repeated_random_tokens(A.ordinary_token_ids(tiny_tokenizer), 4, 8, seed=2)
     with torch.inference_mode():
         logits = tiny_bridge(tokens)
-    manual = torch.nn.functional.cross_entropy(
-        logits[:, 9:16].reshape(-1, logits.shape[-1]), tokens[:, 10:17].reshape(-1), reduction="none"
-    ).view(4, 7).mean(-1)
+    manual = (
+        torch.nn.functional.cross_entropy(
+            logits[:, 9:16].reshape(-1, logits.shape[-1]), tokens[:, 10:17].reshape(-1), reduction="none"
+        )
+        .view(4, 7)
+        .mean(-1)
+    )
     assert torch.allclose(A.induction_loss(logits, tokens), manual, atol=1e-5)
 
 
@@ -282,8 +302,21 @@ def _grid_table(perm, drop_role=None):
     for run, prof in (("a", prof_a), ("b", prof_b)):
         for k in range(6):
             for m, metric in enumerate(metrics):
-                rows.append(dict(run=run, recipe=run, seed=0, task="repeated_random", rendering="", layer=k // 3,
-                                 head=k % 3, metric=metric, value=prof[k, m], ci_low=np.nan, ci_high=np.nan))
+                rows.append(
+                    dict(
+                        run=run,
+                        recipe=run,
+                        seed=0,
+                        task="repeated_random",
+                        rendering="",
+                        layer=k // 3,
+                        head=k % 3,
+                        metric=metric,
+                        value=prof[k, m],
+                        ci_low=np.nan,
+                        ci_high=np.nan,
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -311,7 +344,9 @@ def test_comparisons_refuse_unknown_runs_metrics_and_other_shapes():
 def test_score_runs_refuses_runs_of_different_shapes(tiny_bridge, tiny_tokenizer):
     from types import SimpleNamespace as NS
 
-    other = NS(bridge=NS(cfg=NS(n_layers=3, n_heads=4)), tokenizer=tiny_tokenizer, info=NS(name="big", recipe="r", seed=0))
+    other = NS(
+        bridge=NS(cfg=NS(n_layers=3, n_heads=4)), tokenizer=tiny_tokenizer, info=NS(name="big", recipe="r", seed=0)
+    )
     run = NS(bridge=tiny_bridge, tokenizer=tiny_tokenizer, info=NS(name="tiny", recipe="r", seed=0))
     fake = lambda bridge, tok, **kw: pd.DataFrame({"layer": [0], "value": [1.0]})  # noqa: E731
     out = A.score_runs([run], score=fake)

@@ -20,10 +20,18 @@ def _grid(root, runs):
         d = root / "runs" / f"{recipe}-s{seed}"
         d.mkdir(parents=True)
         save_tiny_model(d, cfg, seed=seed)
-        (d / "codetransfer.json").write_text(json.dumps({
-            "recipe": recipe, "seed": seed, "status": "complete", "grid": "test",
-            "model": {"n_layers": cfg.n_layers, "n_ctx": cfg.n_ctx}, "tokenizer_sha256": "same",
-        }))
+        (d / "codetransfer.json").write_text(
+            json.dumps(
+                {
+                    "recipe": recipe,
+                    "seed": seed,
+                    "status": "complete",
+                    "grid": "test",
+                    "model": {"n_layers": cfg.n_layers, "n_ctx": cfg.n_ctx},
+                    "tokenizer_sha256": "same",
+                }
+            )
+        )
     return root
 
 
@@ -40,8 +48,19 @@ def test_attention_cli_writes_one_row_per_run_task_head_metric(grid, tmp_path, c
     rc = main(["attention", "--runs", str(grid), "--out", str(out), "--tasks", "counting", *ARGS])
     assert rc == 0, capsys.readouterr().err
     t = pd.read_parquet(out / "attention.parquet")
-    assert list(t.columns) == ["run", "recipe", "seed", "task", "rendering", "layer", "head", "metric", "value",
-                               "ci_low", "ci_high"]
+    assert list(t.columns) == [
+        "run",
+        "recipe",
+        "seed",
+        "task",
+        "rendering",
+        "layer",
+        "head",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+    ]
     assert set(t.run) == {"text-only-s0", "code25-s1"} and set(t.task) == {"repeated_random", "counting"}
     assert set(t[t.task == "counting"].rendering) == {"text", "code"}
     assert not t.duplicated(["run", "task", "rendering", "layer", "head", "metric"]).any()

@@ -85,8 +85,9 @@ def freeze_queries_and_keys(model, cfg: ModelConfig, heads) -> None:
         qkv.bias.register_hook(lambda g, m=m.reshape(-1): g * m)
 
 
-def train_induction_model(tokenizer, cfg: ModelConfig = CFG, seed: int = 0, steps: int = STEPS, lr: float = LR,
-                          frozen_qk=FROZEN_QK):
+def train_induction_model(
+    tokenizer, cfg: ModelConfig = CFG, seed: int = 0, steps: int = STEPS, lr: float = LR, frozen_qk=FROZEN_QK
+):
     """The recipe of the module docstring; ``steps=0`` gives the random-init twin."""
     from codetransfer.trained.model import build_model
 
@@ -138,8 +139,9 @@ def runs(tmp_path_factory):
 def scores(runs):
     """Pattern scores of every head on fresh repeated random tokens: ``metric, layer, head -> value``."""
     return {
-        name: A.standard_head_scores(bridge, tok, n_seqs=32, half_len=HALF, seed=1, n_boot=50)
-        .set_index(["metric", "layer", "head"])["value"]
+        name: A.standard_head_scores(bridge, tok, n_seqs=32, half_len=HALF, seed=1, n_boot=50).set_index(
+            ["metric", "layer", "head"]
+        )["value"]
         for name, (bridge, tok) in runs.items()
     }
 
@@ -168,7 +170,7 @@ def test_the_trained_induction_head_attends_to_the_canonical_target_not_a_lagged
     prof = A.induction_shift_profile(A.attention_patterns(bridge, tokens), tokens, shifts).nanmean(1)
     layer, head = INDUCTION_HEAD
     assert shifts[int(prof[:, layer, head].argmax())] == 0
-    assert prof[shifts.index(1):, layer, head].max() < 0.1
+    assert prof[shifts.index(1) :, layer, head].max() < 0.1
 
 
 @pytest.mark.parametrize("method", A.ABLATIONS)

@@ -57,8 +57,9 @@ def sub(text: str, old: str, new: str) -> str:
 
 # a grid whose second recipe mixes a source named by the case
 def with_source(name: str) -> str:
-    return MINI_GRID.replace("[sources.gcide]", f'[sources."{name}"]\nkind = "gcide"\n[sources.gcide]', 1) \
-        .replace("mixture = { gcide = 1.0 }", f'mixture = {{ "{name}" = 1.0 }}', 1)
+    return MINI_GRID.replace("[sources.gcide]", f'[sources."{name}"]\nkind = "gcide"\n[sources.gcide]', 1).replace(
+        "mixture = { gcide = 1.0 }", f'mixture = {{ "{name}" = 1.0 }}', 1
+    )
 
 
 EXTRA_RECIPE = """
@@ -84,8 +85,10 @@ GRID_CASES = {
     "recipe-long": (sub(MINI_GRID, RECIPE_TEXT, f'name = "{"x" * 100}"'), "not a valid name"),
     "phase-slash": (sub(MINI_GRID, 'name = "main"', 'name = "x/y"'), "not a valid name"),
     "phase-duplicate": (sub(MINI_GRID, 'name = "text"', 'name = "balanced"'), "duplicate phase name"),
-    "recipe-collision": (MINI_GRID + EXTRA_RECIPE.format(name="balanced-text"),
-                         "recipes 'balanced->text' and 'balanced-text' would share the run folder"),
+    "recipe-collision": (
+        MINI_GRID + EXTRA_RECIPE.format(name="balanced-text"),
+        "recipes 'balanced->text' and 'balanced-text' would share the run folder",
+    ),
     "recipe-collision-gt": (MINI_GRID + EXTRA_RECIPE.format(name="balanced>-code"), "would share the run folder"),
     "grid-name": (sub(MINI_GRID, 'name = "mini"', 'name = "../mini"'), "not a valid name"),
     # numbers: finite and in range, at load time
@@ -105,11 +108,15 @@ GRID_CASES = {
     "eval-every-negative": (sub(MINI_GRID, "eval_every = 10", "eval_every = -5"), "eval_every"),
     "eval-tokens-zero": (sub(MINI_GRID, "eval_tokens = 2048", "eval_tokens = 0"), "eval_tokens"),
     "save-every-zero": (sub(MINI_GRID, "save_every = 5", "save_every = 0"), "save_every"),
-    "snapshot-every-negative": (sub(MINI_GRID, "save_every = 5", "save_every = 5\nsnapshot_every = -1"),
-                                "snapshot_every"),
+    "snapshot-every-negative": (
+        sub(MINI_GRID, "save_every = 5", "save_every = 5\nsnapshot_every = -1"),
+        "snapshot_every",
+    ),
     "induction-lr-nan": (sub(MINI_GRID, "save_every = 5", "save_every = 5\ninduction_warmup_lr = nan"), "finite"),
-    "induction-negative": (sub(MINI_GRID, "save_every = 5", "save_every = 5\ninduction_warmup = -3"),
-                           "induction_warmup"),
+    "induction-negative": (
+        sub(MINI_GRID, "save_every = 5", "save_every = 5\ninduction_warmup = -3"),
+        "induction_warmup",
+    ),
     "batch-zero": (sub(MINI_GRID, "batch_size = 8", "batch_size = 0"), "batch_size"),
     "grad-accum-zero": (sub(MINI_GRID, "batch_size = 8", "batch_size = 8\ngrad_accum = 0"), "grad_accum"),
     "n-ctx-huge": (sub(MINI_GRID, "n_ctx = 32", "n_ctx = 100000000"), "n_ctx"),
@@ -122,8 +129,10 @@ GRID_CASES = {
     "vocab-huge": (sub(MINI_GRID, "vocab_size = 384", "vocab_size = 70000"), "vocab_size"),
     "sample-bytes-zero": (sub(MINI_GRID, "sample_bytes = 100000", "sample_bytes = 0"), "sample_bytes"),
     "heldout-nan": (sub(MINI_GRID, "max_bytes = 120000", "max_bytes = 120000\nheldout_fraction = nan"), "finite"),
-    "heldout-one": (sub(MINI_GRID, "max_bytes = 120000", "max_bytes = 120000\nheldout_fraction = 1.0"),
-                    "heldout_fraction"),
+    "heldout-one": (
+        sub(MINI_GRID, "max_bytes = 120000", "max_bytes = 120000\nheldout_fraction = 1.0"),
+        "heldout_fraction",
+    ),
     "max-bytes-negative": (sub(MINI_GRID, "max_bytes = 120000", "max_bytes = -1"), "max_bytes"),
     "mixture-inf": (sub(MINI_GRID, "mixture = { gcide = 1.0 }", "mixture = { gcide = inf }"), "finite"),
     "mixture-negative": (sub(MINI_GRID, "mixture = { gcide = 1.0 }", "mixture = { gcide = -1.0 }"), "weights"),
@@ -158,6 +167,7 @@ def test_grid_not_utf8(verb, tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------- flags, settings
 
+
 def _grid(tmp_path) -> Path:
     grid = tmp_path / "grid.toml"
     grid.write_text(MINI_GRID)
@@ -171,12 +181,18 @@ FLAG_CASES = {
     "train-device-ordinal": (lambda g, o: ["train", g, "--out", o, "--device", "cuda:99"], "--device"),
     "run-device-ordinal": (lambda g, o: ["run", g, "--out", o, "--device", "cuda:99"], "--device"),
     "eval-device-ordinal": (lambda g, o: ["eval", "--runs", o, "--out", o, "--device", "cuda:99"], "--device"),
-    "probe-device-ordinal": (lambda g, o: ["probe", "--runs", o, "--out", o, "--tasks", "entity_tracking",
-                                                        "--device", "cuda:99"], "--device"),
-    "patch-device-ordinal": (lambda g, o: ["patch", "--runs", o, "--out", o, "--task", "entity_tracking",
-                                                        "--device", "cuda:99"], "--device"),
-    "attention-device-ordinal": (lambda g, o: ["attention", "--runs", o, "--out", o, "--device", "cuda:99"],
-                                 "--device"),
+    "probe-device-ordinal": (
+        lambda g, o: ["probe", "--runs", o, "--out", o, "--tasks", "entity_tracking", "--device", "cuda:99"],
+        "--device",
+    ),
+    "patch-device-ordinal": (
+        lambda g, o: ["patch", "--runs", o, "--out", o, "--task", "entity_tracking", "--device", "cuda:99"],
+        "--device",
+    ),
+    "attention-device-ordinal": (
+        lambda g, o: ["attention", "--runs", o, "--out", o, "--device", "cuda:99"],
+        "--device",
+    ),
     "run-baseline-typo": (lambda g, o: ["run", g, "--out", o, "--baseline", "text-onyl"], "did you mean 'text-only'"),
     "run-stage-typo": (lambda g, o: ["run", g, "--out", o, "--stages", "train,evall"], "did you mean"),
     "run-missing-grid-file": (lambda g, o: ["run", g.parent / "nope.toml", "--out", o], "does not exist"),
@@ -209,9 +225,13 @@ def test_file_where_a_folder_is_expected(verb, tmp_path, capsys):
     g = _grid(tmp_path)
     f = tmp_path / "a-file"
     f.write_text("x")
-    argv = {"train": ["train", g, "--out", f], "run": ["run", g, "--out", f], "merge": ["merge", "--out", f],
-            "eval": ["eval", "--runs", f, "--out", tmp_path / "res"],
-            "attention": ["attention", "--runs", tmp_path, "--out", f]}[verb]
+    argv = {
+        "train": ["train", g, "--out", f],
+        "run": ["run", g, "--out", f],
+        "merge": ["merge", "--out", f],
+        "eval": ["eval", "--runs", f, "--out", tmp_path / "res"],
+        "attention": ["attention", "--runs", tmp_path, "--out", f],
+    }[verb]
     assert "is a file, not a folder" in refused(capsys, argv, tmp_path)
 
 
@@ -246,7 +266,9 @@ def test_settings_not_utf8(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------- a tiny trained grid
 
-TRAINED_GRID = MINI_GRID.split("[[recipes]]")[0] + """
+TRAINED_GRID = (
+    MINI_GRID.split("[[recipes]]")[0]
+    + """
 [[recipes]]
 name = "text-only"
 [[recipes.phases]]
@@ -260,6 +282,7 @@ name = "code"
 mixture = { stdlib = 1.0 }
 tokens = 512
 """
+)
 
 
 @pytest.fixture(scope="session")
@@ -271,8 +294,21 @@ def trained(tmp_path_factory):
     grid.write_text(TRAINED_GRID)
     (folder / "settings.toml").write_text("eval_items = 1\n")
     assert cli.main(["train", str(grid), "--out", str(folder / "out"), "--quiet"]) == 0
-    assert cli.main(["run", str(grid), "--out", str(folder / "out"), "--stages", "eval",
-                     "--settings", str(folder / "settings.toml")]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                str(grid),
+                "--out",
+                str(folder / "out"),
+                "--stages",
+                "eval",
+                "--settings",
+                str(folder / "settings.toml"),
+            ]
+        )
+        == 0
+    )
     return folder
 
 
@@ -297,8 +333,11 @@ RECORD_DAMAGE = {
 def test_damaged_run_record(verb, damage, copy, capsys):
     (copy / "out" / "runs" / "text-only-s0" / "codetransfer.json").write_bytes(RECORD_DAMAGE[damage])
     out = copy / "out"
-    argv = {"eval": ["eval", "--runs", out, "--out", copy / "res"], "runs": ["runs", out],
-            "train": ["train", copy / "grid.toml", "--out", out, "--quiet"]}[verb]
+    argv = {
+        "eval": ["eval", "--runs", out, "--out", copy / "res"],
+        "runs": ["runs", out],
+        "train": ["train", copy / "grid.toml", "--out", out, "--quiet"],
+    }[verb]
     line = refused(capsys, argv, copy)
     assert "codetransfer.json" in line and ("delete" in line), line
 
@@ -318,8 +357,11 @@ def test_train_seed_not_in_grid_on_a_trained_grid(copy, capsys):
 
 
 def test_attention_half_len_too_long(copy, capsys):
-    line = refused(capsys, ["attention", "--runs", copy / "out", "--out", copy / "res", "--half-len", "500",
-                            "--tasks", "none"], copy)
+    line = refused(
+        capsys,
+        ["attention", "--runs", copy / "out", "--out", copy / "res", "--half-len", "500", "--tasks", "none"],
+        copy,
+    )
     assert "--half-len" in line and "<= 15" in line
 
 
@@ -350,8 +392,9 @@ def test_report_given_a_table_without_its_columns(copy, capsys):
     assert not (copy / "out" / ".report.tmp").exists()
 
 
-@pytest.mark.parametrize("table", ["eval.parquet", "summary.csv", "attention.parquet", "probes.parquet",
-                                   "patching.parquet"])
+@pytest.mark.parametrize(
+    "table", ["eval.parquet", "summary.csv", "attention.parquet", "probes.parquet", "patching.parquet"]
+)
 def test_damaged_result_table_given_to_the_report(table, copy, capsys):
     results = copy / "out" / "results"
     (results / table).write_bytes(b"PAR1 garbage \x00\xff")
@@ -379,6 +422,7 @@ def test_merge_damaged_patch_manifest(manifest, tmp_path, capsys):
 
 # ---------------------------------------------------------------- failures after the door, and records
 
+
 def test_activation_store_with_damaged_metadata(tmp_path):
     from codetransfer.analysis.store import ActivationStore
     from codetransfer.errors import CodetransferError
@@ -401,7 +445,8 @@ def test_non_finite_loss_stops_training_and_never_completes(copy, capsys, monkey
     assert cli.main(["train", str(grid), "--out", str(copy / "out"), "--quiet", "--jobs", "1"]) == 2
     err = capsys.readouterr().err
     assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
-        ln for ln in err.splitlines() if "training loss became nan" in ln]
+        ln for ln in err.splitlines() if "training loss became nan" in ln
+    ]
     record = json.loads((copy / "out" / "runs" / "text-only-s0" / "codetransfer.json").read_text())
     assert record["status"] == "partial"
 
@@ -421,16 +466,19 @@ def test_run_folders_and_checkpoints_have_no_leftovers(trained):
 
 # ------------------------------------------------------------ no traceback reaches the terminal
 
-@pytest.mark.parametrize("argv", [["train", "{grid}", "--out", "{out}", "--seed", "x"],
-                                  ["train", "{grid}", "--out", "{out}"]])
+
+@pytest.mark.parametrize(
+    "argv", [["train", "{grid}", "--out", "{out}", "--seed", "x"], ["train", "{grid}", "--out", "{out}"]]
+)
 def test_subprocess_prints_one_line(argv, tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text(with_source("../../../escaped"))
     argv = [a.format(grid=grid, out=tmp_path / "out") for a in argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     before = tree(tmp_path)
-    p = subprocess.run([sys.executable, "-m", "codetransfer.cli", *argv], capture_output=True, text=True, env=env,
-                       timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "codetransfer.cli", *argv], capture_output=True, text=True, env=env, timeout=120
+    )
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     assert [ln for ln in p.stderr.splitlines() if ln.strip()] == [p.stderr.strip()]

@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_python_m_codetransfer_prints_the_version():
-    out = subprocess.run([sys.executable, "-m", "codetransfer", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "codetransfer", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == f"codetransfer {codetransfer.__version__}"
 
 

@@ -16,8 +16,17 @@ from codetransfer.analysis.compare import (
 from codetransfer.errors import CodetransferError
 
 
-def score_table(effects, n_seeds=3, n_items=20, categories=("reasoning",), seed_sd=0.3, item_sd=1.0, rng=0,
-                baseline="text-only", item_recipe_sd=0.0):
+def score_table(
+    effects,
+    n_seeds=3,
+    n_items=20,
+    categories=("reasoning",),
+    seed_sd=0.3,
+    item_sd=1.0,
+    rng=0,
+    baseline="text-only",
+    item_recipe_sd=0.0,
+):
     """Per-item rows like score_runs': ``logit_diff = item + effect + u_seed + noise``, ``correct = logit_diff > 0``.
 
     ``effects``: recipe -> planted difference of mean logit_diff vs the baseline. Every (recipe, seed) model
@@ -41,8 +50,9 @@ def score_table(effects, n_seeds=3, n_items=20, categories=("reasoning",), seed_
 
 
 def test_planted_effect_is_recovered_inside_its_interval():
-    df = score_table({"code": 0.6, "same": 0.0}, n_seeds=5, n_items=60, categories=("reasoning", "knowledge"),
-                     seed_sd=0.15, rng=1)
+    df = score_table(
+        {"code": 0.6, "same": 0.0}, n_seeds=5, n_items=60, categories=("reasoning", "knowledge"), seed_sd=0.15, rng=1
+    )
     out = compare_recipes(df, "text-only", "logit_diff", by=("category",), n_resamples=1000)
     assert len(out) == 4 and set(out["n_seeds"]) == {5} and set(out["n_items"]) == {60}
     code = out[out["recipe"] == "code"]
@@ -53,8 +63,10 @@ def test_planted_effect_is_recovered_inside_its_interval():
     assert ((same["ci_low"] < 0) & (0 < same["ci_high"])).all() and not same["distinguishable"].any()
     # estimate = mean over seeds of the per-seed difference of means
     g = df[df["category"] == "reasoning"]
-    per_seed = (g[g.recipe == "code"].groupby("seed")["logit_diff"].mean()
-                - g[g.recipe == "text-only"].groupby("seed")["logit_diff"].mean())
+    per_seed = (
+        g[g.recipe == "code"].groupby("seed")["logit_diff"].mean()
+        - g[g.recipe == "text-only"].groupby("seed")["logit_diff"].mean()
+    )
     row = code.set_index("category").loc["reasoning"]
     assert row["estimate"] == pytest.approx(per_seed.mean())
     assert row["test"].startswith("MixedLM")
@@ -67,10 +79,22 @@ def test_relative_change_of_accuracy_recovers_a_planted_ratio():
     for recipe, p in (("text-only", 0.5), ("code", 0.6)):
         for s in range(4):
             c = (rng.random(400) < p).astype(float)
-            frames.append(pd.DataFrame({"recipe": recipe, "seed": s, "task": "t", "index": np.arange(400),
-                                        "category": "reasoning", "correct": c, "logit_diff": c - 0.5}))
-    out = compare_recipes(pd.concat(frames), "text-only", "accuracy", by=("category",), relative=True,
-                          n_resamples=1000).iloc[0]
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "recipe": recipe,
+                        "seed": s,
+                        "task": "t",
+                        "index": np.arange(400),
+                        "category": "reasoning",
+                        "correct": c,
+                        "logit_diff": c - 0.5,
+                    }
+                )
+            )
+    out = compare_recipes(
+        pd.concat(frames), "text-only", "accuracy", by=("category",), relative=True, n_resamples=1000
+    ).iloc[0]
     assert out["scale"] == "relative_%"
     assert out["estimate"] == pytest.approx(100 * (out["recipe_value"] / out["baseline_value"] - 1))
     assert out["ci_low"] < 20 < out["ci_high"] and 5 < out["ci_low"] and out["ci_high"] < 40
@@ -83,8 +107,9 @@ def test_identical_recipes_are_rarely_called_distinguishable():
     """200 tables of identical recipes (own seed effects, 3 seeds, 2 categories): <= 5% call any row."""
     hits = 0
     for k in range(200):
-        df = score_table({"code": 0.0}, n_seeds=3, n_items=12, categories=("reasoning", "knowledge"), seed_sd=0.4,
-                         rng=1000 + k)
+        df = score_table(
+            {"code": 0.0}, n_seeds=3, n_items=12, categories=("reasoning", "knowledge"), seed_sd=0.4, rng=1000 + k
+        )
         out = compare_recipes(df, "text-only", "logit_diff", by=("category",), n_resamples=200, seed=k)
         hits += bool(out["distinguishable"].any())
     assert hits <= 10, hits
@@ -110,8 +135,11 @@ def test_mde_shrinks_with_seeds_and_has_its_power():
     rng = np.random.default_rng(0)
     mean_mde = []
     for k in (3, 6, 12):
-        mean_mde.append(np.mean([minimum_detectable_effect(rng.normal(0, 1, (k, 10)) + rng.normal(0, 1, (k, 1)))
-                                 for _ in range(200)]))
+        mean_mde.append(
+            np.mean(
+                [minimum_detectable_effect(rng.normal(0, 1, (k, 10)) + rng.normal(0, 1, (k, 1))) for _ in range(200)]
+            )
+        )
     assert mean_mde[0] > mean_mde[1] > mean_mde[2], mean_mde
     # power: seed differences ~ N(delta, 1), delta = the MDE for sd = 1
     k = 6
@@ -131,8 +159,13 @@ def test_mde_shrinks_with_seeds_and_has_its_power():
 def test_holm_column_equals_statsmodels_multipletests():
     from statsmodels.stats.multitest import multipletests
 
-    df = score_table({"code": 0.3, "mixed": 0.1, "same": 0.0}, n_seeds=4, n_items=25,
-                     categories=("reasoning", "knowledge", "code"), rng=5)
+    df = score_table(
+        {"code": 0.3, "mixed": 0.1, "same": 0.0},
+        n_seeds=4,
+        n_items=25,
+        categories=("reasoning", "knowledge", "code"),
+        rng=5,
+    )
     out = compare_recipes(df, "text-only", by=("category",), n_resamples=200)
     assert len(out) == 9
     expected = multipletests(out["p_value"].to_numpy(), method="holm")[1]

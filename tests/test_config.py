@@ -25,7 +25,10 @@ def test_valid_grid_roundtrip_and_frozen():
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda d: d["recipes"][0]["phases"][0].update(mixture={"gcdie": 1.0}), r"unknown source 'gcdie' \(did you mean 'gcide'\?\)"),
+        (
+            lambda d: d["recipes"][0]["phases"][0].update(mixture={"gcdie": 1.0}),
+            r"unknown source 'gcdie' \(did you mean 'gcide'\?\)",
+        ),
         (lambda d: d["recipes"][0]["phases"][0].update(mixture={"gcide": -1.0}), r"weights must be >= 0"),
         (lambda d: d["recipes"][0]["phases"][0].update(mixture={"gcide": 0.0}), r"sum to zero"),
         (lambda d: d["recipes"][0]["phases"][0].pop("tokens"), r"phases\[0\].*tokens: required field is missing"),
@@ -114,16 +117,19 @@ def test_two_recipes_that_would_share_a_run_folder_are_refused_naming_both():
         grid_from_dict(d)
 
 
-@pytest.mark.parametrize("table, field, value, message", [
-    ("train", "weight_decay", -1.0, r"train.weight_decay: expected a value in \[0, 10\], got -1.0"),
-    ("train", "beta1", 2.0, r"train.beta1: expected a value in \[0, 1\), got 2.0"),
-    ("train", "beta2", float("nan"), "train.beta2: expected a finite number"),
-    ("train", "save_every", 0, "train.save_every: expected a value >= 1, got 0"),
-    ("train", "eval_tokens", 0, "train.eval_tokens"),
-    ("model", "n_ctx", 100_000_000, "model.n_ctx"),
-    ("tokenizer", "vocab_size", 10, "tokenizer.vocab_size"),
-    ("train", "grad_clip", float("inf"), "train.grad_clip: expected a finite number"),
-])
+@pytest.mark.parametrize(
+    "table, field, value, message",
+    [
+        ("train", "weight_decay", -1.0, r"train.weight_decay: expected a value in \[0, 10\], got -1.0"),
+        ("train", "beta1", 2.0, r"train.beta1: expected a value in \[0, 1\), got 2.0"),
+        ("train", "beta2", float("nan"), "train.beta2: expected a finite number"),
+        ("train", "save_every", 0, "train.save_every: expected a value >= 1, got 0"),
+        ("train", "eval_tokens", 0, "train.eval_tokens"),
+        ("model", "n_ctx", 100_000_000, "model.n_ctx"),
+        ("tokenizer", "vocab_size", 10, "tokenizer.vocab_size"),
+        ("train", "grad_clip", float("inf"), "train.grad_clip: expected a finite number"),
+    ],
+)
 def test_numbers_are_checked_for_range_and_finiteness(table, field, value, message):
     d = data()
     d[table][field] = value

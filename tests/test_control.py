@@ -31,7 +31,7 @@ def longest_period(words: list[str]) -> int:
 
 def repeated_ngrams(words: list[str], n: int) -> int:
     """How many n-grams of ``words`` occur more than once."""
-    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     return sum(c > 1 for c in grams.values())
 
 

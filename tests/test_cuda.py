@@ -96,8 +96,9 @@ def test_fp32_training_on_gpu_follows_the_cpu_loss_curve(cpu_run, tmp_path, monk
     spy = _Spy(train_module.token_losses)
     monkeypatch.setattr(train_module, "token_losses", spy)
     monkeypatch.setattr(train_module, "_autocast", lambda device: contextlib.nullcontext())  # fp32 on the GPU too
-    train_run(grid, grid.recipe("text-only"), 0, data, tmp_path, device=DEVICE, stop_after_steps=FP32_STEPS,
-              progress=False)
+    train_run(
+        grid, grid.recipe("text-only"), 0, data, tmp_path, device=DEVICE, stop_after_steps=FP32_STEPS, progress=False
+    )
     assert spy.devices == {torch.device(DEVICE).type}
     assert spy.autocast == {(False, None)}
     gpu, cpu = _losses(tmp_path), _losses(cpu_dir)[:FP32_STEPS]
@@ -154,13 +155,16 @@ def gpu_bridge(tiny_model_dir):
     return bridge
 
 
-@pytest.mark.parametrize("site,by_pos", [("resid_pre", True), ("attn_out", True), ("mlp_out", True),
-                                         ("head_out", True), ("q", False), ("v", False)])
+@pytest.mark.parametrize(
+    "site,by_pos",
+    [("resid_pre", True), ("attn_out", True), ("mlp_out", True), ("head_out", True), ("q", False), ("v", False)],
+)
 def test_patching_on_gpu_equals_cpu(tiny_bridge, gpu_bridge, site, by_pos):
     clean, corrupted, metric = _pair()
     cpu = P.activation_patching(tiny_bridge, clean, corrupted, metric, site, by_pos=by_pos, max_rows=7)
-    gpu = P.activation_patching(gpu_bridge, clean.to(DEVICE), corrupted.to(DEVICE), metric, site, by_pos=by_pos,
-                                max_rows=7)
+    gpu = P.activation_patching(
+        gpu_bridge, clean.to(DEVICE), corrupted.to(DEVICE), metric, site, by_pos=by_pos, max_rows=7
+    )
     assert gpu.values.shape == cpu.values.shape
     assert torch.allclose(gpu.values.cpu(), cpu.values, atol=1e-4, rtol=0)
     assert torch.allclose(gpu.clean.cpu(), cpu.clean, atol=1e-4, rtol=0)
@@ -176,10 +180,19 @@ def test_activation_extraction_on_gpu_equals_cpu(tiny_bridge, gpu_bridge, tmp_pa
     sites = [s.name for s in parse_sites(["resid_post", "head.1"], tiny_bridge.cfg.n_layers)]
     stores = {}
     for name, bridge, dev in (("cpu", tiny_bridge, "cpu"), ("gpu", gpu_bridge, DEVICE)):
-        store = ActivationStore.create(tmp_path / name, run="r", task="t", task_version="1", seed=0, sites=sites,
-                                       d_model=tiny_bridge.cfg.d_model, n_heads=tiny_bridge.cfg.n_heads)
-        stores[name] = extract_activations(bridge, tokens, positions, ["resid_post", "head.1"], store, batch_size=3,
-                                           method=method, device=dev)
+        store = ActivationStore.create(
+            tmp_path / name,
+            run="r",
+            task="t",
+            task_version="1",
+            seed=0,
+            sites=sites,
+            d_model=tiny_bridge.cfg.d_model,
+            n_heads=tiny_bridge.cfg.n_heads,
+        )
+        stores[name] = extract_activations(
+            bridge, tokens, positions, ["resid_post", "head.1"], store, batch_size=3, method=method, device=dev
+        )
     for site in sites:
         a, b = stores["cpu"].read(site), stores["gpu"].read(site)
         assert a.shape == b.shape and a.shape[0] == 8
@@ -223,10 +236,16 @@ def _same_table(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]) -> None:
 
 
 VERBS = {
-    "eval": (["--tasks", "knowledge_cloze", "--n-items", "12", "--n-boot", "50", "--heldout-windows", "2"],
-             "eval.parquet", ["run", "task", "difficulty", "metric"]),
-    "patch": (["--task", "counting", "--sites", "resid_pre,mlp", "--n-items", "4", "--difficulty", "0", "--n-boot", "20"],
-              "patching.parquet", ["run", "site", "layer", "pos_label", "metric"]),
+    "eval": (
+        ["--tasks", "knowledge_cloze", "--n-items", "12", "--n-boot", "50", "--heldout-windows", "2"],
+        "eval.parquet",
+        ["run", "task", "difficulty", "metric"],
+    ),
+    "patch": (
+        ["--task", "counting", "--sites", "resid_pre,mlp", "--n-items", "4", "--difficulty", "0", "--n-boot", "20"],
+        "patching.parquet",
+        ["run", "site", "layer", "pos_label", "metric"],
+    ),
 }
 
 

@@ -16,8 +16,20 @@ from codetransfer.tasks.items import Item
 
 
 def _item(prompt, candidates, label, spans=None, labels=()):
-    return Item(task="t", version="1", seed=0, index=0, category="reasoning", rendering="text", prompt=prompt,
-                candidates=tuple(candidates), label=label, difficulty=0, spans=spans or {}, labels=tuple(labels))
+    return Item(
+        task="t",
+        version="1",
+        seed=0,
+        index=0,
+        category="reasoning",
+        rendering="text",
+        prompt=prompt,
+        candidates=tuple(candidates),
+        label=label,
+        difficulty=0,
+        spans=spans or {},
+        labels=tuple(labels),
+    )
 
 
 def test_prompt_is_bos_then_its_tokens_with_offsets(tiny_tokenizer):

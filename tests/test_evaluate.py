@@ -24,8 +24,18 @@ from codetransfer.trained.tokenizer import encode_with_bos
 
 
 def make_item(prompt, candidates, label, index=0, difficulty=0, task="t", category="reasoning"):
-    return Item(task=task, version="1", seed=0, index=index, category=category, rendering="text",
-                prompt=prompt, candidates=tuple(candidates), label=label, difficulty=difficulty)
+    return Item(
+        task=task,
+        version="1",
+        seed=0,
+        index=index,
+        category=category,
+        rendering="text",
+        prompt=prompt,
+        candidates=tuple(candidates),
+        label=label,
+        difficulty=difficulty,
+    )
 
 
 def naive_logprobs(hf, tok, item):
@@ -83,8 +93,10 @@ class CountingModel(torch.nn.Module):
 
 
 def test_single_token_candidates_need_one_row_per_item(tiny_hf, tiny_tokenizer):
-    items = [make_item("The pen is in box A. Where is the pen? It is in box" + " A" * i, [" A", " B", " C"], i % 3, i)
-             for i in range(6)]
+    items = [
+        make_item("The pen is in box A. Where is the pen? It is in box" + " A" * i, [" A", " B", " C"], i % 3, i)
+        for i in range(6)
+    ]
     counting = CountingModel(tiny_hf)
     score_items(counting, tiny_tokenizer, items, batch_size=64)
     assert len(counting.shapes) == 1 and counting.shapes[0][0] == 6
@@ -96,14 +108,36 @@ def test_single_token_candidates_need_one_row_per_item(tiny_hf, tiny_tokenizer):
 
 # -- a briefly trained model scores above chance; a random one is at chance ----------------------------
 
-NAMES = ["zok", "mip", "tav", "rul", "fen", "gob", "hix", "jat", "kuv", "lep",
-         "nod", "pes", "qir", "sab", "tum", "vog", "wex", "yab", "dut", "cim"]
+NAMES = [
+    "zok",
+    "mip",
+    "tav",
+    "rul",
+    "fen",
+    "gob",
+    "hix",
+    "jat",
+    "kuv",
+    "lep",
+    "nod",
+    "pes",
+    "qir",
+    "sab",
+    "tum",
+    "vog",
+    "wex",
+    "yab",
+    "dut",
+    "cim",
+]
 BOXES = [" A", " B", " C", " D"]
 
 
 def fact_items():
-    return [make_item(f"The {n} is in box", BOXES, i % 4, i, difficulty=i % 2, task="facts", category="knowledge")
-            for i, n in enumerate(NAMES)]
+    return [
+        make_item(f"The {n} is in box", BOXES, i % 4, i, difficulty=i % 2, task="facts", category="knowledge")
+        for i, n in enumerate(NAMES)
+    ]
 
 
 def train_briefly(folder, items, steps=60, seed=0):
@@ -164,15 +198,32 @@ def test_trained_model_above_chance_random_model_at_chance(trained_dir, tiny_mod
 
 def test_evaluate_runs_tidy_table(trained_dir, tiny_model_dir):
     runs = []
-    for name, recipe, seed, folder in [("code-a", "code", 0, trained_dir), ("text-a", "text-only", 0, tiny_model_dir),
-                                        ("text-b", "text-only", 1, tiny_model_dir)]:
+    for name, recipe, seed, folder in [
+        ("code-a", "code", 0, trained_dir),
+        ("text-a", "text-only", 0, tiny_model_dir),
+        ("text-b", "text-only", 1, tiny_model_dir),
+    ]:
         bridge, tok = load_bridge(folder)
-        runs.append(types.SimpleNamespace(bridge=bridge, tokenizer=tok,
-                                          info=types.SimpleNamespace(name=name, recipe=recipe, seed=seed)))
+        runs.append(
+            types.SimpleNamespace(
+                bridge=bridge, tokenizer=tok, info=types.SimpleNamespace(name=name, recipe=recipe, seed=seed)
+            )
+        )
     items = {"facts": fact_items()}
     table = evaluate_runs(runs, items, n_items=len(NAMES), seed=0, n_boot=500)
-    assert {"run", "recipe", "seed", "task", "category", "difficulty", "metric", "value", "ci_low", "ci_high",
-            "chance"} <= set(table.columns)
+    assert {
+        "run",
+        "recipe",
+        "seed",
+        "task",
+        "category",
+        "difficulty",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+        "chance",
+    } <= set(table.columns)
     assert set(table["difficulty"]) == {"0", "1", "all"}
     assert set(table["metric"]) == {"accuracy", "logit_diff"}
     assert set(table["run"]) == {"code-a", "text-a", "text-b", "code*", "text-only*"}
@@ -186,17 +237,29 @@ def test_evaluate_runs_tidy_table(trained_dir, tiny_model_dir):
 
 # -- tables from hand-made scores (known answers) -----------------------------------------------------
 
+
 def fake_scores(acc_by_run: dict[tuple[str, str, int], float], n=400, seed=0):
     rng = np.random.default_rng(seed)
     frames = []
     for (run, recipe, s), p in acc_by_run.items():
         for task, category in [("boxes", "reasoning"), ("facts", "knowledge")]:
             correct = rng.random(n) < p
-            frames.append(pd.DataFrame({
-                "run": run, "recipe": recipe, "seed": s, "task": task, "category": category,
-                "index": np.arange(n), "difficulty": np.arange(n) % 3, "chance": 0.25,
-                "correct": correct, "logit_diff": np.where(correct, 1.0, -1.0),
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "run": run,
+                        "recipe": recipe,
+                        "seed": s,
+                        "task": task,
+                        "category": category,
+                        "index": np.arange(n),
+                        "difficulty": np.arange(n) % 3,
+                        "chance": 0.25,
+                        "correct": correct,
+                        "logit_diff": np.where(correct, 1.0, -1.0),
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -204,14 +267,19 @@ def test_tidy_table_values_are_group_means(tmp_path):
     scores = fake_scores({("a0", "A", 0): 0.4, ("a1", "A", 1): 0.8, ("b0", "B", 0): 0.5})
     table = tidy_table(scores, n_boot=300)
     g = scores[(scores.run == "a0") & (scores.task == "boxes") & (scores.difficulty == 1)]
-    row = table[(table.run == "a0") & (table.task == "boxes") & (table.difficulty == "1") & (table.metric == "accuracy")]
+    row = table[
+        (table.run == "a0") & (table.task == "boxes") & (table.difficulty == "1") & (table.metric == "accuracy")
+    ]
     assert row["value"].item() == pytest.approx(g["correct"].mean())
-    agg = table[(table.run == "A*") & (table.task == "boxes") & (table.difficulty == "all") & (table.metric == "accuracy")]
+    agg = table[
+        (table.run == "A*") & (table.task == "boxes") & (table.difficulty == "all") & (table.metric == "accuracy")
+    ]
     per_seed = scores[(scores.recipe == "A") & (scores.task == "boxes")].groupby("seed")["correct"].mean()
     assert agg["value"].item() == pytest.approx(per_seed.mean())
     # seeds 0.4 and 0.8: the seed-aggregated interval is much wider than either run's item interval
-    run_row = table[(table.run == "a0") & (table.task == "boxes") & (table.difficulty == "all")
-                    & (table.metric == "accuracy")]
+    run_row = table[
+        (table.run == "a0") & (table.task == "boxes") & (table.difficulty == "all") & (table.metric == "accuracy")
+    ]
     assert (agg["ci_high"] - agg["ci_low"]).item() > 2 * (run_row["ci_high"] - run_row["ci_low"]).item()
     table.to_parquet(tmp_path / "t.parquet")
     back = pd.read_parquet(tmp_path / "t.parquet")
@@ -219,8 +287,10 @@ def test_tidy_table_values_are_group_means(tmp_path):
 
 
 def test_relative_change_summary_known_answer():
-    scores = fake_scores({("t0", "text-only", 0): 0.5, ("t1", "text-only", 1): 0.5,
-                          ("c0", "code25", 0): 0.6, ("c1", "code25", 1): 0.6}, n=3000)
+    scores = fake_scores(
+        {("t0", "text-only", 0): 0.5, ("t1", "text-only", 1): 0.5, ("c0", "code25", 0): 0.6, ("c1", "code25", 1): 0.6},
+        n=3000,
+    )
     summary = relative_change_summary(scores, baseline="text-only", n_boot=500)
     assert list(summary["category"]) == ["knowledge", "reasoning"]
     assert set(summary["recipe"]) == {"code25"}
@@ -249,6 +319,7 @@ def test_heldout_loss_equals_hf_loss(tiny_hf, tiny_bridge):
 
 # -- bad inputs ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "items, match",
     [
@@ -274,12 +345,17 @@ def test_fit_to_context_drops_whole_levels(tiny_tokenizer):
     from codetransfer.analysis.evaluate import check_fits_context, fit_to_context, item_token_lengths
 
     short = "The pen is in box"
-    items = [make_item(short, [" A", " B"], 0, 0, difficulty=0), make_item(short, [" A", " B"], 0, 1, difficulty=1),
-             make_item(short + " A." * 30, [" A", " B"], 0, 2, difficulty=1),
-             make_item(short, [" A", " apple pen box pen"], 0, 3, difficulty=2)]
+    items = [
+        make_item(short, [" A", " B"], 0, 0, difficulty=0),
+        make_item(short, [" A", " B"], 0, 1, difficulty=1),
+        make_item(short + " A." * 30, [" A", " B"], 0, 2, difficulty=1),
+        make_item(short, [" A", " apple pen box pen"], 0, 3, difficulty=2),
+    ]
     lengths = item_token_lengths(items, tiny_tokenizer)
     assert lengths[0] == len(encode_with_bos(tiny_tokenizer, short)[0])  # bos + prompt + 1 - 1
-    assert lengths[3] == lengths[0] + len(tiny_tokenizer(" apple pen box pen", add_special_tokens=False)["input_ids"]) - 1
+    assert (
+        lengths[3] == lengths[0] + len(tiny_tokenizer(" apple pen box pen", add_special_tokens=False)["input_ids"]) - 1
+    )
     n_ctx = int(lengths[3])
     kept, dropped = fit_to_context({"t": items, "u": items[2:3]}, tiny_tokenizer, n_ctx)
     assert dropped == {"t": [1], "u": [1]}

@@ -22,10 +22,18 @@ def make_grid(root, runs, cfg=CTX):
         d = root / "runs" / f"{recipe}-s{seed}"
         d.mkdir(parents=True)
         save_tiny_model(d, cfg, seed=seed)
-        (d / "codetransfer.json").write_text(json.dumps({
-            "recipe": recipe, "seed": seed, "status": "complete", "grid": "test",
-            "model": {"n_ctx": cfg.n_ctx}, "tokenizer_sha256": "same",
-        }))
+        (d / "codetransfer.json").write_text(
+            json.dumps(
+                {
+                    "recipe": recipe,
+                    "seed": seed,
+                    "status": "complete",
+                    "grid": "test",
+                    "model": {"n_ctx": cfg.n_ctx},
+                    "tokenizer_sha256": "same",
+                }
+            )
+        )
     (root / "data").mkdir()
     rng = np.random.default_rng(0)
     np.save(root / "data" / "stdlib.heldout.npy", rng.integers(3, 300, 5 * cfg.n_ctx).astype(np.uint16))
@@ -40,8 +48,23 @@ def grid(tmp_path_factory):
 
 def test_eval_cli_writes_tables(grid, tmp_path, capsys):
     out = tmp_path / "results"
-    rc = main(["eval", "--runs", str(grid), "--out", str(out), "--tasks", "knowledge_cloze", "--n-items", "12",
-               "--n-boot", "200", "--heldout-windows", "4"])
+    rc = main(
+        [
+            "eval",
+            "--runs",
+            str(grid),
+            "--out",
+            str(out),
+            "--tasks",
+            "knowledge_cloze",
+            "--n-items",
+            "12",
+            "--n-boot",
+            "200",
+            "--heldout-windows",
+            "4",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     table = pd.read_parquet(out / "eval.parquet")
     assert set(table["run"]) == {"text-only-s0", "text-only-s1", "code25-s0", "text-only*", "code25*"}
@@ -52,8 +75,11 @@ def test_eval_cli_writes_tables(grid, tmp_path, capsys):
     assert np.log(len(range(300))) - 3 < loss.loc["heldout:stdlib", "value"] < 10  # a random model: ~log(vocab)
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["recipe"]) == {"code25"} and set(summary["baseline"]) == {"text-only"}
-    assert set(zip(summary["of"], summary["category"])) == {("accuracy", "knowledge"), ("loss", "code"),
-                                                             ("loss", "text")}
+    assert set(zip(summary["of"], summary["category"])) == {
+        ("accuracy", "knowledge"),
+        ("loss", "code"),
+        ("loss", "text"),
+    }
     scores = pd.read_parquet(out / "scores.parquet")
     assert len(scores) == 3 * 12
     # the accuracy in the table is the mean of the per-item scores
@@ -80,28 +106,67 @@ def test_eval_cli_bad_input_writes_nothing(grid, tmp_path, capsys, extra, match)
 
 def test_eval_cli_too_long_items_leave_previous_results(tmp_path, capsys):
     """Items longer than the context are refused: the previous results are neither removed nor overwritten."""
-    small = make_grid(tmp_path / "g", [("text-only", 0)], ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64,
-                                                                        n_ctx=16))
+    small = make_grid(
+        tmp_path / "g", [("text-only", 0)], ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=16)
+    )
     out = tmp_path / "results"
     out.mkdir()
     (out / "eval.parquet").write_text("previous")
-    rc = main(["eval", "--runs", str(small), "--out", str(out), "--tasks", "knowledge_cloze,entity_tracking",
-               "--n-items", "4"])
+    rc = main(
+        [
+            "eval",
+            "--runs",
+            str(small),
+            "--out",
+            str(out),
+            "--tasks",
+            "knowledge_cloze,entity_tracking",
+            "--n-items",
+            "4",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "longer than the model's context n_ctx=16" in err
     assert "pass --fit-context" in err and "entity_tracking difficulty" in err
     assert sorted(p.name for p in out.iterdir()) == ["eval.parquet"]
     assert (out / "eval.parquet").read_text() == "previous"
-    rc = main(["eval", "--runs", str(small), "--out", str(out), "--tasks", "knowledge_cloze,entity_tracking",
-               "--n-items", "4", "--fit-context"])
+    rc = main(
+        [
+            "eval",
+            "--runs",
+            str(small),
+            "--out",
+            str(out),
+            "--tasks",
+            "knowledge_cloze,entity_tracking",
+            "--n-items",
+            "4",
+            "--fit-context",
+        ]
+    )
     assert rc == 2 and "--fit-context: no task has items that fit" in capsys.readouterr().err
     assert (out / "eval.parquet").read_text() == "previous"
 
 
 def test_eval_cli_one_run_without_baseline(grid, tmp_path, capsys):
     out = tmp_path / "one"
-    rc = main(["eval", "--runs", str(grid / "runs" / "code25-s0"), "--out", str(out), "--tasks", "knowledge_cloze",
-               "--n-items", "6", "--n-boot", "100", "--heldout-windows", "0"])
+    rc = main(
+        [
+            "eval",
+            "--runs",
+            str(grid / "runs" / "code25-s0"),
+            "--out",
+            str(out),
+            "--tasks",
+            "knowledge_cloze",
+            "--n-items",
+            "6",
+            "--n-boot",
+            "100",
+            "--heldout-windows",
+            "0",
+        ]
+    )
     assert rc == 0
     assert "no 'text-only' runs" in capsys.readouterr().err
     assert pd.read_csv(out / "summary.csv").empty

@@ -17,7 +17,9 @@ def test_tiny_text_only_model_is_above_chance_at_the_easiest_level(tmp_path):
     run = load_run(find_runs(tmp_path)[0])
     items = {t: get_task(t).generate(60, seed=11, difficulty=0, split="eval") for t in REASONING}
     table = tidy_table(score_runs([run], items), n_boot=1000)
-    acc = table[(table.metric == "accuracy") & (table.run == run.info.name) & (table.difficulty == "0")].set_index("task")
+    acc = table[(table.metric == "accuracy") & (table.run == run.info.name) & (table.difficulty == "0")].set_index(
+        "task"
+    )
     assert set(acc.index) == set(REASONING)
     for task, r in acc.iterrows():  # the 95% interval above a uniform guess, on every family
         assert r.ci_low > r.chance, (task, r.value, r.ci_low, r.chance)

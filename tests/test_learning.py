@@ -26,7 +26,9 @@ from codetransfer.trained import find_runs, load_grid, train_grid
 from codetransfer.trained.runs import run_checkpoints
 
 # 4 x 128 = 512 tokens per step; text-only 8 steps; the two balanced-> recipes share a 4-step phase
-GRID = synthetic_grid("learn", """
+GRID = synthetic_grid(
+    "learn",
+    """
 [train]
 batch_size = 4
 eval_every = 8
@@ -59,10 +61,22 @@ tokens = 2048
 name = "code"
 mixture = { programs = 1 }
 tokens = 2048
-""")
+""",
+)
 
 N_CURVE = 14  # entity_tracking has 7 levels: the same items as `eval --n-items 98 --max-difficulty 0`
-EVAL = ["--tasks", "entity_tracking", "--max-difficulty", "0", "--heldout-windows", "0", "--n-boot", "200", "--seed", "3"]
+EVAL = [
+    "--tasks",
+    "entity_tracking",
+    "--max-difficulty",
+    "0",
+    "--heldout-windows",
+    "0",
+    "--n-boot",
+    "200",
+    "--seed",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +90,24 @@ def grid_out(tmp_path_factory):
 @pytest.fixture(scope="module")
 def curves(grid_out, tmp_path_factory):
     results = tmp_path_factory.mktemp("curves")
-    assert cli(["eval", "--runs", str(grid_out), "--out", str(results), "--n-items", "7", *EVAL,
-                "--checkpoints", "--curve-items", str(N_CURVE)]) == 0
+    assert (
+        cli(
+            [
+                "eval",
+                "--runs",
+                str(grid_out),
+                "--out",
+                str(results),
+                "--n-items",
+                "7",
+                *EVAL,
+                "--checkpoints",
+                "--curve-items",
+                str(N_CURVE),
+            ]
+        )
+        == 0
+    )
     return results
 
 
@@ -98,8 +128,20 @@ def test_checkpoints_are_listed_with_the_final_model_and_borrowed_shared_phases(
 
 def test_learning_table_has_every_checkpoint_and_ends_at_the_eval_of_the_final_model(grid_out, curves, tmp_path):
     table = pd.read_parquet(curves / "learning.parquet")
-    assert {"run", "recipe", "seed", "step", "tokens", "task", "difficulty", "metric", "value", "ci_low",
-            "ci_high", "chance"} <= set(table.columns)
+    assert {
+        "run",
+        "recipe",
+        "seed",
+        "step",
+        "tokens",
+        "task",
+        "difficulty",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+        "chance",
+    } <= set(table.columns)
     acc = table[(table["metric"] == "accuracy") & (table["difficulty"] == "0")]
     for run, g in acc[~acc["run"].str.endswith("*")].groupby("run"):
         g = g.sort_values("step")
@@ -141,8 +183,9 @@ def test_checkpoints_refused_without_any_and_a_run_without_is_a_note(grid_out, t
     for ck in (bare / "runs").glob("*/checkpoints"):
         shutil.rmtree(ck)
     capsys.readouterr()
-    assert cli(["eval", "--runs", str(bare), "--out", str(tmp_path / "r"), *EVAL, "--n-items", "7",
-                "--checkpoints"]) == 2
+    assert (
+        cli(["eval", "--runs", str(bare), "--out", str(tmp_path / "r"), *EVAL, "--n-items", "7", "--checkpoints"]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: --checkpoints:")
     assert "train.snapshot_every" in err
@@ -151,15 +194,33 @@ def test_checkpoints_refused_without_any_and_a_run_without_is_a_note(grid_out, t
     some = tmp_path / "some"
     shutil.copytree(grid_out, some)
     shutil.rmtree(some / "runs" / "text-only-s0" / "checkpoints")
-    assert cli(["eval", "--runs", str(some), "--out", str(tmp_path / "r2"), *EVAL, "--n-items", "7",
-                "--checkpoints", "--curve-items", "7"]) == 0
+    assert (
+        cli(
+            [
+                "eval",
+                "--runs",
+                str(some),
+                "--out",
+                str(tmp_path / "r2"),
+                *EVAL,
+                "--n-items",
+                "7",
+                "--checkpoints",
+                "--curve-items",
+                "7",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "note: run text-only-s0 has no intermediate checkpoints" in err
     table = pd.read_parquet(tmp_path / "r2" / "learning.parquet")
     assert set(table["recipe"]) == {"balanced->text", "balanced->code"}
 
-    assert cli(["eval", "--runs", str(some), "--out", str(tmp_path / "r3"), *EVAL, "--checkpoints",
-                "--curve-items", "0"]) == 2
+    assert (
+        cli(["eval", "--runs", str(some), "--out", str(tmp_path / "r3"), *EVAL, "--checkpoints", "--curve-items", "0"])
+        == 2
+    )
     assert "--curve-items: expected an integer >= 1, got 0" in capsys.readouterr().err
 
     weights = some / "runs" / "balanced-code-s0" / "checkpoints" / "step-00000006" / "model.safetensors"
@@ -180,8 +241,7 @@ def test_plot_has_one_line_per_recipe_and_a_chance_line(curves):
     fig, ax = plt.subplots()
     assert plot_learning_curves(table, task="entity_tracking", ax=ax) is ax
     labels = [ln.get_label() for ln in ax.get_lines()]
-    assert sorted(lb for lb in labels if not lb.endswith("chance")) == ["balanced->code", "balanced->text",
-                                                                          "text-only"]
+    assert sorted(lb for lb in labels if not lb.endswith("chance")) == ["balanced->code", "balanced->text", "text-only"]
     chance = [ln for ln in ax.get_lines() if ln.get_label() == "chance"]
     assert len(chance) == 1 and chance[0].get_linestyle() == "--"
     assert chance[0].get_ydata()[0] == pytest.approx(table["chance"].mean())
@@ -196,16 +256,29 @@ def test_plot_has_one_line_per_recipe_and_a_chance_line(curves):
 
 def _scores(run, recipe, seed, correct):
     n = len(correct)
-    return pd.DataFrame({"run": run, "recipe": recipe, "seed": seed, "task": "t", "category": "reasoning",
-                         "index": np.arange(n), "difficulty": 0, "chance": 0.5, "correct": correct,
-                         "logit_diff": np.where(correct, 1.0, -1.0)})
+    return pd.DataFrame(
+        {
+            "run": run,
+            "recipe": recipe,
+            "seed": seed,
+            "task": "t",
+            "category": "reasoning",
+            "index": np.arange(n),
+            "difficulty": 0,
+            "chance": 0.5,
+            "correct": correct,
+            "logit_diff": np.where(correct, 1.0, -1.0),
+        }
+    )
 
 
 def test_learning_table_known_values_and_bad_input():
-    at2 = pd.concat([_scores("a-s0", "a", 0, [True, False, False, False]),
-                     _scores("a-s1", "a", 1, [True, True, False, False])])
-    at5 = pd.concat([_scores("a-s0", "a", 0, [True, True, True, False]),
-                     _scores("a-s1", "a", 1, [True, True, True, True])])
+    at2 = pd.concat(
+        [_scores("a-s0", "a", 0, [True, False, False, False]), _scores("a-s1", "a", 1, [True, True, False, False])]
+    )
+    at5 = pd.concat(
+        [_scores("a-s0", "a", 0, [True, True, True, False]), _scores("a-s1", "a", 1, [True, True, True, True])]
+    )
     t = learning_table({5: at5, 2: at2}, {"a-s0": 100, "a-s1": 100}, n_boot=100)
     acc = t[(t["metric"] == "accuracy") & (t["difficulty"] == "0")].set_index(["run", "step"])
     assert acc.loc[("a-s0", 2), "value"] == 0.25 and acc.loc[("a-s1", 5), "value"] == 1.0
@@ -226,9 +299,11 @@ def test_learning_table_known_values_and_bad_input():
 
 def test_first_above_chance_is_the_first_step_whose_interval_clears_chance():
     half, right = [True, False] * 10, [True] * 20
-    steps = {2: pd.concat([_scores("a-s0", "a", 0, half), _scores("b-s0", "b", 0, half)]),
-             5: pd.concat([_scores("a-s0", "a", 0, right), _scores("b-s0", "b", 0, half)]),
-             9: pd.concat([_scores("a-s0", "a", 0, right), _scores("b-s0", "b", 0, [False] * 20)])}
+    steps = {
+        2: pd.concat([_scores("a-s0", "a", 0, half), _scores("b-s0", "b", 0, half)]),
+        5: pd.concat([_scores("a-s0", "a", 0, right), _scores("b-s0", "b", 0, half)]),
+        9: pd.concat([_scores("a-s0", "a", 0, right), _scores("b-s0", "b", 0, [False] * 20)]),
+    }
     first = first_above_chance(learning_table(steps, 100, n_boot=200)).set_index("recipe")
     assert first.loc["a", "step"] == 5 and first.loc["a", "tokens"] == 500 and first.loc["a", "value"] == 1.0
     assert pd.isna(first.loc["b", "step"]) and first.loc["b", "chance"] == 0.5
@@ -277,8 +352,27 @@ def test_attention_over_training_scores_every_checkpoint(grid_out, tmp_path):
     from codetransfer.analysis.attention_plots import plot_score_over_training
 
     out = tmp_path / "att"
-    assert cli(["attention", "--runs", str(grid_out), "--out", str(out), "--tasks", "none", "--n-seqs", "4",
-                "--half-len", "6", "--n-boot", "0", "--checkpoints"]) == 0
+    assert (
+        cli(
+            [
+                "attention",
+                "--runs",
+                str(grid_out),
+                "--out",
+                str(out),
+                "--tasks",
+                "none",
+                "--n-seqs",
+                "4",
+                "--half-len",
+                "6",
+                "--n-boot",
+                "0",
+                "--checkpoints",
+            ]
+        )
+        == 0
+    )
     t = pd.read_parquet(out / "attention_over_training.parquet")
     final = pd.read_parquet(out / "attention.parquet")
     for r in find_runs(grid_out):
@@ -297,8 +391,25 @@ def test_attention_checkpoints_refused_without_snapshots(tmp_path, capsys):
     (root / "grid.toml").write_text(GRID.replace("snapshot_every = 3", "snapshot_every = 0"))
     assert "snapshot_every = 0" in (root / "grid.toml").read_text()
     train_grid(load_grid(root / "grid.toml"), root / "out", only=("text-only",), progress=False, log=lambda *a: None)
-    assert cli(["attention", "--runs", str(root / "out"), "--out", str(tmp_path / "a"), "--tasks", "none",
-                "--n-seqs", "2", "--half-len", "4", "--checkpoints"]) == 2
+    assert (
+        cli(
+            [
+                "attention",
+                "--runs",
+                str(root / "out"),
+                "--out",
+                str(tmp_path / "a"),
+                "--tasks",
+                "none",
+                "--n-seqs",
+                "2",
+                "--half-len",
+                "4",
+                "--checkpoints",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "train.snapshot_every" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists()

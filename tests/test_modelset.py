@@ -25,40 +25,77 @@ def _tokenizer(style: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = {"gpt2": ["<|endoftext|>"], "pythia": ["<a>", "<b>", "<c>", "<s>", "</s>", "<pad>"],
-                "nobos": ["</s>", "<pad>"]}[style]
+    specials = {
+        "gpt2": ["<|endoftext|>"],
+        "pythia": ["<a>", "<b>", "<c>", "<s>", "</s>", "<pad>"],
+        "nobos": ["</s>", "<pad>"],
+    }[style]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TOKENIZER_TEXTS, trainers.BpeTrainer(
-        vocab_size=420, min_frequency=1, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    kw = {"gpt2": dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>"),
-          "pythia": dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>"),
-          "nobos": dict(eos_token="</s>", pad_token="<pad>")}[style]
+    tok.train_from_iterator(
+        TOKENIZER_TEXTS,
+        trainers.BpeTrainer(
+            vocab_size=420,
+            min_frequency=1,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    kw = {
+        "gpt2": dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>"),
+        "pythia": dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>"),
+        "nobos": dict(eos_token="</s>", pad_token="<pad>"),
+    }[style]
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=N_CTX, **kw)
 
 
 def _save(folder, arch: str):
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     style = {"gpt2": "gpt2", "gpt_neox": "pythia", "llama": "nobos"}[arch]
     tok = _tokenizer(style)
     v = len(tok)
     torch.manual_seed({"gpt2": 1, "gpt_neox": 2, "llama": 3}[arch])
     if arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=N_CTX, vocab_size=v,
-                                           bos_token_id=0, eos_token_id=0))
+        model = GPT2LMHeadModel(
+            GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=N_CTX, vocab_size=v, bos_token_id=0, eos_token_id=0)
+        )
         kw = {}
     elif arch == "gpt_neox":  # Pythia's shape: parallel residual, partial rotary
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
-                                                 intermediate_size=256, max_position_embeddings=N_CTX, vocab_size=v,
-                                                 rotary_pct=0.25, use_parallel_residual=True))
+        model = GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                num_hidden_layers=2,
+                hidden_size=64,
+                num_attention_heads=4,
+                intermediate_size=256,
+                max_position_embeddings=N_CTX,
+                vocab_size=v,
+                rotary_pct=0.25,
+                use_parallel_residual=True,
+            )
+        )
         kw = {"max_shard_size": "100KB"}
     else:
-        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
-                                             num_key_value_heads=4, intermediate_size=128,
-                                             max_position_embeddings=N_CTX, vocab_size=v))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                num_hidden_layers=2,
+                hidden_size=64,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                intermediate_size=128,
+                max_position_embeddings=N_CTX,
+                vocab_size=v,
+            )
+        )
         model = model.half()
         kw = {}
     model.save_pretrained(folder, **kw)
@@ -80,8 +117,10 @@ def model_set_file(folders, tmp_path_factory):
     path = folders["gpt2"].parent / "set.toml"
     path.write_text(
         'baseline = "base"\n'
-        + "".join(f'[[model]]\npath = "{a}"\ngroup = "{g}"\nseed = 0\n' + (f"step = {s}\n" if s else "")
-                  for a, g, s in (("gpt2", "base", None), ("gpt_neox", "+code", 1000), ("llama", "+code", None)))
+        + "".join(
+            f'[[model]]\npath = "{a}"\ngroup = "{g}"\nseed = 0\n' + (f"step = {s}\n" if s else "")
+            for a, g, s in (("gpt2", "base", None), ("gpt_neox", "+code", 1000), ("llama", "+code", None))
+        )
     )
     return path
 
@@ -130,7 +169,11 @@ def test_model_set_runs_carry_group_seed_step_shape_and_bos_policy(runs):
     assert by["gpt_neox"].record["steps"] == 1000
     assert {k: r.record["n_ctx"] for k, r in by.items()} == {"gpt2": N_CTX, "gpt_neox": N_CTX, "llama": N_CTX}
     pol = {k: r.record["bos_policy"] for k, r in by.items()}
-    assert (pol["gpt2"]["bos_token"], pol["gpt2"]["bos_from"], pol["gpt2"]["pad_from"]) == ("<|endoftext|>", "bos", "eos")
+    assert (pol["gpt2"]["bos_token"], pol["gpt2"]["bos_from"], pol["gpt2"]["pad_from"]) == (
+        "<|endoftext|>",
+        "bos",
+        "eos",
+    )
     assert (pol["gpt_neox"]["bos_id"], pol["gpt_neox"]["pad_id"], pol["gpt_neox"]["pad_from"]) == (3, 5, "pad")
     assert (pol["llama"]["bos_token"], pol["llama"]["bos_from"]) == ("</s>", "eos")
     from codetransfer.trained.modelset import load_model_set, policy_table
@@ -184,16 +227,19 @@ def test_patching_every_position_restores_the_clean_run(loaded, arch):
     batch = P.pair_batch(items, run.tokenizer, drop_misaligned=True)
     assert batch.clean_tokens.shape[0] >= 4
     assert (batch.clean_tokens[:, 0] == run.tokenizer.bos_token_id).all()
-    sweep = P.activation_patching(run.bridge, batch.clean_tokens, batch.corrupted_tokens, batch.metric, "resid_pre",
-                                  by_pos=False)
+    sweep = P.activation_patching(
+        run.bridge, batch.clean_tokens, batch.corrupted_tokens, batch.metric, "resid_pre", by_pos=False
+    )
     assert torch.allclose(sweep.normalised()[0], torch.tensor(1.0), atol=1e-4)
     if arch == "gpt_neox":  # Pythia's parallel attention + MLP has no residual stream between them
         with pytest.raises(CodetransferError, match="runs attention and MLP in parallel"):
             P.patch_head_out(run.bridge, batch.clean_tokens, batch.corrupted_tokens, batch.metric)
-    heads = P.activation_patching(run.bridge, batch.clean_tokens, batch.corrupted_tokens, batch.metric, "v",
-                                  by_pos=False)
-    t = heads.table(dict(run=run.info.name, recipe=run.info.recipe, seed=run.info.seed, task="entity_tracking"),
-                    n_boot=20)
+    heads = P.activation_patching(
+        run.bridge, batch.clean_tokens, batch.corrupted_tokens, batch.metric, "v", by_pos=False
+    )
+    t = heads.table(
+        dict(run=run.info.name, recipe=run.info.recipe, seed=run.info.seed, task="entity_tracking"), n_boot=20
+    )
     assert set(t["head"].dropna()) == set(range(4)) and set(t["layer"]) == {0, 1} and t["value"].notna().all()
 
 
@@ -212,13 +258,23 @@ def test_attention_scores_every_head_of_every_model(loaded):
 def test_probe_sweep_runs_on_the_model_set(runs, tmp_path):
     from codetransfer.probes.sweep import run_probe_sweep
 
-    table = run_probe_sweep(runs, ["entity_tracking"], ["resid_post.1"], tmp_path / "probes", n_items=40,
-                            seeds=(0,), mdl=False, cross_format=False, min_rows=10)
+    table = run_probe_sweep(
+        runs,
+        ["entity_tracking"],
+        ["resid_post.1"],
+        tmp_path / "probes",
+        n_items=40,
+        seeds=(0,),
+        mdl=False,
+        cross_format=False,
+        min_rows=10,
+    )
     assert set(table.run) == {r.name for r in runs}
     assert set(table.recipe) == {"base", "+code"}
 
 
 # ---- refusals -----------------------------------------------------------------------------------
+
 
 def _copy(src, dst):
     shutil.copytree(src, dst)
@@ -241,8 +297,7 @@ def test_bad_model_sets_are_refused_in_one_line(folders, tmp_path):
         f'[[model]]\npath = "{g}"\nhub = "x/y"\ngroup = "a"\nseed = 0\n': "exactly one of path",
         f'[[model]]\npath = "{g}"\ngroup = "a"\nseed = 0\ngrup = 1\n': "unknown field.*did you mean 'group'",
         f'baseline = "b"\n[[model]]\npath = "{g}"\ngroup = "a"\nseed = 0\n': "'b' is not a group",
-        f'[[model]]\npath = "{g}"\ngroup = "a"\nseed = 0\n[[model]]\npath = "{g}"\ngroup = "a"\nseed = 0\n':
-            "run name 'a-s0' repeats model\\[0\\]",
+        f'[[model]]\npath = "{g}"\ngroup = "a"\nseed = 0\n[[model]]\npath = "{g}"\ngroup = "a"\nseed = 0\n': "run name 'a-s0' repeats model\\[0\\]",
         f'[[model]]\npath = "{tmp_path}/nope"\ngroup = "a"\nseed = 0\n': "does not exist",
         "[[model]\n": "not valid TOML",
     }
@@ -273,15 +328,18 @@ def _edit_config(folder, **change):
     (folder / "config.json").write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("damage,message", [
-    ("auto_map", "auto_map"),
-    ("no_model_type", "no model_type"),
-    ("unknown_type", "model_type 'gpt3' is not a causal LM"),
-    ("bin_only", "only pickled weights"),
-    ("shape", "has shape .* but config.json implies"),
-    ("missing_shard", "shard .* is missing"),
-    ("tokenizer", "damaged tokenizer"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("auto_map", "auto_map"),
+        ("no_model_type", "no model_type"),
+        ("unknown_type", "model_type 'gpt3' is not a causal LM"),
+        ("bin_only", "only pickled weights"),
+        ("shape", "has shape .* but config.json implies"),
+        ("missing_shard", "shard .* is missing"),
+        ("tokenizer", "damaged tokenizer"),
+    ],
+)
 def test_damaged_checkpoints_are_refused_in_one_line(folders, tmp_path, damage, message):
     from codetransfer.trained import load_run
 
@@ -308,6 +366,7 @@ def test_damaged_checkpoints_are_refused_in_one_line(folders, tmp_path, damage, 
 
 
 # ---- our own tokenizers, as other tools see them --------------------------------------------------
+
 
 def test_our_tokenizer_adds_bos_like_training_and_knows_the_context(tiny_model_dir):
     from transformers import AutoTokenizer
@@ -358,22 +417,31 @@ def test_select_runs_takes_exactly_one_of_runs_and_models(model_set_file, tmp_pa
 
 # The map in docs/models.md: our site -> the HF module whose input (i) or output (o) it equals.
 HF_SITES = {
-    "gpt2": {"blocks.1.hook_resid_pre": ("transformer.h.1", "i"), "blocks.1.hook_resid_mid": ("transformer.h.1.ln_2", "i"),
-             "blocks.1.hook_attn_out": ("transformer.h.1.attn", "o"), "blocks.1.hook_mlp_out": ("transformer.h.1.mlp", "o"),
-             "blocks.1.attn.hook_z": ("transformer.h.1.attn.c_proj", "i"),
-             "blocks.1.hook_resid_post": ("transformer.h.1", "o")},
-    "gpt_neox": {"blocks.1.hook_resid_pre": ("gpt_neox.layers.1", "i"),
-                 "blocks.1.hook_attn_out": ("gpt_neox.layers.1.attention", "o"),
-                 "blocks.1.hook_mlp_out": ("gpt_neox.layers.1.mlp", "o"),
-                 "blocks.1.attn.hook_z": ("gpt_neox.layers.1.attention.dense", "i"),
-                 "blocks.1.hook_resid_post": ("gpt_neox.layers.1", "o")},
-    "llama": {"blocks.1.hook_resid_pre": ("model.layers.1", "i"),
-              "blocks.1.hook_resid_mid": ("model.layers.1.post_attention_layernorm", "i"),
-              "blocks.1.hook_attn_out": ("model.layers.1.self_attn", "o"), "blocks.1.hook_mlp_out": ("model.layers.1.mlp", "o"),
-              "blocks.1.attn.hook_z": ("model.layers.1.self_attn.o_proj", "i"),
-              "blocks.1.attn.hook_q": ("model.layers.1.self_attn.q_proj", "o"),
-              "blocks.1.attn.hook_v": ("model.layers.1.self_attn.v_proj", "o"),
-              "blocks.1.hook_resid_post": ("model.layers.1", "o")},
+    "gpt2": {
+        "blocks.1.hook_resid_pre": ("transformer.h.1", "i"),
+        "blocks.1.hook_resid_mid": ("transformer.h.1.ln_2", "i"),
+        "blocks.1.hook_attn_out": ("transformer.h.1.attn", "o"),
+        "blocks.1.hook_mlp_out": ("transformer.h.1.mlp", "o"),
+        "blocks.1.attn.hook_z": ("transformer.h.1.attn.c_proj", "i"),
+        "blocks.1.hook_resid_post": ("transformer.h.1", "o"),
+    },
+    "gpt_neox": {
+        "blocks.1.hook_resid_pre": ("gpt_neox.layers.1", "i"),
+        "blocks.1.hook_attn_out": ("gpt_neox.layers.1.attention", "o"),
+        "blocks.1.hook_mlp_out": ("gpt_neox.layers.1.mlp", "o"),
+        "blocks.1.attn.hook_z": ("gpt_neox.layers.1.attention.dense", "i"),
+        "blocks.1.hook_resid_post": ("gpt_neox.layers.1", "o"),
+    },
+    "llama": {
+        "blocks.1.hook_resid_pre": ("model.layers.1", "i"),
+        "blocks.1.hook_resid_mid": ("model.layers.1.post_attention_layernorm", "i"),
+        "blocks.1.hook_attn_out": ("model.layers.1.self_attn", "o"),
+        "blocks.1.hook_mlp_out": ("model.layers.1.mlp", "o"),
+        "blocks.1.attn.hook_z": ("model.layers.1.self_attn.o_proj", "i"),
+        "blocks.1.attn.hook_q": ("model.layers.1.self_attn.q_proj", "o"),
+        "blocks.1.attn.hook_v": ("model.layers.1.self_attn.v_proj", "o"),
+        "blocks.1.hook_resid_post": ("model.layers.1", "o"),
+    },
 }
 
 
@@ -386,9 +454,11 @@ def test_site_map_to_hf_modules(loaded, folders, arch):
     _, cache = run.bridge.run_with_cache(tokens)
     got, hooks = {}, []
     for hook, (module, side) in HF_SITES[arch].items():
+
         def grab(m, args, out, hook=hook, side=side):
             x = args[0] if side == "i" else out
             got[hook] = x[0] if isinstance(x, tuple) else x
+
         hooks.append(hf.get_submodule(module).register_forward_hook(grab))
     with torch.no_grad():
         hf(tokens)
@@ -406,9 +476,12 @@ def test_old_saved_tokenizers_can_be_given_the_bos_and_keep_their_hash(tiny_mode
 
     folder = _copy(tiny_model_dir, tmp_path / "old")
     data = json.loads((folder / "tokenizer.json").read_text())
-    data["post_processor"] = {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}],
-                              "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                              "special_tokens": {}}  # as transformers saved our tokenizers before
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {},
+    }  # as transformers saved our tokenizers before
     old_hash = hashlib.sha256(Tokenizer.from_str(json.dumps(data)).to_str().encode()).hexdigest()[:16]
     (folder / "tokenizer.json").write_text(json.dumps(data))
     before = load_tokenizer(folder)
@@ -441,16 +514,59 @@ def test_analysis_verbs_take_a_model_set_on_the_command_line(tmp_path):
     for name in ("a", "b"):
         _save(tmp_path / name, "gpt2")
     models = tmp_path / "set.toml"
-    models.write_text('baseline = "base"\n[[model]]\npath = "a"\ngroup = "base"\nseed = 0\n'
-                      '[[model]]\npath = "b"\ngroup = "+code"\nseed = 0\n')
+    models.write_text(
+        'baseline = "base"\n[[model]]\npath = "a"\ngroup = "base"\nseed = 0\n'
+        '[[model]]\npath = "b"\ngroup = "+code"\nseed = 0\n'
+    )
     out = tmp_path / "out"
-    assert main(["eval", "--models", str(models), "--out", str(out / "eval"), "--tasks", "counting",
-                 "--n-items", "8", "--max-difficulty", "0", "--fit-context", "--n-boot", "20",
-                 "--baseline", "base"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--models",
+                str(models),
+                "--out",
+                str(out / "eval"),
+                "--tasks",
+                "counting",
+                "--n-items",
+                "8",
+                "--max-difficulty",
+                "0",
+                "--fit-context",
+                "--n-boot",
+                "20",
+                "--baseline",
+                "base",
+            ]
+        )
+        == 0
+    )
     scores = pd.read_parquet(out / "eval" / "scores.parquet")
     assert set(scores["recipe"]) == {"base", "+code"}
-    assert main(["attention", "--models", str(models), "--out", str(out / "att"), "--n-seqs", "4", "--tasks", "counting",
-                 "--max-difficulty", "0", "--n-items", "8",
-                 "--half-len", "8", "--n-boot", "0"]) == 0
+    assert (
+        main(
+            [
+                "attention",
+                "--models",
+                str(models),
+                "--out",
+                str(out / "att"),
+                "--n-seqs",
+                "4",
+                "--tasks",
+                "counting",
+                "--max-difficulty",
+                "0",
+                "--n-items",
+                "8",
+                "--half-len",
+                "8",
+                "--n-boot",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert set(pd.read_parquet(out / "att" / "attention.parquet")["recipe"]) == {"base", "+code"}
     assert main(["eval", "--models", str(models), "--runs", str(tmp_path), "--out", str(out / "x")]) == 2

@@ -23,8 +23,11 @@ from codetransfer.trained.runs import _shared_prefixes
 from gridfiles import MINI_GRID, write_grid
 
 # the mini grid as a Llama with a 20-step induction warm-up and two seeds: 6 runs, two of them branching
-GRID = (MINI_GRID.replace('seeds = [0]', 'seeds = [0, 1]').replace("n_ctx = 32", 'n_ctx = 64\narch = "llama"')
-        .replace("save_every = 5", "save_every = 5\ninduction_warmup = 20\nsnapshot_every = 10"))
+GRID = (
+    MINI_GRID.replace("seeds = [0]", "seeds = [0, 1]")
+    .replace("n_ctx = 32", 'n_ctx = 64\narch = "llama"')
+    .replace("save_every = 5", "save_every = 5\ninduction_warmup = 20\nsnapshot_every = 10")
+)
 TIMES = {"tokens_per_s", "train_seconds"}
 CLI = [sys.executable, "-m", "codetransfer.cli"]
 
@@ -42,8 +45,13 @@ def train(root: Path, name: str, jobs: int, data_from: Path | None = None) -> tu
     if data_from is not None:
         with_data_of(data_from, root / name)
     lines: list[str] = []
-    train_grid(load_grid(root / "grid.toml"), root / name, jobs=jobs, progress=False,
-               log=lambda *a: lines.append(" ".join(map(str, a))))
+    train_grid(
+        load_grid(root / "grid.toml"),
+        root / name,
+        jobs=jobs,
+        progress=False,
+        log=lambda *a: lines.append(" ".join(map(str, a))),
+    )
     return root / name, lines
 
 
@@ -105,8 +113,14 @@ def test_two_jobs_give_bit_identical_runs(sequential, parallel):
     assert records["balanced-code-s1"]["branched_from"]["phases"] == ["balanced"]
     assert records["balanced-text-s1"]["branched_from"] is None
     assert len(list((two / "data" / "warmup").glob("*.safetensors"))) == 2  # one warm-up per seed
-    warm = {name: [json.loads(ln) for ln in (two / "runs" / name / "metrics.jsonl").read_text().splitlines()
-                   if "warmup_step" in ln] for name in records}
+    warm = {
+        name: [
+            json.loads(ln)
+            for ln in (two / "runs" / name / "metrics.jsonl").read_text().splitlines()
+            if "warmup_step" in ln
+        ]
+        for name in records
+    }
     # the first fresh run of a seed holds the warm-up's copy loss; the other fresh one loaded it from the cache
     assert warm["text-only-s0"][0]["copy_loss"] > 0 and warm["balanced-text-s0"][0].get("cached") is True
     assert warm["balanced-code-s0"] == []  # branched: started from the shared state, not from scratch
@@ -130,8 +144,12 @@ def test_plan_orders_branches_and_warmups(root, tmp_path):
     grid = load_grid(root / "grid.toml")
     tasks = plan_tasks(grid, list(grid.recipes), grid.seeds, tmp_path, _shared_prefixes(grid))
     names = [(t.kind, t.recipe, t.seed) for t in tasks]
-    assert names[:4] == [("warmup", "text-only", 0), ("run", "text-only", 0), ("run", "balanced->text", 0),
-                         ("run", "balanced->code", 0)]
+    assert names[:4] == [
+        ("warmup", "text-only", 0),
+        ("run", "text-only", 0),
+        ("run", "balanced->text", 0),
+        ("run", "balanced->code", 0),
+    ]
     assert tasks[1].after == (0,) and tasks[2].after == (0,)
     assert tasks[3].after == (2,)  # waits for the run that trains the shared phase, not for the warm-up
     assert [t.after for t in tasks[4:]] == [(), (4,), (4,), (6,)]

@@ -30,7 +30,9 @@ def tiny_bridge(request, tmp_path_factory):
     from conftest import TINY, save_tiny_model
     from codetransfer.trained.loading import load_bridge
 
-    folder = save_tiny_model(tmp_path_factory.mktemp(f"tiny_{request.param}"), dataclasses.replace(TINY, arch=request.param))
+    folder = save_tiny_model(
+        tmp_path_factory.mktemp(f"tiny_{request.param}"), dataclasses.replace(TINY, arch=request.param)
+    )
     return load_bridge(folder, device="cpu")[0]
 
 
@@ -141,7 +143,20 @@ def test_table_has_design_columns(tiny_bridge, pair, caches):
     table = P.patch_head_out(tiny_bridge, clean, corrupted, metric, caches=caches).table(
         dict(run="r", recipe="text", seed=1, task="t"), n_boot=20
     )
-    for col in ("run", "recipe", "seed", "task", "site", "layer", "head", "pos", "metric", "value", "ci_low", "ci_high"):
+    for col in (
+        "run",
+        "recipe",
+        "seed",
+        "task",
+        "site",
+        "layer",
+        "head",
+        "pos",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+    ):
         assert col in table.columns
     assert len(table) == 2 * 2 * T * 4
     assert set(table.metric) == {"denoising", "logit_diff"}

@@ -153,7 +153,9 @@ def test_pair_batch_positions_and_metric(tiny_tokenizer):
 
 def test_named_positions_sweep(tiny_bridge, tiny_tokenizer):
     batch = P.pair_batch(_hand_items(), tiny_tokenizer)
-    sweep = P.patch_resid_pre(tiny_bridge, batch.clean_tokens, batch.corrupted_tokens, batch.metric, positions=batch.positions)
+    sweep = P.patch_resid_pre(
+        tiny_bridge, batch.clean_tokens, batch.corrupted_tokens, batch.metric, positions=batch.positions
+    )
     norm = dict(zip([(c.layer, c.pos_label) for c in sweep.cells], sweep.normalised().tolist()))
     # At layer 0 the only changed token is the first box letter; the query token carries nothing.
     assert norm[(0, "e0.value")] == pytest.approx(1.0, abs=1e-5)

@@ -20,13 +20,41 @@ def _table():
         for seed in (0, 1):
             for layer in range(2):
                 for pos in range(3):
-                    rows.append(dict(run=f"{recipe}-{seed}", recipe=recipe, seed=seed, task="t", site="resid_pre",
-                                     layer=layer, head=None, pos=pos, pos_label=str(pos), metric="denoising",
-                                     value=scale * (layer * 10 + pos) + seed, ci_low=0.0, ci_high=1.0))
+                    rows.append(
+                        dict(
+                            run=f"{recipe}-{seed}",
+                            recipe=recipe,
+                            seed=seed,
+                            task="t",
+                            site="resid_pre",
+                            layer=layer,
+                            head=None,
+                            pos=pos,
+                            pos_label=str(pos),
+                            metric="denoising",
+                            value=scale * (layer * 10 + pos) + seed,
+                            ci_low=0.0,
+                            ci_high=1.0,
+                        )
+                    )
                 for head in range(4):
-                    rows.append(dict(run=f"{recipe}-{seed}", recipe=recipe, seed=seed, task="t", site="head_out",
-                                     layer=layer, head=head, pos=None, pos_label="all", metric="denoising",
-                                     value=scale * (layer + head / 10), ci_low=0.0, ci_high=1.0))
+                    rows.append(
+                        dict(
+                            run=f"{recipe}-{seed}",
+                            recipe=recipe,
+                            seed=seed,
+                            task="t",
+                            site="head_out",
+                            layer=layer,
+                            head=head,
+                            pos=None,
+                            pos_label="all",
+                            metric="denoising",
+                            value=scale * (layer + head / 10),
+                            ci_low=0.0,
+                            ci_high=1.0,
+                        )
+                    )
     return pd.DataFrame(rows)  # fmt: skip
 
 

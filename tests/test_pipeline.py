@@ -58,8 +58,14 @@ tokens = 8192
 """
 
 SETTINGS = JobSettings(eval_items=10, probe_items=40, patch_items=6, attention_items=6)
-TABLES = ("eval.parquet", "probes.parquet", "patching.parquet", "cross_model.parquet",
-          "cross_rendering.parquet", "attention.parquet")
+TABLES = (
+    "eval.parquet",
+    "probes.parquet",
+    "patching.parquet",
+    "cross_model.parquet",
+    "cross_rendering.parquet",
+    "attention.parquet",
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +95,14 @@ def test_every_stage_writes_its_table_and_the_report_has_every_section(job):
     for name, t in tables(out).items():
         assert len(t) > 0, name
     page = (out / "report" / "index.html").read_text()
-    for title in ("Headline findings", "The grid", "paper-style table", "Probing", "Activation patching", "Attention heads"):
+    for title in (
+        "Headline findings",
+        "The grid",
+        "paper-style table",
+        "Probing",
+        "Activation patching",
+        "Attention heads",
+    ):
         assert title in page
     parser = _Images()
     parser.feed(page)
@@ -129,16 +142,25 @@ def test_changing_one_recipe_redoes_only_what_depends_on_it(job, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(job / "out", out)
     grid = job / "grid2.toml"
-    grid.write_text(GRID.replace("mixture = { gcide = 1, narratives = 1, stdlib = 1, programs = 1 }",
-                                 "mixture = { gcide = 1, narratives = 1, stdlib = 2, programs = 2 }"))
+    grid.write_text(
+        GRID.replace(
+            "mixture = { gcide = 1, narratives = 1, stdlib = 1, programs = 1 }",
+            "mixture = { gcide = 1, narratives = 1, stdlib = 2, programs = 2 }",
+        )
+    )
     units = {p.stem: json.loads(p.read_text())["key"] for p in (out / "units").glob("*.json")}
     weights = (out / "runs" / "text-only-s0" / "model.safetensors").stat().st_mtime_ns
     text_only_scores = pd.read_parquet(out / "results" / "units" / "eval-text-only-s0" / "scores.parquet")
     run_job(str(grid), out, SETTINGS, stages=("train", "eval", "probe", "patch", "attention"), log=lambda *a: None)
     after = {p.stem: json.loads(p.read_text())["key"] for p in (out / "units").glob("*.json")}
     changed = {u for u in units if units[u] != after[u]}
-    assert changed == {"eval-balanced-s0", "probe-balanced-s0", "patch-balanced-s0", "attention-balanced-s0",
-                       "cross-balanced-s0-into-text-only-s0"}
+    assert changed == {
+        "eval-balanced-s0",
+        "probe-balanced-s0",
+        "patch-balanced-s0",
+        "attention-balanced-s0",
+        "cross-balanced-s0-into-text-only-s0",
+    }
     assert (out / "runs" / "text-only-s0" / "model.safetensors").stat().st_mtime_ns == weights
     # the grid-wide eval table is rebuilt from the units: the unchanged run's rows are the same scores
     scores = pd.read_parquet(out / "results" / "scores.parquet")
@@ -160,9 +182,31 @@ def test_probe_random_init_baseline_and_site_aliases(job, tmp_path):
     from codetransfer.trained import find_runs, load_run
 
     out = tmp_path / "probe"
-    assert cli(["probe", "--runs", str(job / "out"), "--tasks", "entity_tracking", "--sites", "resid_post.1",
-                "--out", str(out), "--n-items", "40", "--max-difficulty", "0", "--seeds", "0", "--no-mdl",
-                "--no-cross-format", "--random-baseline"]) == 0
+    assert (
+        cli(
+            [
+                "probe",
+                "--runs",
+                str(job / "out"),
+                "--tasks",
+                "entity_tracking",
+                "--sites",
+                "resid_post.1",
+                "--out",
+                str(out),
+                "--n-items",
+                "40",
+                "--max-difficulty",
+                "0",
+                "--seeds",
+                "0",
+                "--no-mdl",
+                "--no-cross-format",
+                "--random-baseline",
+            ]
+        )
+        == 0
+    )
     t = pd.read_parquet(out / "probes.parquet")
     assert {"text-only", "text-only (random init)", "balanced (random init)"} <= set(t["recipe"])
     assert set(t["site"]) == {"resid_post"} and set(t["layer"]) == {1}
@@ -210,4 +254,6 @@ def test_notebook_executes_without_error(job, tmp_path, monkeypatch, name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
-    assert any(o.get("output_type") in ("display_data", "execute_result") for c in nb.cells for o in c.get("outputs", []))
+    assert any(
+        o.get("output_type") in ("display_data", "execute_result") for c in nb.cells for o in c.get("outputs", [])
+    )

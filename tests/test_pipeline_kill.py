@@ -31,7 +31,9 @@ from gridfiles import synthetic_grid
 from codetransfer.cli import main as cli
 from codetransfer.pipeline import JobSettings, load_settings
 
-GRID = synthetic_grid("kill", """
+GRID = synthetic_grid(
+    "kill",
+    """
 [train]
 batch_size = 4
 eval_every = 8
@@ -49,7 +51,8 @@ name = "balanced"
 name = "main"
 mixture = { gcide = 1, narratives = 1, programs = 1 }
 tokens = 24576
-""")
+""",
+)
 
 SETTINGS = """
 eval_items = 6
@@ -71,12 +74,19 @@ class Job:
         exe = Path(sys.executable).with_name("codetransfer")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "codetransfer.cli"]
         cmd += ["run", str(root / "grid.toml"), "--out", str(root / out), "--settings", str(root / "settings.toml")]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "MPLBACKEND": "Agg",
+        }
         self.lines: list[tuple[float, str]] = []
         self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+        )
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -92,8 +102,10 @@ class Job:
     def wait_for(self, text: str, timeout: float = 300) -> float:
         """Block until an output line starts with ``text``; returns its time."""
         with self.changed:
-            ok = self.changed.wait_for(lambda: any(ln.startswith(text) for _, ln in self.lines)
-                                       or self.proc.poll() is not None, timeout=timeout)
+            ok = self.changed.wait_for(
+                lambda: any(ln.startswith(text) for _, ln in self.lines) or self.proc.poll() is not None,
+                timeout=timeout,
+            )
             hit = [t for t, ln in self.lines if ln.startswith(text)]
         assert hit, f"'{text}' not printed (ok={ok}); output:\n{self.output()}"
         return hit[0]
@@ -170,7 +182,9 @@ def test_killed_twice_at_random_moments_then_rerun_gives_identical_tables(root):
 
     last = Job(root, "killed")
     assert last.finish() == 0, last.output()
-    assert "run text-only-s0: complete, skipped" in last.output() and "run balanced-s0: complete, skipped" in last.output()
+    assert (
+        "run text-only-s0: complete, skipped" in last.output() and "run balanced-s0: complete, skipped" in last.output()
+    )
 
     ref, got = result_files(root / "reference"), result_files(root / "killed")
     assert set(got) == set(ref) and len(ref) > 10
@@ -189,12 +203,18 @@ def test_settings_file_sets_job_settings_and_baseline_flag_wins(tmp_path):
     assert load_settings(tmp_path / "s.json") == JobSettings(probe_items=9, seed=3)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("eval_item = 7\n", "--settings: unknown field 'eval_item' in {f} (did you mean 'eval_items'?); fields: baseline,"),
-    ('eval_items = "7"\n', "--settings: field 'eval_items' in {f} must be int, got '7'; e.g. eval_items = 300"),
-    ("probe_tasks = 3\n", "--settings: field 'probe_tasks' in {f} must be str, got 3"),
-    ("eval_items = \n", "--settings: {f} is not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "eval_item = 7\n",
+            "--settings: unknown field 'eval_item' in {f} (did you mean 'eval_items'?); fields: baseline,",
+        ),
+        ('eval_items = "7"\n', "--settings: field 'eval_items' in {f} must be int, got '7'; e.g. eval_items = 300"),
+        ("probe_tasks = 3\n", "--settings: field 'probe_tasks' in {f} must be str, got 3"),
+        ("eval_items = \n", "--settings: {f} is not valid TOML"),
+    ],
+)
 def test_run_command_refuses_bad_settings_file_and_writes_nothing(tmp_path, capsys, text, message):
     f = tmp_path / "settings.toml"
     f.write_text(text)

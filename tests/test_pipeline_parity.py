@@ -29,7 +29,9 @@ from codetransfer.pipeline import GRID_N_BOOT, HELDOUT_WINDOWS, PROBE_SPLIT_SEED
 from codetransfer.probes.grid import probe_grid
 from codetransfer.trained import find_runs
 
-GRID = synthetic_grid("parity", """
+GRID = synthetic_grid(
+    "parity",
+    """
 [train]
 batch_size = 4
 eval_every = 8
@@ -47,18 +49,31 @@ name = "balanced"
 name = "main"
 mixture = { gcide = 1, narratives = 1, programs = 1 }
 tokens = 8192
-""")
+""",
+)
 
-SETTINGS = JobSettings(eval_items=6, probe_items=16, probe_max_difficulty=1, probe_sites=["resid_post"],
-                       patch_items=4, patch_sites="resid_pre,head", attention_items=4)
+SETTINGS = JobSettings(
+    eval_items=6,
+    probe_items=16,
+    probe_max_difficulty=1,
+    probe_sites=["resid_post"],
+    patch_items=4,
+    patch_sites="resid_pre,head",
+    attention_items=4,
+)
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
     (root / "grid.toml").write_text(GRID)
-    run_job(str(root / "grid.toml"), root / "out", SETTINGS, stages=("train", "eval", "probe", "patch", "attention"),
-            log=lambda *a: None)
+    run_job(
+        str(root / "grid.toml"),
+        root / "out",
+        SETTINGS,
+        stages=("train", "eval", "probe", "patch", "attention"),
+        log=lambda *a: None,
+    )
     runs = find_runs(root / "out", complete_only=True)
     assert [r.recipe for r in runs] == ["balanced", "text-only"]
     return root, runs
@@ -78,49 +93,85 @@ def _stored(table: pd.DataFrame) -> pd.DataFrame:
 def test_eval_tables_equal_one_evaluation_of_every_run(job):
     root, runs = job
     s = SETTINGS
-    direct = evaluate_grid(runs, runs_dir=root / "out", n_items=s.eval_items, seed=s.seed, baseline=DEFAULT_BASELINE,
-                           n_boot=UNIT_N_BOOT, heldout_windows=HELDOUT_WINDOWS, fit_context=True)
+    direct = evaluate_grid(
+        runs,
+        runs_dir=root / "out",
+        n_items=s.eval_items,
+        seed=s.seed,
+        baseline=DEFAULT_BASELINE,
+        n_boot=UNIT_N_BOOT,
+        heldout_windows=HELDOUT_WINDOWS,
+        fit_context=True,
+    )
     pd.testing.assert_frame_equal(_table(root, "scores.parquet"), _stored(direct["scores.parquet"]), check_exact=True)
     table, summary = eval_tables(direct["scores.parquet"], direct["losses.parquet"], s.baseline, GRID_N_BOOT, s.seed)
     pd.testing.assert_frame_equal(_table(root, "eval.parquet"), _stored(table), check_exact=True)
-    pd.testing.assert_frame_equal(pd.read_csv(root / "out" / "results" / "summary.csv"),
-                                  pd.read_csv(io.StringIO(summary.to_csv(index=False))), check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(root / "out" / "results" / "summary.csv"),
+        pd.read_csv(io.StringIO(summary.to_csv(index=False))),
+        check_exact=True,
+    )
     assert {"accuracy", "loss"} <= set(summary["of"])  # both kinds of relative change are there
 
 
 def test_probe_table_equals_one_sweep_of_every_run(job, tmp_path):
     root, runs = job
     s = SETTINGS
-    hardest = min(hardest_fitting_level(t, runs[0], s.probe_items, s.seed, s.probe_max_difficulty)
-                  for t in s.probe_tasks)
-    direct = probe_grid(runs, s.probe_tasks, s.probe_sites, tmp_path / "probe", n_items=s.probe_items,
-                        item_seed=s.seed, max_difficulty=hardest, seeds=PROBE_SPLIT_SEEDS, keep_stores=False,
-                        random_baseline=True)
+    hardest = min(
+        hardest_fitting_level(t, runs[0], s.probe_items, s.seed, s.probe_max_difficulty) for t in s.probe_tasks
+    )
+    direct = probe_grid(
+        runs,
+        s.probe_tasks,
+        s.probe_sites,
+        tmp_path / "probe",
+        n_items=s.probe_items,
+        item_seed=s.seed,
+        max_difficulty=hardest,
+        seeds=PROBE_SPLIT_SEEDS,
+        keep_stores=False,
+        random_baseline=True,
+    )
     got = _table(root, "probes.parquet")
-    assert len(got) and set(got["recipe"]) == {"balanced", "text-only", "balanced (random init)",
-                                               "text-only (random init)"}
+    assert len(got) and set(got["recipe"]) == {
+        "balanced",
+        "text-only",
+        "balanced (random init)",
+        "text-only (random init)",
+    }
     pd.testing.assert_frame_equal(got, _stored(direct), check_exact=True)
 
 
 def test_patch_tables_equal_one_sweep_of_every_run(job):
     root, runs = job
     s = SETTINGS
-    patch = PatchSettings(task=s.patch_task, sites=tuple(patch_sites(s.patch_sites)), n_items=s.patch_items,
-                          difficulty=s.patch_difficulty, seed=s.seed)
+    patch = PatchSettings(
+        task=s.patch_task,
+        sites=tuple(patch_sites(s.patch_sites)),
+        n_items=s.patch_items,
+        difficulty=s.patch_difficulty,
+        seed=s.seed,
+    )
     within = patch_grid(runs, dataclasses.replace(patch, cross_rendering=True))
     for name in ("patching.parquet", "cross_rendering.parquet"):
         pd.testing.assert_frame_equal(_table(root, name), _stored(within[name]), check_exact=True)
-    cross = patch_grid(runs, dataclasses.replace(patch, cross_model=("balanced-s0", "text-only-s0"),
-                                                 cross_model_only=True))
+    cross = patch_grid(
+        runs, dataclasses.replace(patch, cross_model=("balanced-s0", "text-only-s0"), cross_model_only=True)
+    )
     assert list(cross) == ["cross_model.parquet"]
-    pd.testing.assert_frame_equal(_table(root, "cross_model.parquet"), _stored(cross["cross_model.parquet"]), check_exact=True)
+    pd.testing.assert_frame_equal(
+        _table(root, "cross_model.parquet"), _stored(cross["cross_model.parquet"]), check_exact=True
+    )
 
 
 def test_attention_table_equals_one_scoring_of_every_run(job):
     root, runs = job
     s = SETTINGS
-    hardest = min(hardest_fitting_level(t, runs[0], s.probe_items, s.seed, s.probe_max_difficulty)
-                  for t in s.attention_tasks)
+    hardest = min(
+        hardest_fitting_level(t, runs[0], s.probe_items, s.seed, s.probe_max_difficulty) for t in s.attention_tasks
+    )
     direct = attention_grid(runs, s.attention_tasks, n_items=s.attention_items, seed=s.seed, max_difficulty=hardest)
     assert list(direct) == ["attention.parquet"]  # no checkpoints kept: no table over training
-    pd.testing.assert_frame_equal(_table(root, "attention.parquet"), _stored(direct["attention.parquet"]), check_exact=True)
+    pd.testing.assert_frame_equal(
+        _table(root, "attention.parquet"), _stored(direct["attention.parquet"]), check_exact=True
+    )

@@ -36,9 +36,25 @@ def heads_table():
     for k, recipe in enumerate(RECIPES):
         for layer in range(3):
             for head in range(2):
-                for metric, v in (("induction", 0.1 * (k + 1) + 0.02 * layer), ("ablation_mean_logit_diff", 0.05 * (k - 1))):
-                    rows.append(dict(run=f"{recipe}-s0", recipe=recipe, seed=0, task="t", rendering="", layer=layer,
-                                     head=head, metric=metric, value=v + 0.001 * head, ci_low=v - 0.01, ci_high=v + 0.01))
+                for metric, v in (
+                    ("induction", 0.1 * (k + 1) + 0.02 * layer),
+                    ("ablation_mean_logit_diff", 0.05 * (k - 1)),
+                ):
+                    rows.append(
+                        dict(
+                            run=f"{recipe}-s0",
+                            recipe=recipe,
+                            seed=0,
+                            task="t",
+                            rendering="",
+                            layer=layer,
+                            head=head,
+                            metric=metric,
+                            value=v + 0.001 * head,
+                            ci_low=v - 0.01,
+                            ci_high=v + 0.01,
+                        )
+                    )
     return pd.DataFrame(rows)
 
 
@@ -49,14 +65,34 @@ def over_training_table():
             for layer in range(2):
                 for head in range(2):
                     for metric, v in (("induction", 0.01 * step * (k + 1)), ("induction_loss", 7.0 - 0.01 * step)):
-                        rows.append(dict(run=f"{recipe}-s0", recipe=recipe, seed=0, step=step, tokens=step * 1_000_000,
-                                         task="random", rendering="", layer=layer, head=head, metric=metric,
-                                         value=v + 0.001 * head, ci_low=v - 0.01, ci_high=v + 0.01))
+                        rows.append(
+                            dict(
+                                run=f"{recipe}-s0",
+                                recipe=recipe,
+                                seed=0,
+                                step=step,
+                                tokens=step * 1_000_000,
+                                task="random",
+                                rendering="",
+                                layer=layer,
+                                head=head,
+                                metric=metric,
+                                value=v + 0.001 * head,
+                                ci_low=v - 0.01,
+                                ci_high=v + 0.01,
+                            )
+                        )
     return pd.DataFrame(rows)
 
 
-PHASES = pd.DataFrame([("text-only", "main", 0, 30_000_000), ("balanced", "code-init", 0, 15_000_000),
-                       ("balanced", "text", 15_000_000, 30_000_000)], columns=["recipe", "phase", "start", "end"])
+PHASES = pd.DataFrame(
+    [
+        ("text-only", "main", 0, 30_000_000),
+        ("balanced", "code-init", 0, 15_000_000),
+        ("balanced", "text", 15_000_000, 30_000_000),
+    ],
+    columns=["recipe", "phase", "start", "end"],
+)
 
 
 def patch_table():
@@ -65,14 +101,42 @@ def patch_table():
         for layer in range(3):
             for pos in ("query", "last"):
                 v = (0.5 + 0.3 * k) * (layer + 1) / 3 - (0.2 if pos == "query" else 0.0)
-                rows.append(dict(run=f"{recipe}-s0", recipe=recipe, seed=0, task="t", site="resid_pre", layer=layer,
-                                 head=None, pos=None, pos_label=pos, metric="denoising", value=v, ci_low=v - 0.3,
-                                 ci_high=v + 0.3))
+                rows.append(
+                    dict(
+                        run=f"{recipe}-s0",
+                        recipe=recipe,
+                        seed=0,
+                        task="t",
+                        site="resid_pre",
+                        layer=layer,
+                        head=None,
+                        pos=None,
+                        pos_label=pos,
+                        metric="denoising",
+                        value=v,
+                        ci_low=v - 0.3,
+                        ci_high=v + 0.3,
+                    )
+                )
             for head in range(2):
                 v = 0.1 * (k + 1) * (head - 0.5)
-                rows.append(dict(run=f"{recipe}-s0", recipe=recipe, seed=0, task="t", site="head_out", layer=layer,
-                                 head=head, pos=None, pos_label="all", metric="denoising", value=v, ci_low=v - 0.01,
-                                 ci_high=v + 0.01))
+                rows.append(
+                    dict(
+                        run=f"{recipe}-s0",
+                        recipe=recipe,
+                        seed=0,
+                        task="t",
+                        site="head_out",
+                        layer=layer,
+                        head=head,
+                        pos=None,
+                        pos_label="all",
+                        metric="denoising",
+                        value=v,
+                        ci_low=v - 0.01,
+                        ci_high=v + 0.01,
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -81,9 +145,25 @@ def learning_table():
     for recipe in RECIPES[:2]:
         for step in (10, 20, 30):
             v = 0.2 + 0.01 * step
-            rows.append(dict(run=f"{recipe}*", recipe=recipe, seed=-1, step=step, tokens=step * 1_000_000, task="t",
-                             category="reasoning", difficulty="0", metric="accuracy", value=v, ci_low=v - 0.05,
-                             ci_high=v + 0.05, chance=0.25, copy_chance=0.4, n_items=50))
+            rows.append(
+                dict(
+                    run=f"{recipe}*",
+                    recipe=recipe,
+                    seed=-1,
+                    step=step,
+                    tokens=step * 1_000_000,
+                    task="t",
+                    category="reasoning",
+                    difficulty="0",
+                    metric="accuracy",
+                    value=v,
+                    ci_low=v - 0.05,
+                    ci_high=v + 0.05,
+                    chance=0.25,
+                    copy_chance=0.4,
+                    n_items=50,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -92,9 +172,23 @@ def eval_table():
     for recipe in RECIPES[:2]:
         for d in range(3):
             v = 0.8 - 0.2 * d
-            rows.append(dict(run=f"{recipe}*", recipe=recipe, seed=-1, task="t", category="reasoning", difficulty=str(d),
-                             metric="accuracy", value=v, ci_low=v - 0.1, ci_high=v + 0.1, chance=0.25, copy_chance=0.4,
-                             n_items=30))
+            rows.append(
+                dict(
+                    run=f"{recipe}*",
+                    recipe=recipe,
+                    seed=-1,
+                    task="t",
+                    category="reasoning",
+                    difficulty=str(d),
+                    metric="accuracy",
+                    value=v,
+                    ci_low=v - 0.1,
+                    ci_high=v + 0.1,
+                    chance=0.25,
+                    copy_chance=0.4,
+                    n_items=30,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -104,20 +198,59 @@ def probe_table():
         for layer in range(3):
             v = 0.3 if "random" in recipe else 0.5 + 0.1 * layer
             for metric in ("accuracy", "majority"):
-                rows.append(dict(run=f"{recipe}-s0", recipe=recipe, seed=0, task="t", site="resid_post", pos="p",
-                                 probe="logistic", head=-1, layer=layer, metric=metric,
-                                 value=v if metric == "accuracy" else 0.25, ci_low=v - 0.05, ci_high=v + 0.05))
+                rows.append(
+                    dict(
+                        run=f"{recipe}-s0",
+                        recipe=recipe,
+                        seed=0,
+                        task="t",
+                        site="resid_post",
+                        pos="p",
+                        probe="logistic",
+                        head=-1,
+                        layer=layer,
+                        metric=metric,
+                        value=v if metric == "accuracy" else 0.25,
+                        ci_low=v - 0.05,
+                        ci_high=v + 0.05,
+                    )
+                )
     return pd.DataFrame(rows)
 
 
 def summary_table(inf_high: bool):
-    return pd.DataFrame([
-        dict(recipe="balanced", baseline="text-only", category="reasoning", metric="relative_change", of="accuracy",
-             value=0.5, ci_low=0.1, ci_high=np.inf if inf_high else 0.9, recipe_value=0.3, baseline_value=0.2,
-             n_seeds=1, n_items=30),
-        dict(recipe="balanced", baseline="text-only", category="code", metric="relative_change", of="accuracy",
-             value=0.2, ci_low=-0.1, ci_high=0.4, recipe_value=0.6, baseline_value=0.5, n_seeds=1, n_items=30),
-    ])
+    return pd.DataFrame(
+        [
+            dict(
+                recipe="balanced",
+                baseline="text-only",
+                category="reasoning",
+                metric="relative_change",
+                of="accuracy",
+                value=0.5,
+                ci_low=0.1,
+                ci_high=np.inf if inf_high else 0.9,
+                recipe_value=0.3,
+                baseline_value=0.2,
+                n_seeds=1,
+                n_items=30,
+            ),
+            dict(
+                recipe="balanced",
+                baseline="text-only",
+                category="code",
+                metric="relative_change",
+                of="accuracy",
+                value=0.2,
+                ci_low=-0.1,
+                ci_high=0.4,
+                recipe_value=0.6,
+                baseline_value=0.5,
+                n_seeds=1,
+                n_items=30,
+            ),
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,7 +359,9 @@ def test_over_training_plots_use_tokens_in_millions_and_phase_boundaries():
         assert ax.get_xlabel() == "training tokens (millions)"
         fmt = ax.xaxis.get_major_formatter()
         assert fmt(15_000_000, 0) == "15"
-        vlines = [ln for ln in ax.get_lines() if np.allclose(ln.get_xdata(), 15_000_000) and len(set(ln.get_xdata())) == 1]
+        vlines = [
+            ln for ln in ax.get_lines() if np.allclose(ln.get_xdata(), 15_000_000) and len(set(ln.get_xdata())) == 1
+        ]
         assert vlines, "the code-init | text boundary at 15M tokens is not drawn"
         assert any("code-init | text" in t.get_text() for t in ax.texts)
         assert_words(ax.get_ylabel())
@@ -321,11 +456,21 @@ def test_numbers_are_rounded_to_what_their_interval_supports():
 def test_tables_state_reasons_use_integer_counts_drop_duplicates_and_escape_names():
     from codetransfer.report import format_table, md_escape, names, render_table
 
-    df = pd.DataFrame({"recipe": ["a<b>|c", "a<b>|c", "text-only"], "tokens": [375168.0, 375168.0, np.nan],
-                       "value": [0.33899998664855957, 0.33899998664855957, np.nan], "lo": [0.21, 0.21, np.nan],
-                       "hi": [0.47, 0.47, np.nan]})
-    t = format_table(df, intervals={"value": ("lo", "hi")}, counts=("tokens",),
-                     reasons={"value": "not scored at this step", "tokens": "not trained"})
+    df = pd.DataFrame(
+        {
+            "recipe": ["a<b>|c", "a<b>|c", "text-only"],
+            "tokens": [375168.0, 375168.0, np.nan],
+            "value": [0.33899998664855957, 0.33899998664855957, np.nan],
+            "lo": [0.21, 0.21, np.nan],
+            "hi": [0.47, 0.47, np.nan],
+        }
+    )
+    t = format_table(
+        df,
+        intervals={"value": ("lo", "hi")},
+        counts=("tokens",),
+        reasons={"value": "not scored at this step", "tokens": "not trained"},
+    )
     assert len(t) == 2 and list(t.columns) == ["recipe", "tokens", "value"]
     assert t.loc[0, "tokens"] == "375,168" and t.loc[0, "value"] == "0.3 [0.2, 0.5]"
     assert t.loc[1, "value"] == "not scored at this step" and t.loc[1, "tokens"] == "not trained"

@@ -39,8 +39,15 @@ def test_sklearn_estimator_checks(estimator, check):
 
 def test_planted_direction_found_and_selective_random_not():
     y, ent, tmpl, planted, unrelated = synth()
-    table = probe_layers({"resid_post.0": planted, "resid_post.1": unrelated}, y, tmpl, control_types=ent,
-                         meta=META, n_boot=300, shuffle_baseline=True)
+    table = probe_layers(
+        {"resid_post.0": planted, "resid_post.1": unrelated},
+        y,
+        tmpl,
+        control_types=ent,
+        meta=META,
+        n_boot=300,
+        shuffle_baseline=True,
+    )
     assert set(COLUMNS) <= set(table.columns)
     v = table.set_index(["layer", "metric"])["value"]
     assert v[(0, "accuracy")] > 0.85
@@ -133,8 +140,12 @@ def test_cross_format_transfer_when_shared_and_not_when_not():
     text_shared = rng.standard_normal((n, d)) + 3 * np.outer(2 * y - 1, w_shared) / np.linalg.norm(w_shared)
     text_other = rng.standard_normal((n, d)) + 3 * np.outer(2 * y - 1, w_other) / np.linalg.norm(w_other)
     groups = world // 10
-    shared = cross_format_probe(code, y, groups, text_shared, y, groups, seeds=(0,), n_boot=100).set_index(["fit_on", "test_on"])
-    other = cross_format_probe(code, y, groups, text_other, y, groups, seeds=(0,), n_boot=100).set_index(["fit_on", "test_on"])
+    shared = cross_format_probe(code, y, groups, text_shared, y, groups, seeds=(0,), n_boot=100).set_index(
+        ["fit_on", "test_on"]
+    )
+    other = cross_format_probe(code, y, groups, text_other, y, groups, seeds=(0,), n_boot=100).set_index(
+        ["fit_on", "test_on"]
+    )
     assert shared.loc[("code", "text"), "value"] > 0.85 and shared.loc[("text", "code"), "value"] > 0.85
     assert other.loc[("code", "code"), "value"] > 0.85 and other.loc[("text", "text"), "value"] > 0.85
     assert other.loc[("code", "text"), "value"] < 0.7

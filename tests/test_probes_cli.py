@@ -38,12 +38,15 @@ def test_probe_cli_sweeps_and_restarts(runs_dir, tmp_path, capsys):
     assert "probing" not in capsys.readouterr().out  # nothing redone
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--sites", "resid_post.9"], "layers"),
-    (["--sites", "resid_pots"], "resid_post"),
-    (["--shard", "2/2"], "shard"),
-    (["--tasks", "entity_trackin"], "entity_tracking"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--sites", "resid_post.9"], "layers"),
+        (["--sites", "resid_pots"], "resid_post"),
+        (["--shard", "2/2"], "shard"),
+        (["--tasks", "entity_trackin"], "entity_tracking"),
+    ],
+)
 def test_probe_cli_refuses_bad_input_writing_nothing(runs_dir, tmp_path, capsys, extra, needle):
     out = tmp_path / "res"
     argv = ["probe", "--runs", str(runs_dir), "--out", str(out), *ARGS, *extra]

@@ -29,8 +29,13 @@ def _problem(seed: int, n: int, d: int, k: int, dtype):
     return X.astype(dtype), y
 
 
-CASES = [(0, 90, 12, 2, np.float64, 200), (1, 120, 30, 4, np.float64, 200), (2, 80, 40, 3, np.float32, 200),
-         (3, 150, 20, 5, np.float64, 7), (4, 60, 8, 2, np.float32, 7)]
+CASES = [
+    (0, 90, 12, 2, np.float64, 200),
+    (1, 120, 30, 4, np.float64, 200),
+    (2, 80, 40, 3, np.float32, 200),
+    (3, 150, 20, 5, np.float64, 7),
+    (4, 60, 8, 2, np.float32, 7),
+]
 
 
 @pytest.mark.parametrize("seed,n,d,k,dtype,max_iter", CASES)
@@ -39,8 +44,15 @@ def test_logistic_cv_equals_scikit_learn_bit_for_bit(seed, n, d, k, dtype, max_i
     folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(X, y))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        ref = LogisticRegressionCV(Cs=8, cv=folds, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=max_iter,
-                                   random_state=0, use_legacy_attributes=False).fit(X, y)
+        ref = LogisticRegressionCV(
+            Cs=8,
+            cv=folds,
+            l1_ratios=(0.0,),
+            scoring="neg_log_loss",
+            max_iter=max_iter,
+            random_state=0,
+            use_legacy_attributes=False,
+        ).fit(X, y)
         new = fast.fit_logistic_cv(X, y, folds, Cs=8, max_iter=max_iter, random_state=0)
     assert new.C_ == ref.C_
     for attr in ("classes_", "coef_", "intercept_", "scores_", "coefs_paths_", "n_iter_", "Cs_"):
@@ -89,13 +101,16 @@ def test_probe_table_equals_the_reference_table():
     groups = [tuple(rng.choice(ents, size=2, replace=False)) for _ in range(n)]
     labels = np.array([g[0][-1] for g in groups])  # decodable from the activations below
     code = {e: rng.normal(size=d) for e in ents}
-    acts = {f"resid_post.{layer}": np.stack([code[g[0]] * layer + rng.normal(size=d) for g in groups]).astype(np.float32)
-            for layer in range(2)}
+    acts = {
+        f"resid_post.{layer}": np.stack([code[g[0]] * layer + rng.normal(size=d) for g in groups]).astype(np.float32)
+        for layer in range(2)
+    }
     kw = dict(split="entity", seeds=(0, 1), n_boot=200)
     new = probe_layers(acts, labels, groups, **kw)
     with fast.reference():
         ref = probe_layers(acts, labels, groups, **kw)
     assert len(new) == len(ref) > 0 and {"accuracy", "mdl_bits", "selectivity"} <= set(new["metric"])
     assert new.drop(columns=["value", "ci_low", "ci_high"]).equals(ref.drop(columns=["value", "ci_low", "ci_high"]))
-    np.testing.assert_array_equal(new[["value", "ci_low", "ci_high"]].to_numpy(),
-                                  ref[["value", "ci_low", "ci_high"]].to_numpy())
+    np.testing.assert_array_equal(
+        new[["value", "ci_low", "ci_high"]].to_numpy(), ref[["value", "ci_low", "ci_high"]].to_numpy()
+    )

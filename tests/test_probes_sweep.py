@@ -48,8 +48,10 @@ class Counter:
 
 
 def _runs(path):
-    return [types.SimpleNamespace(name="r_text", path=path, recipe="text", seed=0),
-            types.SimpleNamespace(name="r_code", path=path, recipe="code25", seed=1)]
+    return [
+        types.SimpleNamespace(name="r_text", path=path, recipe="text", seed=0),
+        types.SimpleNamespace(name="r_code", path=path, recipe="code25", seed=1),
+    ]
 
 
 def test_item_rows_put_labels_on_the_token_that_ends_their_span(tiny_tokenizer):
@@ -74,19 +76,22 @@ def test_sweep_restarts_without_repeating_work_and_shards_partition(tmp_path, lo
     sites = ["resid_post.1", "head.1"]  # 'head' is the alias of 'head_out'; tables name the kind
     # two shards together = one full sweep
     c0, c1 = Counter(), Counter()
-    run_probe_sweep(runs, ["entity_tracking"], sites, tmp_path / "s", shard=(0, 2), load=c0.load,
-                    generate=c0.generate, **FAST)
+    run_probe_sweep(
+        runs, ["entity_tracking"], sites, tmp_path / "s", shard=(0, 2), load=c0.load, generate=c0.generate, **FAST
+    )
     parts_after_0 = sorted(p.name for p in (tmp_path / "s" / "parts").glob("*.parquet"))
-    table = run_probe_sweep(runs, ["entity_tracking"], sites, tmp_path / "s", shard=(1, 2), load=c1.load,
-                            generate=c1.generate, **FAST)
+    table = run_probe_sweep(
+        runs, ["entity_tracking"], sites, tmp_path / "s", shard=(1, 2), load=c1.load, generate=c1.generate, **FAST
+    )
     parts = sorted(p.name for p in (tmp_path / "s" / "parts").glob("*.parquet"))
     assert len(parts_after_0) == 1 and len(parts) == 2
     assert c0.loads == 1 and c1.loads == 1 and c0.generates == 1
     mtimes = {p: (tmp_path / "s" / "parts" / p).stat().st_mtime_ns for p in parts}
     # a restart of the whole sweep does nothing but merge
     c2 = Counter()
-    again = run_probe_sweep(runs, ["entity_tracking"], sites, tmp_path / "s", load=c2.load, generate=c2.generate,
-                            **FAST)
+    again = run_probe_sweep(
+        runs, ["entity_tracking"], sites, tmp_path / "s", load=c2.load, generate=c2.generate, **FAST
+    )
     assert c2.loads == 0 and c2.generates == 0
     assert mtimes == {p: (tmp_path / "s" / "parts" / p).stat().st_mtime_ns for p in parts}
     pd.testing.assert_frame_equal(table, again)
@@ -117,8 +122,15 @@ def test_sweep_restarts_without_repeating_work_and_shards_partition(tmp_path, lo
 def test_sweep_refuses_bad_sites_and_shards_writing_nothing(tmp_path, long_ctx_model):
     c = Counter()
     with pytest.raises(CodetransferError, match="layers") as e:
-        run_probe_sweep(_runs(long_ctx_model)[:1], ["entity_tracking"], ["resid_post.9"], tmp_path / "x",
-                        load=c.load, generate=c.generate, **FAST)
+        run_probe_sweep(
+            _runs(long_ctx_model)[:1],
+            ["entity_tracking"],
+            ["resid_post.9"],
+            tmp_path / "x",
+            load=c.load,
+            generate=c.generate,
+            **FAST,
+        )
     assert "\n" not in str(e.value)
     with pytest.raises(CodetransferError, match="shard"):
         run_probe_sweep(_runs(long_ctx_model), ["entity_tracking"], ["resid_post"], tmp_path / "x", shard=(2, 2))
@@ -132,9 +144,23 @@ def _table():
         for seed in (0, 1):
             for layer in range(4):
                 v = min(1.0, 0.4 + 0.2 * (layer + shift))
-                rows.append(dict(run=f"{recipe}-{seed}", recipe=recipe, seed=seed, task="t", site="resid_post",
-                                 layer=layer, head=-1, pos="box(pen)", probe="linear", metric="accuracy",
-                                 value=v + rng.normal(0, 0.01), ci_low=v - 0.05, ci_high=v + 0.05))
+                rows.append(
+                    dict(
+                        run=f"{recipe}-{seed}",
+                        recipe=recipe,
+                        seed=seed,
+                        task="t",
+                        site="resid_post",
+                        layer=layer,
+                        head=-1,
+                        pos="box(pen)",
+                        probe="linear",
+                        metric="accuracy",
+                        value=v + rng.normal(0, 0.01),
+                        ci_low=v - 0.05,
+                        ci_high=v + 0.05,
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -157,15 +183,18 @@ def test_first_decodable_layer_and_plots():
 def test_parts_of_other_settings_are_redone_not_merged_stale(tmp_path, long_ctx_model):
     runs = _runs(long_ctx_model)[:1]
     c0, c1, c2 = Counter(), Counter(), Counter()
-    run_probe_sweep(runs, ["entity_tracking"], ["resid_post.1"], tmp_path / "s", load=c0.load, generate=c0.generate,
-                    **FAST)
+    run_probe_sweep(
+        runs, ["entity_tracking"], ["resid_post.1"], tmp_path / "s", load=c0.load, generate=c0.generate, **FAST
+    )
     # the same folder with another setting: the part is recomputed, not reused
     other = {**FAST, "min_rows": FAST.get("min_rows", 20) + 1}
-    run_probe_sweep(runs, ["entity_tracking"], ["resid_post.1"], tmp_path / "s", load=c1.load, generate=c1.generate,
-                    **other)
+    run_probe_sweep(
+        runs, ["entity_tracking"], ["resid_post.1"], tmp_path / "s", load=c1.load, generate=c1.generate, **other
+    )
     assert c1.loads == 1
     # and a repeat of that setting is up to date
-    run_probe_sweep(runs, ["entity_tracking"], ["resid_post.1"], tmp_path / "s", load=c2.load, generate=c2.generate,
-                    **other)
+    run_probe_sweep(
+        runs, ["entity_tracking"], ["resid_post.1"], tmp_path / "s", load=c2.load, generate=c2.generate, **other
+    )
     assert c2.loads == 0
     assert len(list((tmp_path / "s" / "parts").glob("*.parquet"))) == 1

@@ -8,8 +8,10 @@ import pytest
 
 from report_browser import Expect, browser_or_skip, check_page, img_tags_in
 
-EXPECT = (Expect("Figures", tables=1, figures=("a.png",)),
-          Expect("Circuit", tables=1, text="Where code exposure changes the reasoning circuit."))
+EXPECT = (
+    Expect("Figures", tables=1, figures=("a.png",)),
+    Expect("Circuit", tables=1, text="Where code exposure changes the reasoning circuit."),
+)
 
 
 def _page(folder, body_extra: str = "", circuit: str = "Where code exposure changes the reasoning circuit.") -> str:
@@ -17,11 +19,13 @@ def _page(folder, body_extra: str = "", circuit: str = "Where code exposure chan
 
     plt.imsave(folder / "a.png", np.arange(12.0).reshape(3, 4))
     plt.imsave(folder / "b.png", np.eye(4))
-    html = ("<!doctype html><html><head><meta charset='utf-8'><title>t</title></head><body><h1>t</h1>"
-            "<h2>Figures</h2><figure><img src=\"a.png\" alt=\"a\"></figure><figure><img src=\"b.png\" alt=\"b\"></figure>"
-            "<table><tr><td>1</td></tr></table>"
-            f"<h2>Circuit</h2><p><b>{circuit}</b> text</p><table><tr><td>2</td></tr></table>{body_extra}"
-            "</body></html>")
+    html = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>t</title></head><body><h1>t</h1>"
+        '<h2>Figures</h2><figure><img src="a.png" alt="a"></figure><figure><img src="b.png" alt="b"></figure>'
+        "<table><tr><td>1</td></tr></table>"
+        f"<h2>Circuit</h2><p><b>{circuit}</b> text</p><table><tr><td>2</td></tr></table>{body_extra}"
+        "</body></html>"
+    )
     (folder / "index.html").write_text(html)
     return folder / "index.html"
 
@@ -60,13 +64,14 @@ def test_a_script_error_is_flagged(browser, tmp_path):
 
 
 def test_an_image_swallowed_by_a_broken_tag_is_flagged(browser, tmp_path):
-    page = _page(tmp_path, body_extra="<textarea><img src=\"a.png\"></textarea>")
+    page = _page(tmp_path, body_extra='<textarea><img src="a.png"></textarea>')
     assert check_page(browser, page, EXPECT) == ["the page shows 2 images but the HTML has 3 <img> tags"]
 
 
 def test_a_missing_section_or_paragraph_is_flagged(browser, tmp_path):
     page = _page(tmp_path, circuit="Something else.")
     problems = check_page(browser, page, EXPECT + (Expect("Attention heads", tables=1),))
-    assert problems == ["section 'Circuit' has no paragraph 'Where code exposure changes the reasoning circuit.' "
-                        "followed by a table",
-                        "section 'Attention heads' is missing (sections: ['Figures', 'Circuit'])"]
+    assert problems == [
+        "section 'Circuit' has no paragraph 'Where code exposure changes the reasoning circuit.' followed by a table",
+        "section 'Attention heads' is missing (sections: ['Figures', 'Circuit'])",
+    ]

@@ -24,14 +24,28 @@ INFO = SimpleNamespace(name="r0", recipe="text-only", seed=0)
 
 
 def _run(bridge, tokenizer, name, recipe, seed):
-    return SimpleNamespace(bridge=bridge, tokenizer=tokenizer, info=SimpleNamespace(name=name, recipe=recipe, seed=seed))
+    return SimpleNamespace(
+        bridge=bridge, tokenizer=tokenizer, info=SimpleNamespace(name=name, recipe=recipe, seed=seed)
+    )
 
 
 def _items():
     prompts = ["The pen is in box A. Where is the pen? It is in box", "def f(x):\n    return", "The apple is in box B."]
-    return [Item(task="t", version="1", seed=0, index=i, category=cat, rendering="text", prompt=p,
-                 candidates=(" A", " B", " x"), label=i % 2, difficulty=i % 2)
-            for i, (p, cat) in enumerate(zip(prompts, ("reasoning", "knowledge", "reasoning")))]
+    return [
+        Item(
+            task="t",
+            version="1",
+            seed=0,
+            index=i,
+            category=cat,
+            rendering="text",
+            prompt=p,
+            candidates=(" A", " B", " x"),
+            label=i % 2,
+            difficulty=i % 2,
+        )
+        for i, (p, cat) in enumerate(zip(prompts, ("reasoning", "knowledge", "reasoning")))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +69,13 @@ def test_probe_table(tiny_bridge):
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 40)
     groups = np.arange(80) % 10
-    acts = {"resid_post.0": rng.standard_normal((80, 4)) + y[:, None],
-            "head_out.1": rng.standard_normal((80, 2, 4)) + y[:, None, None]}
-    t = probe_layers(acts, y, groups, meta=dict(run="r0", recipe="text-only", seed=0, task="t"), mdl=False,
-                     seeds=(0,), n_boot=20)
+    acts = {
+        "resid_post.0": rng.standard_normal((80, 4)) + y[:, None],
+        "head_out.1": rng.standard_normal((80, 2, 4)) + y[:, None, None],
+    }
+    t = probe_layers(
+        acts, y, groups, meta=dict(run="r0", recipe="text-only", seed=0, task="t"), mdl=False, seeds=(0,), n_boot=20
+    )
     schema.check(t, "probes")
     assert t.loc[t.site == "resid_post", "head"].isna().all()  # no head: Int64 NA, as in patching tables
     assert set(t.loc[t.site == "head_out", "head"]) == {0, 1}
@@ -70,12 +87,14 @@ def test_patching_tables(tiny_bridge, tiny_tokenizer):
     meta = dict(run="r0", recipe="text-only", seed=0, task="t")
     batch = P.pair_batch(_hand_items(), tiny_tokenizer)
     for site in ("resid_pre", "head_out"):
-        sweep = P.activation_patching(tiny_bridge, batch.clean_tokens, batch.corrupted_tokens, batch.metric, site,
-                                      positions=batch.positions)
+        sweep = P.activation_patching(
+            tiny_bridge, batch.clean_tokens, batch.corrupted_tokens, batch.metric, site, positions=batch.positions
+        )
         t = schema.check(sweep.table(meta, n_boot=20), "patching")
         assert t["head"].isna().all() if site == "resid_pre" else t["head"].notna().all()
-    cross = P.cross_model_patching(tiny_bridge, tiny_bridge, batch.clean_tokens, batch.metric, "mlp_out",
-                                   positions=batch.positions)
+    cross = P.cross_model_patching(
+        tiny_bridge, tiny_bridge, batch.clean_tokens, batch.metric, "mlp_out", positions=batch.positions
+    )
     schema.check(cross.table(dict(meta, run="r0->r0"), n_boot=20), "cross_model")
     rbatch = P.rendering_batch(_hand_items(), tiny_tokenizer, "code")
     for sweep in P.cross_rendering_patching(tiny_bridge, rbatch, "attn_out"):
@@ -108,7 +127,12 @@ def test_check_refuses_other_columns_and_sentinel_heads():
 def test_add_run_columns_puts_them_first_once():
     df = pd.DataFrame({"task": ["t"], "seed": [9]})
     out = schema.add_run_columns(df, SimpleNamespace(info=INFO), name="a->b")
-    assert list(out.columns) == ["run", "recipe", "seed", "task"] and out.iloc[0].tolist() == ["a->b", "text-only", 0, "t"]
+    assert list(out.columns) == ["run", "recipe", "seed", "task"] and out.iloc[0].tolist() == [
+        "a->b",
+        "text-only",
+        0,
+        "t",
+    ]
 
 
 def test_readme_lists_every_table_with_its_schema_columns():

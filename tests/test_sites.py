@@ -37,16 +37,19 @@ def test_parse_expands_keeps_order_and_resolves_aliases():
     assert S.Site("head", 0) == S.Site("head_out", 0)
 
 
-@pytest.mark.parametrize("text,match", [
-    ("resid", "'resid' is ambiguous; write one of resid_pre, resid_mid, resid_post"),
-    ("resid.1", "ambiguous"),
-    ("resid_psot", "did you mean 'resid_post'"),
-    ("attn_ot", "did you mean 'attn_out'"),
-    ("mlp_out.x", "layer in 'mlp_out.x' must be an integer"),
-    ("mlp_out.0.1", "expected 'kind.layer' at most"),
-    ("mlp_out.5", "the model has 2 layers"),
-    ("", "expected at least one"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("resid", "'resid' is ambiguous; write one of resid_pre, resid_mid, resid_post"),
+        ("resid.1", "ambiguous"),
+        ("resid_psot", "did you mean 'resid_post'"),
+        ("attn_ot", "did you mean 'attn_out'"),
+        ("mlp_out.x", "layer in 'mlp_out.x' must be an integer"),
+        ("mlp_out.0.1", "expected 'kind.layer' at most"),
+        ("mlp_out.5", "the model has 2 layers"),
+        ("", "expected at least one"),
+    ],
+)
 def test_parse_refuses_with_a_hint(text, match):
     with pytest.raises(CodetransferError, match=match):
         S.parse_sites(text, 2)

@@ -152,8 +152,14 @@ def test_item_bootstrap_equals_scipy_percentile(confidence, n_resamples, seed):
     from scipy.stats import bootstrap
 
     x = np.random.default_rng(seed + 100).random(37)
-    ref = bootstrap((x,), np.mean, method="percentile", n_resamples=n_resamples, confidence_level=confidence,
-                    rng=np.random.default_rng(seed))
+    ref = bootstrap(
+        (x,),
+        np.mean,
+        method="percentile",
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        rng=np.random.default_rng(seed),
+    )
     assert np.array_equal(bootstrap_means(x, n_resamples, seed), ref.bootstrap_distribution)
     _, lo, hi = bootstrap_ci(x, n_resamples, confidence, seed)
     assert float(lo) == pytest.approx(ref.confidence_interval.low, rel=1e-14, abs=0)

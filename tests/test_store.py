@@ -18,8 +18,9 @@ META = dict(run="runA", task="boxes", task_version="1", seed=3)
 
 def _fill(path, n_rows=50, batches=4, capacity=8, d=8, heads=2):
     rng = np.random.default_rng(0)
-    store = ActivationStore.create(path, sites=["resid_post.0", "head_out.1"], d_model=d, n_heads=heads,
-                                   capacity=capacity, **META)
+    store = ActivationStore.create(
+        path, sites=["resid_post.0", "head_out.1"], d_model=d, n_heads=heads, capacity=capacity, **META
+    )
     res, head, idx = [], [], []
     for b in np.array_split(np.arange(n_rows), batches):
         r = rng.standard_normal((len(b), d)).astype(np.float32)
@@ -88,7 +89,8 @@ def test_incomplete_or_missing_store_is_refused(tmp_path):
         ActivationStore.open(tmp_path / "nothing")
     with pytest.raises(CodetransferError, match="already exists"):
         ActivationStore.create(tmp_path / "s", sites=["resid_pre.0"], d_model=4, **META).append(
-            {"resid_pre.0": np.zeros((1, 4), np.float32)}, pd.DataFrame({"item": [0], "pos": 0}))
+            {"resid_pre.0": np.zeros((1, 4), np.float32)}, pd.DataFrame({"item": [0], "pos": 0})
+        )
 
 
 def test_parse_sites_expands_and_refuses():
@@ -109,23 +111,31 @@ def test_parse_sites_expands_and_refuses():
 def _prompts(tokenizer):
     from codetransfer.trained.tokenizer import encode_with_bos
 
-    texts = ["The pen is in box A.", "def f(x):\n    return x + 1", "The apple is in box B. Where is the pen?",
-             "box_a = ['pen']"]
+    texts = [
+        "The pen is in box A.",
+        "def f(x):\n    return x + 1",
+        "The apple is in box B. Where is the pen?",
+        "box_a = ['pen']",
+    ]
     return [encode_with_bos(tokenizer, t)[0] for t in texts]
 
 
-@pytest.mark.parametrize("method,sites", [
-    ("hooks", ["resid_pre", "resid_mid", "resid_post.1", "attn_out.0", "mlp_out.1", "head_out"]),
-    ("cache", ["resid_pre", "resid_mid", "resid_post.1", "attn_out.0", "mlp_out.1", "head_out"]),
-    ("hooks", ["resid_post.0", "head.0", "mlp_out.0"]),  # the forward pass stops after block 0
-])
+@pytest.mark.parametrize(
+    "method,sites",
+    [
+        ("hooks", ["resid_pre", "resid_mid", "resid_post.1", "attn_out.0", "mlp_out.1", "head_out"]),
+        ("cache", ["resid_pre", "resid_mid", "resid_post.1", "attn_out.0", "mlp_out.1", "head_out"]),
+        ("hooks", ["resid_post.0", "head.0", "mlp_out.0"]),  # the forward pass stops after block 0
+    ],
+)
 def test_extraction_matches_full_run_with_cache(tmp_path, tiny_bridge, tiny_tokenizer, method, sites):
     bridge = tiny_bridge
     toks = _prompts(tiny_tokenizer)
     positions = [[0, len(t) - 1] if i % 2 else [len(t) - 1] for i, t in enumerate(toks)]
     names = [s.name for s in parse_sites(sites, bridge.cfg.n_layers)]
-    store = ActivationStore.create(tmp_path / method, sites=names, d_model=bridge.cfg.d_model,
-                                   n_heads=bridge.cfg.n_heads, capacity=2, **META)
+    store = ActivationStore.create(
+        tmp_path / method, sites=names, d_model=bridge.cfg.d_model, n_heads=bridge.cfg.n_heads, capacity=2, **META
+    )
     labels = pd.DataFrame({"label": [f"L{i}" for i in range(sum(map(len, positions)))]})
     store = extract_activations(bridge, toks, positions, sites, store, batch_size=3, index=labels, method=method)
     # reference: each prompt alone (no padding), full cache
@@ -144,11 +154,13 @@ def test_extraction_matches_full_run_with_cache(tmp_path, tiny_bridge, tiny_toke
                     # heads sum (plus b_O) to attn_out
                     np.testing.assert_allclose(
                         (want.sum(0) + b_O[int(layer)]).numpy(),
-                        cache[f"blocks.{layer}.hook_attn_out"][0, p].numpy(), atol=1e-5)
+                        cache[f"blocks.{layer}.hook_attn_out"][0, p].numpy(),
+                        atol=1e-5,
+                    )
                 else:
                     want = cache[f"blocks.{layer}.hook_{kind}"][0, p]
                 np.testing.assert_allclose(store.read(name, [r])[0], want.numpy(), atol=1e-5)
-            assert (store.index.loc[r, ["item", "pos", "label"]].tolist() == [i, p, f"L{r}"])
+            assert store.index.loc[r, ["item", "pos", "label"]].tolist() == [i, p, f"L{r}"]
             r += 1
     assert store.n_rows == r
 
@@ -186,14 +198,31 @@ def test_store_to_probe_on_real_activations_finds_token_identity(tmp_path, tiny_
                 positions.append([char_to_token(offsets, len(text))])
                 rows.append(dict(letter=letter, obj=obj, noise=str(rng.integers(0, 4))))
     index = pd.DataFrame(rows)
-    store = ActivationStore.create(tmp_path / "s", sites=["resid_pre.0", "resid_post.1"], d_model=64, n_heads=4,
-                                   capacity=len(toks), **META)
+    store = ActivationStore.create(
+        tmp_path / "s", sites=["resid_pre.0", "resid_post.1"], d_model=64, n_heads=4, capacity=len(toks), **META
+    )
     store = extract_activations(tiny_bridge, toks, positions, ["resid_pre.0", "resid_post.1"], store, index=index)
     idx = store.index
-    found = probe_layers(store, idx["letter"], idx["obj"], rows=idx["row"], seeds=(0, 1), mdl=False, n_boot=100,
-                         meta=dict(run="r", recipe="x", seed=0, task="t"))
+    found = probe_layers(
+        store,
+        idx["letter"],
+        idx["obj"],
+        rows=idx["row"],
+        seeds=(0, 1),
+        mdl=False,
+        n_boot=100,
+        meta=dict(run="r", recipe="x", seed=0, task="t"),
+    )
     acc = found[found.metric == "accuracy"].set_index("layer")["value"]
     assert acc[0] == 1.0
-    noise = probe_layers(store, idx["noise"], idx["obj"], rows=idx["row"], seeds=(0, 1), mdl=False, n_boot=100,
-                         meta=dict(run="r", recipe="x", seed=0, task="t"))
+    noise = probe_layers(
+        store,
+        idx["noise"],
+        idx["obj"],
+        rows=idx["row"],
+        seeds=(0, 1),
+        mdl=False,
+        n_boot=100,
+        meta=dict(run="r", recipe="x", seed=0, task="t"),
+    )
     assert (noise[noise.metric == "accuracy"]["value"] < 0.5).all()

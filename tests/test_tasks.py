@@ -11,10 +11,24 @@ import pytest
 
 from codetransfer.errors import CodetransferError
 from codetransfer.tasks import Item, get_task, get_tasks, list_tasks, task_names
-from codetransfer.tasks.families import (TRAIN_TEXT_MAX, WorldFamily, counterfactual, gcide_dir, mine_gcide,
-                                         sample_scenario)
-from codetransfer.tasks.render import (CODE_SETS, KINDS, POOLS, SPLITS, Scenario, execute_code_answer, program_value,
-                                       render)
+from codetransfer.tasks.families import (
+    TRAIN_TEXT_MAX,
+    WorldFamily,
+    counterfactual,
+    gcide_dir,
+    mine_gcide,
+    sample_scenario,
+)
+from codetransfer.tasks.render import (
+    CODE_SETS,
+    KINDS,
+    POOLS,
+    SPLITS,
+    Scenario,
+    execute_code_answer,
+    program_value,
+    render,
+)
 from codetransfer.tasks.world import Event, is_valid, simulate
 
 WORLD_TASKS = [f.name for f in (get_task(n) for n in task_names()) if isinstance(f, WorldFamily)]
@@ -23,9 +37,16 @@ E = Event
 
 # ----------------------------------------------------------------------------- simulator, known answers
 
+
 def test_simulator_known_answers():
-    ev = [E("put", "pen", "A"), E("put", "cup", "B"), E("move", "pen", "C"), E("swap", "pen", "cup"),
-          E("put", "hat", "B"), E("remove", "cup")]
+    ev = [
+        E("put", "pen", "A"),
+        E("put", "cup", "B"),
+        E("move", "pen", "C"),
+        E("swap", "pen", "cup"),
+        E("put", "hat", "B"),
+        E("remove", "cup"),
+    ]
     st = simulate(ev)
     assert st[2].where("pen") == "C"
     assert st[3].where("pen") == "B" and st[3].where("cup") == "C"
@@ -33,24 +54,35 @@ def test_simulator_known_answers():
     assert "cup" not in st[5].values
     # provenance: after the swap the pen's value was stated by event 1 ("cup is in box B")
     assert st[3].sources["pen"] == (1, "value")
-    counts = simulate([E("assign", "tom", "3"), E("assign", "ann", "1"), E("transfer", "tom", "ann", 2),
-                       E("add", "ann", "", 4), E("sub", "tom", "", 1)])
+    counts = simulate(
+        [
+            E("assign", "tom", "3"),
+            E("assign", "ann", "1"),
+            E("transfer", "tom", "ann", 2),
+            E("add", "ann", "", 4),
+            E("sub", "tom", "", 1),
+        ]
+    )
     assert counts[-1].values == {"tom": "0", "ann": "7"}
     assert counts[-1].sources["ann"] is None and counts[0].sources["tom"] == (0, "value")
-    binding = simulate([E("assign", "tom", "3"), E("copy", "ann", "tom"), E("assign", "tom", "5"),
-                        E("copy", "bob", "ann")])
+    binding = simulate(
+        [E("assign", "tom", "3"), E("copy", "ann", "tom"), E("assign", "tom", "5"), E("copy", "bob", "ann")]
+    )
     assert binding[-1].value("bob") == "3" and binding[-1].sources["bob"] == (0, "value")
 
 
-@pytest.mark.parametrize("events", [
-    [E("move", "pen", "A")],                                   # not in the world
-    [E("put", "pen", "A"), E("put", "pen", "B")],              # put twice
-    [E("put", "pen", "A"), E("move", "pen", "A")],             # move to where it is
-    [E("put", "pen", "A"), E("swap", "pen", "pen")],           # swap with itself
-    [E("assign", "tom", "1"), E("sub", "tom", "", 2)],         # negative count
-    [E("assign", "tom", "1"), E("assign", "ann", "0"), E("transfer", "tom", "ann", 3)],
-    [E("fly", "pen", "A")],                                    # unknown op
-])
+@pytest.mark.parametrize(
+    "events",
+    [
+        [E("move", "pen", "A")],  # not in the world
+        [E("put", "pen", "A"), E("put", "pen", "B")],  # put twice
+        [E("put", "pen", "A"), E("move", "pen", "A")],  # move to where it is
+        [E("put", "pen", "A"), E("swap", "pen", "pen")],  # swap with itself
+        [E("assign", "tom", "1"), E("sub", "tom", "", 2)],  # negative count
+        [E("assign", "tom", "1"), E("assign", "ann", "0"), E("transfer", "tom", "ann", 3)],
+        [E("fly", "pen", "A")],  # unknown op
+    ],
+)
 def test_invalid_events_are_refused_in_one_line(events):
     assert not is_valid(events)
     with pytest.raises(CodetransferError) as e:
@@ -64,6 +96,7 @@ def test_query_about_missing_key_is_refused():
 
 
 # ----------------------------------------------------------------------------- simulator == program
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_simulator_equals_executed_program(kind):
@@ -103,6 +136,7 @@ def test_simulator_contents_and_counts_equal_program_state():
 
 
 # ----------------------------------------------------------------------------- items: structure
+
 
 @pytest.fixture(scope="module")
 def world_items() -> dict[str, list[Item]]:
@@ -153,8 +187,13 @@ def test_labels_are_aligned_across_twins_and_match_the_state(world_items):
             for l in code.labels:
                 assert code.prompt[l.end] == "\n"  # end of a statement line
     # a known label: after "... moved to box C." the pen is in C
-    sc = Scenario("boxes", (E("put", "pen", "A"), E("put", "cup", "B"), E("move", "pen", "C")), 2, "pen",
-                  tuple(" " + b for b in "ABCDE"))
+    sc = Scenario(
+        "boxes",
+        (E("put", "pen", "A"), E("put", "cup", "B"), E("move", "pen", "C")),
+        2,
+        "pen",
+        tuple(" " + b for b in "ABCDE"),
+    )
     r = render(sc, "text")
     last = [l for l in r.labels if l.end == r.spans["e2"][1]]
     assert {(l.name, l.value) for l in last} == {("box(pen)", "C"), ("box(cup)", "B")}
@@ -188,7 +227,8 @@ def test_code_renderings_execute_and_only_the_answer_passes(world_items):
         for it in items[:10]:
             code = it if it.rendering == "code" else it.twin
             assert [execute_code_answer(code.prompt, c) for c in code.candidates] == [
-                i == code.label for i in range(len(code.candidates))]
+                i == code.label for i in range(len(code.candidates))
+            ]
 
 
 def test_prompts_end_before_the_answer_and_candidates_are_space_prefixed(world_items):
@@ -218,6 +258,7 @@ def test_difficulty_is_the_number_of_operations():
 
 
 # ----------------------------------------------------------------------------- splits, determinism
+
 
 def test_train_and_eval_splits_use_disjoint_entities_and_templates():
     for name in WORLD_TASKS:
@@ -254,6 +295,7 @@ def test_entity_tracking_and_code_state_share_scenarios():
 
 # ----------------------------------------------------------------------------- knowledge
 
+
 def test_knowledge_cloze_items_are_checkable_against_the_gloss():
     items = get_task("knowledge_cloze").generate(30, seed=0)
     for it in items:
@@ -268,10 +310,13 @@ def test_knowledge_cloze_items_are_checkable_against_the_gloss():
     assert {it.difficulty for it in items} == {0, 1, 2}
     known = {r[0]: r[1] for r in mine_gcide(gcide_dir())}
     assert known["sparrow"] == "bird" and known["salmon"] == "fish" and known["baseball"] == "game"
-    assert "lapdog" in known and "housedog" not in known  # "A dog trained to guard..." is not "a kind of dog" by the rule
+    assert (
+        "lapdog" in known and "housedog" not in known
+    )  # "A dog trained to guard..." is not "a kind of dog" by the rule
 
 
 # ----------------------------------------------------------------------------- registry, bad input
+
 
 def test_unknown_family_gets_did_you_mean():
     with pytest.raises(CodetransferError, match="did you mean 'entity_tracking'") as e:
@@ -282,12 +327,15 @@ def test_unknown_family_gets_did_you_mean():
     assert [f.name for f in get_tasks("counting, possession")] == ["counting", "possession"]
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"difficulty": 99}, "difficulty 99"),
-    ({"difficulty": -1}, "difficulty -1"),
-    ({"split": "test"}, "split"),
-    ({"n": -3}, "n must"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"difficulty": 99}, "difficulty 99"),
+        ({"difficulty": -1}, "difficulty -1"),
+        ({"split": "test"}, "split"),
+        ({"n": -3}, "n must"),
+    ],
+)
 def test_bad_generate_arguments_get_one_line_errors(kwargs, field):
     args = {"n": 2, "seed": 0, **kwargs}
     for name in ("entity_tracking", "knowledge_cloze"):
@@ -299,7 +347,9 @@ def test_bad_generate_arguments_get_one_line_errors(kwargs, field):
 def test_list_tasks_describes_every_family():
     rows = list_tasks()
     assert [r["name"] for r in rows] == list(task_names())
-    assert {"entity_tracking", "variable_binding", "counting", "knowledge_cloze", "code_state", "possession"} <= set(task_names())
+    assert {"entity_tracking", "variable_binding", "counting", "knowledge_cloze", "code_state", "possession"} <= set(
+        task_names()
+    )
     for r in rows:
         assert r["category"] in ("reasoning", "knowledge", "code") and r["difficulties"] and r["version"]
 
@@ -308,8 +358,13 @@ def test_recency_shortcut_is_controlled():
     """'Copy the last mentioned value' must not solve the tasks (it would get ~0.7 at one operation)."""
     from codetransfer.tasks.families import last_mentioned
 
-    sc = Scenario("boxes", (E("put", "pen", "A"), E("put", "cup", "B"), E("move", "pen", "C"), E("remove", "cup")),
-                  2, "pen", tuple(" " + b for b in "ABCDE"))
+    sc = Scenario(
+        "boxes",
+        (E("put", "pen", "A"), E("put", "cup", "B"), E("move", "pen", "C"), E("remove", "cup")),
+        2,
+        "pen",
+        tuple(" " + b for b in "ABCDE"),
+    )
     assert last_mentioned(sc) == " B"  # "The cup is removed from box B." is the last mention
     # with operations only: at level 0 the queried key is uniform, and last-mentioned scores what
     # copying scores (test_no_positional_shortcut_beats_copying)
@@ -317,8 +372,12 @@ def test_recency_shortcut_is_controlled():
         items = get_task(name).generate(60, seed=5, difficulty=d)
         hits = 0
         for it in items:
-            mentions = re.findall(r"(?:\bbox |\bThe [a-z]+ )([A-E])\b" if name == "entity_tracking" else
-                                  "|".join(c.strip() for c in it.candidates), it.prompt[: it.prompt.rfind(".") + 1])
+            mentions = re.findall(
+                r"(?:\bbox |\bThe [a-z]+ )([A-E])\b"
+                if name == "entity_tracking"
+                else "|".join(c.strip() for c in it.candidates),
+                it.prompt[: it.prompt.rfind(".") + 1],
+            )
             hits += " " + mentions[-1] == it.answer
         assert hits / len(items) < 0.45, (name, d, hits)
 

@@ -15,8 +15,11 @@ from codetransfer.tasks.render import POOLS, TEXT
 
 @pytest.fixture(scope="module")
 def docs() -> dict[tuple[str, str], list[str]]:
-    return {(k, s): list(synthetic_documents(k, 150, seed=0, split=s))
-            for k in ("narrative", "program") for s in ("train", "heldout")}
+    return {
+        (k, s): list(synthetic_documents(k, 150, seed=0, split=s))
+        for k in ("narrative", "program")
+        for s in ("train", "heldout")
+    }
 
 
 def test_documents_are_disjoint_from_evaluation_items(docs):
@@ -64,9 +67,11 @@ def test_train_and_heldout_never_share_a_document(docs):
 
 def _template_regex(tpl: str, group: bool = False) -> re.Pattern:
     """A prose template as a regex (amounts are digits, other fields are words)."""
+
     def field(m):
         pat = r"\d+" if m.group(1) == "n" else r"[A-Za-z0-9]+"
         return f"({pat})" if group else pat
+
     return re.compile(re.sub(r"\\\{(\w+)\\\}", field, re.escape(tpl)))
 
 
@@ -76,8 +81,10 @@ def _chain_depth(ep: str) -> int:
     for tpl in TEXT["binding"]["ops"]["copy"]["train"]:
         for dst, s in _template_regex(tpl, group=True).findall(ep):
             src[dst] = s
+
     def depth(k):
         return 1 + depth(src[k]) if k in src else 0
+
     return max((depth(k) for k in src), default=0)
 
 
@@ -122,11 +129,14 @@ def test_documents_are_deterministic_and_seed_dependent():
     assert a[:2] == list(synthetic_documents("narrative", 2, seed=3))
 
 
-@pytest.mark.parametrize("args, msg", [
-    (("poem", 2, 0, "train"), "kind"),
-    (("narrative", 2, 0, "eval"), "split"),
-    (("program", -1, 0, "train"), "n must"),
-])
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (("poem", 2, 0, "train"), "kind"),
+        (("narrative", 2, 0, "eval"), "split"),
+        (("program", -1, 0, "train"), "n must"),
+    ],
+)
 def test_bad_corpus_arguments(args, msg):
     with pytest.raises(CodetransferError, match=msg):
         list(synthetic_documents(*args))

@@ -26,7 +26,8 @@ def test_jsonl_holds_the_items_eval_scores(tmp_path):
     for task, items in want.items():
         rows = [json.loads(ln) for ln in (tmp_path / f"{task}.jsonl").read_text().splitlines()]
         assert [(r["index"], r["prompt"], tuple(r["candidates"]), r["label"], r["difficulty"]) for r in rows] == [
-            (it.index, it.prompt, it.candidates, it.label, it.difficulty) for it in items]
+            (it.index, it.prompt, it.candidates, it.label, it.difficulty) for it in items
+        ]
         assert all(r["candidates"][r["label"]] == r["answer"] for r in rows)
     assert not list(tmp_path.glob("*.yaml"))
 
@@ -40,11 +41,14 @@ def test_lm_eval_configs_name_their_data_and_group(tmp_path, capsys):
     assert "  - codetransfer_counting" in (tmp_path / "codetransfer.yaml").read_text()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--format", "csv"], "--format: expected one of jsonl, lm-eval"),
-    (["--tasks", "countin"], "did you mean 'counting'"),
-    (["--n-items", "0"], "--n-items: expected a positive number"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--format", "csv"], "--format: expected one of jsonl, lm-eval"),
+        (["--tasks", "countin"], "did you mean 'counting'"),
+        (["--n-items", "0"], "--n-items: expected a positive number"),
+    ],
+)
 def test_bad_export_arguments_are_refused_before_writing(tmp_path, capsys, argv, message):
     out = tmp_path / "x"
     assert main(["tasks", "export", str(out), *argv]) == 2
@@ -64,12 +68,34 @@ def test_lm_eval_on_a_run_reproduces_codetransfer_eval(tmp_path):
     run = save_tiny_model(tmp_path / "run", dataclasses.replace(TINY, n_ctx=256))
     tasks = ["entity_tracking", "code_state"]
     export_tasks(tasks, tmp_path / "tasks", n_items=40, seed=0, max_difficulty=0)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "HF_DATASETS_CACHE": str(tmp_path / "ds")}
-    subprocess.run([os.path.join(os.path.dirname(sys.executable), "lm_eval"), "--model", "hf", "--model_args",
-                    f"pretrained={run},dtype=float32", "--include_path", str(tmp_path / "tasks"), "--tasks",
-                    "codetransfer", "--device", "cpu", "--output_path", str(tmp_path / "out"), "--log_samples"],
-                   check=True, env=env, capture_output=True)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "ds"),
+    }
+    subprocess.run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "lm_eval"),
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={run},dtype=float32",
+            "--include_path",
+            str(tmp_path / "tasks"),
+            "--tasks",
+            "codetransfer",
+            "--device",
+            "cpu",
+            "--output_path",
+            str(tmp_path / "out"),
+            "--log_samples",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     bridge, tok = load_bridge(run)
     items = make_items(tasks, 40, 0, max_difficulty=0)
     for task in tasks:

@@ -32,15 +32,19 @@ def _imports(path: Path) -> set[str]:
 def test_pipeline_imports_no_argparse_and_no_command():
     names = _imports(ROOT / "codetransfer" / "pipeline.py")
     assert "codetransfer.analysis.grid" in names  # the inspection sees the imports
-    assert not {n for n in names if n == "argparse" or n.startswith("codetransfer.commands")
-                or n == "codetransfer.cli"}
+    assert not {n for n in names if n == "argparse" or n.startswith("codetransfer.commands") or n == "codetransfer.cli"}
 
 
 @pytest.mark.parametrize("folder", ["tasks", "trained", "analysis", "probes"])
 def test_lower_packages_import_nothing_of_the_top_layer(folder):
     for path in (ROOT / folder).rglob("*.py"):
-        bad = {n for n in _imports(path) if n.startswith(("codetransfer.commands", "codetransfer.cli",
-                                                           "codetransfer.pipeline", "codetransfer.report"))}
+        bad = {
+            n
+            for n in _imports(path)
+            if n.startswith(
+                ("codetransfer.commands", "codetransfer.cli", "codetransfer.pipeline", "codetransfer.report")
+            )
+        }
         assert not bad, f"{path.name} imports {bad}"
 
 
@@ -58,10 +62,23 @@ def test_settings_lists_from_toml_lists_and_comma_strings(tmp_path):
 
 def test_unit_keys_hash_the_settings_as_they_always_did():
     # the key form: list fields comma-joined (what the job hashed when they were strings)
-    legacy = dict(baseline="text-only", eval_items=300, curve_items=60, curve_max_difficulty=0,
-                  probe_tasks="entity_tracking", probe_sites="resid_post", probe_items=120, probe_max_difficulty=3,
-                  patch_task="entity_tracking", patch_sites="resid_pre,attn_out,mlp_out,head_out", patch_items=48,
-                  patch_difficulty=0, attention_tasks="entity_tracking", attention_items=48, seed=0)
+    legacy = dict(
+        baseline="text-only",
+        eval_items=300,
+        curve_items=60,
+        curve_max_difficulty=0,
+        probe_tasks="entity_tracking",
+        probe_sites="resid_post",
+        probe_items=120,
+        probe_max_difficulty=3,
+        patch_task="entity_tracking",
+        patch_sites="resid_pre,attn_out,mlp_out,head_out",
+        patch_items=48,
+        patch_difficulty=0,
+        attention_tasks="entity_tracking",
+        attention_items=48,
+        seed=0,
+    )
     assert JobSettings().key() == legacy
     obj = ["eval", legacy, "text-only-s0", "abc"]
     expected = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

@@ -169,8 +169,24 @@ def test_damaged_training_state_is_refused(trained, grid_file, tmp_path):
 
 def test_ddp_two_processes_match_one_process(trained, grid_file, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "codetransfer.cli", "train", str(grid_file), "--out", str(out), "--only", "text-only", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "codetransfer.cli",
+        "train",
+        str(grid_file),
+        "--out",
+        str(out),
+        "--only",
+        "text-only",
+        "--quiet",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     one = [m["loss"] for m in metrics(trained / "runs" / "text-only-s0") if "loss" in m]
@@ -223,12 +239,31 @@ def test_eval_heldout_loss_uses_the_manifest_categories(trained, tmp_path):
 
     data = tmp_path / "data"
     data.mkdir()
-    (data / "manifest.json").write_text(json.dumps({"sources": {"programs": {"category": "code"},
-                                                                "narratives": {"category": "text"}}}))
+    (data / "manifest.json").write_text(
+        json.dumps({"sources": {"programs": {"category": "code"}, "narratives": {"category": "text"}}})
+    )
     paths = {s: data / f"{s}.heldout.npy" for s in ("programs", "narratives")}
     assert _source_categories(paths) == {"programs": "code", "narratives": "text"}
-    assert cli(["eval", "--runs", str(trained), "--out", str(tmp_path / "r"), "--tasks", "knowledge_cloze",
-                "--n-items", "8", "--heldout-windows", "4", "--n-boot", "50"]) == 0
+    assert (
+        cli(
+            [
+                "eval",
+                "--runs",
+                str(trained),
+                "--out",
+                str(tmp_path / "r"),
+                "--tasks",
+                "knowledge_cloze",
+                "--n-items",
+                "8",
+                "--heldout-windows",
+                "4",
+                "--n-boot",
+                "50",
+            ]
+        )
+        == 0
+    )
     t = pd.read_parquet(tmp_path / "r" / "eval.parquet")
     cats = dict(t[t["task"].str.startswith("heldout:")].groupby("task")["category"].first())
     assert cats == {"heldout:gcide": "text", "heldout:stdlib": "code"}

@@ -43,8 +43,11 @@ def test_warmup_grows_an_induction_head_in_the_tiny_shape():
         with torch.no_grad():
             out = model(input_ids=probe, output_attentions=True)
         s = pattern_scores(torch.stack(out.attentions), probe, scores=["induction", "previous_token"])
-        return (induction_loss(out.logits, probe).mean().item(), s["previous_token"].nanmean(0)[0].max().item(),
-                s["induction"].nanmean(0)[1].max().item())
+        return (
+            induction_loss(out.logits, probe).mean().item(),
+            s["previous_token"].nanmean(0)[0].max().item(),
+            s["induction"].nanmean(0)[1].max().item(),
+        )
 
     loss0, prev0, ind0 = measure(build_model(cfg, 512, seed=0))
     model = build_model(cfg, 512, seed=0)
@@ -58,7 +61,8 @@ def test_warmup_grows_an_induction_head_in_the_tiny_shape():
 def _warm_grid(grid_file):
     grid = load_grid(grid_file)
     return dataclasses.replace(
-        grid, model=dataclasses.replace(grid.model, arch="llama", n_ctx=64),
+        grid,
+        model=dataclasses.replace(grid.model, arch="llama", n_ctx=64),
         train=dataclasses.replace(grid.train, induction_warmup=20),
     )
 
@@ -83,8 +87,9 @@ def test_trainer_warms_up_fresh_runs_once_per_seed_and_resumes_bit_identically(t
     train_run(grid, grid.recipe("text-only"), 0, data, b, stop_after_steps=7, progress=False)
     train_run(grid, grid.recipe("text-only"), 0, data, b, progress=False)
     assert_same_weights(a, b)
-    assert [r.get("cached") for r in map(json.loads, (b / "metrics.jsonl").read_text().splitlines())
-            if "warmup_step" in r] == [True]
+    assert [
+        r.get("cached") for r in map(json.loads, (b / "metrics.jsonl").read_text().splitlines()) if "warmup_step" in r
+    ] == [True]
     # the warm-up changes the weights: without it the same run ends elsewhere
     cold = dataclasses.replace(grid, train=dataclasses.replace(grid.train, induction_warmup=0))
     train_run(cold, cold.recipe("text-only"), 0, data, c, progress=False)
@@ -110,10 +115,13 @@ def test_damaged_warmup_cache_is_refused(tmp_path):
     assert not (again / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(induction_warmup=-1), r"train.induction_warmup: expected a value >= 0, got -1"),
-    (dict(induction_warmup=10, induction_warmup_lr=0.0), r"induction_warmup_lr: expected a value in \(0, 10\]"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(induction_warmup=-1), r"train.induction_warmup: expected a value >= 0, got -1"),
+        (dict(induction_warmup=10, induction_warmup_lr=0.0), r"induction_warmup_lr: expected a value in \(0, 10\]"),
+    ],
+)
 def test_bad_warmup_settings_are_refused(tmp_path, change, message):
     grid = load_grid(write_grid(tmp_path))
     with pytest.raises(CodetransferError, match=message):

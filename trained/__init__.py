@@ -12,6 +12,17 @@ from codetransfer.trained.config import GridConfig, ModelConfig, Phase, Recipe, 
 from codetransfer.trained.runs import LoadedRun, RunInfo, check_same_grid, find_runs, load_run, runs_table, train_grid
 
 __all__ = [
-    "GridConfig", "ModelConfig", "Phase", "Recipe", "grid_from_dict", "load_grid",
-    "LoadedRun", "RunInfo", "check_same_grid", "find_runs", "load_run", "runs_table", "train_grid",
+    "GridConfig",
+    "ModelConfig",
+    "Phase",
+    "Recipe",
+    "grid_from_dict",
+    "load_grid",
+    "LoadedRun",
+    "RunInfo",
+    "check_same_grid",
+    "find_runs",
+    "load_run",
+    "runs_table",
+    "train_grid",
 ]

@@ -18,8 +18,9 @@ from codetransfer.errors import CodetransferError
 #: names of sources, recipes and phases: they become file and folder names and table values
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+>-]*")
 NAME_MAX = 64
-NAME_RULE = (f"1-{NAME_MAX} characters, letters, digits and _ . + > -, starting with a letter or digit "
-             "(e.g. 'balanced->text')")
+NAME_RULE = (
+    f"1-{NAME_MAX} characters, letters, digits and _ . + > -, starting with a letter or digit (e.g. 'balanced->text')"
+)
 
 
 def check_name(name: Any, where: str) -> str:
@@ -34,18 +35,29 @@ def run_folder(recipe: str, seed: int) -> str:
     return f"{recipe.replace('>', '')}-s{seed}"
 
 
-def check_number(value: float, where: str, low: float | None = None, high: float | None = None, *,
-                 low_open: bool = False, high_open: bool = False) -> None:
+def check_number(
+    value: float,
+    where: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """Refuse a NaN or infinite number, or one outside ``[low, high]`` (open ends where asked)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise CodetransferError(f"{where}: expected a finite number, got {value}")
-    bad = ((low is not None and (value < low or (low_open and value == low)))
-           or (high is not None and (value > high or (high_open and value == high))))
+    bad = (low is not None and (value < low or (low_open and value == low))) or (
+        high is not None and (value > high or (high_open and value == high))
+    )
     if bad:
         lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
         hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
-        rng = f"{lo}, {hi}" if lo and hi else (f">{'' if low_open else '='} {low:g}" if lo else
-                                               f"<{'' if high_open else '='} {high:g}")
+        rng = (
+            f"{lo}, {hi}"
+            if lo and hi
+            else (f">{'' if low_open else '='} {low:g}" if lo else f"<{'' if high_open else '='} {high:g}")
+        )
         raise CodetransferError(f"{where}: expected a value {'in ' + rng if lo and hi else rng}, got {value}")
 
 
@@ -53,8 +65,9 @@ def inside(root: str | Path, path: str | Path, what: str = "path") -> Path:
     """``path`` when it stays under ``root`` (after resolving '..' and links); refuses it otherwise."""
     root_r, path_r = Path(root).resolve(), Path(path).resolve()
     if path_r != root_r and root_r not in path_r.parents:
-        raise CodetransferError(f"{what} {path} would be written outside the output folder {root}; "
-                                "rename it so that it stays inside")
+        raise CodetransferError(
+            f"{what} {path} would be written outside the output folder {root}; rename it so that it stays inside"
+        )
     return Path(path)
 
 
@@ -72,8 +85,9 @@ def check_device(device: str) -> str:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CodetransferError(f"--device: '{device}' is not available here ({msg}); use cpu or an available "
-                                "device") from None
+        raise CodetransferError(
+            f"--device: '{device}' is not available here ({msg}); use cpu or an available device"
+        ) from None
     return device
 
 
@@ -107,8 +121,9 @@ def read_record(path: str | Path, what: str, fix: str = "delete it and rerun") -
     return data
 
 
-def require_keys(record: dict, keys: dict[str, type | tuple], path: str | Path, what: str,
-                 fix: str = "delete it and rerun") -> dict:
+def require_keys(
+    record: dict, keys: dict[str, type | tuple], path: str | Path, what: str, fix: str = "delete it and rerun"
+) -> dict:
     """Refuse ``record`` when a key of ``keys`` is missing or has the wrong type."""
     for k, tp in keys.items():
         if k not in record:
@@ -130,8 +145,9 @@ def read_table(path: str | Path, what: str, columns: tuple[str, ...] = (), fix: 
     try:
         table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except Exception as e:  # pyarrow / pandas raise many types for a damaged file
-        raise CodetransferError(f"{path}: damaged {what} ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}); "
-                                f"{fix}") from None
+        raise CodetransferError(
+            f"{path}: damaged {what} ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}); {fix}"
+        ) from None
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise CodetransferError(f"{path}: damaged {what} (no column {', '.join(map(repr, missing))}); {fix}")
@@ -153,6 +169,8 @@ def check_baseline(baseline: str, recipes, where: str = "--baseline") -> str:
 
     recipes = sorted(set(recipes))
     if baseline not in recipes:
-        raise CodetransferError(f"{where}: recipe '{baseline}' is not among the recipes{did_you_mean(baseline, recipes)} "
-                                f"({', '.join(recipes)}); pick one of them")
+        raise CodetransferError(
+            f"{where}: recipe '{baseline}' is not among the recipes{did_you_mean(baseline, recipes)} "
+            f"({', '.join(recipes)}); pick one of them"
+        )
     return baseline

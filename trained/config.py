@@ -232,8 +232,9 @@ class GridConfig:
         key = {k: d[k] for k in ("model", "tokenizer", "sources", "train")}
         key["train"] = {k: v for k, v in key["train"].items() if k not in BOOKKEEPING}
         # fields added after grids were trained enter the hash only when set, so older fingerprints hold
-        key["sources"] = {n: {k: v for k, v in s.items() if not (k == "scrambled" and v is False)}
-                          for n, s in key["sources"].items()}
+        key["sources"] = {
+            n: {k: v for k, v in s.items() if not (k == "scrambled" and v is False)} for n, s in key["sources"].items()
+        }
         return artifacts.key(key)
 
 
@@ -256,9 +257,7 @@ def _build(cls, data: Any, where: str):
     unknown = set(data) - set(fields)
     if unknown:
         u = sorted(unknown)[0]
-        raise CodetransferError(
-            f"{where}.{u}: unknown field{did_you_mean(u, fields)}; allowed: {', '.join(fields)}"
-        )
+        raise CodetransferError(f"{where}.{u}: unknown field{did_you_mean(u, fields)}; allowed: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
@@ -322,7 +321,9 @@ def load_grid(spec: str | Path) -> GridConfig:
     path = Path(spec)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise CodetransferError(f"grid file {path} does not exist; give a .toml file or a preset name ({', '.join(PRESETS)})")
+            raise CodetransferError(
+                f"grid file {path} does not exist; give a .toml file or a preset name ({', '.join(PRESETS)})"
+            )
         try:
             data = tomllib.loads(read_text(path, "grid file"))
         except tomllib.TOMLDecodeError as e:
@@ -332,14 +333,29 @@ def load_grid(spec: str | Path) -> GridConfig:
 
 
 #: (field, low, high, low_open) of the numeric fields: checked at load time, before anything is written
-MODEL_RANGES = (("n_layers", 1, 256, False), ("d_model", 1, 65536, False), ("n_heads", 1, 1024, False),
-                ("d_mlp", 1, 262144, False), ("n_ctx", 2, 65536, False), ("rotary_pct", 0, 1, True))
+MODEL_RANGES = (
+    ("n_layers", 1, 256, False),
+    ("d_model", 1, 65536, False),
+    ("n_heads", 1, 1024, False),
+    ("d_mlp", 1, 262144, False),
+    ("n_ctx", 2, 65536, False),
+    ("rotary_pct", 0, 1, True),
+)
 TOKENIZER_RANGES = (("vocab_size", 300, 65535, False), ("sample_bytes", 1, None, False))
-TRAIN_RANGES = (("batch_size", 1, None, False), ("grad_accum", 1, None, False), ("weight_decay", 0, 10, False),
-                ("beta1", 0, 1, False), ("beta2", 0, 1, False), ("grad_clip", 0, None, False),
-                ("eval_every", 0, None, False), ("eval_tokens", 1, None, False), ("save_every", 1, None, False),
-                ("snapshot_every", 0, None, False), ("induction_warmup", 0, None, False),
-                ("induction_warmup_lr", 0, 10, True))
+TRAIN_RANGES = (
+    ("batch_size", 1, None, False),
+    ("grad_accum", 1, None, False),
+    ("weight_decay", 0, 10, False),
+    ("beta1", 0, 1, False),
+    ("beta2", 0, 1, False),
+    ("grad_clip", 0, None, False),
+    ("eval_every", 0, None, False),
+    ("eval_tokens", 1, None, False),
+    ("save_every", 1, None, False),
+    ("snapshot_every", 0, None, False),
+    ("induction_warmup", 0, None, False),
+    ("induction_warmup_lr", 0, 10, True),
+)
 MAX_SEED = 2**32 - 1
 
 
@@ -374,7 +390,9 @@ def _validate(g: GridConfig, where: str) -> None:
         w = f"{where}.sources.{name}"
         check_name(name, f"{where}.sources: source name")  # it names data files: nothing that makes a path
         if s.kind not in SOURCE_KINDS:
-            raise CodetransferError(f"{w}.kind: unknown kind '{s.kind}'{did_you_mean(s.kind, SOURCE_KINDS)}; allowed: {', '.join(SOURCE_KINDS)}")
+            raise CodetransferError(
+                f"{w}.kind: unknown kind '{s.kind}'{did_you_mean(s.kind, SOURCE_KINDS)}; allowed: {', '.join(SOURCE_KINDS)}"
+            )
         if not 0 < s.heldout_fraction < 1:
             raise CodetransferError(f"{w}.heldout_fraction: expected a value in (0, 1), got {s.heldout_fraction}")
         if s.kind == "files" and not s.path:
@@ -384,7 +402,9 @@ def _validate(g: GridConfig, where: str) -> None:
         if s.max_bytes < 0:
             raise CodetransferError(f"{w}.max_bytes: expected >= 0, got {s.max_bytes}")
         if s.scrambled and s.kind != "synthetic_repeats":
-            raise CodetransferError(f"{w}.scrambled: only kind 'synthetic_repeats' can be scrambled, not '{s.kind}'; drop the field")
+            raise CodetransferError(
+                f"{w}.scrambled: only kind 'synthetic_repeats' can be scrambled, not '{s.kind}'; drop the field"
+            )
     if not g.recipes:
         raise CodetransferError(f"{where}.recipes: expected at least one recipe")
     if not g.seeds:
@@ -402,8 +422,10 @@ def _validate(g: GridConfig, where: str) -> None:
         check_name(r.name, f"{w}.name")
         folder = run_folder(r.name, 0)
         if folder in folders:
-            raise CodetransferError(f"{w}.name: recipes '{folders[folder]}' and '{r.name}' would share the run folder "
-                                    f"'{run_folder(r.name, 'N')}'; rename one of them")
+            raise CodetransferError(
+                f"{w}.name: recipes '{folders[folder]}' and '{r.name}' would share the run folder "
+                f"'{run_folder(r.name, 'N')}'; rename one of them"
+            )
         folders[folder] = r.name
         if not r.phases:
             raise CodetransferError(f"{w}.phases: expected at least one phase")

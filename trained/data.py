@@ -73,8 +73,9 @@ def prepare_data(grid: GridConfig, folder: str | Path, log=print) -> dict:
     for name, s in sources.items():
         counts = {}
         for split, docs in (("train", s.train), ("heldout", s.heldout)):
-            counts[split] = _write_tokens(inside(folder, folder / f"{name}.{split}.npy", f"source '{name}':"),
-                                          encode_documents(tokenizer, docs))
+            counts[split] = _write_tokens(
+                inside(folder, folder / f"{name}.{split}.npy", f"source '{name}':"), encode_documents(tokenizer, docs)
+            )
         info[name] = {
             "kind": s.kind,
             "category": s.category,

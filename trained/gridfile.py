@@ -51,8 +51,11 @@ def _flat(v: Any) -> bool:
 
 
 def _table(d: dict, path: list[str], lines: list[str], inline_flat: bool) -> None:
-    simple = {k: v for k, v in d.items() if not (isinstance(v, dict) and not (inline_flat and _flat(v)))
-              and not _is_table_list(v)}
+    simple = {
+        k: v
+        for k, v in d.items()
+        if not (isinstance(v, dict) and not (inline_flat and _flat(v))) and not _is_table_list(v)
+    }
     for k, v in simple.items():
         lines.append(f"{_key(k)} = {_scalar(v)}")
     for k, v in d.items():

@@ -32,8 +32,15 @@ from codetransfer.trained.tokenizer import load_tokenizer
 SINGLE_WEIGHTS = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
 #: config fields that hold a model's context length, in the order they are tried
-CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length",
-                  "seq_len", "max_seq_len")
+CONTEXT_FIELDS = (
+    "max_position_embeddings",
+    "n_positions",
+    "n_ctx",
+    "seq_length",
+    "max_sequence_length",
+    "seq_len",
+    "max_seq_len",
+)
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -104,8 +111,10 @@ def check_config(folder: str | Path) -> dict:
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise CodetransferError(f"{folder}: no config.json; expected a run folder written by 'codetransfer train' "
-                                "or a checkpoint saved with save_pretrained")
+        raise CodetransferError(
+            f"{folder}: no config.json; expected a run folder written by 'codetransfer train' "
+            "or a checkpoint saved with save_pretrained"
+        )
     config = read_json(folder / "config.json", "model config")
     if not isinstance(config, dict):
         raise CodetransferError(f"{folder / 'config.json'}: expected a JSON object")
@@ -128,8 +137,10 @@ def check_config(folder: str | Path) -> dict:
 
         AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as e:  # transformers raises several types for bad configs
-        raise CodetransferError(f"{folder / 'config.json'}: transformers cannot read it ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:160]})") from None
+        raise CodetransferError(
+            f"{folder / 'config.json'}: transformers cannot read it ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]})"
+        ) from None
     context_length(config)
     return config
 

@@ -120,8 +120,9 @@ def resolve_hub_id(repo_id: str, revision: str | None = None, where: str = "hub"
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
     except Exception as e:  # network, auth, missing repo: several types
-        raise CodetransferError(f"{where}: cannot download {repo_id!r} ({type(e).__name__}); check the id, "
-                                "your network and your hub token") from None
+        raise CodetransferError(
+            f"{where}: cannot download {repo_id!r} ({type(e).__name__}); check the id, your network and your hub token"
+        ) from None
 
 
 def _int(value, where: str, low: int = 0) -> int:
@@ -141,8 +142,10 @@ def parse_model_set(data: dict, path: Path, resolve: bool = True) -> ModelSet:
     relative folders). With ``resolve``, hub ids are resolved and every folder is checked."""
     for key in data:
         if key not in TOP_FIELDS:
-            raise CodetransferError(f"{_where(path, None, key)}: unknown field{did_you_mean(key, TOP_FIELDS)}; "
-                                    f"expected {', '.join(TOP_FIELDS)}")
+            raise CodetransferError(
+                f"{_where(path, None, key)}: unknown field{did_you_mean(key, TOP_FIELDS)}; "
+                f"expected {', '.join(TOP_FIELDS)}"
+            )
     models = data.get("model")
     if not isinstance(models, list) or not models:
         raise CodetransferError(f"{path}: no [[model]] entries; add one per checkpoint (path or hub, group, seed)")
@@ -152,11 +155,14 @@ def parse_model_set(data: dict, path: Path, resolve: bool = True) -> ModelSet:
             raise CodetransferError(f"{_where(path, i, 'model')}: expected a [[model]] table")
         for key in m:
             if key not in ENTRY_FIELDS:
-                raise CodetransferError(f"{_where(path, i, key)}: unknown field{did_you_mean(key, ENTRY_FIELDS)}; "
-                                        f"expected {', '.join(ENTRY_FIELDS)}")
+                raise CodetransferError(
+                    f"{_where(path, i, key)}: unknown field{did_you_mean(key, ENTRY_FIELDS)}; "
+                    f"expected {', '.join(ENTRY_FIELDS)}"
+                )
         if ("path" in m) == ("hub" in m):
-            raise CodetransferError(f"{_where(path, i, 'path')}: give exactly one of path (a local folder) or hub "
-                                    "(a hub id)")
+            raise CodetransferError(
+                f"{_where(path, i, 'path')}: give exactly one of path (a local folder) or hub (a hub id)"
+            )
         group = _str(m.get("group"), _where(path, i, "group"))
         seed = _int(m.get("seed"), _where(path, i, "seed"))
         step = _int(m["step"], _where(path, i, "step")) if "step" in m else None
@@ -178,23 +184,29 @@ def parse_model_set(data: dict, path: Path, resolve: bool = True) -> ModelSet:
             name = f"{safe_group}-s{seed}" + (f"-step{step}" if step is not None else "")
         name = _str(name, _where(path, i, "name"))
         if not _NAME.match(name):
-            raise CodetransferError(f"{_where(path, i, 'name')}: {name!r} must be letters, digits and _ . + = - "
-                                    "(it becomes a file name)")
+            raise CodetransferError(
+                f"{_where(path, i, 'name')}: {name!r} must be letters, digits and _ . + = - (it becomes a file name)"
+            )
         if name in names:
             raise CodetransferError(
                 f"{_where(path, i, 'name')}: run name {name!r} repeats model[{names[name]}]; give distinct group, "
                 "seed or step, or a name"
             )
         names[name] = i
-        entries.append(ModelEntry(name=name, group=group, seed=seed, source=source, folder=Path(folder),
-                                  step=step, revision=revision))
+        entries.append(
+            ModelEntry(
+                name=name, group=group, seed=seed, source=source, folder=Path(folder), step=step, revision=revision
+            )
+        )
     groups = list(dict.fromkeys(e.group for e in entries))
     baseline = data.get("baseline")
     if baseline is not None:
         baseline = _str(baseline, _where(path, None, "baseline"))
         if baseline not in groups:
-            raise CodetransferError(f"{_where(path, None, 'baseline')}: {baseline!r} is not a group of the set"
-                                    f"{did_you_mean(baseline, groups)} ({', '.join(groups)})")
+            raise CodetransferError(
+                f"{_where(path, None, 'baseline')}: {baseline!r} is not a group of the set"
+                f"{did_you_mean(baseline, groups)} ({', '.join(groups)})"
+            )
     name = _str(data.get("name", path.stem), _where(path, None, "name"))
     if resolve:
         for i, e in enumerate(entries):
@@ -267,8 +279,18 @@ def entry_record(entry: ModelEntry, set_name: str) -> dict:
 def model_runs(model_set: ModelSet | str | Path) -> list[RunInfo]:
     """Run infos of a model set's checkpoints (group as recipe), ready for ``load_run`` and the analyses."""
     ms = model_set if isinstance(model_set, ModelSet) else load_model_set(model_set)
-    return [RunInfo(name=e.name, path=e.folder, recipe=e.group, seed=e.seed, status="complete", grid=ms.name,
-                    record=entry_record(e, ms.name)) for e in ms.entries]
+    return [
+        RunInfo(
+            name=e.name,
+            path=e.folder,
+            recipe=e.group,
+            seed=e.seed,
+            status="complete",
+            grid=ms.name,
+            record=entry_record(e, ms.name),
+        )
+        for e in ms.entries
+    ]
 
 
 def folder_run(folder: str | Path, group: str = "model", seed: int = 0, name: str | None = None) -> RunInfo:
@@ -276,8 +298,15 @@ def folder_run(folder: str | Path, group: str = "model", seed: int = 0, name: st
     folder = Path(folder)
     check_model_folder(folder)
     entry = ModelEntry(name=name or folder.name, group=group, seed=seed, source=str(folder), folder=folder)
-    return RunInfo(name=entry.name, path=folder, recipe=group, seed=seed, status="complete", grid="",
-                   record=entry_record(entry, ""))
+    return RunInfo(
+        name=entry.name,
+        path=folder,
+        recipe=group,
+        seed=seed,
+        status="complete",
+        grid="",
+        record=entry_record(entry, ""),
+    )
 
 
 def policy_table(runs: list[RunInfo]):
@@ -289,10 +318,20 @@ def policy_table(runs: list[RunInfo]):
     for r in runs:
         rec = r.record
         pol = rec.get("bos_policy") or {}
-        rows.append({"run": r.name, "recipe": r.recipe, "seed": r.seed, "step": rec.get("steps"),
-                     "checkpoint": rec.get("checkpoint", str(r.path)), "model_type": rec.get("model", {}).get("model_type"),
-                     "n_ctx": rec.get("n_ctx") or rec.get("model", {}).get("n_ctx"),
-                     "bos_token": pol.get("bos_token"), "bos_from": pol.get("bos_from"), "pad_from": pol.get("pad_from")})
+        rows.append(
+            {
+                "run": r.name,
+                "recipe": r.recipe,
+                "seed": r.seed,
+                "step": rec.get("steps"),
+                "checkpoint": rec.get("checkpoint", str(r.path)),
+                "model_type": rec.get("model", {}).get("model_type"),
+                "n_ctx": rec.get("n_ctx") or rec.get("model", {}).get("n_ctx"),
+                "bos_token": pol.get("bos_token"),
+                "bos_from": pol.get("bos_from"),
+                "pad_from": pol.get("pad_from"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -306,12 +345,16 @@ def select_runs(runs: str | Path | None = None, models: str | Path | None = None
     from codetransfer.trained.runs import find_runs
 
     if (runs is None) == (models is None):
-        raise CodetransferError("--runs / --models: give exactly one: a grid output folder (--runs) or a model-set "
-                                "TOML file (--models, see docs/models.md)")
+        raise CodetransferError(
+            "--runs / --models: give exactly one: a grid output folder (--runs) or a model-set "
+            "TOML file (--models, see docs/models.md)"
+        )
     if models is not None:
         return model_runs(models)
     found = find_runs(Path(runs), complete_only=True)
     if not found:
-        raise CodetransferError(f"--runs: no complete runs in {runs}; train them with 'codetransfer train', or "
-                                "name checkpoints in a model-set file and pass --models FILE")
+        raise CodetransferError(
+            f"--runs: no complete runs in {runs}; train them with 'codetransfer train', or "
+            "name checkpoints in a model-set file and pass --models FILE"
+        )
     return found

@@ -106,10 +106,12 @@ def plan_tasks(grid: GridConfig, recipes: list[Recipe], seeds, out: Path, shared
             if same and rec.get("status") == "complete":
                 tasks.append(Task("run", seed, recipe.name, (), 0))  # logs "complete, skipped"
                 continue
-            keys = {k: _prefix_json(recipe, k) for k in range(len(recipe.phases) - 1)
-                    if _prefix_json(recipe, k) in shared}
-            after = [i for r, i in seen if any(_prefix_json(r, k) == key for k, key in keys.items()
-                                                if k < len(r.phases) - 1)]
+            keys = {
+                k: _prefix_json(recipe, k) for k in range(len(recipe.phases) - 1) if _prefix_json(recipe, k) in shared
+            }
+            after = [
+                i for r, i in seen if any(_prefix_json(r, k) == key for k, key in keys.items() if k < len(r.phases) - 1)
+            ]
             done_steps = _state_step(run_dir) if same else 0
             branch_k = None
             if not done_steps:
@@ -119,8 +121,9 @@ def plan_tasks(grid: GridConfig, recipes: list[Recipe], seeds, out: Path, shared
                         branch_k = k
                         break
             if branch_k is not None:
-                done_steps = sum(phase_steps(p, grid.train.batch_size, grid.model.n_ctx)
-                                 for p in recipe.phases[: branch_k + 1])
+                done_steps = sum(
+                    phase_steps(p, grid.train.batch_size, grid.model.n_ctx) for p in recipe.phases[: branch_k + 1]
+                )
             total = sum(phase_steps(p, grid.train.batch_size, grid.model.n_ctx) for p in recipe.phases)
             fresh = not done_steps
             if fresh and grid.train.induction_warmup and warm_index is None and not _distributed():
@@ -129,7 +132,9 @@ def plan_tasks(grid: GridConfig, recipes: list[Recipe], seeds, out: Path, shared
             if warm_index is not None and fresh:
                 after.append(warm_index)
             seen.append((recipe, len(tasks)))
-            tasks.append(Task("run", seed, recipe.name, tuple(sorted(set(after))), max(0, total - done_steps) * step_tokens))
+            tasks.append(
+                Task("run", seed, recipe.name, tuple(sorted(set(after))), max(0, total - done_steps) * step_tokens)
+            )
     return tasks
 
 
@@ -216,13 +221,15 @@ def _worker_init(parent: int) -> None:
 
 def _worker(grid: GridConfig, task: Task, out: str, shared: dict, device: str) -> dict:
     messages: list[str] = []
-    result = run_task(grid, task, Path(out), shared, device, False,
-                      lambda *a, **k: messages.append(" ".join(str(x) for x in a)))
+    result = run_task(
+        grid, task, Path(out), shared, device, False, lambda *a, **k: messages.append(" ".join(str(x) for x in a))
+    )
     return {**result, "messages": messages}
 
 
-def run_tasks(grid: GridConfig, tasks: list[Task], out: Path, shared: dict, *, device: str, jobs: int,
-              progress: bool, log) -> None:
+def run_tasks(
+    grid: GridConfig, tasks: list[Task], out: Path, shared: dict, *, device: str, jobs: int, progress: bool, log
+) -> None:
     """Do ``tasks`` in order (``jobs=1``, in this process) or on ``jobs`` worker processes, each task once
     its dependencies are done; prints a line per finished run and the grid's tokens/s and ETA."""
     total = sum(t.tokens for t in tasks)
@@ -243,13 +250,17 @@ def run_tasks(grid: GridConfig, tasks: list[Task], out: Path, shared: dict, *, d
         state["tokens"] += result["tokens"]
         state["done"] += 1
         tok, sec = result["tokens"], result["seconds"]
-        log(f"run {run_name(task.recipe, task.seed)}: {tok:,} tokens in {sec:.0f}s, {tok / max(sec, 1e-9):,.0f} tokens/s")
+        log(
+            f"run {run_name(task.recipe, task.seed)}: {tok:,} tokens in {sec:.0f}s, {tok / max(sec, 1e-9):,.0f} tokens/s"
+        )
         elapsed = time.perf_counter() - state["t0"]
         rate = state["tokens"] / max(elapsed, 1e-9)
         left = max(0, total - state["tokens"])
         eta = f"ETA {left / rate:.0f}s" if rate > 0 and left else ("done" if not left else "ETA ?")
-        log(f"grid: {state['done']}/{n_runs} runs, {state['tokens']:,}/{total:,} tokens, {rate:,.0f} tokens/s, "
-            f"{elapsed:.0f}s, {eta}")
+        log(
+            f"grid: {state['done']}/{n_runs} runs, {state['tokens']:,}/{total:,} tokens, {rate:,.0f} tokens/s, "
+            f"{elapsed:.0f}s, {eta}"
+        )
 
     if jobs == 1:
         for task in tasks:

@@ -49,8 +49,12 @@ def mix(code_share: float, synthetic_code_boost: float = 1.0) -> dict[str, float
     text = 1.0 - code_share
     syn = SYNTHETIC_SHARE
     code_synth = syn * synthetic_code_boost / (syn * synthetic_code_boost + 1 - syn)
-    out = {"gcide": text * (1 - syn), "narratives": text * syn,
-           "stdlib": code_share * (1 - code_synth), "programs": code_share * code_synth}
+    out = {
+        "gcide": text * (1 - syn),
+        "narratives": text * syn,
+        "stdlib": code_share * (1 - code_synth),
+        "programs": code_share * code_synth,
+    }
     return {k: round(v, 6) for k, v in out.items() if v > 0}
 
 
@@ -89,8 +93,11 @@ def recipes(tokens: int, peak_lr: float, full: bool) -> tuple[Recipe, ...]:
             (init_bal, Phase("text", mix(0.1), main - half, hold), Phase("cooldown", mix(0.0), tail, cool)),
             "balanced->text with a text-only cooldown (control for the code cooldown)",
         ),
-        Recipe("additive-50", (Phase("main", mix(0.5), 2 * tokens, lr),),
-               "additive mixing: the text-only run's text tokens plus as many code tokens"),
+        Recipe(
+            "additive-50",
+            (Phase("main", mix(0.5), 2 * tokens, lr),),
+            "additive mixing: the text-only run's text tokens plus as many code tokens",
+        ),
     ]
     # competitive mixing at 50% is 'balanced' (fixed total tokens)
     return tuple(core + extra)
@@ -119,8 +126,9 @@ def _tiny(full: bool) -> GridConfig:
         recipes=recipes(tokens=1_000_000, peak_lr=3e-3, full=full),
         seeds=(0,),
         # snapshots every 250 of the ~977 steps: 3 intermediate checkpoints for the learning curves
-        train=TrainConfig(batch_size=8, eval_every=250, eval_tokens=8192, save_every=250, snapshot_every=250,
-                          induction_warmup=1000),
+        train=TrainConfig(
+            batch_size=8, eval_every=250, eval_tokens=8192, save_every=250, snapshot_every=250, induction_warmup=1000
+        ),
     )
 
 
@@ -141,7 +149,7 @@ def _gpu() -> GridConfig:
     return GridConfig(
         name="gpu",
         description="12 layers, d_model 768 (~85M non-embedding params), 100M tokens per run, 1 seed: "
-                    "about an hour on one H100/H200 for the whole grid",
+        "about an hour on one H100/H200 for the whole grid",
         model=ModelConfig(n_layers=12, d_model=768, n_heads=12, d_mlp=3072, n_ctx=1024),
         tokenizer=TokenizerConfig(vocab_size=8192, sample_bytes=20_000_000),
         sources=sources(0),

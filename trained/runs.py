@@ -100,13 +100,17 @@ def train_grid(
     if seeds is not None:
         for s in seeds:
             if s not in grid.seeds:
-                raise CodetransferError(f"--seed: seed {s} is not a seed of grid '{grid.name}' "
-                                        f"(seeds: {', '.join(map(str, grid.seeds))}); add it to the grid's seeds")
+                raise CodetransferError(
+                    f"--seed: seed {s} is not a seed of grid '{grid.name}' "
+                    f"(seeds: {', '.join(map(str, grid.seeds))}); add it to the grid's seeds"
+                )
     if only:
         names = [r.name for r in grid.recipes]
         for o in only:
             if o not in names:
-                raise CodetransferError(f"--only: unknown recipe '{o}'{did_you_mean(o, names)}; recipes: {', '.join(names)}")
+                raise CodetransferError(
+                    f"--only: unknown recipe '{o}'{did_you_mean(o, names)}; recipes: {', '.join(names)}"
+                )
         recipes = [r for r in recipes if r.name in only]
     check_out_folder(grid, out)
     t0 = time.time()
@@ -169,8 +173,10 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log):
         for k in sorted(branch_dirs, reverse=True):
             if (branch_dirs[k] / "LATEST").exists():
                 start_from, start_phase = branch_dirs[k], k + 1
-                branched = {"state": str(branch_dirs[k].relative_to(out)),
-                            "phases": [p.name for p in recipe.phases[: k + 1]]}
+                branched = {
+                    "state": str(branch_dirs[k].relative_to(out)),
+                    "phases": [p.name for p in recipe.phases[: k + 1]],
+                }
                 log(f"run {run_dir.name}: branching from shared phases {branched['phases']}")
                 break
     record = {
@@ -187,32 +193,49 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log):
         "torch_version": torch.__version__,
         "data_manifest_sha256": data_hash(out / "data"),
         "tokenizer_sha256": read_json(out / "data" / "manifest.json", "data manifest")["tokenizer_sha256"],
-        "branched_from": branched if branched else (read_run_record(record_path).get("branched_from")
-                                                    if record_path.exists() else None),
+        "branched_from": branched
+        if branched
+        else (read_run_record(record_path).get("branched_from") if record_path.exists() else None),
     }
     if _rank() == 0:
         _write_json(record_path, record)
     _barrier()
     t0 = time.time()
-    cursor = train_run(grid, recipe, seed, out / "data", run_dir, device=device, start_from=start_from,
-                       start_phase=start_phase, branch_dirs=branch_dirs, progress=progress)
+    cursor = train_run(
+        grid,
+        recipe,
+        seed,
+        out / "data",
+        run_dir,
+        device=device,
+        start_from=start_from,
+        start_phase=start_phase,
+        branch_dirs=branch_dirs,
+        progress=progress,
+    )
     n_ctx, bs = grid.model.n_ctx, grid.train.batch_size
     val = _last_val(run_dir / "metrics.jsonl")
     record.update(
         status="complete",
         steps=cursor.step,
-        tokens_by_phase=[{"phase": p.name, "steps": phase_steps(p, bs, n_ctx), "tokens": toks}
-                         for p, toks in zip(recipe.phases, cursor.tokens_by_phase)],
-        tokens_by_source={s: sum(t.get(s, 0) for t in cursor.tokens_by_phase)
-                          for s in sorted({s for t in cursor.tokens_by_phase for s in t})},
+        tokens_by_phase=[
+            {"phase": p.name, "steps": phase_steps(p, bs, n_ctx), "tokens": toks}
+            for p, toks in zip(recipe.phases, cursor.tokens_by_phase)
+        ],
+        tokens_by_source={
+            s: sum(t.get(s, 0) for t in cursor.tokens_by_phase)
+            for s in sorted({s for t in cursor.tokens_by_phase for s in t})
+        },
         final_val_loss=val,
         train_seconds=round(time.time() - t0, 1),
     )
     if _rank() == 0:
         _write_json(record_path, record)
     _barrier()
-    log(f"run {run_dir.name}: complete in {time.time() - t0:.0f}s, val loss "
-        + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
+    log(
+        f"run {run_dir.name}: complete in {time.time() - t0:.0f}s, val loss "
+        + ", ".join(f"{k} {v:.3f}" for k, v in val.items())
+    )
 
 
 def _last_val(path: Path) -> dict[str, float]:
@@ -234,7 +257,9 @@ def find_runs(folder: str | Path, complete_only: bool = False) -> list[RunInfo]:
     """Runs under ``folder`` (a grid output folder, its ``runs/`` folder, or one run folder)."""
     folder = Path(folder)
     if not folder.exists():
-        raise CodetransferError(f"{folder} does not exist; train a grid first ('codetransfer train tiny --out {folder}')")
+        raise CodetransferError(
+            f"{folder} does not exist; train a grid first ('codetransfer train tiny --out {folder}')"
+        )
     check_folder(folder, "--runs")
     if (folder / RUN_FILE).exists():
         candidates = [folder]
@@ -244,8 +269,15 @@ def find_runs(folder: str | Path, complete_only: bool = False) -> list[RunInfo]:
     runs = []
     for p in candidates:
         rec = read_run_record(p / RUN_FILE)
-        info = RunInfo(name=p.name, path=p, recipe=rec["recipe"], seed=rec["seed"], status=rec.get("status", "new"),
-                       grid=rec.get("grid", ""), record=rec)
+        info = RunInfo(
+            name=p.name,
+            path=p,
+            recipe=rec["recipe"],
+            seed=rec["seed"],
+            status=rec.get("status", "new"),
+            grid=rec.get("grid", ""),
+            record=rec,
+        )
         if not complete_only or info.status == "complete":
             runs.append(info)
     return runs
@@ -289,9 +321,12 @@ def _borrowed_checkpoints(info: RunInfo) -> dict[int, Path]:
     branch_step = sum(steps)
     for other in find_runs(Path(info.path).parent, complete_only=True):
         o = other.record
-        if (other.name == info.name or other.seed != info.seed
-                or o.get("grid_fingerprint") != rec.get("grid_fingerprint")
-                or o.get("recipe_config", {}).get("phases", [])[:k] != phases):
+        if (
+            other.name == info.name
+            or other.seed != info.seed
+            or o.get("grid_fingerprint") != rec.get("grid_fingerprint")
+            or o.get("recipe_config", {}).get("phases", [])[:k] != phases
+        ):
             continue
         if o.get("branched_from") and len(o["branched_from"].get("phases", [])) >= k:
             continue  # it branched from the same (or a longer) shared state: it did not train these phases
@@ -332,7 +367,9 @@ class LoadedRun:
     info: RunInfo
 
 
-def load_run(path: str | Path | RunInfo, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LoadedRun:
+def load_run(
+    path: str | Path | RunInfo, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> LoadedRun:
     """Load a complete run as a TransformerBridge booted fresh from its folder, plus tokenizer.
 
     ``path`` is a run folder, a run info (from :func:`find_runs` or a model set), or any checkpoint
@@ -358,11 +395,16 @@ def runs_table(folder: str | Path) -> pd.DataFrame:
     rows = []
     for r in find_runs(folder):
         rec = r.record
-        row = {"run": r.name, "recipe": r.recipe, "seed": r.seed, "status": r.status,
-               "phases": "→".join(p["name"] for p in rec.get("recipe_config", {}).get("phases", [])),
-               "steps": rec.get("steps"),
-               "branched_from": "→".join(rec["branched_from"]["phases"]) if rec.get("branched_from") else "",
-               "data": rec.get("data_manifest_sha256", "")}
+        row = {
+            "run": r.name,
+            "recipe": r.recipe,
+            "seed": r.seed,
+            "status": r.status,
+            "phases": "→".join(p["name"] for p in rec.get("recipe_config", {}).get("phases", [])),
+            "steps": rec.get("steps"),
+            "branched_from": "→".join(rec["branched_from"]["phases"]) if rec.get("branched_from") else "",
+            "data": rec.get("data_manifest_sha256", ""),
+        }
         for s, n in rec.get("tokens_by_source", {}).items():
             row[f"tokens/{s}"] = n
         for s, v in rec.get("final_val_loss", {}).items():

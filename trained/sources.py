@@ -240,20 +240,32 @@ def _synthetic(out: SourceData, cfg: SourceConfig, seed: int) -> None:
         from codetransfer.tasks import corpus
     except ImportError as e:
         raise CodetransferError(f"sources.{out.name}: the world simulator is not available ({e})") from None
-    kind = {"synthetic_narrative": "narrative", "synthetic_program": "program", "synthetic_repeats": "repeats"}[cfg.kind]
+    kind = {"synthetic_narrative": "narrative", "synthetic_program": "program", "synthetic_repeats": "repeats"}[
+        cfg.kind
+    ]
     budget = cfg.max_bytes or DEFAULT_SYNTHETIC_BYTES
     n_held = max(1, int(budget * cfg.heldout_fraction))
     for split, target, dest in (("train", budget - n_held, out.train), ("heldout", n_held, out.heldout)):
         total = 0
-        docs = (corpus.repeat_documents(10**9, seed=seed, scrambled=cfg.scrambled, split=split) if kind == "repeats"
-                else corpus.synthetic_documents(kind, n=10**9, seed=seed, split=split))
+        docs = (
+            corpus.repeat_documents(10**9, seed=seed, scrambled=cfg.scrambled, split=split)
+            if kind == "repeats"
+            else corpus.synthetic_documents(kind, n=10**9, seed=seed, split=split)
+        )
         for doc in docs:
             dest.append(doc)
             total += len(doc.encode())
             if total >= target:
                 break
-    out.provenance = {"generator": f"codetransfer.tasks.corpus:{kind}", "version": corpus.VERSION, "seed": seed,
-                      "bytes": budget}
+    out.provenance = {
+        "generator": f"codetransfer.tasks.corpus:{kind}",
+        "version": corpus.VERSION,
+        "seed": seed,
+        "bytes": budget,
+    }
     if kind == "repeats":
-        out.provenance.update(version=corpus.REPEATS_VERSION, scrambled=cfg.scrambled,
-                              lexicon_sha256=sha256("\n".join(corpus.repeat_lexicon())))
+        out.provenance.update(
+            version=corpus.REPEATS_VERSION,
+            scrambled=cfg.scrambled,
+            lexicon_sha256=sha256("\n".join(corpus.repeat_lexicon())),
+        )

@@ -72,7 +72,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         raise CodetransferError(f"tokenizer: {BOS} did not get id 0; report this as a bug")
     tok.post_processor = bos_post_processor()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
         model_max_length=model_max_length or UNKNOWN_MAX_LENGTH,
     )
 
@@ -93,13 +96,20 @@ class BosPolicy:
     """'pad' (the tokenizer's own pad token) or 'eos' (it has none; its EOS is used)."""
 
     def as_dict(self) -> dict:
-        return {"bos_id": self.bos_id, "bos_token": self.bos_token, "bos_from": self.bos_from,
-                "pad_id": self.pad_id, "pad_from": self.pad_from}
+        return {
+            "bos_id": self.bos_id,
+            "bos_token": self.bos_token,
+            "bos_from": self.bos_from,
+            "pad_id": self.pad_id,
+            "pad_from": self.pad_from,
+        }
 
 
 def bos_policy(tokenizer) -> BosPolicy:
     """The BOS / pad policy of a loaded tokenizer (after :func:`load_tokenizer` filled the gaps)."""
-    return tokenizer.codetransfer_bos_policy if hasattr(tokenizer, "codetransfer_bos_policy") else _policy(tokenizer, "")
+    return (
+        tokenizer.codetransfer_bos_policy if hasattr(tokenizer, "codetransfer_bos_policy") else _policy(tokenizer, "")
+    )
 
 
 def _policy(tok, folder) -> BosPolicy:
@@ -183,8 +193,10 @@ def add_bos_to_saved_tokenizer(folder: str | Path, n_ctx: int) -> None:
     folder = Path(folder)
     tok = load_tokenizer(folder)
     if (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) != (0, 1, 2) or tok.convert_ids_to_tokens(0) != BOS:
-        raise CodetransferError(f"tokenizer in {folder}: not a codetransfer tokenizer (bos/eos/pad 0/1/2); "
-                                "other tokenizers keep their own special-token policy")
+        raise CodetransferError(
+            f"tokenizer in {folder}: not a codetransfer tokenizer (bos/eos/pad 0/1/2); "
+            "other tokenizers keep their own special-token policy"
+        )
     if n_ctx < 1:
         raise CodetransferError(f"n_ctx: expected the model's context length (>= 1), got {n_ctx}")
     tok.backend_tokenizer.post_processor = bos_post_processor()
@@ -222,6 +234,5 @@ def char_to_token(offsets: Sequence[tuple[int, int]], char_end: int) -> int:
         if start <= c < end:
             return i
     raise CodetransferError(
-        f"char_end: position {char_end} is outside the prompt ({offsets[-1][1]} characters); "
-        "check the item's spans"
+        f"char_end: position {char_end} is outside the prompt ({offsets[-1][1]} characters); check the item's spans"
     )

@@ -180,8 +180,16 @@ class Progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="tok", unit_scale=True,
-                            dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit="tok",
+                unit_scale=True,
+                dynamic_ncols=True,
+                file=sys.stderr,
+                mininterval=1.0,
+            )
 
     def update(self, n: int, **post):
         if self.bar is not None:
@@ -245,7 +253,9 @@ def train_run(
     if rank == 0:
         _truncate_metrics(metrics, cursor.step)
     if fresh and t.induction_warmup:
-        _warm_up(model, grid, seed, data_dir, tokenizer_vocab, device, metrics if rank == 0 else None, progress and rank == 0)
+        _warm_up(
+            model, grid, seed, data_dir, tokenizer_vocab, device, metrics if rank == 0 else None, progress and rank == 0
+        )
     total_tokens = sum(phase_steps(p, t.batch_size, n_ctx) for p in recipe.phases) * t.batch_size * n_ctx
     done_tokens = sum(phase_steps(p, t.batch_size, n_ctx) for p in recipe.phases[: cursor.phase])
     done_tokens = (done_tokens + cursor.step_in_phase) * t.batch_size * n_ctx
@@ -311,8 +321,13 @@ def train_run(
                 )
             bar.update(t.batch_size * n_ctx, loss=f"{loss:.3f}", phase=phase.name)
             now = time.perf_counter()
-            record = {"step": cursor.step, "phase": phase.name, "lr": lr, "loss": loss,
-                      "tokens_per_s": round(tok_last / max(now - t_last, 1e-9))}
+            record = {
+                "step": cursor.step,
+                "phase": phase.name,
+                "lr": lr,
+                "loss": loss,
+                "tokens_per_s": round(tok_last / max(now - t_last, 1e-9)),
+            }
             for s in sorted(set(src)):
                 record[f"loss/{s}"] = float(row_loss[[i for i, r in enumerate(src) if r == s]].mean())
             log(record)
@@ -343,8 +358,9 @@ def train_run(
     return cursor
 
 
-def _warm_up(model, grid: GridConfig, seed: int, data_dir: Path, vocab_size: int, device, metrics: Path | None,
-             progress: bool) -> None:
+def _warm_up(
+    model, grid: GridConfig, seed: int, data_dir: Path, vocab_size: int, device, metrics: Path | None, progress: bool
+) -> None:
     """The induction warm-up of a run started from scratch (``trained/warmup.py``), cached per seed under
     ``data_dir/warmup``; its copy loss goes to ``metrics.jsonl`` as ``{"warmup_step", "copy_loss"}`` lines."""
     from codetransfer.trained.warmup import warmed_up_state
@@ -356,12 +372,27 @@ def _warm_up(model, grid: GridConfig, seed: int, data_dir: Path, vocab_size: int
         if step % 50 == 0 or step == t.induction_warmup:
             records.append({"warmup_step": step, "copy_loss": round(loss, 4)})
             if progress:
-                print(f"\r  induction warm-up s{seed}: step {step}/{t.induction_warmup}, copy loss {loss:.3f}, "
-                      f"{time.perf_counter() - t0:.0f}s", end="", file=sys.stderr, flush=True)
+                print(
+                    f"\r  induction warm-up s{seed}: step {step}/{t.induction_warmup}, copy loss {loss:.3f}, "
+                    f"{time.perf_counter() - t0:.0f}s",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     key = {"model": asdict(grid.model), "rows": "periodic-32x48-v1"}
-    computed = warmed_up_state(model, data_dir / "warmup", key, vocab_size, t.induction_warmup, t.induction_warmup_lr,
-                               seed, device, log, write=metrics is not None)
+    computed = warmed_up_state(
+        model,
+        data_dir / "warmup",
+        key,
+        vocab_size,
+        t.induction_warmup,
+        t.induction_warmup_lr,
+        seed,
+        device,
+        log,
+        write=metrics is not None,
+    )
     if progress and computed:
         print(file=sys.stderr)
     if metrics is None:

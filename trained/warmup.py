@@ -69,7 +69,12 @@ def periodic_rows(
 
 
 def induction_warmup(
-    model, vocab_size: int, steps: int, lr: float, seed: int, device: str | torch.device = "cpu",
+    model,
+    vocab_size: int,
+    steps: int,
+    lr: float,
+    seed: int,
+    device: str | torch.device = "cpu",
     log: Callable[[int, float], None] | None = None,
 ) -> float:
     """Train ``model`` in place for ``steps`` steps on :func:`periodic_rows`; returns the last copy loss
@@ -100,8 +105,16 @@ def induction_warmup(
 
 
 def warmed_up_state(
-    model, cache_dir: Path, key: dict, vocab_size: int, steps: int, lr: float, seed: int,
-    device: str | torch.device = "cpu", log: Callable[[int, float], None] | None = None, write: bool = True,
+    model,
+    cache_dir: Path,
+    key: dict,
+    vocab_size: int,
+    steps: int,
+    lr: float,
+    seed: int,
+    device: str | torch.device = "cpu",
+    log: Callable[[int, float], None] | None = None,
+    write: bool = True,
 ) -> bool:
     """Bring ``model`` (freshly built for ``seed``) to its warmed-up weights: load them from ``cache_dir`` if
     a run with the same ``key`` (model shape etc.), steps, lr and seed computed them, else compute them
@@ -115,7 +128,9 @@ def warmed_up_state(
             device_of = next(model.parameters()).device
             missing, unexpected = model.load_state_dict({k: v.to(device_of) for k, v in state.items()}, strict=False)
         except Exception as e:  # a truncated or foreign file
-            raise CodetransferError(f"induction warm-up cache {path} is unreadable ({type(e).__name__}); delete it and rerun") from None
+            raise CodetransferError(
+                f"induction warm-up cache {path} is unreadable ({type(e).__name__}); delete it and rerun"
+            ) from None
         tied = {k for k in missing if "lm_head" in k or "embed_out" in k}  # saved once, under the embedding
         if unexpected or set(missing) - tied:
             raise CodetransferError(

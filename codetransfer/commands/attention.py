@@ -26,25 +26,42 @@ OVER_TRAINING_FILE = "attention_over_training.parquet"
 
 def add_arguments(p) -> None:
     p.add_argument("--runs", default=None, help="a grid output folder (or its runs/ folder, or one run)")
-    p.add_argument("--models", default=None,
-                   help="a model-set TOML file naming checkpoints (instead of --runs; see docs/models.md)")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="a model-set TOML file naming checkpoints (instead of --runs; see docs/models.md)",
+    )
     p.add_argument("--out", required=True, help=f"results folder (created); {OUT_FILE} goes there")
-    p.add_argument("--tasks", default=None,
-                   help="comma-separated task families (default: all; see `codetransfer tasks`; 'none' for random tokens only)")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated task families (default: all; see `codetransfer tasks`; 'none' for random tokens only)",
+    )
     p.add_argument("--n-items", type=int, default=64, help="items per task (default 64)")
     p.add_argument("--n-seqs", type=int, default=32, help="repeated random sequences (default 32)")
-    p.add_argument("--half-len", type=int, default=None,
-                   help="tokens per half of a repeated random sequence (default 20, or what fits the context)")
+    p.add_argument(
+        "--half-len",
+        type=int,
+        default=None,
+        help="tokens per half of a repeated random sequence (default 20, or what fits the context)",
+    )
     p.add_argument("--ablation", choices=("mean", "zero"), default="mean", help="head ablation (default mean)")
-    p.add_argument("--max-difficulty", type=int, default=None,
-                   help="only items of this difficulty or lower (keeps prompts inside small models' context)")
+    p.add_argument(
+        "--max-difficulty",
+        type=int,
+        default=None,
+        help="only items of this difficulty or lower (keeps prompts inside small models' context)",
+    )
     p.add_argument("--seed", type=int, default=0, help="item generator, random tokens and bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="rows per forward (default 32)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--checkpoints", action="store_true",
-                   help=f"also score every saved checkpoint of every run (pattern scores and induction loss over "
-                        f"training) into {OVER_TRAINING_FILE}; runs need the grid field train.snapshot_every > 0")
+    p.add_argument(
+        "--checkpoints",
+        action="store_true",
+        help=f"also score every saved checkpoint of every run (pattern scores and induction loss over "
+        f"training) into {OVER_TRAINING_FILE}; runs need the grid field train.snapshot_every > 0",
+    )
 
 
 def run(args) -> int:
@@ -53,8 +70,13 @@ def run(args) -> int:
     from codetransfer.tasks import get_task, task_names
     from codetransfer.trained.modelset import select_runs
 
-    for flag, value, low in (("--n-items", args.n_items, 1), ("--n-seqs", args.n_seqs, 1), ("--half-len", args.half_len or 2, 2),
-                             ("--batch-size", args.batch_size, 1), ("--n-boot", args.n_boot, 0)):
+    for flag, value, low in (
+        ("--n-items", args.n_items, 1),
+        ("--n-seqs", args.n_seqs, 1),
+        ("--half-len", args.half_len or 2, 2),
+        ("--batch-size", args.batch_size, 1),
+        ("--n-boot", args.n_boot, 0),
+    ):
         if value < low:
             raise CodetransferError(f"{flag}: expected an integer >= {low}, got {value}")
     out = Path(args.out)
@@ -69,11 +91,23 @@ def run(args) -> int:
     for t in tasks:
         get_task(t)  # unknown names: one-line did-you-mean error, before any work
     infos = select_runs(args.runs, args.models)
-    tables = attention_grid(infos, tasks, n_items=args.n_items, n_seqs=args.n_seqs, half_len=args.half_len,
-                            ablation=args.ablation, max_difficulty=args.max_difficulty, seed=args.seed,
-                            batch_size=args.batch_size, n_boot=args.n_boot, checkpoints=args.checkpoints,
-                            device=args.device)
+    tables = attention_grid(
+        infos,
+        tasks,
+        n_items=args.n_items,
+        n_seqs=args.n_seqs,
+        half_len=args.half_len,
+        ablation=args.ablation,
+        max_difficulty=args.max_difficulty,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        n_boot=args.n_boot,
+        checkpoints=args.checkpoints,
+        device=args.device,
+    )
     write_tables(out, tables)
-    print(f"wrote {out / OUT_FILE} ({len(tables[OUT_FILE])} rows, {len(infos)} runs, tasks: {', '.join(tasks) or 'none'})"
-          + (f", {out / OVER_TRAINING_FILE}" if OVER_TRAINING_FILE in tables else ""))
+    print(
+        f"wrote {out / OUT_FILE} ({len(tables[OUT_FILE])} rows, {len(infos)} runs, tasks: {', '.join(tasks) or 'none'})"
+        + (f", {out / OVER_TRAINING_FILE}" if OVER_TRAINING_FILE in tables else "")
+    )
     return 0

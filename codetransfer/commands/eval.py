@@ -33,26 +33,45 @@ DEFAULT_BASELINE = "text-only"
 
 def add_arguments(p) -> None:
     p.add_argument("--runs", default=None, help="a grid output folder (or its runs/ folder, or one run)")
-    p.add_argument("--models", default=None,
-                   help="a model-set TOML file naming checkpoints (instead of --runs; see docs/models.md)")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="a model-set TOML file naming checkpoints (instead of --runs; see docs/models.md)",
+    )
     p.add_argument("--out", required=True, help="results folder (created); eval.parquet, summary.csv go there")
-    p.add_argument("--tasks", default=None, help="comma-separated task families (default: all; see `codetransfer tasks`)")
+    p.add_argument(
+        "--tasks", default=None, help="comma-separated task families (default: all; see `codetransfer tasks`)"
+    )
     p.add_argument("--n-items", type=int, default=200, help="items per task (default 200)")
     p.add_argument("--seed", type=int, default=0, help="item generator and bootstrap seed (default 0)")
     p.add_argument("--baseline", default=None, help=f"baseline recipe of the summary (default '{DEFAULT_BASELINE}')")
     p.add_argument("--batch-size", type=int, default=32, help="rows per forward (default 32)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    p.add_argument("--heldout-windows", type=int, default=64,
-                   help="held-out context windows per source (default 64; 0 skips the held-out loss)")
+    p.add_argument(
+        "--heldout-windows",
+        type=int,
+        default=64,
+        help="held-out context windows per source (default 64; 0 skips the held-out loss)",
+    )
     p.add_argument("--max-difficulty", type=int, default=None, help="keep items of this difficulty or lower")
-    p.add_argument("--fit-context", action="store_true",
-                   help="drop the difficulty levels whose items are longer than the models' context (default: refuse)")
+    p.add_argument(
+        "--fit-context",
+        action="store_true",
+        help="drop the difficulty levels whose items are longer than the models' context (default: refuse)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--checkpoints", action="store_true",
-                   help="also score every saved checkpoint of every run: learning curves in learning.parquet")
+    p.add_argument(
+        "--checkpoints",
+        action="store_true",
+        help="also score every saved checkpoint of every run: learning curves in learning.parquet",
+    )
     p.add_argument("--curve-items", type=int, default=60, help="items per task for the learning curves (default 60)")
-    p.add_argument("--curve-max-difficulty", type=int, default=0,
-                   help="hardest level of the learning curves' items (default 0, the easiest)")
+    p.add_argument(
+        "--curve-max-difficulty",
+        type=int,
+        default=0,
+        help="hardest level of the learning curves' items (default 0, the easiest)",
+    )
 
 
 def _source_categories(heldout):
@@ -70,13 +89,20 @@ def run(args) -> int:
     from codetransfer.trained.modelset import select_runs
     from codetransfer.trained.checks import check_baseline
 
-    for flag, value, low in (("--n-items", args.n_items, 1), ("--batch-size", args.batch_size, 1),
-                             ("--n-boot", args.n_boot, 10), ("--heldout-windows", args.heldout_windows, 0)):
+    for flag, value, low in (
+        ("--n-items", args.n_items, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--n-boot", args.n_boot, 10),
+        ("--heldout-windows", args.heldout_windows, 0),
+    ):
         if value < low:
             raise CodetransferError(f"{flag}: expected an integer >= {low}, got {value}")
     if args.checkpoints and (args.curve_items < 1 or args.curve_max_difficulty < 0):
-        flag, value, low = (("--curve-items", args.curve_items, 1) if args.curve_items < 1
-                            else ("--curve-max-difficulty", args.curve_max_difficulty, 0))
+        flag, value, low = (
+            ("--curve-items", args.curve_items, 1)
+            if args.curve_items < 1
+            else ("--curve-max-difficulty", args.curve_max_difficulty, 0)
+        )
         raise CodetransferError(f"{flag}: expected an integer >= {low}, got {value}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -90,10 +116,21 @@ def run(args) -> int:
         check_baseline(baseline, recipes)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     written = evaluate_grid(
-        infos, runs_dir=runs_dir, tasks=tasks, n_items=args.n_items, seed=args.seed, baseline=baseline,
-        batch_size=args.batch_size, n_boot=args.n_boot, heldout_windows=args.heldout_windows,
-        max_difficulty=args.max_difficulty, fit_context=args.fit_context, checkpoints=args.checkpoints,
-        curve_items_per_task=args.curve_items, curve_max_difficulty=args.curve_max_difficulty, device=args.device,
+        infos,
+        runs_dir=runs_dir,
+        tasks=tasks,
+        n_items=args.n_items,
+        seed=args.seed,
+        baseline=baseline,
+        batch_size=args.batch_size,
+        n_boot=args.n_boot,
+        heldout_windows=args.heldout_windows,
+        max_difficulty=args.max_difficulty,
+        fit_context=args.fit_context,
+        checkpoints=args.checkpoints,
+        curve_items_per_task=args.curve_items,
+        curve_max_difficulty=args.curve_max_difficulty,
+        device=args.device,
     )
     write_tables(out, written)
     table, summary = written["eval.parquet"], written["summary.csv"]
@@ -102,6 +139,8 @@ def run(args) -> int:
     print(f"wrote {out / 'eval.parquet'} ({len(table)} rows), {out / 'summary.csv'}, {out / 'scores.parquet'}")
     if "learning.parquet" in written:
         curves = written["learning_scores.parquet"].groupby("run")["step"].nunique()
-        print(f"wrote {out / 'learning.parquet'} ({len(written['learning.parquet'])} rows, "
-              f"{int(curves.sum())} checkpoints of {len(curves)} runs)")
+        print(
+            f"wrote {out / 'learning.parquet'} ({len(written['learning.parquet'])} rows, "
+            f"{int(curves.sum())} checkpoints of {len(curves)} runs)"
+        )
     return 0

@@ -41,10 +41,17 @@ from codetransfer.errors import CodetransferError
 
 def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="the RESULTS folder the shards wrote into")
-    p.add_argument("--kind", choices=("probe", "patch", "all"), default="all",
-                   help="which sweep's parts to merge (default all: each kind whose parts exist)")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="merge the parts present even when some are missing (the tables are then incomplete)")
+    p.add_argument(
+        "--kind",
+        choices=("probe", "patch", "all"),
+        default="all",
+        help="which sweep's parts to merge (default all: each kind whose parts exist)",
+    )
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="merge the parts present even when some are missing (the tables are then incomplete)",
+    )
 
 
 def run(args) -> int:

@@ -37,33 +37,61 @@ from codetransfer.errors import CodetransferError
 
 def add_arguments(p) -> None:
     p.add_argument("--runs", default=None, help="a grid output folder (or its runs/ folder, or one run)")
-    p.add_argument("--models", default=None,
-                   help="a model-set TOML file naming checkpoints (instead of --runs; see docs/models.md)")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="a model-set TOML file naming checkpoints (instead of --runs; see docs/models.md)",
+    )
     p.add_argument("--task", required=True, help="task family with counterfactuals (see `codetransfer tasks`)")
-    p.add_argument("--sites", default="resid_pre,attn_out,mlp_out,head_out",
-                   help="comma-separated sites: resid_pre, resid_mid, attn_out, mlp_out, head_out, q, k, v (aliases attn, mlp, head; default resid_pre,attn_out,mlp_out,head_out)")
+    p.add_argument(
+        "--sites",
+        default="resid_pre,attn_out,mlp_out,head_out",
+        help="comma-separated sites: resid_pre, resid_mid, attn_out, mlp_out, head_out, q, k, v (aliases attn, mlp, head; default resid_pre,attn_out,mlp_out,head_out)",
+    )
     p.add_argument("--out", required=True, help="results folder (created)")
-    p.add_argument("--cross-model", nargs=2, metavar=("A", "B"), default=None,
-                   help="also patch run A's activations into run B (run names as listed by `codetransfer runs`)")
-    p.add_argument("--cross-model-only", action="store_true",
-                   help="with --cross-model: load only runs A and B and write only cross_model.parquet")
-    p.add_argument("--cross-rendering", action="store_true",
-                   help="also patch the code rendering into the text rendering at aligned positions")
+    p.add_argument(
+        "--cross-model",
+        nargs=2,
+        metavar=("A", "B"),
+        default=None,
+        help="also patch run A's activations into run B (run names as listed by `codetransfer runs`)",
+    )
+    p.add_argument(
+        "--cross-model-only",
+        action="store_true",
+        help="with --cross-model: load only runs A and B and write only cross_model.parquet",
+    )
+    p.add_argument(
+        "--cross-rendering",
+        action="store_true",
+        help="also patch the code rendering into the text rendering at aligned positions",
+    )
     p.add_argument("--noising", action="store_true", help="also run noising sweeps (clean run, corrupted patches)")
-    p.add_argument("--attribution", action="store_true",
-                   help="also screen every head/MLP node by attribution patching and report its Spearman rank "
-                        "agreement with exact patching (rows metric=attribution, attribution_spearman)")
-    p.add_argument("--positions", choices=("named", "absolute"), default="named",
-                   help="position axis: span keys + last (default) or token indices")
+    p.add_argument(
+        "--attribution",
+        action="store_true",
+        help="also screen every head/MLP node by attribution patching and report its Spearman rank "
+        "agreement with exact patching (rows metric=attribution, attribution_spearman)",
+    )
+    p.add_argument(
+        "--positions",
+        choices=("named", "absolute"),
+        default="named",
+        help="position axis: span keys + last (default) or token indices",
+    )
     p.add_argument("--n-items", type=int, default=64, help="items (default 64)")
     p.add_argument("--difficulty", type=int, default=None, help="only items of this difficulty (default: all)")
     p.add_argument("--seed", type=int, default=0, help="item generator and bootstrap seed (default 0)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--max-rows", type=int, default=256, help="rows per forward (default 256)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="do the I-th of N blocks of units, one part each under OUT/parts/patch (finished parts "
-                        "are skipped); the last shard to finish, or 'codetransfer merge', writes the tables")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="do the I-th of N blocks of units, one part each under OUT/parts/patch (finished parts "
+        "are skipped); the last shard to finish, or 'codetransfer merge', writes the tables",
+    )
 
 
 def run(args) -> int:
@@ -82,10 +110,19 @@ def run(args) -> int:
         raise CodetransferError(f"--out: {out} is a file; pass a folder for the results")
     infos = select_runs(args.runs, args.models)
     settings = PatchSettings(
-        task=args.task, sites=tuple(sites), n_items=args.n_items, difficulty=args.difficulty, seed=args.seed,
-        n_boot=args.n_boot, positions=args.positions, noising=args.noising, attribution=args.attribution,
-        cross_rendering=args.cross_rendering, cross_model=tuple(args.cross_model) if args.cross_model else None,
-        cross_model_only=args.cross_model_only, max_rows=args.max_rows,
+        task=args.task,
+        sites=tuple(sites),
+        n_items=args.n_items,
+        difficulty=args.difficulty,
+        seed=args.seed,
+        n_boot=args.n_boot,
+        positions=args.positions,
+        noising=args.noising,
+        attribution=args.attribution,
+        cross_rendering=args.cross_rendering,
+        cross_model=tuple(args.cross_model) if args.cross_model else None,
+        cross_model_only=args.cross_model_only,
+        max_rows=args.max_rows,
     )
     if shard is None:  # one process: every unit in memory, tables written at the end
         written = patch_grid(infos, settings, device=args.device)
@@ -95,8 +132,10 @@ def run(args) -> int:
         return 0
     i, n = shard
     report = patch_shard(infos, settings, out, shard, device=args.device)
-    print(f"shard {i}/{n}: {report.computed} of its {report.mine} units computed, {report.mine - report.computed} "
-          f"already done; {report.present} of {report.total} parts present in {report.folder}")
+    print(
+        f"shard {i}/{n}: {report.computed} of its {report.mine} units computed, {report.mine - report.computed} "
+        f"already done; {report.present} of {report.total} parts present in {report.folder}"
+    )
     if not report.tables:
         print(f"when every shard has finished: codetransfer merge --out {out} --kind patch")
         return 0

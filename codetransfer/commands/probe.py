@@ -15,19 +15,32 @@ from codetransfer.errors import CodetransferError
 
 def add_arguments(parser) -> None:
     parser.add_argument("--runs", default=None, help="grid output folder (or one run folder) with trained runs")
-    parser.add_argument("--models", default=None,
-                   help="a model-set TOML file naming checkpoints (instead of --runs; see docs/models.md)")
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="a model-set TOML file naming checkpoints (instead of --runs; see docs/models.md)",
+    )
     parser.add_argument("--tasks", required=True, help="comma-separated task families, e.g. entity_tracking,code_state")
-    parser.add_argument("--sites", default="resid_post",
-                        help="comma-separated sites: resid_pre, resid_mid, resid_post, attn_out, mlp_out, head "
-                             "(all layers) or kind.layer (default resid_post)")
+    parser.add_argument(
+        "--sites",
+        default="resid_post",
+        help="comma-separated sites: resid_pre, resid_mid, resid_post, attn_out, mlp_out, head "
+        "(all layers) or kind.layer (default resid_post)",
+    )
     parser.add_argument("--out", required=True, help="results folder (parts/, stores/, probes.parquet)")
     parser.add_argument("--shard", default="0/1", help="i/n: do the i-th of n blocks of units (default 0/1)")
     parser.add_argument("--n-items", type=int, default=200, help="items generated per task (default 200)")
-    parser.add_argument("--random-baseline", action="store_true",
-                        help="also probe a random-init model of each run's shape (recipe '<recipe> (random init)')")
-    parser.add_argument("--max-difficulty", type=int, default=None,
-                        help="only items of this difficulty or lower (keeps prompts inside small models' context)")
+    parser.add_argument(
+        "--random-baseline",
+        action="store_true",
+        help="also probe a random-init model of each run's shape (recipe '<recipe> (random init)')",
+    )
+    parser.add_argument(
+        "--max-difficulty",
+        type=int,
+        default=None,
+        help="only items of this difficulty or lower (keeps prompts inside small models' context)",
+    )
     parser.add_argument("--item-seed", type=int, default=0, help="task generator seed (default 0)")
     parser.add_argument("--probe", default="linear", help="linear (default), mlp or ridge")
     parser.add_argument("--split", default="entity", help="entity (default) or group (by template)")
@@ -62,11 +75,26 @@ def run(args) -> int:
         raise CodetransferError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
     runs = select_runs(args.runs, args.models)
     table = probe_grid(
-        runs, tasks, sites, args.out, shard=shard, n_items=args.n_items, item_seed=args.item_seed,
-        max_difficulty=args.max_difficulty, probe=args.probe, split=args.split, target=args.target, seeds=seeds,
-        min_rows=args.min_rows, cross_format=not args.no_cross_format, mdl=not args.no_mdl,
-        batch_size=args.batch_size, keep_stores=not args.drop_stores, random_baseline=args.random_baseline,
-        device=args.device, progress=lambda msg: print(msg, flush=True),
+        runs,
+        tasks,
+        sites,
+        args.out,
+        shard=shard,
+        n_items=args.n_items,
+        item_seed=args.item_seed,
+        max_difficulty=args.max_difficulty,
+        probe=args.probe,
+        split=args.split,
+        target=args.target,
+        seeds=seeds,
+        min_rows=args.min_rows,
+        cross_format=not args.no_cross_format,
+        mdl=not args.no_mdl,
+        batch_size=args.batch_size,
+        keep_stores=not args.drop_stores,
+        random_baseline=args.random_baseline,
+        device=args.device,
+        progress=lambda msg: print(msg, flush=True),
     )
     print(f"{len(table)} rows in {args.out}/probes.parquet")
     return 0

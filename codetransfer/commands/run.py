@@ -12,17 +12,27 @@ from codetransfer.errors import CodetransferError, did_you_mean
 def add_arguments(p) -> None:
     p.add_argument("grid", help="a grid .toml file or a preset name (tiny, tiny-full, small, gpu)")
     p.add_argument("--out", required=True, help="output folder (runs, results/, report/)")
-    p.add_argument("--stages", default="train,eval,probe,patch,attention,report",
-                   help="comma-separated stages to run (default: all)")
-    p.add_argument("--settings", metavar="FILE",
-                   help="a .toml or .json file of job settings (codetransfer.pipeline.JobSettings fields, e.g. "
-                        "eval_items = 20, probe_items = 40, patch_items = 8, attention_items = 8, seed = 1); "
-                        "fields left out keep their defaults, unknown fields are refused")
+    p.add_argument(
+        "--stages",
+        default="train,eval,probe,patch,attention,report",
+        help="comma-separated stages to run (default: all)",
+    )
+    p.add_argument(
+        "--settings",
+        metavar="FILE",
+        help="a .toml or .json file of job settings (codetransfer.pipeline.JobSettings fields, e.g. "
+        "eval_items = 20, probe_items = 40, patch_items = 8, attention_items = 8, seed = 1); "
+        "fields left out keep their defaults, unknown fields are refused",
+    )
     p.add_argument("--baseline", default=None, help="baseline recipe (default: the settings file's, else text-only)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="train stage: runs trained side by side, one torch thread each; results do not depend on "
-                        "it (default: the CPU cores available on cpu, 1 on a GPU)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="train stage: runs trained side by side, one torch thread each; results do not depend on "
+        "it (default: the CPU cores available on cpu, 1 on a GPU)",
+    )
 
 
 def run(args) -> int:
@@ -31,7 +41,9 @@ def run(args) -> int:
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     for s in stages:
         if s not in STAGES:
-            raise CodetransferError(f"--stages: unknown stage '{s}'{did_you_mean(s, STAGES)}; stages: {', '.join(STAGES)}")
+            raise CodetransferError(
+                f"--stages: unknown stage '{s}'{did_you_mean(s, STAGES)}; stages: {', '.join(STAGES)}"
+            )
     if args.settings:
         settings = load_settings(args.settings, baseline=args.baseline)
     else:

@@ -36,16 +36,25 @@ def _indent(text: str, prefix: str = "    ") -> str:
 
 def format_item(item) -> str:
     """A readable multi-line description of one item."""
-    lines = [f"[{item.task} #{item.index}] difficulty={item.difficulty} rendering={item.rendering} "
-             f"template={item.template} version={item.version}", "  prompt:", _indent(item.prompt)]
-    lines.append("  candidates: " + "  ".join(f"[{c!r}]" if i == item.label else repr(c) for i, c in enumerate(item.candidates))
-                 + f"   (answer {item.answer!r}, chance {item.chance:.2f})")
+    lines = [
+        f"[{item.task} #{item.index}] difficulty={item.difficulty} rendering={item.rendering} "
+        f"template={item.template} version={item.version}",
+        "  prompt:",
+        _indent(item.prompt),
+    ]
+    lines.append(
+        "  candidates: "
+        + "  ".join(f"[{c!r}]" if i == item.label else repr(c) for i, c in enumerate(item.candidates))
+        + f"   (answer {item.answer!r}, chance {item.chance:.2f})"
+    )
     if item.source:
         lines.append(f"  source: {item.source}")
     cf = item.counterfactual
     if cf is not None:
         changed = [f"{a} -> {b}" for a, b in zip(item.facts, cf.facts) if a != b]
-        lines.append(f"  counterfactual answer: {cf.answer!r}" + (f"   (changed fact: {', '.join(changed)})" if changed else ""))
+        lines.append(
+            f"  counterfactual answer: {cf.answer!r}" + (f"   (changed fact: {', '.join(changed)})" if changed else "")
+        )
         if cf.rendering == "text" and len(cf.prompt) < 400:
             lines.append("  counterfactual prompt:")
             lines.append(_indent(cf.prompt))
@@ -71,11 +80,19 @@ def run(args) -> int:
         from codetransfer.tasks.export import export_tasks
 
         names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-        files = export_tasks(names, args.dir, format=args.format, n_items=args.n_items, seed=args.seed,
-                             max_difficulty=args.max_difficulty)
+        files = export_tasks(
+            names,
+            args.dir,
+            format=args.format,
+            n_items=args.n_items,
+            seed=args.seed,
+            max_difficulty=args.max_difficulty,
+        )
         print(f"wrote {len(files)} files to {args.dir}")
         if args.format == "lm-eval":
-            print(f"run: lm_eval --model hf --model_args pretrained=RUN_FOLDER --include_path {args.dir} --tasks codetransfer")
+            print(
+                f"run: lm_eval --model hf --model_args pretrained=RUN_FOLDER --include_path {args.dir} --tasks codetransfer"
+            )
         return 0
     if args.n < 1:
         raise CodetransferError(f"--n must be at least 1, got {args.n}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 
-
 def add_arguments(p) -> None:
     p.add_argument("grid", help="a grid .toml file or a preset name (tiny, tiny-full, small, gpu)")
     p.add_argument("--out", default="runs", help="output folder (default: ./runs)")
@@ -13,9 +12,13 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", action="append", type=int, help="train only this seed (repeatable)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...); default cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="runs trained side by side in worker processes, one torch thread each; results do not "
-                        "depend on it (default: the CPU cores available on cpu, 1 on a GPU or under torchrun)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs trained side by side in worker processes, one torch thread each; results do not "
+        "depend on it (default: the CPU cores available on cpu, 1 on a GPU or under torchrun)",
+    )
 
 
 def run(args) -> int:
@@ -28,9 +31,16 @@ def run(args) -> int:
     grid = load_grid(args.grid)
     device = check_device(args.device)  # the check every verb gets (also done before the verb starts)
     dist = _init_distributed(device)
-    train_grid(grid, args.out, only=args.only, seeds=args.seed, device=_local_device(device),
-               progress=not args.quiet, log=print if _rank() == 0 else (lambda *a, **k: None),
-               jobs=default_jobs(device, dist) if args.jobs is None else args.jobs)
+    train_grid(
+        grid,
+        args.out,
+        only=args.only,
+        seeds=args.seed,
+        device=_local_device(device),
+        progress=not args.quiet,
+        log=print if _rank() == 0 else (lambda *a, **k: None),
+        jobs=default_jobs(device, dist) if args.jobs is None else args.jobs,
+    )
     if dist:
         torch.distributed.destroy_process_group()
     if _rank() == 0:
