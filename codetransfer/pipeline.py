@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from codetransfer import artifacts
 from codetransfer.analysis.grid import (
@@ -266,6 +267,16 @@ def _hardest(tasks, run, n_items: int, settings: JobSettings) -> int | None:
     return min(levels) if levels else None
 
 
+def _check_unit_tables(results: Path) -> None:
+    """Refuse a damaged table left by an earlier unit (unreadable parquet footer) before any unit works, so that
+    a refusal leaves the output as it was."""
+    for path in sorted((results / "units").glob("*/*.parquet")):
+        try:
+            pq.read_metadata(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise CodetransferError(f"{path}: damaged unit table ({type(e).__name__}); delete it and rerun") from None
+
+
 @contextmanager
 def _stage(name: str, timings: dict, log):
     t0 = time.time()
@@ -300,6 +311,7 @@ def run_job(
     if not runs:
         raise CodetransferError(f"{out}: no complete runs of grid '{grid.name}'; run the train stage first")
     units = artifacts.UnitRecords(out / "units")  # a damaged record is refused before any unit works
+    _check_unit_tables(results)  # and so is a damaged table of a finished unit
     run_key = {r.name: r.record["recipe_hash"] for r in runs}
     results.mkdir(parents=True, exist_ok=True)
 

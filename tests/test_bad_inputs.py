@@ -383,6 +383,14 @@ def test_unit_table_damaged(table, copy, capsys):
     assert f"eval-code-text-s0/{table}" in line and "delete" in line
 
 
+def test_unit_table_damaged_while_other_units_still_need_work(copy, capsys):
+    """The damaged table is refused before the units that still have work run (nothing changes)."""
+    (copy / "out" / "units" / "eval-text-only-s0.json").unlink()  # this unit would work again
+    (copy / "out" / "results" / "units" / "eval-code-text-s0" / "scores.parquet").write_bytes(b"PAR1 not a table")
+    line = refused(capsys, _eval_stage(copy), copy)
+    assert "eval-code-text-s0/scores.parquet" in line and "delete" in line
+
+
 def test_report_given_a_table_without_its_columns(copy, capsys):
     import pandas as pd
 
