@@ -43,9 +43,7 @@ import torch
 
 from codetransfer.errors import CodetransferError
 from codetransfer.trained.config import GridConfig, Recipe, prefix_key
-
-THREADS_PER_RUN = 1
-"""Torch CPU threads of one run, in every mode (results depend on the thread count)."""
+from codetransfer.trained.train import THREADS_PER_RUN, run_threads
 
 
 @dataclass(frozen=True)
@@ -67,20 +65,6 @@ class Task:
 def default_jobs() -> int:
     """The CPU cores this process may use."""
     return len(os.sched_getaffinity(0))
-
-
-@contextlib.contextmanager
-def run_threads(device) -> object:
-    """Train with :data:`THREADS_PER_RUN` torch threads on CPU (restored afterwards); unchanged on GPU."""
-    if torch.device(device).type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS_PER_RUN)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _prefix_json(recipe: Recipe, k: int) -> str:

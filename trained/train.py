@@ -201,7 +201,33 @@ class Progress:
             self.bar.close()
 
 
-def train_run(
+THREADS_PER_RUN = 1
+"""Torch CPU threads of one run, however it is started (results depend on the thread count)."""
+
+
+@contextlib.contextmanager
+def run_threads(device):
+    """Train with :data:`THREADS_PER_RUN` torch threads on CPU (restored afterwards); unchanged on GPU."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS_PER_RUN)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_run(*args, device: str | torch.device = "cpu", **kwargs) -> Cursor:
+    """Train (or continue) one run with :data:`THREADS_PER_RUN` CPU threads; see :func:`_train_run` for the
+    arguments. Every way of training a run (one process, worker processes, a test) gets the same thread count,
+    so the same weights."""
+    with run_threads(device):
+        return _train_run(*args, device=device, **kwargs)
+
+
+def _train_run(
     grid: GridConfig,
     recipe: Recipe,
     seed: int,
