@@ -313,3 +313,20 @@ def test_runs_trained_on_different_data_are_not_compared(tmp_path):
     check_same_grid([run("a", "d1"), run("b", "d1")])
     with pytest.raises(CodetransferError, match="runs a and b were trained on different data .*d1 and d2"):
         check_same_grid([run("a", "d1"), run("b", "d2")])
+
+
+def test_a_killed_writers_half_written_state_is_removed_by_the_next_save(tmp_path):
+    """A SIGKILL inside save_state leaves ``.tmp-step-*`` (and ``.LATEST-*``) of a dead process; the next save
+    into that folder (the resumed run, or the branch it republishes) removes them, so a resumed grid holds the
+    same files as an uninterrupted one."""
+    from codetransfer.trained.train import Cursor, save_state
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    stale = tmp_path / ".tmp-step-00000010-999999"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".LATEST-999999").write_text("step-00000010")
+    save_state(tmp_path, model, optimizer, Cursor(step=10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "step-00000010"]
+    assert (tmp_path / "LATEST").read_text() == "step-00000010"

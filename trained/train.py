@@ -83,8 +83,8 @@ def save_state(folder: Path, model, optimizer, cursor: Cursor, keep: int = 1) ->
 
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step-{cursor.step:08d}"
+    _drop_stale_tmp(folder, ".tmp-step-*", ".LATEST-*")
     tmp = folder / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -103,6 +103,16 @@ def save_state(folder: Path, model, optimizer, cursor: Cursor, keep: int = 1) ->
     for old in olds[: max(0, len(olds) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _drop_stale_tmp(folder: Path, *patterns: str) -> None:
+    """Remove what a killed writer left half-written in ``folder`` (one run writes a folder at a time)."""
+    for pattern in patterns:
+        for stale in folder.glob(pattern):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 def load_state(folder: Path, model, optimizer) -> Cursor | None:
@@ -437,8 +447,8 @@ def _snapshot(model, data_dir: Path, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     hf_logging.disable_progress_bar()
     # written into a temporary folder and moved file by file: a reader never sees a half-written checkpoint
+    _drop_stale_tmp(folder, ".tmp-checkpoint-*")
     tmp = folder / f".tmp-checkpoint-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     model.save_pretrained(tmp, safe_serialization=True)
     for f in (data_dir / "tokenizer").iterdir():
