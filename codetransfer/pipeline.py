@@ -18,16 +18,23 @@ progress. The stages, units, keys and files are described in docs/design.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import multiprocessing
+import os
+import sys
 import time
 import tomllib
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
 from codetransfer import artifacts
 from codetransfer.analysis.grid import (
@@ -46,7 +53,9 @@ from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.probes.grid import probe_grid
 from codetransfer.report import write_report
 from codetransfer.trained import find_runs, load_grid, train_grid
+from codetransfer.trained.parallel import worker_init
 from codetransfer.trained.runs import run_checkpoints
+from codetransfer.trained.train import run_threads
 from codetransfer.trained.checks import check_number, read_table
 from codetransfer.tasks import task_names
 
@@ -286,6 +295,171 @@ def _stage(name: str, timings: dict, log):
     log(f"== {name}: done in {timings[name]:.0f}s")
 
 
+# ---------------------------------------------------------------------- units and the pool that runs them
+UNIT_THREADS = 1
+"""Torch and BLAS threads of one analysis unit, however it runs (in this process with ``jobs=1`` or in a
+worker): float results depend on the thread count, so every unit gets the same one and any ``jobs`` gives the
+same tables."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of the main job's analysis: ``fn(**kwargs, log=...)`` writes the unit's tables."""
+
+    name: str
+    """``<stage>-<run>`` (or ``cross-<A>-into-<B>``): the file name of its record in ``OUT/units/``."""
+    key: str
+    """Hash of what the unit reads (settings, runs, recipes): a finished unit with the same key is skipped."""
+    fn: Callable
+    """A module-level function (workers import it by name)."""
+    kwargs: dict
+    """Its arguments (picklable: runs, paths, settings)."""
+    device: str = "cpu"
+    """Torch device of the unit."""
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _call_unit(unit: Unit, log) -> float:
+    """Run ``unit`` with :data:`UNIT_THREADS` threads; returns its seconds."""
+    t0 = time.time()
+    with run_threads(unit.device, UNIT_THREADS), threadpool_limits(UNIT_THREADS):
+        unit.fn(**unit.kwargs, device=unit.device, log=log)
+    return time.time() - t0
+
+
+def _unit_worker(unit: Unit) -> tuple[float, list[str]]:
+    """In a worker process: run ``unit``, keeping its messages for the parent to print in one piece."""
+    messages: list[str] = []
+    return _call_unit(unit, messages.append), messages
+
+
+class UnitPool:
+    """Runs the main job's units: in this process (``jobs=1``) or on ``jobs`` worker processes ("spawn", one
+    thread each, dying with the parent as the training workers do). Workers start on the first unit that needs
+    one and serve every stage. One line per finished unit, then the stage's count and ETA."""
+
+    def __init__(self, records: artifacts.UnitRecords, jobs: int, log):
+        self.records, self.jobs, self.log = records, jobs, log
+        self._pool: ProcessPoolExecutor | None = None
+
+    def run(self, units: list[Unit]) -> bool:
+        """Run the ``units`` not finished with their keys; True when any worked."""
+        todo = [u for u in units if not self.records.done(u.name, u.key)]
+        if not todo:
+            return False
+        t0, n = time.time(), len(todo)
+
+        def finished(k: int, unit: Unit, seconds: float, messages: list[str]) -> None:
+            for m in messages:
+                self.log(m)
+            self.records.finish(unit.name, unit.key, seconds)
+            left = (time.time() - t0) / k * (n - k)
+            self.log(f"{unit.name}: {seconds:.0f}s ({k}/{n} units{f', ETA {left:.0f}s' if k < n else ''})")
+
+        if self.jobs == 1 or len(todo) == 1:
+            for k, unit in enumerate(todo, 1):
+                finished(k, unit, _call_unit(unit, _stderr), [])
+            return True
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=ctx, initializer=worker_init, initargs=(os.getpid(),)
+            )
+        running = {self._pool.submit(_unit_worker, u): u for u in todo}
+        k = 0
+        try:
+            while running:
+                ready, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in ready:
+                    unit = running.pop(f)
+                    seconds, messages = f.result()
+                    k += 1
+                    finished(k, unit, seconds, messages)
+        except BaseException:
+            self.close(kill=True)
+            raise
+        return True
+
+    def close(self, kill: bool = False) -> None:
+        if self._pool is None:
+            return
+        if kill:
+            for p in list(getattr(self._pool, "_processes", {}).values()):
+                with contextlib.suppress(Exception):
+                    p.kill()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            self._pool.shutdown(wait=True)
+        self._pool = None
+
+
+def _eval_unit(run, dest: Path, settings: JobSettings, curve: bool, device: str, log) -> None:
+    tables = evaluate_grid(
+        [run],
+        runs_dir=run.path,
+        n_items=settings.eval_items,
+        seed=settings.seed,
+        baseline=DEFAULT_BASELINE,
+        n_boot=UNIT_N_BOOT,
+        heldout_windows=HELDOUT_WINDOWS,
+        fit_context=True,
+        checkpoints=curve,
+        curve_items_per_task=settings.curve_items,
+        curve_max_difficulty=settings.curve_max_difficulty,
+        device=device,
+        log=log,
+    )
+    artifacts.write_tables(dest, tables)
+
+
+def _probe_unit(run, dest: Path, settings: JobSettings, max_difficulty: int | None, device: str, log) -> None:
+    # the sweep redoes parts made from other settings or an older model
+    probe_grid(
+        [run],
+        settings.probe_tasks,
+        settings.probe_sites,
+        dest,
+        n_items=settings.probe_items,
+        item_seed=settings.seed,
+        seeds=PROBE_SPLIT_SEEDS,
+        keep_stores=False,
+        random_baseline=True,
+        max_difficulty=max_difficulty,
+        device=device,
+        progress=log,
+    )
+
+
+def _patch_unit(run, dest: Path, patch: PatchSettings, device: str, log) -> None:
+    artifacts.write_tables(
+        dest, patch_grid([run], dataclasses.replace(patch, cross_rendering=True), device=device, log=log)
+    )
+
+
+def _cross_unit(runs, a: str, b: str, dest: Path, patch: PatchSettings, device: str, log) -> None:
+    cross = dataclasses.replace(patch, cross_model=(a, b), cross_model_only=True)
+    artifacts.write_tables(dest, patch_grid(runs, cross, device=device, log=log))
+
+
+def _attention_unit(
+    run, dest: Path, settings: JobSettings, curve: bool, max_difficulty: int | None, device: str, log
+) -> None:
+    tables = attention_grid(
+        [run],
+        settings.attention_tasks,
+        n_items=settings.attention_items,
+        seed=settings.seed,
+        max_difficulty=max_difficulty,
+        checkpoints=curve,
+        device=device,
+        log=log,
+    )
+    artifacts.write_tables(dest, tables)
+
+
 def run_job(
     grid_spec: str,
     out: str | Path,
@@ -297,12 +471,12 @@ def run_job(
 ) -> dict:
     """Run the main job; returns ``{stage: seconds}`` (and ``report_path``). See the module docstring.
 
-    ``jobs``: worker processes for training (one torch thread each; results equal ``jobs=1``)."""
+    ``jobs``: worker processes for training runs and analysis units (one thread each; the runs and tables do
+    not depend on it)."""
     grid = load_grid(grid_spec)
     out = Path(out)
     results = out / "results"
     timings: dict[str, float] = {}
-    skey = settings.key()
 
     if "train" in stages:
         with _stage("train", timings, log):
@@ -310,82 +484,69 @@ def run_job(
     runs = [r for r in find_runs(out, complete_only=True) if r.recipe in {x.name for x in grid.recipes}]
     if not runs:
         raise CodetransferError(f"{out}: no complete runs of grid '{grid.name}'; run the train stage first")
-    units = artifacts.UnitRecords(out / "units")  # a damaged record is refused before any unit works
+    records = artifacts.UnitRecords(out / "units")  # a damaged record is refused before any unit works
     _check_unit_tables(results)  # and so is a damaged table of a finished unit
-    run_key = {r.name: r.record["recipe_hash"] for r in runs}
     results.mkdir(parents=True, exist_ok=True)
+    pool = UnitPool(records, jobs, log)
+    try:
+        _analyse(runs, results, settings, stages, pool, timings, device, log)
+    except BaseException:
+        pool.close(kill=True)
+        raise
+    pool.close()
+    if "report" in stages:
+        with _stage("report", timings, log):
+            report = write_report(out, grid, settings)
+            timings["report_path"] = str(report)
+    return timings
+
+
+def _analyse(runs, results: Path, settings: JobSettings, stages, pool: UnitPool, timings: dict, device: str, log):
+    """The analysis stages: each makes its units, runs them on ``pool``, and merges their tables in run order."""
+    skey = settings.key()
+    run_key = {r.name: r.record["recipe_hash"] for r in runs}
+    units = results / "units"
+
+    def unit(name: str, key: list, fn: Callable, **kwargs) -> Unit:
+        return Unit(name, artifacts.key(key), fn, {**kwargs, "dest": units / name}, device)
 
     if "eval" in stages:
         with _stage("eval", timings, log):
             # one unit per run (a changed recipe re-scores only its runs); the grid tables come from their scores
-            score_parts, loss_parts, curve_parts, worked = [], [], [], False
+            todo, curve_parts = [], []
             for r in runs:
-                name = f"eval-{r.name}"
-                dest = results / "units" / name
                 curve = _has_curve(r)  # learning curves of the runs that kept checkpoints
-                key = artifacts.key(["eval", skey, r.name, run_key[r.name]] + (_curve_key(settings) if curve else []))
-
-                def work(r=r, dest=dest, curve=curve):
-                    artifacts.write_tables(
-                        dest,
-                        evaluate_grid(
-                            [r],
-                            runs_dir=r.path,
-                            n_items=settings.eval_items,
-                            seed=settings.seed,
-                            baseline=DEFAULT_BASELINE,
-                            n_boot=UNIT_N_BOOT,
-                            heldout_windows=HELDOUT_WINDOWS,
-                            fit_context=True,
-                            checkpoints=curve,
-                            curve_items_per_task=settings.curve_items,
-                            curve_max_difficulty=settings.curve_max_difficulty,
-                            device=device,
-                        ),
-                    )
-
-                if units.run(name, key, work):
-                    worked = True
-                score_parts.append(dest / "scores.parquet")
-                loss_parts.append(dest / "losses.parquet")
+                key = ["eval", skey, r.name, run_key[r.name]] + (_curve_key(settings) if curve else [])
+                todo.append(unit(f"eval-{r.name}", key, _eval_unit, run=r, settings=settings, curve=curve))
                 if curve:
-                    curve_parts.append(dest / "learning_scores.parquet")
-            _merge_eval(score_parts, loss_parts, results, settings)
-            if not worked:
+                    curve_parts.append(units / f"eval-{r.name}" / "learning_scores.parquet")
+            if not pool.run(todo):
                 log("eval: up to date")
+            _merge_eval(
+                [u.kwargs["dest"] / "scores.parquet" for u in todo],
+                [u.kwargs["dest"] / "losses.parquet" for u in todo],
+                results,
+                settings,
+            )
             _merge_learning(curve_parts, results, settings)
 
     if "probe" in stages:
         with _stage("probe", timings, log):
             # one unit per run, like patching: a changed recipe re-probes only its runs
-            parts, worked = [], False
-            for r in runs:
-                name = f"probe-{r.name}"
-                dest = results / "units" / name
-                key = artifacts.key(["probe", skey, r.name, run_key[r.name]])
-
-                def work(r=r, dest=dest):  # the sweep redoes parts made from other settings or an older model
-                    probe_grid(
-                        [r],
-                        settings.probe_tasks,
-                        settings.probe_sites,
-                        dest,
-                        n_items=settings.probe_items,
-                        item_seed=settings.seed,
-                        seeds=PROBE_SPLIT_SEEDS,
-                        keep_stores=False,
-                        random_baseline=True,
-                        max_difficulty=_hardest(settings.probe_tasks, r, settings.probe_items, settings),
-                        device=device,
-                        progress=lambda msg: print(msg, flush=True),
-                    )
-
-                if units.run(name, key, work):
-                    worked = True
-                parts.append(dest / "probes.parquet")
-            _merge(parts, results / "probes.parquet")
-            if not worked:
+            todo = [
+                unit(
+                    f"probe-{r.name}",
+                    ["probe", skey, r.name, run_key[r.name]],
+                    _probe_unit,
+                    run=r,
+                    settings=settings,
+                    max_difficulty=_hardest(settings.probe_tasks, r, settings.probe_items, settings),
+                )
+                for r in runs
+            ]
+            if not pool.run(todo):
                 log("probe: up to date")
+            _merge([u.kwargs["dest"] / "probes.parquet" for u in todo], results / "probes.parquet")
 
     if "patch" in stages:
         with _stage("patch", timings, log):
@@ -396,68 +557,51 @@ def run_job(
                 difficulty=settings.patch_difficulty,
                 seed=settings.seed,
             )
-            parts_within, parts_rendering, parts_cross = [], [], []
-            for r in runs:
-                name = f"patch-{r.name}"
-                dest = results / "units" / name
-                key = artifacts.key(["patch", skey, r.name, run_key[r.name]])
-
-                def work(r=r, dest=dest):
-                    tables = patch_grid([r], dataclasses.replace(patch, cross_rendering=True), device=device)
-                    artifacts.write_tables(dest, tables)
-
-                units.run(name, key, work)
-                parts_within.append(dest / "patching.parquet")
-                parts_rendering.append(dest / "cross_rendering.parquet")
-            for b in (r for r in runs if r.recipe == settings.baseline):
-                for a in runs:
-                    if a.recipe == settings.baseline or a.seed != b.seed:
-                        continue
-                    name = f"cross-{a.name}-into-{b.name}"
-                    dest = results / "units" / name
-                    key = artifacts.key(["cross", skey, a.name, run_key[a.name], b.name, run_key[b.name]])
-
-                    def work(a=a, b=b, dest=dest):
-                        cross = dataclasses.replace(patch, cross_model=(a.name, b.name), cross_model_only=True)
-                        artifacts.write_tables(dest, patch_grid(runs, cross, device=device))
-
-                    units.run(name, key, work)
-                    parts_cross.append(dest / "cross_model.parquet")
-            _merge(parts_within, results / "patching.parquet")
-            _merge(parts_rendering, results / "cross_rendering.parquet")
-            _merge(parts_cross, results / "cross_model.parquet")
+            within = [
+                unit(f"patch-{r.name}", ["patch", skey, r.name, run_key[r.name]], _patch_unit, run=r, patch=patch)
+                for r in runs
+            ]
+            cross = [
+                unit(
+                    f"cross-{a.name}-into-{b.name}",
+                    ["cross", skey, a.name, run_key[a.name], b.name, run_key[b.name]],
+                    _cross_unit,
+                    runs=runs,
+                    a=a.name,
+                    b=b.name,
+                    patch=patch,
+                )
+                for b in runs
+                if b.recipe == settings.baseline
+                for a in runs
+                if a.recipe != settings.baseline and a.seed == b.seed
+            ]
+            pool.run(within + cross)
+            _merge([u.kwargs["dest"] / "patching.parquet" for u in within], results / "patching.parquet")
+            _merge([u.kwargs["dest"] / "cross_rendering.parquet" for u in within], results / "cross_rendering.parquet")
+            _merge([u.kwargs["dest"] / "cross_model.parquet" for u in cross], results / "cross_model.parquet")
 
     if "attention" in stages:
         with _stage("attention", timings, log):
-            parts, over_training = [], []
+            todo, over_training = [], []
             for r in runs:
-                name = f"attention-{r.name}"
-                dest = results / "units" / name
                 curve = _has_curve(r)  # head roles over training
-                key = artifacts.key(["attention", skey, r.name, run_key[r.name]] + (["--checkpoints"] if curve else []))
-
-                def work(r=r, dest=dest, curve=curve):
-                    tables = attention_grid(
-                        [r],
-                        settings.attention_tasks,
-                        n_items=settings.attention_items,
-                        seed=settings.seed,
-                        max_difficulty=_hardest(settings.attention_tasks, r, settings.probe_items, settings),
-                        checkpoints=curve,
-                        device=device,
+                key = ["attention", skey, r.name, run_key[r.name]] + (["--checkpoints"] if curve else [])
+                max_difficulty = _hardest(settings.attention_tasks, r, settings.probe_items, settings)
+                todo.append(
+                    unit(
+                        f"attention-{r.name}",
+                        key,
+                        _attention_unit,
+                        run=r,
+                        settings=settings,
+                        curve=curve,
+                        max_difficulty=max_difficulty,
                     )
-                    artifacts.write_tables(dest, tables)
-
-                units.run(name, key, work)
-                parts.append(dest / "attention.parquet")
+                )
                 if curve:
-                    over_training.append(dest / "attention_over_training.parquet")
-            _merge(parts, results / "attention.parquet")
+                    over_training.append(units / f"attention-{r.name}" / "attention_over_training.parquet")
+            pool.run(todo)
+            _merge([u.kwargs["dest"] / "attention.parquet" for u in todo], results / "attention.parquet")
             if over_training:
                 _merge(over_training, results / "attention_over_training.parquet")
-
-    if "report" in stages:
-        with _stage("report", timings, log):
-            report = write_report(out, grid, settings)
-            timings["report_path"] = str(report)
-    return timings

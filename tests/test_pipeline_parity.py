@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 
 import pandas as pd
 import pytest
@@ -175,3 +176,31 @@ def test_attention_table_equals_one_scoring_of_every_run(job):
     pd.testing.assert_frame_equal(
         _table(root, "attention.parquet"), _stored(direct["attention.parquet"]), check_exact=True
     )
+
+
+def test_two_workers_give_the_same_tables_and_records(job, tmp_path):
+    """``jobs=2`` runs the analysis units on two worker processes: every table and unit record equals ``jobs=1``'s
+    (seconds aside), and one line per finished unit is printed."""
+    import shutil
+
+    root, _ = job
+    out = tmp_path / "out"
+    shutil.copytree(root / "out" / "runs", out / "runs")
+    shutil.copytree(root / "out" / "data", out / "data")
+    shutil.copy2(root / "out" / "grid.json", out / "grid.json")
+    lines: list[str] = []
+    run_job(
+        str(root / "grid.toml"), out, SETTINGS, stages=("eval", "probe", "patch", "attention"), log=lines.append, jobs=2
+    )
+    one = sorted(p.relative_to(root / "out") for p in (root / "out" / "results").rglob("*.parquet"))
+    two = sorted(p.relative_to(out) for p in (out / "results").rglob("*.parquet"))
+    assert one == two and len(one) > 20
+    for rel in one:
+        pd.testing.assert_frame_equal(pd.read_parquet(root / "out" / rel), pd.read_parquet(out / rel), check_exact=True)
+    records = sorted(p.name for p in (out / "units").glob("*.json"))
+    assert records == sorted(p.name for p in (root / "out" / "units").glob("*.json"))
+    for name in records:
+        a, b = (json.loads((o / "units" / name).read_text()) for o in (root / "out", out))
+        assert a["key"] == b["key"], name
+    finished = [ln for ln in lines if " units" in ln and ln.split(":")[0] + ".json" in records]
+    assert len(finished) == len(records), lines

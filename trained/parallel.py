@@ -184,7 +184,7 @@ def warm_up_seed(grid: GridConfig, seed: int, data_dir: Path, run_dir: Path, dev
     return set(cache.glob("*.safetensors")) != before
 
 
-def _worker_init(parent: int) -> None:
+def worker_init(parent: int) -> None:
     """In a worker: one torch thread, and die with the parent."""
     torch.set_num_threads(THREADS_PER_RUN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the workers
@@ -251,7 +251,7 @@ def run_tasks(
             finished(task, run_task(grid, task, out, shared, device, progress, log))
         return
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=worker_init, initargs=(os.getpid(),))
     pending = dict(enumerate(tasks))
     done: set[int] = set()
     running = {}

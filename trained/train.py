@@ -216,13 +216,13 @@ THREADS_PER_RUN = 1
 
 
 @contextlib.contextmanager
-def run_threads(device):
-    """Train with :data:`THREADS_PER_RUN` torch threads on CPU (restored afterwards); unchanged on GPU."""
+def run_threads(device, threads: int = THREADS_PER_RUN):
+    """Work with ``threads`` torch threads on CPU (restored afterwards); unchanged on GPU."""
     if torch.device(device).type != "cpu":
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(THREADS_PER_RUN)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:

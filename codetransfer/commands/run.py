@@ -30,8 +30,8 @@ def add_arguments(p) -> None:
         "--jobs",
         type=int,
         default=None,
-        help="train stage: runs trained side by side, one torch thread each; results do not depend on "
-        "it (default: the CPU cores available on cpu, 1 on a GPU)",
+        help="worker processes for training runs and analysis units, one thread each; results do not depend "
+        "on it (default: the CPU cores available on cpu, 1 on a GPU)",
     )
 
 
