@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= out/demo
 
-.PHONY: setup demo test lint browser bench clean
+.PHONY: setup demo test lint browser bench notebooks clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/codetransfer run tiny --out $(OUT)
+
+# Execute notebooks/*.ipynb in place against out/demo (run `make demo` first), to commit them with outputs.
+notebooks: setup
+	$(PY) bench/execute_notebooks.py
 
 # The report's browser check (tests/report_browser.py) drives Debian's chromium through chromium-driver.
 # Installed here when missing (root + apt-get only); elsewhere that one check is skipped. Not part of `demo`.

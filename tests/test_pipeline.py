@@ -236,10 +236,20 @@ def test_report_loads_in_headless_chromium_and_a_missing_image_is_flagged(job, t
 
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_NAMES = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+EXECUTED = any(c.get("outputs") for p in NOTEBOOKS.glob("*.ipynb") for c in json.loads(p.read_text())["cells"])
+"""Whether the committed notebooks carry outputs (bench/execute_notebooks.py runs them on the demo's output)."""
+PLOTS = ("plot_", "plt.", "attention_heads_view")
+"""A code cell that calls one of these shows a figure (or CircuitsVis' view)."""
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def _results(cell) -> list[dict]:
+    return [o for o in cell.get("outputs", []) if o.get("output_type") in ("display_data", "execute_result")]
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
 def test_notebook_executes_without_error(job, tmp_path, monkeypatch, name):
+    """A copy of the notebook, outputs stripped, runs top to bottom against the tiny test job."""
     import dataclasses
 
     import nbformat
@@ -252,8 +262,46 @@ def test_notebook_executes_without_error(job, tmp_path, monkeypatch, name):
     monkeypatch.setenv("CODETRANSFER_SETTINGS", json.dumps(dataclasses.asdict(SETTINGS)))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
-    assert any(
-        o.get("output_type") in ("display_data", "execute_result") for c in nb.cells for o in c.get("outputs", [])
-    )
+    assert any(_results(c) for c in nb.cells)
+    nbformat.validate(nb)
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_committed_notebook_is_valid_nbformat_with_cell_ids(name):
+    import nbformat
+
+    raw = json.loads((NOTEBOOKS / name).read_text())
+    assert (raw["nbformat"], raw["nbformat_minor"]) >= (4, 5), "cell ids need nbformat 4.5"
+    ids = [c.get("id") for c in raw["cells"]]
+    assert all(ids), f"cells without an id: {[i for i, x in enumerate(ids) if not x]}"
+    assert len(set(ids)) == len(ids), "cell ids must be unique"
+    nbformat.validate(nbformat.reads(json.dumps(raw), as_version=4))
+
+
+@pytest.mark.xfail(
+    not EXECUTED, strict=False, reason="notebooks not yet executed on out/demo: run bench/execute_notebooks.py"
+)
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_committed_notebook_has_outputs(name):
+    """Committed as executed top to bottom: every code cell has its execution count in order, a cell that ends
+    in an expression shows something, a cell that plots shows the figure, and no cell failed."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "run every cell once, in order"
+    for c in code:
+        where = f"cell {c.get('id')}"
+        assert not [o for o in c.outputs if o.output_type == "error"], f"{where} failed"
+        body = ast.parse(c.source).body
+        if body and isinstance(body[-1], ast.Expr) and not c.source.rstrip().endswith(";"):
+            assert c.outputs, f"{where} ends in an expression but shows nothing"
+        if any(p in c.source for p in PLOTS):
+            assert any({"image/png", "text/html"} & set(o.get("data", {})) for o in _results(c)), f"{where}: no figure"
+    assert any(_results(c) for c in code), "no displayed result in the whole notebook"
