@@ -264,7 +264,9 @@ def compare_recipes(
                     mde = 100 * mde / abs(bv) if bv != 0 else float("nan")
             else:
                 stat, est = br - bb, rv - bv
-            if k == 1:
+            if k == 1 and n == 1:
+                p, test = float("nan"), "none (1 seed, 1 item: nothing to test)"
+            elif k == 1:
                 if np.allclose(d, d.flat[0]):
                     p = 1.0 if d.flat[0] == 0 else 0.0
                 else:

@@ -263,3 +263,12 @@ def test_mixedlm_matches_the_balanced_reml_closed_form_also_at_the_boundary():
     p, _ = mixedlm_pvalue(d)
     se = np.sqrt(d.var(ddof=1) / (k * n))
     assert p == pytest.approx(2 * sps.t.sf(abs(d.mean()) / se, k - 1), rel=1e-3)
+
+
+def test_one_seed_and_one_item_has_no_p_value():
+    """One paired difference tests nothing: no p-value (not 0), never distinguishable, and the other rows'
+    Holm correction ignores it."""
+    df = score_table({"code": 3.0}, n_seeds=1, n_items=1, seed_sd=0.0, rng=2)
+    out = compare_recipes(df, "text-only", "logit_diff", by=("category",), n_resamples=500).iloc[0]
+    assert np.isnan(out["p_value"]) and np.isnan(out["p_holm"]) and "nothing to test" in out["test"]
+    assert not out["distinguishable"]
