@@ -131,8 +131,12 @@ def eval_tables(
     return table, summary
 
 
-def comparison_table(scores: pd.DataFrame, baseline: str, n_boot: int, seed: int) -> pd.DataFrame:
-    """Seed-paired comparisons of every recipe with ``baseline`` (:mod:`codetransfer.analysis.compare`).
+def comparison_table(
+    scores: pd.DataFrame, baseline: str, n_boot: int, seed: int, controls: Mapping[str, str] | None = None
+) -> pd.DataFrame:
+    """Seed-paired comparisons of every recipe with ``baseline`` (:mod:`codetransfer.analysis.compare`), and of
+    each recipe of ``controls`` (``{recipe: its control recipe}``, the grid's ``compare_with``) with its control
+    (rows whose ``baseline`` column names the control).
 
     Rows per recipe x category x task x difficulty, for the logit difference (the primary metric:
     graded, less variance) and for accuracy; plus per category the headline rows pooled over the levels
@@ -141,20 +145,39 @@ def comparison_table(scores: pd.DataFrame, baseline: str, n_boot: int, seed: int
     minimum detectable effect, ``n_seeds``, ``n_items`` and ``distinguishable`` (never with fewer than 3
     seeds). Empty when no run has the baseline recipe.
     """
-    if baseline not in set(scores["recipe"]):
+    scored = set(scores["recipe"])
+    if baseline not in scored:
         return pd.DataFrame()
+    pairs = [(baseline, None)]  # (the recipe compared with, the recipes compared; None: all others)
+    for control in sorted({c for r, c in (controls or {}).items() if c and c != baseline and r in scored}):
+        if control in scored:
+            pairs.append((control, sorted(r for r, c in controls.items() if c == control and r in scored)))
     blocks = []
-    for metric in ("logit_diff", "correct"):
-        per_level = compare_recipes(
-            scores, baseline, metric, ("category", "task", "difficulty"), n_resamples=n_boot, seed=seed
-        )
-        per_level["pooled"], per_level["pooled_levels"] = False, ""
-        blocks.append(per_level)
-        blocks.append(
-            headline_comparison(
-                scores, baseline, metric, ("category",), ("task", "difficulty"), n_resamples=n_boot, seed=seed
+    for against, recipes in pairs:
+        for metric in ("logit_diff", "correct"):
+            per_level = compare_recipes(
+                scores,
+                against,
+                metric,
+                ("category", "task", "difficulty"),
+                recipes=recipes,
+                n_resamples=n_boot,
+                seed=seed,
             )
-        )
+            per_level["pooled"], per_level["pooled_levels"] = False, ""
+            blocks.append(per_level)
+            blocks.append(
+                headline_comparison(
+                    scores,
+                    against,
+                    metric,
+                    ("category",),
+                    ("task", "difficulty"),
+                    recipes=recipes,
+                    n_resamples=n_boot,
+                    seed=seed,
+                )
+            )
     blocks = [b for b in blocks if len(b)]
     if not blocks:
         return pd.DataFrame()

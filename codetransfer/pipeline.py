@@ -230,13 +230,16 @@ def _merge(parts: list[Path], dest: Path) -> pd.DataFrame | None:
     return table
 
 
-def _merge_eval(score_parts: list[Path], loss_parts: list[Path], results: Path, settings: JobSettings) -> None:
-    """The grid's eval tables from the per-run units' scores (the same tables one ``codetransfer eval`` writes)."""
+def _merge_eval(
+    score_parts: list[Path], loss_parts: list[Path], results: Path, settings: JobSettings, controls: dict[str, str]
+) -> None:
+    """The grid's eval tables from the per-run units' scores (the same tables one ``codetransfer eval`` writes);
+    ``controls``: each recipe's ``compare_with``, compared besides the baseline."""
     scores = pd.concat([read_table(p, "unit table") for p in score_parts], ignore_index=True)
     losses = [read_table(p, "unit table") for p in loss_parts if p.exists()]
     losses = pd.concat(losses, ignore_index=True) if losses else None
     table, summary = eval_tables(scores, losses, settings.baseline, GRID_N_BOOT, settings.seed)
-    comparison = comparison_table(scores, settings.baseline, GRID_N_BOOT, settings.seed)
+    comparison = comparison_table(scores, settings.baseline, GRID_N_BOOT, settings.seed, controls)
     artifacts.write_tables(
         results,
         {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores, "comparison.parquet": comparison},
@@ -489,7 +492,8 @@ def run_job(
     results.mkdir(parents=True, exist_ok=True)
     pool = UnitPool(records, jobs, log)
     try:
-        _analyse(runs, results, settings, stages, pool, timings, device, log)
+        controls = {r.name: r.compare_with for r in grid.recipes if r.compare_with}
+        _analyse(runs, results, settings, controls, stages, pool, timings, device, log)
     except BaseException:
         pool.close(kill=True)
         raise
@@ -501,7 +505,9 @@ def run_job(
     return timings
 
 
-def _analyse(runs, results: Path, settings: JobSettings, stages, pool: UnitPool, timings: dict, device: str, log):
+def _analyse(
+    runs, results: Path, settings: JobSettings, controls: dict, stages, pool: UnitPool, timings: dict, device: str, log
+):
     """The analysis stages: each makes its units, runs them on ``pool``, and merges their tables in run order."""
     skey = settings.key()
     run_key = {r.name: r.record["recipe_hash"] for r in runs}
@@ -527,6 +533,7 @@ def _analyse(runs, results: Path, settings: JobSettings, stages, pool: UnitPool,
                 [u.kwargs["dest"] / "losses.parquet" for u in todo],
                 results,
                 settings,
+                controls,
             )
             _merge_learning(curve_parts, results, settings)
 

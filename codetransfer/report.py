@@ -221,6 +221,11 @@ def _grid_section(out: Path, grid, folder: Path) -> Section:
         f"{grid.model.n_heads} heads, context {grid.model.n_ctx}, vocabulary {grid.tokenizer.vocab_size}; "
         f"seeds {list(grid.seeds)}. Sources: " + ", ".join(f"{k} ({v.kind})" for k, v in grid.sources.items()) + "."
     )
+    described = [r for r in grid.recipes if r.description]
+    if described:
+        s.add_table(
+            pd.DataFrame({"recipe": [r.name for r in described], "what it answers": [r.description for r in described]})
+        )
     code_sources = {
         k for k, v in grid.sources.items() if v.kind in ("stdlib", "synthetic_program") or v.category == "code"
     }
@@ -345,9 +350,10 @@ def _seed_paired(s: Section, comparison: pd.DataFrame, baseline: str) -> list[st
         rows.append(
             {
                 "recipe": r.recipe,
+                "compared with": r.baseline,
                 "category": r.category,
                 "metric": "accuracy" if r.metric == "correct" else "logit difference",
-                "recipe - " + baseline: with_interval(
+                "recipe - compared": with_interval(
                     r.estimate, r.ci_low, r.ci_high, scale=scale, signed=True, unit=unit
                 ),
                 "Holm p": f"{r.p_holm:.2g}" if _finite(r.p_holm) else "not tested",
@@ -360,7 +366,8 @@ def _seed_paired(s: Section, comparison: pd.DataFrame, baseline: str) -> list[st
         )
     s.add_table(pd.DataFrame(rows), counts=("seeds", "items"))
     s.add_text(
-        f"Seed-paired comparisons with **{baseline}**: per seed, the recipe and the baseline are scored on "
+        f"Seed-paired comparisons with **{baseline}** (and of each recipe that names a control, "
+        "`compare_with`, with that control): per seed, the recipe and the recipe it is compared with are scored on "
         "the same items and their difference is the unit; 95% hierarchical bootstrap intervals (seeds, then "
         "items); p from a mixed model with seed as a random effect, Holm-corrected over the rows; the "
         "smallest detectable effect is for 80% power at alpha 0.05 given the seeds' spread. Pooled over the "
@@ -372,7 +379,7 @@ def _seed_paired(s: Section, comparison: pd.DataFrame, baseline: str) -> list[st
     findings = []
     for _, r in lead.iterrows():
         findings.append(
-            f"Reasoning (logit difference, seed-paired): {r.recipe} - {baseline} = "
+            f"Reasoning (logit difference, seed-paired): {r.recipe} - {r.baseline} = "
             f"{with_interval(r.estimate, r.ci_low, r.ci_high, signed=True)} over {int(r.n_seeds)} seed(s) "
             f"and {int(r.n_items)} items; {_verdict(r)}."
         )

@@ -272,3 +272,19 @@ def test_one_seed_and_one_item_has_no_p_value():
     out = compare_recipes(df, "text-only", "logit_diff", by=("category",), n_resamples=500).iloc[0]
     assert np.isnan(out["p_value"]) and np.isnan(out["p_holm"]) and "nothing to test" in out["test"]
     assert not out["distinguishable"]
+
+
+def test_comparison_table_compares_each_recipe_with_its_control_too():
+    from codetransfer.analysis.grid import comparison_table
+
+    df = score_table({"diluted": -0.5, "code": 0.5}, n_seeds=3, n_items=40, seed_sd=0.05, rng=5)
+    plain = comparison_table(df, "text-only", 200, 0)
+    table = comparison_table(df, "text-only", 200, 0, controls={"code": "diluted", "diluted": "text-only"})
+    # the baseline's rows are unchanged; the control's rows are the same call with the control as baseline
+    pd.testing.assert_frame_equal(table[table.baseline == "text-only"].reset_index(drop=True), plain)
+    vs = table[(table.baseline == "diluted") & (table.metric == "logit_diff") & ~table.pooled.astype(bool)]
+    assert set(vs.recipe) == {"code"}
+    assert vs.estimate.mean() == pytest.approx(1.0, abs=0.3)  # planted: code - diluted = 0.5 - (-0.5)
+    direct = compare_recipes(df, "diluted", "logit_diff", ("category", "task", "difficulty"), recipes=["code"],
+                             n_resamples=200, seed=0)  # fmt: skip
+    assert np.allclose(vs.estimate.to_numpy(), direct.estimate.to_numpy())

@@ -52,6 +52,8 @@ def test_bad_grids_are_refused_naming_the_field(mutate, message):
 def test_presets_load_and_unknown_preset_suggests():
     for name in PRESETS:
         g = preset(name)
+        if name == "tiny":  # the controlled arms
+            continue
         assert {r.name for r in g.recipes} >= {"text-only", "balanced", "code->text", "balanced->text"}
     full = {r.name for r in preset("tiny-full").recipes}
     assert {"code-25", "code-75", "code-90", "code-100", "balanced->text+cooldown-text", "additive-50"} <= full
@@ -151,3 +153,42 @@ def test_seeds_must_be_distinct_and_non_negative():
         d["seeds"] = seeds
         with pytest.raises(CodetransferError, match=message):
             grid_from_dict(d)
+
+
+def test_tiny_arms_share_one_base_and_differ_from_their_control_in_one_thing():
+    g = preset("tiny")
+    assert g.seeds == (0, 1, 2)
+    arms = {r.name: r for r in g.recipes}
+    assert set(arms) == {"text-only", "text-diluted", "text+stdlib", "text+programs", "balanced->text"}
+    assert all(r.phases[0] == g.recipes[0].phases[0] for r in g.recipes)  # one base, trained once per seed
+    assert all(r.description for r in g.recipes)
+
+    def dose(r, source):  # tokens of a source after the base
+        return sum(p.tokens * p.weights().get(source, 0.0) for p in r.phases[1:])
+
+    # the dose of task text is the same in the code arms and in text-diluted, half of text-only's
+    for name in ("text-diluted", "text+stdlib", "text+programs"):
+        assert dose(arms[name], "narratives") == pytest.approx(dose(arms["text-only"], "narratives") / 2)
+    assert arms["text+stdlib"].compare_with == "text-diluted" and arms["text+programs"].compare_with == "text+stdlib"
+    # each arm and its control differ in one source swapped for another at equal tokens
+    for name in ("text+stdlib", "text+programs"):
+        a, c = arms[name].phases[-1].weights(), arms[arms[name].compare_with].phases[-1].weights()
+        changed = {s for s in a.keys() | c.keys() if a.get(s, 0) != pytest.approx(c.get(s, 0))}
+        assert len(changed) == 2 and sum(a.get(s, 0) - c.get(s, 0) for s in changed) == pytest.approx(0)
+
+
+def test_compare_with_names_another_recipe_and_is_bookkeeping():
+    from codetransfer.trained.gridfile import grid_to_toml
+    from codetransfer.trained.runs import recipe_hash
+
+    d = data()
+    d["recipes"][1]["compare_with"] = "text-only"
+    g = grid_from_dict(d)
+    assert g.recipes[1].compare_with == "text-only"
+    assert recipe_hash(g.recipes[1]) == recipe_hash(grid_from_dict(data()).recipes[1])  # nothing to retrain
+    assert grid_from_dict(tomllib.loads(grid_to_toml(g))) == g
+    for bad, match in [("text-onyl", r"did you mean 'text-only'"), (d["recipes"][1]["name"], "not another recipe")]:
+        d["recipes"][1]["compare_with"] = bad
+        with pytest.raises(CodetransferError, match=match) as e:
+            grid_from_dict(d)
+        assert "compare_with" in str(e.value) and "\n" not in str(e.value)

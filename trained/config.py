@@ -147,6 +147,10 @@ class Recipe:
     """The phases, in order."""
     description: str = ""
     """One line saying what the recipe tests."""
+    compare_with: str = ""
+    """A recipe of the grid that differs from this one in one thing (its control): the main job compares the
+    two seed by seed, besides comparing every recipe with the job's baseline. Empty: the baseline only.
+    Bookkeeping: changing it retrains nothing."""
 
 
 @dataclass(frozen=True)
@@ -427,6 +431,12 @@ def _validate(g: GridConfig, where: str) -> None:
                 f"'{run_folder(r.name, 'N')}'; rename one of them"
             )
         folders[folder] = r.name
+        if r.compare_with and r.compare_with not in {x.name for x in g.recipes} - {r.name}:
+            others = [x.name for x in g.recipes if x.name != r.name]
+            raise CodetransferError(
+                f"{w}.compare_with: '{r.compare_with}' is not another recipe of the grid"
+                f"{did_you_mean(r.compare_with, others)}; recipes: {', '.join(others)}"
+            )
         if not r.phases:
             raise CodetransferError(f"{w}.phases: expected at least one phase")
         phase_names = set()

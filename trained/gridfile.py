@@ -85,6 +85,9 @@ def to_toml(data: dict) -> str:
 def grid_to_toml(grid: GridConfig) -> str:
     """The grid file of ``grid``: ``load_grid`` of the text (saved as a ``.toml`` file) gives an equal grid."""
     d = grid.to_dict()
+    for r in d.get("recipes", []):
+        if not r.get("compare_with"):
+            r.pop("compare_with", None)  # the default: compared with the job's baseline only
     order = ["name", "description", "seeds", "model", "tokenizer", "train", "sources", "recipes"]
     d = {k: d[k] for k in order if k in d} | {k: v for k, v in d.items() if k not in order}
     return to_toml(d)

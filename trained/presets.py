@@ -8,9 +8,10 @@ and competitive (fixed total tokens) versus additive (fixed text tokens) mixing.
 Here "text" is real English (GCIDE glosses) plus world-simulator narratives, and "code" is the
 standard library plus world-simulator programs. Sizes:
 
-* ``tiny``       — the demo: the core recipes, 2-layer Llama d_model 64 after an induction warm-up, trains on
-                   2 CPU cores within the demo's budget;
-* ``tiny-full``  — every variant at the tiny size;
+* ``tiny``       — the demo: a controlled grid (:func:`tiny_arms`: one shared base per seed, then arms that
+                   each differ from another in one thing), 2-layer Llama d_model 64 after an induction
+                   warm-up, 3 seeds, trains on 2 CPU cores within the demo's budget;
+* ``tiny-full``  — every variant of the paper at the tiny size, one seed;
 * ``small``      — every variant, 4 layers d_model 256: hours on a CPU, minutes on a GPU;
 * ``gpu``        — every variant, 12 layers d_model 768 (~85M non-embedding parameters), 100M tokens per
                    run, one seed: 1.07B tokens for the whole grid (shared phases trained once), which one
@@ -113,19 +114,98 @@ def sources(scale: int) -> dict[str, SourceConfig]:
     }
 
 
-def _tiny(full: bool) -> GridConfig:
+TINY_BASE_TOKENS = 250_000
+"""Tokens of the tiny grid's shared base phase (after the warm-up): the lookup is in place by then."""
+TINY_ARM_TOKENS = 750_000
+"""Tokens of each tiny arm after the base (1M tokens per run in all)."""
+NARRATIVE_DOSE = 0.375
+"""Share of narratives in the tiny grid's code arms and in ``text-diluted``: half of text-only's 0.75."""
+
+
+def tiny_arms(base_tokens: int = TINY_BASE_TOKENS, arm_tokens: int = TINY_ARM_TOKENS) -> tuple[Recipe, ...]:
+    """The controlled arms of the tiny grid: one shared base (trained once per seed and branched from, so
+    every arm starts from the same weights), then one continuation per arm. Each arm differs from one other
+    arm in one thing, named in its description:
+
+    * ``text-only`` -- the base's text mixture (75% narratives, 25% GCIDE glosses);
+    * ``text-diluted`` -- the code arms' narrative dose (37.5%), the rest neutral English (GCIDE): against
+      ``text-only`` it measures the dose alone;
+    * ``text+stdlib`` -- the same narrative dose, natural code (the standard library) in place of half of the
+      English: against ``text-diluted``, code that is not about the task versus English;
+    * ``text+programs`` -- the same, with the world simulator's programs (same-world code): against
+      ``text+stdlib``, code about the task versus code that is not;
+    * ``balanced->text`` -- the paper's schedule after the base: half the continuation 50% code, then
+      mostly text (10% code).
+    """
+    base = Phase("base", mix(0.0), base_tokens, LRSchedule(schedule="cosine", peak=3e-3, final=1.5e-3, warmup=0.05))
+    cont = LRSchedule(schedule="cosine", peak=1.5e-3, final=3e-4)
+    half = arm_tokens // 2
+    first = LRSchedule(schedule="constant", peak=1.5e-3)
+    last = LRSchedule(schedule="cosine", peak=1.5e-3, final=3e-4)
+    diluted = {"gcide": round(1 - NARRATIVE_DOSE, 6), "narratives": NARRATIVE_DOSE}
+    with_code = {"gcide": round(0.5 - NARRATIVE_DOSE, 6), "narratives": NARRATIVE_DOSE}
+
+    def arm(name, mixture, desc, control=""):
+        return Recipe(name, (base, Phase("arm", mixture, arm_tokens, cont)), desc, control)
+
+    return (
+        arm("text-only", mix(0.0), "baseline: the base's text mixture continued (75% narratives)"),
+        arm(
+            "text-diluted",
+            diluted,
+            "the code arms' narrative dose (37.5%), the rest English glosses: the dose of task text alone",
+        ),
+        arm(
+            "text+stdlib",
+            {**with_code, "stdlib": 0.5},
+            "natural code instead of half the English, same narrative dose: code vs English",
+            "text-diluted",
+        ),
+        arm(
+            "text+programs",
+            {**with_code, "programs": 0.5},
+            "same-world programs instead of half the English, same narrative dose: task code vs other code",
+            "text+stdlib",
+        ),
+        Recipe(
+            "balanced->text",
+            (base, Phase("balanced", mix(0.5), half, first), Phase("text", mix(0.1), arm_tokens - half, last)),
+            "the paper's schedule after the base: 50% code, then mostly text (10% code)",
+        ),
+    )
+
+
+def _tiny() -> GridConfig:
     # Sized by measurement (docs/learnability.md): a Llama block (gated MLP, no biases), d_model 64
     # and a 512-token BPE, after a 1,000-step induction warm-up, looks keys up in the narratives within 1M
     # tokens; GPT-NeoX at d_model 128 with 2,048 tokens did not in 16M.
     return GridConfig(
-        name="tiny-full" if full else "tiny",
-        description="demo-sized grid: 2-layer Llama, d_model 64, BPE 512, an induction warm-up, then 1M tokens per run",
+        name="tiny",
+        description="demo-sized controlled grid: 2-layer Llama, d_model 64, BPE 512, an induction warm-up and a "
+        "shared 250k-token text base per seed, then five 750k-token arms; 3 seeds",
         model=ModelConfig(arch="llama", n_layers=2, d_model=64, n_heads=4, d_mlp=256, n_ctx=128),
         tokenizer=TokenizerConfig(vocab_size=512, sample_bytes=1_000_000),
         sources=sources(2_000_000),
-        recipes=recipes(tokens=1_000_000, peak_lr=3e-3, full=full),
-        seeds=(0,),
+        recipes=tiny_arms(),
+        seeds=(0, 1, 2),
         # snapshots every 250 of the ~977 steps: 3 intermediate checkpoints for the learning curves
+        train=TrainConfig(
+            batch_size=8, eval_every=250, eval_tokens=8192, save_every=250, snapshot_every=250, induction_warmup=1000
+        ),
+    )
+
+
+def _tiny_full() -> GridConfig:
+    """Every variant of the paper at the tiny size, from scratch (after the warm-up), one seed."""
+    return GridConfig(
+        name="tiny-full",
+        description="every variant of the paper at the tiny size: 2-layer Llama, d_model 64, BPE 512, an induction "
+        "warm-up, then 1M tokens per run",
+        model=ModelConfig(arch="llama", n_layers=2, d_model=64, n_heads=4, d_mlp=256, n_ctx=128),
+        tokenizer=TokenizerConfig(vocab_size=512, sample_bytes=1_000_000),
+        sources=sources(2_000_000),
+        recipes=recipes(tokens=1_000_000, peak_lr=3e-3, full=True),
+        seeds=(0,),
         train=TrainConfig(
             batch_size=8, eval_every=250, eval_tokens=8192, save_every=250, snapshot_every=250, induction_warmup=1000
         ),
@@ -159,7 +239,7 @@ def _gpu() -> GridConfig:
     )
 
 
-PRESETS = {"tiny": lambda: _tiny(False), "tiny-full": lambda: _tiny(True), "small": _small, "gpu": _gpu}
+PRESETS = {"tiny": _tiny, "tiny-full": _tiny_full, "small": _small, "gpu": _gpu}
 
 
 def preset(name: str) -> GridConfig:

@@ -41,7 +41,10 @@ def run_name(recipe: str, seed: int) -> str:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    return artifacts.key(dataclasses.asdict(recipe))
+    """Identity of what a run of ``recipe`` trains (``compare_with``, bookkeeping, left out)."""
+    d = dataclasses.asdict(recipe)
+    d.pop("compare_with")
+    return artifacts.key(d)
 
 
 @dataclass(frozen=True)
@@ -391,7 +394,8 @@ def load_run(
 
 
 def runs_table(folder: str | Path) -> pd.DataFrame:
-    """One row per run: recipe, seed, status, phases, tokens per source, final validation loss per source."""
+    """One row per run: recipe, seed, status, phases, the recipe's description (the question it answers), tokens
+    per source, final validation loss per source."""
     rows = []
     for r in find_runs(folder):
         rec = r.record
@@ -404,6 +408,7 @@ def runs_table(folder: str | Path) -> pd.DataFrame:
             "steps": rec.get("steps"),
             "branched_from": "→".join(rec["branched_from"]["phases"]) if rec.get("branched_from") else "",
             "data": rec.get("data_manifest_sha256", ""),
+            "description": rec.get("recipe_config", {}).get("description", ""),
         }
         for s, n in rec.get("tokens_by_source", {}).items():
             row[f"tokens/{s}"] = n

@@ -15,5 +15,10 @@ def run(args) -> int:
         print(f"no runs in {args.folder}")
         return 0
     with pd.option_context("display.width", 200, "display.max_columns", 50):
-        print(table.to_string(index=False))
+        print(table.drop(columns="description").to_string(index=False))
+    described = table.drop_duplicates("recipe").query("description != ''")
+    if len(described):
+        print("\nrecipes:")
+        for recipe, description in zip(described["recipe"], described["description"]):
+            print(f"  {recipe}: {description}")
     return 0
