@@ -427,8 +427,9 @@ def test_phase_table_from_a_grid_rounds_up_to_whole_steps():
     per_step = grid.train.batch_size * grid.model.n_ctx
     assert set(t["recipe"]) == {r.name for r in grid.recipes}
     assert (t["end"] % per_step == 0).all() and (t["end"] > t["start"]).all()
-    two = t[t["recipe"] == "code->text"]
-    assert list(two["phase"]) == ["code-init", "text"] and two["start"].iloc[1] == two["end"].iloc[0]
+    three = t[t["recipe"] == "balanced->text"]
+    assert list(three["phase"]) == ["base", "balanced", "text"]
+    assert (three["start"].iloc[1:].to_numpy() == three["end"].iloc[:-1].to_numpy()).all()
 
 
 def test_shared_limits():
