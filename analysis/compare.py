@@ -6,8 +6,8 @@ index, category, difficulty, chance, logit_diff, correct, ...``). A recipe ``R``
 ``baseline`` seed by seed: seed ``s`` of ``R`` and seed ``s`` of the baseline are paired, and so are
 their scores on item ``j``, ``d[s, j] = R[s, j] - B[s, j]``. The unit of replication is the *seed*:
 the per-seed difference of means ``mean_j d[s, j]``; the estimate is their mean (equal to the mean of
-all ``d``, every seed having the same items). Items are identified by ``(task, rendering, index)``
-(``rendering`` where the table has it); only seeds present in both recipes and items scored by every
+all ``d``, every seed having the same items). Items are identified by ``(task, rendering, difficulty, index)``
+(``rendering`` and ``difficulty`` where the table has them); only seeds present in both recipes and items scored by every
 one of those seeds' models enter a row.
 
 **Metric.** ``metric="logit_diff"``: the summed log-probability of the answer minus that of the best
@@ -85,7 +85,8 @@ _EXACT_SIGNFLIP_MAX = 12
 
 
 def _item_key(scores: pd.DataFrame) -> list[str]:
-    return [c for c in ("task", "rendering", "index") if c in scores.columns]
+    """The columns that identify an item: an index is unique within a task, rendering and level."""
+    return [c for c in ("task", "rendering", "difficulty", "index") if c in scores.columns]
 
 
 def _check_scores(scores: pd.DataFrame, baseline: str, metric: str, by: Sequence[str]) -> str:

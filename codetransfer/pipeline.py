@@ -45,6 +45,7 @@ from codetransfer.analysis.grid import (
     eval_tables,
     evaluate_grid,
     hardest_fitting_level,
+    items_up_to,
     patch_grid,
     patch_sites,
 )
@@ -57,7 +58,7 @@ from codetransfer.trained.parallel import worker_init
 from codetransfer.trained.runs import run_checkpoints
 from codetransfer.trained.train import run_threads
 from codetransfer.trained.checks import check_number, read_table
-from codetransfer.tasks import task_names
+from codetransfer.tasks import get_task, task_names
 
 GRID_N_BOOT = 2000
 """Bootstrap resamples of the grid-wide evaluation tables (``results/eval.parquet``, ``summary.csv``,
@@ -94,9 +95,12 @@ class JobSettings:
 
     baseline: str = "text-only"
     """Recipe every other recipe is compared with (relative change, cross-model patching)."""
-    eval_items: int = 300
-    """Items per task family for evaluation, spread over its levels (45-50 at the easiest level of the tiny
-    grid's reasoning families: a 95% interval of about +-0.13)."""
+    eval_items: int = 600
+    """Items per task family for evaluation, spread evenly over its levels up to ``eval_max_difficulty`` (300
+    at each of the two easiest levels: a 95% interval of about +-0.05 per model)."""
+    eval_max_difficulty: int = 1
+    """Hardest level evaluated (levels with operations before the query stay at chance in the tiny grid);
+    above every family's hardest level (e.g. 99): every level."""
     curve_items: int = 60
     """Items per task family for the learning curves (runs that kept checkpoints: grid train.snapshot_every > 0)."""
     curve_max_difficulty: int = 0
@@ -192,6 +196,7 @@ def load_settings(path: str | Path, **overrides) -> JobSettings:
 #: the least value of each numeric JobSettings field (every one has an upper bound of 2**32 - 1)
 SETTINGS_LOW = {
     "eval_items": 1,
+    "eval_max_difficulty": 0,
     "curve_items": 1,
     "curve_max_difficulty": 0,
     "probe_items": 1,
@@ -400,9 +405,14 @@ class UnitPool:
 
 
 def _eval_unit(run, dest: Path, settings: JobSettings, curve: bool, device: str, log) -> None:
+    tasks = {  # spread evenly over the levels evaluated (the same items for every run)
+        name: items_up_to(get_task(name), settings.eval_items, settings.seed, settings.eval_max_difficulty)
+        for name in task_names()
+    }
     tables = evaluate_grid(
         [run],
         runs_dir=run.path,
+        tasks=tasks,
         n_items=settings.eval_items,
         seed=settings.seed,
         baseline=DEFAULT_BASELINE,

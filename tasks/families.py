@@ -191,6 +191,12 @@ def _entities(sc: Scenario) -> tuple[str, ...]:
     return tuple(names) + tuple(sc.people)
 
 
+_GENERATED: dict[tuple, tuple[Item, ...]] = {}
+"""Items already generated in this process, by family, version and arguments: generation is deterministic and
+items are immutable, so every analysis of a job (one per run) draws them once per process."""
+_GENERATED_MAX = 64
+
+
 @dataclass(frozen=True)
 class TaskFamily:
     """A named, versioned generator of items (base class)."""
@@ -220,12 +226,20 @@ class TaskFamily:
             )
         if split not in SPLITS:
             raise CodetransferError(f"split must be one of {SPLITS}, got {split!r}")
-        return [
-            self._item(
-                seed, i, difficulty if difficulty is not None else self.difficulties[i % len(self.difficulties)], split
+        key = (type(self).__name__, self.name, self.version, n, seed, difficulty, split)
+        if key not in _GENERATED:
+            if len(_GENERATED) >= _GENERATED_MAX:
+                _GENERATED.pop(next(iter(_GENERATED)))
+            _GENERATED[key] = tuple(
+                self._item(
+                    seed,
+                    i,
+                    difficulty if difficulty is not None else self.difficulties[i % len(self.difficulties)],
+                    split,
+                )
+                for i in range(n)
             )
-            for i in range(n)
-        ]
+        return list(_GENERATED[key])
 
     def _item(self, seed: int, index: int, difficulty: int, split: str) -> Item:  # pragma: no cover
         raise NotImplementedError

@@ -159,7 +159,7 @@ def test_tiny_arms_share_one_base_and_differ_from_their_control_in_one_thing():
     g = preset("tiny")
     assert g.seeds == (0, 1, 2)
     arms = {r.name: r for r in g.recipes}
-    assert set(arms) == {"text-only", "text-diluted", "text+stdlib", "text+programs", "balanced->text"}
+    assert set(arms) == {"text-only", "text-diluted", "text+stdlib", "text+programs"}
     assert all(r.phases[0] == g.recipes[0].phases[0] for r in g.recipes)  # one base, trained once per seed
     assert all(r.description for r in g.recipes)
 

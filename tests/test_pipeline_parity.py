@@ -23,11 +23,13 @@ from codetransfer.analysis.grid import (
     eval_tables,
     evaluate_grid,
     hardest_fitting_level,
+    items_up_to,
     patch_grid,
     patch_sites,
 )
 from codetransfer.pipeline import GRID_N_BOOT, HELDOUT_WINDOWS, PROBE_SPLIT_SEEDS, UNIT_N_BOOT, JobSettings, run_job
 from codetransfer.probes.grid import probe_grid
+from codetransfer.tasks import get_task, task_names
 from codetransfer.trained import find_runs
 
 GRID = synthetic_grid(
@@ -94,9 +96,11 @@ def _stored(table: pd.DataFrame) -> pd.DataFrame:
 def test_eval_tables_equal_one_evaluation_of_every_run(job):
     root, runs = job
     s = SETTINGS
+    tasks = {t: items_up_to(get_task(t), s.eval_items, s.seed, s.eval_max_difficulty) for t in task_names()}
     direct = evaluate_grid(
         runs,
         runs_dir=root / "out",
+        tasks=tasks,
         n_items=s.eval_items,
         seed=s.seed,
         baseline=DEFAULT_BASELINE,

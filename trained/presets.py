@@ -134,14 +134,11 @@ def tiny_arms(base_tokens: int = TINY_BASE_TOKENS, arm_tokens: int = TINY_ARM_TO
       English: against ``text-diluted``, code that is not about the task versus English;
     * ``text+programs`` -- the same, with the world simulator's programs (same-world code): against
       ``text+stdlib``, code about the task versus code that is not;
-    * ``balanced->text`` -- the paper's schedule after the base: half the continuation 50% code, then
-      mostly text (10% code).
+
+    The paper's recipes themselves (balanced, code->text, balanced->text ...) are in ``tiny-full``.
     """
     base = Phase("base", mix(0.0), base_tokens, LRSchedule(schedule="cosine", peak=3e-3, final=1.5e-3, warmup=0.05))
     cont = LRSchedule(schedule="cosine", peak=1.5e-3, final=3e-4)
-    half = arm_tokens // 2
-    first = LRSchedule(schedule="constant", peak=1.5e-3)
-    last = LRSchedule(schedule="cosine", peak=1.5e-3, final=3e-4)
     diluted = {"gcide": round(1 - NARRATIVE_DOSE, 6), "narratives": NARRATIVE_DOSE}
     with_code = {"gcide": round(0.5 - NARRATIVE_DOSE, 6), "narratives": NARRATIVE_DOSE}
 
@@ -167,11 +164,6 @@ def tiny_arms(base_tokens: int = TINY_BASE_TOKENS, arm_tokens: int = TINY_ARM_TO
             "same-world programs instead of half the English, same narrative dose: task code vs other code",
             "text+stdlib",
         ),
-        Recipe(
-            "balanced->text",
-            (base, Phase("balanced", mix(0.5), half, first), Phase("text", mix(0.1), arm_tokens - half, last)),
-            "the paper's schedule after the base: 50% code, then mostly text (10% code)",
-        ),
     )
 
 
@@ -182,7 +174,7 @@ def _tiny() -> GridConfig:
     return GridConfig(
         name="tiny",
         description="demo-sized controlled grid: 2-layer Llama, d_model 64, BPE 512, an induction warm-up and a "
-        "shared 250k-token text base per seed, then five 750k-token arms; 3 seeds",
+        "shared 250k-token text base per seed, then four 750k-token arms; 3 seeds",
         model=ModelConfig(arch="llama", n_layers=2, d_model=64, n_heads=4, d_mlp=256, n_ctx=128),
         tokenizer=TokenizerConfig(vocab_size=512, sample_bytes=1_000_000),
         sources=sources(2_000_000),
