@@ -954,7 +954,7 @@ def cross_rendering_patching(
     of the counterfactual world, see the module docstring); ``within`` patches from the clean prompt
     of the target rendering at the same positions (the ceiling). All are scaled 0 = target
     counterfactual, 1 = target clean. ``caches`` = ``(clean, target, source)`` from :func:`run_cache`
-    avoids recomputing them (and lets a test plant activations); the control's are computed here.
+    avoids recomputing them; the control's are computed here.
     """
     site = check_site(site)
     if batch.control_tokens is None:
@@ -974,19 +974,39 @@ def cross_rendering_patching(
     control_cells = make_cells(model, site, 0, True, control_pos, layers, heads, batch=n)
     cross = patch_cells(model, target, source.acts, site, cross_cells, batch.metric, max_rows=max_rows)
     within = patch_cells(model, target, clean.acts, site, within_cells, batch.metric, max_rows=max_rows)
-    control = torch.empty_like(cross)
+    # Where an item's control prompt equals its source prompt up to the position (the changed fact), a
+    # causal model gives the patched run the same numbers: the control is the score there, exactly (another
+    # forward pass would add float noise, which must not pass for an excess over the control).
+    same = {k: _same_prefix(batch, k) for k in batch.positions}
+    control = cross.clone()
     for tokens, keys in _distinct_controls(batch):
-        idx = [i for i, c in enumerate(control_cells) if c.pos_label in keys]
+        idx = [i for i, c in enumerate(control_cells) if c.pos_label in keys and not same[c.pos_label].all()]
         if not idx:
             continue
         acts = run_cache(model, tokens, batch.control_metric).acts
-        cells = [control_cells[i] for i in idx]
-        control[idx] = patch_cells(model, target, acts, site, cells, batch.metric, max_rows=max_rows)
+        values = patch_cells(
+            model, target, acts, site, [control_cells[i] for i in idx], batch.metric, max_rows=max_rows
+        )
+        for row, i in zip(values, idx):
+            other = ~same[control_cells[i].pos_label]
+            control[i, other] = row[other]
     top, bottom = clean.metric.cpu(), target.metric.cpu()
     return (
         PatchingSweep(site, "cross_rendering", tuple(cross_cells), cross, top, bottom, control=control),
         PatchingSweep(site, "within_rendering", tuple(within_cells), within, top, bottom),
     )
+
+
+def _same_prefix(batch: RenderingBatch, key: str) -> Tensor:
+    """Per item: whether the token-matched control prompt at ``key`` equals the source prompt up to and
+    including the position (where the two worlds' code prompts differ in the token there, and only
+    there or later)."""
+    tokens, src = batch.control_at(key), batch.source_tokens
+    ctl_pos, src_pos = batch.control_positions[key], batch.positions[key][1]
+    return torch.tensor([
+        int(k) == int(p) and torch.equal(tokens[i, : int(k) + 1], src[i, : int(p) + 1])
+        for i, (k, p) in enumerate(zip(ctl_pos, src_pos))
+    ])  # fmt: skip
 
 
 def _distinct_controls(batch: RenderingBatch) -> list[tuple[Tensor, set[str]]]:

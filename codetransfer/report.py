@@ -1000,15 +1000,23 @@ noise: a control equal to its score by construction differs from it by about 1e-
 
 
 def cross_rendering_reading(score, score_low, score_high, control, excess_low, noise: float = NOISE) -> str:
-    """What one cross-rendering cell supports: a shared representation only where the excess over its
-    token-matched control lies above 0; token identity where the control lies within the score's
-    interval (or at or above the score); ``noise`` is the float tolerance of every comparison."""
+    """What one cross-rendering cell supports: a shared representation only where the score's interval
+    and the interval of its excess over the token-matched control both lie above 0; token identity where
+    the control lies within the score's interval (or at or above the score); a score or control outside
+    :data:`STABLE_SHARE` divides by a small gap and is unstable. ``noise`` is the float tolerance of
+    every comparison."""
     if not _finite(control):
         return "no control measured: not a finding"
-    if _finite(excess_low) and float(excess_low) > noise:
-        return "exceeds its control: a shared representation"
+    lo, hi = STABLE_SHARE
+    if not all(_finite(v) and lo <= float(v) <= hi for v in (score, control)):
+        return f"unstable: outside [{lo}, {hi}], not a finding"
+    exceeds = _finite(excess_low) and float(excess_low) > noise
     if not ((_finite(score_low) and float(score_low) > noise) or (_finite(score_high) and float(score_high) < -noise)):
+        if exceeds:
+            return "exceeds its control, but the score's interval includes 0: not a finding"
         return "no effect (interval includes 0)"
+    if exceeds:
+        return "exceeds its control: a shared representation"
     c = float(control)
     within = _finite(score_low) and _finite(score_high) and score_low - noise <= c <= score_high + noise
     if within or (_finite(score) and c >= float(score) - noise):
@@ -1030,24 +1038,32 @@ def _cross_rendering(s: Section, cr: pd.DataFrame) -> list[str]:
         part = cr[cr["metric"] == metric][["run", "_cell", "value", "ci_low", "ci_high"]]
         part = part.rename(columns={"value": name, "ci_low": f"{name}_low", "ci_high": f"{name}_high"})
         base = base.merge(part.drop_duplicates(["run", "_cell"]), on=["run", "_cell"], how="left")
+    for name in names.values():  # an interval narrower than float noise is exact: printed as such
+        v, lo, hi = base[name], base[f"{name}_low"], base[f"{name}_high"]
+        exact = (hi - lo).abs() < NOISE
+        v = v.where(~(exact & (v.abs() < NOISE)), 0.0)
+        base[name], base[f"{name}_low"], base[f"{name}_high"] = v, lo.where(~exact, v), hi.where(~exact, v)
     base["reading"] = [
         cross_rendering_reading(*v)
         for v in zip(base["score"], base["score_low"], base["score_high"], base["control"], base["excess_low"])
     ]
     base["component"] = [_component_name(r) for _, r in base.iterrows()]
-    shown, identity, shared = [], [], []
+    shown, identity, shared, n_unstable = [], [], [], 0
     for _, g in base.groupby(["run"], sort=True):
-        g = g[g["score"].map(_finite)]
+        unstable = g["reading"].str.startswith("unstable")
+        n_unstable += int(unstable.sum())
+        g = g[g["score"].map(_finite) & ~unstable]
         if g.empty:
             continue
-        best = g.loc[g["score"].idxmax()]
+        effects = g[[_excludes_zero(a - NOISE, b + NOISE) for a, b in zip(g["score_low"], g["score_high"])]]
+        best = (effects if not effects.empty else g).loc[lambda t: t["score"].idxmax()]  # the largest effect
         picked = [best]
         if best["reading"].startswith("token identity"):
             identity.append(best)
         lead = g[g["excess"].map(_finite)]
         if not lead.empty:
             picked.append(lead.loc[lead["excess"].idxmax()])  # the largest excess, a finding or not
-            found = lead[lead["reading"].str.startswith("exceeds")]
+            found = lead[lead["reading"].str.startswith("exceeds its control: a shared")]
             if not found.empty:  # the surest finding: the highest lower end
                 top = found.loc[found["excess_low"].idxmax()]
                 picked.append(top)
@@ -1058,10 +1074,22 @@ def _cross_rendering(s: Section, cr: pd.DataFrame) -> list[str]:
         "the counterfactual at aligned positions (1 = the clean text's answer), next to its control — the "
         "same cell patched from the code rendering of the counterfactual world holding the same token at "
         "that position — and the excess over the control (95% intervals from the same item resamples). Per "
-        "run: the largest effect, and the cell that exceeds its control most. Only an excess whose interval "
-        "lies above 0 shows a representation the two renderings share; a control within the score's "
-        "interval means the patch carries the token, not the world."
+        "run: the largest effect (among scores whose interval excludes 0), and the cell that exceeds its "
+        "control most. Only a score and an excess "
+        "whose intervals lie above 0 show a representation the two renderings share; a control within the score's "
+        "interval means the patch carries the token, not the world. The control rules out the token at the "
+        "patched position, not the tokens the code prompt mentions before it (which attention can gather "
+        "in any model)."
+        + (
+            f" {n_unstable} cell(s) whose score or control lies outside [{STABLE_SHARE[0]}, {STABLE_SHARE[1]}] "
+            "(a small clean-vs-counterfactual gap on these items) are left out as unstable."
+            if n_unstable
+            else ""
+        )
     )
+    if not shown:
+        s.add_text("No cross-rendering cell is stable: nothing to report.")
+        return []
     t = pd.DataFrame(shown).infer_objects()
     s.add_table(
         t[["recipe", "seed", "component", "score", "score_low", "score_high", "control", "control_low",

@@ -184,7 +184,23 @@ def test_cross_rendering_readings():
     assert cross_rendering_reading(0.9, 0.7, 1.1, 0.2, 0.3).startswith("exceeds its control")
     assert cross_rendering_reading(0.9, 0.7, 1.1, 0.5, -0.01).startswith("not distinguishable")
     assert cross_rendering_reading(0.1, -0.2, 0.4, 0.0, -0.1).startswith("no effect")
+    # a paired excess above 0 is not enough when the score itself is not distinguishable from 0
+    assert cross_rendering_reading(1.0, -1.0, 5.0, 0.6, 0.4).endswith("the score's interval includes 0: not a finding")
     assert cross_rendering_reading(0.9, 0.7, 1.1, float("nan"), float("nan")).startswith("no control")
+    # a small clean-vs-counterfactual gap: large scores with a tight excess are not a finding
+    assert cross_rendering_reading(24.0, -16.0, 93.0, 23.0, 0.3) == "unstable: outside [-0.5, 1.5], not a finding"
+    assert cross_rendering_reading(0.9, 0.7, 1.1, -0.7, 1.2).startswith("unstable")
+
+
+def test_unstable_cross_rendering_cells_are_left_out(tmp_path):
+    t = _rendering({
+        "cross_rendering": {IDENTITY: (1.0, 1.0, 1.0), LATER: (24.0, -16.0, 93.0)},
+        "cross_rendering_control": {IDENTITY: (1.0, 1.0, 1.0), LATER: (23.0, -16.0, 91.0)},
+        "cross_rendering_excess": {IDENTITY: (0.0, 0.0, 0.0), LATER: (0.6, 0.3, 1.2)},
+    })  # fmt: skip
+    text, tables, findings = _section(tmp_path, cross_rendering=t)
+    assert findings == [] and "1 cell(s) whose score or control lies outside [-0.5, 1.5]" in text
+    assert "L1" not in tables and "at resid_pre L0 @answer_source, is matched by its control" in text
 
 
 def test_known_answer_models_through_the_report(tmp_path, tiny_model_dir, tiny_tokenizer):
