@@ -74,13 +74,17 @@ code twin of the target's counterfactual, whose answer is the counterfactual's, 
 holding at the patched position the token the real source holds there (token-matched). At a position
 where the two worlds' code prompts hold the same token (every position but the changed fact) this is
 the counterfactual's code twin unchanged: whatever a patch from it restores is common to both worlds,
-not the clean answer. At the changed fact the spliced token makes the control's prompt equal the
-real source's up to that position, so a causal model gives the control the score's value: the effect
-is the token, not a representation of the world. The sweep's table (:meth:`PatchingSweep.table`)
+not the clean answer. At the changed fact (and before it) the control's prompt equals the real
+source's up to the position, so a causal model gives the control the score's value — the effect is the
+token, not a representation of the world — and the control is set to the score there exactly (a
+second forward pass would differ by float noise). The sweep's table (:meth:`PatchingSweep.table`)
 holds, per cell, ``cross_rendering`` (the score), ``cross_rendering_control`` and
-``cross_rendering_excess`` = score - control with an interval from the same item resamples: a cell
-shows a shared representation only where the excess's interval lies above 0; where the control lies
-within the score's interval the score is token identity.
+``cross_rendering_excess`` = score - control with an interval from the same item resamples. The
+report counts a cell as a shared representation only where the score's and the excess's intervals
+lie above 0; where the control lies within the score's interval the score is token identity. The
+control rules out the token at the patched position, not the tokens the code prompt mentions before
+it: a position after the changed fact that gathers them by attention (as even a random model's heads
+do) carries the clean world's token in both renderings alike.
 
 Usage::
 
@@ -945,7 +949,6 @@ def cross_rendering_patching(
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     max_rows: int = 256,
-    caches: tuple[RunCache, RunCache, RunCache] | None = None,
 ) -> tuple[PatchingSweep, PatchingSweep]:
     """Patch the source rendering of the clean world into the target rendering's counterfactual.
 
@@ -953,19 +956,14 @@ def cross_rendering_patching(
     its :attr:`~PatchingSweep.control` (the same cells patched from the token-matched source rendering
     of the counterfactual world, see the module docstring); ``within`` patches from the clean prompt
     of the target rendering at the same positions (the ceiling). All are scaled 0 = target
-    counterfactual, 1 = target clean. ``caches`` = ``(clean, target, source)`` from :func:`run_cache`
-    avoids recomputing them; the control's are computed here.
+    counterfactual, 1 = target clean.
     """
     site = check_site(site)
     if batch.control_tokens is None:
         raise CodetransferError("batch: has no control prompts; build it with rendering_batch")
-    if caches is None:
-        caches = (
-            run_cache(model, batch.clean_tokens, batch.metric),
-            run_cache(model, batch.target_tokens, batch.metric),
-            run_cache(model, batch.source_tokens, batch.source_metric),
-        )
-    clean, target, source = caches
+    clean = run_cache(model, batch.clean_tokens, batch.metric)
+    target = run_cache(model, batch.target_tokens, batch.metric)
+    source = run_cache(model, batch.source_tokens, batch.source_metric)
     n = batch.target_tokens.shape[0]
     cross_cells = make_cells(model, site, 0, True, batch.positions, layers, heads, batch=n)
     within_pos = {k: (t, t) for k, (t, _) in batch.positions.items()}
@@ -979,7 +977,7 @@ def cross_rendering_patching(
     # forward pass would add float noise, which must not pass for an excess over the control).
     same = {k: _same_prefix(batch, k) for k in batch.positions}
     control = cross.clone()
-    for tokens, keys in _distinct_controls(batch):
+    for tokens, keys in _distinct_controls(batch, same):
         idx = [i for i, c in enumerate(control_cells) if c.pos_label in keys and not same[c.pos_label].all()]
         if not idx:
             continue
@@ -1009,12 +1007,14 @@ def _same_prefix(batch: RenderingBatch, key: str) -> Tensor:
     ])  # fmt: skip
 
 
-def _distinct_controls(batch: RenderingBatch) -> list[tuple[Tensor, set[str]]]:
-    """The token-matched control prompts of a batch, each with the position keys it serves (keys whose
-    matched prompts are equal share one forward pass: every key where the two worlds agree)."""
+def _distinct_controls(batch: RenderingBatch, same: Mapping[str, Tensor]) -> list[tuple[Tensor, set[str]]]:
+    """The token-matched control prompts of a batch, each with the position keys it serves. Keys whose
+    prompts are equal share one forward pass; an item whose control equals the source up to the position
+    (``same``) takes the score, so its row is left as the counterfactual's code twin: usually every key
+    shares one prompt."""
     out: list[tuple[Tensor, set[str]]] = []
     for key in batch.positions:
-        tokens = batch.control_at(key)
+        tokens = torch.where(same[key][:, None], batch.control_tokens, batch.control_at(key))
         for seen, keys in out:
             if torch.equal(seen, tokens):
                 keys.add(key)
