@@ -427,7 +427,9 @@ class PatchSettings:
     attribution: bool = False
     """Also screen every head/MLP node by attribution patching, with its rank agreement with exact patching."""
     cross_rendering: bool = False
-    """Also patch the code rendering into the text rendering at aligned positions."""
+    """Also patch the code rendering into the text rendering at aligned positions, with the token-matched
+    control (the counterfactual world's code rendering; see
+    :func:`~codetransfer.analysis.patching.cross_rendering_patching`)."""
     cross_model: tuple[str, str] | None = None
     """``(A, B)``: also patch run A's activations into run B."""
     cross_model_only: bool = False
@@ -643,7 +645,9 @@ def _patch_plan(runs: Sequence, s: PatchSettings, device: str, load: Callable, l
         log(f"note: {batch.n_dropped} of {len(items)} items dropped (counterfactual tokenizes to another length)")
     rbatch = P.rendering_batch(items, tokenizer, "code", drop_misaligned=True) if s.cross_rendering else None
     n_ctx = _n_ctx(infos[0])
-    widths = [batch.clean_tokens.shape[1]] + ([rbatch.source_tokens.shape[1]] if rbatch is not None else [])
+    widths = [batch.clean_tokens.shape[1]]
+    if rbatch is not None:  # the code twins of the clean and of the counterfactual world (the control)
+        widths += [rbatch.source_tokens.shape[1], rbatch.control_tokens.shape[1]]
     if max(widths) > n_ctx:
         raise CodetransferError(
             f"--task: items of {s.task} are up to {max(widths)} tokens but the models' context is {n_ctx}; "
@@ -688,6 +692,8 @@ def patch_sweep_settings(settings: PatchSettings, infos, items) -> dict:
         noising=bool(s.noising),
         attribution=bool(s.attribution),
         cross_rendering=bool(s.cross_rendering),
+        # parts written before the cross-rendering control existed hold no control rows: another sweep
+        **({"cross_rendering_control": "token-matched"} if s.cross_rendering else {}),
         cross_model=list(s.cross_model or []),
         cross_model_only=bool(s.cross_model_only),
         runs=[

@@ -59,6 +59,33 @@ fast screen with its rank agreement to exact patching (:func:`attribution_screen
 faithfulness (:func:`circuit_faithfulness`), cross-model patching (:func:`cross_model_patching`,
 Prakash et al. 2024) and cross-rendering patching (:func:`cross_rendering_patching`).
 
+Cross-rendering patching and its control
+----------------------------------------
+Cross-rendering patching runs the *text* rendering of the counterfactual world (the target, '0') with
+one activation taken from the *code* rendering of the clean world (the source) at an aligned
+position, on the same scale as above (1 = the text rendering of the clean world). A score of 1 does
+not by itself show a representation shared by the two renderings: at the position where the two
+worlds differ (the changed fact, e.g. ``answer_source``) the code prompt holds the clean answer's
+token, the same token the clean text holds there, so the first layer's residual (the token
+embedding) restores the clean text exactly in any model, text-only included.
+
+The **control** patches the same cells from the code rendering of the *counterfactual* world (the
+code twin of the target's counterfactual, whose answer is the counterfactual's, not the clean one),
+holding at the patched position the token the real source holds there (token-matched). At a position
+where the two worlds' code prompts hold the same token (every position but the changed fact) this is
+the counterfactual's code twin unchanged: whatever a patch from it restores is common to both worlds,
+not the clean answer. At the changed fact (and before it) the control's prompt equals the real
+source's up to the position, so a causal model gives the control the score's value — the effect is the
+token, not a representation of the world — and the control is set to the score there exactly (a
+second forward pass would differ by float noise). The sweep's table (:meth:`PatchingSweep.table`)
+holds, per cell, ``cross_rendering`` (the score), ``cross_rendering_control`` and
+``cross_rendering_excess`` = score - control with an interval from the same item resamples. The
+report counts a cell as a shared representation only where the score's and the excess's intervals
+lie above 0; where the control lies within the score's interval the score is token identity. The
+control rules out the token at the patched position, not the tokens the code prompt mentions before
+it: a position after the changed fact that gathers them by attention (as even a random model's heads
+do) carries the clean world's token in both renderings alike.
+
 Usage::
 
     from codetransfer.analysis import patching as P
@@ -452,11 +479,28 @@ class PatchingSweep:
     metric: str = "logit_diff"
     cell_sites: tuple[str, ...] | None = None
     """Per-cell site names where one sweep mixes sites (path patching: 'path_q', ...)."""
+    control: Float[Tensor, "cell batch"] | None = None
+    """Metric of the control patch of the same cells per item (cross-rendering: the token-matched code
+    twin of the counterfactual world), on the same anchors; None when the sweep has no control."""
+
+    def __post_init__(self):
+        if self.control is not None and self.control.shape != self.values.shape:
+            raise CodetransferError(
+                f"control: expected one value per cell and item like values {tuple(self.values.shape)}, "
+                f"got {tuple(self.control.shape)}"
+            )
 
     def normalised(self) -> Float[Tensor, " cell"]:
         """``(mean patched - mean corrupted) / (mean clean - mean corrupted)`` per cell."""
         gap = self.clean.mean() - self.corrupted.mean()
         return (self.values.mean(1) - self.corrupted.mean()) / gap
+
+    def normalised_control(self) -> Float[Tensor, " cell"]:
+        """The control's :meth:`normalised` scale per cell (NaN without a control)."""
+        if self.control is None:
+            return torch.full((len(self.cells),), float("nan"))
+        gap = self.clean.mean() - self.corrupted.mean()
+        return (self.control.mean(1) - self.corrupted.mean()) / gap
 
     def grid(self) -> Tensor:
         """Mean raw metric per cell, shaped like TransformerLens' result ([layer, pos(, head)])."""
@@ -477,9 +521,17 @@ class PatchingSweep:
 
     def table(self, meta: Mapping[str, object] | None = None, n_boot: int = 1000, ci: float = 0.95, seed: int = 0):
         """Tidy rows (:data:`codetransfer.analysis.schema.TABLES` ``["patching"]``): metric '<direction>' is the
-        normalised scale, 'logit_diff' raw."""
+        normalised scale, 'logit_diff' raw; with a :attr:`control`, also '<direction>_control' (the
+        control on the same scale) and '<direction>_excess' (patched minus control on that scale:
+        ``(mean patched - mean control) / (mean clean - mean corrupted)``), all three intervals from the
+        same item resamples."""
+        n = len(self.cells)
+        stacked = self.values
+        if self.control is not None:
+            # the excess is the ratio of (patched - control + corrupted): one resample serves the three
+            stacked = torch.cat([self.values, self.control, self.values - self.control + self.corrupted])
         norm, lo, hi = ratio_bootstrap_ci(
-            self.values, self.clean, self.corrupted, n_resamples=n_boot, confidence=ci, seed=seed
+            stacked, self.clean, self.corrupted, n_resamples=n_boot, confidence=ci, seed=seed
         )
         raw = self.values.mean(1).numpy()
         rows = []
@@ -493,6 +545,10 @@ class PatchingSweep:
             )
             rows.append({**base, "metric": self.direction, "value": norm[i], "ci_low": lo[i], "ci_high": hi[i]})
             rows.append({**base, "metric": self.metric, "value": float(raw[i]), "ci_low": None, "ci_high": None})
+            if self.control is not None:
+                for k, name in ((n + i, "control"), (2 * n + i, "excess")):
+                    rows.append({**base, "metric": f"{self.direction}_{name}", "value": norm[k], "ci_low": lo[k],
+                                 "ci_high": hi[k]})  # fmt: skip
         return _tidy(rows, meta)
 
 
@@ -764,8 +820,9 @@ def cross_model_patching(
 
 @dataclass(frozen=True)
 class RenderingBatch:
-    """Target (other-rendering counterfactual), source (clean world in ``from_rendering``) and the
-    clean target-rendering prompt, with positions aligned by shared span keys."""
+    """Target (other-rendering counterfactual), source (clean world in ``from_rendering``), the
+    clean target-rendering prompt and the control (counterfactual world in ``from_rendering``), with
+    positions aligned by shared span keys."""
 
     target_tokens: Int[Tensor, "batch pos"]
     """The counterfactual in the target rendering (the '0' run, patched)."""
@@ -779,16 +836,40 @@ class RenderingBatch:
     """Span key -> (target position, source position) per item; includes 'last'."""
     n_dropped: int = 0
     """Items left out because their counterfactual tokenized to another length (``drop_misaligned``)."""
+    control_tokens: Int[Tensor, "batch ctl_pos"] | None = None
+    """The counterfactual world in the source rendering (the code twin of the target's counterfactual),
+    before the token at a patched position is matched to the source's (:meth:`control_at`)."""
+    control_positions: dict[str, Int[Tensor, " batch"]] = field(default_factory=dict)
+    """Span key -> position in ``control_tokens`` per item (the keys of ``positions``)."""
+    control_metric: LogitDiff | None = None
+    """The metric read at the control prompt's own last position."""
+
+    def control_at(self, key: str) -> Int[Tensor, "batch ctl_pos"]:
+        """The token-matched control for cells at ``key``: ``control_tokens`` with each item's token at
+        ``key`` set to the source's token there (a no-op where the two worlds hold the same token)."""
+        if self.control_tokens is None or key not in self.control_positions:
+            raise CodetransferError(
+                f"key: no control position {key!r} in this batch (have {', '.join(self.control_positions) or 'none'}); "
+                "build it with rendering_batch"
+            )
+        rows = torch.arange(self.control_tokens.shape[0])
+        out = self.control_tokens.clone()
+        out[rows, self.control_positions[key]] = self.source_tokens[rows, self.positions[key][1]]
+        return out
 
 
 def rendering_batch(
     items: Sequence, tokenizer, from_rendering: str = "code", drop_misaligned: bool = False
 ) -> RenderingBatch:
     """Pair each item's rendering-``from_rendering`` version (source) with the other rendering's
-    counterfactual (target), aligned at the span keys the two share (span ends) and the last token."""
+    counterfactual (target), aligned at the span keys the two share (span ends) and the last token,
+    and with the counterfactual world's ``from_rendering`` version (the control, see the module
+    docstring), aligned at the same keys. Refuses items without a twin, a counterfactual or a
+    counterfactual in the source rendering."""
     if not items:
         raise CodetransferError("items: expected at least one item, got none")
     tgt_rows, cln_rows, src_rows, tpos, spos, ans, cnt, aligned = [], [], [], [], [], [], [], []
+    ctl_rows, kpos = [], []
     for i, it in enumerate(items):
         target = it.twin if it.rendering == from_rendering else it
         source = None if target is None else target.twin
@@ -800,11 +881,20 @@ def rendering_batch(
         cf = target.counterfactual
         if cf is None:
             raise CodetransferError(f"items[{i}] ({it.task}): its {target.rendering} rendering has no counterfactual")
+        control = next(
+            (x for x in (source.counterfactual, cf.twin) if x is not None and x.rendering == from_rendering), None
+        )
+        if control is None:
+            raise CodetransferError(
+                f"items[{i}] ({it.task}): its counterfactual has no {from_rendering!r} twin; the cross-rendering "
+                "control patches from the counterfactual world's source rendering"
+            )
         shared, a, c = _answer_tokens(tokenizer, target.answer, cf.answer, f"items[{i}] ({it.task})")
         ids, off = encoding.encode_prompt(tokenizer, target.prompt)
         cids, coff = encoding.encode_prompt(tokenizer, cf.prompt)
         sids, soff = encoding.encode_prompt(tokenizer, source.prompt)
-        ids, cids, sids = ids + shared, cids + shared, sids + shared
+        kids, koff = encoding.encode_prompt(tokenizer, control.prompt)
+        ids, cids, sids, kids = ids + shared, cids + shared, sids + shared, kids + shared
         if len(ids) != len(cids):
             if drop_misaligned:
                 continue
@@ -812,16 +902,19 @@ def rendering_batch(
                 f"items[{i}] ({it.task}): prompt is {len(ids)} tokens but its counterfactual {len(cids)}; "
                 "positions must align — pass drop_misaligned=True to skip such items"
             )
-        keys = sorted(set(cf.spans) & set(source.spans))
+        keys = sorted(set(cf.spans) & set(source.spans) & set(control.spans))
         if not keys:
             raise CodetransferError(f"items[{i}] ({it.task}): the two renderings share no span keys to align")
         tp = _span_positions(cf, coff, keys)
         sp = _span_positions(source, soff, keys)
+        kp = _span_positions(control, koff, keys)
         tgt_rows.append(cids)
         cln_rows.append(ids)
         src_rows.append(sids)
+        ctl_rows.append(kids)
         tpos.append({**tp, "last": encoding.answer_position(cids)})
         spos.append({**sp, "last": encoding.answer_position(sids)})
+        kpos.append({**kp, "last": encoding.answer_position(kids)})
         ans.append(a)
         cnt.append(c)
         aligned.append(set(keys) | {"last"})
@@ -829,9 +922,11 @@ def rendering_batch(
         raise CodetransferError("items: every counterfactual tokenizes to another length; nothing to patch")
     keys = sorted(set.intersection(*aligned), key=lambda k: (k == "last", k))
     positions = {k: (torch.tensor([p[k] for p in tpos]), torch.tensor([p[k] for p in spos])) for k in keys}
+    control_positions = {k: torch.tensor([p[k] for p in kpos]) for k in keys}
     pad = tokenizer.pad_token_id
     metric = LogitDiff(positions["last"][0], torch.tensor(ans), torch.tensor(cnt))
     source_metric = LogitDiff(positions["last"][1], torch.tensor(ans), torch.tensor(cnt))
+    control_metric = LogitDiff(control_positions["last"], torch.tensor(ans), torch.tensor(cnt))
     return RenderingBatch(
         _pad(tgt_rows, pad),
         _pad(cln_rows, pad),
@@ -840,6 +935,9 @@ def rendering_batch(
         source_metric,
         positions,
         len(items) - len(aligned),
+        _pad(ctl_rows, pad),
+        control_positions,
+        control_metric,
     )
 
 
@@ -854,11 +952,15 @@ def cross_rendering_patching(
 ) -> tuple[PatchingSweep, PatchingSweep]:
     """Patch the source rendering of the clean world into the target rendering's counterfactual.
 
-    Returns ``(cross, within)``: ``cross`` patches from the other rendering at aligned positions;
-    ``within`` patches from the clean prompt of the target rendering at the same positions (the
-    ceiling). Both are scaled 0 = target counterfactual, 1 = target clean.
+    Returns ``(cross, within)``: ``cross`` patches from the other rendering at aligned positions, with
+    its :attr:`~PatchingSweep.control` (the same cells patched from the token-matched source rendering
+    of the counterfactual world, see the module docstring); ``within`` patches from the clean prompt
+    of the target rendering at the same positions (the ceiling). All are scaled 0 = target
+    counterfactual, 1 = target clean.
     """
     site = check_site(site)
+    if batch.control_tokens is None:
+        raise CodetransferError("batch: has no control prompts; build it with rendering_batch")
     clean = run_cache(model, batch.clean_tokens, batch.metric)
     target = run_cache(model, batch.target_tokens, batch.metric)
     source = run_cache(model, batch.source_tokens, batch.source_metric)
@@ -866,13 +968,60 @@ def cross_rendering_patching(
     cross_cells = make_cells(model, site, 0, True, batch.positions, layers, heads, batch=n)
     within_pos = {k: (t, t) for k, (t, _) in batch.positions.items()}
     within_cells = make_cells(model, site, 0, True, within_pos, layers, heads, batch=n)
+    control_pos = {k: (t, batch.control_positions[k]) for k, (t, _) in batch.positions.items()}
+    control_cells = make_cells(model, site, 0, True, control_pos, layers, heads, batch=n)
     cross = patch_cells(model, target, source.acts, site, cross_cells, batch.metric, max_rows=max_rows)
     within = patch_cells(model, target, clean.acts, site, within_cells, batch.metric, max_rows=max_rows)
+    # Where an item's control prompt equals its source prompt up to the position (the changed fact), a
+    # causal model gives the patched run the same numbers: the control is the score there, exactly (another
+    # forward pass would add float noise, which must not pass for an excess over the control).
+    same = {k: _same_prefix(batch, k) for k in batch.positions}
+    control = cross.clone()
+    for tokens, keys in _distinct_controls(batch, same):
+        idx = [i for i, c in enumerate(control_cells) if c.pos_label in keys and not same[c.pos_label].all()]
+        if not idx:
+            continue
+        acts = run_cache(model, tokens, batch.control_metric).acts
+        values = patch_cells(
+            model, target, acts, site, [control_cells[i] for i in idx], batch.metric, max_rows=max_rows
+        )
+        for row, i in zip(values, idx):
+            other = ~same[control_cells[i].pos_label]
+            control[i, other] = row[other]
     top, bottom = clean.metric.cpu(), target.metric.cpu()
     return (
-        PatchingSweep(site, "cross_rendering", tuple(cross_cells), cross, top, bottom),
+        PatchingSweep(site, "cross_rendering", tuple(cross_cells), cross, top, bottom, control=control),
         PatchingSweep(site, "within_rendering", tuple(within_cells), within, top, bottom),
     )
+
+
+def _same_prefix(batch: RenderingBatch, key: str) -> Tensor:
+    """Per item: whether the token-matched control prompt at ``key`` equals the source prompt up to and
+    including the position (where the two worlds' code prompts differ in the token there, and only
+    there or later)."""
+    tokens, src = batch.control_at(key), batch.source_tokens
+    ctl_pos, src_pos = batch.control_positions[key], batch.positions[key][1]
+    return torch.tensor([
+        int(k) == int(p) and torch.equal(tokens[i, : int(k) + 1], src[i, : int(p) + 1])
+        for i, (k, p) in enumerate(zip(ctl_pos, src_pos))
+    ])  # fmt: skip
+
+
+def _distinct_controls(batch: RenderingBatch, same: Mapping[str, Tensor]) -> list[tuple[Tensor, set[str]]]:
+    """The token-matched control prompts of a batch, each with the position keys it serves. Keys whose
+    prompts are equal share one forward pass; an item whose control equals the source up to the position
+    (``same``) takes the score, so its row is left as the counterfactual's code twin: usually every key
+    shares one prompt."""
+    out: list[tuple[Tensor, set[str]]] = []
+    for key in batch.positions:
+        tokens = torch.where(same[key][:, None], batch.control_tokens, batch.control_at(key))
+        for seen, keys in out:
+            if torch.equal(seen, tokens):
+                keys.add(key)
+                break
+        else:
+            out.append((tokens, {key}))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

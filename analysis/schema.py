@@ -157,7 +157,10 @@ TABLES: dict[str, Table] = {
             "cross_rendering",
             "cross_rendering.parquet",
             RUN_COLUMNS + _PATCH,
-            description="one cell of the code rendering patched into the text rendering",
+            description="one cell of the code rendering patched into the text rendering (metric "
+            "'cross_rendering'), of its token-matched control, the counterfactual world's code rendering "
+            "('cross_rendering_control'), their difference ('cross_rendering_excess'), or the clean text "
+            "patched in ('within_rendering')",
         ),
         Table(
             "attention",

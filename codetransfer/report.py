@@ -3,6 +3,16 @@
 Built from the result tables only (compute once, plot after): the grid, the paper-style table,
 evaluation curves, learning curves (when the grid kept checkpoints), probing curves, patching maps,
 head tables, and the headline findings — each claim with its interval, null results stated as such.
+
+A patching number is a finding only next to its control. A cross-model share (the part of run A's
+advantage over run B that one component carries) is shown only where the two recipes' seed-paired
+gap (``comparison.parquet``, logit difference, the corrected interval over at least 3 seeds) excludes
+0 — otherwise the section says "no gap to explain" — and a share outside :data:`STABLE_SHARE` is
+flagged as unstable and never headlined; same-recipe (seed-vs-seed) pairs are shown as its null. A
+cross-rendering effect is shown next to its token-matched control
+(:mod:`codetransfer.analysis.patching`): where the control lies within the score's interval it is
+token identity, not a shared representation; only an excess over the control whose interval lies
+above 0 is a finding.
 A figure that cannot be drawn (its table is missing or holds no such rows) is listed with the reason
 instead of silently left out.
 
@@ -690,21 +700,29 @@ def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
     return s, findings
 
 
+def _component_name(r, with_pos: bool = True) -> str:
+    """``site L<layer>[ H<head>][ @<position>]`` of a patched cell (a table row)."""
+    head = f" H{int(r['head'])}" if pd.notna(r.get("head")) and r["head"] >= 0 else ""
+    p = r.get("pos_label") if pd.notna(r.get("pos_label")) else r.get("pos")
+    pos = f" @{p}" if with_pos and pd.notna(p) and str(p) != "all" else ""
+    return f"{r['site']} L{r['layer']}{head}{pos}"
+
+
 def _component_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Name each patched component, and merge rows that are the same measurement under several
     position labels (e.g. '@last' and '@query' on one token): one row, labels joined by '='."""
-
-    def component(r):
-        head = f" H{int(r['head'])}" if pd.notna(r.get("head")) and r["head"] >= 0 else ""
-        return f"{r.site} L{r.layer}{head}"
 
     def pos(r):
         p = r.get("pos_label") if pd.notna(r.get("pos_label")) else r.get("pos")
         return str(p) if pd.notna(p) and str(p) != "all" else ""
 
-    rows = rows.assign(component=rows.apply(component, axis=1), _pos=rows.apply(pos, axis=1))
+    rows = rows.assign(
+        component=rows.apply(lambda r: _component_name(r, with_pos=False), axis=1), _pos=rows.apply(pos, axis=1)
+    )
     keys = [
-        c for c in ("source_recipe", "recipe", "run", "component", "value", "ci_low", "ci_high") if c in rows.columns
+        c
+        for c in ("source_recipe", "recipe", "run", "component", "value", "ci_low", "ci_high", "null")
+        if c in rows.columns
     ]
     merged = rows.groupby(keys, as_index=False, sort=False, dropna=False)["_pos"].agg(
         lambda p: " = ".join("@" + x for x in dict.fromkeys(p) if x)
@@ -713,7 +731,13 @@ def _component_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return merged.drop(columns="_pos")
 
 
-def _patching(results: Path, folder: Path, baseline: str) -> tuple[Section, list[str]]:
+def _patching(
+    results: Path, folder: Path, baseline: str, difficulty: int | None = None, recipes=()
+) -> tuple[Section, list[str]]:
+    """The patching section: within-model maps, then cross-model shares (only where the recipes' seed-paired
+    gap excludes 0) and cross-rendering effects (next to their token-matched control). ``difficulty``: the
+    level of the patched items (to find the recipes' gap in ``comparison.parquet``); ``recipes``: the grid's
+    recipe names (to read a cross-model pair label ``A->B`` whose names hold ``->``)."""
     import matplotlib.pyplot as plt
 
     from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side
@@ -721,6 +745,7 @@ def _patching(results: Path, folder: Path, baseline: str) -> tuple[Section, list
     s = Section("Activation patching: what do the models use?")
     findings = []
     t = _read(results / "patching.parquet")
+    patched = t
     if t is None or t.empty:
         s.missing.append("patching.parquet: the patch stage has not run")
     else:
@@ -775,58 +800,337 @@ def _patching(results: Path, folder: Path, baseline: str) -> tuple[Section, list
                 "cells whose difference is within the intervals",
                 draw_d,
             )
+    comparison = _read(results / "comparison.parquet")
     cm = _read(results / "cross_model.parquet")
     if cm is None or cm.empty:
         s.missing.append("cross_model.parquet: no cross-model patching (needs the baseline recipe)")
     else:
-        rows = cm[cm["metric"] == "cross_model"].copy()
-        if not rows.empty:
-            merged = _component_rows(rows)
-            src_col = "source_recipe" if "source_recipe" in merged else None
-            top = merged.sort_values("value", ascending=False).head(8)
-            keep = [
-                c for c in ("source_recipe", "recipe", "component", "value", "ci_low", "ci_high") if c in top.columns
-            ]
-            s.add_text(
-                "**Where code exposure changes the reasoning circuit.** Cross-model patching puts one component "
-                f"of a code-exposed model into the {baseline} model on the same prompts; 'share of the "
-                "advantage' is the part of the code-exposed model's advantage that the component carries "
-                "(1 = all of it), with its 95% interval; positions that are the same token are one row."
-            )
-            s.add_table(
-                top[keep],
-                intervals={"value": ("ci_low", "ci_high")},
-                rename={"value": "share of the advantage [95% interval]", "recipe": "patched pair"},
-            )
-            best = top.iloc[0]
-            sig = (
-                "interval excludes 0"
-                if _finite(best.ci_low) and best.ci_low > 0
-                else "interval includes 0: not distinguishable from noise"
-            )
-            findings.append(
-                f"Cross-model patching: the component carrying most of the gap is {best.component} "
-                f"({with_interval(best.value, best.ci_low, best.ci_high)} of the advantage; {sig})"
-                + (f", from {best[src_col]}" if src_col else "")
-                + "."
-            )
+        known = set(recipes)
+        for t in (comparison, patched):
+            if t is not None and not t.empty:
+                known |= {str(r) for col in ("recipe", "baseline") if col in t for r in t[col].dropna().unique()}
+        findings += _cross_model(s, cm, comparison, baseline, known, difficulty)
     cr = _read(results / "cross_rendering.parquet")
     if cr is not None and not cr.empty:
-        g = cr.groupby(["recipe", "metric"])["value"].max().unstack()
-        s.add_text(
-            "Cross-rendering patching (code rendering patched into the text rendering at aligned positions), "
-            "largest effect over sites per recipe; compare with the same patch taken from the text rendering:"
-        )
-        g.columns.name = None
-        s.add_table(g.reset_index(), decimals_of={c: 2 for c in g.columns})
-        if "cross_rendering" in g:
-            best = g["cross_rendering"].idxmax()
-            ref = g["within_rendering"].get(best, float("nan")) if "within_rendering" in g else float("nan")
-            findings.append(
-                f"Shared representation: the largest code→text patch effect is {g['cross_rendering'].max():.2f} "
-                f"(recipe {best}; within-text reference " + (f"{ref:.2f}" if _finite(ref) else "not measured") + ")."
-            )
+        findings += _cross_rendering(s, cr)
     return s, findings
+
+
+# --------------------------------------------------------------------------------------------------
+# patching across models and renderings: a number is a finding only next to its control
+
+STABLE_SHARE = (-0.5, 1.5)
+"""A cross-model share outside this range divides by a gap that is small on the patched items: it is
+flagged as unstable and never headlined."""
+
+
+def _excludes_zero(low, high) -> bool:
+    return (_finite(low) and float(low) > 0) or (_finite(high) and float(high) < 0)
+
+
+def _split_pair(label: str, recipes: set[str]) -> tuple[str, str]:
+    """``("A", "B")`` of a cross-model label ``"A->B"``; recipe names may hold ``->`` themselves, so the
+    split whose two sides are both known recipes wins (else the last ``->``)."""
+    parts = str(label).split("->")
+    splits = [("->".join(parts[:k]), "->".join(parts[k:])) for k in range(1, len(parts))]
+    for a, b in splits:
+        if a in recipes and b in recipes:
+            return a, b
+    return splits[-1] if splits else (str(label), "")
+
+
+def recipe_gap(comparison: pd.DataFrame | None, recipe: str, other: str, task: str, difficulty=None):
+    """The seed-paired comparison row (``results/comparison.parquet``, logit difference) of ``recipe``
+    against ``other`` for the patched items: the level of ``task`` at ``difficulty``, else (no
+    difficulty, or no such row) the pooled row of the task's category; None when there is none."""
+    if comparison is None or comparison.empty:
+        return None
+    c = comparison[
+        (comparison["recipe"].astype(str) == recipe)
+        & (comparison["baseline"].astype(str) == other)
+        & (comparison["metric"] == "logit_diff")
+    ]
+    if "scale" in c:
+        c = c[c["scale"].astype(str) == "difference"]
+    pooled = c["pooled"].astype(bool) if "pooled" in c else pd.Series(False, index=c.index)
+    level = c[~pooled & (c["task"].astype(str) == str(task))]
+    if difficulty is not None and not level.empty:
+        at = level[pd.to_numeric(level["difficulty"], errors="coerce") == float(difficulty)]
+        if len(at) == 1:
+            return at.iloc[0]
+    elif len(level) == 1:
+        return level.iloc[0]
+    categories = set(comparison.loc[comparison["task"].astype(str) == str(task), "category"].astype(str))
+    pooled_rows = c[pooled & c["category"].astype(str).isin(categories)]
+    return pooled_rows.iloc[0] if len(pooled_rows) == 1 else None
+
+
+def gap_to_explain(gap) -> bool:
+    """Whether a comparison row is a gap that cross-model patching may split into shares: its
+    multiplicity-corrected seed-level interval excludes 0, over at least as many seeds as a
+    distinguishable comparison needs."""
+    from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE
+
+    return (
+        gap is not None
+        and _finite(gap.get("n_seeds"))
+        and int(gap["n_seeds"]) >= MIN_SEEDS_DISTINGUISHABLE
+        and _excludes_zero(gap.get("ci_low_corrected"), gap.get("ci_high_corrected"))
+    )
+
+
+def _gap_words(gap, recipe: str, other: str) -> str:
+    if gap is None:
+        return f"results/comparison.parquet has no seed-paired comparison of {recipe} with {other} on these items"
+    iv = with_interval(gap["estimate"], gap["ci_low_corrected"], gap["ci_high_corrected"], signed=True)
+    where = (
+        f"{gap['category']} levels pooled"
+        if bool(gap.get("pooled", False))
+        else f"{gap['task']} level {gap['difficulty']}"
+    )
+    return (
+        f"{recipe} - {other} = {iv} in logit difference ({where}) over {int(gap['n_seeds'])} seed(s) "
+        "(corrected 95% interval)"
+    )
+
+
+def _cell(rows: pd.DataFrame) -> pd.Series:
+    """One string per patched cell (site, layer, head, position), to join tables on."""
+    return (
+        rows["site"].astype(str)
+        + "|" + rows["layer"].astype(str)
+        + "|" + rows["head"].astype("string").fillna("")
+        + "|" + rows["pos_label"].astype(str)
+    )  # fmt: skip
+
+
+def _cross_model(
+    s: Section, cm: pd.DataFrame, comparison: pd.DataFrame | None, baseline: str, recipes: set[str], difficulty
+) -> list[str]:
+    """Cross-model shares, each shown only where the two recipes' seed-paired gap excludes 0 (else "no gap
+    to explain"); shares outside :data:`STABLE_SHARE` flagged as unstable; same-recipe (seed-vs-seed)
+    pairs shown as the null next to a share."""
+    rows = cm[cm["metric"] == "cross_model"].copy()
+    if rows.empty:
+        return []
+    pairs = [_split_pair(r, recipes) for r in rows["recipe"].astype(str)]
+    rows["recipe_a"], rows["recipe_b"] = [a for a, _ in pairs], [b for _, b in pairs]
+    rows["_cell"] = _cell(rows)
+    same = rows["recipe_a"] == rows["recipe_b"]
+    nulls, rows = rows[same], rows[~same]
+    null_of = {}
+    for cell, g in nulls.groupby("_cell", sort=False):
+        null_of[cell] = "; ".join(with_interval(r.value, r.ci_low, r.ci_high) for r in g.itertuples())
+    s.add_text(
+        "**Where code exposure changes the reasoning circuit.** Cross-model patching puts one component of a "
+        f"code-exposed model into the {baseline} model on the same prompts; 'share of the gap' is the part of "
+        "the two models' logit-difference gap on those prompts that the component carries (1 = all of it), "
+        "with its 95% interval. A share is shown only where the two recipes differ beyond seed noise (the "
+        "seed-paired comparison's corrected interval excludes 0, over at least 3 seeds); a share outside "
+        f"[{STABLE_SHARE[0]}, {STABLE_SHARE[1]}] divides by a small gap and is flagged as unstable"
+        + (
+            "; 'null' is the same cell patched between two seeds of one recipe."
+            if not nulls.empty
+            else "; no same-recipe (seed-vs-seed) pair was patched, so there is no null to show."
+        )
+    )
+    findings, tables = [], []
+    for (ra, rb), g in rows.groupby(["recipe_a", "recipe_b"], sort=True):
+        task = str(g["task"].iloc[0])
+        gap = recipe_gap(comparison, ra, rb, task, difficulty)
+        if not gap_to_explain(gap):
+            s.add_text(
+                f"{ra} into {rb} ({task}): no gap to explain — {_gap_words(gap, ra, rb)}; its cross-model shares "
+                "are not reported, only the within-model maps above."
+            )
+            findings.append(
+                f"Cross-model patching: no gap to explain between {ra} and {rb} ({_gap_words(gap, ra, rb)}), "
+                "so no share of it is reported."
+            )
+            continue
+        if null_of:
+            g = g.assign(null=g["_cell"].map(null_of).fillna("no null pair"))
+        merged = _component_rows(g)
+        stable = merged["value"].between(*STABLE_SHARE)
+        top = merged[stable].sort_values("value", ascending=False).head(8)
+        wild = merged[~stable & merged["value"].map(_finite)]
+        wild = wild.loc[wild["value"].abs().sort_values(ascending=False).index].head(4)
+        table = pd.concat([top, wild])
+        table["reading"] = [
+            f"unstable: outside [{STABLE_SHARE[0]}, {STABLE_SHARE[1]}]"
+            if not STABLE_SHARE[0] <= v <= STABLE_SHARE[1]
+            else (
+                "interval excludes 0"
+                if _excludes_zero(lo, hi)
+                else "interval includes 0: not distinguishable from noise"
+            )
+            for v, lo, hi in zip(table["value"], table["ci_low"], table["ci_high"])
+        ]
+        tables.append(table)
+        s.add_text(f"{ra} into {rb} ({task}): {_gap_words(gap, ra, rb)}.")
+        if top.empty:
+            lo, hi = STABLE_SHARE
+            s.add_text(f"Every share of the {ra} - {rb} gap lies outside [{lo}, {hi}]: unstable, none is reported.")
+            continue
+        best = top.iloc[0]
+        null = (
+            f"; a same-recipe seed pair gives {best['null']} there"
+            if null_of and best["null"] != "no null pair"
+            else ""
+        )
+        sig = (
+            "interval excludes 0"
+            if _excludes_zero(best.ci_low, best.ci_high)
+            else "interval includes 0: not distinguishable from noise"
+        )
+        findings.append(
+            f"Cross-model patching: of the gap {_gap_words(gap, ra, rb)}, the component carrying most is "
+            f"{best.component} in {best.run} "
+            f"({with_interval(best.value, best.ci_low, best.ci_high)} of it; {sig}{null})."
+        )
+    if tables:
+        t = pd.concat(tables, ignore_index=True)
+        keep = [c for c in ("run", "component", "value", "ci_low", "ci_high", "null", "reading") if c in t.columns]
+        s.add_table(
+            t[keep],
+            intervals={"value": ("ci_low", "ci_high")},
+            rename={"value": "share of the gap [95% interval]", "run": "patched pair",
+                    "null": "null: same recipe, other seed"},
+        )  # fmt: skip
+    # a share is headlined before a "no gap" statement
+    return sorted(findings, key=lambda f: "no gap to explain" in f)
+
+
+NOISE = 1e-6
+"""Differences smaller than this on a patching scale (1 = the whole clean-vs-counterfactual gap) are float
+noise: a control equal to its score by construction differs from it by about 1e-7 (another forward pass)."""
+
+
+def cross_rendering_reading(score, score_low, score_high, control, excess_low, noise: float = NOISE) -> str:
+    """What one cross-rendering cell supports: a shared representation only where the score's interval
+    and the interval of its excess over the token-matched control both lie above 0; token identity where
+    the control lies within the score's interval (or at or above the score); a score or control outside
+    :data:`STABLE_SHARE` divides by a small gap and is unstable. ``noise`` is the float tolerance of
+    every comparison."""
+    if not _finite(control):
+        return "no control measured: not a finding"
+    lo, hi = STABLE_SHARE
+    if not all(_finite(v) and lo <= float(v) <= hi for v in (score, control)):
+        return f"unstable: outside [{lo}, {hi}], not a finding"
+    exceeds = _finite(excess_low) and float(excess_low) > noise
+    if not ((_finite(score_low) and float(score_low) > noise) or (_finite(score_high) and float(score_high) < -noise)):
+        if exceeds:
+            return "exceeds its control, but the score's interval includes 0: not a finding"
+        return "no effect (interval includes 0)"
+    if exceeds:
+        return "exceeds its control: a shared representation"
+    c = float(control)
+    within = _finite(score_low) and _finite(score_high) and score_low - noise <= c <= score_high + noise
+    if within or (_finite(score) and c >= float(score) - noise):
+        return "token identity, not a shared representation"
+    return "not distinguishable from its control: not a finding"
+
+
+def _cross_rendering(s: Section, cr: pd.DataFrame) -> list[str]:
+    """Per run, the largest code->text effect next to its token-matched control and the cell that exceeds
+    its control most; a "Shared representation" finding only where the excess interval lies above 0."""
+    names = {"cross_rendering": "score", "cross_rendering_control": "control", "cross_rendering_excess": "excess",
+             "within_rendering": "within"}  # fmt: skip
+    cr = cr.assign(_cell=_cell(cr))
+    keys = ["run", "recipe", "seed", "site", "layer", "head", "pos_label", "_cell"]
+    base = cr[cr["metric"] == "cross_rendering"][keys].copy()
+    if base.empty:
+        return []
+    for metric, name in names.items():
+        part = cr[cr["metric"] == metric][["run", "_cell", "value", "ci_low", "ci_high"]]
+        part = part.rename(columns={"value": name, "ci_low": f"{name}_low", "ci_high": f"{name}_high"})
+        base = base.merge(part.drop_duplicates(["run", "_cell"]), on=["run", "_cell"], how="left")
+    for name in names.values():  # an interval narrower than float noise is exact: printed as such
+        v, lo, hi = base[name], base[f"{name}_low"], base[f"{name}_high"]
+        exact = (hi - lo).abs() < NOISE
+        v = v.where(~(exact & (v.abs() < NOISE)), 0.0)
+        base[name], base[f"{name}_low"], base[f"{name}_high"] = v, lo.where(~exact, v), hi.where(~exact, v)
+    base["reading"] = [
+        cross_rendering_reading(*v)
+        for v in zip(base["score"], base["score_low"], base["score_high"], base["control"], base["excess_low"])
+    ]
+    base["component"] = [_component_name(r) for _, r in base.iterrows()]
+    shown, identity, shared, n_unstable = [], [], [], 0
+    for _, g in base.groupby(["run"], sort=True):
+        unstable = g["reading"].str.startswith("unstable")
+        n_unstable += int(unstable.sum())
+        g = g[g["score"].map(_finite) & ~unstable]
+        if g.empty:
+            continue
+        effects = g[[_excludes_zero(a - NOISE, b + NOISE) for a, b in zip(g["score_low"], g["score_high"])]]
+        best = (effects if not effects.empty else g).loc[lambda t: t["score"].idxmax()]  # the largest effect
+        picked = [best]
+        if best["reading"].startswith("token identity"):
+            identity.append(best)
+        lead = g[g["excess"].map(_finite)]
+        if not lead.empty:
+            picked.append(lead.loc[lead["excess"].idxmax()])  # the largest excess, a finding or not
+            found = lead[lead["reading"].str.startswith("exceeds its control: a shared")]
+            if not found.empty:  # the surest finding: the highest lower end
+                top = found.loc[found["excess_low"].idxmax()]
+                picked.append(top)
+                shared.append(top)
+        shown += list({r["_cell"]: r for r in picked}.values())
+    s.add_text(
+        "Cross-rendering patching: the code rendering of the clean world patched into the text rendering of "
+        "the counterfactual at aligned positions (1 = the clean text's answer), next to its control — the "
+        "same cell patched from the code rendering of the counterfactual world holding the same token at "
+        "that position — and the excess over the control (95% intervals from the same item resamples). Per "
+        "run: the largest effect (among scores whose interval excludes 0), and the cell that exceeds its "
+        "control most. Only a score and an excess "
+        "whose intervals lie above 0 show a representation the two renderings share; a control within the score's "
+        "interval means the patch carries the token, not the world. The control rules out the token at the "
+        "patched position, not the tokens the code prompt mentions before it (which attention can gather "
+        "in any model)."
+        + (
+            f" {n_unstable} cell(s) whose score or control lies outside [{STABLE_SHARE[0]}, {STABLE_SHARE[1]}] "
+            "(a small clean-vs-counterfactual gap on these items) are left out as unstable."
+            if n_unstable
+            else ""
+        )
+    )
+    if not shown:
+        s.add_text("No cross-rendering cell is stable: nothing to report.")
+        return []
+    t = pd.DataFrame(shown).infer_objects()
+    s.add_table(
+        t[["recipe", "seed", "component", "score", "score_low", "score_high", "control", "control_low",
+           "control_high", "excess", "excess_low", "excess_high", "within", "within_low", "within_high", "reading"]],
+        intervals={"score": ("score_low", "score_high"), "control": ("control_low", "control_high"),
+                   "excess": ("excess_low", "excess_high"), "within": ("within_low", "within_high")},
+        counts=("seed",),
+        reasons={"control": "no control measured", "excess": "no control measured"},
+        rename={"score": "code→text [95%]", "control": "control [95%]", "excess": "excess over control [95%]",
+                "within": "text→text reference [95%]"},
+    )  # fmt: skip
+    for r in identity:
+        s.add_text(
+            f"{r.recipe} (seed {_seed(r.seed)}): the largest code→text effect, "
+            f"{with_interval(r.score, r.score_low, r.score_high)} at {r.component}, is matched by its control "
+            f"({with_interval(r.control, r.control_low, r.control_high)}): token identity, not a shared representation."
+        )
+    if not shared:
+        s.add_text(
+            "No cell's code→text effect exceeds its token-matched control by its interval: no representation "
+            "shared by the two renderings is shown beyond token identity."
+        )
+        return []
+    r = max(shared, key=lambda x: x.excess_low)
+    return [
+        f"Shared representation: in {r.recipe} (seed {_seed(r.seed)}) the code rendering's {r.component} restores "
+        f"{with_interval(r.score, r.score_low, r.score_high)} of the text answer against "
+        f"{with_interval(r.control, r.control_low, r.control_high)} for its token-matched control (excess "
+        f"{with_interval(r.excess, r.excess_low, r.excess_high, signed=True)})."
+    ]
+
+
+def _seed(seed) -> str:
+    return str(int(seed)) if _finite(seed) else "all"
 
 
 def _attention(
@@ -1066,7 +1370,9 @@ def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: P
         lambda: _eval_section(results, tmp, baseline),
         lambda: _learning(results, tmp, phases),
         lambda: _probes(results, tmp),
-        lambda: _patching(results, tmp, baseline),
+        lambda: _patching(
+            results, tmp, baseline, getattr(settings, "patch_difficulty", None), [r.name for r in grid.recipes]
+        ),
         lambda: _attention(results, tmp, baseline, phases, per_step, grid.tokenizer.vocab_size, out),
     ):
         s, f = build()

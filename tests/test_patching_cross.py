@@ -119,17 +119,21 @@ def _spans(prompt):
 
 
 def _hand_items():
-    """Text items with a one-fact counterfactual and a 'code' twin that is the text after a prefix."""
+    """Text items with a one-fact counterfactual and a 'code' twin that is the text after a prefix (the
+    counterfactual has its own code twin, the code twin the counterfactual's as its counterfactual)."""
     items = []
+    prefix = "# state of the boxes\n"
+
+    def code_spans(text):
+        return {k: (s + len(prefix), e + len(prefix)) for k, (s, e) in _spans(text).items()}
+
     for (a, b), (x, y) in zip((("A", "B"), ("B", "A"), ("A", "B")), (("pen", "cup"), ("pen", "cup"), ("cup", "pen"))):
         text = f"The {x} is in box {a}. The {y} is in box {b}. The {x} is in box"
         cf_text = text.replace(f"box {a}.", f"box {b}.", 1)
-        prefix = "# state of the boxes\n"
-        code = prefix + text
-        code_spans = {k: (s + len(prefix), e + len(prefix)) for k, (s, e) in _spans(text).items()}
         cand = (" A", " B", " C")
-        cf = _item(cf_text, f" {b}", cand, _spans(cf_text))
-        twin = _item(code, f" {a}", cand, code_spans, rendering="code")
+        cf_code = _item(prefix + cf_text, f" {b}", cand, code_spans(cf_text), rendering="code")
+        cf = _item(cf_text, f" {b}", cand, _spans(cf_text), twin=cf_code)
+        twin = _item(prefix + text, f" {a}", cand, code_spans(text), rendering="code", counterfactual=cf_code)
         items.append(_item(text, f" {a}", cand, _spans(text), counterfactual=cf, twin=twin))
     return items
 
@@ -175,6 +179,118 @@ def test_cross_rendering_aligns_positions(tiny_bridge, tiny_tokenizer):
         assert c[(0, key)] == pytest.approx(w[(0, key)], abs=1e-5)
     assert max(abs(c[(1, k)] - w[(1, k)]) for k in ("e0.value", "query")) > 1e-4  # context differs later
     assert within.normalised()[0].item() == pytest.approx(1.0, abs=1e-5)  # layer 0, e0.value
+
+
+# ---------------------------------------------------------------- the cross-rendering control
+
+
+def bag_of_tokens_model(folder, src):
+    """A hand-set 2-layer GPT-NeoX (weights of ``src`` changed): every head attends uniformly to the
+    positions so far (query and key weights 0) and copies them (value and output weights the identity),
+    MLPs write nothing, the unembedding is 50 x the embedding. Every position's residual after layer 0
+    holds the mean of the embeddings before it, so the answer follows the box tokens the prompt holds:
+    at layer 0 a position holds its own token only (token identity), after it the code rendering's
+    residual carries its world's box tokens along the same directions as the text's (a shared direction)."""
+    from transformers import AutoModelForCausalLM
+
+    from codetransfer.trained.tokenizer import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(src))
+    d, n_heads = model.config.hidden_size, model.config.num_attention_heads
+    dh = d // n_heads
+    with torch.no_grad():
+        for layer in model.gpt_neox.layers:
+            qkv = layer.attention.query_key_value  # rows per head: [q (dh), k (dh), v (dh)]
+            qkv.weight.zero_()
+            qkv.bias.zero_()
+            for h in range(n_heads):
+                qkv.weight[(3 * h + 2) * dh : (3 * h + 3) * dh, h * dh : (h + 1) * dh] = torch.eye(dh)
+            layer.attention.dense.weight.copy_(torch.eye(d))
+            layer.attention.dense.bias.zero_()
+            layer.mlp.dense_4h_to_h.weight.zero_()
+            layer.mlp.dense_4h_to_h.bias.zero_()
+        model.lm_head.weight.copy_(50 * model.gpt_neox.embed_in.weight)
+    model.save_pretrained(folder)
+    load_tokenizer(src).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bag_bridge(tmp_path_factory, tiny_model_dir):
+    bridge, _ = _load(bag_of_tokens_model(tmp_path_factory.mktemp("bag_of_tokens"), tiny_model_dir))
+    return bridge
+
+
+def cells(table) -> dict:
+    """``{(site, layer, pos_label): {metric: (value, ci_low, ci_high)}}`` of a cross-rendering table."""
+    out: dict = {}
+    for r in table.itertuples():
+        out.setdefault((r.site, r.layer, r.pos_label), {})[r.metric] = (r.value, r.ci_low, r.ci_high)
+    return out
+
+
+def test_control_prompts_are_the_counterfactual_world_holding_the_source_token(tiny_tokenizer):
+    batch = P.rendering_batch(_hand_items(), tiny_tokenizer)
+    src, ctl = batch.source_tokens, batch.control_tokens
+    rows = torch.arange(len(src))
+    t, s = batch.positions["e0.value"]
+    k = batch.control_positions["e0.value"]
+    assert (src[rows, s] != ctl[rows, k]).all()  # the changed fact: the two worlds' code twins differ there
+    matched = batch.control_at("e0.value")
+    assert (matched[rows, k] == src[rows, s]).all()
+    assert all(torch.equal(matched[i, : k[i] + 1], src[i, : s[i] + 1]) for i in rows)  # equal up to the fact
+    for key in ("query", "last"):  # the same token in both worlds: the counterfactual's code twin unchanged
+        assert torch.equal(batch.control_at(key), ctl)
+    assert batch.control_metric.position.tolist() == batch.control_positions["last"].tolist()
+
+
+def test_token_identity_scores_one_against_a_control_of_one(bag_bridge, tiny_bridge, tiny_tokenizer):
+    batch = P.rendering_batch(_hand_items(), tiny_tokenizer)
+    for model in (bag_bridge, tiny_bridge):  # any model: layer 0's residual is the token embedding
+        cross, _ = P.cross_rendering_patching(model, batch, "resid_pre", layers=[0])
+        c = cells(cross.table(n_boot=200))[("resid_pre", 0, "e0.value")]
+        assert c["cross_rendering"][0] == pytest.approx(1.0, abs=1e-5)
+        # the control's prompt equals the source's up to the changed fact: the same numbers, no float noise
+        assert c["cross_rendering_control"] == c["cross_rendering"]
+        assert c["cross_rendering_excess"] == pytest.approx((0.0, 0.0, 0.0), abs=1e-12)
+    assert torch.equal(cross.control[0], cross.values[0])
+
+
+def test_a_shared_direction_beats_its_control(bag_bridge, tiny_tokenizer):
+    batch = P.rendering_batch(_hand_items(), tiny_tokenizer)
+    for site in ("resid_pre", "attn_out"):
+        cross, within = P.cross_rendering_patching(bag_bridge, batch, site, layers=[1] if site == "resid_pre" else [0])
+        table = cross.table(n_boot=500)
+        last = cells(table)[(site, 1 if site == "resid_pre" else 0, "last")]
+        score, control, excess = (
+            last[m] for m in ("cross_rendering", "cross_rendering_control", "cross_rendering_excess")
+        )
+        assert excess[1] > 0.1  # the excess's interval lies above 0
+        assert excess[0] == pytest.approx(score[0] - control[0], abs=1e-6)
+        assert score[0] > control[0] + 0.1
+    # the table: one row per cell and metric, intervals from the same resamples
+    assert set(table.metric) == {"cross_rendering", "logit_diff", "cross_rendering_control", "cross_rendering_excess"}
+    assert len(table) == 4 * len(cross.cells)
+
+
+def test_control_needs_the_counterfactual_world_in_the_source_rendering(tiny_bridge, tiny_tokenizer):
+    items = _hand_items()
+    bare = dataclasses.replace(
+        items[0],
+        counterfactual=dataclasses.replace(items[0].counterfactual, twin=None),
+        twin=dataclasses.replace(items[0].twin, counterfactual=None),
+    )
+    with pytest.raises(CodetransferError, match="counterfactual has no 'code' twin") as e:
+        P.rendering_batch([bare], tiny_tokenizer)
+    _one_line(e)
+    batch = P.rendering_batch(items, tiny_tokenizer)
+    with pytest.raises(CodetransferError, match="no control prompts") as e:
+        P.cross_rendering_patching(tiny_bridge, dataclasses.replace(batch, control_tokens=None), "resid_pre")
+    _one_line(e)
+    cross, _ = P.cross_rendering_patching(tiny_bridge, batch, "resid_pre", layers=[0])
+    with pytest.raises(CodetransferError, match="control: expected one value per cell and item") as e:
+        dataclasses.replace(cross, control=cross.control[:, :1])
+    _one_line(e)
 
 
 # ---------------------------------------------------------------- refused inputs
