@@ -404,6 +404,23 @@ class UnitPool:
         self._pool = None
 
 
+def cross_model_pairs(runs, baseline: str, controls: dict[str, str]) -> list[tuple]:
+    """The ``(A, B)`` run pairs the main job patches A into B: every recipe's run into the baseline's run of
+    its seed; each recipe that names a control (``compare_with``) into the control's run of its seed; and, as
+    the null, the baseline's run of every other seed into the baseline's run of the first seed (a share
+    between two models of one recipe is what seed noise alone gives)."""
+    by = {(r.recipe, r.seed): r for r in runs}
+    pairs = []
+    for a in runs:
+        for other in dict.fromkeys([baseline, controls.get(a.recipe, "")]):
+            b = by.get((other, a.seed))
+            if other and a.recipe != other and b is not None:
+                pairs.append((a, b))
+    base = sorted((r for r in runs if r.recipe == baseline), key=lambda r: r.seed)
+    pairs += [(a, base[0]) for a in base[1:]]
+    return pairs
+
+
 def _eval_unit(run, dest: Path, settings: JobSettings, curve: bool, device: str, log) -> None:
     tasks = {  # spread evenly over the levels evaluated (the same items for every run)
         name: items_up_to(get_task(name), settings.eval_items, settings.seed, settings.eval_max_difficulty)
@@ -588,10 +605,7 @@ def _analyse(
                     b=b.name,
                     patch=patch,
                 )
-                for b in runs
-                if b.recipe == settings.baseline
-                for a in runs
-                if a.recipe != settings.baseline and a.seed == b.seed
+                for a, b in cross_model_pairs(runs, settings.baseline, controls)
             ]
             pool.run(within + cross)
             _merge([u.kwargs["dest"] / "patching.parquet" for u in within], results / "patching.parquet")

@@ -208,3 +208,28 @@ def test_two_workers_give_the_same_tables_and_records(job, tmp_path):
         assert a["key"] == b["key"], name
     finished = [ln for ln in lines if " units" in ln and ln.split(":")[0] + ".json" in records]
     assert len(finished) == len(records), lines
+
+
+def test_cross_model_pairs_baseline_controls_and_the_seed_null():
+    from types import SimpleNamespace as NS
+
+    from codetransfer.pipeline import cross_model_pairs
+
+    runs = [
+        NS(name=f"{r}-s{s}", recipe=r, seed=s)
+        for r in ("text+code", "text-diluted", "text-only")
+        for s in (0, 1, 2)
+        if not (r == "text+code" and s == 2)  # a seed the recipe lacks
+    ]
+    pairs = [(a.name, b.name) for a, b in cross_model_pairs(runs, "text-only", {"text+code": "text-diluted"})]
+    assert pairs == [
+        ("text+code-s0", "text-only-s0"),
+        ("text+code-s0", "text-diluted-s0"),
+        ("text+code-s1", "text-only-s1"),
+        ("text+code-s1", "text-diluted-s1"),
+        ("text-diluted-s0", "text-only-s0"),
+        ("text-diluted-s1", "text-only-s1"),
+        ("text-diluted-s2", "text-only-s2"),
+        ("text-only-s1", "text-only-s0"),  # the null: one recipe, two seeds
+        ("text-only-s2", "text-only-s0"),
+    ]
