@@ -218,6 +218,31 @@ def _file(name: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def _data_provenance(out: Path) -> str:
+    """One sentence naming the training data: its manifest hash (which runs must share to be compared) and
+    what each source was read from (the standard library depends on the interpreter that prepared it)."""
+    from codetransfer.trained.data import data_hash
+
+    manifest = out / "data" / "manifest.json"
+    if not manifest.is_file():
+        return "Training data: no data manifest in this output folder."
+    sources = json.loads(manifest.read_text()).get("sources", {})
+    parts = []
+    for name, src in sources.items():
+        prov = src.get("provenance", {})
+        if isinstance(prov, dict):
+            origin = ", ".join(
+                f"{k} {prov[k]}" for k in ("package", "version", "python_version", "generator") if k in prov
+            )
+        else:
+            origin = ""
+        parts.append(f"{name} ({origin or src.get('kind', '')})")
+    return (
+        f"Training data: manifest sha256 {data_hash(out / 'data')[:16]} (runs trained on other data are not "
+        "compared with these); sources: " + "; ".join(parts) + "."
+    )
+
+
 def _grid_section(out: Path, grid, folder: Path) -> Section:
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
@@ -231,6 +256,7 @@ def _grid_section(out: Path, grid, folder: Path) -> Section:
         f"{grid.model.n_heads} heads, context {grid.model.n_ctx}, vocabulary {grid.tokenizer.vocab_size}; "
         f"seeds {list(grid.seeds)}. Sources: " + ", ".join(f"{k} ({v.kind})" for k, v in grid.sources.items()) + "."
     )
+    s.add_text(_data_provenance(out))
     described = [r for r in grid.recipes if r.description]
     if described:
         s.add_table(
