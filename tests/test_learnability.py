@@ -1,5 +1,5 @@
 """Issue #3's bar as a test: the tiny preset's text-only model, trained from scratch as the demo trains it
-(induction warm-up, the shared text base, then the text-only arm: 1M tokens), looks keys up on held-out names at the easiest level of every
+(induction warm-up, the shared text base, then the text-only arm: 750k tokens), looks keys up on held-out names at the easiest level of every
 reasoning family. About 90 s on 2 CPU cores (docs/learnability.md has the measurements behind the design)."""
 
 from __future__ import annotations

@@ -116,8 +116,8 @@ def sources(scale: int) -> dict[str, SourceConfig]:
 
 TINY_BASE_TOKENS = 250_000
 """Tokens of the tiny grid's shared base phase (after the warm-up): the lookup is in place by then."""
-TINY_ARM_TOKENS = 750_000
-"""Tokens of each tiny arm after the base (1M tokens per run in all)."""
+TINY_ARM_TOKENS = 500_000
+"""Tokens of each tiny arm after the base (750k tokens per run in all)."""
 NARRATIVE_DOSE = 0.375
 """Share of narratives in the tiny grid's code arms and in ``text-diluted``: half of text-only's 0.75."""
 
@@ -174,7 +174,7 @@ def _tiny() -> GridConfig:
     return GridConfig(
         name="tiny",
         description="demo-sized controlled grid: 2-layer Llama, d_model 64, BPE 512, an induction warm-up and a "
-        "shared 250k-token text base per seed, then four 750k-token arms; 3 seeds",
+        "shared 250k-token text base per seed, then four 500k-token arms; 3 seeds",
         model=ModelConfig(arch="llama", n_layers=2, d_model=64, n_heads=4, d_mlp=256, n_ctx=128),
         tokenizer=TokenizerConfig(vocab_size=512, sample_bytes=1_000_000),
         sources=sources(2_000_000),
