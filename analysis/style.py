@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-#: Okabe-Ito (colour-blind safe) followed by the Tableau-10 colours not too close to them.
+#: Okabe-Ito (colour-blind safe; a dark purple in place of its yellow, which lines on white hide) followed by
+#: the Tableau-10 colours not too close to them.
 PALETTE = (
     "#0072b2",
     "#e69f00",
@@ -38,7 +39,7 @@ PALETTE = (
     "#cc79a7",
     "#d55e00",
     "#56b4e9",
-    "#f0e442",
+    "#6a3d9a",
     "#000000",
     "#8c564b",
     "#7f7f7f",
@@ -51,9 +52,12 @@ PALETTE = (
 #: The shipped grids' recipes (trained/presets.py), in their fixed palette slots.
 KNOWN_RECIPES = (
     "text-only",
+    "text-diluted",
+    "text+stdlib",
+    "balanced->text",
+    "text+programs",
     "balanced",
     "code->text",
-    "balanced->text",
     "balanced->text+cooldown-code",
     "balanced->text+cooldown-text",
     "code-25",

@@ -479,3 +479,11 @@ def test_tables_state_reasons_use_integer_counts_drop_duplicates_and_escape_name
     assert "a&lt;b&gt;|c" in r.html and "<b>" not in r.html and "<style" not in r.html
     assert "a&lt;b&gt;\\|c" in r.markdown and md_escape("x|y") == "x\\|y"
     assert names("a, b") == ("a", "b") == names(("a", "b")) and names(None) == ()
+
+
+def test_every_shipped_recipe_has_its_own_colour():
+    from codetransfer.trained.presets import PRESETS
+
+    names = sorted({r.name for build in PRESETS.values() for r in build().recipes})
+    assert set(names) <= set(S.KNOWN_RECIPES)
+    assert len({S.recipe_color(n) for n in names}) == len(names)
