@@ -8,7 +8,8 @@ and writes, all at the end and atomically (nothing partial is left on error):
   value, ci_low, ci_high, chance, copy_chance, n_items``); per-run rows and per-recipe rows aggregated over seeds
   (``run = "<recipe>*"``, ``seed`` empty). Held-out loss rows have ``task = "heldout:<source>"``.
 * ``RESULTS/summary.csv``: relative change of every recipe vs the baseline recipe per category
-  (accuracy on tasks; held-out loss per source category), with bootstrap intervals.
+  (accuracy on tasks; held-out loss per source category), with bootstrap intervals. The baseline is
+  ``--baseline``, else (with ``--models``) the model set's ``baseline`` group, else ``text-only``.
 * ``RESULTS/scores.parquet``: the per-item scores (candidate log-probs, correct, logit_diff) of every run.
 * ``RESULTS/losses.parquet``: the per-window held-out losses of every run (when the grid's data is found).
 
@@ -44,7 +45,11 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--n-items", type=int, default=200, help="items per task (default 200)")
     p.add_argument("--seed", type=int, default=0, help="item generator and bootstrap seed (default 0)")
-    p.add_argument("--baseline", default=None, help=f"baseline recipe of the summary (default '{DEFAULT_BASELINE}')")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help=f"baseline recipe of the summary (default: the model set's baseline with --models, else '{DEFAULT_BASELINE}')",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="rows per forward (default 32)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument(
@@ -81,6 +86,15 @@ def _source_categories(heldout):
     return source_categories(heldout)
 
 
+def _model_set_baseline(models) -> str | None:
+    """The ``baseline`` group a model-set file names (docs/models.md), or None (no file, or none named)."""
+    if models is None:
+        return None
+    from codetransfer.trained.modelset import load_model_set
+
+    return load_model_set(models, resolve=False).baseline
+
+
 def run(args) -> int:
     from codetransfer.analysis.evaluate import format_summary
     from codetransfer.analysis.grid import evaluate_grid
@@ -111,7 +125,7 @@ def run(args) -> int:
     infos = select_runs(args.runs, args.models)
     check_same_grid(infos)
     recipes = sorted({i.recipe for i in infos})
-    baseline = args.baseline or DEFAULT_BASELINE
+    baseline = args.baseline or _model_set_baseline(args.models) or DEFAULT_BASELINE
     if args.baseline is not None:
         check_baseline(baseline, recipes)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
