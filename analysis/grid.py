@@ -86,7 +86,7 @@ def items_up_to(family, n: int, seed: int, max_difficulty: int | None):
 def hardest_fitting_level(task: str, run, n_items: int, seed: int, max_difficulty: int) -> int:
     """The hardest level <= ``max_difficulty`` at which the ``n_items`` items that :func:`items_up_to` draws
     (and their twins in the other rendering) all fit ``run``'s context; refuses when none does."""
-    n_ctx = run.record["model"]["n_ctx"]
+    n_ctx = _n_ctx(run)
     family = get_task(task)
     tokenizer = load_tokenizer(run.path)
     best = None
@@ -99,6 +99,27 @@ def hardest_fitting_level(task: str, run, n_items: int, seed: int, max_difficult
         best = d
     if best is None:
         raise CodetransferError(f"{task}: no difficulty level fits the models' context n_ctx={n_ctx}")
+    return best
+
+
+def fitting_max_difficulty(tasks: Sequence[str], runs: Sequence, n_items: int, seed: int, log: Log = _stderr) -> int:
+    """The hardest level at which the ``n_items`` items of every task (:func:`items_up_to`, with their twins)
+    fit the context of every run: what the analysis verbs use when no ``--max-difficulty`` is given. Says
+    which levels it leaves out."""
+    best = None
+    for task in tasks:
+        top = max(get_task(task).difficulties)
+        seen: dict = {}
+        for run in runs:
+            key = (_n_ctx(run), str(Path(run.path) / "tokenizer.json"))
+            if key not in seen:  # the runs of one grid share their context and tokenizer
+                seen[key] = hardest_fitting_level(task, run, n_items, seed, top)
+            level = seen[key]
+            if level < top:
+                log(f"note: {task}: levels above {level} left out (their prompts exceed n_ctx={key[0]})")
+            best = level if best is None else min(best, level)
+    if best is None:
+        raise CodetransferError("tasks: expected at least one task")
     return best
 
 
@@ -246,7 +267,7 @@ def curve_items(
             items,
             tokenizer,
             n_ctx,
-            hint="pass --fit-context to drop those levels, a lower --curve-max-difficulty, or --tasks without them",
+            hint="leave out --no-fit-context to drop those levels, or pass a lower --curve-max-difficulty or --tasks without them",
         )
         return items
     items, dropped = fit_to_context(items, tokenizer, n_ctx)
@@ -352,7 +373,7 @@ def evaluate_grid(
             items,
             tokenizer,
             n_ctx,
-            hint="pass --fit-context to drop those levels, --max-difficulty D, or --tasks without them",
+            hint="leave out --no-fit-context to drop those levels, or pass --max-difficulty D or --tasks without them",
         )
     if curves:
         c_items = curve_items(

@@ -33,11 +33,37 @@ import json
 import math
 import os
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
+from markupsafe import Markup
+from matplotlib.colors import Normalize
+
+from codetransfer.analysis import style as S
+from codetransfer.analysis.attention import attention_patterns, ordinary_token_ids, repeated_random_tokens
+from codetransfer.analysis.attention_plots import (
+    attention_heads_view,
+    plot_best_head_over_training,
+    plot_head_score_difference,
+    plot_head_scores,
+)
+from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE
+from codetransfer.analysis.evaluate import plot_accuracy_vs_difficulty, plot_relative_change
+from codetransfer.analysis.learning import first_above_chance, plot_learning_curves, tokens_per_step
+from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side
+from codetransfer.analysis.style import phase_table
+from codetransfer.probes.plots import first_decodable_layer, plot_probe_curves
+from codetransfer.trained import find_runs, load_run, runs_table
+from codetransfer.trained.checks import read_table
+from codetransfer.trained.data import data_hash
 
 from codetransfer.errors import CodetransferError
 
@@ -188,7 +214,6 @@ def render_table(df: pd.DataFrame) -> Table:
 
 
 def _read(path: Path) -> pd.DataFrame | None:
-    from codetransfer.trained.checks import read_table
 
     if path.exists():  # a damaged table is refused naming the file (delete it and rerun its stage)
         return read_table(path, "result table", fix="delete it and rerun the stage that writes it")
@@ -197,7 +222,6 @@ def _read(path: Path) -> pd.DataFrame | None:
 
 def _figure(section: Section, folder: Path, name: str, caption: str, draw) -> None:
     """Draw with ``draw()`` (which returns a matplotlib Figure) into folder/name.png, or note why not."""
-    import matplotlib.pyplot as plt
 
     try:
         fig = draw()
@@ -221,7 +245,6 @@ def _file(name: str) -> str:
 def _data_provenance(out: Path) -> str:
     """One sentence naming the training data: its manifest hash (which runs must share to be compared) and
     what each source was read from (the standard library depends on the interpreter that prepared it)."""
-    from codetransfer.trained.data import data_hash
 
     manifest = out / "data" / "manifest.json"
     if not manifest.is_file():
@@ -244,11 +267,6 @@ def _data_provenance(out: Path) -> str:
 
 
 def _grid_section(out: Path, grid, folder: Path) -> Section:
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import Normalize
-
-    from codetransfer.analysis import style as S
-    from codetransfer.trained import runs_table
 
     s = Section("The grid")
     s.add_text(
@@ -412,20 +430,29 @@ def _seed_paired(s: Section, comparison: pd.DataFrame, baseline: str) -> list[st
         "primary metric."
     )
     lead = pooled[(pooled["metric"] == "logit_diff") & (pooled["category"] == "reasoning")]
-    findings = []
+    if lead.empty:
+        return []
+    # the controlled comparisons (a recipe against the control it names) first, then those with the baseline
+    lead = lead.assign(_vs_baseline=lead["baseline"].astype(str) == baseline).sort_values("_vs_baseline", kind="stable")
+    parts = []
     for _, r in lead.iterrows():
-        findings.append(
-            f"Reasoning (logit difference, seed-paired): {r.recipe} - {r.baseline} = "
-            f"{with_interval(r.estimate, r.ci_low, r.ci_high, signed=True)} over {int(r.n_seeds)} seed(s) "
-            f"and {int(r.n_items)} items; {_verdict(r)}."
-        )
-    return [" ".join(findings)] if findings else []
+        diff = with_interval(r.estimate, r.ci_low, r.ci_high, signed=True)
+        if r.n_seeds < 3 or r.distinguishable:
+            verdict = _verdict(r)
+        else:
+            mde = f"{r.mde:.2g}" if _finite(r.mde) else "unknown"
+            verdict = f"Holm p = {r.p_holm:.2g}; 80% power for effects of {mde} or more"
+        parts.append(f"{r.recipe} - {r.baseline} {diff} ({verdict})")
+    seeds = sorted({int(n) for n in lead["n_seeds"]})
+    called = lead["distinguishable"].astype(bool).sum()
+    return [
+        f"Reasoning, seed-paired logit difference over {'/'.join(map(str, seeds))} seed(s), pooled over the levels "
+        f"where the compared-with recipe is above chance; {int(called)} of {len(lead)} comparisons distinguishable "
+        "from seed noise after Holm: " + "; ".join(parts) + "."
+    ]
 
 
 def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, list[str]]:
-    import matplotlib.pyplot as plt
-
-    from codetransfer.analysis.evaluate import plot_accuracy_vs_difficulty, plot_relative_change
 
     s = Section("Evaluation: the paper-style table")
     findings = []
@@ -557,8 +584,6 @@ def _eval_section(results: Path, folder: Path, baseline: str) -> tuple[Section, 
 
 def _phases(out: Path, grid):
     """Phase boundaries in tokens: from the run records (tokens actually seen), else from the grid."""
-    from codetransfer.analysis.style import phase_table
-    from codetransfer.trained import find_runs
 
     try:
         runs = [r for r in find_runs(out) if r.record.get("tokens_by_phase")]
@@ -569,8 +594,6 @@ def _phases(out: Path, grid):
 
 
 def _tokens_per_step(out: Path) -> dict[str, int]:
-    from codetransfer.analysis.learning import tokens_per_step
-    from codetransfer.trained import find_runs
 
     found = {}
     try:
@@ -587,9 +610,6 @@ def _tokens_per_step(out: Path) -> dict[str, int]:
 def _learning(results: Path, folder: Path, phases) -> tuple[Section, list[str]]:
     """Learning curves: accuracy against training tokens on the easiest level, one panel per
     reasoning family, and the first checkpoint whose interval clears chance."""
-    import matplotlib.pyplot as plt
-
-    from codetransfer.analysis.learning import first_above_chance, plot_learning_curves
 
     s = Section("Learning curves")
     t = _read(results / "learning.parquet")
@@ -656,9 +676,6 @@ def _learning(results: Path, folder: Path, phases) -> tuple[Section, list[str]]:
 
 
 def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
-    import matplotlib.pyplot as plt
-
-    from codetransfer.probes.plots import first_decodable_layer, plot_probe_curves
 
     s = Section("Probing: where is the world state decodable?")
     findings = []
@@ -764,9 +781,6 @@ def _patching(
     gap excludes 0) and cross-rendering effects (next to their token-matched control). ``difficulty``: the
     level of the patched items (to find the recipes' gap in ``comparison.parquet``); ``recipes``: the grid's
     recipe names (to read a cross-model pair label ``A->B`` whose names hold ``->``)."""
-    import matplotlib.pyplot as plt
-
-    from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side
 
     s = Section("Activation patching: what do the models use?")
     findings = []
@@ -895,7 +909,6 @@ def gap_to_explain(gap) -> bool:
     """Whether a comparison row is a gap that cross-model patching may split into shares: its
     multiplicity-corrected seed-level interval excludes 0, over at least as many seeds as a
     distinguishable comparison needs."""
-    from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE
 
     return (
         gap is not None
@@ -1162,13 +1175,6 @@ def _seed(seed) -> str:
 def _attention(
     results: Path, folder: Path, baseline: str, phases, per_step: dict[str, int], vocab_size: int, out: Path
 ) -> tuple[Section, list[str]]:
-    import matplotlib.pyplot as plt
-
-    from codetransfer.analysis.attention_plots import (
-        plot_best_head_over_training,
-        plot_head_score_difference,
-        plot_head_scores,
-    )
 
     s = Section("Attention heads")
     findings = []
@@ -1264,11 +1270,6 @@ def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: 
             "interactive head views: the circuitsvis package is not installed (pip install 'codetransfer[notebooks]')"
         )
         return
-    import torch
-
-    from codetransfer.analysis.attention import attention_patterns, ordinary_token_ids, repeated_random_tokens
-    from codetransfer.analysis.attention_plots import attention_heads_view
-    from codetransfer.trained import find_runs, load_run
 
     runs = {}
     try:
@@ -1314,7 +1315,6 @@ def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: 
                 (Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8"),
                 encoding="utf-8",
             )
-        from markupsafe import Markup
 
         s.add_view(
             Markup(snippet),
@@ -1328,7 +1328,6 @@ def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: 
 
 
 def _inline(text: str):
-    from markupsafe import Markup
 
     out = html.escape(str(text))
     parts = out.split("**")
@@ -1336,7 +1335,6 @@ def _inline(text: str):
 
 
 def _environment():
-    import jinja2
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -1364,14 +1362,12 @@ def render(sections: list[Section], headline: list[str], title: str, subtitle: s
 
 def write_report(out: str | Path, grid, settings) -> Path:
     """Write ``out/report/index.html`` and ``summary.md`` from ``out/results``; returns the html path."""
-    import matplotlib
 
     matplotlib.use("Agg")
     out = Path(out)
     results = out / "results"
     folder = out / "report"
     tmp = out / ".report.tmp"
-    import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -1386,7 +1382,6 @@ def write_report(out: str | Path, grid, settings) -> Path:
 
 
 def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: Path) -> Path:
-    import shutil
 
     baseline = getattr(settings, "baseline", "text-only")
     phases = _phases(out, grid)
@@ -1432,8 +1427,6 @@ def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: P
 def screenshot(page: Path, png: Path, width: int = 1280, height: int = 900) -> bool:
     """The page's first screen as a PNG, through headless Chromium when it is installed (else nothing).
     Returns whether the file was written."""
-    import shutil
-    import subprocess
 
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:

@@ -105,7 +105,8 @@ def test_eval_cli_bad_input_writes_nothing(grid, tmp_path, capsys, extra, match)
 
 
 def test_eval_cli_too_long_items_leave_previous_results(tmp_path, capsys):
-    """Items longer than the context are refused: the previous results are neither removed nor overwritten."""
+    """Items longer than the context are refused with --no-fit-context, and when no level fits at all: the previous
+    results are neither removed nor overwritten."""
     small = make_grid(
         tmp_path / "g", [("text-only", 0)], ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=16)
     )
@@ -123,11 +124,12 @@ def test_eval_cli_too_long_items_leave_previous_results(tmp_path, capsys):
             "knowledge_cloze,entity_tracking",
             "--n-items",
             "4",
+            "--no-fit-context",
         ]
     )
     err = capsys.readouterr().err
     assert rc == 2 and "longer than the model's context n_ctx=16" in err
-    assert "pass --fit-context" in err and "entity_tracking difficulty" in err
+    assert "leave out --no-fit-context" in err and "entity_tracking difficulty" in err
     assert sorted(p.name for p in out.iterdir()) == ["eval.parquet"]
     assert (out / "eval.parquet").read_text() == "previous"
     rc = main(
@@ -141,7 +143,6 @@ def test_eval_cli_too_long_items_leave_previous_results(tmp_path, capsys):
             "knowledge_cloze,entity_tracking",
             "--n-items",
             "4",
-            "--fit-context",
         ]
     )
     assert rc == 2 and "--fit-context: no task has items that fit" in capsys.readouterr().err

@@ -159,21 +159,21 @@ PROMISES: dict[str, dict[str, tuple[str, ...]]] = {
     "codetransfer runs runs/tiny": {"": ()},
     "codetransfer tasks": {"": ()},
     "codetransfer tasks show entity_tracking": {"": ()},
-    "codetransfer eval --runs runs/tiny --out results --fit-context": {
+    "codetransfer eval --runs runs/tiny --out results": {
         "": ("results/eval.parquet", "results/summary.csv", "results/scores.parquet")
     },
-    "codetransfer eval --runs runs/tiny --out results --fit-context --checkpoints": {
+    "codetransfer eval --runs runs/tiny --out results --checkpoints": {
         "": ("results/eval.parquet", "results/summary.csv", "results/learning.parquet")
     },
-    "codetransfer probe --runs runs/tiny --tasks entity_tracking --sites resid_post --out results --max-difficulty 1": {
+    "codetransfer probe --runs runs/tiny --tasks entity_tracking --sites resid_post --out results": {
         "": ("results/probes.parquet",)
     },
-    "codetransfer patch --runs runs/tiny --task entity_tracking --difficulty 0 --out results [--cross-model A B] [--cross-rendering]": {
+    "codetransfer patch --runs runs/tiny --task entity_tracking --out results [--cross-model A B] [--cross-rendering]": {
         "": ("results/patching.parquet",),
         "--cross-model A B": ("results/patching.parquet", "results/cross_model.parquet"),
         "--cross-rendering": ("results/patching.parquet", "results/cross_rendering.parquet"),
     },
-    "codetransfer attention --runs runs/tiny --out results --max-difficulty 1 [--checkpoints]": {
+    "codetransfer attention --runs runs/tiny --out results [--checkpoints]": {
         "": ("results/attention.parquet",),
         "--checkpoints": ("results/attention.parquet", "results/attention_over_training.parquet"),
     },
@@ -188,9 +188,7 @@ PROMISES: dict[str, dict[str, tuple[str, ...]]] = {
             "out/demo/results/attention.parquet",
         )
     },
-    "codetransfer eval --models pairs.toml --out results --fit-context": {
-        "": ("results/eval.parquet", "results/summary.csv")
-    },
+    "codetransfer eval --models pairs.toml --out results": {"": ("results/eval.parquet", "results/summary.csv")},
     "codetransfer tasks export out/tasks --format lm-eval": {"": tuple(TASK_FILES)},
 }
 

@@ -8,12 +8,13 @@ TOML-able values (str, int, float, bool, lists, dicts): tables as ``[a.b]``, lis
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from typing import Any
 
-from codetransfer.trained.config import GridConfig
+from codetransfer.trained.config import GridConfig, SourceConfig
 
 
 def _key(k: str) -> str:
@@ -85,6 +86,10 @@ def to_toml(data: dict) -> str:
 def grid_to_toml(grid: GridConfig) -> str:
     """The grid file of ``grid``: ``load_grid`` of the text (saved as a ``.toml`` file) gives an equal grid."""
     d = grid.to_dict()
+    defaults = dataclasses.asdict(SourceConfig(kind="files"))
+    for src in d.get("sources", {}).values():  # fields at their defaults say nothing (e.g. a stdlib's "category")
+        for field in [f for f, v in src.items() if f != "kind" and v == defaults.get(f, object())]:
+            del src[field]
     for r in d.get("recipes", []):
         if not r.get("compare_with"):
             r.pop("compare_with", None)  # the default: compared with the job's baseline only

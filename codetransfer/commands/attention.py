@@ -50,7 +50,7 @@ def add_arguments(p) -> None:
         "--max-difficulty",
         type=int,
         default=None,
-        help="only items of this difficulty or lower (keeps prompts inside small models' context)",
+        help="only items of this difficulty or lower (default: the hardest level whose items fit the models' context)",
     )
     p.add_argument("--seed", type=int, default=0, help="item generator, random tokens and bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="rows per forward (default 32)")
@@ -91,6 +91,11 @@ def run(args) -> int:
     for t in tasks:
         get_task(t)  # unknown names: one-line did-you-mean error, before any work
     infos = select_runs(args.runs, args.models)
+    max_difficulty = args.max_difficulty
+    if max_difficulty is None and tasks:  # the levels whose items fit the models' context
+        from codetransfer.analysis.grid import fitting_max_difficulty
+
+        max_difficulty = fitting_max_difficulty(tasks, infos, args.n_items, args.seed)
     tables = attention_grid(
         infos,
         tasks,
@@ -98,7 +103,7 @@ def run(args) -> int:
         n_seqs=args.n_seqs,
         half_len=args.half_len,
         ablation=args.ablation,
-        max_difficulty=args.max_difficulty,
+        max_difficulty=max_difficulty,
         seed=args.seed,
         batch_size=args.batch_size,
         n_boot=args.n_boot,

@@ -62,7 +62,14 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--fit-context",
         action="store_true",
-        help="drop the difficulty levels whose items are longer than the models' context (default: refuse)",
+        default=True,
+        help="drop the difficulty levels whose items are longer than the models' context, and say so (default)",
+    )
+    p.add_argument(
+        "--no-fit-context",
+        dest="fit_context",
+        action="store_false",
+        help="refuse items longer than the models' context instead of dropping their levels",
     )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(

@@ -80,7 +80,13 @@ def add_arguments(p) -> None:
         help="position axis: span keys + last (default) or token indices",
     )
     p.add_argument("--n-items", type=int, default=64, help="items (default 64)")
-    p.add_argument("--difficulty", type=int, default=None, help="only items of this difficulty (default: all)")
+    p.add_argument(
+        "--difficulty",
+        type=int,
+        default=0,
+        help="difficulty of the patched items (default 0: the level small models can do; a level whose items "
+        "exceed the models' context is refused)",
+    )
     p.add_argument("--seed", type=int, default=0, help="item generator and bootstrap seed (default 0)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--max-rows", type=int, default=256, help="rows per forward (default 256)")

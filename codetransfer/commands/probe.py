@@ -39,7 +39,7 @@ def add_arguments(parser) -> None:
         "--max-difficulty",
         type=int,
         default=None,
-        help="only items of this difficulty or lower (keeps prompts inside small models' context)",
+        help="only items of this difficulty or lower (default: the hardest level whose items fit the models' context)",
     )
     parser.add_argument("--item-seed", type=int, default=0, help="task generator seed (default 0)")
     parser.add_argument("--probe", default="linear", help="linear (default), mlp or ridge")
@@ -74,6 +74,11 @@ def run(args) -> int:
     except ValueError:
         raise CodetransferError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
     runs = select_runs(args.runs, args.models)
+    max_difficulty = args.max_difficulty
+    if max_difficulty is None:  # the levels whose items fit the models' context
+        from codetransfer.analysis.grid import fitting_max_difficulty
+
+        max_difficulty = fitting_max_difficulty(tasks, runs, args.n_items, args.item_seed)
     table = probe_grid(
         runs,
         tasks,
@@ -82,7 +87,7 @@ def run(args) -> int:
         shard=shard,
         n_items=args.n_items,
         item_seed=args.item_seed,
-        max_difficulty=args.max_difficulty,
+        max_difficulty=max_difficulty,
         probe=args.probe,
         split=args.split,
         target=args.target,
