@@ -210,7 +210,7 @@ def test_settings_file_sets_job_settings_and_baseline_flag_wins(tmp_path):
             "eval_item = 7\n",
             "--settings: unknown field 'eval_item' in {f} (did you mean 'eval_items'?); fields: baseline,",
         ),
-        ('eval_items = "7"\n', "--settings: field 'eval_items' in {f} must be int, got '7'; e.g. eval_items = 300"),
+        ('eval_items = "7"\n', "--settings: field 'eval_items' in {f} must be int, got '7'; e.g. eval_items = 600"),
         ("probe_tasks = 3\n", "--settings: field 'probe_tasks' in {f} must be str, got 3"),
         ("eval_items = \n", "--settings: {f} is not valid TOML"),
     ],

@@ -61,10 +61,12 @@ def test_settings_lists_from_toml_lists_and_comma_strings(tmp_path):
 
 
 def test_unit_keys_hash_the_settings_as_they_always_did():
-    # the key form: list fields comma-joined (what the job hashed when they were strings)
+    # the key form: list fields comma-joined (what the job hashed when they were strings); every field, so a
+    # changed default (eval_items 300 -> 600 over levels 0-1) redoes the units it changes
     legacy = dict(
         baseline="text-only",
-        eval_items=300,
+        eval_items=600,
+        eval_max_difficulty=1,
         curve_items=60,
         curve_max_difficulty=0,
         probe_tasks="entity_tracking",
