@@ -1,6 +1,7 @@
 """The main job: train a grid, evaluate, probe, patch, analyse attention, write the report.
 
-``run_job(grid, out)`` runs the stages in order. The work is cut into *units* — one training run,
+``run_job(grid, out)`` runs the stages in order; ``run_job(None, out, models=FILE)`` runs the analysis stages
+and the report over the checkpoints of a model set (docs/models.md) instead, training nothing. The work is cut into *units* — one training run,
 one run's evaluation / probing sweep / patching sweeps / head scores, one cross-model pair — and each
 unit is skipped when ``out/units/<unit>.json`` records that it finished with the
 same *key*: a hash of the job settings and of the recipes of the runs it reads. Killing the job and

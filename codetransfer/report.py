@@ -657,7 +657,7 @@ def _tokens_per_step(out: Path) -> dict[str, int]:
     return found
 
 
-def _learning(results: Path, folder: Path, phases) -> tuple[Section, list[str]]:
+def _learning(results: Path, folder: Path, phases, model_set: bool = False) -> tuple[Section, list[str]]:
     """Learning curves: accuracy against training tokens on the easiest level, one panel per
     reasoning family, and the first checkpoint whose interval clears chance."""
 
@@ -665,7 +665,10 @@ def _learning(results: Path, folder: Path, phases) -> tuple[Section, list[str]]:
     t = _read(results / "learning.parquet")
     if t is None or t.empty:
         s.missing.append(
-            "learning.parquet: no intermediate checkpoints were scored (train the grid with train.snapshot_every > 0)"
+            "learning.parquet: a model set's checkpoints are scored one by one (give each step its own entry, "
+            "with step set, to compare them)"
+            if model_set
+            else "learning.parquet: no intermediate checkpoints were scored (train the grid with train.snapshot_every > 0)"
         )
         return s, []
     t = t.assign(difficulty=t["difficulty"].astype(str))
@@ -1470,7 +1473,7 @@ def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: P
     sections, headline = [first], []
     for build in (
         lambda: _eval_section(results, tmp, baseline),
-        lambda: _learning(results, tmp, phases),
+        lambda: _learning(results, tmp, phases, models is not None),
         lambda: _probes(results, tmp),
         lambda: _patching(results, tmp, baseline, getattr(settings, "patch_difficulty", None), recipes),
         lambda: _attention(results, tmp, baseline, phases, per_step, vocab, out, runs),
