@@ -81,7 +81,6 @@ def test_model_set_job_writes_every_table_and_a_model_set_report(job):
     assert "model set pairs &lt;zz&gt; &amp; co" in summary
     headline = json.loads((out / "report" / "headline.json").read_text())
     assert headline and "No result tables" not in headline[0]
-    print(json.dumps(headline, indent=1))
 
 
 def test_model_set_job_rerun_does_no_work(job, capsys):
