@@ -27,7 +27,7 @@ VERBS = {
     "patch": "activation patching sweeps; writes patching.parquet (and cross-model / cross-rendering)",
     "attention": "attention head scores of every run; writes attention.parquet",
     "merge": "merge the parts of sharded probe/patch sweeps (--shard i/n) into the final tables",
-    "run": "the main job: train, evaluate, probe, patch, attention, report",
+    "run": "the main job: train, evaluate, probe, patch, attention, report (or --models FILE: no training)",
 }
 
 

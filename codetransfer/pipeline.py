@@ -1,6 +1,7 @@
 """The main job: train a grid, evaluate, probe, patch, analyse attention, write the report.
 
-``run_job(grid, out)`` runs the stages in order. The work is cut into *units* — one training run,
+``run_job(grid, out)`` runs the stages in order; ``run_job(None, out, models=FILE)`` runs the analysis stages
+and the report over the checkpoints of a model set (docs/models.md) instead, training nothing. The work is cut into *units* — one training run,
 one run's evaluation / probing sweep / patching sweeps / head scores, one cross-model pair — and each
 unit is skipped when ``out/units/<unit>.json`` records that it finished with the
 same *key*: a hash of the job settings and of the recipes of the runs it reads. Killing the job and
@@ -262,8 +263,9 @@ def _merge_learning(parts: list[Path], results: Path, settings: JobSettings) -> 
 
 
 def _has_curve(run) -> bool:
-    """Whether ``run`` kept intermediate checkpoints (its learning curve and head roles over training)."""
-    return len(run_checkpoints(run)) >= 2
+    """Whether ``run`` kept intermediate checkpoints (its learning curve and head roles over training); a
+    model-set checkpoint is one model (a set compares steps as entries of their own)."""
+    return run.record.get("source") != "model_set" and len(run_checkpoints(run)) >= 2
 
 
 def _curve_key(settings: JobSettings) -> list[str]:
@@ -421,6 +423,11 @@ def cross_model_pairs(runs, baseline: str, controls: dict[str, str]) -> list[tup
     return pairs
 
 
+def _comparable(a, b) -> bool:
+    """Whether runs ``a`` and ``b`` share model shape and tokenizer (what cross-model patching needs)."""
+    return all(a.record.get(k) == b.record.get(k) for k in ("model", "tokenizer_sha256"))
+
+
 def _eval_unit(run, dest: Path, settings: JobSettings, curve: bool, device: str, log) -> None:
     tasks = {  # spread evenly over the levels evaluated (the same items for every run)
         name: items_up_to(get_task(name), settings.eval_items, settings.seed, settings.eval_max_difficulty)
@@ -432,9 +439,11 @@ def _eval_unit(run, dest: Path, settings: JobSettings, curve: bool, device: str,
         tasks=tasks,
         n_items=settings.eval_items,
         seed=settings.seed,
-        baseline=DEFAULT_BASELINE,
+        # the unit's own summary (the grid's comes from every unit's scores): a model set's run is its own baseline
+        baseline=run.recipe if run.record.get("source") == "model_set" else DEFAULT_BASELINE,
         n_boot=UNIT_N_BOOT,
-        heldout_windows=HELDOUT_WINDOWS,
+        # held-out loss reads the grid's token arrays, made with its tokenizer: none for a model set's checkpoints
+        heldout_windows=0 if run.record.get("source") == "model_set" else HELDOUT_WINDOWS,
         fit_context=True,
         checkpoints=curve,
         curve_items_per_task=settings.curve_items,
@@ -490,36 +499,87 @@ def _attention_unit(
     artifacts.write_tables(dest, tables)
 
 
-def run_job(
-    grid_spec: str,
-    out: str | Path,
-    settings: JobSettings = JobSettings(),
-    device: str = "cpu",
-    stages: tuple[str, ...] = STAGES,
-    log=print,
-    jobs: int = 1,
-) -> dict:
-    """Run the main job; returns ``{stage: seconds}`` (and ``report_path``). See the module docstring.
+def model_set_baseline(model_set, baseline: str | None = None) -> str:
+    """The baseline group of a job over ``model_set`` (a :class:`~codetransfer.trained.modelset.ModelSet`):
+    ``baseline`` when given (refused in one line, with a did-you-mean, unless it is a group of the set), else
+    the set's ``baseline``, else its first group."""
+    groups = model_set.groups
+    if baseline is not None:
+        if baseline not in groups:
+            raise CodetransferError(
+                f"--baseline: '{baseline}' is not a group of model set '{model_set.name}'"
+                f"{did_you_mean(baseline, groups)} ({', '.join(groups)}); pick one of them"
+            )
+        return baseline
+    return model_set.baseline or groups[0]
 
-    ``jobs``: worker processes for training runs and analysis units (one thread each; the runs and tables do
-    not depend on it)."""
+
+def _job_runs(grid_spec, models, out: Path, settings: JobSettings, stages, device: str, log, jobs: int, timings):
+    """The runs the analysis stages work on, the job's settings (the model set's baseline filled in), the
+    recipes' controls and what the report is written from (``grid`` or ``models``)."""
+    if (grid_spec is None) == (models is None):
+        raise CodetransferError(
+            "run: give exactly one of GRID (a grid .toml file or preset name, trained first) or --models FILE "
+            "(a model-set TOML file of checkpoints, see docs/models.md)"
+        )
+    if models is not None:
+        from codetransfer.trained.modelset import load_model_set, model_runs
+
+        if "train" in stages:
+            raise CodetransferError(
+                "--stages: a model set is not trained (its checkpoints are given); leave train out of --stages "
+                "with --models"
+            )
+        model_set = load_model_set(models)
+        given = settings.baseline
+        if given == JobSettings.baseline and given not in model_set.groups:
+            given = None  # the default recipe name: the set's own baseline
+        settings = dataclasses.replace(settings, baseline=model_set_baseline(model_set, given))
+        runs = sorted(model_runs(model_set), key=lambda r: r.name)  # run order, as find_runs gives a grid's
+        return runs, settings, {}, {"grid": None, "models": model_set}
     grid = load_grid(grid_spec)
-    out = Path(out)
-    results = out / "results"
-    timings: dict[str, float] = {}
-
     if "train" in stages:
         with _stage("train", timings, log):
             train_grid(grid, out, device=device, log=log, jobs=jobs)
     runs = [r for r in find_runs(out, complete_only=True) if r.recipe in {x.name for x in grid.recipes}]
     if not runs:
         raise CodetransferError(f"{out}: no complete runs of grid '{grid.name}'; run the train stage first")
+    controls = {r.name: r.compare_with for r in grid.recipes if r.compare_with}
+    return runs, settings, controls, {"grid": grid}
+
+
+def run_job(
+    grid_spec: str | None,
+    out: str | Path,
+    settings: JobSettings = JobSettings(),
+    device: str = "cpu",
+    stages: tuple[str, ...] | None = None,
+    log=print,
+    jobs: int = 1,
+    models: str | Path | None = None,
+) -> dict:
+    """Run the main job; returns ``{stage: seconds}`` (and ``report_path``). See the module docstring.
+
+    ``jobs``: worker processes for training runs and analysis units (one thread each; the runs and tables do
+    not depend on it).
+
+    ``models``: a model-set TOML file (docs/models.md) instead of ``grid_spec`` (exactly one of the two): its
+    checkpoints are the runs (groups as recipes), nothing is trained (``stages``, default every stage but
+    ``train``, must leave it out),
+    and the analysis units, their keys and files are those of a grid. The baseline is ``settings.baseline``
+    when it is a group of the set or was changed from the default (then it must be a group), else the set's
+    ``baseline`` (else its first group)."""
+    if stages is None:
+        stages = STAGES if models is None else tuple(s for s in STAGES if s != "train")
+    out = Path(out)
+    results = out / "results"
+    timings: dict[str, float] = {}
+    runs, settings, controls, source = _job_runs(grid_spec, models, out, settings, stages, device, log, jobs, timings)
     records = artifacts.UnitRecords(out / "units")  # a damaged record is refused before any unit works
     _check_unit_tables(results)  # and so is a damaged table of a finished unit
     results.mkdir(parents=True, exist_ok=True)
     pool = UnitPool(records, jobs, log)
     try:
-        controls = {r.name: r.compare_with for r in grid.recipes if r.compare_with}
         _analyse(runs, results, settings, controls, stages, pool, timings, device, log)
     except BaseException:
         pool.close(kill=True)
@@ -527,7 +587,7 @@ def run_job(
     pool.close()
     if "report" in stages:
         with _stage("report", timings, log):
-            report = write_report(out, grid, settings)
+            report = write_report(out, source["grid"], settings, models=source.get("models"))
             timings["report_path"] = str(report)
     return timings
 
@@ -595,17 +655,27 @@ def _analyse(
                 unit(f"patch-{r.name}", ["patch", skey, r.name, run_key[r.name]], _patch_unit, run=r, patch=patch)
                 for r in runs
             ]
+            pairs = []
+            for a, b in cross_model_pairs(runs, settings.baseline, controls):
+                if _comparable(a, b):
+                    pairs.append((a, b))
+                else:  # only in a model set: a grid's runs share shape and tokenizer
+                    log(
+                        f"note: no cross-model patching of {a.name} into {b.name}: they differ in model shape or "
+                        "tokenizer (see docs/models.md)"
+                    )
+            one_grid = all(_comparable(runs[0], r) for r in runs)
             cross = [
                 unit(
                     f"cross-{a.name}-into-{b.name}",
                     ["cross", skey, a.name, run_key[a.name], b.name, run_key[b.name]],
                     _cross_unit,
-                    runs=runs,
+                    runs=runs if one_grid else [a, b],
                     a=a.name,
                     b=b.name,
                     patch=patch,
                 )
-                for a, b in cross_model_pairs(runs, settings.baseline, controls)
+                for a, b in pairs
             ]
             pool.run(within + cross)
             _merge([u.kwargs["dest"] / "patching.parquet" for u in within], results / "patching.parquet")

@@ -362,6 +362,56 @@ def _grid_section(out: Path, grid, folder: Path) -> Section:
     return s
 
 
+def _vocab_size(runs) -> int | None:
+    """The vocabulary size of a model set's models (from their configs): the one they share, else the
+    largest (None when no config names one)."""
+    sizes = {r.record.get("model", {}).get("vocab_size") for r in runs} - {None}
+    return max(sizes) if sizes else None
+
+
+def _model_set_section(models, runs) -> Section:
+    """The section that replaces "The grid" for a model set: its file, and its models with their shapes."""
+
+    s = Section("Model set")
+    groups = models.groups
+    s.add_text(
+        f"Model set **{models.name}**"
+        + (f" (file {models.path})" if getattr(models, "path", None) else "")
+        + f": {len(runs)} checkpoints in {len(groups)} groups ({', '.join(groups)}), compared with the baseline "
+        "group as a grid's recipes are with its baseline recipe (groups play the role of recipes, seeds pair as "
+        "usual). These models were not trained by codetransfer: there are no training phases or data to show, "
+        "and held-out loss on codetransfer's sources is not measured."
+    )
+    by_name = {e.name: e for e in models.entries}
+    rows = []
+    for r in runs:
+        e, shape = by_name[r.name], r.record.get("model", {})
+        # a local folder by its name; a hub id (its snapshot folder is named by a commit) by the id
+        folder = e.folder.name if Path(e.source).name == e.folder.name else e.source
+        if e.revision:
+            folder += f"@{e.revision}"
+        rows.append(
+            {
+                "run": r.name,
+                "group": e.group,
+                "seed": e.seed,
+                "step": e.step,
+                "folder": folder,
+                "architecture": shape.get("model_type"),
+                "layers": shape.get("n_layers"),
+                "d_model": shape.get("d_model"),
+                "context": r.record.get("n_ctx") or shape.get("n_ctx"),
+                "vocabulary": shape.get("vocab_size"),
+            }
+        )
+    s.add_table(
+        pd.DataFrame(rows),
+        counts=("seed", "step", "layers", "d_model", "context", "vocabulary"),
+        reasons={"step": "not given"},
+    )
+    return s
+
+
 def _category_chance(table: pd.DataFrame, baseline: str) -> dict[str, float]:
     """Mean chance accuracy of each category's items (over the baseline's per-level rows, weighted by items)."""
     t = table[
@@ -607,7 +657,7 @@ def _tokens_per_step(out: Path) -> dict[str, int]:
     return found
 
 
-def _learning(results: Path, folder: Path, phases) -> tuple[Section, list[str]]:
+def _learning(results: Path, folder: Path, phases, model_set: bool = False) -> tuple[Section, list[str]]:
     """Learning curves: accuracy against training tokens on the easiest level, one panel per
     reasoning family, and the first checkpoint whose interval clears chance."""
 
@@ -615,7 +665,10 @@ def _learning(results: Path, folder: Path, phases) -> tuple[Section, list[str]]:
     t = _read(results / "learning.parquet")
     if t is None or t.empty:
         s.missing.append(
-            "learning.parquet: no intermediate checkpoints were scored (train the grid with train.snapshot_every > 0)"
+            "learning.parquet: a model set's checkpoints are scored one by one (give each step its own entry, "
+            "with step set, to compare them)"
+            if model_set
+            else "learning.parquet: no intermediate checkpoints were scored (train the grid with train.snapshot_every > 0)"
         )
         return s, []
     t = t.assign(difficulty=t["difficulty"].astype(str))
@@ -1173,8 +1226,17 @@ def _seed(seed) -> str:
 
 
 def _attention(
-    results: Path, folder: Path, baseline: str, phases, per_step: dict[str, int], vocab_size: int, out: Path
+    results: Path,
+    folder: Path,
+    baseline: str,
+    phases,
+    per_step: dict[str, int],
+    vocab_size: int | None,
+    out: Path,
+    runs=None,
 ) -> tuple[Section, list[str]]:
+    """The attention section; ``runs``: the runs whose heads the interactive views show (default: the
+    complete runs in ``out``)."""
 
     s = Section("Attention heads")
     findings = []
@@ -1256,13 +1318,14 @@ def _attention(
             )
             + "."
         )
-        _head_views(s, folder, out, t, best)
+        _head_views(s, folder, out, t, best, runs)
     return s, findings
 
 
-def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: pd.DataFrame) -> None:
+def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: pd.DataFrame, found=None) -> None:
     """CircuitsVis attention views of the named heads' layers (one page per recipe, on repeated random
-    tokens), each at most VIEW_MAX_BYTES; skipped with a reason when circuitsvis is not installed."""
+    tokens), each at most VIEW_MAX_BYTES; skipped with a reason when circuitsvis is not installed.
+    ``found``: the runs to show (default: the complete runs in ``out``)."""
     try:
         import circuitsvis
     except ImportError:
@@ -1273,7 +1336,7 @@ def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: 
 
     runs = {}
     try:
-        for r in find_runs(out, complete_only=True):
+        for r in find_runs(out, complete_only=True) if found is None else found:
             runs.setdefault(r.recipe, r)
     except CodetransferError as e:
         s.missing.append(f"interactive head views: {e}")
@@ -1360,8 +1423,13 @@ def render(sections: list[Section], headline: list[str], title: str, subtitle: s
     return page, md
 
 
-def write_report(out: str | Path, grid, settings) -> Path:
-    """Write ``out/report/index.html`` and ``summary.md`` from ``out/results``; returns the html path."""
+def write_report(out: str | Path, grid, settings, models=None) -> Path:
+    """Write ``out/report/index.html`` and ``summary.md`` from ``out/results``; returns the html path.
+
+    ``grid``: the grid the runs were trained from; or, for a job over checkpoints codetransfer did not train,
+    ``grid=None`` and ``models``: the model set (a model-set file or a loaded
+    :class:`~codetransfer.trained.modelset.ModelSet`): a "Model set" section replaces "The grid", and there are
+    no phases or training data to show."""
 
     matplotlib.use("Agg")
     out = Path(out)
@@ -1372,7 +1440,13 @@ def write_report(out: str | Path, grid, settings) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        return _write_report(out, grid, settings, results, folder, tmp)
+        if models is not None:
+            from codetransfer.trained.modelset import load_model_set
+
+            models = models if hasattr(models, "entries") else load_model_set(models)
+        elif grid is None:
+            raise CodetransferError("report: give the grid the runs were trained from, or the model set")
+        return _write_report(out, grid, settings, results, folder, tmp, models)
     except KeyError as e:  # a table that reads but lacks a column the report needs
         raise CodetransferError(
             f"{results}: a result table has no column {e}; delete the damaged table and rerun the stage that writes it"
@@ -1381,20 +1455,28 @@ def write_report(out: str | Path, grid, settings) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind on a failure
 
 
-def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: Path) -> Path:
+def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: Path, models=None) -> Path:
 
     baseline = getattr(settings, "baseline", "text-only")
-    phases = _phases(out, grid)
-    per_step = _tokens_per_step(out)
-    sections, headline = [_grid_section(out, grid, tmp)], []
+    if models is not None:  # checkpoints codetransfer did not train: no phases, no training data
+        from codetransfer.trained.modelset import model_runs
+
+        runs = model_runs(models)
+        phases, per_step, recipes = None, {}, models.groups
+        vocab = _vocab_size(runs)
+        first = _model_set_section(models, runs)
+    else:
+        runs = None
+        phases, per_step, recipes = _phases(out, grid), _tokens_per_step(out), [r.name for r in grid.recipes]
+        vocab = grid.tokenizer.vocab_size
+        first = _grid_section(out, grid, tmp)
+    sections, headline = [first], []
     for build in (
         lambda: _eval_section(results, tmp, baseline),
-        lambda: _learning(results, tmp, phases),
+        lambda: _learning(results, tmp, phases, models is not None),
         lambda: _probes(results, tmp),
-        lambda: _patching(
-            results, tmp, baseline, getattr(settings, "patch_difficulty", None), [r.name for r in grid.recipes]
-        ),
-        lambda: _attention(results, tmp, baseline, phases, per_step, grid.tokenizer.vocab_size, out),
+        lambda: _patching(results, tmp, baseline, getattr(settings, "patch_difficulty", None), recipes),
+        lambda: _attention(results, tmp, baseline, phases, per_step, vocab, out, runs),
     ):
         s, f = build()
         sections.append(s)
@@ -1407,11 +1489,15 @@ def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: P
     )
     if not headline:
         headline = ["No result tables were found: run the eval, probe, patch and attention stages."]
-    title = f"codetransfer report — grid {grid.name}"
+    title = (
+        f"codetransfer report — model set {models.name}"
+        if models is not None
+        else f"codetransfer report — grid {grid.name}"
+    )
     probed = ", ".join(names(getattr(settings, "probe_tasks", ()))) or "none"
     patched = ", ".join(names(getattr(settings, "patch_task", ()))) or "none"
     subtitle = (
-        f"Baseline recipe: {baseline}. Probed tasks: {probed}; patched task: {patched}. "
+        f"Baseline {'group' if models is not None else 'recipe'}: {baseline}. Probed tasks: {probed}; patched task: {patched}. "
         "Intervals are 95% bootstrap intervals; numbers are rounded to what their interval supports."
     )
     page, md = render(sections, headline, title, subtitle)

@@ -58,6 +58,9 @@ def random_init_run(source: RandomInit, device: str = "cpu") -> LoadedRun:
 
     tokenizer = load_tokenizer(str(source.path))
     bridge = random_init_bridge(str(source.path), seed=1000 + int(source.seed), device=device, tokenizer=tokenizer)
+    # built from the config, it keeps the config's dtype in the buffers it casts no parameters of (the unembed's
+    # zero bias of an fp16 / bf16 checkpoint), which then meet fp32 weights: every floating tensor in fp32
+    bridge.original_model.float()
     bridge.cfg.default_prepend_bos = True
     return LoadedRun(bridge.eval(), tokenizer, None)  # no trained record: the sweep reads bridge and tokenizer
 

@@ -51,7 +51,9 @@ def _tokenizer(style: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=N_CTX, **kw)
 
 
-def _save(folder, arch: str):
+def _save(folder, arch: str, seed: int | None = None):
+    """Save a random ``arch`` checkpoint and its tokenizer to ``folder``; ``seed``: the weights' torch seed
+    (default: one per architecture). The tokenizer of an architecture is the same whatever the seed."""
     from transformers import (
         GPT2Config,
         GPT2LMHeadModel,
@@ -64,7 +66,7 @@ def _save(folder, arch: str):
     style = {"gpt2": "gpt2", "gpt_neox": "pythia", "llama": "nobos"}[arch]
     tok = _tokenizer(style)
     v = len(tok)
-    torch.manual_seed({"gpt2": 1, "gpt_neox": 2, "llama": 3}[arch])
+    torch.manual_seed({"gpt2": 1, "gpt_neox": 2, "llama": 3}[arch] if seed is None else seed)
     if arch == "gpt2":
         model = GPT2LMHeadModel(
             GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=N_CTX, vocab_size=v, bos_token_id=0, eos_token_id=0)

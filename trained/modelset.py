@@ -86,6 +86,8 @@ class ModelSet:
     """The group others are compared with (must be one of the entries' groups)."""
     entries: tuple[ModelEntry, ...]
     """The checkpoints, in file order."""
+    path: Path | None = None
+    """The model-set file it was read from."""
 
     @property
     def groups(self) -> list[str]:
@@ -214,7 +216,7 @@ def parse_model_set(data: dict, path: Path, resolve: bool = True) -> ModelSet:
                 check_model_folder(e.folder)
             except CodetransferError as err:
                 raise CodetransferError(f"{path}: model[{i}] ({e.name}): {err}") from None
-    return ModelSet(name=name, baseline=baseline, entries=tuple(entries))
+    return ModelSet(name=name, baseline=baseline, entries=tuple(entries), path=path)
 
 
 def load_model_set(path: str | Path, resolve: bool = True) -> ModelSet:
