@@ -335,7 +335,7 @@ def evaluate_grid(
         runs: complete runs of one grid (``trained.find_runs``).
         runs_dir: the folder they were found in; the grid's ``data/`` (held-out arrays) is looked for
             there, in its parent and in the first run's grid folder (default: the first run's folder).
-        tasks: task families (default: all).
+        tasks: task families (default: all), or ``{family: items}`` to score exactly those items.
         n_items, seed, max_difficulty: items per task, generator and bootstrap seed, hardest level.
         baseline: recipe of the relative-change summary (no summary when no run has it).
         n_boot: bootstrap resamples of every interval.
@@ -354,7 +354,8 @@ def evaluate_grid(
     check_same_grid(infos)
     runs_dir = Path(runs_dir) if runs_dir is not None else Path(infos[0].path)
     recipes = sorted({i.recipe for i in infos})
-    tasks = list(tasks) if tasks else list(task_names())
+    if not isinstance(tasks, Mapping):  # names (default: all); a mapping of name to items is used as given
+        tasks = list(tasks) if tasks else list(task_names())
     items = make_items(tasks, n_items, seed, max_difficulty)
     heldout = heldout_arrays(runs_dir, infos) if heldout_windows > 0 else {}
     curves = checkpoint_curves(infos, runs_dir, log) if checkpoints else {}

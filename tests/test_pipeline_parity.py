@@ -233,3 +233,12 @@ def test_cross_model_pairs_baseline_controls_and_the_seed_null():
         ("text-only-s1", "text-only-s0"),  # the null: one recipe, two seeds
         ("text-only-s2", "text-only-s0"),
     ]
+
+
+def test_the_job_scores_its_items_spread_over_the_levels_it_evaluates(job):
+    """``eval_items`` items per family spread evenly over levels 0..eval_max_difficulty, the same for every run."""
+    root, _ = job
+    scores = _table(root, "scores.parquet")
+    per_level = scores.groupby(["run", "task", "difficulty"]).size()
+    assert set(scores["difficulty"].astype(int)) <= set(range(SETTINGS.eval_max_difficulty + 1))
+    assert (per_level == SETTINGS.eval_items // (SETTINGS.eval_max_difficulty + 1)).all(), per_level
