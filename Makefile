@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 	else \
 		echo "setup: no GPU: CPU build of torch"; \
 	fi
-	$(PY) -m pip install -q "torch==2.13.0" $(TORCH_PIP_ARGS)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-compile "torch==2.13.0" $(TORCH_PIP_ARGS)
+	$(PY) -m pip install -q --no-compile -e ".[test]"
 	@touch $(STAMP)
 
 demo: setup

@@ -110,7 +110,7 @@ class JobSettings:
     """Task families to probe."""
     probe_sites: tuple[str, ...] = ("resid_post",)
     """Probe sites (resid_pre, resid_mid, resid_post, attn_out, mlp_out, head; all layers, or kind.layer)."""
-    probe_items: int = 120
+    probe_items: int = 96
     """Items per probed task."""
     probe_max_difficulty: int = 3
     """Hardest difficulty probed (lowered automatically to what fits the models' context)."""
