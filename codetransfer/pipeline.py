@@ -19,7 +19,6 @@ progress. The stages, units, keys and files are described in docs/design.md.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -55,7 +54,7 @@ from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.probes.grid import probe_grid
 from codetransfer.report import write_report
 from codetransfer.trained import find_runs, load_grid, train_grid
-from codetransfer.trained.parallel import worker_init
+from codetransfer.trained.parallel import stop_pool, worker_init
 from codetransfer.trained.runs import run_checkpoints
 from codetransfer.trained.train import run_threads
 from codetransfer.trained.checks import check_number, read_table
@@ -397,10 +396,7 @@ class UnitPool:
         if self._pool is None:
             return
         if kill:
-            for p in list(getattr(self._pool, "_processes", {}).values()):
-                with contextlib.suppress(Exception):
-                    p.kill()
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            stop_pool(self._pool)
         else:
             self._pool.shutdown(wait=True)
         self._pool = None

@@ -272,12 +272,17 @@ def run_tasks(
                 finished(tasks[i], f.result())
                 done.add(i)
     except BaseException:
-        for p in list(getattr(pool, "_processes", {}).values()):  # stop the runs still training
-            with contextlib.suppress(Exception):
-                p.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop_pool(pool)  # stop the runs still training
         raise
     pool.shutdown(wait=True)
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Kill a pool's workers now (their work is abandoned) and shut it down without waiting."""
+    for p in list(getattr(pool, "_processes", {}).values()):
+        with contextlib.suppress(Exception):
+            p.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def check_jobs(jobs: int) -> None:

@@ -167,40 +167,43 @@ def tiny_arms(base_tokens: int = TINY_BASE_TOKENS, arm_tokens: int = TINY_ARM_TO
     )
 
 
-def _tiny() -> GridConfig:
+def _tiny_grid(name: str, description: str, recipes_: tuple[Recipe, ...], seeds: tuple[int, ...]) -> GridConfig:
     # Sized by measurement (docs/learnability.md): a Llama block (gated MLP, no biases), d_model 64
     # and a 512-token BPE, after a 1,000-step induction warm-up, looks keys up in the narratives within 1M
-    # tokens; GPT-NeoX at d_model 128 with 2,048 tokens did not in 16M.
+    # tokens; GPT-NeoX at d_model 128 with 2,048 tokens did not in 16M. Snapshots every 250 steps give the
+    # learning curves their intermediate checkpoints.
     return GridConfig(
-        name="tiny",
-        description="demo-sized controlled grid: 2-layer Llama, d_model 64, BPE 512, an induction warm-up and a "
-        "shared 250k-token text base per seed, then four 500k-token arms; 3 seeds",
+        name=name,
+        description=description,
         model=ModelConfig(arch="llama", n_layers=2, d_model=64, n_heads=4, d_mlp=256, n_ctx=128),
         tokenizer=TokenizerConfig(vocab_size=512, sample_bytes=1_000_000),
         sources=sources(2_000_000),
-        recipes=tiny_arms(),
-        seeds=(0, 1, 2),
-        # snapshots every 250 of the ~977 steps: 3 intermediate checkpoints for the learning curves
+        recipes=recipes_,
+        seeds=seeds,
         train=TrainConfig(
             batch_size=8, eval_every=250, eval_tokens=8192, save_every=250, snapshot_every=250, induction_warmup=1000
         ),
     )
 
 
+def _tiny() -> GridConfig:
+    return _tiny_grid(
+        "tiny",
+        "demo-sized controlled grid: 2-layer Llama, d_model 64, BPE 512, an induction warm-up and a "
+        "shared 250k-token text base per seed, then four 500k-token arms; 3 seeds",
+        tiny_arms(),
+        (0, 1, 2),
+    )
+
+
 def _tiny_full() -> GridConfig:
     """Every variant of the paper at the tiny size, from scratch (after the warm-up), one seed."""
-    return GridConfig(
-        name="tiny-full",
-        description="every variant of the paper at the tiny size: 2-layer Llama, d_model 64, BPE 512, an induction "
+    return _tiny_grid(
+        "tiny-full",
+        "every variant of the paper at the tiny size: 2-layer Llama, d_model 64, BPE 512, an induction "
         "warm-up, then 1M tokens per run",
-        model=ModelConfig(arch="llama", n_layers=2, d_model=64, n_heads=4, d_mlp=256, n_ctx=128),
-        tokenizer=TokenizerConfig(vocab_size=512, sample_bytes=1_000_000),
-        sources=sources(2_000_000),
-        recipes=recipes(tokens=1_000_000, peak_lr=3e-3, full=True),
-        seeds=(0,),
-        train=TrainConfig(
-            batch_size=8, eval_every=250, eval_tokens=8192, save_every=250, snapshot_every=250, induction_warmup=1000
-        ),
+        recipes(tokens=1_000_000, peak_lr=3e-3, full=True),
+        (0,),
     )
 
 
