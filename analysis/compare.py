@@ -379,3 +379,40 @@ def headline_comparison(
             out[c] = "pooled"
     out["pooled"] = True
     return out[cols]
+
+
+def has_gap(row) -> bool:
+    """Whether a comparison row (``comparison_table``) is a gap an instrument may be aimed at and split into
+    shares: ``distinguishable`` — its multiplicity-corrected seed-level interval excludes 0, its Holm p is below
+    0.05, over at least :data:`MIN_SEEDS_DISTINGUISHABLE` seeds. A table without the column (older results) is
+    read by its corrected interval and seed count alone."""
+    if row is None:
+        return False
+    n_seeds = row.get("n_seeds")
+    if n_seeds is None or pd.isna(n_seeds) or int(n_seeds) < MIN_SEEDS_DISTINGUISHABLE:
+        return False
+    if "distinguishable" in row and not pd.isna(row["distinguishable"]):
+        return bool(row["distinguishable"])
+    lo, hi = row.get("ci_low_corrected"), row.get("ci_high_corrected")
+    return lo is not None and hi is not None and (float(lo) > 0 or float(hi) < 0)
+
+
+def gap_target(comparison: pd.DataFrame | None, categories: Sequence[str] = ("reasoning",)) -> pd.Series | None:
+    """The comparison an analysis should explain: among the per-level (not pooled) logit-difference rows of
+    tasks in ``categories`` that :func:`has_gap`, the one with the smallest Holm p (ties: the largest
+    ``|estimate| / mde``). None when no row has a gap: there is nothing for a cross-model share to split, and
+    only within-model maps mean anything."""
+    if comparison is None or comparison.empty:
+        return None
+    c = comparison[comparison["metric"].astype(str) == "logit_diff"]
+    if "scale" in c:
+        c = c[c["scale"].astype(str) == "difference"]
+    if "pooled" in c:
+        c = c[~c["pooled"].astype(bool)]
+    c = c[c["category"].astype(str).isin(list(categories))]
+    c = c[[has_gap(r) for _, r in c.iterrows()]]
+    if c.empty:
+        return None
+    strength = (c["estimate"].abs() / c["mde"].where(c["mde"] > 0)).fillna(np.inf)
+    order = np.lexsort((-strength.to_numpy(float), c["p_holm"].to_numpy(float)))
+    return c.iloc[order[0]]

@@ -21,6 +21,7 @@ patch | attention`` commands and the main job (:mod:`codetransfer.pipeline`) cal
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -111,13 +112,14 @@ def fitting_max_difficulty(tasks: Sequence[str], runs: Sequence, n_items: int, s
         top = max(get_task(task).difficulties)
         seen: dict = {}
         for run in runs:
-            key = (_n_ctx(run), str(Path(run.path) / "tokenizer.json"))
-            if key not in seen:  # the runs of one grid share their context and tokenizer
-                seen[key] = hardest_fitting_level(task, run, n_items, seed, top)
-            level = seen[key]
-            if level < top:
-                log(f"note: {task}: levels above {level} left out (their prompts exceed n_ctx={key[0]})")
-            best = level if best is None else min(best, level)
+            tokenizer = Path(run.path) / "tokenizer.json"
+            content = hashlib.sha256(tokenizer.read_bytes()).hexdigest() if tokenizer.is_file() else str(tokenizer)
+            key = (_n_ctx(run), content)
+            if key not in seen:  # the runs of one grid share their context and tokenizer: measured (and said) once
+                seen[key] = level = hardest_fitting_level(task, run, n_items, seed, top)
+                if level < top:
+                    log(f"note: {task}: levels above {level} left out (their prompts exceed n_ctx={key[0]})")
+            best = seen[key] if best is None else min(best, seen[key])
     if best is None:
         raise CodetransferError("tasks: expected at least one task")
     return best
