@@ -21,6 +21,7 @@ patch | attention`` commands and the main job (:mod:`codetransfer.pipeline`) cal
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -32,7 +33,7 @@ import pandas as pd
 
 from codetransfer import artifacts
 from codetransfer.analysis import patching as P
-from codetransfer.analysis import sites
+from codetransfer.analysis import schema, sites
 from codetransfer.analysis.compare import compare_recipes, headline_comparison
 from codetransfer.analysis.attention import score_checkpoints, score_run, score_runs as attention_score_runs
 from codetransfer.analysis.evaluate import (
@@ -698,6 +699,45 @@ def patch_grid(
     for unit in plan.units:
         frames.setdefault(unit.table, []).append(plan.worker.compute(unit))
     return finalize_patch_tables(frames)
+
+
+PATCHING_OVER_TRAINING_FILE = "patching_over_training.parquet"
+
+
+def patch_checkpoints(
+    runs: Sequence, settings: PatchSettings, *, device: str = "cpu", log: Log = _stderr
+) -> dict[str, pd.DataFrame]:
+    """Within-model patching of every saved checkpoint of each run: the same items, sites and positions as
+    :func:`patch_grid` on the final model, once per checkpoint (``trained.run_checkpoints``: the intermediate
+    ones, those a branched run borrows from its shared phases, and the final model at the last step).
+
+    A run that kept fewer than two checkpoints has no curve (a note says so). Cross-rendering, cross-model,
+    noising and attribution are not repeated over training. Returns ``{"patching_over_training.parquet":
+    rows of patching.parquet with a step column}`` (empty when no run kept checkpoints)."""
+    within = dataclasses.replace(
+        settings, cross_rendering=False, cross_model=None, cross_model_only=False, noising=False, attribution=False
+    )
+    frames = []
+    for info in runs:
+        found = run_checkpoints(info)
+        if len(found) < 2:
+            log(f"note: run {info.name} kept no intermediate checkpoints; no patching over training")
+            continue
+        for folder in found.values():
+            check_model_folder(folder)  # every checkpoint checked before any is patched
+        for step, folder in found.items():
+
+            def load(i, device=device, folder=folder):
+                bridge, tokenizer = load_bridge(folder, device=device)
+                return LoadedRun(bridge=bridge, tokenizer=tokenizer, info=i)
+
+            t = patch_grid([info], within, device=device, load=load, log=lambda *a: None)["patching.parquet"]
+            t.insert(t.columns.get_loc("task"), "step", int(step))
+            frames.append(t)
+        log(f"patch: {len(found)} checkpoints of run {info.name}")
+    if not frames:
+        return {PATCHING_OVER_TRAINING_FILE: pd.DataFrame(columns=schema.columns("patching_over_training"))}
+    return {PATCHING_OVER_TRAINING_FILE: pd.concat(frames, ignore_index=True)}
 
 
 def patch_sweep_settings(settings: PatchSettings, infos, items) -> dict:

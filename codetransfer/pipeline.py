@@ -39,6 +39,7 @@ from threadpoolctl import threadpool_limits
 from codetransfer import artifacts
 from codetransfer.analysis.grid import (
     DEFAULT_BASELINE,
+    PATCHING_OVER_TRAINING_FILE,
     PatchSettings,
     attention_grid,
     comparison_table,
@@ -46,6 +47,7 @@ from codetransfer.analysis.grid import (
     evaluate_grid,
     hardest_fitting_level,
     items_up_to,
+    patch_checkpoints,
     patch_grid,
     patch_sites,
 )
@@ -72,7 +74,7 @@ HELDOUT_WINDOWS = 32
 PROBE_SPLIT_SEEDS = (0,)
 """Split seeds of the probing sweep (one held-out split of entities per probe)."""
 
-_LIST_FIELDS = ("probe_tasks", "probe_sites", "patch_sites", "attention_tasks")
+_LIST_FIELDS = ("probe_tasks", "probe_sites", "patch_sites", "patch_checkpoint_sites", "attention_tasks")
 
 
 def _as_names(value, name: str) -> tuple[str, ...]:
@@ -128,6 +130,10 @@ class JobSettings:
     """Clean/counterfactual pairs per patching sweep."""
     patch_difficulty: int = 0
     """Difficulty of the patched items (the level the models can do)."""
+    patch_checkpoint_sites: tuple[str, ...] = ()
+    """Sites patched again at every saved checkpoint of the runs that kept checkpoints (names as
+    ``patch_sites``, e.g. ``["head_out"]``: which heads carry the lookup over training), written to
+    ``patching_over_training.parquet``; empty (the default, within the demo's time budget): none."""
     attention_tasks: tuple[str, ...] = ("entity_tracking",)
     """Task families for task-aligned head scores (empty: random-token scores only)."""
     attention_items: int = 48
@@ -229,6 +235,12 @@ def check_settings(settings: JobSettings, where: str = "settings") -> JobSetting
             f"{where}: field aim: unknown value {settings.aim!r}{did_you_mean(settings.aim, AIMS)}; "
             f"expected one of {', '.join(AIMS)}"
         )
+    for name in ("patch_sites", "patch_checkpoint_sites"):
+        if getattr(settings, name):
+            try:
+                patch_sites(getattr(settings, name))
+            except CodetransferError as e:
+                raise CodetransferError(f"{where}: field {name}: {str(e).removeprefix('--sites: ')}") from None
     known = task_names()
     for name in ("probe_tasks", "patch_task", "attention_tasks"):
         value = getattr(settings, name)
@@ -484,10 +496,12 @@ def _probe_unit(run, dest: Path, settings: JobSettings, max_difficulty: int | No
     )
 
 
-def _patch_unit(run, dest: Path, patch: PatchSettings, device: str, log) -> None:
-    artifacts.write_tables(
-        dest, patch_grid([run], dataclasses.replace(patch, cross_rendering=True), device=device, log=log)
-    )
+def _patch_unit(run, dest: Path, patch: PatchSettings, device: str, log, checkpoint_sites=()) -> None:
+    tables = patch_grid([run], dataclasses.replace(patch, cross_rendering=True), device=device, log=log)
+    if checkpoint_sites:  # the same items at every saved checkpoint
+        over = dataclasses.replace(patch, sites=tuple(checkpoint_sites))
+        tables.update(patch_checkpoints([run], over, device=device, log=log))
+    artifacts.write_tables(dest, tables)
 
 
 def _cross_unit(runs, a: str, b: str, dest: Path, patch: PatchSettings, device: str, log) -> None:
@@ -722,8 +736,16 @@ def _analyse(
                 difficulty=settings.patch_difficulty,
                 seed=settings.seed,
             )
+            over_sites = tuple(patch_sites(settings.patch_checkpoint_sites)) if settings.patch_checkpoint_sites else ()
             within = [
-                unit(f"patch-{r.name}", ["patch", skey, r.name, run_key[r.name]], _patch_unit, run=r, patch=patch)
+                unit(
+                    f"patch-{r.name}",
+                    ["patch", skey, r.name, run_key[r.name]],
+                    _patch_unit,
+                    run=r,
+                    patch=patch,
+                    checkpoint_sites=over_sites if _has_curve(r) else (),
+                )
                 for r in runs
             ]
             pairs = []
@@ -752,6 +774,11 @@ def _analyse(
             _merge([u.kwargs["dest"] / "patching.parquet" for u in within], results / "patching.parquet")
             _merge([u.kwargs["dest"] / "cross_rendering.parquet" for u in within], results / "cross_rendering.parquet")
             _merge([u.kwargs["dest"] / "cross_model.parquet" for u in cross], results / "cross_model.parquet")
+            if over_sites:
+                _merge(
+                    [u.kwargs["dest"] / PATCHING_OVER_TRAINING_FILE for u in within],
+                    results / PATCHING_OVER_TRAINING_FILE,
+                )
 
     if "attention" in stages:
         with _stage("attention", timings, log):

@@ -59,7 +59,7 @@ from codetransfer.analysis.attention_plots import (
 from codetransfer.analysis.compare import has_gap
 from codetransfer.analysis.evaluate import plot_accuracy_vs_difficulty, plot_relative_change
 from codetransfer.analysis.learning import first_above_chance, plot_learning_curves, tokens_per_step
-from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side
+from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side, plot_strongest_cell_over_training
 from codetransfer.analysis.style import phase_table
 from codetransfer.probes.plots import first_decodable_layer, plot_probe_curves
 from codetransfer.trained import find_runs, load_run, runs_table
@@ -902,6 +902,24 @@ def _patching(
                 "cells whose difference is within the intervals",
                 draw_d,
             )
+    over = _read(results / "patching_over_training.parquet")
+    if over is not None and not over.empty:
+        site = "head_out" if "head_out" in set(over["site"]) else str(over["site"].iloc[0])
+        pos = "all" if "all" in set(over["pos_label"].astype(str)) else "last"
+
+        def draw_o():
+            fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
+            plot_strongest_cell_over_training(over, site=site, pos_label=pos, ax=ax)
+            return fig
+
+        _figure(
+            s,
+            folder,
+            "patch_over_training.png",
+            f"Over training: the strongest {site} cell's denoising effect ({pos} positions) at each saved "
+            "checkpoint, mean over seeds (band: the seeds' range)",
+            draw_o,
+        )
     comparison = _read(results / "comparison.parquet")
     cm = _read(results / "cross_model.parquet")
     if cm is None or cm.empty:
