@@ -199,6 +199,7 @@ def lbfgs(
     x_dtype = x0.dtype if np.issubdtype(x0.dtype, np.floating) else np.float64
     at = x0.astype(x_dtype)  # ScalarFunction evaluates at x0 on creation (fun must not modify its x)
     f_at, g_at = fun(at, *args)
+    at_bytes = at.astype(np.float64).tobytes()  # the point last evaluated, as float64 (x's dtype)
     nfev = 1
 
     nbd = np.zeros(n, np.int32)
@@ -224,8 +225,12 @@ def lbfgs(
         )
         state = task[0]
         if state == 3:
-            if not (x == at).all():  # np.array_equal: the shapes are equal
+            # SciPy re-evaluates unless np.array_equal(x, at), i.e. x equals at cast back to float64; equal
+            # bytes are equal values, and a point that differs only in the sign of a zero (the one case bytes
+            # tell apart) does not occur on an unbounded L-BFGS path, where x equals the last point at the start
+            if x.tobytes() != at_bytes:
                 at = x.astype(x_dtype)
+                at_bytes = (at if x_dtype == np.float64 else at.astype(np.float64)).tobytes()
                 f_at, g_at = fun(at, *args)
                 nfev += 1
             f, g = f_at, g_at
