@@ -213,10 +213,21 @@ def comparison_table(
 
 def heldout_arrays(runs_dir: Path, infos) -> dict[str, Path]:
     """``{source: path}`` of the grid's held-out token arrays (``data/*.heldout.npy`` in ``runs_dir``, its
-    parent, or the grid folder of the first run), or ``{}`` when the grid's data folder is not found."""
+    parent, or the grid folder of the first run), or ``{}`` when the grid's data folder is not found. A data
+    folder counts only when its manifest names the runs' tokenizer (``tokenizer_sha256``): token arrays of
+    another tokenizer (a neighbouring grid's, next to checkpoints of a model set) would be scored as noise."""
+    tokenizers = {i.record.get("tokenizer_sha256") for i in infos}
+    if len(tokenizers) != 1 or None in tokenizers:  # a model set, or runs that do not name their tokenizer
+        return {}
     for root in (runs_dir, runs_dir.parent, Path(infos[0].path).parent.parent):
         data = root / "data"
         if data.is_dir():
+            try:
+                manifest = json.loads((data / "manifest.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if manifest.get("tokenizer_sha256") not in tokenizers:
+                continue
             found = {p.name[: -len(".heldout.npy")]: p for p in sorted(data.glob("*.heldout.npy"))}
             if found:
                 return found

@@ -450,3 +450,28 @@ def test_fitting_max_difficulty_measures_and_says_once_per_context_and_tokenizer
     assert G.fitting_max_difficulty(["entity_tracking"], runs, 10, 0, log=said.append) == 1
     assert measured == ["a-s0", "b-s0"]
     assert len(said) == 2 and all("levels above 1 left out" in s for s in said)
+
+
+def test_heldout_arrays_only_from_a_data_folder_of_the_runs_tokenizer(tmp_path):
+    """Held-out token arrays are scored only under the tokenizer that wrote them: a neighbouring data folder
+    of another tokenizer (or runs that name none, as a model set's checkpoints) gives no held-out loss."""
+    import json
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from codetransfer.analysis.grid import heldout_arrays
+
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "narratives.heldout.npy", np.zeros(4, dtype=np.uint16))
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps({"tokenizer_sha256": "aaa"}))
+    (tmp_path / "runs" / "r-s0").mkdir(parents=True)
+
+    def runs(tok):
+        return [
+            SimpleNamespace(path=tmp_path / "runs" / "r-s0", record={} if tok is None else {"tokenizer_sha256": tok})
+        ]
+
+    assert list(heldout_arrays(tmp_path / "runs", runs("aaa"))) == ["narratives"]
+    assert heldout_arrays(tmp_path / "runs", runs("bbb")) == {}
+    assert heldout_arrays(tmp_path / "runs", runs(None)) == {}
