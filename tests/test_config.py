@@ -54,6 +54,11 @@ def test_presets_load_and_unknown_preset_suggests():
         g = preset(name)
         if name == "tiny":  # the controlled arms
             continue
+        if name == "control":  # the planted-transfer control's arms
+            assert [(r.name, r.warmup) for r in g.recipes] == [
+                ("text-only", "none"), ("scrambled", "scrambled"), ("copy", "periodic")
+            ]  # fmt: skip
+            continue
         assert {r.name for r in g.recipes} >= {"text-only", "balanced", "code->text", "balanced->text"}
     full = {r.name for r in preset("tiny-full").recipes}
     assert {"code-25", "code-75", "code-90", "code-100", "balanced->text+cooldown-text", "additive-50"} <= full

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 import json
 
 import pytest
@@ -132,3 +133,153 @@ def test_warmup_longer_than_the_context_is_refused(tmp_path):
     grid = load_grid(write_grid(tmp_path))  # n_ctx 32
     with pytest.raises(CodetransferError, match="rows are 48 tokens long, longer than model.n_ctx=32"):
         _validate(dataclasses.replace(grid, train=dataclasses.replace(grid.train, induction_warmup=10)), "grid")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a recipe's own warm-up (Recipe.warmup): the planted-transfer control's arms
+
+
+def test_scrambled_rows_hold_the_same_tokens_and_loss_positions_and_nothing_to_copy():
+    from codetransfer.trained.warmup import scrambled_rows
+
+    ids = torch.arange(N_SPECIAL, 500)
+    px, pmask = periodic_rows(ids, 64, torch.Generator().manual_seed(3))
+    sx, smask = scrambled_rows(ids, 64, torch.Generator().manual_seed(3))
+    assert torch.equal(pmask, smask) and (sx[:, 0] == 0).all()
+    assert torch.equal(px.sort(1).values, sx.sort(1).values)  # the same tokens, as often, per row
+
+    def repeated_4grams(x):
+        n = 0
+        for row in x.tolist():
+            grams = [tuple(row[i : i + 4]) for i in range(1, len(row) - 3)]
+            n += len(grams) - len(set(grams))
+        return n
+
+    assert repeated_4grams(px) > 20 * 64 and repeated_4grams(sx) < 64  # a span to copy in every row; none left
+
+
+def test_scrambled_warmup_grows_no_induction_head_in_the_tiny_shape():
+    """Known answer for the control's twin: the same 1,000 steps, tokens and optimiser as the periodic warm-up
+    (which grows the pair, test above), on shuffled rows, leave no induction head and no copying."""
+    from codetransfer.analysis.attention import induction_loss, pattern_scores, repeated_random_tokens
+
+    cfg = preset("tiny").model
+    probe = repeated_random_tokens(list(range(N_SPECIAL, 512)), 16, 20, seed=1)
+    model = build_model(cfg, 512, seed=0)
+    induction_warmup(model, 512, steps=1000, lr=2e-3, seed=0, scrambled=True)
+    model.config._attn_implementation = "eager"
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=probe, output_attentions=True)
+    s = pattern_scores(torch.stack(out.attentions), probe, scores=["induction"])
+    ind, loss = s["induction"].nanmean(0)[1].max().item(), induction_loss(out.logits, probe).mean().item()
+    assert ind < 0.2 and loss > 4.0, (ind, loss)
+
+
+WARMUPS = textwrap.dedent(
+    """
+    [[recipes]]
+    name = "none"
+    warmup = "none"
+    [[recipes.phases]]
+    name = "base"
+    mixture = { gcide = 1.0 }
+    tokens = 2048
+    [[recipes.phases]]
+    name = "main"
+    mixture = { gcide = 1.0 }
+    tokens = 2048
+    [[recipes]]
+    name = "none-b"
+    warmup = "none"
+    [[recipes.phases]]
+    name = "base"
+    mixture = { gcide = 1.0 }
+    tokens = 2048
+    [[recipes.phases]]
+    name = "main"
+    mixture = { gcide = 1.0, stdlib = 1.0 }
+    tokens = 2048
+    [[recipes]]
+    name = "copy"
+    warmup = "periodic"
+    [[recipes.phases]]
+    name = "base"
+    mixture = { gcide = 1.0 }
+    tokens = 2048
+    [[recipes.phases]]
+    name = "main"
+    mixture = { gcide = 1.0 }
+    tokens = 2048
+    [[recipes]]
+    name = "scrambled"
+    warmup = "scrambled"
+    [[recipes.phases]]
+    name = "base"
+    mixture = { gcide = 1.0 }
+    tokens = 2048
+    [[recipes.phases]]
+    name = "main"
+    mixture = { gcide = 1.0 }
+    tokens = 2048
+    """
+)
+
+
+def _warmup_grid(tmp_path):
+    text = write_grid(tmp_path).read_text()
+    text = text[: text.index("[[recipes]]")].replace("n_ctx = 32", "n_ctx = 64")
+    text = text.replace("[model]", '[model]\narch = "llama"').replace("[train]", "[train]\ninduction_warmup = 5")
+    path = tmp_path / "warmups.toml"
+    path.write_text(text + WARMUPS)
+    return load_grid(path)
+
+
+def test_each_recipe_starts_from_its_own_warmup_and_shares_a_base_only_with_the_same_one(tmp_path):
+    from codetransfer.trained.config import prefix_key, warmup_rows
+    from codetransfer.trained.runs import find_runs
+
+    grid = _warmup_grid(tmp_path)
+    assert [warmup_rows(grid, r) for r in grid.recipes] == [None, None, "periodic", "scrambled"]
+    out = tmp_path / "out"
+    train_grid(grid, out, progress=False, log=lambda *a: None)
+    assert len(list((out / "data" / "warmup").glob("warmup-*.safetensors"))) == 2  # periodic and scrambled
+    runs = {r.recipe: r for r in find_runs(out)}
+    for name, rows in (("none", None), ("copy", "periodic"), ("scrambled", "scrambled")):
+        lines = [json.loads(ln) for ln in (runs[name].path / "metrics.jsonl").read_text().splitlines()]
+        assert any("warmup_step" in ln for ln in lines) == (rows is not None), name
+    # the two runs without a warm-up share their base; the warmed-up runs start elsewhere and share nothing
+    assert runs["none-b"].record["branched_from"] or runs["none"].record["branched_from"]
+    assert not runs["copy"].record.get("branched_from") and not runs["scrambled"].record.get("branched_from")
+    keys = {r.name: prefix_key(grid, r, 1, 0) for r in grid.recipes}
+    assert keys["none"] == keys["none-b"] and len({keys["none"], keys["copy"], keys["scrambled"]}) == 3
+    from safetensors.torch import load_file
+
+    w = {n: load_file(runs[n].path / "model.safetensors") for n in ("none", "copy", "scrambled")}
+    assert any(not torch.equal(w["copy"][k], w["scrambled"][k]) for k in w["copy"])
+    assert any(not torch.equal(w["none"][k], w["scrambled"][k]) for k in w["none"])
+
+
+def test_the_default_warmup_keeps_every_presets_keys_and_hashes():
+    """Grids that do not set Recipe.warmup are trained, shared and recognised as they always were: their
+    prefix keys and recipe hashes are those of the formulas before the field existed."""
+    from codetransfer import artifacts
+    from codetransfer.trained.config import prefix_key
+    from codetransfer.trained.presets import PRESETS
+    from codetransfer.trained.runs import recipe_hash
+
+    for name in ("tiny", "tiny-full", "small", "gpu"):
+        grid = preset(name)
+        for r in grid.recipes:
+            old = dataclasses.asdict(r)
+            old.pop("compare_with"), old.pop("warmup")
+            assert recipe_hash(r) == artifacts.key(old), (name, r.name)
+            phases = [dataclasses.asdict(p) for p in r.phases[:1]]
+            assert prefix_key(grid, r, 1, 0) == artifacts.key({"grid": grid.fingerprint(), "seed": 0, "phases": phases})
+    assert "control" in PRESETS
+
+
+def test_a_recipe_warmup_without_warmup_steps_is_refused(tmp_path):
+    grid = _warmup_grid(tmp_path)
+    with pytest.raises(CodetransferError, match=r"warmup: 'periodic' takes train.induction_warmup steps, which is 0"):
+        _validate(dataclasses.replace(grid, train=dataclasses.replace(grid.train, induction_warmup=0)), "grid")

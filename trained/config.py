@@ -30,6 +30,7 @@ Every field below has a docstring; errors name the field, the value given and wh
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import typing
@@ -151,6 +152,13 @@ class Recipe:
     """A recipe of the grid that differs from this one in one thing (its control): the main job compares the
     two seed by seed, besides comparing every recipe with the job's baseline. Empty: the baseline only.
     Bookkeeping: changing it retrains nothing."""
+    warmup: Literal["grid", "none", "periodic", "scrambled"] = "grid"
+    """The induction warm-up this recipe's runs start with: ``grid`` (the grid's ``train.induction_warmup``,
+    periodic rows), ``none`` (no warm-up), ``periodic`` (the warm-up's rows, a span repeated: copying is
+    rewarded and the lookup circuit grows) or ``scrambled`` (the same rows with each row's tokens shuffled:
+    the same tokens and optimisation, nothing to copy). ``periodic`` and ``scrambled`` take
+    ``train.induction_warmup`` steps, which must be > 0. The planted-transfer control (preset ``control``)
+    gives one arm the periodic warm-up, one the scrambled twin and one none."""
 
 
 @dataclass(frozen=True)
@@ -242,10 +250,47 @@ class GridConfig:
         return artifacts.key(key)
 
 
-def prefix_key(grid: GridConfig, phases: tuple[Phase, ...], seed: int) -> str:
-    """Identity of the training state after ``phases``: equal keys are trained once and shared."""
-    d = {"grid": grid.fingerprint(), "seed": seed, "phases": [dataclasses.asdict(p) for p in phases]}
+def warmup_rows(grid: GridConfig, recipe: Recipe) -> str | None:
+    """The rows of the induction warm-up a run of ``recipe`` starts with (``periodic``, ``scrambled``), or
+    None when it starts without one (see :attr:`Recipe.warmup`)."""
+    if recipe.warmup == "grid":
+        return "periodic" if grid.train.induction_warmup else None
+    return None if recipe.warmup == "none" else recipe.warmup
+
+
+def _warmup_identity(grid: GridConfig, recipe: Recipe) -> str | None:
+    """The recipe's warm-up where it differs from the grid's (None where it is the grid's: keys and hashes of
+    grids that do not set ``Recipe.warmup`` are those they always were)."""
+    rows = warmup_rows(grid, recipe)
+    return None if rows == warmup_rows(grid, dataclasses.replace(recipe, warmup="grid")) else str(rows)
+
+
+def prefix_json(grid: GridConfig, recipe: Recipe, k: int) -> str:
+    """The identity of ``recipe``'s first ``k`` phases as a training state (what runs may share): the
+    phases, and the recipe's warm-up where it differs from the grid's."""
+    phases: list = [dataclasses.asdict(p) for p in recipe.phases[:k]]
+    warm = _warmup_identity(grid, recipe)
+    return json.dumps(phases if warm is None else [{"warmup": warm}] + phases, sort_keys=True)
+
+
+def prefix_key(grid: GridConfig, recipe: Recipe, k: int, seed: int) -> str:
+    """Identity of the training state after ``recipe``'s first ``k`` phases: equal keys are trained once and
+    shared."""
+    d = {"grid": grid.fingerprint(), "seed": seed, "phases": [dataclasses.asdict(p) for p in recipe.phases[:k]]}
+    warm = _warmup_identity(grid, recipe)
+    if warm is not None:
+        d["warmup"] = warm
     return artifacts.key(d)
+
+
+def recipe_identity(recipe: Recipe) -> dict:
+    """What a run of ``recipe`` trains, as hashed by ``trained.runs.recipe_hash``: the recipe without its
+    bookkeeping (``compare_with``) and without ``warmup`` where it is the default."""
+    d = dataclasses.asdict(recipe)
+    d.pop("compare_with")
+    if d.get("warmup") == "grid":
+        d.pop("warmup")
+    return d
 
 
 # --------------------------------------------------------------------------------------------------
@@ -436,6 +481,11 @@ def _validate(g: GridConfig, where: str) -> None:
             raise CodetransferError(
                 f"{w}.compare_with: '{r.compare_with}' is not another recipe of the grid"
                 f"{did_you_mean(r.compare_with, others)}; recipes: {', '.join(others)}"
+            )
+        if r.warmup in ("periodic", "scrambled") and not g.train.induction_warmup:
+            raise CodetransferError(
+                f"{w}.warmup: '{r.warmup}' takes train.induction_warmup steps, which is 0; set "
+                'train.induction_warmup (e.g. 1000) or warmup = "none"'
             )
         if not r.phases:
             raise CodetransferError(f"{w}.phases: expected at least one phase")

@@ -28,7 +28,6 @@ run being written behind it, and the same command continues where it stopped.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -42,7 +41,7 @@ from pathlib import Path
 import torch
 
 from codetransfer.errors import CodetransferError
-from codetransfer.trained.config import GridConfig, Recipe, prefix_key
+from codetransfer.trained.config import GridConfig, Recipe, prefix_json, prefix_key, warmup_rows
 from codetransfer.trained.train import THREADS_PER_RUN, run_threads
 
 
@@ -67,10 +66,6 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _prefix_json(recipe: Recipe, k: int) -> str:
-    return json.dumps([dataclasses.asdict(p) for p in recipe.phases[: k + 1]], sort_keys=True)
-
-
 def plan_tasks(grid: GridConfig, recipes: list[Recipe], seeds, out: Path, shared: dict) -> list[Task]:
     """The ordered tasks that train the runs of ``recipes`` x ``seeds`` not complete in ``out``.
 
@@ -81,7 +76,7 @@ def plan_tasks(grid: GridConfig, recipes: list[Recipe], seeds, out: Path, shared
     step_tokens = grid.train.batch_size * grid.model.n_ctx
     tasks: list[Task] = []
     for seed in seeds:
-        warm_index = None
+        warm_index: dict[str, int] = {}  # the seed's warm-up task per kind of rows
         seen: list[tuple[Recipe, int]] = []  # earlier runs of this seed and their task index
         for recipe in recipes:
             run_dir = out / "runs" / run_name(recipe.name, seed)
@@ -91,17 +86,21 @@ def plan_tasks(grid: GridConfig, recipes: list[Recipe], seeds, out: Path, shared
                 tasks.append(Task("run", seed, recipe.name, (), 0))  # logs "complete, skipped"
                 continue
             keys = {
-                k: _prefix_json(recipe, k) for k in range(len(recipe.phases) - 1) if _prefix_json(recipe, k) in shared
+                k: prefix_json(grid, recipe, k + 1)
+                for k in range(len(recipe.phases) - 1)
+                if prefix_json(grid, recipe, k + 1) in shared
             }
             after = [
-                i for r, i in seen if any(_prefix_json(r, k) == key for k, key in keys.items() if k < len(r.phases) - 1)
+                i
+                for r, i in seen
+                if any(prefix_json(grid, r, k + 1) == key for k, key in keys.items() if k < len(r.phases) - 1)
             ]
             done_steps = _state_step(run_dir) if same else 0
             branch_k = None
             if not done_steps:
                 for k in sorted(keys, reverse=True):
-                    on_disk = (out / "branches" / prefix_key(grid, recipe.phases[: k + 1], seed) / "LATEST").exists()
-                    if on_disk or any(_prefix_json(r, k) == keys[k] for r, _ in seen if k < len(r.phases) - 1):
+                    on_disk = (out / "branches" / prefix_key(grid, recipe, k + 1, seed) / "LATEST").exists()
+                    if on_disk or any(prefix_json(grid, r, k + 1) == keys[k] for r, _ in seen if k < len(r.phases) - 1):
                         branch_k = k
                         break
             if branch_k is not None:
@@ -110,11 +109,12 @@ def plan_tasks(grid: GridConfig, recipes: list[Recipe], seeds, out: Path, shared
                 )
             total = sum(phase_steps(p, grid.train.batch_size, grid.model.n_ctx) for p in recipe.phases)
             fresh = not done_steps
-            if fresh and grid.train.induction_warmup and warm_index is None and not _distributed():
-                warm_index = len(tasks)
+            rows = warmup_rows(grid, recipe)
+            if fresh and rows and rows not in warm_index and not _distributed():
+                warm_index[rows] = len(tasks)
                 tasks.append(Task("warmup", seed, recipe.name, (), 0))
-            if warm_index is not None and fresh:
-                after.append(warm_index)
+            if fresh and rows in warm_index:
+                after.append(warm_index[rows])
             seen.append((recipe, len(tasks)))
             tasks.append(
                 Task("run", seed, recipe.name, tuple(sorted(set(after))), max(0, total - done_steps) * step_tokens)
@@ -155,7 +155,7 @@ def run_task(grid: GridConfig, task: Task, out: Path, shared: dict, device: str,
     run_dir = out / "runs" / run_name(task.recipe, task.seed)
     with run_threads(device):
         if task.kind == "warmup":
-            computed = warm_up_seed(grid, task.seed, out / "data", run_dir, device, progress)
+            computed = warm_up_seed(grid, grid.recipe(task.recipe), task.seed, out / "data", run_dir, device, progress)
             return {"tokens": 0, "seconds": time.perf_counter() - t0, "computed": computed}
         before = _state_step(run_dir)
         _train_one(grid, grid.recipe(task.recipe), task.seed, out, shared, device, progress, log)
@@ -168,9 +168,11 @@ def run_task(grid: GridConfig, task: Task, out: Path, shared: dict, device: str,
     return {"tokens": trained * grid.train.batch_size * grid.model.n_ctx, "seconds": time.perf_counter() - t0}
 
 
-def warm_up_seed(grid: GridConfig, seed: int, data_dir: Path, run_dir: Path, device, progress: bool) -> bool:
-    """Compute (or find cached) the induction warm-up of ``seed``, as the fresh run ``run_dir`` would at its
-    start, its copy loss logged into that run's metrics; True when it was computed now."""
+def warm_up_seed(
+    grid: GridConfig, recipe: Recipe, seed: int, data_dir: Path, run_dir: Path, device, progress: bool
+) -> bool:
+    """Compute (or find cached) the induction warm-up of ``seed`` with ``recipe``'s rows, as the fresh run
+    ``run_dir`` would at its start, its copy loss logged into that run's metrics; True when it was computed now."""
     from codetransfer.trained.model import build_model
     from codetransfer.trained.train import _warm_up
 
@@ -180,7 +182,7 @@ def warm_up_seed(grid: GridConfig, seed: int, data_dir: Path, run_dir: Path, dev
     run_dir.mkdir(parents=True, exist_ok=True)
     cache = data_dir / "warmup"
     before = set(cache.glob("*.safetensors")) if cache.is_dir() else set()
-    _warm_up(model, grid, seed, data_dir, vocab, device, run_dir / "metrics.jsonl", progress)
+    _warm_up(model, grid, seed, data_dir, vocab, device, run_dir / "metrics.jsonl", progress, warmup_rows(grid, recipe))
     return set(cache.glob("*.safetensors")) != before
 
 
@@ -227,7 +229,8 @@ def run_tasks(
             log(m)
         if task.kind == "warmup":
             what = "computed" if result.get("computed") else "cached"
-            log(f"induction warm-up s{task.seed}: {what} in {result['seconds']:.0f}s")
+            rows = warmup_rows(grid, grid.recipe(task.recipe))
+            log(f"induction warm-up s{task.seed} ({rows} rows): {what} in {result['seconds']:.0f}s")
             return
         if not task.tokens:
             return

@@ -207,6 +207,43 @@ def _tiny_full() -> GridConfig:
     )
 
 
+def control_arms(text_tokens: int = 1_000_000) -> tuple[Recipe, ...]:
+    """The planted-transfer control's arms (docs/control.md): the same text phase after three starts. ``copy``
+    starts with the warm-up's periodic rows, whose loss rewards copying a repeated span (it plants the lookup
+    circuit: a previous-token head and an induction head); ``scrambled`` with the same rows, tokens shuffled
+    (the same tokens and optimisation, nothing to copy); ``text-only`` with nothing. An instrument that finds
+    no difference between ``copy`` and the others misses a transfer known to be there."""
+    text = Phase("text", mix(0.0), text_tokens, LRSchedule(schedule="cosine", peak=3e-3, final=3e-4, warmup=0.05))
+    return (
+        Recipe("text-only", (text,), "baseline: the text phase from scratch, no warm-up", warmup="none"),
+        Recipe(
+            "scrambled",
+            (text,),
+            "the warm-up's rows with each row shuffled (same tokens, nothing to copy), then the text phase",
+            "text-only",
+            warmup="scrambled",
+        ),
+        Recipe(
+            "copy",
+            (text,),
+            "the warm-up's periodic rows (copying rewarded: plants the lookup circuit), then the text phase",
+            "scrambled",
+            warmup="periodic",
+        ),
+    )
+
+
+def _control() -> GridConfig:
+    return _tiny_grid(
+        "control",
+        "planted-transfer control at the tiny shape: copy (periodic warm-up rows), scrambled (the same rows "
+        "shuffled) and text-only (none), then the same 1M-token text phase; 3 seeds. The instruments must find "
+        "the lookup circuit in copy only",
+        control_arms(),
+        (0, 1, 2),
+    )
+
+
 def _small() -> GridConfig:
     return GridConfig(
         name="small",
@@ -234,7 +271,7 @@ def _gpu() -> GridConfig:
     )
 
 
-PRESETS = {"tiny": _tiny, "tiny-full": _tiny_full, "small": _small, "gpu": _gpu}
+PRESETS = {"tiny": _tiny, "tiny-full": _tiny_full, "control": _control, "small": _small, "gpu": _gpu}
 
 
 def preset(name: str) -> GridConfig:

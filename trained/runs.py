@@ -27,7 +27,7 @@ import codetransfer
 from codetransfer import artifacts
 from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.trained.checks import check_folder, inside, read_record, require_keys, run_folder
-from codetransfer.trained.config import GridConfig, Recipe, prefix_key
+from codetransfer.trained.config import GridConfig, Recipe, prefix_json, prefix_key, recipe_identity
 from codetransfer.trained.data import data_hash, prepare_data
 from codetransfer.trained.loading import load_bridge, read_json
 from codetransfer.trained.train import phase_steps, train_run
@@ -41,10 +41,9 @@ def run_name(recipe: str, seed: int) -> str:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    """Identity of what a run of ``recipe`` trains (``compare_with``, bookkeeping, left out)."""
-    d = dataclasses.asdict(recipe)
-    d.pop("compare_with")
-    return artifacts.key(d)
+    """Identity of what a run of ``recipe`` trains (``compare_with``, bookkeeping, left out;
+    :func:`~codetransfer.trained.config.recipe_identity`)."""
+    return artifacts.key(recipe_identity(recipe))
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ def _shared_prefixes(grid: GridConfig) -> dict[tuple, int]:
     counts: dict[tuple, int] = {}
     for r in grid.recipes:
         for k in range(1, len(r.phases)):
-            key = json.dumps([dataclasses.asdict(p) for p in r.phases[:k]], sort_keys=True)
+            key = prefix_json(grid, r, k)
             counts[key] = counts.get(key, 0) + 1
     return {k: v for k, v in counts.items() if v > 1}
 
@@ -169,9 +168,8 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log):
     # Branch points: phase k's end state is shared when phases[:k+1] are used by several recipes.
     branch_dirs, start_from, start_phase, branched = {}, None, 0, None
     for k in range(len(recipe.phases) - 1):
-        key_json = json.dumps([dataclasses.asdict(p) for p in recipe.phases[: k + 1]], sort_keys=True)
-        if key_json in shared:
-            branch_dirs[k] = out / "branches" / prefix_key(grid, recipe.phases[: k + 1], seed)
+        if prefix_json(grid, recipe, k + 1) in shared:
+            branch_dirs[k] = out / "branches" / prefix_key(grid, recipe, k + 1, seed)
     if not (run_dir / "state" / "LATEST").exists():
         for k in sorted(branch_dirs, reverse=True):
             if (branch_dirs[k] / "LATEST").exists():

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from codetransfer.errors import CodetransferError
-from codetransfer.trained.config import GridConfig, LRSchedule, Phase, Recipe
+from codetransfer.trained.config import GridConfig, LRSchedule, Phase, Recipe, warmup_rows
 from codetransfer.trained.data import Mixer, load_tokens
 from codetransfer.trained.model import build_model
 
@@ -288,9 +288,18 @@ def _train_run(
     metrics = run_dir / "metrics.jsonl"
     if rank == 0:
         _truncate_metrics(metrics, cursor.step)
-    if fresh and t.induction_warmup:
+    rows = warmup_rows(grid, recipe)
+    if fresh and rows:
         _warm_up(
-            model, grid, seed, data_dir, tokenizer_vocab, device, metrics if rank == 0 else None, progress and rank == 0
+            model,
+            grid,
+            seed,
+            data_dir,
+            tokenizer_vocab,
+            device,
+            metrics if rank == 0 else None,
+            progress and rank == 0,
+            rows,
         )
     total_tokens = sum(phase_steps(p, t.batch_size, n_ctx) for p in recipe.phases) * t.batch_size * n_ctx
     done_tokens = sum(phase_steps(p, t.batch_size, n_ctx) for p in recipe.phases[: cursor.phase])
@@ -395,10 +404,19 @@ def _train_run(
 
 
 def _warm_up(
-    model, grid: GridConfig, seed: int, data_dir: Path, vocab_size: int, device, metrics: Path | None, progress: bool
+    model,
+    grid: GridConfig,
+    seed: int,
+    data_dir: Path,
+    vocab_size: int,
+    device,
+    metrics: Path | None,
+    progress: bool,
+    rows: str = "periodic",
 ) -> None:
-    """The induction warm-up of a run started from scratch (``trained/warmup.py``), cached per seed under
-    ``data_dir/warmup``; its copy loss goes to ``metrics.jsonl`` as ``{"warmup_step", "copy_loss"}`` lines."""
+    """The induction warm-up of a run started from scratch (``trained/warmup.py``) on ``rows`` (``periodic``
+    or ``scrambled``), cached per seed and rows under ``data_dir/warmup``; its copy loss goes to
+    ``metrics.jsonl`` as ``{"warmup_step", "copy_loss"}`` lines."""
     from codetransfer.trained.warmup import warmed_up_state
 
     t = grid.train
@@ -409,14 +427,14 @@ def _warm_up(
             records.append({"warmup_step": step, "copy_loss": round(loss, 4)})
             if progress:
                 print(
-                    f"\r  induction warm-up s{seed}: step {step}/{t.induction_warmup}, copy loss {loss:.3f}, "
+                    f"\r  induction warm-up s{seed} ({rows}): step {step}/{t.induction_warmup}, copy loss {loss:.3f}, "
                     f"{time.perf_counter() - t0:.0f}s",
                     end="",
                     file=sys.stderr,
                     flush=True,
                 )
 
-    key = {"model": asdict(grid.model), "rows": "periodic-32x48-v1"}
+    key = {"model": asdict(grid.model), "rows": f"{rows}-32x48-v1"}
     computed = warmed_up_state(
         model,
         data_dir / "warmup",
@@ -428,6 +446,7 @@ def _warm_up(
         device,
         log,
         write=metrics is not None,
+        scrambled=rows == "scrambled",
     )
     if progress and computed:
         print(file=sys.stderr)

@@ -68,6 +68,17 @@ def periodic_rows(
     return x.gather(1, idx), ar >= start + length + 1
 
 
+def scrambled_rows(
+    ids: Int[Tensor, " n_ids"], n: int, gen: torch.Generator, seq_len: int = ROW_LEN, period: tuple[int, int] = PERIOD
+) -> tuple[Int[Tensor, "n seq"], Bool[Tensor, "n seq"]]:
+    """:func:`periodic_rows` with each row's tokens after ``[bos]`` shuffled: the same tokens as often, the same
+    loss positions, and no span to copy (the repeat structure destroyed). The planted-transfer control's twin:
+    the same optimisation on the same token coverage that, unlike the periodic rows, rewards no induction head."""
+    x, mask = periodic_rows(ids, n, gen, seq_len, period)
+    order = torch.argsort(torch.rand(n, seq_len - 1, generator=gen), dim=1) + 1
+    return torch.cat([x[:, :1], x.gather(1, order)], dim=1), mask
+
+
 def induction_warmup(
     model,
     vocab_size: int,
@@ -76,9 +87,11 @@ def induction_warmup(
     seed: int,
     device: str | torch.device = "cpu",
     log: Callable[[int, float], None] | None = None,
+    scrambled: bool = False,
 ) -> float:
-    """Train ``model`` in place for ``steps`` steps on :func:`periodic_rows`; returns the last copy loss
-    (nats on the predictable positions; a working induction head gives < 0.3, none ~ln(vocab))."""
+    """Train ``model`` in place for ``steps`` steps on :func:`periodic_rows` (with ``scrambled``:
+    :func:`scrambled_rows`); returns the last copy loss (nats on the predictable positions; a working induction
+    head gives < 0.3, none ~ln(vocab))."""
     if vocab_size <= N_SPECIAL + 1:
         raise ValueError(f"vocab_size: expected more than {N_SPECIAL + 1} tokens, got {vocab_size}")
     ids = torch.arange(N_SPECIAL, vocab_size)
@@ -89,7 +102,7 @@ def induction_warmup(
     model.train()
     loss_value = float("nan")
     for step in range(steps):
-        x, mask = periodic_rows(ids, ROWS, gen)
+        x, mask = (scrambled_rows if scrambled else periodic_rows)(ids, ROWS, gen)
         x, mask = x.to(device), mask[:, 1:].to(device).float()
         logits = model(input_ids=x).logits[:, :-1].float()
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
@@ -115,6 +128,7 @@ def warmed_up_state(
     device: str | torch.device = "cpu",
     log: Callable[[int, float], None] | None = None,
     write: bool = True,
+    scrambled: bool = False,
 ) -> bool:
     """Bring ``model`` (freshly built for ``seed``) to its warmed-up weights: load them from ``cache_dir`` if
     a run with the same ``key`` (model shape etc.), steps, lr and seed computed them, else compute them
@@ -138,7 +152,7 @@ def warmed_up_state(
                 f"unexpected {sorted(unexpected)[:3]}); delete it and rerun"
             )
         return False
-    induction_warmup(model, vocab_size, steps, lr, seed, device, log)
+    induction_warmup(model, vocab_size, steps, lr, seed, device, log, scrambled=scrambled)
     if write:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
