@@ -22,6 +22,7 @@ patch | attention`` commands and the main job (:mod:`codetransfer.pipeline`) cal
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -157,6 +158,11 @@ def data_order_label(recipe: str, data_seed: int) -> str:
     seed ``data_seed``, compared with the runs of ``recipe`` in their init seed's own order. The parentheses and
     spaces keep it apart from every recipe name."""
     return f"{recipe} (data order {data_seed})"
+
+
+def is_data_order_label(recipe: str) -> bool:
+    """Whether a comparison row's ``recipe`` is a :func:`data_order_label` (a data-order null row)."""
+    return re.search(r" \(data order [1-9][0-9]*\)$", str(recipe)) is not None
 
 
 def comparison_table(

@@ -348,3 +348,36 @@ def test_comparison_table_adds_the_data_order_null_and_keeps_the_recipe_rows():
     # without the mapping the same scores are refused as two runs of one recipe and seed (as before)
     with pytest.raises(CodetransferError, match="twice"):
         comparison_table(with_orders, "text-only", 200, 0)
+
+
+# ------------------------------------------------------------------------------------------ the report
+
+
+def test_report_names_the_data_order_null(tmp_path):
+    from test_report_patching import _comparison, _cross_model, _patch_rows, _section
+
+    cell = {("mlp_out", 1, None, "last"): (0.05, -0.3, 0.4)}
+    null = _patch_rows("text-only-s0-d1->text-only-s0", "text-only->text-only", 0, cell, "cross_model")
+    cm = pd.concat([_cross_model(), null], ignore_index=True)
+    text, tables, findings = _section(tmp_path, cross_model=cm, comparison=_comparison("code25", 0.2, 0.9))
+    assert "differ only in the order of the later rows (the data-order null)" in text
+    assert "between two seeds of one recipe" not in text
+    assert findings[0].endswith("a same-recipe data-order pair gives 0.1 [-0.3, 0.4] there).")
+    assert "null: same recipe and init seed, other data order" in tables and "text-only-s0-d1" not in tables
+
+
+def test_report_names_the_data_order_rows_of_the_comparison_and_keeps_them_out_of_the_headline():
+    from codetransfer.analysis.grid import comparison_table
+    from codetransfer.report import Section, _seed_paired
+
+    scores = item_scores({"text-only": 0.0, "code": 0.8}, orders=(0, 1))
+    orders = {r: 1 for r in set(scores["run"]) if r.endswith("-d1")}
+    table = comparison_table(scores, "text-only", 200, 0, data_seeds=orders)
+    s = Section("Evaluation")
+    findings = _seed_paired(s, table, "text-only")
+    text = "\n".join(str(b) for kind, b in s.blocks if kind == "text")
+    tables = "\n".join(b.markdown for kind, b in s.blocks if kind == "table")
+    assert "'text-only (data order k)' are the **data-order null**" in text
+    assert "text-only (data order 1)" in tables
+    assert len(findings) == 1 and "code - text-only" in findings[0] and "data order" not in findings[0]
+    assert "1 of 1 comparisons" in findings[0] or "0 of 1 comparisons" in findings[0]
