@@ -381,3 +381,52 @@ def test_report_names_the_data_order_rows_of_the_comparison_and_keeps_them_out_o
     assert "text-only (data order 1)" in tables
     assert len(findings) == 1 and "code - text-only" in findings[0] and "data order" not in findings[0]
     assert "1 of 1 comparisons" in findings[0] or "0 of 1 comparisons" in findings[0]
+
+
+def test_the_job_patches_and_compares_the_data_order_null(tmp_path):
+    """The main job over a grid with a data seed: the baseline's run in data order 1 is patched into the run of its
+    init seed's own order (no init-seed null pair), and the comparison table holds the data-order null rows."""
+    from codetransfer.pipeline import JobSettings, run_job
+    from gridfiles import synthetic_grid
+
+    grid = synthetic_grid(
+        "orders",
+        """
+[train]
+batch_size = 4
+eval_every = 8
+eval_tokens = 1024
+save_every = 4
+[[recipes]]
+name = "text-only"
+[[recipes.phases]]
+name = "main"
+mixture = { gcide = 1, narratives = 1 }
+tokens = 4096
+[[recipes]]
+name = "balanced"
+[[recipes.phases]]
+name = "main"
+mixture = { gcide = 1, narratives = 1, programs = 1 }
+tokens = 4096
+""",
+    ).replace("seeds = [0]", "seeds = [0, 1]\ndata_seeds = [1]")
+    assert "data_seeds = [1]" in grid
+    (tmp_path / "grid.toml").write_text(grid)
+    settings = JobSettings(eval_items=6, patch_items=4, patch_sites="resid_pre")
+    run_job(
+        str(tmp_path / "grid.toml"), tmp_path / "out", settings, stages=("train", "eval", "patch"), log=lambda *a: None
+    )
+    results = tmp_path / "out" / "results"
+    cross = pd.read_parquet(results / "cross_model.parquet")
+    assert sorted(set(cross["run"])) == [
+        "balanced-s0->text-only-s0",
+        "balanced-s1->text-only-s1",
+        "text-only-s0-d1->text-only-s0",
+        "text-only-s1-d1->text-only-s1",
+    ]
+    comparison = pd.read_parquet(results / "comparison.parquet")
+    assert set(comparison["recipe"]) == {"balanced", "text-only (data order 1)"}
+    assert (comparison["n_seeds"] == 2).all()
+    scores = pd.read_parquet(results / "scores.parquet")
+    assert {"text-only-s0-d1", "balanced-s1-d1"} <= set(scores["run"])  # every run is evaluated
