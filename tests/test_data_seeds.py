@@ -241,6 +241,20 @@ def test_same_weights_at_the_end_of_the_shared_base_then_different(orders, tmp_p
     assert same_weights(final[1], weights(orders / "runs" / "balanced-text-s0-d1"))
 
 
+def test_a_data_order_run_killed_mid_phase_resumes_bit_identical(orders, tmp_path):
+    """text-only shares no phase: its data order 2 reorders its only phase from the first step; stopped after 7
+    steps (state saved at step 5, mid-phase) and run again, it ends with the grid's run's weights."""
+    grid = load_grid(Path(orders).parent / "orders.toml")
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    kw = dict(progress=False, data_seed=2, data_from=0)
+    cursor = train_run(grid, grid.recipe("text-only"), 0, orders / "data", run_dir, stop_after_steps=7, **kw)
+    assert cursor.step == 7 and (run_dir / "state" / "LATEST").read_text().strip() == "step-00000005"
+    train_run(grid, grid.recipe("text-only"), 0, orders / "data", run_dir, **kw)
+    assert same_weights(weights(run_dir), weights(orders / "runs" / "text-only-s0-d2"))
+    assert not same_weights(weights(run_dir), weights(orders / "runs" / "text-only-s0"))
+
+
 def test_parallel_training_with_data_seeds_equals_sequential(root, orders):
     two = train(root, WITH_ORDERS, "orders-two", jobs=2, data_from=orders)
     runs = sorted(r.name for r in find_runs(orders))

@@ -130,6 +130,8 @@ class Mixer:
                 raise CodetransferError(f"source '{s}' has fewer than n_ctx={self.n_ctx} training tokens")
         self._perms: dict[tuple[str, int], np.ndarray] = {}
         self._index = {s: i for i, s in enumerate(sorted(self.streams))}
+        self._plan_key: tuple | None = None  # the phase whose reordering plan is cached (reordered_rows)
+        self._plan: tuple = ()
 
     def _window(self, source: str, k: int) -> int:
         n = self.n_windows[source]
@@ -158,7 +160,7 @@ class Mixer:
         """``(sources, occurrence, perm)`` of a phase of ``n_rows`` rows: the source of each row in the default
         order, how many rows of that source come before it in the phase, and the permutation of the rows."""
         key = (tuple(sorted(weights.items())), n_rows, order)
-        if getattr(self, "_plan_key", None) != key:
+        if self._plan_key != key:
             sources = Mixer.allocate(weights, 0, n_rows, {})
             seen: dict[str, int] = {}
             occurrence = np.empty(n_rows, dtype=np.int64)
