@@ -62,6 +62,7 @@ columns labelled ``"pooled"``.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -379,3 +380,54 @@ def headline_comparison(
             out[c] = "pooled"
     out["pooled"] = True
     return out[cols]
+
+
+def data_order_label(recipe: str, data_seed: int) -> str:
+    """The ``recipe`` column of a data-order null row of ``comparison_table``: the runs of ``recipe`` with data
+    seed ``data_seed``, compared with the runs of ``recipe`` in their init seed's own order. The parentheses and
+    spaces keep it apart from every recipe name."""
+    return f"{recipe} (data order {data_seed})"
+
+
+def is_data_order_label(recipe) -> bool:
+    """Whether a comparison row's ``recipe`` is a :func:`data_order_label` (a data-order null row)."""
+    return re.search(r" \(data order [1-9][0-9]*\)$", str(recipe)) is not None
+
+
+def has_gap(row) -> bool:
+    """Whether a comparison row (``comparison_table``) is a gap an instrument may be aimed at and split into
+    shares: ``distinguishable`` — its multiplicity-corrected seed-level interval excludes 0, its Holm p is below
+    0.05, over at least :data:`MIN_SEEDS_DISTINGUISHABLE` seeds. A table without the column (older results) is
+    read by its corrected interval and seed count alone."""
+    if row is None:
+        return False
+    n_seeds = row.get("n_seeds")
+    if n_seeds is None or pd.isna(n_seeds) or int(n_seeds) < MIN_SEEDS_DISTINGUISHABLE:
+        return False
+    if "distinguishable" in row and not pd.isna(row["distinguishable"]):
+        return bool(row["distinguishable"])
+    lo, hi = row.get("ci_low_corrected"), row.get("ci_high_corrected")
+    return lo is not None and hi is not None and (float(lo) > 0 or float(hi) < 0)
+
+
+def gap_target(comparison: pd.DataFrame | None, categories: Sequence[str] = ("reasoning",)) -> pd.Series | None:
+    """The comparison an analysis should explain: among the per-level (not pooled) logit-difference rows of
+    tasks in ``categories`` that :func:`has_gap`, the one with the smallest Holm p (ties: the largest
+    ``|estimate| / mde``). None when no row has a gap: there is nothing for a cross-model share to split, and
+    only within-model maps mean anything."""
+    if comparison is None or comparison.empty:
+        return None
+    c = comparison[comparison["metric"].astype(str) == "logit_diff"]
+    if "scale" in c:
+        c = c[c["scale"].astype(str) == "difference"]
+    if "pooled" in c:
+        c = c[~c["pooled"].astype(bool)]
+    c = c[c["category"].astype(str).isin(list(categories))]
+    if "recipe" in c:  # a data-order null row is the noise a gap is read against, never a gap to explain
+        c = c[~c["recipe"].map(is_data_order_label).astype(bool)]
+    c = c[[has_gap(r) for _, r in c.iterrows()]]
+    if c.empty:
+        return None
+    strength = (c["estimate"].abs() / c["mde"].where(c["mde"] > 0)).fillna(np.inf)
+    order = np.lexsort((-strength.to_numpy(float), c["p_holm"].to_numpy(float)))
+    return c.iloc[order[0]]

@@ -21,8 +21,9 @@ patch | attention`` commands and the main job (:mod:`codetransfer.pipeline`) cal
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,8 @@ import pandas as pd
 
 from codetransfer import artifacts
 from codetransfer.analysis import patching as P
-from codetransfer.analysis import sites
-from codetransfer.analysis.compare import compare_recipes, headline_comparison
+from codetransfer.analysis import schema, sites
+from codetransfer.analysis.compare import compare_recipes, data_order_label, headline_comparison
 from codetransfer.analysis.attention import score_checkpoints, score_run, score_runs as attention_score_runs
 from codetransfer.analysis.evaluate import (
     SUMMARY_COLUMNS,
@@ -112,13 +113,14 @@ def fitting_max_difficulty(tasks: Sequence[str], runs: Sequence, n_items: int, s
         top = max(get_task(task).difficulties)
         seen: dict = {}
         for run in runs:
-            key = (_n_ctx(run), str(Path(run.path) / "tokenizer.json"))
-            if key not in seen:  # the runs of one grid share their context and tokenizer
-                seen[key] = hardest_fitting_level(task, run, n_items, seed, top)
-            level = seen[key]
-            if level < top:
-                log(f"note: {task}: levels above {level} left out (their prompts exceed n_ctx={key[0]})")
-            best = level if best is None else min(best, level)
+            tokenizer = Path(run.path) / "tokenizer.json"
+            content = hashlib.sha256(tokenizer.read_bytes()).hexdigest() if tokenizer.is_file() else str(tokenizer)
+            key = (_n_ctx(run), content)
+            if key not in seen:  # the runs of one grid share their context and tokenizer: measured (and said) once
+                seen[key] = level = hardest_fitting_level(task, run, n_items, seed, top)
+                if level < top:
+                    log(f"note: {task}: levels above {level} left out (their prompts exceed n_ctx={key[0]})")
+            best = seen[key] if best is None else min(best, seen[key])
     if best is None:
         raise CodetransferError("tasks: expected at least one task")
     return best
@@ -151,18 +153,6 @@ def eval_tables(
     table["seed"] = table["seed"].astype("Int64")
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame(columns=list(SUMMARY_COLUMNS))
     return table, summary
-
-
-def data_order_label(recipe: str, data_seed: int) -> str:
-    """The ``recipe`` column of a data-order null row of :func:`comparison_table`: the runs of ``recipe`` with data
-    seed ``data_seed``, compared with the runs of ``recipe`` in their init seed's own order. The parentheses and
-    spaces keep it apart from every recipe name."""
-    return f"{recipe} (data order {data_seed})"
-
-
-def is_data_order_label(recipe: str) -> bool:
-    """Whether a comparison row's ``recipe`` is a :func:`data_order_label` (a data-order null row)."""
-    return re.search(r" \(data order [1-9][0-9]*\)$", str(recipe)) is not None
 
 
 def comparison_table(
@@ -249,10 +239,21 @@ def comparison_table(
 
 def heldout_arrays(runs_dir: Path, infos) -> dict[str, Path]:
     """``{source: path}`` of the grid's held-out token arrays (``data/*.heldout.npy`` in ``runs_dir``, its
-    parent, or the grid folder of the first run), or ``{}`` when the grid's data folder is not found."""
+    parent, or the grid folder of the first run), or ``{}`` when the grid's data folder is not found. A data
+    folder counts only when its manifest names the runs' tokenizer (``tokenizer_sha256``): token arrays of
+    another tokenizer (a neighbouring grid's, next to checkpoints of a model set) would be scored as noise."""
+    tokenizers = {i.record.get("tokenizer_sha256") for i in infos}
+    if len(tokenizers) != 1 or None in tokenizers:  # a model set, or runs that do not name their tokenizer
+        return {}
     for root in (runs_dir, runs_dir.parent, Path(infos[0].path).parent.parent):
         data = root / "data"
         if data.is_dir():
+            try:
+                manifest = json.loads((data / "manifest.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if manifest.get("tokenizer_sha256") not in tokenizers:
+                continue
             found = {p.name[: -len(".heldout.npy")]: p for p in sorted(data.glob("*.heldout.npy"))}
             if found:
                 return found
@@ -735,6 +736,45 @@ def patch_grid(
     for unit in plan.units:
         frames.setdefault(unit.table, []).append(plan.worker.compute(unit))
     return finalize_patch_tables(frames)
+
+
+PATCHING_OVER_TRAINING_FILE = "patching_over_training.parquet"
+
+
+def patch_checkpoints(
+    runs: Sequence, settings: PatchSettings, *, device: str = "cpu", log: Log = _stderr
+) -> dict[str, pd.DataFrame]:
+    """Within-model patching of every saved checkpoint of each run: the same items, sites and positions as
+    :func:`patch_grid` on the final model, once per checkpoint (``trained.run_checkpoints``: the intermediate
+    ones, those a branched run borrows from its shared phases, and the final model at the last step).
+
+    A run that kept fewer than two checkpoints has no curve (a note says so). Cross-rendering, cross-model,
+    noising and attribution are not repeated over training. Returns ``{"patching_over_training.parquet":
+    rows of patching.parquet with a step column}`` (empty when no run kept checkpoints)."""
+    within = dataclasses.replace(
+        settings, cross_rendering=False, cross_model=None, cross_model_only=False, noising=False, attribution=False
+    )
+    frames = []
+    for info in runs:
+        found = run_checkpoints(info)
+        if len(found) < 2:
+            log(f"note: run {info.name} kept no intermediate checkpoints; no patching over training")
+            continue
+        for folder in found.values():
+            check_model_folder(folder)  # every checkpoint checked before any is patched
+        for step, folder in found.items():
+
+            def load(i, device=device, folder=folder):
+                bridge, tokenizer = load_bridge(folder, device=device)
+                return LoadedRun(bridge=bridge, tokenizer=tokenizer, info=i)
+
+            t = patch_grid([info], within, device=device, load=load, log=lambda *a: None)["patching.parquet"]
+            t.insert(t.columns.get_loc("task"), "step", int(step))
+            frames.append(t)
+        log(f"patch: {len(found)} checkpoints of run {info.name}")
+    if not frames:
+        return {PATCHING_OVER_TRAINING_FILE: pd.DataFrame(columns=schema.columns("patching_over_training"))}
+    return {PATCHING_OVER_TRAINING_FILE: pd.concat(frames, ignore_index=True)}
 
 
 def patch_sweep_settings(settings: PatchSettings, infos, items) -> dict:

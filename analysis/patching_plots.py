@@ -256,3 +256,41 @@ def plot_difference(
         mask=mask,
         mask_label="within the intervals",
     )
+
+
+def strongest_cell_over_training(
+    table: pd.DataFrame, site: str = "head_out", metric: str = "denoising", pos_label: str = "all"
+) -> pd.DataFrame:
+    """Per run and step of a ``patching_over_training`` table: the cell (layer, head) with the largest
+    ``metric`` value at ``site`` and ``pos_label``, with its interval. One row per (run, step): ``run, recipe,
+    seed, step, layer, head, value, ci_low, ci_high``."""
+    need = {"run", "recipe", "seed", "step", "site", "layer", "head", "pos_label", "metric", "value"}
+    if not need <= set(table.columns):
+        raise CodetransferError(
+            f"table: expected a patching_over_training table, missing columns {sorted(need - set(table.columns))}"
+        )
+    t = table[(table["site"] == site) & (table["metric"] == metric) & (table["pos_label"].astype(str) == pos_label)]
+    if t.empty:
+        raise CodetransferError(f"table: no {metric!r} rows at site {site!r}, position {pos_label!r}")
+    best = t.loc[t.groupby(["run", "step"])["value"].idxmax()]
+    return best[["run", "recipe", "seed", "step", "layer", "head", "value", "ci_low", "ci_high"]].reset_index(drop=True)
+
+
+def plot_strongest_cell_over_training(
+    table: pd.DataFrame, site: str = "head_out", metric: str = "denoising", pos_label: str = "all", ax=None
+):
+    """The strongest cell's ``metric`` against the training step, one line per recipe (mean over its seeds;
+    the band spans the seeds' values): does the component that carries the lookup appear, hold or fade?"""
+    best = strongest_cell_over_training(table, site, metric, pos_label)
+    ax = ax if ax is not None else S.new_axes()
+    for recipe, g in best.groupby("recipe", sort=True):
+        by_step = g.groupby("step")["value"]
+        x = np.asarray(sorted(g["step"].unique()))
+        S.line_with_band(
+            ax, x, by_step.mean().loc[x], by_step.min().loc[x], by_step.max().loc[x], label=str(recipe),
+            color=S.recipe_color(str(recipe)),
+        )  # fmt: skip
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"strongest {site} cell: {metric}")
+    S.legend_outside(ax, "recipe")
+    return ax

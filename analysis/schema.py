@@ -148,6 +148,12 @@ TABLES: dict[str, Table] = {
             description="one patched cell (site, layer, head, position) within a run",
         ),
         Table(
+            "patching_over_training",
+            "patching_over_training.parquet",
+            RUN_COLUMNS + ("step",) + _PATCH,
+            description="a patching row at one training checkpoint",
+        ),
+        Table(
             "cross_model",
             "cross_model.parquet",
             RUN_COLUMNS + _PATCH,

@@ -1,6 +1,6 @@
 """Benchmark: the main job's probing sweep, scikit-learn fits (reference) vs ``probes.fast``, same inputs.
 
-    .venv/bin/python bench/probing.py [--run RUN_DIR] [--n-items 120] [--max-difficulty 1] [--repeats 1]
+    .venv/bin/python bench/probing.py [--run RUN_DIR] [--n-items 96] [--max-difficulty 1] [--repeats 1]
 
 Runs ``codetransfer probe`` in-process with the main job's probe settings (task entity_tracking,
 sites resid_post, one split seed, ``--drop-stores``, ``--random-baseline``: the run and its
@@ -117,9 +117,16 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, tol: float = 1e-6) -> float:
 
 
 def main() -> None:
+    from codetransfer.pipeline import JobSettings
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default=None, help="a trained run folder (default: a random tiny-grid-shaped model)")
-    ap.add_argument("--n-items", type=int, default=120, help="items per task (the main job's probe_items)")
+    ap.add_argument(
+        "--n-items",
+        type=int,
+        default=JobSettings().probe_items,
+        help="items per task (default: the main job's probe_items)",
+    )
     ap.add_argument("--max-difficulty", type=int, default=1, help="hardest item level (the tiny grid's: 1)")
     ap.add_argument("--repeats", type=int, default=1, help="timed (reference, fast) pairs; medians are reported")
     args = ap.parse_args()

@@ -39,6 +39,7 @@ from threadpoolctl import threadpool_limits
 from codetransfer import artifacts
 from codetransfer.analysis.grid import (
     DEFAULT_BASELINE,
+    PATCHING_OVER_TRAINING_FILE,
     PatchSettings,
     attention_grid,
     comparison_table,
@@ -46,9 +47,11 @@ from codetransfer.analysis.grid import (
     evaluate_grid,
     hardest_fitting_level,
     items_up_to,
+    patch_checkpoints,
     patch_grid,
     patch_sites,
 )
+from codetransfer.analysis.compare import gap_target
 from codetransfer.analysis.learning import learning_table_from_scores
 from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.probes.grid import probe_grid
@@ -71,7 +74,7 @@ HELDOUT_WINDOWS = 32
 PROBE_SPLIT_SEEDS = (0,)
 """Split seeds of the probing sweep (one held-out split of entities per probe)."""
 
-_LIST_FIELDS = ("probe_tasks", "probe_sites", "patch_sites", "attention_tasks")
+_LIST_FIELDS = ("probe_tasks", "probe_sites", "patch_sites", "patch_checkpoint_sites", "attention_tasks")
 
 
 def _as_names(value, name: str) -> tuple[str, ...]:
@@ -95,6 +98,12 @@ class JobSettings:
 
     baseline: str = "text-only"
     """Recipe every other recipe is compared with (relative change, cross-model patching)."""
+    aim: str = "gap"
+    """What the patch, probe and attention stages look at. ``"gap"``: the reasoning task and level of the
+    seed-paired comparison with a distinguishable gap (the smallest Holm p; :func:`aim`), so that the
+    instruments explain a difference that exists; where no comparison has one, the fixed choice below, and the
+    report says there is no gap to explain. ``"fixed"``: always ``patch_task`` at ``patch_difficulty``,
+    ``probe_tasks`` and ``attention_tasks``."""
     eval_items: int = 600
     """Items per task family for evaluation, spread evenly over its levels up to ``eval_max_difficulty`` (300
     at each of the two easiest levels: a 95% interval of about +-0.05 per model)."""
@@ -121,6 +130,10 @@ class JobSettings:
     """Clean/counterfactual pairs per patching sweep."""
     patch_difficulty: int = 0
     """Difficulty of the patched items (the level the models can do)."""
+    patch_checkpoint_sites: tuple[str, ...] = ()
+    """Sites patched again at every saved checkpoint of the runs that kept checkpoints (names as
+    ``patch_sites``, e.g. ``["head_out"]``: which heads carry the lookup over training), written to
+    ``patching_over_training.parquet``; empty (the default, within the demo's time budget): none."""
     attention_tasks: tuple[str, ...] = ("entity_tracking",)
     """Task families for task-aligned head scores (empty: random-token scores only)."""
     attention_items: int = 48
@@ -140,6 +153,10 @@ class JobSettings:
 
 
 STAGES = ("train", "eval", "probe", "patch", "attention", "report")
+AIMS = ("gap", "fixed")
+#: task categories whose gaps the job aims at ("reasoning": the paper's non-code reasoning question)
+AIM_CATEGORIES = ("reasoning",)
+AIM_FILE = "aim.json"
 
 
 def _type_error(name: str, value, path: Path) -> CodetransferError:
@@ -213,6 +230,17 @@ def check_settings(settings: JobSettings, where: str = "settings") -> JobSetting
     ``codetransfer run`` refuses them before it trains anything."""
     for name, low in SETTINGS_LOW.items():
         check_number(getattr(settings, name), f"{where}: field {name}", low, 2**32 - 1)
+    if settings.aim not in AIMS:
+        raise CodetransferError(
+            f"{where}: field aim: unknown value {settings.aim!r}{did_you_mean(settings.aim, AIMS)}; "
+            f"expected one of {', '.join(AIMS)}"
+        )
+    for name in ("patch_sites", "patch_checkpoint_sites"):
+        if getattr(settings, name):
+            try:
+                patch_sites(getattr(settings, name))
+            except CodetransferError as e:
+                raise CodetransferError(f"{where}: field {name}: {str(e).removeprefix('--sites: ')}") from None
     known = task_names()
     for name in ("probe_tasks", "patch_task", "attention_tasks"):
         value = getattr(settings, name)
@@ -487,10 +515,12 @@ def _probe_unit(run, dest: Path, settings: JobSettings, max_difficulty: int | No
     )
 
 
-def _patch_unit(run, dest: Path, patch: PatchSettings, device: str, log) -> None:
-    artifacts.write_tables(
-        dest, patch_grid([run], dataclasses.replace(patch, cross_rendering=True), device=device, log=log)
-    )
+def _patch_unit(run, dest: Path, patch: PatchSettings, device: str, log, checkpoint_sites=()) -> None:
+    tables = patch_grid([run], dataclasses.replace(patch, cross_rendering=True), device=device, log=log)
+    if checkpoint_sites:  # the same items at every saved checkpoint
+        over = dataclasses.replace(patch, sites=tuple(checkpoint_sites))
+        tables.update(patch_checkpoints([run], over, device=device, log=log))
+    artifacts.write_tables(dest, tables)
 
 
 def _cross_unit(runs, a: str, b: str, dest: Path, patch: PatchSettings, device: str, log) -> None:
@@ -595,7 +625,7 @@ def run_job(
     results.mkdir(parents=True, exist_ok=True)
     pool = UnitPool(records, jobs, log)
     try:
-        _analyse(runs, results, settings, controls, stages, pool, timings, device, log)
+        settings = _analyse(runs, results, settings, controls, stages, pool, timings, device, log)
     except BaseException:
         pool.close(kill=True)
         raise
@@ -607,10 +637,64 @@ def run_job(
     return timings
 
 
+def aim(results: Path, settings: JobSettings, log=print) -> tuple[JobSettings, dict]:
+    """The settings the patch, probe and attention stages run with, and the record of why (written to
+    ``results/aim.json`` by the job, read by the report).
+
+    With ``settings.aim == "gap"`` and a seed-paired comparison in ``results/comparison.parquet`` whose gap is
+    distinguishable (:func:`codetransfer.analysis.compare.gap_target` over :data:`AIM_CATEGORIES`), the
+    comparison's task and level replace ``patch_task``, ``patch_difficulty``, ``probe_tasks`` and
+    ``attention_tasks``; otherwise they stay as given and the record says why (no gap, no comparison table,
+    or ``aim = "fixed"``)."""
+    record = dict(
+        aim=settings.aim,
+        found=False,
+        task=settings.patch_task,
+        difficulty=int(settings.patch_difficulty),
+        recipe=None,
+        against=None,
+    )
+    if settings.aim != "gap":
+        return settings, dict(record, reason="aim = fixed: the configured task and level")
+    path = results / "comparison.parquet"
+    if not path.exists():
+        log(
+            f"aim: no {path.name} (run the eval stage); patching {settings.patch_task} level {settings.patch_difficulty}"
+        )
+        return settings, dict(record, reason="no seed-paired comparison table: the eval stage has not run")
+    row = gap_target(read_table(path, "result table"), AIM_CATEGORIES)
+    if row is None:
+        log(
+            f"aim: no {'/'.join(AIM_CATEGORIES)} comparison has a distinguishable gap; within-model maps on "
+            f"{settings.patch_task} level {settings.patch_difficulty}"
+        )
+        return settings, dict(record, reason="no gap to explain")
+    task, level = str(row["task"]), int(row["difficulty"])
+    record.update(
+        found=True,
+        task=task,
+        difficulty=level,
+        recipe=str(row["recipe"]),
+        against=str(row["baseline"]),
+        reason="the distinguishable seed-paired gap with the smallest Holm p",
+        **{k: float(row[k]) for k in ("estimate", "ci_low_corrected", "ci_high_corrected", "p_holm")},
+        n_seeds=int(row["n_seeds"]),
+    )
+    log(
+        f"aim: {task} level {level}: {row['recipe']} - {row['baseline']} = {row['estimate']:+.2f} "
+        f"[{row['ci_low_corrected']:+.2f}, {row['ci_high_corrected']:+.2f}] logits, Holm p {row['p_holm']:.2g}"
+    )
+    aimed = dataclasses.replace(
+        settings, patch_task=task, patch_difficulty=level, probe_tasks=(task,), attention_tasks=(task,)
+    )
+    return aimed, record
+
+
 def _analyse(
     runs, results: Path, settings: JobSettings, controls: dict, stages, pool: UnitPool, timings: dict, device: str, log
 ):
-    """The analysis stages: each makes its units, runs them on ``pool``, and merges their tables in run order."""
+    """The analysis stages: each makes its units, runs them on ``pool``, and merges their tables in run order.
+    Returns the settings the later stages ran with (:func:`aim` may have changed the task and level)."""
     skey = settings.key()
     run_key = {r.name: r.record["recipe_hash"] for r in runs}
     units = results / "units"
@@ -640,6 +724,11 @@ def _analyse(
             )
             _merge_learning(curve_parts, results, settings)
 
+    # what the instruments look at: the task and level of a distinguishable gap, when the evaluation found one
+    settings, aimed = aim(results, settings, log)
+    artifacts.write_json(results / AIM_FILE, aimed)
+    skey = settings.key()
+
     if "probe" in stages:
         with _stage("probe", timings, log):
             # one unit per run, like patching: a changed recipe re-probes only its runs
@@ -667,8 +756,16 @@ def _analyse(
                 difficulty=settings.patch_difficulty,
                 seed=settings.seed,
             )
+            over_sites = tuple(patch_sites(settings.patch_checkpoint_sites)) if settings.patch_checkpoint_sites else ()
             within = [
-                unit(f"patch-{r.name}", ["patch", skey, r.name, run_key[r.name]], _patch_unit, run=r, patch=patch)
+                unit(
+                    f"patch-{r.name}",
+                    ["patch", skey, r.name, run_key[r.name]],
+                    _patch_unit,
+                    run=r,
+                    patch=patch,
+                    checkpoint_sites=over_sites if _has_curve(r) else (),
+                )
                 for r in runs
             ]
             pairs = []
@@ -697,6 +794,11 @@ def _analyse(
             _merge([u.kwargs["dest"] / "patching.parquet" for u in within], results / "patching.parquet")
             _merge([u.kwargs["dest"] / "cross_rendering.parquet" for u in within], results / "cross_rendering.parquet")
             _merge([u.kwargs["dest"] / "cross_model.parquet" for u in cross], results / "cross_model.parquet")
+            if over_sites:
+                _merge(
+                    [u.kwargs["dest"] / PATCHING_OVER_TRAINING_FILE for u in within],
+                    results / PATCHING_OVER_TRAINING_FILE,
+                )
 
     if "attention" in stages:
         with _stage("attention", timings, log):
@@ -722,3 +824,4 @@ def _analyse(
             _merge([u.kwargs["dest"] / "attention.parquet" for u in todo], results / "attention.parquet")
             if over_training:
                 _merge(over_training, results / "attention_over_training.parquet")
+    return settings

@@ -6,8 +6,9 @@ head tables, and the headline findings — each claim with its interval, null re
 
 A patching number is a finding only next to its control. A cross-model share (the part of run A's
 advantage over run B that one component carries) is shown only where the two recipes' seed-paired
-gap (``comparison.parquet``, logit difference, the corrected interval over at least 3 seeds) excludes
-0 — otherwise the section says "no gap to explain" — and a share outside :data:`STABLE_SHARE` is
+gap (``comparison.parquet``, logit difference) is distinguishable (:func:`~codetransfer.analysis.compare.has_gap`:
+the corrected interval excludes 0 and the Holm p is below 0.05, over at least 3 seeds) — otherwise the
+section says "no gap to explain" — and a share outside :data:`STABLE_SHARE` is
 flagged as unstable and never headlined; same-recipe (seed-vs-seed) pairs are shown as its null. A
 cross-rendering effect is shown next to its token-matched control
 (:mod:`codetransfer.analysis.patching`): where the control lies within the score's interval it is
@@ -55,11 +56,10 @@ from codetransfer.analysis.attention_plots import (
     plot_head_score_difference,
     plot_head_scores,
 )
-from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE
-from codetransfer.analysis.grid import is_data_order_label
+from codetransfer.analysis.compare import has_gap, is_data_order_label
 from codetransfer.analysis.evaluate import plot_accuracy_vs_difficulty, plot_relative_change
 from codetransfer.analysis.learning import first_above_chance, plot_learning_curves, tokens_per_step
-from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side
+from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side, plot_strongest_cell_over_training
 from codetransfer.analysis.style import phase_table
 from codetransfer.probes.plots import first_decodable_layer, plot_probe_curves
 from codetransfer.trained import find_runs, load_run, runs_table
@@ -146,10 +146,15 @@ def with_interval(
         d = decimals(min(near, 2 * v - near), max(near, 2 * v - near), default=-1) if near is not None else -1
         if d < 0:
             d = max(0, 1 - math.floor(math.log10(abs(v)))) if v else 0
-    f = f"{{:{'+' if signed else ''}.{d}f}}"
-    lo_s = f.format(lo) if lo is not None else "unbounded"
-    hi_s = f.format(hi) if hi is not None else "unbounded"
-    return f"{f.format(v)}{unit} [{lo_s}, {hi_s}]"
+    spec = f"{{:{'+' if signed else ''}.{d}f}}"
+
+    def f(x: float) -> str:  # a number that rounds to 0 is written 0 (never -0.0), +0.0 when signed
+        text = spec.format(x)
+        return spec.format(0.0) if float(text) == 0 else text
+
+    lo_s = f(lo) if lo is not None else "unbounded"
+    hi_s = f(hi) if hi is not None else "unbounded"
+    return f"{f(v)}{unit} [{lo_s}, {hi_s}]"
 
 
 def format_table(
@@ -845,6 +850,9 @@ def _patching(
 
     s = Section("Activation patching: what do the models use?")
     findings = []
+    aimed = aim_words(results)
+    if aimed:
+        s.add_text(aimed)
     t = _read(results / "patching.parquet")
     patched = t
     if t is None or t.empty:
@@ -901,6 +909,24 @@ def _patching(
                 "cells whose difference is within the intervals",
                 draw_d,
             )
+    over = _read(results / "patching_over_training.parquet")
+    if over is not None and not over.empty:
+        site = "head_out" if "head_out" in set(over["site"]) else str(over["site"].iloc[0])
+        pos = "all" if "all" in set(over["pos_label"].astype(str)) else "last"
+
+        def draw_o():
+            fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
+            plot_strongest_cell_over_training(over, site=site, pos_label=pos, ax=ax)
+            return fig
+
+        _figure(
+            s,
+            folder,
+            "patch_over_training.png",
+            f"Over training: the strongest {site} cell's denoising effect ({pos} positions) at each saved "
+            "checkpoint, mean over seeds (band: the seeds' range)",
+            draw_o,
+        )
     comparison = _read(results / "comparison.parquet")
     cm = _read(results / "cross_model.parquet")
     if cm is None or cm.empty:
@@ -946,6 +972,31 @@ def _data_order_pair(label: str) -> bool:
     return any(is_data_order_pair("->".join(parts[:k]), "->".join(parts[k:])) for k in range(1, len(parts)))
 
 
+def aim_words(results: Path) -> str | None:
+    """One sentence on what the patch, probe and attention stages looked at and why (``results/aim.json``,
+    written by the job's :func:`~codetransfer.pipeline.aim`); None without the file."""
+    path = results / "aim.json"
+    if not path.is_file():
+        return None
+    try:
+        a = json.loads(path.read_text())
+        task, level = str(a["task"]), int(a["difficulty"])
+        if a.get("found"):
+            iv = with_interval(a["estimate"], a["ci_low_corrected"], a["ci_high_corrected"], signed=True)
+            return (
+                f"**Aim.** The instruments look at {task} level {level}, where the evaluation found a gap: "
+                f"{a['recipe']} - {a['against']} = {iv} logits (corrected 95% "
+                f"interval, Holm p {a['p_holm']:.2g}, {int(a['n_seeds'])} seeds), the distinguishable seed-paired "
+                "gap with the smallest p."
+            )
+        why = str(a.get("reason", ""))
+        return f"**Aim.** {task} level {level}, the configured task and level ({why})."
+    except (ValueError, KeyError, TypeError) as e:
+        raise CodetransferError(
+            f"{path}: damaged aim record ({type(e).__name__}: {e}); delete it and rerun the job's analysis stages"
+        ) from None
+
+
 def recipe_gap(comparison: pd.DataFrame | None, recipe: str, other: str, task: str, difficulty=None):
     """The seed-paired comparison row (``results/comparison.parquet``, logit difference) of ``recipe``
     against ``other`` for the patched items: the level of ``task`` at ``difficulty``, else (no
@@ -970,19 +1021,6 @@ def recipe_gap(comparison: pd.DataFrame | None, recipe: str, other: str, task: s
     categories = set(comparison.loc[comparison["task"].astype(str) == str(task), "category"].astype(str))
     pooled_rows = c[pooled & c["category"].astype(str).isin(categories)]
     return pooled_rows.iloc[0] if len(pooled_rows) == 1 else None
-
-
-def gap_to_explain(gap) -> bool:
-    """Whether a comparison row is a gap that cross-model patching may split into shares: its
-    multiplicity-corrected seed-level interval excludes 0, over at least as many seeds as a
-    distinguishable comparison needs."""
-
-    return (
-        gap is not None
-        and _finite(gap.get("n_seeds"))
-        and int(gap["n_seeds"]) >= MIN_SEEDS_DISTINGUISHABLE
-        and _excludes_zero(gap.get("ci_low_corrected"), gap.get("ci_high_corrected"))
-    )
 
 
 def _gap_words(gap, recipe: str, other: str) -> str:
@@ -1033,7 +1071,7 @@ def _cross_model(
         f"code-exposed model into the {baseline} model on the same prompts; 'share of the gap' is the part of "
         "the two models' logit-difference gap on those prompts that the component carries (1 = all of it), "
         "with its 95% interval. A share is shown only where the two recipes differ beyond seed noise (the "
-        "seed-paired comparison's corrected interval excludes 0, over at least 3 seeds); a share outside "
+        "seed-paired comparison is distinguishable: its corrected interval excludes 0 and its Holm p is below 0.05, over at least 3 seeds); a share outside "
         f"[{STABLE_SHARE[0]}, {STABLE_SHARE[1]}] divides by a small gap and is flagged as unstable"
         + (
             "; 'null' is the same cell patched between two seeds of one recipe."
@@ -1048,7 +1086,7 @@ def _cross_model(
     for (ra, rb), g in rows.groupby(["recipe_a", "recipe_b"], sort=True):
         task = str(g["task"].iloc[0])
         gap = recipe_gap(comparison, ra, rb, task, difficulty)
-        if not gap_to_explain(gap):
+        if not has_gap(gap):
             s.add_text(
                 f"{ra} into {rb} ({task}): no gap to explain — {_gap_words(gap, ra, rb)}; its cross-model shares "
                 "are not reported, only the within-model maps above."

@@ -128,21 +128,18 @@ class LogisticObjective:
             raw += np.array(coef[-1], dtype=X.dtype) if cast else coef[-1]
             norm2_w = weights @ weights
         else:
+            # coef is the F-ravel of W = [classes, features + 1]: W[:, :-1].T is coef[:k * features] viewed
+            # as a C-contiguous [features, classes] array (the same memory and strides as scikit-learn's
+            # weights.T) and W[:, -1] is coef's contiguous tail
             n_classes = self.n_classes
-            W = coef.reshape((n_classes, -1), order="F")
-            weights = W[:, :-1]
-            raw = X @ (np.array(weights, dtype=X.dtype) if cast else weights).T
-            raw += np.array(W[:, -1], dtype=X.dtype) if cast else W[:, -1]
-            flat = coef[: n_classes * n_features]  # ravel(weights, order="K"): the same memory, in order
+            flat = coef[: n_classes * n_features]
+            weights_t = flat.reshape((n_features, n_classes))
+            intercept = coef[n_classes * n_features :]
+            raw = X @ (np.array(weights_t, dtype=X.dtype) if cast else weights_t)
+            raw += np.array(intercept, dtype=X.dtype) if cast else intercept
             norm2_w = np.dot(flat, flat)
-        self.closs.loss_gradient(
-            y_true=self.y,
-            raw_prediction=raw,
-            sample_weight=None,
-            loss_out=loss_out,
-            gradient_out=grad_pointwise,
-            n_threads=1,
-        )
+        # positional: loss_gradient(y_true, raw_prediction, sample_weight, loss_out, gradient_out, n_threads)
+        self.closs.loss_gradient(self.y, raw, None, loss_out, grad_pointwise, 1)
         loss = float(np.add.reduce(loss_out) / n_samples)
         loss += float(0.5 * l2_reg_strength * norm2_w)
         grad_pointwise /= n_samples
@@ -151,12 +148,11 @@ class LogisticObjective:
             grad[:n_features] = X.T @ grad_pointwise + l2_reg_strength * weights
             grad[-1] = np.add.reduce(grad_pointwise)
             return loss, grad
-        grad = np.empty(coef.shape[0], dtype=weights.dtype)  # the F-ravel of a [classes, features + 1] array
-        G = grad.reshape((n_classes, n_features + 1), order="F")
+        grad = np.empty(coef.shape[0], dtype=coef.dtype)  # the F-ravel of a [classes, features + 1] array
         data = grad_pointwise.T @ X
-        data += l2_reg_strength * weights
-        G[:, :n_features] = data
-        G[:, -1] = np.add.reduce(grad_pointwise, axis=0)
+        data += l2_reg_strength * weights_t.T
+        grad[: n_classes * n_features].reshape((n_features, n_classes))[...] = data.T
+        grad[n_classes * n_features :] = np.add.reduce(grad_pointwise, axis=0)
         return loss, grad
 
 
@@ -203,6 +199,7 @@ def lbfgs(
     x_dtype = x0.dtype if np.issubdtype(x0.dtype, np.floating) else np.float64
     at = x0.astype(x_dtype)  # ScalarFunction evaluates at x0 on creation (fun must not modify its x)
     f_at, g_at = fun(at, *args)
+    at_bytes = at.astype(np.float64).tobytes()  # the point last evaluated, as float64 (x's dtype)
     nfev = 1
 
     nbd = np.zeros(n, np.int32)
@@ -228,8 +225,12 @@ def lbfgs(
         )
         state = task[0]
         if state == 3:
-            if not (x == at).all():  # np.array_equal: the shapes are equal
+            # SciPy re-evaluates unless np.array_equal(x, at), i.e. x equals at cast back to float64; equal
+            # bytes are equal values, and a point that differs only in the sign of a zero (the one case bytes
+            # tell apart) does not occur on an unbounded L-BFGS path, where x equals the last point at the start
+            if x.tobytes() != at_bytes:
                 at = x.astype(x_dtype)
+                at_bytes = (at if x_dtype == np.float64 else at.astype(np.float64)).tobytes()
                 f_at, g_at = fun(at, *args)
                 nfev += 1
             f, g = f_at, g_at

@@ -255,6 +255,8 @@ SETTINGS_CASES = {
     "wrong-type": ('eval_items = "many"', "must be int"),
     "task-typo": ('probe_tasks = "entity_trackin"', "did you mean"),
     "baseline-typo": ('baseline = "text-onyl"', "did you mean"),
+    "aim-unknown": ('aim = "gaps"', "did you mean 'gap'"),
+    "checkpoint-site-typo": ('patch_checkpoint_sites = ["head_ot"]', "patch_checkpoint_sites"),
     "not-toml": ("eval_items = = 3", "not valid TOML"),
 }
 

@@ -219,6 +219,7 @@ def runs_folder(tmp_path_factory):
             "model": {"n_ctx": CLI_CTX.n_ctx}, "tokenizer_sha256": "same",
         }))  # fmt: skip
     (root / "data").mkdir()
+    (root / "data" / "manifest.json").write_text(json.dumps({"tokenizer_sha256": "same"}))  # the runs' tokenizer
     rng = np.random.default_rng(0)
     np.save(root / "data" / "gcide.heldout.npy", rng.integers(3, 300, 3 * CLI_CTX.n_ctx).astype(np.uint16))
     return root

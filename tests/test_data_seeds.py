@@ -340,7 +340,8 @@ def item_scores(effects: dict[str, float], seeds=(0, 1, 2), orders=(0,), n_items
 
 
 def test_comparison_table_adds_the_data_order_null_and_keeps_the_recipe_rows():
-    from codetransfer.analysis.grid import comparison_table, data_order_label
+    from codetransfer.analysis.compare import data_order_label
+    from codetransfer.analysis.grid import comparison_table
 
     plain = item_scores({"text-only": 0.0, "code": 0.8})
     with_orders = item_scores({"text-only": 0.0, "code": 0.8}, orders=(0, 1, 2))
@@ -444,3 +445,16 @@ tokens = 4096
     assert (comparison["n_seeds"] == 2).all()
     scores = pd.read_parquet(results / "scores.parquet")
     assert {"text-only-s0-d1", "balanced-s1-d1"} <= set(scores["run"])  # every run is evaluated
+
+
+def test_the_job_never_aims_at_the_data_order_null():
+    """``compare.gap_target`` (what the job aims patching, probing and head scores at) skips the null rows even
+    where a null row is the strongest distinguishable one."""
+    from codetransfer.analysis.compare import data_order_label, gap_target, is_data_order_label
+    from test_report_patching import _comparison
+
+    real = _comparison("code25", 0.2, 0.9)
+    null = _comparison(data_order_label("text-only", 1), 0.5, 1.5).assign(p_holm=0.001)
+    assert is_data_order_label(null["recipe"].iloc[0]) and not is_data_order_label("text-only")
+    assert gap_target(pd.concat([null, real], ignore_index=True))["recipe"] == "code25"
+    assert gap_target(null) is None

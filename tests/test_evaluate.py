@@ -429,3 +429,49 @@ def test_tidy_table_carries_the_copy_baseline_of_real_items(tiny_bridge, tiny_to
     assert row["copy_chance"] == pytest.approx(expected)
     # level 0 of entity tracking states every fact once: copying beats the uniform guess, but is not certain
     assert row["chance"] < row["copy_chance"] < 1.0
+
+
+def test_fitting_max_difficulty_measures_and_says_once_per_context_and_tokenizer(tmp_path, monkeypatch):
+    """The runs of one grid share context and tokenizer (each run folder holds its own copy of the file): the
+    fitting level is measured, and the levels it leaves out are named, once per distinct pair, not per run."""
+    from types import SimpleNamespace
+
+    from codetransfer.analysis import grid as G
+
+    measured = []
+    monkeypatch.setattr(G, "_n_ctx", lambda run: 128)
+    monkeypatch.setattr(G, "hardest_fitting_level", lambda task, run, n, seed, top: measured.append(run.name) or 1)
+    runs = []
+    for name, content in (("a-s0", "tok-1"), ("a-s1", "tok-1"), ("b-s0", "tok-2")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tokenizer.json").write_text(content)
+        runs.append(SimpleNamespace(name=name, path=tmp_path / name))
+    said = []
+    assert G.fitting_max_difficulty(["entity_tracking"], runs, 10, 0, log=said.append) == 1
+    assert measured == ["a-s0", "b-s0"]
+    assert len(said) == 2 and all("levels above 1 left out" in s for s in said)
+
+
+def test_heldout_arrays_only_from_a_data_folder_of_the_runs_tokenizer(tmp_path):
+    """Held-out token arrays are scored only under the tokenizer that wrote them: a neighbouring data folder
+    of another tokenizer (or runs that name none, as a model set's checkpoints) gives no held-out loss."""
+    import json
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from codetransfer.analysis.grid import heldout_arrays
+
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "narratives.heldout.npy", np.zeros(4, dtype=np.uint16))
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps({"tokenizer_sha256": "aaa"}))
+    (tmp_path / "runs" / "r-s0").mkdir(parents=True)
+
+    def runs(tok):
+        return [
+            SimpleNamespace(path=tmp_path / "runs" / "r-s0", record={} if tok is None else {"tokenizer_sha256": tok})
+        ]
+
+    assert list(heldout_arrays(tmp_path / "runs", runs("aaa"))) == ["narratives"]
+    assert heldout_arrays(tmp_path / "runs", runs("bbb")) == {}
+    assert heldout_arrays(tmp_path / "runs", runs(None)) == {}

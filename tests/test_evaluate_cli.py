@@ -35,6 +35,7 @@ def make_grid(root, runs, cfg=CTX):
             )
         )
     (root / "data").mkdir()
+    (root / "data" / "manifest.json").write_text(json.dumps({"tokenizer_sha256": "same"}))  # the runs' tokenizer
     rng = np.random.default_rng(0)
     np.save(root / "data" / "stdlib.heldout.npy", rng.integers(3, 300, 5 * cfg.n_ctx).astype(np.uint16))
     np.save(root / "data" / "gcide.heldout.npy", rng.integers(3, 300, 3 * cfg.n_ctx).astype(np.uint16))

@@ -451,6 +451,9 @@ def test_numbers_are_rounded_to_what_their_interval_supports():
     assert with_interval(1.2345, 0.5, np.inf, scale=100, signed=True, unit="%") == "+123% [+50, unbounded]"
     assert with_interval(np.nan, 0, 1, missing="undefined: the baseline scores 0") == "undefined: the baseline scores 0"
     assert decimals(0.1, 0.1) == 3 and decimals(-2.0, 6.0) == 0
+    # an end that rounds to zero is 0, never -0.0
+    assert with_interval(0.07, -0.004, 0.15) == "0.07 [0.00, 0.15]"
+    assert with_interval(-0.04, -0.3, 0.2, signed=True) == "+0.0 [-0.3, +0.2]"
 
 
 def test_tables_state_reasons_use_integer_counts_drop_duplicates_and_escape_names():

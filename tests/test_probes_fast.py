@@ -114,3 +114,26 @@ def test_probe_table_equals_the_reference_table():
     np.testing.assert_array_equal(
         new[["value", "ci_low", "ci_high"]].to_numpy(), ref[["value", "ci_low", "ci_high"]].to_numpy()
     )
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("start", ["zeros", "random"])
+def test_lbfgs_takes_scipys_steps_and_evaluations(dtype, start):
+    """``fast.lbfgs`` against ``scipy.optimize.minimize(method="L-BFGS-B")``: the same point, value,
+    iterations and number of evaluations, from a float32 or float64 start (SciPy evaluates at points cast to
+    the start's dtype and skips an evaluation at an unchanged point)."""
+    from scipy.optimize import minimize
+    from sklearn._loss.loss import HalfMultinomialLoss
+
+    X, y = _problem(7, 100, 10, 3, dtype)
+    target = np.searchsorted(np.unique(y), y).astype(dtype)
+    objective = fast.LogisticObjective(np.ascontiguousarray(X), target, HalfMultinomialLoss(n_classes=3))
+    x0 = np.zeros(3 * 11, dtype=dtype)
+    if start == "random":
+        x0 = np.random.default_rng(0).normal(size=3 * 11).astype(dtype)
+    for reg in (1e-3, 1.0):
+        ours = fast.lbfgs(objective, x0, args=(reg,), maxiter=100, gtol=1e-4)
+        ref = minimize(objective, x0, args=(reg,), method="L-BFGS-B", jac=True,
+                       options={"maxiter": 100, "gtol": 1e-4, "ftol": 64 * np.finfo(float).eps})  # fmt: skip
+        assert np.array_equal(ours.x, ref.x) and ours.fun == ref.fun
+        assert (ours.nit, ours.nfev, ours.status) == (ref.nit, ref.nfev, ref.status)

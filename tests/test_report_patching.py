@@ -152,7 +152,7 @@ def test_cross_rendering_at_a_token_identity_site_is_reported_as_identity(tmp_pa
     assert "no representation shared by the two renderings is shown beyond token identity" in text
     # the later cell: its control lies below the score's interval, but the excess's interval includes 0
     assert (
-        "| text-only | 0 | resid_pre L1 @last | 0.3 [0.1, 0.5] | 0.1 [-0.2, 0.3] | 0.3 [-0.0, 0.5] | 0.5 [0.3, 0.7] | "
+        "| text-only | 0 | resid_pre L1 @last | 0.3 [0.1, 0.5] | 0.1 [-0.2, 0.3] | 0.3 [0.0, 0.5] | 0.5 [0.3, 0.7] | "
         "not distinguishable from its control: not a finding |"
     ) in tables
 

@@ -49,10 +49,10 @@ def test_lower_packages_import_nothing_of_the_top_layer(folder):
 
 
 def test_settings_lists_from_toml_lists_and_comma_strings(tmp_path):
-    (tmp_path / "a.toml").write_text('probe_sites = ["resid_post", "mlp_out"]\npatch_sites = "resid, attn"\n')
+    (tmp_path / "a.toml").write_text('probe_sites = ["resid_post", "mlp_out"]\npatch_sites = "resid_pre, attn"\n')
     s = load_settings(tmp_path / "a.toml")
-    assert s.probe_sites == ("resid_post", "mlp_out") and s.patch_sites == ("resid", "attn")
-    assert s == JobSettings(probe_sites="resid_post,mlp_out", patch_sites=["resid", "attn"])
+    assert s.probe_sites == ("resid_post", "mlp_out") and s.patch_sites == ("resid_pre", "attn")
+    assert s == JobSettings(probe_sites="resid_post,mlp_out", patch_sites=["resid_pre", "attn"])
     (tmp_path / "b.json").write_text('{"attention_tasks": ["entity_tracking", "counting"]}')
     assert load_settings(tmp_path / "b.json").attention_tasks == ("entity_tracking", "counting")
     (tmp_path / "c.toml").write_text("probe_sites = [1, 2]\n")
@@ -65,6 +65,7 @@ def test_unit_keys_hash_the_settings_as_they_always_did():
     # changed default (eval_items 300 -> 600 over levels 0-1) redoes the units it changes
     legacy = dict(
         baseline="text-only",
+        aim="gap",
         eval_items=600,
         eval_max_difficulty=1,
         curve_items=60,
@@ -77,6 +78,7 @@ def test_unit_keys_hash_the_settings_as_they_always_did():
         patch_sites="resid_pre,attn_out,mlp_out,head_out",
         patch_items=48,
         patch_difficulty=0,
+        patch_checkpoint_sites="",
         attention_tasks="entity_tracking",
         attention_items=48,
         seed=0,

@@ -1,0 +1,102 @@
+"""The job aims its instruments at a gap that exists: ``analysis.compare.gap_target`` picks the distinguishable
+seed-paired comparison, ``pipeline.aim`` turns it into the patch/probe/attention task and level (else keeps the
+configured ones and says why), and the patch stage and the report follow it."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from codetransfer.analysis import schema
+from codetransfer.analysis.compare import gap_target, has_gap
+from codetransfer.pipeline import JobSettings, aim, run_job
+
+
+def _row(recipe="code", task="counting", difficulty=0, est=0.4, lo=0.1, hi=0.7, p_holm=0.01, n_seeds=3, **kw):
+    row = dict(
+        recipe=recipe, baseline=kw.pop("baseline", "text-only"), metric="logit_diff", scale="difference",
+        category=kw.pop("category", "reasoning"), task=task, difficulty=difficulty, estimate=est, ci_low=lo,
+        ci_high=hi, ci_low_corrected=lo, ci_high_corrected=hi, recipe_value=1.0, baseline_value=1.0 - est,
+        n_seeds=n_seeds, n_items=300, p_value=p_holm / 4, p_holm=p_holm, p_signflip=float("nan"), test="mixedlm",
+        mde=kw.pop("mde", 0.2), distinguishable=n_seeds >= 3 and (lo > 0 or hi < 0) and p_holm < 0.05,
+        pooled=kw.pop("pooled", False), pooled_levels="",
+    )  # fmt: skip
+    assert not kw, kw
+    return row
+
+
+def _table(*rows) -> pd.DataFrame:
+    t = pd.DataFrame(list(rows))
+    t["difficulty"] = t["difficulty"].astype("Int64")
+    return schema.check(t, "comparison")
+
+
+def test_gap_target_takes_the_distinguishable_reasoning_level_with_the_smallest_p():
+    t = _table(
+        _row(task="entity_tracking", p_holm=0.03),
+        _row(task="counting", difficulty=1, p_holm=0.004),
+        _row(task="code_state", category="code", est=2.0, lo=1.5, hi=2.5, p_holm=0.0001),  # not reasoning
+        _row(task="possession", est=0.9, lo=0.5, hi=1.3, p_holm=0.001, pooled=True),  # pooled levels
+        _row(task="variable_binding", lo=-0.1, hi=0.9, p_holm=0.0001),  # interval includes 0
+        _row(task="variable_binding", difficulty=1, p_holm=0.0001, n_seeds=2),  # too few seeds
+        _row(task="possession", difficulty=1, lo=0.1, hi=0.7, p_holm=0.2),  # interval only: Holm p too large
+    )
+    row = gap_target(t)
+    assert (row["task"], int(row["difficulty"])) == ("counting", 1)
+    assert gap_target(t, categories=("code",))["task"] == "code_state"
+    # a tie on p goes to the larger effect in units of its minimum detectable effect
+    tie = _table(_row(task="entity_tracking", p_holm=0.01, mde=0.4), _row(task="counting", p_holm=0.01, mde=0.1))
+    assert gap_target(tie)["task"] == "counting"
+
+
+def test_no_gap_when_no_row_is_distinguishable():
+    t = _table(_row(lo=-0.1, hi=0.9), _row(task="entity_tracking", n_seeds=1), _row(task="possession", p_holm=0.3))
+    assert gap_target(t) is None and gap_target(None) is None and gap_target(t.iloc[:0]) is None
+    assert not any(has_gap(r) for _, r in t.iterrows())
+    # an older table without the distinguishable column is read by its corrected interval and seeds
+    old = t.drop(columns="distinguishable")
+    assert [has_gap(r) for _, r in old.iterrows()] == [False, False, True]
+
+
+def test_aim_replaces_the_instruments_task_and_level_with_the_gap(tmp_path):
+    settings = JobSettings(patch_task="entity_tracking", patch_difficulty=0, probe_tasks=("entity_tracking",))
+    aimed, record = aim(tmp_path, settings, log=lambda *a: None)
+    assert aimed == settings and not record["found"] and "eval stage" in record["reason"]
+    _table(_row(task="entity_tracking", lo=-0.2, hi=0.5)).to_parquet(tmp_path / "comparison.parquet")
+    aimed, record = aim(tmp_path, settings, log=lambda *a: None)
+    assert aimed == settings and record["reason"] == "no gap to explain"
+    _table(_row(recipe="text+programs", baseline="text+stdlib", task="counting", difficulty=1)).to_parquet(
+        tmp_path / "comparison.parquet"
+    )
+    aimed, record = aim(tmp_path, settings, log=lambda *a: None)
+    assert (aimed.patch_task, aimed.patch_difficulty) == ("counting", 1)
+    assert aimed.probe_tasks == ("counting",) and aimed.attention_tasks == ("counting",)
+    assert record["found"] and (record["recipe"], record["against"]) == ("text+programs", "text+stdlib")
+    json.dumps(record)  # the job writes it as results/aim.json
+    fixed, record = aim(tmp_path, JobSettings(aim="fixed"), log=lambda *a: None)
+    assert fixed == JobSettings(aim="fixed") and not record["found"]
+
+
+@pytest.mark.parametrize("found", [True, False])
+def test_the_patch_stage_and_the_report_follow_the_aim(found, tmp_path):
+    from tests.test_pipeline import GRID, SETTINGS
+
+    (tmp_path / "grid.toml").write_text(GRID)
+    out = tmp_path / "out"
+    run_job(str(tmp_path / "grid.toml"), out, SETTINGS, stages=("train", "eval"), log=lambda *a: None)
+    lo, hi = (0.1, 0.7) if found else (-0.1, 0.7)
+    row = _row(recipe="balanced", task="counting", difficulty=0, lo=lo, hi=hi)
+    _table(row).to_parquet(out / "results" / "comparison.parquet")  # as if the eval had found this gap
+    run_job(str(tmp_path / "grid.toml"), out, SETTINGS, stages=("patch", "report"), log=lambda *a: None)
+    record = json.loads((out / "results" / "aim.json").read_text())
+    patched = set(pd.read_parquet(out / "results" / "patching.parquet")["task"].astype(str))
+    page = (out / "report" / "index.html").read_text()
+    if found:
+        assert record["found"] and patched == {"counting"}
+        assert "The instruments look at counting level 0, where the evaluation found a gap" in page
+        assert "patched task: counting" in page
+    else:
+        assert not record["found"] and patched == {SETTINGS.patch_task}
+        assert f"{SETTINGS.patch_task} level 0, the configured task and level (no gap to explain)" in page
