@@ -28,7 +28,7 @@ from codetransfer.trained import find_runs, grid_from_dict, load_grid, runs_tabl
 from codetransfer.trained.checks import is_data_order_pair, run_folder
 from codetransfer.trained.data import Mixer
 from codetransfer.trained.gridfile import grid_to_toml
-from codetransfer.trained.runs import _shared_prefixes, recipe_hash, shared_length
+from codetransfer.trained.runs import _shared_prefixes, recipe_hash, run_hash, shared_length
 from codetransfer.trained.train import train_run
 from gridfiles import MINI_GRID, write_grid
 
@@ -203,7 +203,11 @@ def test_default_runs_are_unchanged_by_data_seeds(plain, orders):
     assert data["text-only-s0-d1"].data_seed == 1 and data["text-only-s0"].data_seed == 0
     rec = data["balanced-text-s0-d2"].record
     assert rec["data_seed"] == 2 and rec["data_order_from_phase"] == 1 and rec["seed"] == 0
-    assert rec["recipe_hash"] == data["balanced-text-s0"].record["recipe_hash"]
+    # its recipe hash (the job's unit keys) names the recipe, the data seed and where the reordering starts
+    own_hash = data["balanced-text-s0"].record["recipe_hash"]
+    assert own_hash == recipe_hash(load_grid(Path(orders).parent / "orders.toml").recipe("balanced->text"))
+    assert rec["recipe_hash"] == run_hash(load_grid(Path(orders).parent / "orders.toml").recipe("balanced->text"), 2, 1)
+    assert len({own_hash, rec["recipe_hash"], data["balanced-text-s0-d1"].record["recipe_hash"]}) == 3
     # the same rows per source and phase, different weights
     for name in ("text-only", "balanced-text", "balanced-code"):
         own, d1, d2 = (data[f"{name}-s0{d}"] for d in ("", "-d1", "-d2"))
@@ -253,6 +257,29 @@ def test_a_data_order_run_killed_mid_phase_resumes_bit_identical(orders, tmp_pat
     train_run(grid, grid.recipe("text-only"), 0, orders / "data", run_dir, **kw)
     assert same_weights(weights(run_dir), weights(orders / "runs" / "text-only-s0-d2"))
     assert not same_weights(weights(run_dir), weights(orders / "runs" / "text-only-s0"))
+
+
+def test_a_data_order_run_is_retrained_when_its_reordering_moves(orders, tmp_path):
+    """Without balanced->code, balanced->text shares no phase: its data-order runs now reorder from the first
+    phase, so they are retrained (their recipe hash changes, and with it the job's unit keys); every run of a
+    seed's own order is kept."""
+    out = tmp_path / "orders"
+    shutil.copytree(orders, out)
+    text = WITH_ORDERS[: WITH_ORDERS.index('[[recipes]]\nname = "balanced->code"')]
+    grid = load_grid(write_grid(tmp_path, text, "fewer.toml"))
+    assert [r.name for r in grid.recipes] == ["text-only", "balanced->text"]
+    lines = []
+    train_grid(grid, out, progress=False, log=lambda *a: lines.append(" ".join(map(str, a))))
+    retrained = sorted(ln.split(":")[0][4:] for ln in lines if "recipe changed, retraining" in ln)
+    assert retrained == ["balanced-text-s0-d1", "balanced-text-s0-d2"]
+    runs = {r.name: r for r in find_runs(out)}
+    assert runs["balanced-text-s0-d1"].record["data_order_from_phase"] == 0
+    assert runs["balanced-text-s0-d1"].record["recipe_hash"] == run_hash(grid.recipe("balanced->text"), 1, 0)
+    assert sha(out / "runs" / "balanced-text-s0-d1" / "model.safetensors") != sha(
+        orders / "runs" / "balanced-text-s0-d1" / "model.safetensors"
+    )
+    for name in ("balanced-text-s0", "text-only-s0", "text-only-s0-d1"):
+        assert sha(out / "runs" / name / "model.safetensors") == sha(orders / "runs" / name / "model.safetensors")
 
 
 def test_parallel_training_with_data_seeds_equals_sequential(root, orders):

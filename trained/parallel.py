@@ -82,7 +82,7 @@ def plan_tasks(grid: GridConfig, recipes: list[Recipe], seeds, out: Path, shared
     its own recipe among them), so it finds the shared state published.
 
     Dependencies only point to earlier tasks, so the list order is a valid sequential order (``jobs=1``)."""
-    from codetransfer.trained.runs import RUN_FILE, recipe_hash, run_name
+    from codetransfer.trained.runs import RUN_FILE, run_hash, run_name, shared_length
     from codetransfer.trained.train import phase_steps
 
     step_tokens = grid.train.batch_size * grid.model.n_ctx
@@ -93,7 +93,8 @@ def plan_tasks(grid: GridConfig, recipes: list[Recipe], seeds, out: Path, shared
         for data_seed, recipe in [(0, r) for r in recipes] + [(d, r) for d in grid.data_seeds for r in recipes]:
             run_dir = out / "runs" / run_name(recipe.name, seed, data_seed)
             rec = _record(run_dir / RUN_FILE)
-            same = rec is not None and rec.get("recipe_hash") == recipe_hash(recipe)
+            this = run_hash(recipe, data_seed, shared_length(recipe, shared))
+            same = rec is not None and rec.get("recipe_hash") == this
             if same and rec.get("status") == "complete":
                 tasks.append(Task("run", seed, recipe.name, (), 0, data_seed))  # logs "complete, skipped"
                 continue

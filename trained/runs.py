@@ -48,6 +48,15 @@ def recipe_hash(recipe: Recipe) -> str:
     return artifacts.key(d)
 
 
+def run_hash(recipe: Recipe, data_seed: int = 0, data_from: int = 0) -> str:
+    """Identity of what a run trains, stored as its record's ``recipe_hash`` (the job's unit keys read it):
+    :func:`recipe_hash` for a run of its init seed's own data order (``data_seed`` 0); for data seed ``k`` also
+    ``k`` and ``data_from``, the phase its reordering starts at (:func:`shared_length`), so that a change of the
+    grid that moves it retrains the run and redoes its analyses."""
+    h = recipe_hash(recipe)
+    return h if not data_seed else artifacts.key([h, "data order", data_seed, data_from])
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """What the registry knows about one run folder."""
@@ -170,12 +179,14 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log, data_seed
         out, out / "runs" / run_name(recipe.name, seed, data_seed), f"run folder of recipe '{recipe.name}':"
     )
     record_path = run_dir / RUN_FILE
+    data_from = shared_length(recipe, shared)
+    this = run_hash(recipe, data_seed, data_from)
     if record_path.exists():
         rec = read_run_record(record_path)
-        if rec.get("status") == "complete" and rec.get("recipe_hash") == recipe_hash(recipe):
+        if rec.get("status") == "complete" and rec.get("recipe_hash") == this:
             log(f"run {run_dir.name}: complete, skipped")
             return
-        if rec.get("recipe_hash") != recipe_hash(recipe):
+        if rec.get("recipe_hash") != this:
             log(f"run {run_dir.name}: recipe changed, retraining")
             _barrier()
             if _rank() == 0:
@@ -203,10 +214,10 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log, data_seed
         "grid": grid.name,
         "grid_fingerprint": grid.fingerprint(),
         "recipe": recipe.name,
-        "recipe_hash": recipe_hash(recipe),
+        "recipe_hash": this,
         "recipe_config": dataclasses.asdict(recipe),
         "seed": seed,
-        **({"data_seed": data_seed, "data_order_from_phase": shared_length(recipe, shared)} if data_seed else {}),
+        **({"data_seed": data_seed, "data_order_from_phase": data_from} if data_seed else {}),
         "model": dataclasses.asdict(grid.model),
         "status": "partial",
         "codetransfer_version": codetransfer.__version__,
@@ -233,7 +244,7 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log, data_seed
         branch_dirs=branch_dirs,
         progress=progress,
         data_seed=data_seed,
-        data_from=shared_length(recipe, shared),
+        data_from=data_from,
     )
     n_ctx, bs = grid.model.n_ctx, grid.train.batch_size
     val = _last_val(run_dir / "metrics.jsonl")
