@@ -264,15 +264,21 @@ def _merge(parts: list[Path], dest: Path) -> pd.DataFrame | None:
 
 
 def _merge_eval(
-    score_parts: list[Path], loss_parts: list[Path], results: Path, settings: JobSettings, controls: dict[str, str]
+    score_parts: list[Path],
+    loss_parts: list[Path],
+    results: Path,
+    settings: JobSettings,
+    controls: dict[str, str],
+    data_seeds: dict[str, int] | None = None,
 ) -> None:
     """The grid's eval tables from the per-run units' scores (the same tables one ``codetransfer eval`` writes);
-    ``controls``: each recipe's ``compare_with``, compared besides the baseline."""
+    ``controls``: each recipe's ``compare_with``, compared besides the baseline; ``data_seeds``: ``{run: data
+    seed}`` of the runs in another data order (the comparison's data-order null)."""
     scores = pd.concat([read_table(p, "unit table") for p in score_parts], ignore_index=True)
     losses = [read_table(p, "unit table") for p in loss_parts if p.exists()]
     losses = pd.concat(losses, ignore_index=True) if losses else None
     table, summary = eval_tables(scores, losses, settings.baseline, GRID_N_BOOT, settings.seed)
-    comparison = comparison_table(scores, settings.baseline, GRID_N_BOOT, settings.seed, controls)
+    comparison = comparison_table(scores, settings.baseline, GRID_N_BOOT, settings.seed, controls, data_seeds)
     artifacts.write_tables(
         results,
         {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores, "comparison.parquet": comparison},
@@ -432,17 +438,30 @@ class UnitPool:
 
 def cross_model_pairs(runs, baseline: str, controls: dict[str, str]) -> list[tuple]:
     """The ``(A, B)`` run pairs the main job patches A into B: every recipe's run into the baseline's run of
-    its seed; each recipe that names a control (``compare_with``) into the control's run of its seed; and, as
-    the null, the baseline's run of every other seed into the baseline's run of the first seed (a share
-    between two models of one recipe is what seed noise alone gives)."""
-    by = {(r.recipe, r.seed): r for r in runs}
+    its seed; each recipe that names a control (``compare_with``) into the control's run of its seed; and a null
+    pair of two models of the baseline recipe (a share between them is what noise alone gives):
+
+    * the *data-order null*, where the grid has data seeds (``data_seeds``): each baseline run with another data
+      order into the baseline run of its init seed's own order (the same initialisation and shared phases, only
+      the order of the later rows differs);
+    * else the *init-seed null*: the baseline's run of every other seed into the baseline's run of the first seed.
+
+    Only runs in their init seed's own data order (``data_seed`` 0) are paired across recipes."""
+    own = [r for r in runs if not getattr(r, "data_seed", 0)]
+    by = {(r.recipe, r.seed): r for r in own}
     pairs = []
-    for a in runs:
+    for a in own:
         for other in dict.fromkeys([baseline, controls.get(a.recipe, "")]):
             b = by.get((other, a.seed))
             if other and a.recipe != other and b is not None:
                 pairs.append((a, b))
-    base = sorted((r for r in runs if r.recipe == baseline), key=lambda r: r.seed)
+    orders = sorted(
+        (r for r in runs if r.recipe == baseline and getattr(r, "data_seed", 0) and (baseline, r.seed) in by),
+        key=lambda r: (r.seed, r.data_seed),
+    )
+    if orders:
+        return pairs + [(a, by[(baseline, a.seed)]) for a in orders]
+    base = sorted((r for r in own if r.recipe == baseline), key=lambda r: r.seed)
     pairs += [(a, base[0]) for a in base[1:]]
     return pairs
 
@@ -701,6 +720,7 @@ def _analyse(
                 results,
                 settings,
                 controls,
+                {r.name: r.data_seed for r in runs if getattr(r, "data_seed", 0)},
             )
             _merge_learning(curve_parts, results, settings)
 

@@ -56,14 +56,14 @@ from codetransfer.analysis.attention_plots import (
     plot_head_score_difference,
     plot_head_scores,
 )
-from codetransfer.analysis.compare import has_gap
+from codetransfer.analysis.compare import has_gap, is_data_order_label
 from codetransfer.analysis.evaluate import plot_accuracy_vs_difficulty, plot_relative_change
 from codetransfer.analysis.learning import first_above_chance, plot_learning_curves, tokens_per_step
 from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side, plot_strongest_cell_over_training
 from codetransfer.analysis.style import phase_table
 from codetransfer.probes.plots import first_decodable_layer, plot_probe_curves
 from codetransfer.trained import find_runs, load_run, runs_table
-from codetransfer.trained.checks import read_table
+from codetransfer.trained.checks import is_data_order_pair, read_table
 from codetransfer.trained.data import data_hash
 
 from codetransfer.errors import CodetransferError
@@ -485,7 +485,14 @@ def _seed_paired(s: Section, comparison: pd.DataFrame, baseline: str) -> list[st
         "results/comparison.parquet. The logit difference (answer minus best other candidate) is the "
         "primary metric."
     )
-    lead = pooled[(pooled["metric"] == "logit_diff") & (pooled["category"] == "reasoning")]
+    null = pooled["recipe"].map(is_data_order_label).astype(bool)
+    if null.any():
+        s.add_text(
+            f"Rows '{baseline} (data order k)' are the **data-order null**: the {baseline} runs trained in data order "
+            f"k against the {baseline} runs of the same init seeds, which share their initialisation and shared "
+            "phases and differ only in the order of the later rows; a recipe's difference is read against it."
+        )
+    lead = pooled[(pooled["metric"] == "logit_diff") & (pooled["category"] == "reasoning") & ~null]
     if lead.empty:
         return []
     # the controlled comparisons (a recipe against the control it names) first, then those with the baseline
@@ -959,6 +966,12 @@ def _split_pair(label: str, recipes: set[str]) -> tuple[str, str]:
     return splits[-1] if splits else (str(label), "")
 
 
+def _data_order_pair(label: str) -> bool:
+    """Whether a cross-model label ``"A->B"`` patches a run into the run it differs from only in data order."""
+    parts = label.split("->")
+    return any(is_data_order_pair("->".join(parts[:k]), "->".join(parts[k:])) for k in range(1, len(parts)))
+
+
 def aim_words(results: Path) -> str | None:
     """One sentence on what the patch, probe and attention stages looked at and why (``results/aim.json``,
     written by the job's :func:`~codetransfer.pipeline.aim`); None without the file."""
@@ -1049,6 +1062,7 @@ def _cross_model(
     rows["_cell"] = _cell(rows)
     same = rows["recipe_a"] == rows["recipe_b"]
     nulls, rows = rows[same], rows[~same]
+    data_order = not nulls.empty and all(_data_order_pair(str(r)) for r in nulls["run"])
     null_of = {}
     for cell, g in nulls.groupby("_cell", sort=False):
         null_of[cell] = "; ".join(with_interval(r.value, r.ci_low, r.ci_high) for r in g.itertuples())
@@ -1061,7 +1075,10 @@ def _cross_model(
         f"[{STABLE_SHARE[0]}, {STABLE_SHARE[1]}] divides by a small gap and is flagged as unstable"
         + (
             "; 'null' is the same cell patched between two seeds of one recipe."
-            if not nulls.empty
+            if not nulls.empty and not data_order
+            else "; 'null' is the same cell patched between two runs of one recipe that share their init seed and "
+            "shared phases and differ only in the order of the later rows (the data-order null)."
+            if data_order
             else "; no same-recipe (seed-vs-seed) pair was patched, so there is no null to show."
         )
     )
@@ -1105,7 +1122,7 @@ def _cross_model(
             continue
         best = top.iloc[0]
         null = (
-            f"; a same-recipe seed pair gives {best['null']} there"
+            f"; a same-recipe {'data-order' if data_order else 'seed'} pair gives {best['null']} there"
             if null_of and best["null"] != "no null pair"
             else ""
         )
@@ -1126,7 +1143,8 @@ def _cross_model(
             t[keep],
             intervals={"value": ("ci_low", "ci_high")},
             rename={"value": "share of the gap [95% interval]", "run": "patched pair",
-                    "null": "null: same recipe, other seed"},
+                    "null": "null: same recipe and init seed, other data order" if data_order
+                    else "null: same recipe, other seed"},
         )  # fmt: skip
     # a share is headlined before a "no gap" statement
     return sorted(findings, key=lambda f: "no gap to explain" in f)
