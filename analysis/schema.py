@@ -142,6 +142,16 @@ TABLES: dict[str, Table] = {
             description="a probe at one site, layer (and head) for one label: one metric with its interval",
         ),
         Table(
+            "decodability",
+            "decodability.parquet",
+            RUN_COLUMNS
+            + ("task", "family", "site", "layer", "head", "metric", "trained", "twin", "estimate", "ci_low", "ci_high")
+            + ("n_seeds", "interval", "decodable"),
+            description="a trained run's probe metric minus its random-init twin's for one label family at one site "
+            "and layer, per seed, and per recipe (run '<recipe>*') with a seed-level interval ('item'-level with "
+            "fewer than 3 seeds); decodable: the recipe's seed-level interval lies above 0",
+        ),
+        Table(
             "patching",
             "patching.parquet",
             RUN_COLUMNS + _PATCH,
