@@ -54,7 +54,9 @@ from codetransfer.analysis.grid import (
 from codetransfer.analysis.compare import gap_target
 from codetransfer.analysis.learning import learning_table_from_scores
 from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.probes.decodability import decodability_table
 from codetransfer.probes.grid import probe_grid
+from codetransfer.probes.sweep import NONLOCAL_LABELS, check_label_patterns
 from codetransfer.report import write_report
 from codetransfer.trained import find_runs, load_grid, train_grid
 from codetransfer.trained.parallel import stop_pool, worker_init
@@ -74,7 +76,14 @@ HELDOUT_WINDOWS = 32
 PROBE_SPLIT_SEEDS = (0,)
 """Split seeds of the probing sweep (one held-out split of entities per probe)."""
 
-_LIST_FIELDS = ("probe_tasks", "probe_sites", "patch_sites", "patch_checkpoint_sites", "attention_tasks")
+_LIST_FIELDS = (
+    "probe_tasks",
+    "probe_sites",
+    "probe_labels",
+    "patch_sites",
+    "patch_checkpoint_sites",
+    "attention_tasks",
+)
 
 
 def _as_names(value, name: str) -> tuple[str, ...]:
@@ -118,6 +127,12 @@ class JobSettings:
     """Task families to probe."""
     probe_sites: tuple[str, ...] = ("resid_post",)
     """Probe sites (resid_pre, resid_mid, resid_post, attn_out, mlp_out, head; all layers, or kind.layer)."""
+    probe_labels: tuple[str, ...] = NONLOCAL_LABELS
+    """Label-name patterns probed (shell-style, ``probes.sweep.item_rows``). The default is the non-local world
+    state, which the tokens around the label do not give away: ``*@query`` (at the query's last token, the queried
+    key's value after every operation) and ``*@op`` (after an operation statement that does not name its new
+    value, e.g. a swap, the operated key's value). ``["box(*)"]``: the per-statement box of every object (local
+    where a statement names it); ``["*"]``: every label."""
     probe_items: int = 96
     """Items per probed task."""
     probe_max_difficulty: int = 3
@@ -230,6 +245,7 @@ def check_settings(settings: JobSettings, where: str = "settings") -> JobSetting
     ``codetransfer run`` refuses them before it trains anything."""
     for name, low in SETTINGS_LOW.items():
         check_number(getattr(settings, name), f"{where}: field {name}", low, 2**32 - 1)
+    check_label_patterns(settings.probe_labels, f"{where}: field probe_labels")
     if settings.aim not in AIMS:
         raise CodetransferError(
             f"{where}: field aim: unknown value {settings.aim!r}{did_you_mean(settings.aim, AIMS)}; "
@@ -490,6 +506,7 @@ def _probe_unit(run, dest: Path, settings: JobSettings, max_difficulty: int | No
         seeds=PROBE_SPLIT_SEEDS,
         keep_stores=False,
         random_baseline=True,
+        labels=settings.probe_labels,
         max_difficulty=max_difficulty,
         device=device,
         progress=log,
@@ -725,7 +742,9 @@ def _analyse(
             ]
             if not pool.run(todo):
                 log("probe: up to date")
-            _merge([u.kwargs["dest"] / "probes.parquet" for u in todo], results / "probes.parquet")
+            probes = _merge([u.kwargs["dest"] / "probes.parquet" for u in todo], results / "probes.parquet")
+            if probes is not None and len(probes):  # trained minus random-init twin, seed by seed
+                artifacts.write_parquet(decodability_table(probes), results / "decodability.parquet")
 
     if "patch" in stages:
         with _stage("patch", timings, log):

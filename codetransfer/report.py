@@ -61,7 +61,8 @@ from codetransfer.analysis.evaluate import plot_accuracy_vs_difficulty, plot_rel
 from codetransfer.analysis.learning import first_above_chance, plot_learning_curves, tokens_per_step
 from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side, plot_strongest_cell_over_training
 from codetransfer.analysis.style import phase_table
-from codetransfer.probes.plots import first_decodable_layer, plot_probe_curves
+from codetransfer.probes.decodability import MIN_SEEDS, decodability_table, first_decodable_layers, label_family
+from codetransfer.probes.plots import plot_decodability, plot_probe_curves
 from codetransfer.trained import find_runs, load_run, runs_table
 from codetransfer.trained.checks import read_table
 from codetransfer.trained.data import data_hash
@@ -744,62 +745,168 @@ def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
         return s, findings
     same = t[t["fit_on"] == t["test_on"]] if "fit_on" in t else t
     cross = t[t["fit_on"] != t["test_on"]] if "fit_on" in t else t.iloc[:0]
+    dec = _read(results / "decodability.parquet")
+    if dec is None:  # a probes table from before the job wrote decodability.parquet
+        try:
+            dec = decodability_table(t)
+        except CodetransferError as e:
+            s.missing.append(f"decodability.parquet: {e}")
+    if dec is not None:
+        s.add_text(
+            "A layer counts as decodable only against an untrained model of the same shape: each trained run's "
+            "probe selectivity minus that of its random-init twin (same items, rows and splits), per training "
+            f"seed; the recipe's mean difference has a seed-level 95% t interval over its seeds, and the layer is "
+            f"decodable when that interval lies above 0 with at least {MIN_SEEDS} seeds. With fewer seeds the "
+            "interval is item-level and nothing is called decodable. Numbers are rounded to what their interval "
+            "supports; label families ending in @query and @op are non-local world state (tasks/render.py)."
+        )
     for (task, site), g in same.groupby(["task", "site"]):
-        pooled = g.groupby(["run", "recipe", "seed", "layer", "metric"], as_index=False)[
-            ["value", "ci_low", "ci_high"]
-        ].mean()
-        pooled = pooled.assign(task=task, site=site, pos="pooled", probe=g["probe"].iloc[0], head=-1)
+        g = g.assign(family=g["pos"].map(label_family))
+        families = sorted(g["family"].unique())
         for metric in ("accuracy", "selectivity"):
 
-            def draw(pooled=pooled, metric=metric):
-                fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
-                plot_probe_curves(pooled, metric=metric, ax=ax)
-                ax.set_title(f"{task} / {site}: probe {metric} (mean over labels)", fontsize="medium")
+            def draw(g=g, metric=metric, families=families, task=task, site=site):
+                fig, axes = plt.subplots(
+                    len(families), 1, figsize=(7, 3.2 * len(families)), layout="constrained", squeeze=False
+                )
+                for ax, family in zip(axes[:, 0], families):
+                    rows = g[g["family"] == family]
+                    pooled = rows.groupby(["run", "recipe", "seed", "layer", "metric"], as_index=False)[
+                        ["value", "ci_low", "ci_high"]
+                    ].mean()
+                    pooled = pooled.assign(task=task, site=site, pos=family, probe=rows["probe"].iloc[0], head=-1)
+                    plot_probe_curves(pooled, metric=metric, ax=ax)
+                    ax.set_title(f"{task} / {site} / {family}: probe {metric}", fontsize="medium")
                 return fig
 
             _figure(
                 s,
                 folder,
                 f"probe_{_file(task)}_{_file(site)}_{metric}.png",
-                f"{task}, {site}: probe {metric} against layer, one line per recipe (grey dashed: the "
-                "random-init models)",
+                f"{task}, {site}: probe {metric} against layer per label family (mean over its labels), one line "
+                "per recipe (grey dashed: the random-init twins)",
                 draw,
             )
-        threshold = float(pooled[pooled.metric == "accuracy"]["value"].max()) * 0.9
-        fd = first_decodable_layer(pooled, threshold=threshold)
-        if not fd.empty:
-            fd = fd.drop(columns=[c for c in ("metric", "threshold") if c in fd.columns])
-            s.add_text(
-                f"First layer whose probe accuracy reaches {threshold:.2f} (90% of the best over all "
-                f"models), {task} / {site}:"
-            )
-            s.add_table(fd, counts=("seed", "layer"), reasons={"layer": "never reached"})
-        sel = pooled[pooled.metric == "selectivity"].groupby("recipe")["value"].max()
-        random = sel[sel.index.str.endswith("(random init)")]
-        trained = sel[~sel.index.str.endswith("(random init)")]
-        if len(trained):
-            finding = f"Probing ({task}, {site}): best-layer selectivity by recipe — " + ", ".join(
-                f"{k} {v:.2f}" for k, v in trained.sort_values(ascending=False).items()
-            )
-            if len(random):
-                span = (
-                    f"{random.min():.2f}"
-                    if np.isclose(random.min(), random.max())
-                    else f"{random.min():.2f}–{random.max():.2f}"
-                )
-                finding += f"; random-init twins of the same shape reach {span}, " + (
-                    "so the trained models' probes do NOT beat the random-init baseline"
-                    if random.max() >= trained.max()
-                    else "a difference without a seed-level interval: not a finding"
-                )
-            findings.append(finding + ".")
+        if dec is None:
+            continue
+        d = dec[(dec["task"] == task) & (dec["site"] == site) & dec["head"].isna()]
+        agg = d[d["seed"].isna()]
+        if agg.empty:
+            continue
+
+        def draw_dec(agg=agg, task=task, site=site):
+            fams = sorted(agg["family"].unique())
+            fig, axes = plt.subplots(len(fams), 1, figsize=(7, 3.2 * len(fams)), layout="constrained", squeeze=False)
+            for ax, family in zip(axes[:, 0], fams):
+                plot_decodability(agg[agg["family"] == family], ax=ax)
+                ax.set_title(f"{task} / {site} / {family}: trained − random-init twin", fontsize="medium")
+            return fig
+
+        _figure(
+            s,
+            folder,
+            f"probe_{_file(task)}_{_file(site)}_decodability.png",
+            f"{task}, {site}: probe selectivity of the trained runs minus their random-init twins against layer, "
+            "per recipe with its interval (seed-level with 3 or more seeds); filled dots: decodable",
+            draw_dec,
+        )
+        first = first_decodable_layers(d)
+        shown = first.assign(
+            interval=[_interval_words(r.interval, r.n_seeds) for r in first.itertuples()],
+            layer=[str(v) if not pd.isna(v) else "none above the twin" for v in first["layer"]],
+        )[["recipe", "family", "n_seeds", "interval", "layer", "estimate", "ci_low", "ci_high"]]
+        s.add_text(
+            f"First decodable layer, {task} / {site}: the first layer whose trained − twin selectivity interval "
+            "lies above 0 (seed-level), with that difference (where none is: the best layer's):"
+        )
+        s.add_table(
+            shown,
+            intervals={"estimate": ("ci_low", "ci_high")},
+            counts=("n_seeds",),
+            rename={
+                "family": "label family",
+                "n_seeds": "seeds",
+                "layer": "first decodable layer",
+                "estimate": "trained − twin",
+            },
+        )
+        s.add_text(f"Per layer, {task} / {site}: trained and twin selectivity (means over seeds) and their difference:")
+        s.add_table(_per_layer(agg), counts=("layer",))
+        findings.append(_probe_finding(task, site, first))
     if not cross.empty:
         c = cross[cross.metric == "accuracy"].groupby(["recipe", "fit_on", "test_on"])["value"].mean().reset_index()
         s.add_text(
-            "Cross-format probing (fit on one rendering, test on the other), mean accuracy over layers and labels:"
+            "Cross-format probing (fit on one rendering, test on the other), mean accuracy over layers and labels "
+            "(no interval: a description, not a finding):"
         )
         s.add_table(c.rename(columns={"value": "mean accuracy"}), decimals_of={"mean accuracy": 2})
     return s, findings
+
+
+def _interval_words(kind: str, n_seeds: int) -> str:
+    return (
+        f"seed-level ({n_seeds} seeds)"
+        if kind == "seed"
+        else f"item-level ({n_seeds} seed{'s' * (n_seeds != 1)}): not a claim"
+    )
+
+
+def _per_layer(agg: pd.DataFrame) -> pd.DataFrame:
+    """Display rows of a decodability table's recipe rows: trained and twin rounded as their difference's interval
+    allows, the difference with its interval, and whether the layer is decodable."""
+    rows = []
+    for r in agg.sort_values(["family", "recipe", "layer"]).itertuples():
+        d = decimals(r.ci_low, r.ci_high)
+        rows.append(
+            {
+                "label family": r.family,
+                "recipe": r.recipe,
+                "layer": r.layer,
+                "trained": f"{r.trained:.{d}f}",
+                "random-init twin": f"{r.twin:.{d}f}",
+                "trained − twin": with_interval(r.estimate, r.ci_low, r.ci_high, signed=True),
+                "decodable": "yes" if r.decodable else ("no" if r.interval == "seed" else "not claimed (item-level)"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _probe_finding(task: str, site: str, first: pd.DataFrame) -> str:
+    """One headline sentence per task and site from the first-decodable table."""
+    parts = []
+    for family, g in first.groupby("family", sort=True):
+        if (g["interval"] != "seed").all():
+            n = int(g["n_seeds"].max())
+            parts.append(
+                f"{family}: item-level intervals only ({n} seed{'s' * (n != 1)}), so no layer is called decodable "
+                "(not a claim)"
+            )
+            continue
+        hit = g[g["layer"].notna()]
+        miss = g[g["layer"].isna()]
+        words = []
+        if len(hit):
+            words.append(
+                "decodable above the random-init twin in "
+                + ", ".join(
+                    f"{r.recipe} from layer {r.layer} ({with_interval(r.estimate, r.ci_low, r.ci_high, signed=True)})"
+                    for r in hit.itertuples()
+                )
+            )
+        if len(miss):
+            words.append(
+                "not above the twin at any layer in "
+                + ", ".join(
+                    f"{r.recipe} (best {with_interval(r.estimate, r.ci_low, r.ci_high, signed=True)})"
+                    for r in miss.itertuples()
+                )
+            )
+        parts.append(f"{family}: " + "; ".join(words))
+    return (
+        f"Probing ({task}, {site}), trained selectivity minus the random-init twin's, 95% intervals over seeds: "
+        + ". ".join(parts)
+        + "."
+    )
 
 
 def _component_name(r, with_pos: bool = True) -> str:
