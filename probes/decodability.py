@@ -19,9 +19,13 @@ label family (``box@query``, ``box`` for every ``box(<key>)``), site, layer (and
 * one row per recipe (``run = "<recipe>*"``, ``seed`` missing, the schema's aggregate convention):
   ``estimate`` is the mean of the per-seed differences and, with at least :data:`MIN_SEEDS` seeds, its
   interval is seed-level (``interval = "seed"``): the Student t interval over the per-seed differences
-  (:func:`codetransfer.analysis.stats.seed_t_interval`), the seeds being the replicates. With fewer seeds
-  the interval is item-level (the per-seed half-widths combined as independent), which says nothing
-  about another seed.
+  (:func:`codetransfer.analysis.stats.seed_t_interval`), the seeds being the replicates, widened by the
+  item-level half-width: every seed is probed on the same items and held-out split, so the noise of
+  those items is common to the seeds and does not show in their spread (half-width
+  ``sqrt(t_half**2 + item_half**2)``, ``item_half`` the mean of the seeds' item-level half-widths; as the
+  seeds-then-items bootstrap of ``analysis.compare`` counts both); when every seed gives the same
+  difference (a label every model reads perfectly) the interval keeps the items' width. With fewer seeds the interval is item-level
+  only (``interval = "item"``), which says nothing about another seed.
 
 ``decodable`` is true only on a recipe row with a seed-level interval (>= :data:`MIN_SEEDS` seeds) whose
 lower end is above 0: the trained models' layer carries the label beyond their untrained twins, seed
@@ -149,12 +153,13 @@ def decodability_table(
         g = g.drop_duplicates("seed")
         k = len(g)
         diffs = g["estimate"].to_numpy(dtype=float)
+        item_half = z * float(g["half"].mean())  # the items are shared by the seeds: their noise does not average out
         if k >= min_seeds:
             iv = seed_t_interval(diffs, confidence)
-            low, high, kind = iv.low, iv.high, "seed"
+            half, kind = float(np.hypot((iv.high - iv.low) / 2, item_half)), "seed"
         else:
-            half = z * float(np.sqrt((g["half"].to_numpy(dtype=float) ** 2).sum())) / k
-            low, high, kind = diffs.mean() - half, diffs.mean() + half, "item"
+            half, kind = item_half, "item"
+        low, high = diffs.mean() - half, diffs.mean() + half
         rows.append(
             dict(
                 run=f"{recipe}*",

@@ -61,6 +61,7 @@ SETTINGS = JobSettings(eval_items=10, probe_items=40, patch_items=6, attention_i
 TABLES = (
     "eval.parquet",
     "probes.parquet",
+    "decodability.parquet",
     "patching.parquet",
     "cross_model.parquet",
     "cross_rendering.parquet",
@@ -94,6 +95,14 @@ def test_every_stage_writes_its_table_and_the_report_has_every_section(job):
     out = job / "out"
     for name, t in tables(out).items():
         assert len(t) > 0, name
+    # the job probes the non-local labels only, and compares every trained run with its random-init twin
+    from codetransfer.analysis import schema
+
+    probes, dec = tables(out)["probes.parquet"], tables(out)["decodability.parquet"]
+    assert set(probes["pos"]) <= {"box@query", "box@op"} and "box@query" in set(probes["pos"])
+    schema.check(dec, "decodability")
+    assert set(dec["recipe"]) == {"text-only", "balanced"} and set(dec["family"]) == set(probes["pos"])
+    assert not dec["decodable"].any() and (dec["interval"] == "item").all()  # one seed: never a claim
     page = (out / "report" / "index.html").read_text()
     for title in (
         "Headline findings",
