@@ -56,7 +56,7 @@ from codetransfer.analysis.learning import learning_table_from_scores
 from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.probes.decodability import decodability_table
 from codetransfer.probes.grid import probe_grid
-from codetransfer.probes.sweep import NONLOCAL_LABELS, check_label_patterns
+from codetransfer.probes.sweep import NONLOCAL_LABELS, check_label_patterns, label_matches
 from codetransfer.report import write_report
 from codetransfer.trained import find_runs, load_grid, train_grid
 from codetransfer.trained.parallel import stop_pool, worker_init
@@ -245,7 +245,7 @@ def check_settings(settings: JobSettings, where: str = "settings") -> JobSetting
     ``codetransfer run`` refuses them before it trains anything."""
     for name, low in SETTINGS_LOW.items():
         check_number(getattr(settings, name), f"{where}: field {name}", low, 2**32 - 1)
-    check_label_patterns(settings.probe_labels, f"{where}: field probe_labels")
+    patterns = check_label_patterns(settings.probe_labels, f"{where}: field probe_labels")
     if settings.aim not in AIMS:
         raise CodetransferError(
             f"{where}: field aim: unknown value {settings.aim!r}{did_you_mean(settings.aim, AIMS)}; "
@@ -266,6 +266,16 @@ def check_settings(settings: JobSettings, where: str = "settings") -> JobSetting
                     f"{where}: field {name}: unknown task family '{task}'"
                     f"{did_you_mean(task.strip(), known)}; families: {', '.join(known)}"
                 )
+    for task in settings.probe_tasks:  # a few items per level: the labels the probe stage would find
+        family = get_task(task)
+        levels = [d for d in family.difficulties if d <= settings.probe_max_difficulty] or list(family.difficulties[:1])
+        names = sorted({lab.name for d in levels for it in family.generate(2, settings.seed, d) for lab in it.labels})
+        if not any(label_matches(n, patterns) for n in names):
+            raise CodetransferError(
+                f"{where}: field probe_labels: no label of task '{task}' up to difficulty "
+                f"{settings.probe_max_difficulty} matches {list(patterns)}; its labels look like "
+                f"{', '.join(names[:6])} (patterns are shell-style, e.g. '*@query')"
+            )
     return settings
 
 
