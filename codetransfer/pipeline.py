@@ -133,8 +133,9 @@ class JobSettings:
     key's value after every operation) and ``*@op`` (after an operation statement that does not name its new
     value, e.g. a swap, the operated key's value). ``["box(*)"]``: the per-statement box of every object (local
     where a statement names it); ``["*"]``: every label."""
-    probe_items: int = 96
-    """Items per probed task."""
+    probe_items: int = 288
+    """Items per probed task (144 at each of the demo's two levels: the non-local labels are one row per item, or
+    per operation, so 288 items cost about half of what 96 items cost with every per-statement label)."""
     probe_max_difficulty: int = 3
     """Hardest difficulty probed (lowered automatically to what fits the models' context)."""
     patch_task: str = "entity_tracking"

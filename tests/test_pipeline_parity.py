@@ -57,7 +57,7 @@ tokens = 8192
 
 SETTINGS = JobSettings(
     eval_items=6,
-    probe_items=16,
+    probe_items=40,  # at least min_rows (20) rows of the query label per rendering
     probe_max_difficulty=1,
     probe_sites=["resid_post"],
     patch_items=4,
@@ -136,8 +136,10 @@ def test_probe_table_equals_one_sweep_of_every_run(job, tmp_path):
         seeds=PROBE_SPLIT_SEEDS,
         keep_stores=False,
         random_baseline=True,
+        labels=s.probe_labels,
     )
     got = _table(root, "probes.parquet")
+    assert set(got["pos"]) >= {"box@query"} and set(got["pos"]) <= {"box@query", "box@op"}
     assert len(got) and set(got["recipe"]) == {
         "balanced",
         "text-only",
