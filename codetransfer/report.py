@@ -814,14 +814,14 @@ def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
         shown = first.assign(
             interval=[_interval_words(r.interval, r.n_seeds) for r in first.itertuples()],
             layer=[str(v) if not pd.isna(v) else "none above the twin" for v in first["layer"]],
-        )[["recipe", "family", "n_seeds", "interval", "layer", "estimate", "ci_low", "ci_high"]]
+            estimate=[with_interval(r.estimate, r.ci_low, r.ci_high, signed=True) for r in first.itertuples()],
+        )[["recipe", "family", "n_seeds", "interval", "layer", "estimate"]]
         s.add_text(
             f"First decodable layer, {task} / {site}: the first layer whose trained − twin selectivity interval "
             "lies above 0 (seed-level), with that difference (where none is: the best layer's):"
         )
         s.add_table(
             shown,
-            intervals={"estimate": ("ci_low", "ci_high")},
             counts=("n_seeds",),
             rename={
                 "family": "label family",

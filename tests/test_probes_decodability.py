@@ -210,3 +210,34 @@ def test_the_token_itself_is_not_decodable_above_the_random_init_twin(tmp_path, 
     assert not agg["decodable"].any()
     # every model reads it perfectly: equal differences over seeds keep the items' width, never a zero-width call
     assert (agg["ci_high"] - agg["ci_low"] > 0.1).all()
+
+
+def test_report_reads_first_decodable_layer_from_the_table_rounded_to_its_interval(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from codetransfer.report import _probes, with_interval
+
+    results = tmp_path / "results"
+    results.mkdir()
+    probes = planted()
+    probes.to_parquet(results / "probes.parquet")
+    table = decodability_table(probes)
+    table.to_parquet(results / "decodability.parquet")
+    section, findings = _probes(results, tmp_path)
+    assert not section.missing
+    assert (tmp_path / "probe_entity_tracking_resid_post_decodability.png").is_file()
+    first = [b for k, b in section.blocks if k == "table"][0].markdown
+    row = recipe_rows(table).set_index(["family", "layer"]).loc[("box@query", 2)]
+    shown = with_interval(row["estimate"], row["ci_low"], row["ci_high"], signed=True)
+    assert f"| code | box@query | 3 | seed-level (3 seeds) | 2 | {shown} |" in first
+    assert len(findings) == 1 and "box@query: decodable above the random-init twin in code from layer 2" in findings[0]
+    assert shown in findings[0]
+    # one seed: the same planted layer is reported, never called decodable
+    one = planted(seeds=(0,))
+    one.to_parquet(results / "probes.parquet")
+    decodability_table(one).to_parquet(results / "decodability.parquet")
+    section, findings = _probes(results, tmp_path)
+    first = [b for k, b in section.blocks if k == "table"][0].markdown
+    assert "none above the twin" in first and "item-level (1 seed): not a claim" in first
+    assert "not a claim" in findings[0] and "decodable above" not in findings[0]
