@@ -754,8 +754,14 @@ def _analyse(
             if not pool.run(todo):
                 log("probe: up to date")
             probes = _merge([u.kwargs["dest"] / "probes.parquet" for u in todo], results / "probes.parquet")
-            if probes is not None and len(probes):  # trained minus random-init twin, seed by seed
-                artifacts.write_parquet(decodability_table(probes), results / "decodability.parquet")
+            decodability = results / "decodability.parquet"
+            try:  # trained minus random-init twin, seed by seed
+                if probes is None or not len(probes):
+                    raise CodetransferError("the probe stage found nothing to probe")
+                artifacts.write_parquet(decodability_table(probes), decodability)
+            except CodetransferError as e:  # never a stale table next to new probes; the report says it is missing
+                decodability.unlink(missing_ok=True)
+                log(f"note: no decodability table: {e}")
 
     if "patch" in stages:
         with _stage("patch", timings, log):
