@@ -76,6 +76,11 @@ def _per_seed(probes: pd.DataFrame, metric: str) -> pd.DataFrame:
     t = probes
     if "fit_on" in t.columns:  # cross-format rows (fitted on one rendering, tested on the other) are not probes here
         t = t[t["fit_on"].isna() | (t["fit_on"] == t["test_on"])]
+    if "probe" in t.columns and t["probe"].nunique() > 1:
+        raise CodetransferError(
+            f"probes: the table holds several probe kinds {sorted(map(str, t['probe'].unique()))}; filter it to one "
+            "(e.g. probes[probes.probe == 'linear'])"
+        )
     t = t[t["metric"] == metric]
     if t.empty:
         have = sorted(map(str, probes["metric"].unique()))

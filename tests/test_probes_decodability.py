@@ -124,6 +124,8 @@ def test_refusals_are_one_line():
         with pytest.raises(CodetransferError, match=needle) as e:
             decodability_table(bad)
         assert "\n" not in str(e.value)
+    with pytest.raises(CodetransferError, match="several probe kinds"):
+        decodability_table(pd.concat([probes, probes.assign(probe="mlp")]))
     with pytest.raises(CodetransferError, match="mdl_bits"):
         decodability_table(probes, metric="mdl_bits")
     with pytest.raises(CodetransferError, match="2 finite"):
