@@ -440,21 +440,25 @@ def _drop_table(scores: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     return table
 
 
-def _terms(scores: pd.DataFrame, a: str, b: str, heads_set: str, method: str, col: str) -> dict[str, np.ndarray]:
-    """The four per-item arrays of the gap of run ``a`` over reference ``b`` with ``a``'s heads ablated."""
-
-    def pick(run, heads_of, m):
-        t = scores[(scores["run"] == run) & (scores["heads_of"] == heads_of) & (scores["method"] == m)]
-        if m != "clean":  # the clean rows belong to no head set
-            t = t[t["heads_set"] == heads_set]
-        return t.sort_values("index")[col].to_numpy(float)
-
+def _terms(index: Mapping, a: str, b: str, heads_set: str, method: str, col: str) -> dict[str, np.ndarray]:
+    """The four per-item arrays of the gap of run ``a`` over reference ``b`` with ``a``'s heads ablated
+    (``index``: :func:`_index` of the scores)."""
+    empty = np.zeros(0)
     return {
-        "a_clean": pick(b, b, "clean"),
-        "a_ablated": pick(b, a, method),
-        "b_clean": pick(a, a, "clean"),
-        "b_ablated": pick(a, a, method),
+        "a_clean": index.get((b, b, "", "clean", col), empty),  # the clean rows belong to no head set
+        "a_ablated": index.get((b, a, heads_set, method, col), empty),
+        "b_clean": index.get((a, a, "", "clean", col), empty),
+        "b_ablated": index.get((a, a, heads_set, method, col), empty),
     }
+
+
+def _index(scores: pd.DataFrame) -> dict[tuple, np.ndarray]:
+    """``{(run, heads_of, heads_set, method, column): per-item values in item order}``."""
+    out = {}
+    for key, g in scores.sort_values("index", kind="stable").groupby(["run", "heads_of", "heads_set", "method"]):
+        for col in ("correct", "logit_diff"):
+            out[(*key, col)] = g[col].to_numpy(float)
+    return out
 
 
 def _gap_table(
@@ -465,11 +469,12 @@ def _gap_table(
         "heads"
     ]
     task = str(scores["task"].iloc[0]) if len(scores) else ""
+    index = _index(scores)
     for p in pairs.itertuples(index=False):
         for heads_set in HEAD_SETS:
             for method in sorted(set(scores["method"]) - {"clean"}):
                 for metric, col in (("accuracy", "correct"), ("logit_diff", "logit_diff")):
-                    terms = _terms(scores, p.run_a, p.run_b, heads_set, method, col)
+                    terms = _terms(index, p.run_a, p.run_b, heads_set, method, col)
                     if min(len(v) for v in terms.values()) == 0 or len({len(v) for v in terms.values()}) != 1:
                         raise CodetransferError(
                             f"circuit: missing per-item scores for {p.run_a} against {p.run_b}; rerun the circuit stage"
