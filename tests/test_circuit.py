@@ -68,7 +68,10 @@ def test_planted_head_carries_its_gap_and_another_head_does_not(grid, method):
     gap = tables["circuit_gap.parquet"]
     row = _share(gap, method)
     assert row["gap_low"] > 0, row  # the head gives the recipe its advantage
-    assert not row["withheld"] and 0.75 < row["value"] < 1.25, row
+    # mean ablation removes the head's gap and no more; resample ablation writes another item's output of the
+    # head (here: another prompt's previous tokens), which can mislead the copying beyond removing it
+    high = 1.25 if method == "mean" else 2.0
+    assert not row["withheld"] and 0.75 < row["value"] < high, row
     pooled = _share(gap, method, pooled=True)  # one seed: the share of the mean gap is the seed's share
     assert pooled["value"] == pytest.approx(row["value"], abs=1e-9)
     assert pooled["interval"] == "item" and pooled["n_seeds"] == 1  # fewer than 3 seeds: not a claim
