@@ -157,7 +157,11 @@ def test_changing_one_recipe_redoes_only_what_depends_on_it(job, tmp_path):
     weights = (out / "runs" / "text-only-s0" / "model.safetensors").stat().st_mtime_ns
     text_only_scores = pd.read_parquet(out / "results" / "units" / "eval-text-only-s0" / "scores.parquet")
     run_job(
-        str(grid), out, SETTINGS, stages=("train", "eval", "probe", "patch", "attention", "circuit"), log=lambda *a: None
+        str(grid),
+        out,
+        SETTINGS,
+        stages=("train", "eval", "probe", "patch", "attention", "circuit"),
+        log=lambda *a: None,
     )
     after = {p.stem: json.loads(p.read_text())["key"] for p in (out / "units").glob("*.json")}
     changed = {u for u in units if units[u] != after[u]}
