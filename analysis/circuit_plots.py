@@ -103,6 +103,8 @@ def plot_gap_share(table: pd.DataFrame, ax=None, *, method: str = "mean", metric
         f"share of the gap removed ({method})",
     )
     S.reference_line(ax, 1.0, "whole gap", ls=":")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(min(lo, -0.1), max(hi, 1.25))  # room for the 'whole gap' line and the 'withheld' notes
     ax.set_title(f"Share of the recipe gap ({metric}) the heads carry", fontsize="medium")
     S.legend_outside(ax)
     return ax
