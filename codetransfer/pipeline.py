@@ -501,45 +501,54 @@ def _attention_unit(
     artifacts.write_tables(dest, tables)
 
 
-def _circuit_heads(run, results: Path, settings: JobSettings):
-    """``run``'s chosen and control heads, from its attention unit's table (refused when that is missing)."""
-    from codetransfer.analysis.circuit import choose_heads, head_scores_of
+def _circuit_task(run, results: Path, settings: JobSettings) -> str | None:
+    """The task ``run``'s attention unit scored heads on (the first of ``attention_tasks`` when it did, else the
+    first it scored), whose items the circuit stage ablates; None when it scored none or the unit is missing."""
+    from codetransfer.analysis.attention import RANDOM_TASK
 
     path = results / "units" / f"attention-{run.name}" / "attention.parquet"
     if not path.exists():
-        raise CodetransferError(f"circuit: no head scores of run {run.name} ({path}); run the attention stage first")
-    task = settings.attention_tasks[0]
+        return None
+    scored = sorted(set(pq.read_table(path, columns=["task"]).column("task").to_pylist()) - {RANDOM_TASK})
+    preferred = [t for t in settings.attention_tasks if t in scored]
+    return (preferred or scored or [None])[0]
+
+
+def _circuit_heads(run, task: str, results: Path, settings: JobSettings):
+    """``run``'s chosen and control heads, from its attention unit's table."""
+    from codetransfer.analysis.circuit import choose_heads, head_scores_of
+
+    path = results / "units" / f"attention-{run.name}" / "attention.parquet"
     scores = head_scores_of(run, read_table(path, "unit table"), CIRCUIT_BY, task)
     return choose_heads(run, scores, k=CIRCUIT_HEADS, by=CIRCUIT_BY, task=task, seed=settings.seed)
 
 
-def _circuit_items(loaded, settings: JobSettings):
+def _circuit_items(loaded, task: str, settings: JobSettings):
     from codetransfer.analysis.circuit import circuit_items
 
     cfg = loaded.bridge.cfg
-    task = settings.attention_tasks[0]
     return circuit_items(task, CIRCUIT_ITEMS, settings.seed, settings.eval_max_difficulty, loaded.tokenizer, cfg.n_ctx)
 
 
-def _circuit_unit(run, results: Path, dest: Path, settings: JobSettings, device: str, log) -> None:
+def _circuit_unit(run, task: str, results: Path, dest: Path, settings: JobSettings, device: str, log) -> None:
     from codetransfer.analysis.circuit import circuit_run_part
     from codetransfer.trained import load_run
 
-    heads = _circuit_heads(run, results, settings)
+    heads = _circuit_heads(run, task, results, settings)
     loaded = load_run(run, device=device)
-    scores = circuit_run_part(loaded, heads, _circuit_items(loaded, settings), seed=settings.seed)
+    scores = circuit_run_part(loaded, heads, _circuit_items(loaded, task, settings), seed=settings.seed)
     artifacts.write_tables(dest, {"circuit_heads.parquet": heads, "circuit_scores.parquet": scores})
 
 
 def _circuit_pair_unit(
-    a, b, comparison: str, results: Path, dest: Path, settings: JobSettings, device: str, log
+    a, b, comparison: str, task: str, results: Path, dest: Path, settings: JobSettings, device: str, log
 ) -> None:
     from codetransfer.analysis.circuit import circuit_pair_part
     from codetransfer.trained import load_run
 
-    heads = _circuit_heads(a, results, settings)
+    heads = _circuit_heads(a, task, results, settings)
     la, lb = load_run(a, device=device), load_run(b, device=device)
-    part = circuit_pair_part(la, lb, heads, _circuit_items(la, settings), comparison, seed=settings.seed)
+    part = circuit_pair_part(la, lb, heads, _circuit_items(la, task, settings), comparison, seed=settings.seed)
     artifacts.write_tables(dest, {"circuit_scores.parquet": part["scores"], "cka.parquet": part["cka"]})
 
 
@@ -761,16 +770,22 @@ def _circuit_stage(runs, results: Path, settings: JobSettings, controls: dict, s
     per pair of :func:`~codetransfer.analysis.circuit.circuit_pairs`; the grid's tables from their scores."""
     from codetransfer.analysis.circuit import circuit_pairs, circuit_tables
 
-    if not settings.attention_tasks:
-        log("circuit: no attention task (JobSettings.attention_tasks is empty); nothing to do")
+    tasks = {_circuit_task(r, results, settings) for r in runs}
+    if len(tasks) != 1 or None in tasks:
+        log(
+            "circuit: nothing to do: the attention stage scored no task on every run alike "
+            f"({sorted(map(str, tasks))}); run it with attention_tasks set"
+        )
         return
-    fixed = ["--items", CIRCUIT_ITEMS, "--heads", CIRCUIT_HEADS, "--by", CIRCUIT_BY]
+    task = tasks.pop()
+    fixed = ["--task", task, "--items", CIRCUIT_ITEMS, "--heads", CIRCUIT_HEADS, "--by", CIRCUIT_BY]
     own = [
         unit(
             f"circuit-{r.name}",
             ["circuit", skey, r.name, run_key[r.name]] + fixed,
             _circuit_unit,
             run=r,
+            task=task,
             results=results,
             settings=settings,
         )
@@ -785,6 +800,7 @@ def _circuit_stage(runs, results: Path, settings: JobSettings, controls: dict, s
             a=a,
             b=b,
             comparison=c,
+            task=task,
             results=results,
             settings=settings,
         )
