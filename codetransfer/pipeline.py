@@ -520,7 +520,14 @@ def _circuit_heads(run, task: str, results: Path, settings: JobSettings):
 
     path = results / "units" / f"attention-{run.name}" / "attention.parquet"
     scores = head_scores_of(run, read_table(path, "unit table"), CIRCUIT_BY, task)
-    return choose_heads(run, scores, k=CIRCUIT_HEADS, by=CIRCUIT_BY, task=task, seed=settings.seed)
+    k = circuit_k(len(scores))
+    return choose_heads(run, scores, k=k, by=CIRCUIT_BY, task=task, seed=settings.seed)
+
+
+def circuit_k(n_heads: int) -> int:
+    """Heads the circuit stage chooses in a model of ``n_heads`` heads in all: :data:`CIRCUIT_HEADS`, at most
+    half of them (the others give the control heads)."""
+    return max(1, min(CIRCUIT_HEADS, n_heads // 2))
 
 
 def _circuit_items(loaded, task: str, settings: JobSettings):

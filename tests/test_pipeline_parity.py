@@ -184,15 +184,16 @@ def test_attention_table_equals_one_scoring_of_every_run(job):
 
 def test_circuit_tables_equal_one_circuit_analysis_of_the_grid(job):
     from codetransfer.analysis.circuit import circuit_grid
-    from codetransfer.pipeline import CIRCUIT_BY, CIRCUIT_HEADS, CIRCUIT_ITEMS, GRID_N_BOOT
+    from codetransfer.pipeline import CIRCUIT_BY, CIRCUIT_ITEMS, GRID_N_BOOT, circuit_k
 
     root, runs = job
     s = SETTINGS
+    model = runs[0].record["model"]
     direct = circuit_grid(
         runs,
         s.attention_tasks[0],
         attention=_table(root, "attention.parquet"),
-        k=CIRCUIT_HEADS,
+        k=circuit_k(model["n_layers"] * model["n_heads"]),
         by=CIRCUIT_BY,
         n_items=CIRCUIT_ITEMS,
         max_difficulty=s.eval_max_difficulty,
