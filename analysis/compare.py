@@ -62,6 +62,7 @@ columns labelled ``"pooled"``.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -381,6 +382,18 @@ def headline_comparison(
     return out[cols]
 
 
+def data_order_label(recipe: str, data_seed: int) -> str:
+    """The ``recipe`` column of a data-order null row of ``comparison_table``: the runs of ``recipe`` with data
+    seed ``data_seed``, compared with the runs of ``recipe`` in their init seed's own order. The parentheses and
+    spaces keep it apart from every recipe name."""
+    return f"{recipe} (data order {data_seed})"
+
+
+def is_data_order_label(recipe) -> bool:
+    """Whether a comparison row's ``recipe`` is a :func:`data_order_label` (a data-order null row)."""
+    return re.search(r" \(data order [1-9][0-9]*\)$", str(recipe)) is not None
+
+
 def has_gap(row) -> bool:
     """Whether a comparison row (``comparison_table``) is a gap an instrument may be aimed at and split into
     shares: ``distinguishable`` — its multiplicity-corrected seed-level interval excludes 0, its Holm p is below
@@ -410,6 +423,8 @@ def gap_target(comparison: pd.DataFrame | None, categories: Sequence[str] = ("re
     if "pooled" in c:
         c = c[~c["pooled"].astype(bool)]
     c = c[c["category"].astype(str).isin(list(categories))]
+    if "recipe" in c:  # a data-order null row is the noise a gap is read against, never a gap to explain
+        c = c[~c["recipe"].map(is_data_order_label).astype(bool)]
     c = c[[has_gap(r) for _, r in c.iterrows()]]
     if c.empty:
         return None

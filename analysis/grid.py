@@ -34,7 +34,7 @@ import pandas as pd
 from codetransfer import artifacts
 from codetransfer.analysis import patching as P
 from codetransfer.analysis import schema, sites
-from codetransfer.analysis.compare import compare_recipes, headline_comparison
+from codetransfer.analysis.compare import compare_recipes, data_order_label, headline_comparison
 from codetransfer.analysis.attention import score_checkpoints, score_run, score_runs as attention_score_runs
 from codetransfer.analysis.evaluate import (
     SUMMARY_COLUMNS,
@@ -156,7 +156,12 @@ def eval_tables(
 
 
 def comparison_table(
-    scores: pd.DataFrame, baseline: str, n_boot: int, seed: int, controls: Mapping[str, str] | None = None
+    scores: pd.DataFrame,
+    baseline: str,
+    n_boot: int,
+    seed: int,
+    controls: Mapping[str, str] | None = None,
+    data_seeds: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """Seed-paired comparisons of every recipe with ``baseline`` (:mod:`codetransfer.analysis.compare`), and of
     each recipe of ``controls`` (``{recipe: its control recipe}``, the grid's ``compare_with``) with its control
@@ -168,19 +173,40 @@ def comparison_table(
     hierarchical interval, the two-level p-value, Holm's correction over the rows of its block, the
     minimum detectable effect, ``n_seeds``, ``n_items`` and ``distinguishable`` (never with fewer than 3
     seeds). Empty when no run has the baseline recipe.
+
+    ``data_seeds``: ``{run: data seed}`` of the runs trained in another data order than their init seed's own
+    (grid field ``data_seeds``; ``RunInfo.data_seed``). The recipe comparisons pair the runs of the init seeds'
+    own orders only, as without data seeds; the baseline's runs in data order ``k`` then give the *data-order
+    null*: rows whose ``recipe`` is :func:`data_order_label` (``"<baseline> (data order k)"``), compared with the
+    baseline and paired by init seed, in a block of their own (their own Holm correction). A null row is what two
+    runs of one recipe, one initialisation and one shared base differ by when only the order of the later rows
+    differs: the noise a recipe row's difference is read against. Without data seeds there is no null row (the
+    recipe rows' seed-paired intervals span the init seeds' spread).
     """
+    orders = {str(k): int(v) for k, v in (data_seeds or {}).items() if v}
+    null_scores = None
+    if orders and "run" in scores.columns:
+        k = scores["run"].astype(str).map(orders).fillna(0).astype(int)
+        null = (k > 0) & (scores["recipe"].astype(str) == baseline)
+        null_scores = scores[null].copy()
+        null_scores["recipe"] = [data_order_label(baseline, int(v)) for v in k[null]]
+        scores = scores[k == 0]
     scored = set(scores["recipe"])
     if baseline not in scored:
         return pd.DataFrame()
-    pairs = [(baseline, None)]  # (the recipe compared with, the recipes compared; None: all others)
+    pairs = [(baseline, None, scores)]  # (compared with, the recipes compared (None: all others), their scores)
     for control in sorted({c for r, c in (controls or {}).items() if c and c != baseline and r in scored}):
         if control in scored:
-            pairs.append((control, sorted(r for r, c in controls.items() if c == control and r in scored)))
+            pairs.append((control, sorted(r for r, c in controls.items() if c == control and r in scored), scores))
+    if null_scores is not None and len(null_scores):
+        labels = sorted(set(null_scores["recipe"]), key=lambda r: int(r.rsplit(" ", 1)[1].rstrip(")")))
+        own = scores[scores["recipe"].astype(str) == baseline]
+        pairs.append((baseline, labels, pd.concat([own, null_scores], ignore_index=True)))
     blocks = []
-    for against, recipes in pairs:
+    for against, recipes, table in pairs:
         for metric in ("logit_diff", "correct"):
             per_level = compare_recipes(
-                scores,
+                table,
                 against,
                 metric,
                 ("category", "task", "difficulty"),
@@ -192,7 +218,7 @@ def comparison_table(
             blocks.append(per_level)
             blocks.append(
                 headline_comparison(
-                    scores,
+                    table,
                     against,
                     metric,
                     ("category",),

@@ -75,6 +75,12 @@ HELDOUT_WINDOWS = 32
 """Context windows per held-out source in each run's held-out loss."""
 PROBE_SPLIT_SEEDS = (0,)
 """Split seeds of the probing sweep (one held-out split of entities per probe)."""
+CIRCUIT_ITEMS = 48
+"""Items of the circuit stage (the first attention task, drawn like the evaluation's items)."""
+CIRCUIT_HEADS = 2
+"""Lookup heads per run that the circuit stage ablates (and as many control heads)."""
+CIRCUIT_BY = "retrieval"
+"""How the circuit stage chooses each run's lookup heads (:data:`codetransfer.analysis.circuit.CHOICES`)."""
 
 _LIST_FIELDS = (
     "probe_tasks",
@@ -168,7 +174,7 @@ class JobSettings:
         return {k: ",".join(v) if k in _LIST_FIELDS else v for k, v in d.items()}
 
 
-STAGES = ("train", "eval", "probe", "patch", "attention", "report")
+STAGES = ("train", "eval", "probe", "patch", "attention", "circuit", "report")
 AIMS = ("gap", "fixed")
 #: task categories whose gaps the job aims at ("reasoning": the paper's non-code reasoning question)
 AIM_CATEGORIES = ("reasoning",)
@@ -291,15 +297,21 @@ def _merge(parts: list[Path], dest: Path) -> pd.DataFrame | None:
 
 
 def _merge_eval(
-    score_parts: list[Path], loss_parts: list[Path], results: Path, settings: JobSettings, controls: dict[str, str]
+    score_parts: list[Path],
+    loss_parts: list[Path],
+    results: Path,
+    settings: JobSettings,
+    controls: dict[str, str],
+    data_seeds: dict[str, int] | None = None,
 ) -> None:
     """The grid's eval tables from the per-run units' scores (the same tables one ``codetransfer eval`` writes);
-    ``controls``: each recipe's ``compare_with``, compared besides the baseline."""
+    ``controls``: each recipe's ``compare_with``, compared besides the baseline; ``data_seeds``: ``{run: data
+    seed}`` of the runs in another data order (the comparison's data-order null)."""
     scores = pd.concat([read_table(p, "unit table") for p in score_parts], ignore_index=True)
     losses = [read_table(p, "unit table") for p in loss_parts if p.exists()]
     losses = pd.concat(losses, ignore_index=True) if losses else None
     table, summary = eval_tables(scores, losses, settings.baseline, GRID_N_BOOT, settings.seed)
-    comparison = comparison_table(scores, settings.baseline, GRID_N_BOOT, settings.seed, controls)
+    comparison = comparison_table(scores, settings.baseline, GRID_N_BOOT, settings.seed, controls, data_seeds)
     artifacts.write_tables(
         results,
         {"eval.parquet": table, "summary.csv": summary, "scores.parquet": scores, "comparison.parquet": comparison},
@@ -459,17 +471,30 @@ class UnitPool:
 
 def cross_model_pairs(runs, baseline: str, controls: dict[str, str]) -> list[tuple]:
     """The ``(A, B)`` run pairs the main job patches A into B: every recipe's run into the baseline's run of
-    its seed; each recipe that names a control (``compare_with``) into the control's run of its seed; and, as
-    the null, the baseline's run of every other seed into the baseline's run of the first seed (a share
-    between two models of one recipe is what seed noise alone gives)."""
-    by = {(r.recipe, r.seed): r for r in runs}
+    its seed; each recipe that names a control (``compare_with``) into the control's run of its seed; and a null
+    pair of two models of the baseline recipe (a share between them is what noise alone gives):
+
+    * the *data-order null*, where the grid has data seeds (``data_seeds``): each baseline run with another data
+      order into the baseline run of its init seed's own order (the same initialisation and shared phases, only
+      the order of the later rows differs);
+    * else the *init-seed null*: the baseline's run of every other seed into the baseline's run of the first seed.
+
+    Only runs in their init seed's own data order (``data_seed`` 0) are paired across recipes."""
+    own = [r for r in runs if not getattr(r, "data_seed", 0)]
+    by = {(r.recipe, r.seed): r for r in own}
     pairs = []
-    for a in runs:
+    for a in own:
         for other in dict.fromkeys([baseline, controls.get(a.recipe, "")]):
             b = by.get((other, a.seed))
             if other and a.recipe != other and b is not None:
                 pairs.append((a, b))
-    base = sorted((r for r in runs if r.recipe == baseline), key=lambda r: r.seed)
+    orders = sorted(
+        (r for r in runs if r.recipe == baseline and getattr(r, "data_seed", 0) and (baseline, r.seed) in by),
+        key=lambda r: (r.seed, r.data_seed),
+    )
+    if orders:
+        return pairs + [(a, by[(baseline, a.seed)]) for a in orders]
+    base = sorted((r for r in own if r.recipe == baseline), key=lambda r: r.seed)
     pairs += [(a, base[0]) for a in base[1:]]
     return pairs
 
@@ -551,6 +576,64 @@ def _attention_unit(
         log=log,
     )
     artifacts.write_tables(dest, tables)
+
+
+def _circuit_task(run, results: Path, settings: JobSettings) -> str | None:
+    """The task ``run``'s attention unit scored heads on (the first of ``attention_tasks`` when it did, else the
+    first it scored), whose items the circuit stage ablates; None when it scored none or the unit is missing."""
+    from codetransfer.analysis.attention import RANDOM_TASK
+
+    path = results / "units" / f"attention-{run.name}" / "attention.parquet"
+    if not path.exists():
+        return None
+    scored = sorted(set(pq.read_table(path, columns=["task"]).column("task").to_pylist()) - {RANDOM_TASK})
+    preferred = [t for t in settings.attention_tasks if t in scored]
+    return (preferred or scored or [None])[0]
+
+
+def _circuit_heads(run, task: str, results: Path, settings: JobSettings):
+    """``run``'s chosen and control heads, from its attention unit's table."""
+    from codetransfer.analysis.circuit import choose_heads, head_scores_of
+
+    path = results / "units" / f"attention-{run.name}" / "attention.parquet"
+    scores = head_scores_of(run, read_table(path, "unit table"), CIRCUIT_BY, task)
+    k = circuit_k(len(scores))
+    return choose_heads(run, scores, k=k, by=CIRCUIT_BY, task=task, seed=settings.seed)
+
+
+def circuit_k(n_heads: int) -> int:
+    """Heads the circuit stage chooses in a model of ``n_heads`` heads in all: :data:`CIRCUIT_HEADS`, at most
+    half of them (the others give the control heads)."""
+    return max(1, min(CIRCUIT_HEADS, n_heads // 2))
+
+
+def _circuit_items(loaded, task: str, settings: JobSettings):
+    from codetransfer.analysis.circuit import circuit_items
+
+    cfg = loaded.bridge.cfg
+    return circuit_items(task, CIRCUIT_ITEMS, settings.seed, settings.eval_max_difficulty, loaded.tokenizer, cfg.n_ctx)
+
+
+def _circuit_unit(run, task: str, results: Path, dest: Path, settings: JobSettings, device: str, log) -> None:
+    from codetransfer.analysis.circuit import circuit_run_part
+    from codetransfer.trained import load_run
+
+    heads = _circuit_heads(run, task, results, settings)
+    loaded = load_run(run, device=device)
+    scores = circuit_run_part(loaded, heads, _circuit_items(loaded, task, settings), seed=settings.seed)
+    artifacts.write_tables(dest, {"circuit_heads.parquet": heads, "circuit_scores.parquet": scores})
+
+
+def _circuit_pair_unit(
+    a, b, comparison: str, task: str, results: Path, dest: Path, settings: JobSettings, device: str, log
+) -> None:
+    from codetransfer.analysis.circuit import circuit_pair_part
+    from codetransfer.trained import load_run
+
+    heads = _circuit_heads(a, task, results, settings)
+    la, lb = load_run(a, device=device), load_run(b, device=device)
+    part = circuit_pair_part(la, lb, heads, _circuit_items(la, task, settings), comparison, seed=settings.seed)
+    artifacts.write_tables(dest, {"circuit_scores.parquet": part["scores"], "cka.parquet": part["cka"]})
 
 
 def model_set_baseline(model_set, baseline: str | None = None) -> str:
@@ -729,6 +812,7 @@ def _analyse(
                 results,
                 settings,
                 controls,
+                {r.name: r.data_seed for r in runs if getattr(r, "data_seed", 0)},
             )
             _merge_learning(curve_parts, results, settings)
 
@@ -840,4 +924,70 @@ def _analyse(
             _merge([u.kwargs["dest"] / "attention.parquet" for u in todo], results / "attention.parquet")
             if over_training:
                 _merge(over_training, results / "attention_over_training.parquet")
+
+    if "circuit" in stages:
+        with _stage("circuit", timings, log):
+            _circuit_stage(runs, results, settings, controls, skey, run_key, unit, pool, log)
     return settings
+
+
+def _circuit_stage(runs, results: Path, settings: JobSettings, controls: dict, skey, run_key, unit, pool, log) -> None:
+    """Lookup heads, their ablation and CKA (:mod:`codetransfer.analysis.circuit`): one unit per run and one
+    per pair of :func:`~codetransfer.analysis.circuit.circuit_pairs`; the grid's tables from their scores."""
+    from codetransfer.analysis.circuit import circuit_pairs, circuit_tables
+
+    tasks = {_circuit_task(r, results, settings) for r in runs}
+    if len(tasks) != 1 or None in tasks:
+        log(
+            "circuit: nothing to do: the attention stage scored no task on every run alike "
+            f"({sorted(map(str, tasks))}); run it with attention_tasks set"
+        )
+        return
+    task = tasks.pop()
+    fixed = ["--task", task, "--items", CIRCUIT_ITEMS, "--heads", CIRCUIT_HEADS, "--by", CIRCUIT_BY]
+    own = [
+        unit(
+            f"circuit-{r.name}",
+            ["circuit", skey, r.name, run_key[r.name]] + fixed,
+            _circuit_unit,
+            run=r,
+            task=task,
+            results=results,
+            settings=settings,
+        )
+        for r in runs
+    ]
+    pairs = [(a, b, c) for a, b, c in circuit_pairs(runs, settings.baseline, controls) if _comparable(a, b)]
+    pair_units = [
+        unit(
+            f"circuit-{a.name}-vs-{b.name}",
+            ["circuit-pair", skey, a.name, run_key[a.name], b.name, run_key[b.name], c] + fixed,
+            _circuit_pair_unit,
+            a=a,
+            b=b,
+            comparison=c,
+            task=task,
+            results=results,
+            settings=settings,
+        )
+        for a, b, c in pairs
+    ]
+    if not pool.run(own + pair_units):
+        log("circuit: up to date")
+    todo = own + pair_units
+    scores = pd.concat(
+        [read_table(u.kwargs["dest"] / "circuit_scores.parquet", "unit table") for u in todo], ignore_index=True
+    )
+    heads = pd.concat([read_table(u.kwargs["dest"] / "circuit_heads.parquet", "unit table") for u in own])
+    cka = [read_table(u.kwargs["dest"] / "cka.parquet", "unit table") for u in pair_units]
+    over = results / "attention_over_training.parquet"
+    tables = circuit_tables(
+        scores,
+        heads,
+        pd.concat(cka, ignore_index=True) if cka else None,
+        pairs,
+        over_training=read_table(over, "table") if over.exists() else None,
+        n_boot=GRID_N_BOOT,
+        seed=settings.seed,
+    )
+    artifacts.write_tables(results, tables)

@@ -56,7 +56,8 @@ from codetransfer.analysis.attention_plots import (
     plot_head_score_difference,
     plot_head_scores,
 )
-from codetransfer.analysis.compare import has_gap
+from codetransfer.analysis.circuit_plots import plot_ablation_drop, plot_cka, plot_gap_share, plot_heads_over_training
+from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE, has_gap, is_data_order_label
 from codetransfer.analysis.evaluate import plot_accuracy_vs_difficulty, plot_relative_change
 from codetransfer.analysis.learning import first_above_chance, plot_learning_curves, tokens_per_step
 from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side, plot_strongest_cell_over_training
@@ -64,7 +65,7 @@ from codetransfer.analysis.style import phase_table
 from codetransfer.probes.decodability import MIN_SEEDS, decodability_table, first_decodable_layers, label_family
 from codetransfer.probes.plots import plot_decodability, plot_probe_curves
 from codetransfer.trained import find_runs, load_run, runs_table
-from codetransfer.trained.checks import read_table
+from codetransfer.trained.checks import is_data_order_pair, read_table
 from codetransfer.trained.data import data_hash
 
 from codetransfer.errors import CodetransferError
@@ -486,7 +487,14 @@ def _seed_paired(s: Section, comparison: pd.DataFrame, baseline: str) -> list[st
         "results/comparison.parquet. The logit difference (answer minus best other candidate) is the "
         "primary metric."
     )
-    lead = pooled[(pooled["metric"] == "logit_diff") & (pooled["category"] == "reasoning")]
+    null = pooled["recipe"].map(is_data_order_label).astype(bool)
+    if null.any():
+        s.add_text(
+            f"Rows '{baseline} (data order k)' are the **data-order null**: the {baseline} runs trained in data order "
+            f"k against the {baseline} runs of the same init seeds, which share their initialisation and shared "
+            "phases and differ only in the order of the later rows; a recipe's difference is read against it."
+        )
+    lead = pooled[(pooled["metric"] == "logit_diff") & (pooled["category"] == "reasoning") & ~null]
     if lead.empty:
         return []
     # the controlled comparisons (a recipe against the control it names) first, then those with the baseline
@@ -1066,6 +1074,12 @@ def _split_pair(label: str, recipes: set[str]) -> tuple[str, str]:
     return splits[-1] if splits else (str(label), "")
 
 
+def _data_order_pair(label: str) -> bool:
+    """Whether a cross-model label ``"A->B"`` patches a run into the run it differs from only in data order."""
+    parts = label.split("->")
+    return any(is_data_order_pair("->".join(parts[:k]), "->".join(parts[k:])) for k in range(1, len(parts)))
+
+
 def aim_words(results: Path) -> str | None:
     """One sentence on what the patch, probe and attention stages looked at and why (``results/aim.json``,
     written by the job's :func:`~codetransfer.pipeline.aim`); None without the file."""
@@ -1156,6 +1170,7 @@ def _cross_model(
     rows["_cell"] = _cell(rows)
     same = rows["recipe_a"] == rows["recipe_b"]
     nulls, rows = rows[same], rows[~same]
+    data_order = not nulls.empty and all(_data_order_pair(str(r)) for r in nulls["run"])
     null_of = {}
     for cell, g in nulls.groupby("_cell", sort=False):
         null_of[cell] = "; ".join(with_interval(r.value, r.ci_low, r.ci_high) for r in g.itertuples())
@@ -1168,7 +1183,10 @@ def _cross_model(
         f"[{STABLE_SHARE[0]}, {STABLE_SHARE[1]}] divides by a small gap and is flagged as unstable"
         + (
             "; 'null' is the same cell patched between two seeds of one recipe."
-            if not nulls.empty
+            if not nulls.empty and not data_order
+            else "; 'null' is the same cell patched between two runs of one recipe that share their init seed and "
+            "shared phases and differ only in the order of the later rows (the data-order null)."
+            if data_order
             else "; no same-recipe (seed-vs-seed) pair was patched, so there is no null to show."
         )
     )
@@ -1212,7 +1230,7 @@ def _cross_model(
             continue
         best = top.iloc[0]
         null = (
-            f"; a same-recipe seed pair gives {best['null']} there"
+            f"; a same-recipe {'data-order' if data_order else 'seed'} pair gives {best['null']} there"
             if null_of and best["null"] != "no null pair"
             else ""
         )
@@ -1233,7 +1251,8 @@ def _cross_model(
             t[keep],
             intervals={"value": ("ci_low", "ci_high")},
             rename={"value": "share of the gap [95% interval]", "run": "patched pair",
-                    "null": "null: same recipe, other seed"},
+                    "null": "null: same recipe and init seed, other data order" if data_order
+                    else "null: same recipe, other seed"},
         )  # fmt: skip
     # a share is headlined before a "no gap" statement
     return sorted(findings, key=lambda f: "no gap to explain" in f)
@@ -1468,6 +1487,115 @@ def _attention(
     return s, findings
 
 
+def _circuit(results: Path, folder: Path, baseline: str) -> tuple[Section, list[str]]:
+    """The circuit section (:mod:`codetransfer.analysis.circuit`): lookup heads, their ablation, the share of
+    each recipe gap they carry next to control heads, CKA per layer against the seed null. Headlines: a share
+    over at least MIN_SEEDS_DISTINGUISHABLE seeds above 0 and above the control heads' share by both
+    ablations; a layer where every seed's CKA to the baseline lies below every seed-vs-seed CKA."""
+    s = Section("Circuit: lookup heads, ablation and representation similarity")
+    findings: list[str] = []
+    gap = _read(results / "circuit_gap.parquet")
+    drop = _read(results / "circuit.parquet")
+    if gap is None or drop is None:
+        s.missing.append("circuit_gap.parquet: the circuit stage has not run")
+        return s, findings
+    heads = _read(results / "circuit_heads.parquet")
+    s.add_text(
+        "Each run's lookup heads are its top heads by the attention stage's score "
+        + (f"'{heads['by'].iloc[0]}'" if heads is not None and len(heads) else "")
+        + " (retrieval: attention from the final position to the answer's source minus the distractors); as "
+        "many control heads are drawn at random from its other heads. Both sets are mean- and resample-ablated "
+        "on the task's items. The share of a recipe's gap over its reference is the part of the gap (logit "
+        "difference) that ablating the recipe's heads in both models removes; it is withheld where the gap's "
+        "interval includes 0, and it means something only where it exceeds the control heads' share. With fewer "
+        f"than {MIN_SEEDS_DISTINGUISHABLE} seeds an interval is item-level, not a claim."
+    )
+    pooled = gap[gap["run"].astype(str).str.endswith("*") & (gap["metric"] == "logit_diff")]
+    if not pooled.empty:
+        keys = ["recipe", "reference", "comparison", "method"]
+        chosen = pooled[pooled["heads_set"] == "chosen"]
+        control = pooled[pooled["heads_set"] == "control"][[*keys, "value", "ci_low", "ci_high"]]
+        t = chosen.merge(
+            control.rename(columns={"value": "control", "ci_low": "control_low", "ci_high": "control_high"}),
+            on=keys,
+            how="left",
+        ).rename(columns={"value": "share", "ci_low": "share_low", "ci_high": "share_high", "n_seeds": "seeds"})
+        t = t[[*keys, "gap", "gap_low", "gap_high", "share", "share_low", "share_high", "control", "control_low",
+               "control_high", "seeds"]].sort_values(["comparison", *keys]).reset_index(drop=True)  # fmt: skip
+        s.add_table(
+            t,
+            intervals={"gap": ("gap_low", "gap_high"), "share": ("share_low", "share_high"),
+                       "control": ("control_low", "control_high")},
+            counts=("seeds",),
+            reasons={"share": "withheld: the gap's interval includes 0", "control": "withheld"},
+            rename={"gap": "gap (logit diff) [95%]", "share": "share removed, chosen heads [95%]",
+                    "control": "share removed, control heads [95%]"},
+        )  # fmt: skip
+
+        def beats_control(r) -> bool:
+            return (
+                r.seeds >= MIN_SEEDS_DISTINGUISHABLE
+                and _finite(r.share_low)
+                and r.share_low > 0
+                and (not _finite(r.control_high) or r.share_low > r.control_high)
+            )
+
+        for (recipe, reference, comparison), g in t.groupby(["recipe", "reference", "comparison"], sort=True):
+            mean = g[g["method"] == "mean"]
+            if comparison == "seed_null" or mean.empty or not all(beats_control(r) for r in g.itertuples()):
+                continue  # every ablation (mean and resample) must beat its control heads
+            r = next(mean.itertuples())
+            findings.append(
+                f"Circuit: ablating {recipe}'s lookup heads removes "
+                f"{with_interval(r.share, r.share_low, r.share_high)} of its logit-difference gap over "
+                f"{reference} (mean ablation, {int(r.seeds)} seeds), against "
+                f"{with_interval(r.control, r.control_low, r.control_high)} for as many control heads."
+            )
+    _figure(s, folder, "circuit_share.png", "Share of each recipe gap removed by ablating the recipe's lookup heads "
+            "(mean ablation; grey: control heads)", lambda: plot_gap_share(gap).figure)  # fmt: skip
+    _figure(s, folder, "circuit_drop.png", "Accuracy drop when each recipe's lookup heads are mean-ablated "
+            "(grey: control heads), over seeds", lambda: plot_ablation_drop(drop).figure)  # fmt: skip
+    over = _read(results / "circuit_over_training.parquet")
+    if over is not None and not over.empty:
+        _figure(s, folder, "circuit_over_training.png", "Induction score of the heads chosen at the end, at every "
+                "saved checkpoint (a falling line: the circuit erodes)",
+                lambda: plot_heads_over_training(over).figure)  # fmt: skip
+    cka = _read(results / "cka.parquet")
+    if cka is None or cka.empty:
+        s.missing.append("cka.parquet: no pairs of runs were compared")
+        return s, findings
+    _figure(s, folder, "circuit_cka.png", "Linear CKA of the residual stream to the baseline per layer (band: "
+            "range over seeds), and between seeds of the baseline (the null)", lambda: plot_cka(cka).figure)  # fmt: skip
+    cross = cka[cka["comparison"] != "seed_null"]
+    null = cka[cka["comparison"] == "seed_null"].groupby("layer")["value"]
+    summary = cross.groupby(["recipe_a", "recipe_b", "layer"], as_index=False).agg(
+        cka=("value", "mean"), seed_null=("seed_null", "first"), seeds=("value", "size"),
+        patchable=("patchable", lambda v: bool(v.fillna(False).all())), highest=("value", "max"),
+    )  # fmt: skip
+    s.add_text(
+        "Linear CKA per layer, each recipe against its reference (mean over seeds), next to the seed-vs-seed "
+        "CKA of the baseline: where a recipe's CKA is not below the seed null (in every seed: 'patchable'), "
+        "patching between the two models there is as meaningful as between seeds. CKA ignores rotations of "
+        "the residual basis and patching does not: this is necessary, not sufficient."
+    )
+    s.add_table(
+        summary.drop(columns="highest").rename(columns={"recipe_a": "recipe", "recipe_b": "reference"}),
+        counts=("layer", "seeds"),
+        reasons={"seed_null": "no seed pairs"},
+    )
+    if not null.size().empty:
+        low = null.min()
+        for r in summary[summary["recipe_b"] == baseline].itertuples():
+            if r.seeds >= MIN_SEEDS_DISTINGUISHABLE and r.layer in low.index and r.highest < low[r.layer]:
+                findings.append(
+                    f"Representation similarity: {r.recipe_a} differs from {baseline} at layer {int(r.layer)} more "
+                    f"than seeds of {baseline} differ (CKA {r.cka:.2f} in every seed below the seed-vs-seed "
+                    f"{low[r.layer]:.2f})."
+                )
+                break
+    return s, findings
+
+
 def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: pd.DataFrame, found=None) -> None:
     """CircuitsVis attention views of the named heads' layers (one page per recipe, on repeated random
     tokens), each at most VIEW_MAX_BYTES; skipped with a reason when circuitsvis is not installed.
@@ -1623,16 +1751,20 @@ def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: P
         lambda: _probes(results, tmp),
         lambda: _patching(results, tmp, baseline, getattr(settings, "patch_difficulty", None), recipes),
         lambda: _attention(results, tmp, baseline, phases, per_step, vocab, out, runs),
+        lambda: _circuit(results, tmp, baseline),
     ):
         s, f = build()
         sections.append(s)
         headline += f
-    # the three headlines: evaluation, circuit (cross-model), representation/heads
+    # the headlines: evaluation, circuit (cross-model), representation/heads, and an ablation or similarity
+    # finding that beats its control (circuit stage)
     headline = (
         headline[:1]
         + [h for h in headline if h.startswith("Cross-model")][:1]
         + [h for h in headline if h.startswith(("Shared representation", "Probing", "Induction"))][:1]
+        + [h for h in headline if h.startswith(("Circuit:", "Representation similarity"))][:1]
     )
+    headline = list(dict.fromkeys(headline))
     if not headline:
         headline = ["No result tables were found: run the eval, probe, patch and attention stages."]
     title = (

@@ -142,6 +142,16 @@ GRID_CASES = {
     "seed-huge": (sub(MINI_GRID, "seeds = [0]", "seeds = [99999999999]"), "seeds[0]"),
     "seed-duplicate": (sub(MINI_GRID, "seeds = [0]", "seeds = [0, 0]"), "duplicate seeds"),
     "seed-float": (sub(MINI_GRID, "seeds = [0]", "seeds = [0.5]"), "integer"),
+    # data seeds (extra data orders): positive, distinct integers; 0 is every run's own order
+    "data-seed-zero": (sub(MINI_GRID, "seeds = [0]", "seeds = [0]\ndata_seeds = [1, 0]"), "data_seeds[1]: 0 is"),
+    "data-seed-negative": (sub(MINI_GRID, "seeds = [0]", "seeds = [0]\ndata_seeds = [-2]"), "data_seeds[0]"),
+    "data-seed-huge": (sub(MINI_GRID, "seeds = [0]", "seeds = [0]\ndata_seeds = [99999999999]"), "data_seeds[0]"),
+    "data-seed-duplicate": (
+        sub(MINI_GRID, "seeds = [0]", "seeds = [0]\ndata_seeds = [1, 2, 1]"),
+        "duplicate data seeds",
+    ),
+    "data-seed-float": (sub(MINI_GRID, "seeds = [0]", "seeds = [0]\ndata_seeds = [1.5]"), "integer"),
+    "data-seed-not-list": (sub(MINI_GRID, "seeds = [0]", "seeds = [0]\ndata_seeds = 1"), "expected a list"),
     "unknown-field": (sub(MINI_GRID, "batch_size = 8", "batch_sise = 8"), "did you mean"),
     "not-toml": ("name = \n[[[", "not valid TOML"),
 }

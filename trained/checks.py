@@ -30,9 +30,18 @@ def check_name(name: Any, where: str) -> str:
     return name
 
 
-def run_folder(recipe: str, seed: int) -> str:
-    """The folder name of the run of ``recipe`` with ``seed`` (``'balanced->text'``, 0 -> ``balanced-text-s0``)."""
-    return f"{recipe.replace('>', '')}-s{seed}"
+def run_folder(recipe: str, seed: int, data_seed: int = 0) -> str:
+    """The folder name of the run of ``recipe`` with init ``seed`` (``'balanced->text'``, 0 -> ``balanced-text-s0``);
+    a run with another data order than its init seed's own (``data_seed`` > 0) gets ``-d<data_seed>``
+    (``balanced-text-s0-d1``). A name without ``-d`` ends in ``-s<digits>``, one with it in ``-d<digits>``, so the
+    two never meet; and since ``>`` is dropped, a run name never holds ``->`` (a cross-model pair is ``A->B``)."""
+    return f"{recipe.replace('>', '')}-s{seed}" + (f"-d{data_seed}" if data_seed else "")
+
+
+def is_data_order_pair(a: str, b: str) -> bool:
+    """Whether run ``a`` is run ``b`` with another data order: ``a`` is ``b`` + ``-d<k>`` (same recipe, same init
+    seed and shared base; see :func:`run_folder`)."""
+    return re.fullmatch(re.escape(str(b)) + r"-d[1-9][0-9]*", str(a)) is not None
 
 
 def check_number(

@@ -1,7 +1,8 @@
 """Grid, recipe and phase configs: frozen dataclasses validated from a TOML file.
 
 A *grid* is the experiment: one model shape, one tokenizer, a set of named data *sources*, a list
-of *recipes* and a list of seeds; every (recipe, seed) pair is one run. A recipe is a list of
+of *recipes*, a list of (init) seeds and optionally a list of extra data-order seeds; every (recipe, seed)
+pair is one run, and every (recipe, seed, data seed) one more. A recipe is a list of
 *phases*; a phase is a mixture (weights over source names), a token budget and a learning-rate
 schedule segment. Adam state and the step counter carry across the phases of one recipe. Two recipes
 whose first k phases are identical share them: those phases are trained once and branched from.
@@ -197,7 +198,7 @@ BOOKKEEPING = ("eval_every", "eval_tokens", "save_every", "snapshot_every")
 
 @dataclass(frozen=True)
 class GridConfig:
-    """A whole experiment: every (recipe, seed) pair is one run."""
+    """A whole experiment: every (recipe, seed) pair is one run, and every (recipe, seed, data seed) one more."""
 
     name: str
     """Name of the grid."""
@@ -210,7 +211,16 @@ class GridConfig:
     recipes: tuple[Recipe, ...]
     """The recipes."""
     seeds: tuple[int, ...] = (0,)
-    """Seeds: a grid axis (model initialisation and data order)."""
+    """Init seeds: a grid axis. A seed sets the model initialisation (and the induction warm-up) and the data
+    order of its runs; the phases that recipes share are trained once per seed and branched from."""
+    data_seeds: tuple[int, ...] = ()
+    """Extra data orders (positive integers; default none): a second grid axis. For every recipe and init seed
+    ``s``, data seed ``k`` adds the run ``<recipe>-s<s>-d<k>``: it starts from the same weights as
+    ``<recipe>-s<s>`` (the same initialisation, warm-up and shared phases, branched from the same state) and
+    trains on the same rows in every later phase, drawn in another order (a permutation of the phase's rows
+    seeded by ``s``, ``k`` and the phase). Two such runs differ in data order only: the data-order null of the
+    seed-paired comparisons and of cross-model patching. The run of init seed ``s`` itself keeps its own order
+    (data seed 0, which is therefore not listed here)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation settings."""
     description: str = ""
@@ -417,6 +427,17 @@ def _validate(g: GridConfig, where: str) -> None:
         check_number(seed, f"{where}.seeds[{i}]", 0, MAX_SEED)
     if len(set(g.seeds)) < len(g.seeds):
         raise CodetransferError(f"{where}.seeds: duplicate seeds in {list(g.seeds)}; give each seed once")
+    for i, d in enumerate(g.data_seeds):
+        if d == 0:
+            raise CodetransferError(
+                f"{where}.data_seeds[{i}]: 0 is every run's own data order (its init seed's), trained already; "
+                "give extra data orders as integers >= 1"
+            )
+        check_number(d, f"{where}.data_seeds[{i}]", 1, MAX_SEED)
+    if len(set(g.data_seeds)) < len(g.data_seeds):
+        raise CodetransferError(
+            f"{where}.data_seeds: duplicate data seeds in {list(g.data_seeds)}; give each data seed once"
+        )
     seen, folders = set(), {}
     for i, r in enumerate(g.recipes):
         w = f"{where}.recipes[{i}] ('{r.name}')"

@@ -10,6 +10,13 @@ row r of a phase goes to the source with the largest deficit ``w_s * (r + 1) - n
 of the phase matches the mixture to within one row. Each source's stream is cut into windows of
 ``n_ctx`` tokens, visited in a permuted order that depends on the seed (re-permuted every epoch).
 Its whole state is the number of rows taken from each source, so resuming is exact.
+
+A run with another data order (grid field ``data_seeds``) takes, in a phase after its shared prefix, the same
+rows as the run of its init seed (the same sources and the same windows, :meth:`Mixer.allocate` and
+:meth:`Mixer.rows` over the whole phase) in another order: :meth:`Mixer.reordered_rows` draws row ``q`` of
+the phase from row ``perm[q]`` of that plan, ``perm`` a permutation of the phase's rows seeded by the init
+seed, the data seed and the phase index. Its state is the same two counters (rows per source over the run
+and in the phase), so resuming is exact as well.
 """
 
 from __future__ import annotations
@@ -123,6 +130,8 @@ class Mixer:
                 raise CodetransferError(f"source '{s}' has fewer than n_ctx={self.n_ctx} training tokens")
         self._perms: dict[tuple[str, int], np.ndarray] = {}
         self._index = {s: i for i, s in enumerate(sorted(self.streams))}
+        self._plan_key: tuple | None = None  # the phase whose reordering plan is cached (reordered_rows)
+        self._plan: tuple = ()
 
     def _window(self, source: str, k: int) -> int:
         n = self.n_windows[source]
@@ -146,6 +155,50 @@ class Mixer:
             counts[best] = counts.get(best, 0) + 1
             out.append(best)
         return out
+
+    def _phase_plan(self, weights: dict[str, float], n_rows: int, order: tuple[int, ...]):
+        """``(sources, occurrence, perm)`` of a phase of ``n_rows`` rows: the source of each row in the default
+        order, how many rows of that source come before it in the phase, and the permutation of the rows."""
+        key = (tuple(sorted(weights.items())), n_rows, order)
+        if self._plan_key != key:
+            sources = Mixer.allocate(weights, 0, n_rows, {})
+            seen: dict[str, int] = {}
+            occurrence = np.empty(n_rows, dtype=np.int64)
+            for r, s in enumerate(sources):
+                occurrence[r] = seen.get(s, 0)
+                seen[s] = occurrence[r] + 1
+            perm = np.random.default_rng(list(order)).permutation(n_rows)
+            self._plan_key, self._plan = key, (sources, occurrence, perm)
+        return self._plan
+
+    def reordered_rows(
+        self,
+        weights: dict[str, float],
+        n_rows: int,
+        first_row: int,
+        n: int,
+        taken: dict[str, int],
+        counts: dict[str, int],
+        order: tuple[int, ...],
+    ) -> tuple[list[str], np.ndarray]:
+        """``(sources, rows)`` of rows ``first_row .. first_row + n`` of a phase of ``n_rows`` rows in the data
+        order ``order`` (a tuple of non-negative integers seeding the permutation): the rows the default order
+        (:meth:`allocate` then :meth:`rows`) gives the phase, permuted. ``taken`` (rows per source over the run)
+        and ``counts`` (rows per source in this phase) are updated in place, as there; their difference is
+        where each source's stream stood when the phase began."""
+        sources, occurrence, perm = self._phase_plan(weights, n_rows, order)
+        start = {s: taken.get(s, 0) - counts.get(s, 0) for s in weights}
+        out_sources = []
+        out = np.empty((n, self.n_ctx), dtype=np.int64)
+        for i, q in enumerate(range(first_row, first_row + n)):
+            r = int(perm[q])
+            s = sources[r]
+            w = self._window(s, start[s] + int(occurrence[r]))
+            taken[s] = taken.get(s, 0) + 1
+            counts[s] = counts.get(s, 0) + 1
+            out[i] = self.streams[s][w * self.n_ctx : (w + 1) * self.n_ctx]
+            out_sources.append(s)
+        return out_sources, out
 
     def rows(self, sources: list[str], taken: dict[str, int]) -> np.ndarray:
         """Token rows for ``sources`` (one per row), continuing each source's stream from ``taken``

@@ -93,6 +93,8 @@ def grid_to_toml(grid: GridConfig) -> str:
     for r in d.get("recipes", []):
         if not r.get("compare_with"):
             r.pop("compare_with", None)  # the default: compared with the job's baseline only
-    order = ["name", "description", "seeds", "model", "tokenizer", "train", "sources", "recipes"]
+    if not d.get("data_seeds"):
+        d.pop("data_seeds", None)  # the default: every run in its init seed's own data order only
+    order = ["name", "description", "seeds", "data_seeds", "model", "tokenizer", "train", "sources", "recipes"]
     d = {k: d[k] for k in order if k in d} | {k: v for k, v in d.items() if k not in order}
     return to_toml(d)

@@ -9,7 +9,8 @@ thread. The tasks, per seed, in the order ``jobs=1`` trains them:
 * a warm-up task when the grid has an induction warm-up (``train.induction_warmup``) and a run of the
   seed starts from scratch: it computes the seed's warm-up once (cached under ``data/warmup``), logging
   its copy loss into the metrics of the first run that needs it, exactly as that run would have;
-* one task per run (``runs._train_one``). A run waits for the warm-up task of its seed and for every
+* one task per run (``runs._train_one``; the runs of the grid's ``data_seeds`` after those of the seed's own
+  data order). A run waits for the warm-up task of its seed and for every
   earlier run of its seed that shares a phase prefix with it (a branch point): when it starts, the shared
   state it may branch from is published exactly as in sequential training, so it makes the same branching
   decision. Runs that share nothing run side by side.
@@ -60,6 +61,9 @@ class Task:
     """Indices of the tasks that must finish first."""
     tokens: int
     """Training tokens this task is expected to train (0 for a warm-up): the ETA's denominator."""
+    data_seed: int = 0
+    """The run's data seed (grid field ``data_seeds``; 0: its init seed's own order); for a warm-up, that of the
+    run whose metrics get the copy loss."""
 
 
 def default_jobs() -> int:
@@ -72,10 +76,13 @@ def _prefix_json(recipe: Recipe, k: int) -> str:
 
 
 def plan_tasks(grid: GridConfig, recipes: list[Recipe], seeds, out: Path, shared: dict) -> list[Task]:
-    """The ordered tasks that train the runs of ``recipes`` x ``seeds`` not complete in ``out``.
+    """The ordered tasks that train the runs of ``recipes`` x ``seeds`` (x the grid's data seeds) not complete
+    in ``out``. Per seed: the runs of its own data order, then those of each data seed in turn; a run with a data
+    seed waits, like any run, for the earlier runs of its init seed that share a phase prefix with it (the run of
+    its own recipe among them), so it finds the shared state published.
 
     Dependencies only point to earlier tasks, so the list order is a valid sequential order (``jobs=1``)."""
-    from codetransfer.trained.runs import RUN_FILE, recipe_hash, run_name
+    from codetransfer.trained.runs import RUN_FILE, run_hash, run_name, shared_length
     from codetransfer.trained.train import phase_steps
 
     step_tokens = grid.train.batch_size * grid.model.n_ctx
@@ -83,12 +90,13 @@ def plan_tasks(grid: GridConfig, recipes: list[Recipe], seeds, out: Path, shared
     for seed in seeds:
         warm_index = None
         seen: list[tuple[Recipe, int]] = []  # earlier runs of this seed and their task index
-        for recipe in recipes:
-            run_dir = out / "runs" / run_name(recipe.name, seed)
+        for data_seed, recipe in [(0, r) for r in recipes] + [(d, r) for d in grid.data_seeds for r in recipes]:
+            run_dir = out / "runs" / run_name(recipe.name, seed, data_seed)
             rec = _record(run_dir / RUN_FILE)
-            same = rec is not None and rec.get("recipe_hash") == recipe_hash(recipe)
+            this = run_hash(recipe, data_seed, shared_length(recipe, shared))
+            same = rec is not None and rec.get("recipe_hash") == this
             if same and rec.get("status") == "complete":
-                tasks.append(Task("run", seed, recipe.name, (), 0))  # logs "complete, skipped"
+                tasks.append(Task("run", seed, recipe.name, (), 0, data_seed))  # logs "complete, skipped"
                 continue
             keys = {
                 k: _prefix_json(recipe, k) for k in range(len(recipe.phases) - 1) if _prefix_json(recipe, k) in shared
@@ -112,12 +120,19 @@ def plan_tasks(grid: GridConfig, recipes: list[Recipe], seeds, out: Path, shared
             fresh = not done_steps
             if fresh and grid.train.induction_warmup and warm_index is None and not _distributed():
                 warm_index = len(tasks)
-                tasks.append(Task("warmup", seed, recipe.name, (), 0))
+                tasks.append(Task("warmup", seed, recipe.name, (), 0, data_seed))
             if warm_index is not None and fresh:
                 after.append(warm_index)
             seen.append((recipe, len(tasks)))
             tasks.append(
-                Task("run", seed, recipe.name, tuple(sorted(set(after))), max(0, total - done_steps) * step_tokens)
+                Task(
+                    "run",
+                    seed,
+                    recipe.name,
+                    tuple(sorted(set(after))),
+                    max(0, total - done_steps) * step_tokens,
+                    data_seed,
+                )
             )
     return tasks
 
@@ -152,13 +167,13 @@ def run_task(grid: GridConfig, task: Task, out: Path, shared: dict, device: str,
     from codetransfer.trained.runs import _train_one, run_name
 
     t0 = time.perf_counter()
-    run_dir = out / "runs" / run_name(task.recipe, task.seed)
+    run_dir = out / "runs" / run_name(task.recipe, task.seed, task.data_seed)
     with run_threads(device):
         if task.kind == "warmup":
             computed = warm_up_seed(grid, task.seed, out / "data", run_dir, device, progress)
             return {"tokens": 0, "seconds": time.perf_counter() - t0, "computed": computed}
         before = _state_step(run_dir)
-        _train_one(grid, grid.recipe(task.recipe), task.seed, out, shared, device, progress, log)
+        _train_one(grid, grid.recipe(task.recipe), task.seed, out, shared, device, progress, log, task.data_seed)
     rec = _record(run_dir / "codetransfer.json") or {}
     start = before
     if not before and rec.get("branched_from"):
@@ -235,7 +250,7 @@ def run_tasks(
         state["done"] += 1
         tok, sec = result["tokens"], result["seconds"]
         log(
-            f"run {run_name(task.recipe, task.seed)}: {tok:,} tokens in {sec:.0f}s, {tok / max(sec, 1e-9):,.0f} tokens/s"
+            f"run {run_name(task.recipe, task.seed, task.data_seed)}: {tok:,} tokens in {sec:.0f}s, {tok / max(sec, 1e-9):,.0f} tokens/s"
         )
         elapsed = time.perf_counter() - state["t0"]
         rate = state["tokens"] / max(elapsed, 1e-9)

@@ -5,7 +5,7 @@ Folder layout of ``codetransfer train GRID --out OUT``::
     OUT/grid.json                 the resolved grid (refuses a different grid in the same folder)
     OUT/data/                     shared tokenizer, token arrays per source and split, manifest.json
     OUT/branches/<key>/           training state at the end of phases shared by several recipes
-    OUT/runs/<recipe>-s<seed>/    one run: HF checkpoint (config.json + model.safetensors), tokenizer,
+    OUT/runs/<recipe>-s<seed>[-d<k>]/  one run (``-d<k>``: data seed k, grid field ``data_seeds``): HF checkpoint (config.json + model.safetensors), tokenizer,
                                   codetransfer.json (resolved recipe, manifest, status), metrics.jsonl,
                                   state/ (resumable), checkpoints/step-N/ (intermediate HF checkpoints)
 """
@@ -35,9 +35,10 @@ from codetransfer.trained.train import phase_steps, train_run
 RUN_FILE = "codetransfer.json"
 
 
-def run_name(recipe: str, seed: int) -> str:
-    """Folder name of a run (recipe names are checked at load time: two recipes never share a folder)."""
-    return run_folder(recipe, seed)
+def run_name(recipe: str, seed: int, data_seed: int = 0) -> str:
+    """Folder name of a run (recipe names are checked at load time: two recipes never share a folder);
+    ``-d<data_seed>`` for a run with another data order than its init seed's own."""
+    return run_folder(recipe, seed, data_seed)
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -45,6 +46,15 @@ def recipe_hash(recipe: Recipe) -> str:
     d = dataclasses.asdict(recipe)
     d.pop("compare_with")
     return artifacts.key(d)
+
+
+def run_hash(recipe: Recipe, data_seed: int = 0, data_from: int = 0) -> str:
+    """Identity of what a run trains, stored as its record's ``recipe_hash`` (the job's unit keys read it):
+    :func:`recipe_hash` for a run of its init seed's own data order (``data_seed`` 0); for data seed ``k`` also
+    ``k`` and ``data_from``, the phase its reordering starts at (:func:`shared_length`), so that a change of the
+    grid that moves it retrains the run and redoes its analyses."""
+    h = recipe_hash(recipe)
+    return h if not data_seed else artifacts.key([h, "data order", data_seed, data_from])
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,8 @@ class RunInfo:
     """'complete', 'partial' (state saved, not finished) or 'new'."""
     grid: str
     record: dict
+    data_seed: int = 0
+    """The run's data seed (grid field ``data_seeds``): 0 for the data order of its init seed ``seed``."""
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -90,7 +102,8 @@ def train_grid(
     log=print,
     jobs: int = 1,
 ) -> list[RunInfo]:
-    """Train every (recipe, seed) of ``grid`` that is not complete in ``out``; returns all runs.
+    """Train every (recipe, seed) and (recipe, seed, data seed) of ``grid`` that is not complete in ``out``;
+    returns all runs. ``seeds`` selects init seeds (with all their data seeds).
 
     ``jobs``: worker processes training runs side by side (``trained/parallel.py``); any ``jobs`` gives
     bit-identical runs. On CPU every run trains with one torch thread."""
@@ -151,15 +164,29 @@ def _shared_prefixes(grid: GridConfig) -> dict[tuple, int]:
     return {k: v for k, v in counts.items() if v > 1}
 
 
-def _train_one(grid, recipe, seed, out, shared, device, progress, log):
-    run_dir = inside(out, out / "runs" / run_name(recipe.name, seed), f"run folder of recipe '{recipe.name}':")
+def shared_length(recipe: Recipe, shared: dict) -> int:
+    """Phases at the start of ``recipe`` that another recipe shares (its longest prefix in ``shared``): a run with
+    another data seed branches after them and reorders the phases that follow."""
+    n = 0
+    for k in range(len(recipe.phases) - 1):
+        if json.dumps([dataclasses.asdict(p) for p in recipe.phases[: k + 1]], sort_keys=True) in shared:
+            n = k + 1
+    return n
+
+
+def _train_one(grid, recipe, seed, out, shared, device, progress, log, data_seed: int = 0):
+    run_dir = inside(
+        out, out / "runs" / run_name(recipe.name, seed, data_seed), f"run folder of recipe '{recipe.name}':"
+    )
     record_path = run_dir / RUN_FILE
+    data_from = shared_length(recipe, shared)
+    this = run_hash(recipe, data_seed, data_from)
     if record_path.exists():
         rec = read_run_record(record_path)
-        if rec.get("status") == "complete" and rec.get("recipe_hash") == recipe_hash(recipe):
+        if rec.get("status") == "complete" and rec.get("recipe_hash") == this:
             log(f"run {run_dir.name}: complete, skipped")
             return
-        if rec.get("recipe_hash") != recipe_hash(recipe):
+        if rec.get("recipe_hash") != this:
             log(f"run {run_dir.name}: recipe changed, retraining")
             _barrier()
             if _rank() == 0:
@@ -187,9 +214,10 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log):
         "grid": grid.name,
         "grid_fingerprint": grid.fingerprint(),
         "recipe": recipe.name,
-        "recipe_hash": recipe_hash(recipe),
+        "recipe_hash": this,
         "recipe_config": dataclasses.asdict(recipe),
         "seed": seed,
+        **({"data_seed": data_seed, "data_order_from_phase": data_from} if data_seed else {}),
         "model": dataclasses.asdict(grid.model),
         "status": "partial",
         "codetransfer_version": codetransfer.__version__,
@@ -215,6 +243,8 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log):
         start_phase=start_phase,
         branch_dirs=branch_dirs,
         progress=progress,
+        data_seed=data_seed,
+        data_from=data_from,
     )
     n_ctx, bs = grid.model.n_ctx, grid.train.batch_size
     val = _last_val(run_dir / "metrics.jsonl")
@@ -253,7 +283,11 @@ def _last_val(path: Path) -> dict[str, float]:
 def read_run_record(path: Path) -> dict:
     """A run's ``codetransfer.json``; a damaged one (not a JSON object, no recipe or seed) is refused."""
     fix = f"delete {Path(path).parent} and train it again"
-    return require_keys(read_record(path, "run record", fix), {"recipe": str, "seed": int}, path, "run record", fix)
+    rec = require_keys(read_record(path, "run record", fix), {"recipe": str, "seed": int}, path, "run record", fix)
+    d = rec.get("data_seed", 0)
+    if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+        raise CodetransferError(f"{path}: run record field 'data_seed' is {d!r}, not an integer >= 0; {fix}")
+    return rec
 
 
 def find_runs(folder: str | Path, complete_only: bool = False) -> list[RunInfo]:
@@ -280,6 +314,7 @@ def find_runs(folder: str | Path, complete_only: bool = False) -> list[RunInfo]:
             status=rec.get("status", "new"),
             grid=rec.get("grid", ""),
             record=rec,
+            data_seed=rec.get("data_seed", 0),
         )
         if not complete_only or info.status == "complete":
             runs.append(info)
@@ -394,15 +429,19 @@ def load_run(
 
 
 def runs_table(folder: str | Path) -> pd.DataFrame:
-    """One row per run: recipe, seed, status, phases, the recipe's description (the question it answers), tokens
+    """One row per run: recipe, seed (and ``data_seed`` when some run has another data order than its init
+    seed's: 0 for that own order), status, phases, the recipe's description (the question it answers), tokens
     per source, final validation loss per source."""
     rows = []
-    for r in find_runs(folder):
+    runs = find_runs(folder)
+    data_seeds = any(r.data_seed for r in runs)
+    for r in runs:
         rec = r.record
         row = {
             "run": r.name,
             "recipe": r.recipe,
             "seed": r.seed,
+            **({"data_seed": r.data_seed} if data_seeds else {}),
             "status": r.status,
             "phases": "→".join(p["name"] for p in rec.get("recipe_config", {}).get("phases", [])),
             "steps": rec.get("steps"),

@@ -211,6 +211,10 @@ class Progress:
             self.bar.close()
 
 
+DATA_ORDER_TAG = 0x64617461
+"""Last entry of the seed sequence of a data order's permutation (``(seed, data_seed, phase, tag)``), so that it
+is drawn from a stream of its own."""
+
 THREADS_PER_RUN = 1
 """Torch CPU threads of one run, however it is started (results depend on the thread count)."""
 
@@ -250,8 +254,14 @@ def _train_run(
     branch_dirs: dict[int, Path] | None = None,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    data_seed: int = 0,
+    data_from: int = 0,
 ) -> Cursor:
     """Train (or continue) one run; returns the final cursor.
+
+    ``data_seed``: with a value > 0, the phases from index ``data_from`` on (those after the shared prefix) take
+    their rows in another order (:meth:`~codetransfer.trained.data.Mixer.reordered_rows`, seeded by ``seed``,
+    ``data_seed`` and the phase index); the earlier phases and the initialisation are those of ``seed``.
 
     ``start_from``: a state folder (a branch) to start from at phase ``start_phase`` when the run has no
     state of its own. ``branch_dirs``: phase index -> folder where the state at the end of that phase is
@@ -295,7 +305,8 @@ def _train_run(
     total_tokens = sum(phase_steps(p, t.batch_size, n_ctx) for p in recipe.phases) * t.batch_size * n_ctx
     done_tokens = sum(phase_steps(p, t.batch_size, n_ctx) for p in recipe.phases[: cursor.phase])
     done_tokens = (done_tokens + cursor.step_in_phase) * t.batch_size * n_ctx
-    bar = Progress(total_tokens, done_tokens, f"{recipe.name} s{seed}", progress and rank == 0)
+    label = f"{recipe.name} s{seed}" + (f" d{data_seed}" if data_seed else "")
+    bar = Progress(total_tokens, done_tokens, label, progress and rank == 0)
     per_rank = t.batch_size // world
     micro = per_rank // t.grad_accum
     steps_run = 0
@@ -319,8 +330,15 @@ def _train_run(
             lr = lr_at(phase.lr, cursor.step_in_phase, n_steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            row_sources = Mixer.allocate(weights, cursor.step_in_phase * t.batch_size, t.batch_size, cursor.phase_rows)
-            x_all = mixer.rows(row_sources, cursor.taken)
+            first_row = cursor.step_in_phase * t.batch_size
+            if data_seed and cursor.phase >= data_from:
+                order = (seed, data_seed, cursor.phase, DATA_ORDER_TAG)
+                row_sources, x_all = mixer.reordered_rows(
+                    weights, n_steps * t.batch_size, first_row, t.batch_size, cursor.taken, cursor.phase_rows, order
+                )
+            else:
+                row_sources = Mixer.allocate(weights, first_row, t.batch_size, cursor.phase_rows)
+                x_all = mixer.rows(row_sources, cursor.taken)
             mine = slice(rank, None, world)
             x = torch.from_numpy(x_all[mine]).to(device)
             src = row_sources[mine]
