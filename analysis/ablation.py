@@ -205,7 +205,33 @@ def gap_ablation(
         values = ablation_values(model, tokens, heads, method, lengths=lengths, seed=seed, batch_size=batch_size)
         scores[f"{name}_clean"] = ablated_scores(model, tokens, metric, None, batch_size).double().numpy()
         scores[f"{name}_ablated"] = ablated_scores(model, tokens, metric, values, batch_size).double().numpy()
-    terms = np.stack([scores["a_clean"], scores["a_ablated"], scores["b_clean"], scores["b_ablated"]])
+    table = gap_share(scores, n_boot=n_boot, confidence=confidence, seed=seed)
+    table["method"] = method
+    table["heads"] = ",".join(f"L{layer}H{head}" for layer, head in heads)
+    table["n_items"] = int(tokens.shape[0])
+    return table
+
+
+GAP_TERMS = ("a_clean", "a_ablated", "b_clean", "b_ablated")
+"""The four per-item scores a gap share is made of (see the module docstring)."""
+
+
+def gap_share(
+    scores: dict[str, Float[np.ndarray, " items"]], *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """The share of the gap ``b - a`` that an ablation removes, from per-item scores of both models.
+
+    ``scores``: the :data:`GAP_TERMS` as arrays over the same items (item ``i`` of each is the same item).
+    Returns the rows of :func:`gap_ablation` (``metric, value, ci_low, ci_high, withheld``): the four mean
+    scores, ``gap``, ``gap_ablated`` and ``share``, intervals from one paired item bootstrap; the share is
+    withheld (NaN) when the gap's interval includes 0.
+    """
+    missing = [t for t in GAP_TERMS if t not in scores]
+    if missing:
+        raise CodetransferError(f"gap_share: missing per-item scores {missing}; expected {list(GAP_TERMS)}")
+    terms = np.stack([np.asarray(scores[t], dtype=np.float64) for t in GAP_TERMS])
+    if terms.shape[1] < 2:
+        raise CodetransferError(f"gap_share: expected at least 2 items, got {terms.shape[1]}")
     boot = _paired_bootstrap(terms, n_boot, confidence, seed)  # [boot, 4]
     point = terms.mean(axis=1)
 
@@ -218,25 +244,21 @@ def gap_ablation(
 
     alpha = (1 - confidence) / 2
     rows = []
-    names = ["a_clean", "a_ablated", "b_clean", "b_ablated"]
-    for k, name in enumerate(names):
+    for k, name in enumerate(GAP_TERMS):
         lo, hi = np.quantile(boot[:, k], [alpha, 1 - alpha])
-        rows.append(dict(metric=name, value=point[k], ci_low=lo, ci_high=hi))
+        rows.append(dict(metric=name, value=float(point[k]), ci_low=float(lo), ci_high=float(hi)))
     p_gap, p_gap_abl, p_share = derived(point)
     b_gap, b_gap_abl, b_share = derived(boot)
     gap_lo, gap_hi = np.quantile(b_gap, [alpha, 1 - alpha])
-    rows.append(dict(metric="gap", value=p_gap, ci_low=gap_lo, ci_high=gap_hi))
+    rows.append(dict(metric="gap", value=float(p_gap), ci_low=float(gap_lo), ci_high=float(gap_hi)))
     lo, hi = np.quantile(b_gap_abl, [alpha, 1 - alpha])
-    rows.append(dict(metric="gap_ablated", value=p_gap_abl, ci_low=lo, ci_high=hi))
+    rows.append(dict(metric="gap_ablated", value=float(p_gap_abl), ci_low=float(lo), ci_high=float(hi)))
     withheld = bool(gap_lo <= 0 <= gap_hi)
     if withheld or not np.isfinite(b_share).any():
         rows.append(dict(metric="share", value=np.nan, ci_low=np.nan, ci_high=np.nan, withheld=True))
     else:
         lo, hi = np.nanquantile(b_share, [alpha, 1 - alpha])
-        rows.append(dict(metric="share", value=p_share, ci_low=lo, ci_high=hi, withheld=False))
+        rows.append(dict(metric="share", value=float(p_share), ci_low=float(lo), ci_high=float(hi), withheld=False))
     table = pd.DataFrame(rows)
     table["withheld"] = table["withheld"].fillna(False).astype(bool)
-    table["method"] = method
-    table["heads"] = ",".join(f"L{layer}H{head}" for layer, head in heads)
-    table["n_items"] = int(tokens.shape[0])
     return table

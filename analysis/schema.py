@@ -142,6 +142,16 @@ TABLES: dict[str, Table] = {
             description="a probe at one site, layer (and head) for one label: one metric with its interval",
         ),
         Table(
+            "decodability",
+            "decodability.parquet",
+            RUN_COLUMNS
+            + ("task", "family", "site", "layer", "head", "metric", "trained", "twin", "estimate", "ci_low", "ci_high")
+            + ("n_seeds", "interval", "decodable"),
+            description="a trained run's probe metric minus its random-init twin's for one label family at one site "
+            "and layer, per seed, and per recipe (run '<recipe>*') with a seed-level interval ('item'-level with "
+            "fewer than 3 seeds); decodable: the recipe's seed-level interval lies above 0",
+        ),
+        Table(
             "patching",
             "patching.parquet",
             RUN_COLUMNS + _PATCH,
@@ -179,6 +189,48 @@ TABLES: dict[str, Table] = {
             "attention_over_training.parquet",
             RUN_COLUMNS + ("step",) + _ATTN,
             description="an attention row at one training checkpoint",
+        ),
+        Table(
+            "circuit_heads",
+            "circuit_heads.parquet",
+            RUN_COLUMNS + ("task", "heads_set", "rank", "layer", "head", "by", "value"),
+            description="one of a run's lookup heads (heads_set 'chosen': top-k by the score 'by') or of its "
+            "randomly drawn control heads ('control')",
+        ),
+        Table(
+            "circuit",
+            "circuit.parquet",
+            RUN_COLUMNS
+            + ("task", "heads_set", "heads", "method", "metric", "clean", "ablated", "value", "ci_low", "ci_high")
+            + ("interval", "n_seeds", "n_items"),
+            description="the drop (clean - ablated) of a run's (or recipe's, run '<recipe>*') accuracy or logit "
+            "difference when its chosen or control heads are mean- or resample-ablated",
+        ),
+        Table(
+            "circuit_gap",
+            "circuit_gap.parquet",
+            RUN_COLUMNS
+            + ("reference", "reference_run", "comparison", "task", "heads_set", "heads", "method", "metric")
+            + ("gap", "gap_low", "gap_high", "gap_ablated", "value", "ci_low", "ci_high", "withheld")
+            + ("interval", "n_seeds", "n_items"),
+            description="the share of a run's (or recipe's over seeds) gap over its reference (baseline, control "
+            "or, for the seed null, the baseline's first seed) that ablating the run's heads removes; withheld "
+            "when the gap's interval includes 0",
+        ),
+        Table(
+            "circuit_over_training",
+            "circuit_over_training.parquet",
+            RUN_COLUMNS + ("step", "heads_set", "rank") + _ATTN,
+            description="a head chosen at the end of a run (or a control head): one attention score at one "
+            "training checkpoint",
+        ),
+        Table(
+            "cka",
+            "cka.parquet",
+            ("run_a", "run_b", "recipe_a", "recipe_b", "seed_a", "seed_b", "comparison", "task", "site")
+            + ("layer", "metric", "value", "n_rows", "seed_null", "patchable"),
+            description="linear CKA of two runs' residual streams at one layer, next to the seed-vs-seed value "
+            "(seed_null) and whether it is not below it (patchable)",
         ),
     )
 }

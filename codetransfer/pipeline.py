@@ -54,7 +54,9 @@ from codetransfer.analysis.grid import (
 from codetransfer.analysis.compare import gap_target
 from codetransfer.analysis.learning import learning_table_from_scores
 from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.probes.decodability import decodability_table
 from codetransfer.probes.grid import probe_grid
+from codetransfer.probes.sweep import NONLOCAL_LABELS, check_label_patterns, label_matches
 from codetransfer.report import write_report
 from codetransfer.trained import find_runs, load_grid, train_grid
 from codetransfer.trained.parallel import stop_pool, worker_init
@@ -73,8 +75,21 @@ HELDOUT_WINDOWS = 32
 """Context windows per held-out source in each run's held-out loss."""
 PROBE_SPLIT_SEEDS = (0,)
 """Split seeds of the probing sweep (one held-out split of entities per probe)."""
+CIRCUIT_ITEMS = 48
+"""Items of the circuit stage (the first attention task, drawn like the evaluation's items)."""
+CIRCUIT_HEADS = 2
+"""Lookup heads per run that the circuit stage ablates (and as many control heads)."""
+CIRCUIT_BY = "retrieval"
+"""How the circuit stage chooses each run's lookup heads (:data:`codetransfer.analysis.circuit.CHOICES`)."""
 
-_LIST_FIELDS = ("probe_tasks", "probe_sites", "patch_sites", "patch_checkpoint_sites", "attention_tasks")
+_LIST_FIELDS = (
+    "probe_tasks",
+    "probe_sites",
+    "probe_labels",
+    "patch_sites",
+    "patch_checkpoint_sites",
+    "attention_tasks",
+)
 
 
 def _as_names(value, name: str) -> tuple[str, ...]:
@@ -118,8 +133,15 @@ class JobSettings:
     """Task families to probe."""
     probe_sites: tuple[str, ...] = ("resid_post",)
     """Probe sites (resid_pre, resid_mid, resid_post, attn_out, mlp_out, head; all layers, or kind.layer)."""
-    probe_items: int = 96
-    """Items per probed task."""
+    probe_labels: tuple[str, ...] = NONLOCAL_LABELS
+    """Label-name patterns probed (shell-style, ``probes.sweep.item_rows``). The default is the non-local world
+    state, which the tokens around the label do not give away: ``*@query`` (at the query's last token, the queried
+    key's value after every operation) and ``*@op`` (after an operation statement that does not name its new
+    value, e.g. a swap, the operated key's value). ``["box(*)"]``: the per-statement box of every object (local
+    where a statement names it); ``["*"]``: every label."""
+    probe_items: int = 288
+    """Items per probed task (144 at each of the demo's two levels: the non-local labels are one row per item, or
+    per operation, so 288 items cost about half of what 96 items cost with every per-statement label)."""
     probe_max_difficulty: int = 3
     """Hardest difficulty probed (lowered automatically to what fits the models' context)."""
     patch_task: str = "entity_tracking"
@@ -152,7 +174,7 @@ class JobSettings:
         return {k: ",".join(v) if k in _LIST_FIELDS else v for k, v in d.items()}
 
 
-STAGES = ("train", "eval", "probe", "patch", "attention", "report")
+STAGES = ("train", "eval", "probe", "patch", "attention", "circuit", "report")
 AIMS = ("gap", "fixed")
 #: task categories whose gaps the job aims at ("reasoning": the paper's non-code reasoning question)
 AIM_CATEGORIES = ("reasoning",)
@@ -230,6 +252,7 @@ def check_settings(settings: JobSettings, where: str = "settings") -> JobSetting
     ``codetransfer run`` refuses them before it trains anything."""
     for name, low in SETTINGS_LOW.items():
         check_number(getattr(settings, name), f"{where}: field {name}", low, 2**32 - 1)
+    patterns = check_label_patterns(settings.probe_labels, f"{where}: field probe_labels")
     if settings.aim not in AIMS:
         raise CodetransferError(
             f"{where}: field aim: unknown value {settings.aim!r}{did_you_mean(settings.aim, AIMS)}; "
@@ -250,6 +273,16 @@ def check_settings(settings: JobSettings, where: str = "settings") -> JobSetting
                     f"{where}: field {name}: unknown task family '{task}'"
                     f"{did_you_mean(task.strip(), known)}; families: {', '.join(known)}"
                 )
+    for task in settings.probe_tasks:  # a few items per level: the labels the probe stage would find
+        family = get_task(task)
+        levels = [d for d in family.difficulties if d <= settings.probe_max_difficulty] or list(family.difficulties[:1])
+        names = sorted({lab.name for d in levels for it in family.generate(2, settings.seed, d) for lab in it.labels})
+        if not any(label_matches(n, patterns) for n in names):
+            raise CodetransferError(
+                f"{where}: field probe_labels: no label of task '{task}' up to difficulty "
+                f"{settings.probe_max_difficulty} matches {list(patterns)}; its labels look like "
+                f"{', '.join(names[:6])} (patterns are shell-style, e.g. '*@query')"
+            )
     return settings
 
 
@@ -509,6 +542,7 @@ def _probe_unit(run, dest: Path, settings: JobSettings, max_difficulty: int | No
         seeds=PROBE_SPLIT_SEEDS,
         keep_stores=False,
         random_baseline=True,
+        labels=settings.probe_labels,
         max_difficulty=max_difficulty,
         device=device,
         progress=log,
@@ -542,6 +576,64 @@ def _attention_unit(
         log=log,
     )
     artifacts.write_tables(dest, tables)
+
+
+def _circuit_task(run, results: Path, settings: JobSettings) -> str | None:
+    """The task ``run``'s attention unit scored heads on (the first of ``attention_tasks`` when it did, else the
+    first it scored), whose items the circuit stage ablates; None when it scored none or the unit is missing."""
+    from codetransfer.analysis.attention import RANDOM_TASK
+
+    path = results / "units" / f"attention-{run.name}" / "attention.parquet"
+    if not path.exists():
+        return None
+    scored = sorted(set(pq.read_table(path, columns=["task"]).column("task").to_pylist()) - {RANDOM_TASK})
+    preferred = [t for t in settings.attention_tasks if t in scored]
+    return (preferred or scored or [None])[0]
+
+
+def _circuit_heads(run, task: str, results: Path, settings: JobSettings):
+    """``run``'s chosen and control heads, from its attention unit's table."""
+    from codetransfer.analysis.circuit import choose_heads, head_scores_of
+
+    path = results / "units" / f"attention-{run.name}" / "attention.parquet"
+    scores = head_scores_of(run, read_table(path, "unit table"), CIRCUIT_BY, task)
+    k = circuit_k(len(scores))
+    return choose_heads(run, scores, k=k, by=CIRCUIT_BY, task=task, seed=settings.seed)
+
+
+def circuit_k(n_heads: int) -> int:
+    """Heads the circuit stage chooses in a model of ``n_heads`` heads in all: :data:`CIRCUIT_HEADS`, at most
+    half of them (the others give the control heads)."""
+    return max(1, min(CIRCUIT_HEADS, n_heads // 2))
+
+
+def _circuit_items(loaded, task: str, settings: JobSettings):
+    from codetransfer.analysis.circuit import circuit_items
+
+    cfg = loaded.bridge.cfg
+    return circuit_items(task, CIRCUIT_ITEMS, settings.seed, settings.eval_max_difficulty, loaded.tokenizer, cfg.n_ctx)
+
+
+def _circuit_unit(run, task: str, results: Path, dest: Path, settings: JobSettings, device: str, log) -> None:
+    from codetransfer.analysis.circuit import circuit_run_part
+    from codetransfer.trained import load_run
+
+    heads = _circuit_heads(run, task, results, settings)
+    loaded = load_run(run, device=device)
+    scores = circuit_run_part(loaded, heads, _circuit_items(loaded, task, settings), seed=settings.seed)
+    artifacts.write_tables(dest, {"circuit_heads.parquet": heads, "circuit_scores.parquet": scores})
+
+
+def _circuit_pair_unit(
+    a, b, comparison: str, task: str, results: Path, dest: Path, settings: JobSettings, device: str, log
+) -> None:
+    from codetransfer.analysis.circuit import circuit_pair_part
+    from codetransfer.trained import load_run
+
+    heads = _circuit_heads(a, task, results, settings)
+    la, lb = load_run(a, device=device), load_run(b, device=device)
+    part = circuit_pair_part(la, lb, heads, _circuit_items(la, task, settings), comparison, seed=settings.seed)
+    artifacts.write_tables(dest, {"circuit_scores.parquet": part["scores"], "cka.parquet": part["cka"]})
 
 
 def model_set_baseline(model_set, baseline: str | None = None) -> str:
@@ -745,7 +837,15 @@ def _analyse(
             ]
             if not pool.run(todo):
                 log("probe: up to date")
-            _merge([u.kwargs["dest"] / "probes.parquet" for u in todo], results / "probes.parquet")
+            probes = _merge([u.kwargs["dest"] / "probes.parquet" for u in todo], results / "probes.parquet")
+            decodability = results / "decodability.parquet"
+            try:  # trained minus random-init twin, seed by seed
+                if probes is None or not len(probes):
+                    raise CodetransferError("the probe stage found nothing to probe")
+                artifacts.write_parquet(decodability_table(probes), decodability)
+            except CodetransferError as e:  # never a stale table next to new probes; the report says it is missing
+                decodability.unlink(missing_ok=True)
+                log(f"note: no decodability table: {e}")
 
     if "patch" in stages:
         with _stage("patch", timings, log):
@@ -824,4 +924,70 @@ def _analyse(
             _merge([u.kwargs["dest"] / "attention.parquet" for u in todo], results / "attention.parquet")
             if over_training:
                 _merge(over_training, results / "attention_over_training.parquet")
+
+    if "circuit" in stages:
+        with _stage("circuit", timings, log):
+            _circuit_stage(runs, results, settings, controls, skey, run_key, unit, pool, log)
     return settings
+
+
+def _circuit_stage(runs, results: Path, settings: JobSettings, controls: dict, skey, run_key, unit, pool, log) -> None:
+    """Lookup heads, their ablation and CKA (:mod:`codetransfer.analysis.circuit`): one unit per run and one
+    per pair of :func:`~codetransfer.analysis.circuit.circuit_pairs`; the grid's tables from their scores."""
+    from codetransfer.analysis.circuit import circuit_pairs, circuit_tables
+
+    tasks = {_circuit_task(r, results, settings) for r in runs}
+    if len(tasks) != 1 or None in tasks:
+        log(
+            "circuit: nothing to do: the attention stage scored no task on every run alike "
+            f"({sorted(map(str, tasks))}); run it with attention_tasks set"
+        )
+        return
+    task = tasks.pop()
+    fixed = ["--task", task, "--items", CIRCUIT_ITEMS, "--heads", CIRCUIT_HEADS, "--by", CIRCUIT_BY]
+    own = [
+        unit(
+            f"circuit-{r.name}",
+            ["circuit", skey, r.name, run_key[r.name]] + fixed,
+            _circuit_unit,
+            run=r,
+            task=task,
+            results=results,
+            settings=settings,
+        )
+        for r in runs
+    ]
+    pairs = [(a, b, c) for a, b, c in circuit_pairs(runs, settings.baseline, controls) if _comparable(a, b)]
+    pair_units = [
+        unit(
+            f"circuit-{a.name}-vs-{b.name}",
+            ["circuit-pair", skey, a.name, run_key[a.name], b.name, run_key[b.name], c] + fixed,
+            _circuit_pair_unit,
+            a=a,
+            b=b,
+            comparison=c,
+            task=task,
+            results=results,
+            settings=settings,
+        )
+        for a, b, c in pairs
+    ]
+    if not pool.run(own + pair_units):
+        log("circuit: up to date")
+    todo = own + pair_units
+    scores = pd.concat(
+        [read_table(u.kwargs["dest"] / "circuit_scores.parquet", "unit table") for u in todo], ignore_index=True
+    )
+    heads = pd.concat([read_table(u.kwargs["dest"] / "circuit_heads.parquet", "unit table") for u in own])
+    cka = [read_table(u.kwargs["dest"] / "cka.parquet", "unit table") for u in pair_units]
+    over = results / "attention_over_training.parquet"
+    tables = circuit_tables(
+        scores,
+        heads,
+        pd.concat(cka, ignore_index=True) if cka else None,
+        pairs,
+        over_training=read_table(over, "table") if over.exists() else None,
+        n_boot=GRID_N_BOOT,
+        seed=settings.seed,
+    )
+    artifacts.write_tables(results, tables)

@@ -56,12 +56,14 @@ from codetransfer.analysis.attention_plots import (
     plot_head_score_difference,
     plot_head_scores,
 )
-from codetransfer.analysis.compare import has_gap, is_data_order_label
+from codetransfer.analysis.circuit_plots import plot_ablation_drop, plot_cka, plot_gap_share, plot_heads_over_training
+from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE, has_gap, is_data_order_label
 from codetransfer.analysis.evaluate import plot_accuracy_vs_difficulty, plot_relative_change
 from codetransfer.analysis.learning import first_above_chance, plot_learning_curves, tokens_per_step
 from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side, plot_strongest_cell_over_training
 from codetransfer.analysis.style import phase_table
-from codetransfer.probes.plots import first_decodable_layer, plot_probe_curves
+from codetransfer.probes.decodability import MIN_SEEDS, decodability_table, first_decodable_layers, label_family
+from codetransfer.probes.plots import plot_decodability, plot_probe_curves
 from codetransfer.trained import find_runs, load_run, runs_table
 from codetransfer.trained.checks import is_data_order_pair, read_table
 from codetransfer.trained.data import data_hash
@@ -751,62 +753,168 @@ def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
         return s, findings
     same = t[t["fit_on"] == t["test_on"]] if "fit_on" in t else t
     cross = t[t["fit_on"] != t["test_on"]] if "fit_on" in t else t.iloc[:0]
+    dec = _read(results / "decodability.parquet")
+    if dec is None:  # a probes table from before the job wrote decodability.parquet
+        try:
+            dec = decodability_table(t)
+        except CodetransferError as e:
+            s.missing.append(f"decodability.parquet: {e}")
+    if dec is not None:
+        s.add_text(
+            "A layer counts as decodable only against an untrained model of the same shape: each trained run's "
+            "probe selectivity minus that of its random-init twin (same items, rows and splits), per training "
+            f"seed; the recipe's mean difference has a seed-level 95% t interval over its seeds, and the layer is "
+            f"decodable when that interval lies above 0 with at least {MIN_SEEDS} seeds. With fewer seeds the "
+            "interval is item-level and nothing is called decodable. Numbers are rounded to what their interval "
+            "supports; label families ending in @query and @op are non-local world state (tasks/render.py)."
+        )
     for (task, site), g in same.groupby(["task", "site"]):
-        pooled = g.groupby(["run", "recipe", "seed", "layer", "metric"], as_index=False)[
-            ["value", "ci_low", "ci_high"]
-        ].mean()
-        pooled = pooled.assign(task=task, site=site, pos="pooled", probe=g["probe"].iloc[0], head=-1)
+        g = g.assign(family=g["pos"].map(label_family))
+        families = sorted(g["family"].unique())
         for metric in ("accuracy", "selectivity"):
 
-            def draw(pooled=pooled, metric=metric):
-                fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
-                plot_probe_curves(pooled, metric=metric, ax=ax)
-                ax.set_title(f"{task} / {site}: probe {metric} (mean over labels)", fontsize="medium")
+            def draw(g=g, metric=metric, families=families, task=task, site=site):
+                fig, axes = plt.subplots(
+                    len(families), 1, figsize=(7, 3.2 * len(families)), layout="constrained", squeeze=False
+                )
+                for ax, family in zip(axes[:, 0], families):
+                    rows = g[g["family"] == family]
+                    pooled = rows.groupby(["run", "recipe", "seed", "layer", "metric"], as_index=False)[
+                        ["value", "ci_low", "ci_high"]
+                    ].mean()
+                    pooled = pooled.assign(task=task, site=site, pos=family, probe=rows["probe"].iloc[0], head=-1)
+                    plot_probe_curves(pooled, metric=metric, ax=ax)
+                    ax.set_title(f"{task} / {site} / {family}: probe {metric}", fontsize="medium")
                 return fig
 
             _figure(
                 s,
                 folder,
                 f"probe_{_file(task)}_{_file(site)}_{metric}.png",
-                f"{task}, {site}: probe {metric} against layer, one line per recipe (grey dashed: the "
-                "random-init models)",
+                f"{task}, {site}: probe {metric} against layer per label family (mean over its labels), one line "
+                "per recipe (grey dashed: the random-init twins)",
                 draw,
             )
-        threshold = float(pooled[pooled.metric == "accuracy"]["value"].max()) * 0.9
-        fd = first_decodable_layer(pooled, threshold=threshold)
-        if not fd.empty:
-            fd = fd.drop(columns=[c for c in ("metric", "threshold") if c in fd.columns])
-            s.add_text(
-                f"First layer whose probe accuracy reaches {threshold:.2f} (90% of the best over all "
-                f"models), {task} / {site}:"
-            )
-            s.add_table(fd, counts=("seed", "layer"), reasons={"layer": "never reached"})
-        sel = pooled[pooled.metric == "selectivity"].groupby("recipe")["value"].max()
-        random = sel[sel.index.str.endswith("(random init)")]
-        trained = sel[~sel.index.str.endswith("(random init)")]
-        if len(trained):
-            finding = f"Probing ({task}, {site}): best-layer selectivity by recipe — " + ", ".join(
-                f"{k} {v:.2f}" for k, v in trained.sort_values(ascending=False).items()
-            )
-            if len(random):
-                span = (
-                    f"{random.min():.2f}"
-                    if np.isclose(random.min(), random.max())
-                    else f"{random.min():.2f}–{random.max():.2f}"
-                )
-                finding += f"; random-init twins of the same shape reach {span}, " + (
-                    "so the trained models' probes do NOT beat the random-init baseline"
-                    if random.max() >= trained.max()
-                    else "a difference without a seed-level interval: not a finding"
-                )
-            findings.append(finding + ".")
+        if dec is None:
+            continue
+        d = dec[(dec["task"] == task) & (dec["site"] == site) & dec["head"].isna()]
+        agg = d[d["seed"].isna()]
+        if agg.empty:
+            continue
+
+        def draw_dec(agg=agg, task=task, site=site):
+            fams = sorted(agg["family"].unique())
+            fig, axes = plt.subplots(len(fams), 1, figsize=(7, 3.2 * len(fams)), layout="constrained", squeeze=False)
+            for ax, family in zip(axes[:, 0], fams):
+                plot_decodability(agg[agg["family"] == family], ax=ax)
+                ax.set_title(f"{task} / {site} / {family}: trained − random-init twin", fontsize="medium")
+            return fig
+
+        _figure(
+            s,
+            folder,
+            f"probe_{_file(task)}_{_file(site)}_decodability.png",
+            f"{task}, {site}: probe selectivity of the trained runs minus their random-init twins against layer, "
+            "per recipe with its interval (seed-level with 3 or more seeds); filled dots: decodable",
+            draw_dec,
+        )
+        first = first_decodable_layers(d)
+        shown = first.assign(
+            interval=[_interval_words(r.interval, r.n_seeds) for r in first.itertuples()],
+            layer=[str(v) if not pd.isna(v) else "none above the twin" for v in first["layer"]],
+            estimate=[with_interval(r.estimate, r.ci_low, r.ci_high, signed=True) for r in first.itertuples()],
+        )[["recipe", "family", "n_seeds", "interval", "layer", "estimate"]]
+        s.add_text(
+            f"First decodable layer, {task} / {site}: the first layer whose trained − twin selectivity interval "
+            "lies above 0 (seed-level), with that difference (where none is: the best layer's):"
+        )
+        s.add_table(
+            shown,
+            counts=("n_seeds",),
+            rename={
+                "family": "label family",
+                "n_seeds": "seeds",
+                "layer": "first decodable layer",
+                "estimate": "trained − twin",
+            },
+        )
+        s.add_text(f"Per layer, {task} / {site}: trained and twin selectivity (means over seeds) and their difference:")
+        s.add_table(_per_layer(agg), counts=("layer",))
+        findings.append(_probe_finding(task, site, first))
     if not cross.empty:
         c = cross[cross.metric == "accuracy"].groupby(["recipe", "fit_on", "test_on"])["value"].mean().reset_index()
         s.add_text(
-            "Cross-format probing (fit on one rendering, test on the other), mean accuracy over layers and labels:"
+            "Cross-format probing (fit on one rendering, test on the other), mean accuracy over layers and labels "
+            "(no interval: a description, not a finding):"
         )
         s.add_table(c.rename(columns={"value": "mean accuracy"}), decimals_of={"mean accuracy": 2})
     return s, findings
+
+
+def _interval_words(kind: str, n_seeds: int) -> str:
+    return (
+        f"seed-level ({n_seeds} seeds)"
+        if kind == "seed"
+        else f"item-level ({n_seeds} seed{'s' * (n_seeds != 1)}): not a claim"
+    )
+
+
+def _per_layer(agg: pd.DataFrame) -> pd.DataFrame:
+    """Display rows of a decodability table's recipe rows: trained and twin rounded as their difference's interval
+    allows, the difference with its interval, and whether the layer is decodable."""
+    rows = []
+    for r in agg.sort_values(["family", "recipe", "layer"]).itertuples():
+        d = decimals(r.ci_low, r.ci_high)
+        rows.append(
+            {
+                "label family": r.family,
+                "recipe": r.recipe,
+                "layer": r.layer,
+                "trained": f"{r.trained:.{d}f}",
+                "random-init twin": f"{r.twin:.{d}f}",
+                "trained − twin": with_interval(r.estimate, r.ci_low, r.ci_high, signed=True),
+                "decodable": "yes" if r.decodable else ("no" if r.interval == "seed" else "not claimed (item-level)"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _probe_finding(task: str, site: str, first: pd.DataFrame) -> str:
+    """One headline sentence per task and site from the first-decodable table."""
+    parts = []
+    for family, g in first.groupby("family", sort=True):
+        if (g["interval"] != "seed").all():
+            n = int(g["n_seeds"].max())
+            parts.append(
+                f"{family}: item-level intervals only ({n} seed{'s' * (n != 1)}), so no layer is called decodable "
+                "(not a claim)"
+            )
+            continue
+        hit = g[g["layer"].notna()]
+        miss = g[g["layer"].isna()]
+        words = []
+        if len(hit):
+            words.append(
+                "decodable above the random-init twin in "
+                + ", ".join(
+                    f"{r.recipe} from layer {r.layer} ({with_interval(r.estimate, r.ci_low, r.ci_high, signed=True)})"
+                    for r in hit.itertuples()
+                )
+            )
+        if len(miss):
+            words.append(
+                "not above the twin at any layer in "
+                + ", ".join(
+                    f"{r.recipe} (best {with_interval(r.estimate, r.ci_low, r.ci_high, signed=True)})"
+                    for r in miss.itertuples()
+                )
+            )
+        parts.append(f"{family}: " + "; ".join(words))
+    return (
+        f"Probing ({task}, {site}), trained selectivity minus the random-init twin's, 95% intervals over seeds: "
+        + ". ".join(parts)
+        + "."
+    )
 
 
 def _component_name(r, with_pos: bool = True) -> str:
@@ -1379,6 +1487,115 @@ def _attention(
     return s, findings
 
 
+def _circuit(results: Path, folder: Path, baseline: str) -> tuple[Section, list[str]]:
+    """The circuit section (:mod:`codetransfer.analysis.circuit`): lookup heads, their ablation, the share of
+    each recipe gap they carry next to control heads, CKA per layer against the seed null. Headlines: a share
+    over at least MIN_SEEDS_DISTINGUISHABLE seeds above 0 and above the control heads' share by both
+    ablations; a layer where every seed's CKA to the baseline lies below every seed-vs-seed CKA."""
+    s = Section("Circuit: lookup heads, ablation and representation similarity")
+    findings: list[str] = []
+    gap = _read(results / "circuit_gap.parquet")
+    drop = _read(results / "circuit.parquet")
+    if gap is None or drop is None:
+        s.missing.append("circuit_gap.parquet: the circuit stage has not run")
+        return s, findings
+    heads = _read(results / "circuit_heads.parquet")
+    s.add_text(
+        "Each run's lookup heads are its top heads by the attention stage's score "
+        + (f"'{heads['by'].iloc[0]}'" if heads is not None and len(heads) else "")
+        + " (retrieval: attention from the final position to the answer's source minus the distractors); as "
+        "many control heads are drawn at random from its other heads. Both sets are mean- and resample-ablated "
+        "on the task's items. The share of a recipe's gap over its reference is the part of the gap (logit "
+        "difference) that ablating the recipe's heads in both models removes; it is withheld where the gap's "
+        "interval includes 0, and it means something only where it exceeds the control heads' share. With fewer "
+        f"than {MIN_SEEDS_DISTINGUISHABLE} seeds an interval is item-level, not a claim."
+    )
+    pooled = gap[gap["run"].astype(str).str.endswith("*") & (gap["metric"] == "logit_diff")]
+    if not pooled.empty:
+        keys = ["recipe", "reference", "comparison", "method"]
+        chosen = pooled[pooled["heads_set"] == "chosen"]
+        control = pooled[pooled["heads_set"] == "control"][[*keys, "value", "ci_low", "ci_high"]]
+        t = chosen.merge(
+            control.rename(columns={"value": "control", "ci_low": "control_low", "ci_high": "control_high"}),
+            on=keys,
+            how="left",
+        ).rename(columns={"value": "share", "ci_low": "share_low", "ci_high": "share_high", "n_seeds": "seeds"})
+        t = t[[*keys, "gap", "gap_low", "gap_high", "share", "share_low", "share_high", "control", "control_low",
+               "control_high", "seeds"]].sort_values(["comparison", *keys]).reset_index(drop=True)  # fmt: skip
+        s.add_table(
+            t,
+            intervals={"gap": ("gap_low", "gap_high"), "share": ("share_low", "share_high"),
+                       "control": ("control_low", "control_high")},
+            counts=("seeds",),
+            reasons={"share": "withheld: the gap's interval includes 0", "control": "withheld"},
+            rename={"gap": "gap (logit diff) [95%]", "share": "share removed, chosen heads [95%]",
+                    "control": "share removed, control heads [95%]"},
+        )  # fmt: skip
+
+        def beats_control(r) -> bool:
+            return (
+                r.seeds >= MIN_SEEDS_DISTINGUISHABLE
+                and _finite(r.share_low)
+                and r.share_low > 0
+                and (not _finite(r.control_high) or r.share_low > r.control_high)
+            )
+
+        for (recipe, reference, comparison), g in t.groupby(["recipe", "reference", "comparison"], sort=True):
+            mean = g[g["method"] == "mean"]
+            if comparison == "seed_null" or mean.empty or not all(beats_control(r) for r in g.itertuples()):
+                continue  # every ablation (mean and resample) must beat its control heads
+            r = next(mean.itertuples())
+            findings.append(
+                f"Circuit: ablating {recipe}'s lookup heads removes "
+                f"{with_interval(r.share, r.share_low, r.share_high)} of its logit-difference gap over "
+                f"{reference} (mean ablation, {int(r.seeds)} seeds), against "
+                f"{with_interval(r.control, r.control_low, r.control_high)} for as many control heads."
+            )
+    _figure(s, folder, "circuit_share.png", "Share of each recipe gap removed by ablating the recipe's lookup heads "
+            "(mean ablation; grey: control heads)", lambda: plot_gap_share(gap).figure)  # fmt: skip
+    _figure(s, folder, "circuit_drop.png", "Accuracy drop when each recipe's lookup heads are mean-ablated "
+            "(grey: control heads), over seeds", lambda: plot_ablation_drop(drop).figure)  # fmt: skip
+    over = _read(results / "circuit_over_training.parquet")
+    if over is not None and not over.empty:
+        _figure(s, folder, "circuit_over_training.png", "Induction score of the heads chosen at the end, at every "
+                "saved checkpoint (a falling line: the circuit erodes)",
+                lambda: plot_heads_over_training(over).figure)  # fmt: skip
+    cka = _read(results / "cka.parquet")
+    if cka is None or cka.empty:
+        s.missing.append("cka.parquet: no pairs of runs were compared")
+        return s, findings
+    _figure(s, folder, "circuit_cka.png", "Linear CKA of the residual stream to the baseline per layer (band: "
+            "range over seeds), and between seeds of the baseline (the null)", lambda: plot_cka(cka).figure)  # fmt: skip
+    cross = cka[cka["comparison"] != "seed_null"]
+    null = cka[cka["comparison"] == "seed_null"].groupby("layer")["value"]
+    summary = cross.groupby(["recipe_a", "recipe_b", "layer"], as_index=False).agg(
+        cka=("value", "mean"), seed_null=("seed_null", "first"), seeds=("value", "size"),
+        patchable=("patchable", lambda v: bool(v.fillna(False).all())), highest=("value", "max"),
+    )  # fmt: skip
+    s.add_text(
+        "Linear CKA per layer, each recipe against its reference (mean over seeds), next to the seed-vs-seed "
+        "CKA of the baseline: where a recipe's CKA is not below the seed null (in every seed: 'patchable'), "
+        "patching between the two models there is as meaningful as between seeds. CKA ignores rotations of "
+        "the residual basis and patching does not: this is necessary, not sufficient."
+    )
+    s.add_table(
+        summary.drop(columns="highest").rename(columns={"recipe_a": "recipe", "recipe_b": "reference"}),
+        counts=("layer", "seeds"),
+        reasons={"seed_null": "no seed pairs"},
+    )
+    if not null.size().empty:
+        low = null.min()
+        for r in summary[summary["recipe_b"] == baseline].itertuples():
+            if r.seeds >= MIN_SEEDS_DISTINGUISHABLE and r.layer in low.index and r.highest < low[r.layer]:
+                findings.append(
+                    f"Representation similarity: {r.recipe_a} differs from {baseline} at layer {int(r.layer)} more "
+                    f"than seeds of {baseline} differ (CKA {r.cka:.2f} in every seed below the seed-vs-seed "
+                    f"{low[r.layer]:.2f})."
+                )
+                break
+    return s, findings
+
+
 def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: pd.DataFrame, found=None) -> None:
     """CircuitsVis attention views of the named heads' layers (one page per recipe, on repeated random
     tokens), each at most VIEW_MAX_BYTES; skipped with a reason when circuitsvis is not installed.
@@ -1534,16 +1751,20 @@ def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: P
         lambda: _probes(results, tmp),
         lambda: _patching(results, tmp, baseline, getattr(settings, "patch_difficulty", None), recipes),
         lambda: _attention(results, tmp, baseline, phases, per_step, vocab, out, runs),
+        lambda: _circuit(results, tmp, baseline),
     ):
         s, f = build()
         sections.append(s)
         headline += f
-    # the three headlines: evaluation, circuit (cross-model), representation/heads
+    # the headlines: evaluation, circuit (cross-model), representation/heads, and an ablation or similarity
+    # finding that beats its control (circuit stage)
     headline = (
         headline[:1]
         + [h for h in headline if h.startswith("Cross-model")][:1]
         + [h for h in headline if h.startswith(("Shared representation", "Probing", "Induction"))][:1]
+        + [h for h in headline if h.startswith(("Circuit:", "Representation similarity"))][:1]
     )
+    headline = list(dict.fromkeys(headline))
     if not headline:
         headline = ["No result tables were found: run the eval, probe, patch and attention stages."]
     title = (

@@ -20,8 +20,9 @@ from codetransfer import artifacts
 from codetransfer.analysis.grid import items_up_to
 from codetransfer.analysis import sites
 from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.probes.decodability import TWIN_RECIPE_SUFFIX, TWIN_RUN_SUFFIX
 from codetransfer.probes.estimators import PROBES
-from codetransfer.probes.sweep import merge_parts, run_probe_sweep
+from codetransfer.probes.sweep import check_label_patterns, merge_parts, run_probe_sweep
 from codetransfer.tasks import get_task
 from codetransfer.trained import LoadedRun, load_run
 from codetransfer.trained.tokenizer import load_tokenizer
@@ -66,13 +67,14 @@ def random_init_run(source: RandomInit, device: str = "cpu") -> LoadedRun:
 
 
 def with_random_init(runs: Sequence) -> list:
-    """``runs`` followed by a random-init twin of each (``<name>+random-init``, recipe ``<recipe> (random init)``)."""
+    """``runs`` followed by a random-init twin of each (``<name>+random-init``, recipe ``<recipe> (random init)``:
+    :data:`~codetransfer.probes.decodability.TWIN_RUN_SUFFIX`, :data:`~codetransfer.probes.decodability.TWIN_RECIPE_SUFFIX`)."""
     runs = list(runs)
     return runs + [
         dataclasses.replace(
             r,
-            name=f"{r.name}+random-init",
-            recipe=f"{r.recipe} (random init)",
+            name=f"{r.name}{TWIN_RUN_SUFFIX}",
+            recipe=f"{r.recipe}{TWIN_RECIPE_SUFFIX}",
             path=RandomInit(Path(r.path), int(r.seed)),
         )
         for r in runs
@@ -105,6 +107,7 @@ def probe_grid(
     batch_size: int = 16,
     keep_stores: bool = True,
     random_baseline: bool = False,
+    labels: Sequence[str] | None = None,
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
@@ -117,6 +120,8 @@ def probe_grid(
         shard: ``(i, n)``: the ``i``-th of ``n`` contiguous blocks of units.
         max_difficulty: only items of this difficulty or lower (None: every level).
         random_baseline: also probe a random-init model of each run's shape.
+        labels: label-name patterns to probe (``probes.sweep.item_rows``; e.g. ``probes.sweep.NONLOCAL_LABELS``);
+            None: every label of the items.
         the others: as :func:`codetransfer.probes.sweep.run_probe_sweep`.
     """
     if not tasks:
@@ -136,6 +141,7 @@ def probe_grid(
         raise CodetransferError(f"--target: expected label or family, got '{target}'")
     if n_items < 1:
         raise CodetransferError(f"--n-items: expected a positive number, got {n_items}")
+    labels = check_label_patterns(labels, "--labels")
     if not runs:
         raise CodetransferError("--runs: no complete runs; train them first ('codetransfer train')")
     runs = with_random_init(runs) if random_baseline else list(runs)
@@ -168,6 +174,7 @@ def probe_grid(
         mdl=mdl,
         batch_size=batch_size,
         keep_stores=keep_stores,
+        labels=labels,
         load=load,
         generate=generate,
         progress=progress,

@@ -9,7 +9,11 @@ Every function takes a table and an optional matplotlib ``ax`` and returns the A
 * :func:`first_decodable_layer` / :func:`plot_first_decodable_layer` — for each run, the first layer
   whose metric reaches ``threshold`` (the earliest point where the property is decodable); plotted
   per recipe, one dot per run (training seed), with the recipe mean as a bar. Runs that never reach
-  it are drawn above the top layer, marked "never".
+  it are drawn above the top layer, marked "never". A threshold on a raw metric says nothing about an
+  untrained model of the same shape; the report uses :func:`plot_decodability` instead.
+* :func:`plot_decodability` — a decodability table (``probes.decodability.decodability_table``): per
+  recipe, trained minus random-init twin against layer with its interval (seed-level with >= 3 seeds),
+  the twin as the 0 line; filled dots where the layer is called decodable.
 """
 
 from __future__ import annotations
@@ -142,4 +146,42 @@ def plot_first_decodable_layer(table: pd.DataFrame, threshold: float, ax=None, m
         fontsize="x-small",
         color="#444444",
     )
+    return ax
+
+
+def plot_decodability(table: pd.DataFrame, ax=None):
+    """Trained minus random-init twin (``estimate``) against layer, one line per recipe with its interval band.
+
+    ``table``: the per-recipe rows of a decodability table for one task, label family and site (rows
+    without a head). The random-init twin is the 0 line; a filled dot marks a layer called ``decodable``
+    (the seed-level interval above 0), a hollow one a layer that is not."""
+    from codetransfer.analysis import style as S
+
+    need = ("recipe", "layer", "estimate", "ci_low", "ci_high", "decodable")
+    if any(c not in table.columns for c in need):
+        raise CodetransferError(
+            f"table: expected a decodability table with {list(need)}, got {list(table.columns)}; "
+            "make it with probes.decodability.decodability_table"
+        )
+    sub = table[table["seed"].isna()] if "seed" in table.columns else table
+    if "head" in sub.columns:
+        sub = sub[sub["head"].isna()]
+    if sub.empty:
+        raise CodetransferError("table: no per-recipe rows without a head to plot")
+    _single(sub, ("site", "family", "task", "metric"))
+    ax = S.new_axes((6.5, 3.8)) if ax is None else ax
+    for name, grp in sub.groupby("recipe", sort=True):
+        grp = grp.sort_values("layer")
+        color = S.recipe_color(str(name))
+        S.line_with_band(ax, grp["layer"], grp["estimate"], grp["ci_low"], grp["ci_high"], label=str(name), color=color)
+        hollow = grp[~grp["decodable"].astype(bool)]
+        ax.scatter(hollow["layer"], hollow["estimate"], s=28, facecolors="white", edgecolors=color, zorder=3)
+        filled = grp[grp["decodable"].astype(bool)]
+        ax.scatter(filled["layer"], filled["estimate"], s=28, color=color, zorder=3)
+    S.reference_line(ax, 0.0, "random-init twin", ls="--")
+    ax.set_xlabel("layer (residual stream after the block)")
+    metric = str(sub["metric"].iloc[0]) if "metric" in sub.columns else "metric"
+    ax.set_ylabel(f"{metric}: trained − random init")
+    ax.set_xticks(sorted(sub["layer"].unique()))
+    S.legend_outside(ax, "recipe")
     return ax

@@ -43,6 +43,7 @@ property; it is not a replacement for the dense probes above.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -59,6 +60,7 @@ from codetransfer.analysis.sites import Site
 from codetransfer.analysis.stats import cluster_bootstrap_ci
 from codetransfer.analysis.store import ActivationStore, extract_activations, parse_sites
 from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.probes.decodability import label_family
 from codetransfer.probes.controls import control_labels, majority_accuracy, shuffled_labels
 from codetransfer.probes.estimators import make_probe
 from codetransfer.probes.mdl import online_codelength
@@ -457,21 +459,41 @@ def _read_part_key(path: Path) -> str | None:
     return value.decode() if value else None
 
 
-def label_family(name: str) -> str:
-    """``holder(pen)`` → ``holder``: labels of one family are probed together."""
-    return str(name).split("(", 1)[0]
+NONLOCAL_LABELS = ("*@query", "*@op")
+"""Label-name patterns of the non-local world state (``tasks/render.py``): at the query's last token, the
+queried key's value (``box@query``); after an operation statement that does not name its new value, the
+operated key's value (``box@op``). The main job probes these by default."""
+
+
+def label_matches(name: str, patterns: Sequence[str] | None) -> bool:
+    """Whether label ``name`` matches one of the shell-style ``patterns`` (``fnmatch``; None: every label)."""
+    return patterns is None or any(fnmatch.fnmatchcase(str(name), p) for p in patterns)
+
+
+def check_label_patterns(patterns: Sequence[str] | None, where: str = "labels") -> tuple[str, ...] | None:
+    """``patterns`` as a tuple of non-empty strings (None stays None); refuses anything else in one line."""
+    if patterns is None:
+        return None
+    if isinstance(patterns, str) or not all(isinstance(p, str) and p.strip() for p in patterns) or not patterns:
+        raise CodetransferError(
+            f"{where}: expected a non-empty list of label-name patterns such as ['*@query', 'box(*)'], got {patterns!r}"
+        )
+    return tuple(p.strip() for p in patterns)
 
 
 def item_rows(
-    items: Sequence, tokenizer, *, twins: bool = False
+    items: Sequence, tokenizer, *, twins: bool = False, labels: Sequence[str] | None = None
 ) -> tuple[list[list[int]], list[list[int]], pd.DataFrame]:
     """Token ids, label token positions and the index table of a list of task items.
 
     Each item label becomes one row at the token holding the label span's last character (after
     BOS). With ``twins`` the items' twin renderings follow as extra items (``pair`` = the index of
-    the original item). Returns ``(tokens, positions, index)``; the index has ``item, pair, label,
-    family, value, template, entities, rendering``.
+    the original item). ``labels``: shell-style patterns of the label names to keep (e.g.
+    :data:`NONLOCAL_LABELS`, ``["box(*)"]``; None keeps every label); a selection that keeps no label
+    is refused. Returns ``(tokens, positions, index)``; the index has ``item, pair, label, family,
+    value, template, entities, rendering``.
     """
+    labels = check_label_patterns(labels)
     sequence = [(i, it) for i, it in enumerate(items)]
     if twins:
         sequence += [(i, it.twin) for i, it in enumerate(items) if getattr(it, "twin", None) is not None]
@@ -480,6 +502,8 @@ def item_rows(
         ids, offsets = encoding.encode_prompt(tokenizer, item.prompt)
         ps = []
         for lab in item.labels:
+            if not label_matches(lab.name, labels):
+                continue
             ps.append(encoding.span_token(offsets, lab.end))
             recs.append(
                 dict(
@@ -495,6 +519,12 @@ def item_rows(
             )
         tokens.append(ids)
         positions.append(ps)
+    if labels is not None and not recs:
+        names = sorted({lab.name for _, it in sequence for lab in it.labels})
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise CodetransferError(
+            f"labels: no label of these items matches {list(labels)}; their labels are {shown or 'none'}"
+        )
     return tokens, positions, pd.DataFrame(recs)
 
 
@@ -639,6 +669,7 @@ def run_probe_sweep(
     mdl: bool = True,
     batch_size: int = 16,
     keep_stores: bool = True,
+    labels: Sequence[str] | None = None,
     load: Callable | None = None,
     generate: Callable | None = None,
     progress: Callable[[str], None] | None = None,
@@ -654,6 +685,7 @@ def run_probe_sweep(
             list (contiguous, so that a shard loads each of its runs once).
         n_items, item_seed: items generated per task.
         probe, probe_params, target, split, seeds, min_rows, cross_format, mdl: as :func:`probe_store`.
+        labels: label-name patterns to probe (:func:`item_rows`; e.g. :data:`NONLOCAL_LABELS`); None: all.
         load: ``path -> run`` with ``.bridge`` and ``.tokenizer`` (default ``trained.load_run``).
         generate: ``(task, n, seed) -> items`` (default ``tasks.get_task(task).generate``).
 
@@ -665,6 +697,7 @@ def run_probe_sweep(
         raise CodetransferError(f"shard: expected (i, n) with 0 <= i < n, got {shard!r}; e.g. --shard 0/4")
     if not runs or not tasks or not sites:
         raise CodetransferError("runs, tasks and sites: expected at least one of each, got an empty list")
+    labels = check_label_patterns(labels)
     load = load or _default_load
     generate = generate or _default_generate
     out_dir = Path(out_dir)
@@ -685,6 +718,8 @@ def run_probe_sweep(
         "cross_format": cross_format,
         "mdl": mdl,
     }
+    if labels is not None:  # only when given: the parts of sweeps over every label keep their keys
+        settings["labels"] = list(labels)
     for run_name, task, site in mine:
         part = out_dir / "parts" / f"{_safe(run_name)}__{_safe(task)}__{_safe(site)}.parquet"
         info = by_name[run_name]
@@ -703,13 +738,17 @@ def run_probe_sweep(
         items = items_cache[task]
         if not items:
             raise CodetransferError(f"task '{task}': the generator returned no items; raise --n-items")
-        tokens, positions, index = item_rows(items, loaded.tokenizer, twins=cross_format)
+        tokens, positions, index = item_rows(items, loaded.tokenizer, twins=cross_format, labels=labels)
         store_dir = out_dir / "stores" / _safe(run_name) / _safe(task) / _safe(site)
         version = str(getattr(items[0], "version", ""))
         expect = {"run": run_name, "task": task, "task_version": version, "seed": item_seed}
         try:  # a unit interrupted after extraction reuses its store, if it was made from the same inputs
             store = ActivationStore.open(store_dir, expect=expect)
-            if sorted(store.sites) != sorted(site_names) or store.n_rows != len(index):
+            if (
+                sorted(store.sites) != sorted(site_names)
+                or store.n_rows != len(index)
+                or list(store.index["label"]) != list(index["label"])
+            ):
                 raise CodetransferError("store differs")
         except CodetransferError:
             store = ActivationStore.create(

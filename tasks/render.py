@@ -29,6 +29,19 @@ span. Distractor sentences (prose only) carry no spans and no labels. Probing la
 statement of each event, for each key of the scenario, ``{fn}({key})`` = its value or ``none``
 (fn = box / holder / value / count). Twins therefore share span keys and label sequences.
 
+Labels of *non-local* world state, whose value the tokens around their position do not give away:
+
+* ``{fn}@query`` at the prompt's last token (the end of the query line): the queried key's value after
+  every operation, i.e. the answer. The query line names the key, not its value, which was stated
+  (and then changed) earlier.
+* ``{fn}@op`` after the statement of an operation that changes its key's value *without naming the
+  new value*: a swap (the first-named key takes the partner's value), a copy (the source's value) and
+  arithmetic (add, sub, transfer: the new count). A move, put or give names its new value in its own
+  statement (local), a removal says ``none`` with its verb: they get no ``@op`` label.
+
+The per-statement ``{fn}({key})`` labels mix both kinds (the key a statement names and sets is local
+there, the others are not); probe them by name.
+
 Honest splits: every world kind has *train* and *eval* template variants for each operation and
 distinct code styles per split; the canonical state sentence ("The pen is in box B.") and the query
 line are shared by both splits, because the easiest level must be solvable by copying a stated fact.
@@ -244,6 +257,8 @@ CODE_OPS = {
     "transfer/expanded": "$key = $key - {n}; $dst = $dst + {n}",
     "query": "assert $key ==",
 }
+#: operations whose statement changes its key's value without naming the new value (they get a ``{fn}@op`` label)
+UNNAMED_OPS = ("swap", "copy", "add", "sub", "transfer")
 #: roles that both renderings show (they get spans); others (old, old2, unit_*) are prose-only
 SHARED_ROLES = ("key", "value", "key2", "src", "dst", "n")
 
@@ -471,6 +486,8 @@ def render(sc: Scenario, rendering: str) -> Rendered:
                 spans[f"e{i}.{role}"] = (start + a, start + b)
         for k in keys:
             labels.append(Label(start + len(s), f"{fn}({k})", states[i].values.get(k, "none")))
+        if i >= sc.n_init and ev.op in UNNAMED_OPS:
+            labels.append(Label(start + len(s), f"{fn}@op", states[i].values[ev.key]))
     if len(sc.events) in distract:
         emit(distract[len(sc.events)])
     if rendering == "text":
@@ -482,6 +499,7 @@ def render(sc: Scenario, rendering: str) -> Rendered:
     s, sp = fill(q, qf)
     start = emit(s)
     spans["query"] = (start + sp["key"][0], start + sp["key"][1])
+    labels.append(Label(start + len(s), f"{fn}@query", states[-1].values[sc.query]))
     src = states[-1].sources.get(sc.query)
     if src is not None:
         spans["answer_source"] = spans[f"e{src[0]}.{src[1]}"]

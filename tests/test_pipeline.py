@@ -61,10 +61,15 @@ SETTINGS = JobSettings(eval_items=10, probe_items=40, patch_items=6, attention_i
 TABLES = (
     "eval.parquet",
     "probes.parquet",
+    "decodability.parquet",
     "patching.parquet",
     "cross_model.parquet",
     "cross_rendering.parquet",
     "attention.parquet",
+    "circuit.parquet",
+    "circuit_gap.parquet",
+    "circuit_heads.parquet",
+    "cka.parquet",
 )
 
 
@@ -94,6 +99,14 @@ def test_every_stage_writes_its_table_and_the_report_has_every_section(job):
     out = job / "out"
     for name, t in tables(out).items():
         assert len(t) > 0, name
+    # the job probes the non-local labels only, and compares every trained run with its random-init twin
+    from codetransfer.analysis import schema
+
+    probes, dec = tables(out)["probes.parquet"], tables(out)["decodability.parquet"]
+    assert set(probes["pos"]) <= {"box@query", "box@op"} and "box@query" in set(probes["pos"])
+    schema.check(dec, "decodability")
+    assert set(dec["recipe"]) == {"text-only", "balanced"} and set(dec["family"]) == set(probes["pos"])
+    assert not dec["decodable"].any() and (dec["interval"] == "item").all()  # one seed: never a claim
     page = (out / "report" / "index.html").read_text()
     for title in (
         "Headline findings",
@@ -102,6 +115,7 @@ def test_every_stage_writes_its_table_and_the_report_has_every_section(job):
         "Probing",
         "Activation patching",
         "Attention heads",
+        "Circuit: lookup heads",
     ):
         assert title in page
     parser = _Images()
@@ -119,7 +133,7 @@ def test_rerun_does_no_work_and_keeps_tables(job, capsys):
     units = {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")}
     run_job(str(job / "grid.toml"), out, SETTINGS)
     printed = capsys.readouterr().out
-    assert "eval: up to date" in printed and "probe: up to date" in printed
+    assert "eval: up to date" in printed and "probe: up to date" in printed and "circuit: up to date" in printed
     assert units == {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")}
     for name, t in tables(out).items():
         pd.testing.assert_frame_equal(t, before[name])
@@ -151,7 +165,13 @@ def test_changing_one_recipe_redoes_only_what_depends_on_it(job, tmp_path):
     units = {p.stem: json.loads(p.read_text())["key"] for p in (out / "units").glob("*.json")}
     weights = (out / "runs" / "text-only-s0" / "model.safetensors").stat().st_mtime_ns
     text_only_scores = pd.read_parquet(out / "results" / "units" / "eval-text-only-s0" / "scores.parquet")
-    run_job(str(grid), out, SETTINGS, stages=("train", "eval", "probe", "patch", "attention"), log=lambda *a: None)
+    run_job(
+        str(grid),
+        out,
+        SETTINGS,
+        stages=("train", "eval", "probe", "patch", "attention", "circuit"),
+        log=lambda *a: None,
+    )
     after = {p.stem: json.loads(p.read_text())["key"] for p in (out / "units").glob("*.json")}
     changed = {u for u in units if units[u] != after[u]}
     assert changed == {
@@ -160,6 +180,8 @@ def test_changing_one_recipe_redoes_only_what_depends_on_it(job, tmp_path):
         "patch-balanced-s0",
         "attention-balanced-s0",
         "cross-balanced-s0-into-text-only-s0",
+        "circuit-balanced-s0",
+        "circuit-balanced-s0-vs-text-only-s0",
     }
     assert (out / "runs" / "text-only-s0" / "model.safetensors").stat().st_mtime_ns == weights
     # the grid-wide eval table is rebuilt from the units: the unchanged run's rows are the same scores

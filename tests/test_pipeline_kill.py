@@ -56,7 +56,7 @@ tokens = 24576
 
 SETTINGS = """
 eval_items = 6
-probe_items = 16
+probe_items = 40
 probe_max_difficulty = 1
 patch_items = 4
 patch_sites = "resid_pre,attn,head"

@@ -57,7 +57,7 @@ tokens = 8192
 
 SETTINGS = JobSettings(
     eval_items=6,
-    probe_items=16,
+    probe_items=40,  # at least min_rows (20) rows of the query label per rendering
     probe_max_difficulty=1,
     probe_sites=["resid_post"],
     patch_items=4,
@@ -74,7 +74,7 @@ def job(tmp_path_factory):
         str(root / "grid.toml"),
         root / "out",
         SETTINGS,
-        stages=("train", "eval", "probe", "patch", "attention"),
+        stages=("train", "eval", "probe", "patch", "attention", "circuit"),
         log=lambda *a: None,
     )
     runs = find_runs(root / "out", complete_only=True)
@@ -136,8 +136,10 @@ def test_probe_table_equals_one_sweep_of_every_run(job, tmp_path):
         seeds=PROBE_SPLIT_SEEDS,
         keep_stores=False,
         random_baseline=True,
+        labels=s.probe_labels,
     )
     got = _table(root, "probes.parquet")
+    assert set(got["pos"]) >= {"box@query"} and set(got["pos"]) <= {"box@query", "box@op"}
     assert len(got) and set(got["recipe"]) == {
         "balanced",
         "text-only",
@@ -182,6 +184,30 @@ def test_attention_table_equals_one_scoring_of_every_run(job):
     )
 
 
+def test_circuit_tables_equal_one_circuit_analysis_of_the_grid(job):
+    from codetransfer.analysis.circuit import circuit_grid
+    from codetransfer.pipeline import CIRCUIT_BY, CIRCUIT_ITEMS, GRID_N_BOOT, circuit_k
+
+    root, runs = job
+    s = SETTINGS
+    model = runs[0].record["model"]
+    direct = circuit_grid(
+        runs,
+        s.attention_tasks[0],
+        attention=_table(root, "attention.parquet"),
+        k=circuit_k(model["n_layers"] * model["n_heads"]),
+        by=CIRCUIT_BY,
+        n_items=CIRCUIT_ITEMS,
+        max_difficulty=s.eval_max_difficulty,
+        baseline=s.baseline,
+        seed=s.seed,
+        n_boot=GRID_N_BOOT,
+    )
+    assert set(direct) == {"circuit.parquet", "circuit_gap.parquet", "circuit_heads.parquet", "cka.parquet"}
+    for name, table in direct.items():
+        pd.testing.assert_frame_equal(_table(root, name), _stored(table), check_exact=True)
+
+
 def test_two_workers_give_the_same_tables_and_records(job, tmp_path):
     """``jobs=2`` runs the analysis units on two worker processes: every table and unit record equals ``jobs=1``'s
     (seconds aside), and one line per finished unit is printed."""
@@ -194,7 +220,12 @@ def test_two_workers_give_the_same_tables_and_records(job, tmp_path):
     shutil.copy2(root / "out" / "grid.json", out / "grid.json")
     lines: list[str] = []
     run_job(
-        str(root / "grid.toml"), out, SETTINGS, stages=("eval", "probe", "patch", "attention"), log=lines.append, jobs=2
+        str(root / "grid.toml"),
+        out,
+        SETTINGS,
+        stages=("eval", "probe", "patch", "attention", "circuit"),
+        log=lines.append,
+        jobs=2,
     )
     one = sorted(p.relative_to(root / "out") for p in (root / "out" / "results").rglob("*.parquet"))
     two = sorted(p.relative_to(out) for p in (out / "results").rglob("*.parquet"))

@@ -36,6 +36,13 @@ def test_probe_cli_sweeps_and_restarts(runs_dir, tmp_path, capsys):
     capsys.readouterr()
     assert cli(["probe", "--runs", str(runs_dir), "--sites", "resid_post.1", "--out", str(out), *ARGS]) == 0
     assert "probing" not in capsys.readouterr().out  # nothing redone
+    # --labels: only the selected labels are probed, with their random-init twins
+    out2 = tmp_path / "query"
+    argv = ["probe", "--runs", str(runs_dir), "--sites", "resid_post.1", "--out", str(out2), "--labels", "*@query"]
+    argv += [*ARGS[:-2], "--min-rows", "10", "--random-baseline", "--no-cross-format"]
+    assert cli(argv) == 0
+    table = pd.read_parquet(out2 / "probes.parquet")
+    assert set(table["pos"]) == {"box@query"} and set(table["recipe"]) == {"text-only", "text-only (random init)"}
 
 
 @pytest.mark.parametrize(
@@ -45,6 +52,8 @@ def test_probe_cli_sweeps_and_restarts(runs_dir, tmp_path, capsys):
         (["--sites", "resid_pots"], "resid_post"),
         (["--shard", "2/2"], "shard"),
         (["--tasks", "entity_trackin"], "entity_tracking"),
+        (["--labels", "holder@*"], "no label of these items matches"),
+        (["--labels", ","], "--labels"),
     ],
 )
 def test_probe_cli_refuses_bad_input_writing_nothing(runs_dir, tmp_path, capsys, extra, needle):

@@ -71,6 +71,41 @@ def test_item_rows_put_labels_on_the_token_that_ends_their_span(tiny_tokenizer):
             k += 1
 
 
+def test_item_rows_select_labels_and_put_the_nonlocal_ones_where_claimed(tiny_tokenizer):
+    from codetransfer.probes.sweep import NONLOCAL_LABELS
+    from codetransfer.tasks import get_task
+
+    items = get_task("entity_tracking").generate(12, 0, difficulty=2)
+    tokens, positions, index = item_rows(items, tiny_tokenizer, twins=True, labels=NONLOCAL_LABELS)
+    assert set(index["family"]) == {"box@query", "box@op"} and set(index["rendering"]) == {"text", "code"}
+    k = 0
+    for item_tokens, pos, item in zip(tokens, positions, list(items) + [it.twin for it in items]):
+        kept = [lab for lab in item.labels if "@" in lab.name]
+        assert len(pos) == len(kept) and sum(lab.name == "box@query" for lab in kept) == 1
+        for p, lab in zip(pos, kept):
+            upto = tiny_tokenizer.decode(item_tokens[1 : p + 1])
+            assert index.loc[k, "label"] == lab.name and index.loc[k, "value"] == lab.value
+            if lab.name == "box@query":  # the prompt's last token, where the answer is predicted
+                assert p == len(item_tokens) - 1 and lab.value == item.answer.strip()
+            else:  # the end of the operation's statement
+                if item.rendering == "text":
+                    assert upto.endswith(".")
+                else:
+                    assert item.prompt[lab.end] == "\n"
+                assert item.prompt[: lab.end].endswith(upto[-3:])
+            k += 1
+    # every label: the per-statement ones come back; a pattern that matches nothing is refused in one line
+    _, _, all_rows = item_rows(items, tiny_tokenizer, labels=None)
+    assert {"box", "box@query", "box@op"} == set(all_rows["family"])
+    _, _, boxes = item_rows(items, tiny_tokenizer, labels=["box(*)"])
+    assert set(boxes["family"]) == {"box"}
+    with pytest.raises(CodetransferError, match="no label of these items matches") as e:
+        item_rows(items, tiny_tokenizer, labels=["holder@*"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(CodetransferError, match="patterns"):
+        item_rows(items, tiny_tokenizer, labels="*@query")
+
+
 def test_sweep_restarts_without_repeating_work_and_shards_partition(tmp_path, long_ctx_model):
     runs = _runs(long_ctx_model)[:1]
     sites = ["resid_post.1", "head.1"]  # 'head' is the alias of 'head_out'; tables name the kind

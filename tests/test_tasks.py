@@ -179,13 +179,19 @@ def test_labels_are_aligned_across_twins_and_match_the_state(world_items):
         for it in items:
             tw = it.twin
             assert [(l.name, l.value) for l in it.labels] == [(l.name, l.value) for l in tw.labels]
-            ends = sorted({l.end for l in it.labels})
+            state = [l for l in it.labels if "@" not in l.name]
+            ends = sorted({l.end for l in state})
             assert len(ends) == len(it.facts)  # one label position per statement
             text, code = (it, tw) if it.rendering == "text" else (tw, it)
-            for l in text.labels:
-                assert text.prompt[l.end - 1] == "."  # end of a sentence
-            for l in code.labels:
-                assert code.prompt[l.end] == "\n"  # end of a statement line
+            for x, end_char in ((text, "."), (code, "\n")):
+                for l in x.labels:
+                    if l.name.endswith("@query"):  # the query's last token: the end of the prompt
+                        assert l.end == len(x.prompt) and l.value == x.answer.strip()
+                    elif end_char == ".":
+                        assert x.prompt[l.end - 1] == "."  # end of a sentence
+                    else:
+                        assert x.prompt[l.end] == "\n"  # end of a statement line
+            assert sum(l.name.endswith("@query") for l in it.labels) == 1
     # a known label: after "... moved to box C." the pen is in C
     sc = Scenario(
         "boxes",
@@ -198,6 +204,67 @@ def test_labels_are_aligned_across_twins_and_match_the_state(world_items):
     last = [l for l in r.labels if l.end == r.spans["e2"][1]]
     assert {(l.name, l.value) for l in last} == {("box(pen)", "C"), ("box(cup)", "B")}
     assert r.prompt.endswith("The pen") and r.spans["answer_source"] == r.spans["e2.value"]
+
+
+def _nonlocal(r):
+    return [(l.end, l.name, l.value) for l in r.labels if "@" in l.name]
+
+
+def test_nonlocal_labels_hand_checked():
+    """``@query``: the answer at the prompt's end; ``@op``: the new value after an operation that does not name it
+    (a swap, a copy, arithmetic), at the end of that statement; a move names its box and gets none."""
+    boxes = tuple(" " + b for b in "ABCDE")
+    # after a move the queried object is in its new box
+    sc = Scenario("boxes", (E("put", "pen", "A"), E("put", "cup", "B"), E("move", "pen", "C")), 2, "pen", boxes)
+    for rendering in ("text", "code"):
+        r = render(sc, rendering)
+        assert _nonlocal(r) == [(len(r.prompt), "box@query", "C")]
+    # a move then a swap: the pen goes to C, then takes the cup's box B (the cup gets C)
+    events = (E("put", "pen", "A"), E("put", "cup", "B"), E("move", "pen", "C"), E("swap", "pen", "cup"))
+    for query, answer in (("pen", "B"), ("cup", "C")):
+        sc = Scenario("boxes", events, 2, query, boxes, split="train")
+        for rendering in ("text", "code"):
+            r = render(sc, rendering)
+            assert _nonlocal(r) == [(r.spans["e3"][1], "box@op", "B"), (len(r.prompt), "box@query", answer)]
+        assert render(sc, "text").prompt[: render(sc, "text").spans["e3"][1]].endswith("switch boxes.")
+    # possession: a swap hands each object to the other's holder
+    people = ("Ann", "Bob", "Cy")
+    sc = Scenario(
+        "possession",
+        (E("put", "ball", "Ann"), E("put", "hat", "Bob"), E("swap", "ball", "hat"), E("give", "hat", "Cy")),
+        2,
+        "ball",
+        tuple(" " + p for p in people),
+        people=people,
+    )
+    r = render(sc, "text")
+    assert _nonlocal(r) == [(r.spans["e2"][1], "holder@op", "Bob"), (len(r.prompt), "holder@query", "Bob")]
+    # counting: the new count after arithmetic (named nowhere), both partners of a transfer
+    sc = Scenario(
+        "counting",
+        (E("assign", "tom", "3"), E("assign", "ann", "1"), E("add", "tom", n=2), E("transfer", "tom", "ann", n=4)),
+        2,
+        "ann",
+        tuple(" " + d for d in "0123456789"),
+        unit="pear",
+    )
+    for rendering in ("text", "code"):
+        r = render(sc, rendering)
+        assert _nonlocal(r) == [
+            (r.spans["e2"][1], "count@op", "5"),
+            (r.spans["e3"][1], "count@op", "1"),
+            (len(r.prompt), "count@query", "5"),
+        ]
+    # binding: a copy takes the source's value, stated two statements earlier
+    sc = Scenario(
+        "binding",
+        (E("assign", "tom", "3"), E("assign", "ann", "7"), E("copy", "eve", "tom")),
+        2,
+        "eve",
+        (" 3", " 7"),
+    )
+    r = render(sc, "code")
+    assert _nonlocal(r) == [(r.spans["e2"][1], "value@op", "3"), (len(r.prompt), "value@query", "3")]
 
 
 def test_counterfactual_differs_in_exactly_one_fact_and_changes_the_answer(world_items):
@@ -245,7 +312,7 @@ def test_difficulty_is_the_number_of_operations():
     for name in ("entity_tracking", "counting", "possession", "code_state"):
         for d in (0, 3, 5):
             for it in get_task(name).generate(5, seed=1, difficulty=d):
-                n_init = len({l.end for l in it.labels}) - d  # statements = initial facts + d operations
+                n_init = len({l.end for l in it.labels if "@" not in l.name}) - d  # initial facts + d operations
                 assert it.difficulty == d and n_init >= 2
                 assert all(f.startswith(("put(", "assign(")) for f in it.facts[:n_init])
     for d in (0, 2, 4):  # binding: number of copy hops from the query back to its constant

@@ -72,7 +72,8 @@ def test_unit_keys_hash_the_settings_as_they_always_did():
         curve_max_difficulty=0,
         probe_tasks="entity_tracking",
         probe_sites="resid_post",
-        probe_items=96,
+        probe_labels="*@query,*@op",  # the non-local labels (issue #17): a new field, so every unit is redone once
+        probe_items=288,
         probe_max_difficulty=3,
         patch_task="entity_tracking",
         patch_sites="resid_pre,attn_out,mlp_out,head_out",

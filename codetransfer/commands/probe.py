@@ -44,6 +44,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--item-seed", type=int, default=0, help="task generator seed (default 0)")
     parser.add_argument("--probe", default="linear", help="linear (default), mlp or ridge")
     parser.add_argument("--split", default="entity", help="entity (default) or group (by template)")
+    parser.add_argument(
+        "--labels",
+        default=None,
+        help="comma-separated label-name patterns to probe, e.g. '*@query,*@op' (the non-local world state) or "
+        "'box(*)' (default: every label)",
+    )
     parser.add_argument("--target", default="label", help="label (each label name, default) or family (pooled)")
     parser.add_argument("--seeds", default="0,1,2", help="split seeds (default 0,1,2)")
     parser.add_argument("--min-rows", type=int, default=20, help="skip probing problems with fewer rows (default 20)")
@@ -98,6 +104,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         keep_stores=not args.drop_stores,
         random_baseline=args.random_baseline,
+        labels=None if args.labels is None else _split_list(args.labels, "--labels"),
         device=args.device,
         progress=lambda msg: print(msg, flush=True),
     )
