@@ -91,7 +91,7 @@ def test_unit_keys_hash_the_settings_as_they_always_did():
     assert artifacts.key(["eval", JobSettings(probe_sites=["resid_post"]).key()]) == artifacts.key(["eval", legacy])
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-full", "small", "gpu"])
+@pytest.mark.parametrize("name", ["tiny", "tiny-full", "control", "small", "gpu"])
 def test_grid_show_prints_a_grid_file_that_loads_back_equal(name, tmp_path, capsys):
     from codetransfer.trained import load_grid
     from codetransfer.trained.presets import PRESETS
@@ -119,7 +119,13 @@ def test_presets_are_validated_like_grid_files(monkeypatch):
 
 def test_grid_lists_presets_and_refuses_unknown(capsys):
     assert cli(["grid"]) == 0
-    assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()] == ["tiny", "tiny-full", "small", "gpu"]
+    assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()] == [
+        "tiny",
+        "tiny-full",
+        "control",
+        "small",
+        "gpu",
+    ]
     assert cli(["grid", "show", "tinny"]) == 2
     assert "did you mean 'tiny'" in capsys.readouterr().err
 
