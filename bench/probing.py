@@ -3,7 +3,7 @@
     .venv/bin/python bench/probing.py [--run RUN_DIR] [--n-items 96] [--max-difficulty 1] [--repeats 1]
 
 Runs ``codetransfer probe`` in-process with the main job's probe settings (task entity_tracking,
-sites resid_post, one split seed, ``--drop-stores``, ``--random-baseline``: the run and its
+sites resid_post, the job's ``probe_items`` and ``probe_labels``, one split seed, ``--drop-stores``, ``--random-baseline``: the run and its
 random-init twin) twice per repeat into fresh folders: once inside ``probes.fast.reference()``
 (every linear probe and MDL block fitted by scikit-learn's ``LogisticRegressionCV`` /
 ``LogisticRegression``, the implementation before the fast path) and once as shipped. It checks
@@ -77,6 +77,7 @@ def _sweep(run: Path, out: Path, args) -> tuple[float, float]:
         "0",
         "--seeds",
         "0",
+        *(["--labels", ",".join(args.labels)] if args.labels else []),
         "--drop-stores",
         "--random-baseline",
         "--device",
@@ -128,8 +129,14 @@ def main() -> None:
         help="items per task (default: the main job's probe_items)",
     )
     ap.add_argument("--max-difficulty", type=int, default=1, help="hardest item level (the tiny grid's: 1)")
+    ap.add_argument(
+        "--labels",
+        default=",".join(JobSettings().probe_labels),
+        help="label name patterns probed (default: the main job's probe_labels; 'all': every label)",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="timed (reference, fast) pairs; medians are reported")
     args = ap.parse_args()
+    args.labels = None if args.labels == "all" else args.labels.split(",")
 
     from codetransfer.probes import fast
     from codetransfer.trained import load_run
