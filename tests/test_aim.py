@@ -81,7 +81,7 @@ def test_aim_replaces_the_instruments_task_and_level_with_the_gap(tmp_path):
 
 @pytest.mark.parametrize("found", [True, False])
 def test_the_patch_stage_and_the_report_follow_the_aim(found, tmp_path):
-    from tests.test_pipeline import GRID, SETTINGS
+    from test_pipeline import GRID, SETTINGS
 
     (tmp_path / "grid.toml").write_text(GRID)
     out = tmp_path / "out"

@@ -9,7 +9,7 @@ from codetransfer.analysis import schema
 from codetransfer.pipeline import JobSettings, run_job
 from codetransfer.trained import find_runs
 from codetransfer.trained.runs import run_checkpoints
-from tests.test_pipeline import GRID
+from test_pipeline import GRID
 
 SETTINGS = JobSettings(
     eval_items=10, patch_items=6, patch_sites=("resid_pre", "head_out"), patch_checkpoint_sites=("head_out",)
