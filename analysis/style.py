@@ -47,6 +47,8 @@ PALETTE = (
     "#17becf",
     "#9467bd",
     "#e377c2",
+    "#a6761d",
+    "#393b79",
 )
 
 #: The shipped grids' recipes (trained/presets.py), in their fixed palette slots.
@@ -65,6 +67,8 @@ KNOWN_RECIPES = (
     "code-90",
     "code-100",
     "additive-50",
+    "scrambled",
+    "copy",
 )
 
 RANDOM_INIT_SUFFIX = " (random init)"

@@ -63,7 +63,7 @@ patch_sites = "resid_pre,attn,head"
 attention_items = 4
 """
 
-LATER = ("eval", "probe", "patch", "attention", "report")
+LATER = ("eval", "probe", "patch", "attention", "circuit", "report")
 DATA_READY = "data ready in "  # printed by the train stage when tokenizer and token arrays are ready
 
 
