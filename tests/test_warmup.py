@@ -176,53 +176,33 @@ def test_scrambled_warmup_grows_no_induction_head_in_the_tiny_shape():
     assert ind < 0.2 and loss > 4.0, (ind, loss)
 
 
-WARMUPS = textwrap.dedent(
-    """
-    [[recipes]]
-    name = "none"
-    warmup = "none"
-    [[recipes.phases]]
-    name = "base"
-    mixture = { gcide = 1.0 }
-    tokens = 2048
-    [[recipes.phases]]
-    name = "main"
-    mixture = { gcide = 1.0 }
-    tokens = 2048
-    [[recipes]]
-    name = "none-b"
-    warmup = "none"
-    [[recipes.phases]]
-    name = "base"
-    mixture = { gcide = 1.0 }
-    tokens = 2048
-    [[recipes.phases]]
-    name = "main"
-    mixture = { gcide = 1.0, stdlib = 1.0 }
-    tokens = 2048
-    [[recipes]]
-    name = "copy"
-    warmup = "periodic"
-    [[recipes.phases]]
-    name = "base"
-    mixture = { gcide = 1.0 }
-    tokens = 2048
-    [[recipes.phases]]
-    name = "main"
-    mixture = { gcide = 1.0 }
-    tokens = 2048
-    [[recipes]]
-    name = "scrambled"
-    warmup = "scrambled"
-    [[recipes.phases]]
-    name = "base"
-    mixture = { gcide = 1.0 }
-    tokens = 2048
-    [[recipes.phases]]
-    name = "main"
-    mixture = { gcide = 1.0 }
-    tokens = 2048
-    """
+def _recipe(name: str, warmup: str, main_mixture: str) -> str:
+    """A two-phase recipe (a shared-looking ``base``, then ``main``) with its own warm-up, as grid-file text."""
+    return textwrap.dedent(
+        f"""
+        [[recipes]]
+        name = "{name}"
+        warmup = "{warmup}"
+        [[recipes.phases]]
+        name = "base"
+        mixture = {{ gcide = 1.0 }}
+        tokens = 2048
+        [[recipes.phases]]
+        name = "main"
+        mixture = {{ {main_mixture} }}
+        tokens = 2048
+        """
+    )
+
+
+WARMUPS = "".join(
+    _recipe(name, warmup, mixture)
+    for name, warmup, mixture in (
+        ("none", "none", "gcide = 1.0"),
+        ("none-b", "none", "gcide = 1.0, stdlib = 1.0"),
+        ("copy", "periodic", "gcide = 1.0"),
+        ("scrambled", "scrambled", "gcide = 1.0"),
+    )
 )
 
 
