@@ -59,6 +59,12 @@ def test_presets_load_and_unknown_preset_suggests():
                 ("text-only", "none"), ("scrambled", "scrambled"), ("copy", "periodic")
             ]  # fmt: skip
             continue
+        if name == "emergence":  # from scratch: no warm-up, one phase per arm, a snapshot every 1M tokens
+            assert [r.name for r in g.recipes] == ["text-only", "text-diluted", "balanced", "code-only"]
+            assert g.train.induction_warmup == 0 and all(r.warmup == "grid" and len(r.phases) == 1 for r in g.recipes)
+            assert g.train.snapshot_every * g.train.batch_size * g.model.n_ctx == 2**20
+            assert g.recipes[0].phases[0].tokens == 2**24
+            continue
         assert {r.name for r in g.recipes} >= {"text-only", "balanced", "code->text", "balanced->text"}
     full = {r.name for r in preset("tiny-full").recipes}
     assert {"code-25", "code-75", "code-90", "code-100", "balanced->text+cooldown-text", "additive-50"} <= full

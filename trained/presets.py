@@ -12,6 +12,9 @@ standard library plus world-simulator programs. Sizes:
                    each differ from another in one thing), 2-layer Llama d_model 64 after an induction
                    warm-up, 3 seeds, trains on 2 CPU cores within the demo's budget;
 * ``tiny-full``  — every variant of the paper at the tiny size, one seed;
+* ``emergence``  — the emergence question (docs/emergence.md): the tiny shape from scratch with no warm-up,
+                   text-only / text-diluted / balanced / code-only, 3 seeds, 16M tokens per run (about where
+                   induction heads emerge for batch 8 x 128), a snapshot every 1M: about 2 h on 2 CPU cores;
 * ``small``      — every variant, 4 layers d_model 256: hours on a CPU, minutes on a GPU;
 * ``gpu``        — every variant, 12 layers d_model 768 (~85M non-embedding parameters), 100M tokens per
                    run, one seed: 1.07B tokens for the whole grid (shared phases trained once), which one
@@ -20,6 +23,8 @@ standard library plus world-simulator programs. Sizes:
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.trained.config import (
@@ -244,6 +249,56 @@ def _control() -> GridConfig:
     )
 
 
+EMERGENCE_STEPS = 16_384
+"""Optimizer steps per emergence run: 16M tokens (2^24) at batch 8 x 128, about where Aoyama, Wilcox and
+Schneider (2025)'s fit N = 10^5.7 sqrt(B C) puts induction-head emergence for that batch and context."""
+EMERGENCE_SNAPSHOT = 1_024
+"""Steps between the emergence runs' snapshots (1M tokens): 16 points per learning curve."""
+
+
+def emergence_arms(tokens: int = EMERGENCE_STEPS * 8 * 128) -> tuple[Recipe, ...]:
+    """The emergence grid's arms, each one phase from scratch with no warm-up: does code make the lookup circuit
+    (previous-token + induction head) and the tasks that need it appear sooner?
+
+    * ``text-only`` -- English only (75% narratives, 25% GCIDE glosses);
+    * ``text-diluted`` -- balanced's narrative dose (37.5%), the rest English: the dose of task text alone;
+    * ``balanced`` -- 50% code (the paper's competitive mixing), against ``text-diluted``: code in place of English
+      at the same narrative dose;
+    * ``code-only`` -- code only (75% the world simulator's programs, 25% the standard library).
+    """
+    lr = LRSchedule(schedule="cosine", peak=3e-3, final=3e-4, warmup=0.02)
+    diluted = {"gcide": round(1 - NARRATIVE_DOSE, 6), "narratives": NARRATIVE_DOSE}
+
+    def arm(name, mixture, desc, control=""):
+        return Recipe(name, (Phase("main", mixture, tokens, lr),), desc, control)
+
+    return (
+        arm("text-only", mix(0.0), "baseline: English only (75% narratives), from scratch"),
+        arm("text-diluted", diluted, "balanced's narrative dose (37.5%), the rest English glosses: the dose alone"),
+        arm("balanced", mix(0.5), "50% code at the same narrative dose: code in place of English", "text-diluted"),
+        arm("code-only", mix(1.0), "code only (75% same-world programs): does code alone grow the circuit?"),
+    )
+
+
+def _emergence() -> GridConfig:
+    grid = _tiny_grid(
+        "emergence",
+        "the emergence question: the tiny shape from scratch with no warm-up, text-only / text-diluted / balanced / "
+        "code-only, 16M tokens per run, a snapshot every 1M; 3 seeds; about 2 h on 2 CPU cores",
+        emergence_arms(),
+        (0, 1, 2),
+    )
+    # 8 MB per source: the 16M-token runs see each source's documents a few times, not 15
+    train = dataclasses.replace(
+        grid.train,
+        induction_warmup=0,
+        eval_every=EMERGENCE_SNAPSHOT,
+        save_every=EMERGENCE_SNAPSHOT,
+        snapshot_every=EMERGENCE_SNAPSHOT,
+    )
+    return dataclasses.replace(grid, sources=sources(8_000_000), train=train)
+
+
 def _small() -> GridConfig:
     return GridConfig(
         name="small",
@@ -271,7 +326,14 @@ def _gpu() -> GridConfig:
     )
 
 
-PRESETS = {"tiny": _tiny, "tiny-full": _tiny_full, "control": _control, "small": _small, "gpu": _gpu}
+PRESETS = {
+    "tiny": _tiny,
+    "tiny-full": _tiny_full,
+    "control": _control,
+    "emergence": _emergence,
+    "small": _small,
+    "gpu": _gpu,
+}
 
 
 def preset(name: str) -> GridConfig:
