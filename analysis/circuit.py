@@ -8,8 +8,17 @@ gap between recipes. :func:`circuit_grid` tests it on the runs of a grid:
    text rendering, the attention the final position pays to the answer's source minus the distractors),
    ``induction`` (the induction score on repeated random tokens) or ``patching`` (the run's own ``head_out``
    denoising score at every position, ``patching.parquet``). Next to them, ``k`` *control* heads are drawn
-   at random (seeded) from the run's other heads: an ablation that removes as much with control heads says
-   nothing about the chosen ones. ``heads`` overrides the choice per run.
+   at random (seeded) from the run's heads that are not candidates for the circuit: an ablation that removes
+   as much with control heads says nothing about the chosen ones, and a control set that holds a member of a
+   distributed circuit (an induction circuit spread over every head of a layer, with its previous-token
+   partners one layer down) removes as much for that reason and says nothing either. Not drawn: the chosen
+   heads, every head whose ``by`` score is at least :data:`CONTROL_SCORE_SHARE` of the lowest chosen head's
+   (when that score is > 0), and, where the run's previous-token scores on repeated random tokens are known
+   (``partners``: :func:`partner_scores_of`), every head scoring at least :data:`PARTNER_SCORE` there (the
+   previous-token partners of an induction circuit). When fewer than ``k`` heads remain, the non-chosen heads
+   of the lowest ``by`` score fill the set up, so it always has ``k`` heads; ``circuit_heads.parquet`` marks
+   them ``eligible = False`` (True for the chosen heads and the control heads drawn at random).
+   ``heads`` overrides the choice per run.
 2. **Ablation.** On ``n_items`` items of the task (the job: its evaluation items' family, seed and levels,
    fitted to the context) each run is scored clean and with its chosen (and control) heads mean- and
    resample-ablated (:mod:`codetransfer.analysis.ablation`). Scores per item: the logit difference at the
@@ -64,6 +73,18 @@ CHOICES = {
     "patching": "denoising",
 }
 """How lookup heads are chosen: the score each rule ranks heads by (see the module docstring)."""
+CONTROL_SCORE_SHARE = 0.5
+"""A head whose ``by`` score is at least this share of the lowest chosen head's score (when that is > 0) is a
+candidate for the circuit and never a control head."""
+PARTNER_METRIC = "previous_token"
+"""The score (on repeated random tokens, :data:`~codetransfer.analysis.attention.RANDOM_TASK`) that finds the
+previous-token partners of an induction circuit (:func:`partner_scores_of`)."""
+PARTNER_SCORE = 0.2
+"""A head whose :data:`PARTNER_METRIC` score is at least this is a previous-token partner of an induction
+circuit (the layer-0 half of it) and never a control head."""
+CONTROL_RULE = f"not-candidates(by>={CONTROL_SCORE_SHARE}*lowest,{PARTNER_METRIC}>={PARTNER_SCORE})"
+"""The rule control heads are drawn by, as the job's circuit units name it in their keys (a changed rule
+redoes them)."""
 METHODS = ("mean", "resample")
 HEAD_SETS = ("chosen", "control")
 MIN_ITEMS = 8
@@ -124,6 +145,40 @@ def head_scores_of(
     return sel.groupby(["layer", "head"], as_index=False)["value"].mean()
 
 
+def partner_scores_of(info, attention: pd.DataFrame | None) -> pd.DataFrame | None:
+    """One row per head of run ``info`` (``layer, head, value``): its :data:`PARTNER_METRIC` score on repeated
+    random tokens in ``attention`` (``attention.parquet``), or None when the table has none for the run."""
+    if attention is None or attention.empty or not {"run", "task", "metric"} <= set(attention.columns):
+        return None
+    t = attention[
+        (attention["run"] == info.name) & (attention["task"] == RANDOM_TASK) & (attention["metric"] == PARTNER_METRIC)
+    ]
+    if t.empty:
+        return None
+    return t.groupby(["layer", "head"], as_index=False)["value"].mean()
+
+
+def control_candidates(
+    chosen: Sequence[tuple[int, int]],
+    value: Mapping[tuple[int, int], float],
+    partners: pd.DataFrame | None = None,
+) -> list[tuple[int, int]]:
+    """The heads control heads are drawn from (in ``value``'s order): not in ``chosen``, a ``by`` score below
+    :data:`CONTROL_SCORE_SHARE` of the lowest chosen head's (when that is > 0) and, with ``partners`` (one row
+    per head, ``layer, head, value``: :func:`partner_scores_of`), a previous-token score below
+    :data:`PARTNER_SCORE` (a head missing from ``partners`` counts as below)."""
+    lowest = min((value[h] for h in chosen), default=np.nan)
+    bar = CONTROL_SCORE_SHARE * lowest if np.isfinite(lowest) and lowest > 0 else np.inf
+    partner = set()
+    if partners is not None:
+        partner = {
+            (int(a), int(b))
+            for a, b, v in zip(partners["layer"], partners["head"], partners["value"])
+            if np.isfinite(v) and v >= PARTNER_SCORE
+        }
+    return [h for h in value if h not in chosen and h not in partner and not value[h] >= bar]
+
+
 def choose_heads(
     info,
     scores: pd.DataFrame,
@@ -133,12 +188,17 @@ def choose_heads(
     task: str = "",
     heads: Sequence[tuple[int, int]] | None = None,
     seed: int = 0,
+    partners: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Run ``info``'s chosen heads (top ``k`` of ``scores``, or ``heads`` when given) and ``k`` control heads
-    drawn at random from the others (seeded by ``seed`` and the run's seed).
+    """Run ``info``'s chosen heads (top ``k`` of ``scores``, or ``heads`` when given) and as many control
+    heads, drawn at random (seeded by ``seed`` and the run's seed) from the heads that are not candidates for
+    the circuit (:func:`control_candidates`; the module docstring, point 1); when too few are, the other
+    non-chosen heads of the lowest score fill the set up (``eligible`` False).
 
-    ``scores``: one row per head of the model (``layer, head, value``, :func:`head_scores_of`). Returns
-    ``circuit_heads`` rows: ``run, recipe, seed, task, heads_set, rank, layer, head, by, value``.
+    ``scores``: one row per head of the model (``layer, head, value``, :func:`head_scores_of`); ``partners``:
+    the run's previous-token scores on repeated random tokens (:func:`partner_scores_of`; None: unknown, no
+    head is left out as a partner). Returns ``circuit_heads`` rows: ``run, recipe, seed, task, heads_set, rank,
+    layer, head, by, value, eligible``.
     """
     all_heads = [(int(layer), int(head)) for layer, head in zip(scores["layer"], scores["head"])]
     value = dict(zip(all_heads, scores["value"].astype(float)))
@@ -166,9 +226,14 @@ def choose_heads(
                 f"heads of run '{info.name}': {len(chosen)} heads given; at most {len(all_heads) // 2} "
                 "(the rest give the control heads)"
             )
-    others = [h for h in all_heads if h not in chosen]
+    eligible = control_candidates(chosen, value, partners)
     rng = np.random.default_rng([int(seed), int(info.seed)])
-    control = [others[i] for i in sorted(rng.choice(len(others), size=len(chosen), replace=False))]
+    n = min(len(chosen), len(eligible))
+    control = [eligible[i] for i in sorted(rng.choice(len(eligible), size=n, replace=False))]
+    fill = sorted(
+        (h for h in all_heads if h not in chosen and h not in eligible),
+        key=lambda h: (value[h] if np.isfinite(value[h]) else np.inf, h),
+    )[: len(chosen) - n]
     rows = [
         dict(
             task=task,
@@ -178,8 +243,9 @@ def choose_heads(
             head=h[1],
             by=by if heads is None else "given",
             value=value[h],
+            eligible=h not in fill,
         )
-        for name, group in (("chosen", chosen), ("control", control))
+        for name, group in (("chosen", chosen), ("control", control + fill))
         for r, h in enumerate(group)
     ]
     return schema.add_run_columns(pd.DataFrame(rows), info)
@@ -604,9 +670,11 @@ def circuit_grid(
     CKA and the heads over training, as tables keyed by file name (:func:`circuit_tables`).
 
     ``attention`` / ``patching``: the attention stage's and the patch stage's tables (``by`` says which is
-    read); ``heads``: ``{run name: [(layer, head), ...]}`` chosen by hand (then no table is read for those
-    runs). ``max_difficulty``: the hardest level of the items (None: every level). ``baseline`` and
-    ``controls`` (``{recipe: compare_with}``) give the pairs (:func:`circuit_pairs`).
+    read; the previous-token scores of ``attention``, where it has them, keep the partners of an induction
+    circuit out of the control heads: :func:`choose_heads`); ``heads``: ``{run name: [(layer, head), ...]}``
+    chosen by hand (then no table is read for those runs). ``max_difficulty``: the hardest level of the items
+    (None: every level). ``baseline`` and ``controls`` (``{recipe: compare_with}``) give the pairs
+    (:func:`circuit_pairs`).
     """
     from codetransfer.trained import load_run
 
@@ -634,7 +702,8 @@ def circuit_grid(
             cfg = loaded[r.name].bridge.cfg
             grid = [(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
             scores = pd.DataFrame({"layer": [g[0] for g in grid], "head": [g[1] for g in grid], "value": np.nan})
-        choice[r.name] = choose_heads(r, scores, k=k, by=by, task=task, heads=given, seed=seed)
+        partners = partner_scores_of(r, attention)
+        choice[r.name] = choose_heads(r, scores, k=k, by=by, task=task, heads=given, seed=seed, partners=partners)
         log(f"circuit: run {r.name}: heads {heads_label(_heads(choice[r.name], 'chosen'))}")
         frames.append(
             circuit_run_part(loaded[r.name], choice[r.name], items, methods=methods, seed=seed, batch_size=batch_size)

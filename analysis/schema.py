@@ -193,9 +193,10 @@ TABLES: dict[str, Table] = {
         Table(
             "circuit_heads",
             "circuit_heads.parquet",
-            RUN_COLUMNS + ("task", "heads_set", "rank", "layer", "head", "by", "value"),
+            RUN_COLUMNS + ("task", "heads_set", "rank", "layer", "head", "by", "value", "eligible"),
             description="one of a run's lookup heads (heads_set 'chosen': top-k by the score 'by') or of its "
-            "randomly drawn control heads ('control')",
+            "control heads ('control': drawn at random from the heads that are not candidates for the circuit; "
+            "eligible False: a lowest-score head that filled the set up when too few were left)",
         ),
         Table(
             "circuit",

@@ -592,13 +592,16 @@ def _circuit_task(run, results: Path, settings: JobSettings) -> str | None:
 
 
 def _circuit_heads(run, task: str, results: Path, settings: JobSettings):
-    """``run``'s chosen and control heads, from its attention unit's table."""
-    from codetransfer.analysis.circuit import choose_heads, head_scores_of
+    """``run``'s chosen and control heads, from its attention unit's table (its previous-token scores on
+    repeated random tokens, where it has them, keep an induction circuit's partners out of the controls)."""
+    from codetransfer.analysis.circuit import choose_heads, head_scores_of, partner_scores_of
 
     path = results / "units" / f"attention-{run.name}" / "attention.parquet"
-    scores = head_scores_of(run, read_table(path, "unit table"), CIRCUIT_BY, task)
+    attention = read_table(path, "unit table")
+    scores = head_scores_of(run, attention, CIRCUIT_BY, task)
     k = circuit_k(len(scores))
-    return choose_heads(run, scores, k=k, by=CIRCUIT_BY, task=task, seed=settings.seed)
+    partners = partner_scores_of(run, attention)
+    return choose_heads(run, scores, k=k, by=CIRCUIT_BY, task=task, seed=settings.seed, partners=partners)
 
 
 def circuit_k(n_heads: int) -> int:
@@ -934,7 +937,7 @@ def _analyse(
 def _circuit_stage(runs, results: Path, settings: JobSettings, controls: dict, skey, run_key, unit, pool, log) -> None:
     """Lookup heads, their ablation and CKA (:mod:`codetransfer.analysis.circuit`): one unit per run and one
     per pair of :func:`~codetransfer.analysis.circuit.circuit_pairs`; the grid's tables from their scores."""
-    from codetransfer.analysis.circuit import circuit_pairs, circuit_tables
+    from codetransfer.analysis.circuit import CONTROL_RULE, circuit_pairs, circuit_tables
 
     tasks = {_circuit_task(r, results, settings) for r in runs}
     if len(tasks) != 1 or None in tasks:
@@ -945,6 +948,7 @@ def _circuit_stage(runs, results: Path, settings: JobSettings, controls: dict, s
         return
     task = tasks.pop()
     fixed = ["--task", task, "--items", CIRCUIT_ITEMS, "--heads", CIRCUIT_HEADS, "--by", CIRCUIT_BY]
+    fixed += ["--controls", CONTROL_RULE]
     own = [
         unit(
             f"circuit-{r.name}",

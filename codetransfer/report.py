@@ -1504,7 +1504,15 @@ def _circuit(results: Path, folder: Path, baseline: str) -> tuple[Section, list[
         "Each run's lookup heads are its top heads by the attention stage's score "
         + (f"'{heads['by'].iloc[0]}'" if heads is not None and len(heads) else "")
         + " (retrieval: attention from the final position to the answer's source minus the distractors); as "
-        "many control heads are drawn at random from its other heads. Both sets are mean- and resample-ablated "
+        "many control heads are drawn at random from its heads that are not candidates for the circuit (a score "
+        "below half the lowest chosen head's, and not a previous-token partner on repeated random tokens"
+        + (
+            f"; {int((~heads['eligible'].astype(bool)).sum())} control heads filled the sets up where too few "
+            "were left: the lowest-scoring others"
+            if heads is not None and "eligible" in heads.columns and not heads["eligible"].astype(bool).all()
+            else ""
+        )
+        + "). Both sets are mean- and resample-ablated "
         "on the task's items. The share of a recipe's gap over its reference is the part of the gap (logit "
         "difference) that ablating the recipe's heads in both models removes; it is withheld where the gap's "
         "interval includes 0, and it means something only where it exceeds the control heads' share. With fewer "
