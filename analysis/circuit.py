@@ -26,8 +26,11 @@ gap between recipes. :func:`circuit_grid` tests it on the runs of a grid:
    first-token accuracy (the answer's first token above every distractor's). ``circuit.parquet``: the drop
    (clean - ablated) per run, and per recipe over its seeds.
 3. **Gap share.** For each pair (run ``A`` of a recipe, reference run ``B`` of the same seed: the baseline
-   and the recipe's ``compare_with`` control; and, as the null, the baseline of every other seed against the
-   baseline of the first seed) the heads chosen in ``A`` are ablated in both models, and the share of the gap
+   and the recipe's ``compare_with`` control; and, as the null, comparison ``seed_null``: where the baseline
+   has runs in other data orders (grid field ``data_seeds``), each of them against the baseline run of its
+   init seed's own order (the gap data order alone makes), else the baseline of every other seed against the
+   baseline of the first seed; :func:`circuit_pairs`; runs in another data order are paired only there) the
+   heads chosen in ``A`` are ablated in both models, and the share of the gap
    ``A - B`` that the ablation removes is :func:`~codetransfer.analysis.ablation.gap_share` (per seed, item
    bootstrap; withheld when the gap's interval includes 0). Across seeds the share of the mean gap,
    ``(mean(gap) - mean(gap_ablated)) / mean(gap)``, has a seeds-then-items interval
@@ -38,9 +41,10 @@ gap between recipes. :func:`circuit_grid` tests it on the runs of a grid:
 4. **Similarity.** Per pair, linear CKA (:mod:`codetransfer.analysis.similarity`) of the residual stream
    after each block (``resid_post``) over every real token of the items but BOS. ``cka.parquet`` gives each
    pair's value next to the seed-vs-seed value at the layer (``seed_null``: the mean over the baseline's
-   seed pairs) and ``patchable``: the recipe-vs-reference CKA is not below the seed-vs-seed one, where
-   cross-model patching between the two is as meaningful as between seeds. CKA is invariant to rotations
-   of the residual basis and patching is not: ``patchable`` is necessary, not sufficient.
+   null pairs, data-order pairs where the grid has them) and ``patchable``: the recipe-vs-reference CKA is
+   not below the seed-vs-seed one, where cross-model patching between the two is as meaningful as between
+   seeds. CKA is invariant to rotations of the residual basis and patching is not: ``patchable`` is
+   necessary, not sufficient.
 5. **Over training.** From ``attention_over_training.parquet`` (runs that kept checkpoints; the checkpoints
    are scored on repeated random tokens only), the scores of the heads chosen at the end at every saved
    checkpoint (``circuit_over_training.parquet``): an eroding circuit shows as a falling line.
@@ -441,13 +445,25 @@ def circuit_pair_part(
 
 
 def circuit_pairs(runs: Sequence, baseline: str, controls: Mapping[str, str]) -> list[tuple]:
-    """``(A, B, comparison)``: every recipe's run against the baseline's run of its seed (``baseline``), against
-    its ``compare_with`` control's run of its seed (``control``), and the baseline's run of every other seed
-    against the baseline's run of the first seed (``seed_null``). The pairs the main job's cross-model
-    patching uses."""
-    by = {(r.recipe, r.seed): r for r in runs}
+    """``(A, B, comparison)``: the run pairs of the main job's cross-model patching
+    (:func:`codetransfer.pipeline.cross_model_pairs`), labelled. Every recipe's run against the baseline's run
+    of its seed (``baseline``) and against its ``compare_with`` control's run of its seed (``control``), and a
+    null pair of two models of the baseline recipe (``seed_null``, the label the seed-null consumers read: the
+    ``seed_null`` column of ``cka.parquet``, the report, the plots):
+
+    * where the baseline has runs in another data order (grid field ``data_seeds``, runs
+      ``<baseline>-s<s>-d<k>``, ``data_seed`` > 0), the *data-order null*: each of them against the baseline's
+      run ``<baseline>-s<s>`` of its own init seed (same initialisation, same data content, only the order
+      differs: the gap data order alone makes);
+    * else the *init-seed null*: the baseline's run of every other seed against its run of the first seed.
+
+    Only runs in their init seed's own data order (``data_seed`` 0, or no such attribute) are paired across
+    recipes: a ``-d<k>`` run of a recipe is not another seed of it (it shares its init seed's initialisation
+    and data), so it is neither an ``A`` of a ``baseline`` or ``control`` pair nor their reference."""
+    own = [r for r in runs if not getattr(r, "data_seed", 0)]
+    by = {(r.recipe, r.seed): r for r in own}
     pairs = []
-    for a in sorted(runs, key=lambda r: r.name):
+    for a in sorted(own, key=lambda r: r.name):
         refs = {baseline: "baseline"}
         if controls.get(a.recipe):
             refs.setdefault(controls[a.recipe], "control")
@@ -455,7 +471,13 @@ def circuit_pairs(runs: Sequence, baseline: str, controls: Mapping[str, str]) ->
             b = by.get((other, a.seed))
             if a.recipe != other and b is not None:
                 pairs.append((a, b, comparison))
-    base = sorted((r for r in runs if r.recipe == baseline), key=lambda r: r.seed)
+    orders = sorted(
+        (r for r in runs if r.recipe == baseline and getattr(r, "data_seed", 0) and (baseline, r.seed) in by),
+        key=lambda r: (r.seed, r.data_seed),
+    )
+    if orders:
+        return pairs + [(a, by[(baseline, a.seed)], "seed_null") for a in orders]
+    base = sorted((r for r in own if r.recipe == baseline), key=lambda r: r.seed)
     pairs += [(a, base[0], "seed_null") for a in base[1:]]
     return pairs
 

@@ -1582,7 +1582,8 @@ def _circuit(results: Path, folder: Path, baseline: str) -> tuple[Section, list[
     )  # fmt: skip
     s.add_text(
         "Linear CKA per layer, each recipe against its reference (mean over seeds), next to the seed-vs-seed "
-        "CKA of the baseline: where a recipe's CKA is not below the seed null (in every seed: 'patchable'), "
+        "CKA of the baseline (where the grid has data seeds: its data-order runs against their init seed's own "
+        "order): where a recipe's CKA is not below the seed null (in every seed: 'patchable'), "
         "patching between the two models there is as meaningful as between seeds. CKA ignores rotations of "
         "the residual basis and patching does not: this is necessary, not sufficient."
     )

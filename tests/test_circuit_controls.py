@@ -1,4 +1,5 @@
-"""The circuit analysis's bookkeeping without a model (analysis/circuit.py): which heads may be control heads.
+"""The circuit analysis's bookkeeping without a model (analysis/circuit.py): which heads may be control heads,
+and which runs are paired (and which pair is the null where the grid has data seeds).
 
 Known answers: a 2 layers x 4 heads score table shaped like the planted-transfer control grid's ``copy`` arm
 (an induction circuit over the layer-1 heads, a layer-0 previous-token partner): the control draw never
@@ -17,6 +18,7 @@ from codetransfer.analysis.attention import RANDOM_TASK
 from codetransfer.analysis.circuit import (
     PARTNER_SCORE,
     choose_heads,
+    circuit_pairs,
     partner_scores_of,
 )
 
@@ -105,3 +107,49 @@ def test_partner_scores_are_the_runs_previous_token_scores_on_repeated_random_to
     assert len(got) == 8 and np.allclose(got["value"], [(layer * 4 + head) / 10 for layer, head in HEADS])
     assert partner_scores_of(info, att[att["metric"] != "previous_token"]) is None
     assert partner_scores_of(info, None) is None
+
+
+def _run(recipe: str, seed: int, data_seed: int | None = None):
+    name = f"{recipe}-s{seed}" + (f"-d{data_seed}" if data_seed else "")
+    info = SimpleNamespace(name=name, recipe=recipe, seed=seed)
+    if data_seed is not None:
+        info.data_seed = data_seed
+    return info
+
+
+def _names(pairs):
+    return [(a.name, b.name, c) for a, b, c in pairs]
+
+
+def test_circuit_pairs_take_the_data_order_null_and_pair_only_the_own_orders_across_recipes():
+    from codetransfer.pipeline import cross_model_pairs
+
+    own = [_run(r, s, 0) for r in ("code", "text-diluted", "text-only") for s in (0, 1)]
+    orders = [_run("text-only", 0, 1), _run("text-only", 0, 2), _run("text-only", 1, 1), _run("code", 0, 1)]
+    controls = {"code": "text-diluted"}
+    for runs in (orders + own, own + orders):  # a -d<k> run listed after its own order or before it
+        pairs = circuit_pairs(runs, "text-only", controls)
+        assert _names(pairs) == [
+            ("code-s0", "text-only-s0", "baseline"),
+            ("code-s0", "text-diluted-s0", "control"),
+            ("code-s1", "text-only-s1", "baseline"),
+            ("code-s1", "text-diluted-s1", "control"),
+            ("text-diluted-s0", "text-only-s0", "baseline"),
+            ("text-diluted-s1", "text-only-s1", "baseline"),
+            ("text-only-s0-d1", "text-only-s0", "seed_null"),  # each order against its own init seed's run
+            ("text-only-s0-d2", "text-only-s0", "seed_null"),
+            ("text-only-s1-d1", "text-only-s1", "seed_null"),
+        ]
+        # the same pairs as the job's cross-model patching
+        assert sorted((a, b) for a, b, _ in _names(pairs)) == sorted(
+            (a.name, b.name) for a, b in cross_model_pairs(runs, "text-only", controls)
+        )
+    # no data-order run of the baseline: the init-seed null, as before (runs without a data_seed attribute)
+    plain = [_run(r, s) for r in ("code", "text-only") for s in (0, 1, 2)] + [_run("code", 1, 3)]
+    assert _names(circuit_pairs(plain, "text-only", {})) == [
+        ("code-s0", "text-only-s0", "baseline"),
+        ("code-s1", "text-only-s1", "baseline"),
+        ("code-s2", "text-only-s2", "baseline"),
+        ("text-only-s1", "text-only-s0", "seed_null"),
+        ("text-only-s2", "text-only-s0", "seed_null"),
+    ]
