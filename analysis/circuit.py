@@ -45,9 +45,15 @@ gap between recipes. :func:`circuit_grid` tests it on the runs of a grid:
    not below the seed-vs-seed one, where cross-model patching between the two is as meaningful as between
    seeds. CKA is invariant to rotations of the residual basis and patching is not: ``patchable`` is
    necessary, not sufficient.
-5. **Over training.** From ``attention_over_training.parquet`` (runs that kept checkpoints; the checkpoints
-   are scored on repeated random tokens only), the scores of the heads chosen at the end at every saved
-   checkpoint (``circuit_over_training.parquet``): an eroding circuit shows as a falling line.
+5. **Over training.** From ``attention_over_training.parquet`` (runs that kept checkpoints), the *induction*
+   score (:data:`OVER_TRAINING_METRIC`, the table's ``metric``) of the heads chosen at the end, and of the
+   control heads, at every saved checkpoint (``circuit_over_training.parquet``): an eroding circuit shows as
+   a falling line. The checkpoints are scored on repeated random tokens only, so this is the induction score
+   whatever ``by`` chose the heads (the retrieval score is not measured there). Per recipe with at least
+   :data:`~codetransfer.analysis.compare.MIN_SEEDS_DISTINGUISHABLE` seeds, rows ``run = '<recipe>*'`` give,
+   per step and head set, the mean over seeds of each seed's mean over its heads, with a Student t interval
+   over the seeds (``interval = 'seed'``, :func:`~codetransfer.analysis.stats.seed_t_interval`); the rows of
+   one head keep the attention table's interval (``interval = 'item'``).
 
 The main job runs the same pieces as units (:func:`circuit_run_part` per run, :func:`circuit_pair_part`
 per pair) and joins their per-item scores with :func:`circuit_tables`.
@@ -68,7 +74,12 @@ from codetransfer.analysis.ablation import ablated_scores, ablation_values, gap_
 from codetransfer.analysis.attention import RANDOM_TASK, EncodedItems, encode_items
 from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE
 from codetransfer.analysis.similarity import linear_cka
-from codetransfer.analysis.stats import bootstrap_ci, hierarchical_bootstrap_ci, paired_hierarchical_bootstrap_means
+from codetransfer.analysis.stats import (
+    bootstrap_ci,
+    hierarchical_bootstrap_ci,
+    paired_hierarchical_bootstrap_means,
+    seed_t_interval,
+)
 from codetransfer.errors import CodetransferError, did_you_mean
 
 CHOICES = {
@@ -86,6 +97,10 @@ previous-token partners of an induction circuit (:func:`partner_scores_of`)."""
 PARTNER_SCORE = 0.2
 """A head whose :data:`PARTNER_METRIC` score is at least this is a previous-token partner of an induction
 circuit (the layer-0 half of it) and never a control head."""
+OVER_TRAINING_METRIC = "induction"
+"""The score ``circuit_over_training.parquet`` tracks: the checkpoints are scored on repeated random tokens
+only (:data:`~codetransfer.analysis.attention.RANDOM_TASK`), where the induction score is measured and the
+retrieval score is not."""
 CONTROL_RULE = f"not-candidates(by>={CONTROL_SCORE_SHARE}*lowest,{PARTNER_METRIC}>={PARTNER_SCORE})"
 """The rule control heads are drawn by, as the job's circuit units name it in their keys (a changed rule
 redoes them)."""
@@ -621,14 +636,34 @@ def _cka_table(cka: pd.DataFrame) -> pd.DataFrame:
     return t[cols].reset_index(drop=True)
 
 
-def _over_training_table(heads: pd.DataFrame, over: pd.DataFrame | None) -> pd.DataFrame:
+def _over_training_table(heads: pd.DataFrame, over: pd.DataFrame | None, confidence: float = 0.95) -> pd.DataFrame:
     cols = list(schema.columns("circuit_over_training"))
     if over is None or over.empty:
         return pd.DataFrame(columns=cols)
     chosen = heads[["run", "heads_set", "rank", "layer", "head"]]
+    over = over[(over["task"] == RANDOM_TASK) & (over["metric"] == OVER_TRAINING_METRIC)]
     t = over.merge(chosen, on=["run", "layer", "head"], how="inner")
     t = t.sort_values(["run", "heads_set", "rank", "metric", "step"], kind="stable")
-    return t[cols].reset_index(drop=True)
+    t = t.assign(interval="item", n_seeds=1)
+    pooled = []
+    per_seed = t.groupby(["recipe", "heads_set", "step", "run"], sort=True)["value"].mean().reset_index()
+    for (recipe, heads_set, step), g in per_seed.groupby(["recipe", "heads_set", "step"], sort=True):
+        values = g["value"].to_numpy(float)
+        if len(values) < MIN_SEEDS_DISTINGUISHABLE or not np.isfinite(values).all():
+            continue
+        iv = seed_t_interval(values, confidence)
+        pooled.append(
+            dict(run=f"{recipe}*", recipe=recipe, seed=pd.NA, step=step, heads_set=heads_set, rank=pd.NA,
+                 task=RANDOM_TASK, rendering=str(t["rendering"].iloc[0]), layer=pd.NA, head=schema.NO_HEAD,
+                 metric=OVER_TRAINING_METRIC, value=iv.value, ci_low=iv.low, ci_high=iv.high, interval="seed",
+                 n_seeds=len(values))
+        )  # fmt: skip
+    if pooled:
+        t = pd.concat([t[cols], pd.DataFrame(pooled, columns=cols)], ignore_index=True)
+    t = t[cols].reset_index(drop=True)
+    for col in ("seed", "rank", "layer", "head"):
+        t[col] = t[col].astype("Int64")
+    return t
 
 
 def circuit_tables(

@@ -137,22 +137,26 @@ def plot_cka(table: pd.DataFrame, ax=None):
 
 
 def plot_heads_over_training(table: pd.DataFrame, ax=None, *, metric: str = "induction"):
-    """The ``metric`` of the heads chosen at the end of training at every saved checkpoint: mean over each
-    recipe's runs and chosen heads (recipe colour), and over the control heads (dotted)
-    (``circuit_over_training.parquet``)."""
-    _need(table, {"recipe", "step", "heads_set", "metric", "value"}, "circuit_over_training")
+    """The ``metric`` of the heads chosen at the end of training at every saved checkpoint, per recipe (recipe
+    colour) for its chosen heads and, dotted, its control heads (``circuit_over_training.parquet``). A recipe
+    with rows over seeds (``run = '<recipe>*'``, 3 or more seeds) is drawn from them: the mean over seeds with
+    the seed-level interval as a band; else the mean over its runs' heads, without a band."""
+    _need(table, {"run", "recipe", "step", "heads_set", "metric", "value"}, "circuit_over_training")
     t = _pick(table, metric=metric)
+    pooled = t["run"].astype(str).str.endswith("*")
     ax = _axes(ax)
     for (recipe, heads_set), g in t.groupby(["recipe", "heads_set"], sort=True):
-        m = g.groupby("step")["value"].mean()
-        S.line_with_band(
-            ax,
-            m.index,
-            m.values,
-            label=f"{recipe}" if heads_set == "chosen" else f"{recipe} (control heads)",
-            color=S.recipe_color(recipe),
-            ls="-" if heads_set == "chosen" else ":",
-        )
+        over_seeds = g[pooled.loc[g.index]]
+        label = f"{recipe}" if heads_set == "chosen" else f"{recipe} (control heads)"
+        style = dict(label=label, color=S.recipe_color(recipe), ls="-" if heads_set == "chosen" else ":")
+        if not over_seeds.empty:
+            m = over_seeds.sort_values("step")
+            low = m["ci_low"] if "ci_low" in m.columns else None
+            high = m["ci_high"] if "ci_high" in m.columns else None
+            S.line_with_band(ax, m["step"], m["value"], low, high, **style)
+            continue
+        m = g[~pooled.loc[g.index]].groupby("step")["value"].mean()
+        S.line_with_band(ax, m.index, m.values, **style)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"{metric} score")
     ax.set_title("The final lookup heads over training", fontsize="medium")

@@ -221,9 +221,11 @@ TABLES: dict[str, Table] = {
         Table(
             "circuit_over_training",
             "circuit_over_training.parquet",
-            RUN_COLUMNS + ("step", "heads_set", "rank") + _ATTN,
-            description="a head chosen at the end of a run (or a control head): one attention score at one "
-            "training checkpoint",
+            RUN_COLUMNS + ("step", "heads_set", "rank") + _ATTN + ("interval", "n_seeds"),
+            description="a head chosen at the end of a run (or a control head): its induction score (metric) on "
+            "repeated random tokens at one training checkpoint; per recipe (run '<recipe>*', no rank, layer or "
+            "head) with 3 or more seeds, the mean over seeds of each seed's mean over its heads with a t interval "
+            "over seeds (interval 'seed')",
         ),
         Table(
             "cka",

@@ -1565,8 +1565,9 @@ def _circuit(results: Path, folder: Path, baseline: str) -> tuple[Section, list[
             "(grey: control heads), over seeds", lambda: plot_ablation_drop(drop).figure)  # fmt: skip
     over = _read(results / "circuit_over_training.parquet")
     if over is not None and not over.empty:
-        _figure(s, folder, "circuit_over_training.png", "Induction score of the heads chosen at the end, at every "
-                "saved checkpoint (a falling line: the circuit erodes)",
+        _figure(s, folder, "circuit_over_training.png", "Induction score (on repeated random tokens, whatever "
+                "score chose them) of the heads chosen at the end, at every saved checkpoint (a falling line: the "
+                "circuit erodes; band: 95% t interval over seeds, for recipes with 3 or more seeds)",
                 lambda: plot_heads_over_training(over).figure)  # fmt: skip
     cka = _read(results / "cka.parquet")
     if cka is None or cka.empty:

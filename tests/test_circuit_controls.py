@@ -1,5 +1,6 @@
 """The circuit analysis's bookkeeping without a model (analysis/circuit.py): which heads may be control heads,
-and which runs are paired (and which pair is the null where the grid has data seeds).
+which runs are paired (and which pair is the null where the grid has data seeds), and the heads over training
+with a seed-level interval.
 
 Known answers: a 2 layers x 4 heads score table shaped like the planted-transfer control grid's ``copy`` arm
 (an induction circuit over the layer-1 heads, a layer-0 previous-token partner): the control draw never
@@ -10,17 +11,25 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
-import pandas as pd
+import matplotlib
 
-from codetransfer.analysis import schema
-from codetransfer.analysis.attention import RANDOM_TASK
-from codetransfer.analysis.circuit import (
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from codetransfer.analysis import schema  # noqa: E402
+from codetransfer.analysis.attention import RANDOM_TASK  # noqa: E402
+from codetransfer.analysis.circuit import (  # noqa: E402
     PARTNER_SCORE,
+    _over_training_table,
     choose_heads,
     circuit_pairs,
     partner_scores_of,
 )
+from codetransfer.analysis.circuit_plots import plot_heads_over_training  # noqa: E402
 
 HEADS = [(layer, head) for layer in range(2) for head in range(4)]
 
@@ -153,3 +162,66 @@ def test_circuit_pairs_take_the_data_order_null_and_pair_only_the_own_orders_acr
         ("text-only-s1", "text-only-s0", "seed_null"),
         ("text-only-s2", "text-only-s0", "seed_null"),
     ]
+
+
+def _over_training(recipes: dict[str, int]):
+    """Heads (two chosen, two control per run) and an attention_over_training table: per run, step and head an
+    induction score, a previous-token score (not tracked) and a retrieval-task row (not tracked)."""
+    heads, over = [], []
+    rng = np.random.default_rng(0)
+    for recipe, n_seeds in recipes.items():
+        for seed in range(n_seeds):
+            run = f"{recipe}-s{seed}"
+            for heads_set, group in (("chosen", [(1, 0), (1, 2)]), ("control", [(0, 0), (0, 1)])):
+                for rank, (layer, head) in enumerate(group):
+                    heads.append(dict(run=run, recipe=recipe, seed=seed, heads_set=heads_set, rank=rank,
+                                      layer=layer, head=head))  # fmt: skip
+            for step in (100, 200):
+                for layer, head in HEADS:
+                    v = float(rng.uniform(0, 1))
+                    common = dict(run=run, recipe=recipe, seed=seed, step=step, layer=layer, head=head,
+                                  ci_low=v - 0.1, ci_high=v + 0.1)  # fmt: skip
+                    over.append(dict(common, task=RANDOM_TASK, rendering="", metric="induction", value=v))
+                    over.append(dict(common, task=RANDOM_TASK, rendering="", metric="previous_token", value=9.0))
+                    over.append(dict(common, task="entity_tracking", rendering="text", metric="induction", value=9.0))
+    return pd.DataFrame(heads), pd.DataFrame(over)[list(schema.columns("attention_over_training"))]
+
+
+def test_heads_over_training_track_induction_with_a_seed_interval_per_recipe():
+    heads, over = _over_training({"code": 3, "text-only": 2})
+    t = _over_training_table(heads, over)
+    schema.check(t, "circuit_over_training")
+    assert set(t["metric"]) == {"induction"} and set(t["task"]) == {RANDOM_TASK}
+    per_head = t[~t["run"].str.endswith("*")]
+    assert len(per_head) == 5 * 2 * 4 and (per_head["interval"] == "item").all() and (per_head["n_seeds"] == 1).all()
+    pooled = t[t["run"].str.endswith("*")]
+    assert set(pooled["run"]) == {"code*"}  # text-only has 2 seeds: no seed-level interval
+    assert len(pooled) == 2 * 2 and (pooled["interval"] == "seed").all() and (pooled["n_seeds"] == 3).all()
+    assert pooled["seed"].isna().all() and pooled["head"].isna().all() and pooled["layer"].isna().all()
+    ind = over[(over["metric"] == "induction") & (over["task"] == RANDOM_TASK)]
+    for r in pooled.itertuples():
+        group = [(1, 0), (1, 2)] if r.heads_set == "chosen" else [(0, 0), (0, 1)]
+        per_seed = [
+            ind[(ind["run"] == f"code-s{s}") & (ind["step"] == r.step)
+                & ind[["layer", "head"]].apply(tuple, axis=1).isin(group)]["value"].mean()
+            for s in range(3)
+        ]  # fmt: skip
+        assert r.value == pytest.approx(np.mean(per_seed), abs=1e-12)
+        assert r.ci_low < r.value < r.ci_high
+        half = r.ci_high - r.value
+        assert half == pytest.approx(4.302652729 * np.std(per_seed, ddof=1) / np.sqrt(3), rel=1e-6)
+
+    ax = plot_heads_over_training(t)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    chosen = pooled[pooled["heads_set"] == "chosen"].sort_values("step")
+    assert np.allclose(lines["code"].get_ydata(), chosen["value"])  # the pooled mean, not a mix with head rows
+    two = per_head[(per_head["recipe"] == "text-only") & (per_head["heads_set"] == "chosen")]
+    assert np.allclose(lines["text-only"].get_ydata(), two.groupby("step")["value"].mean())
+    assert len(ax.collections) == 2  # bands: code's chosen and control heads, none for two seeds
+    plt.close(ax.figure)
+
+
+def test_no_checkpoints_give_an_empty_table_with_the_schema():
+    heads, _ = _over_training({"code": 1})
+    t = _over_training_table(heads, None)
+    assert t.empty and list(t.columns) == list(schema.columns("circuit_over_training"))
