@@ -215,8 +215,9 @@ TABLES: dict[str, Table] = {
             + ("gap", "gap_low", "gap_high", "gap_ablated", "value", "ci_low", "ci_high", "withheld")
             + ("interval", "n_seeds", "n_items"),
             description="the share of a run's (or recipe's over seeds) gap over its reference (baseline, control "
-            "or, for the seed null, the baseline's first seed) that ablating the run's heads removes; withheld "
-            "when the gap's interval includes 0",
+            "or, for the null (comparison seed_null), the baseline's first seed, or where the grid has data seeds the "
+            "baseline run of the same init seed in its own data order) that ablating the run's heads removes; "
+            "withheld when the gap's interval includes 0",
         ),
         Table(
             "circuit_over_training",
