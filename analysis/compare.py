@@ -410,11 +410,23 @@ def has_gap(row) -> bool:
     return lo is not None and hi is not None and (float(lo) > 0 or float(hi) < 0)
 
 
-def gap_target(comparison: pd.DataFrame | None, categories: Sequence[str] = ("reasoning",)) -> pd.Series | None:
+GAP_PREFERENCES = ("advantage", "any")
+
+
+def gap_target(
+    comparison: pd.DataFrame | None, categories: Sequence[str] = ("reasoning",), *, prefer: str = "advantage"
+) -> pd.Series | None:
     """The comparison an analysis should explain: among the per-level (not pooled) logit-difference rows of
     tasks in ``categories`` that :func:`has_gap`, the one with the smallest Holm p (ties: the largest
     ``|estimate| / mde``). None when no row has a gap: there is nothing for a cross-model share to split, and
-    only within-model maps mean anything."""
+    only within-model maps mean anything.
+
+    ``prefer="advantage"`` (the default) looks first among the rows where the recipe is ahead of its baseline
+    (``estimate > 0``): the question is why code exposure *improves* reasoning, so a distinguishable advantage
+    is what the instruments should explain; a disadvantage is taken only when no advantage is distinguishable.
+    ``prefer="any"`` ignores the sign."""
+    if prefer not in GAP_PREFERENCES:
+        raise CodetransferError(f"gap_target: prefer must be one of {', '.join(GAP_PREFERENCES)}, not {prefer!r}")
     if comparison is None or comparison.empty:
         return None
     c = comparison[comparison["metric"].astype(str) == "logit_diff"]
@@ -429,5 +441,8 @@ def gap_target(comparison: pd.DataFrame | None, categories: Sequence[str] = ("re
     if c.empty:
         return None
     strength = (c["estimate"].abs() / c["mde"].where(c["mde"] > 0)).fillna(np.inf)
-    order = np.lexsort((-strength.to_numpy(float), c["p_holm"].to_numpy(float)))
+    keys = [-strength.to_numpy(float), c["p_holm"].to_numpy(float)]
+    if prefer == "advantage":  # the last key sorts first: advantages (0) before the rest (1)
+        keys.append(~(pd.to_numeric(c["estimate"], errors="coerce").to_numpy(float) > 0))
+    order = np.lexsort(tuple(keys))
     return c.iloc[order[0]]

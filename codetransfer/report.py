@@ -1091,11 +1091,25 @@ def aim_words(results: Path) -> str | None:
         task, level = str(a["task"]), int(a["difficulty"])
         if a.get("found"):
             iv = with_interval(a["estimate"], a["ci_low_corrected"], a["ci_high_corrected"], signed=True)
+            recipe, against = a["recipe"], a["against"]
+            direction = a.get("direction")
+            if direction not in ("advantage", "disadvantage"):  # an older record: read it off the sign
+                direction = "advantage" if float(a["estimate"]) > 0 else "disadvantage"
+            what = (
+                f"an advantage of {recipe} over {against}"
+                if direction == "advantage"
+                else f"a disadvantage of {recipe} (it scores below {against})"
+            )
+            if "direction" not in a:  # chosen before the aim preferred advantages: by p alone
+                why = "the distinguishable seed-paired gap with the smallest p"
+            elif direction == "advantage":
+                why = "the distinguishable seed-paired advantage with the smallest p"
+            else:
+                why = "no advantage is distinguishable, and this is the disadvantage with the smallest p"
             return (
-                f"**Aim.** The instruments look at {task} level {level}, where the evaluation found a gap: "
-                f"{a['recipe']} - {a['against']} = {iv} logits (corrected 95% "
-                f"interval, Holm p {a['p_holm']:.2g}, {int(a['n_seeds'])} seeds), the distinguishable seed-paired "
-                "gap with the smallest p."
+                f"**Aim.** The instruments look at {task} level {level}, where the evaluation found a gap, "
+                f"{what}: {recipe} - {against} = {iv} logits (corrected 95% "
+                f"interval, Holm p {a['p_holm']:.2g}, {int(a['n_seeds'])} seeds); {why}."
             )
         why = str(a.get("reason", ""))
         return f"**Aim.** {task} level {level}, the configured task and level ({why})."
