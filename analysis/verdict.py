@@ -139,17 +139,28 @@ def _cell(rows: pd.DataFrame) -> pd.Series:
 
 def evaluation(tables, a: str, b: str, confidence: float = 0.95):
     c = tables.get("comparison")
-    row = None
+    row, where = None, "reasoning levels pooled"
     if c is not None and not c.empty and "pooled" in c:
         c = c[(c["recipe"].astype(str) == a) & (c["baseline"].astype(str) == b) & (c["metric"] == "logit_diff")]
-        c = c[c["pooled"].astype(bool) & (c["category"].astype(str) == "reasoning")]
-        row = c.iloc[0] if len(c) == 1 else None
+        c = c[c["category"].astype(str) == "reasoning"]
+        if "scale" in c:
+            c = c[c["scale"].astype(str) == "difference"]
+        pooled = c[c["pooled"].astype(bool)]
+        if len(pooled) == 1:
+            row = pooled.iloc[0]
+        elif not c.empty:  # no level has b above chance, so nothing was pooled: the strongest single level
+            levels = c[~c["pooled"].astype(bool)]
+            gap = levels[[has_gap(r) and float(r["estimate"]) > 0 for _, r in levels.iterrows()]]
+            pick = gap if not gap.empty else levels
+            if not pick.empty:
+                row = pick.loc[pick["p_holm"].astype(float).idxmin()]
+                where = f"{row['task']} level {int(row['difficulty'])}, the strongest level; nothing pooled"
     if row is None:
-        return None, f"no seed-paired comparison of {a} with {b} (reasoning levels pooled)", "the seeds"
+        return None, f"no seed-paired comparison of {a} with {b} on reasoning", "the seeds"
     n = int(row["n_seeds"])
     words = (
-        f"{a} - {b} = {_iv(row['estimate'], row['ci_low_corrected'], row['ci_high_corrected'])} logits (reasoning "
-        f"levels pooled, corrected 95% interval, Holm p {row['p_holm']:.2g}, {n} seeds"
+        f"{a} - {b} = {_iv(row['estimate'], row['ci_low_corrected'], row['ci_high_corrected'])} logits ({where}, "
+        f"corrected 95% interval, Holm p {row['p_holm']:.2g}, {n} seeds"
     )
     found = has_gap(row) and float(row["estimate"]) > 0
     if not has_gap(row):
