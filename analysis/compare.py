@@ -446,3 +446,29 @@ def gap_target(
         keys.append(~(pd.to_numeric(c["estimate"], errors="coerce").to_numpy(float) > 0))
     order = np.lexsort(tuple(keys))
     return c.iloc[order[0]]
+
+
+def recipe_gap(comparison: pd.DataFrame | None, recipe: str, other: str, task: str, difficulty=None):
+    """The seed-paired comparison row (``results/comparison.parquet``, logit difference) of ``recipe``
+    against ``other`` for the patched items: the level of ``task`` at ``difficulty``, else (no
+    difficulty, or no such row) the pooled row of the task's category; None when there is none."""
+    if comparison is None or comparison.empty:
+        return None
+    c = comparison[
+        (comparison["recipe"].astype(str) == recipe)
+        & (comparison["baseline"].astype(str) == other)
+        & (comparison["metric"] == "logit_diff")
+    ]
+    if "scale" in c:
+        c = c[c["scale"].astype(str) == "difference"]
+    pooled = c["pooled"].astype(bool) if "pooled" in c else pd.Series(False, index=c.index)
+    level = c[~pooled & (c["task"].astype(str) == str(task))]
+    if difficulty is not None and not level.empty:
+        at = level[pd.to_numeric(level["difficulty"], errors="coerce") == float(difficulty)]
+        if len(at) == 1:
+            return at.iloc[0]
+    elif len(level) == 1:
+        return level.iloc[0]
+    categories = set(comparison.loc[comparison["task"].astype(str) == str(task), "category"].astype(str))
+    pooled_rows = c[pooled & c["category"].astype(str).isin(categories)]
+    return pooled_rows.iloc[0] if len(pooled_rows) == 1 else None

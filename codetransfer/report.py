@@ -57,11 +57,12 @@ from codetransfer.analysis.attention_plots import (
     plot_head_scores,
 )
 from codetransfer.analysis.circuit_plots import plot_ablation_drop, plot_cka, plot_gap_share, plot_heads_over_training
-from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE, has_gap, is_data_order_label
+from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE, has_gap, is_data_order_label, recipe_gap
 from codetransfer.analysis.evaluate import plot_accuracy_vs_difficulty, plot_relative_change
 from codetransfer.analysis.learning import first_above_chance, plot_learning_curves, tokens_per_step
 from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side, plot_strongest_cell_over_training
 from codetransfer.analysis.style import phase_table
+from codetransfer.analysis.verdict import planted_answer, read_tables, verdict_words, verdicts
 from codetransfer.probes.decodability import MIN_SEEDS, decodability_table, first_decodable_layers, label_family
 from codetransfer.probes.plots import plot_decodability, plot_probe_curves
 from codetransfer.trained import find_runs, load_run, runs_table
@@ -1119,32 +1120,6 @@ def aim_words(results: Path) -> str | None:
         ) from None
 
 
-def recipe_gap(comparison: pd.DataFrame | None, recipe: str, other: str, task: str, difficulty=None):
-    """The seed-paired comparison row (``results/comparison.parquet``, logit difference) of ``recipe``
-    against ``other`` for the patched items: the level of ``task`` at ``difficulty``, else (no
-    difficulty, or no such row) the pooled row of the task's category; None when there is none."""
-    if comparison is None or comparison.empty:
-        return None
-    c = comparison[
-        (comparison["recipe"].astype(str) == recipe)
-        & (comparison["baseline"].astype(str) == other)
-        & (comparison["metric"] == "logit_diff")
-    ]
-    if "scale" in c:
-        c = c[c["scale"].astype(str) == "difference"]
-    pooled = c["pooled"].astype(bool) if "pooled" in c else pd.Series(False, index=c.index)
-    level = c[~pooled & (c["task"].astype(str) == str(task))]
-    if difficulty is not None and not level.empty:
-        at = level[pd.to_numeric(level["difficulty"], errors="coerce") == float(difficulty)]
-        if len(at) == 1:
-            return at.iloc[0]
-    elif len(level) == 1:
-        return level.iloc[0]
-    categories = set(comparison.loc[comparison["task"].astype(str) == str(task), "category"].astype(str))
-    pooled_rows = c[pooled & c["category"].astype(str).isin(categories)]
-    return pooled_rows.iloc[0] if len(pooled_rows) == 1 else None
-
-
 def _gap_words(gap, recipe: str, other: str) -> str:
     if gap is None:
         return f"results/comparison.parquet has no seed-paired comparison of {recipe} with {other} on these items"
@@ -1610,6 +1585,45 @@ def _circuit(results: Path, folder: Path, baseline: str) -> tuple[Section, list[
     return s, findings
 
 
+def _verdicts(results: Path, tmp: Path, grid, baseline: str, recipes) -> tuple[Section, str | None, bool]:
+    """The verdict section (:mod:`codetransfer.analysis.verdict`): per instrument, what it found against its
+    control, and on a grid with a planted answer whether it found it; also written as ``verdicts.parquet``.
+    Returns the section, its one-sentence summary and whether the grid has a planted answer."""
+    planted = planted_answer(grid)
+    controls = {r.name: r.compare_with for r in grid.recipes} if grid is not None else {}
+    table = verdicts(read_tables(results), recipes, baseline, controls, planted)
+    title = (
+        "Did each instrument find the planted answer?" if planted else "What each instrument found, against its control"
+    )
+    s = Section(title)
+    if table.empty or (table["verdict"] == "not run").all():
+        s.missing.append("no result tables: run the eval and analysis stages")
+        return s, None, planted is not None
+    table.to_parquet(tmp / "verdicts.parquet", index=False)
+    if planted is not None:
+        s.add_text(
+            f"This grid has a known answer: the {planted.arm} arm was trained first on rows that reward copying a "
+            "repeated span, which plants the lookup circuit (a previous-token head and an induction head); "
+            f"{', '.join(planted.controls)} were not"
+            + (f" ({planted.null[0]} saw the same tokens shuffled: nothing to copy)" if planted.null else "")
+            + ". An instrument that does not separate them misses a transfer known to be there; one that "
+            "separates the two control arms reports a difference that is not there. Probing and similarity "
+            "have no known answer here (the copying circuit stores no world state): they are shown, not judged."
+        )
+    s.add_text(
+        "Each row is one instrument on one pair of recipes; its finding counts only against the control named. "
+        "Seed intervals computed here (attention, ablation, cross-model patching) are Bonferroni-corrected over "
+        "the pairs; evaluation uses the comparison table's Holm-corrected intervals."
+    )
+    shown = table.assign(pair=table["recipe"] + " vs " + table["reference"])
+    cols = ["instrument", "pair", "verdict", "evidence", "control"]
+    if planted is not None:
+        shown["expected"] = shown["expected"].map({True: "the planted difference", False: "nothing (null)"})
+        cols.insert(2, "expected")
+    s.add_table(shown[cols], reasons={"expected": "no known answer"})
+    return s, verdict_words(table, planted), planted is not None
+
+
 def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: pd.DataFrame, found=None) -> None:
     """CircuitsVis attention views of the named heads' layers (one page per recipe, on repeated random
     tokens), each at most VIEW_MAX_BYTES; skipped with a reason when circuitsvis is not installed.
@@ -1758,7 +1772,8 @@ def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: P
         phases, per_step, recipes = _phases(out, grid), _tokens_per_step(out), [r.name for r in grid.recipes]
         vocab = grid.tokenizer.vocab_size
         first = _grid_section(out, grid, tmp)
-    sections, headline = [first], []
+    verdict, verdict_line, planted = _verdicts(results, tmp, grid, baseline, recipes)
+    sections, headline = ([verdict, first] if planted else [first, verdict]), []
     for build in (
         lambda: _eval_section(results, tmp, baseline),
         lambda: _learning(results, tmp, phases, models is not None),
@@ -1778,6 +1793,8 @@ def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: P
         + [h for h in headline if h.startswith(("Shared representation", "Probing", "Induction"))][:1]
         + [h for h in headline if h.startswith(("Circuit:", "Representation similarity"))][:1]
     )
+    if verdict_line is not None:  # a grid with a planted answer opens with it; any other grid ends with it
+        headline = [verdict_line, *headline] if planted else [*headline, verdict_line]
     headline = list(dict.fromkeys(headline))
     if not headline:
         headline = ["No result tables were found: run the eval, probe, patch and attention stages."]
