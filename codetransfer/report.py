@@ -59,7 +59,14 @@ from codetransfer.analysis.attention_plots import (
 from codetransfer.analysis.circuit_plots import plot_ablation_drop, plot_cka, plot_gap_share, plot_heads_over_training
 from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE, has_gap, is_data_order_label, recipe_gap
 from codetransfer.analysis.evaluate import plot_accuracy_vs_difficulty, plot_relative_change
-from codetransfer.analysis.learning import first_above_chance, plot_learning_curves, tokens_per_step
+from codetransfer.analysis.learning import (
+    INDUCTION_EMERGED,
+    emergence_summary,
+    emergence_table,
+    first_above_chance,
+    plot_learning_curves,
+    tokens_per_step,
+)
 from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side, plot_strongest_cell_over_training
 from codetransfer.analysis.style import phase_table
 from codetransfer.analysis.verdict import planted_answer, read_tables, verdict_words, verdicts
@@ -741,7 +748,46 @@ def _learning(results: Path, folder: Path, phases, model_set: bool = False) -> t
         wide.columns.name = None
         s.add_text(f"First checkpoint whose accuracy interval lies above chance (difficulty {level}):")
         s.add_table(wide)
+    _emergence(s, t, _read(results / "attention_over_training.parquet"), level, reasoning)
     return s, []
+
+
+def _emergence(s: Section, learning: pd.DataFrame, over: pd.DataFrame | None, level: str, reasoning) -> None:
+    """When the induction head and above-copy accuracy appeared, per recipe over its seeds
+    (:func:`~codetransfer.analysis.learning.emergence_summary`)."""
+    runs = learning[~learning["run"].astype(str).str.endswith("*") & (learning["step"] > 0)]
+    per_step = (runs["tokens"] / runs["step"]).groupby(runs["run"]).first().round().astype(int).to_dict()
+    if over is not None and not set(over["run"]) - {r for r in over["run"] if str(r).endswith("*")} <= set(per_step):
+        over = None  # runs the learning table does not know: their tokens per step are unknown here
+    summary = emergence_summary(emergence_table(learning, over, per_step, difficulty=level))
+    summary = summary[(summary["measure"] == "induction") | summary["task"].isin(reasoning)]
+    if summary.empty:
+        return
+
+    def cell(r) -> str:
+        if r.reached < r.seeds:
+            return f"{r.reached} of {r.seeds} seeds by {r.last_tokens / 1e6:.1f}M tokens"
+        if np.isfinite(r.ci_low):
+            low = max(r.ci_low, 0.0)  # a t interval on token counts can reach below 0, the counts cannot
+            return f"{r.tokens / 1e6:.1f}M [{low / 1e6:.1f}, {r.ci_high / 1e6:.1f}] ({r.seeds} seeds)"
+        return f"{r.tokens / 1e6:.1f}M ({r.seeds} seed{'s' if r.seeds > 1 else ''})"
+
+    summary = summary.assign(
+        cell=[cell(r) for r in summary.itertuples()],
+        what=[
+            f"induction head (best score >= {INDUCTION_EMERGED})" if m == "induction" else f"{t} beats copy"
+            for m, t in zip(summary["measure"], summary["task"])
+        ],  # fmt: skip
+    )
+    wide = summary.pivot_table(index="recipe", columns="what", values="cell", aggfunc="first").reset_index()
+    wide.columns.name = None
+    s.add_text(
+        "When it appeared: training tokens until each run's best induction head (repeated random tokens) scores "
+        f"{INDUCTION_EMERGED} or more, and until its difficulty-{level} accuracy beats the copy baseline with its "
+        "item interval; the mean over seeds with a t interval when every seed got there, else how many did "
+        "(a censored mean is not reported)."
+    )
+    s.add_table(wide)
 
 
 def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
