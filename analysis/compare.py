@@ -410,11 +410,23 @@ def has_gap(row) -> bool:
     return lo is not None and hi is not None and (float(lo) > 0 or float(hi) < 0)
 
 
-def gap_target(comparison: pd.DataFrame | None, categories: Sequence[str] = ("reasoning",)) -> pd.Series | None:
+GAP_PREFERENCES = ("advantage", "any")
+
+
+def gap_target(
+    comparison: pd.DataFrame | None, categories: Sequence[str] = ("reasoning",), *, prefer: str = "advantage"
+) -> pd.Series | None:
     """The comparison an analysis should explain: among the per-level (not pooled) logit-difference rows of
     tasks in ``categories`` that :func:`has_gap`, the one with the smallest Holm p (ties: the largest
     ``|estimate| / mde``). None when no row has a gap: there is nothing for a cross-model share to split, and
-    only within-model maps mean anything."""
+    only within-model maps mean anything.
+
+    ``prefer="advantage"`` (the default) looks first among the rows where the recipe is ahead of its baseline
+    (``estimate > 0``): the question is why code exposure *improves* reasoning, so a distinguishable advantage
+    is what the instruments should explain; a disadvantage is taken only when no advantage is distinguishable.
+    ``prefer="any"`` ignores the sign."""
+    if prefer not in GAP_PREFERENCES:
+        raise CodetransferError(f"gap_target: prefer must be one of {', '.join(GAP_PREFERENCES)}, not {prefer!r}")
     if comparison is None or comparison.empty:
         return None
     c = comparison[comparison["metric"].astype(str) == "logit_diff"]
@@ -429,5 +441,34 @@ def gap_target(comparison: pd.DataFrame | None, categories: Sequence[str] = ("re
     if c.empty:
         return None
     strength = (c["estimate"].abs() / c["mde"].where(c["mde"] > 0)).fillna(np.inf)
-    order = np.lexsort((-strength.to_numpy(float), c["p_holm"].to_numpy(float)))
+    keys = [-strength.to_numpy(float), c["p_holm"].to_numpy(float)]
+    if prefer == "advantage":  # the last key sorts first: advantages (0) before the rest (1)
+        keys.append(~(pd.to_numeric(c["estimate"], errors="coerce").to_numpy(float) > 0))
+    order = np.lexsort(tuple(keys))
     return c.iloc[order[0]]
+
+
+def recipe_gap(comparison: pd.DataFrame | None, recipe: str, other: str, task: str, difficulty=None):
+    """The seed-paired comparison row (``results/comparison.parquet``, logit difference) of ``recipe``
+    against ``other`` for the patched items: the level of ``task`` at ``difficulty``, else (no
+    difficulty, or no such row) the pooled row of the task's category; None when there is none."""
+    if comparison is None or comparison.empty:
+        return None
+    c = comparison[
+        (comparison["recipe"].astype(str) == recipe)
+        & (comparison["baseline"].astype(str) == other)
+        & (comparison["metric"] == "logit_diff")
+    ]
+    if "scale" in c:
+        c = c[c["scale"].astype(str) == "difference"]
+    pooled = c["pooled"].astype(bool) if "pooled" in c else pd.Series(False, index=c.index)
+    level = c[~pooled & (c["task"].astype(str) == str(task))]
+    if difficulty is not None and not level.empty:
+        at = level[pd.to_numeric(level["difficulty"], errors="coerce") == float(difficulty)]
+        if len(at) == 1:
+            return at.iloc[0]
+    elif len(level) == 1:
+        return level.iloc[0]
+    categories = set(comparison.loc[comparison["task"].astype(str) == str(task), "category"].astype(str))
+    pooled_rows = c[pooled & c["category"].astype(str).isin(categories)]
+    return pooled_rows.iloc[0] if len(pooled_rows) == 1 else None

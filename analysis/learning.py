@@ -233,6 +233,80 @@ def first_above_chance(
     return out.astype({"step": "Int64", "tokens": "Int64"})
 
 
+INDUCTION_EMERGED = 0.5
+"""Best-head induction score (on repeated random tokens) at which :func:`emergence_table` counts an induction
+head as emerged: a canonical head scores above 0.9, a model without one about 0.03 (docs/learnability.md)."""
+
+
+def emergence_table(
+    learning: pd.DataFrame | None,
+    over_training: pd.DataFrame | None,
+    tokens_per_step: int | Mapping[str, int],
+    induction: float = INDUCTION_EMERGED,
+    difficulty: str | int = "0",
+) -> pd.DataFrame:
+    """When each run got there: per run (init seeds; the pooled ``<recipe>*`` rows left out), the first saved
+    checkpoint where
+
+    * ``measure = "induction"``: its best head's induction score (``over_training``: the attention stage over
+      checkpoints, ``attention_over_training.parquet``) reaches ``induction``;
+    * ``measure = "beats copy"`` (one row per task): its accuracy at ``difficulty`` (``learning``:
+      ``learning.parquet``) beats the copy baseline with its item interval (``ci_low > copy_chance``).
+
+    Columns ``run, recipe, seed, measure, task, step, tokens, checkpoints, last_tokens``: ``step`` and ``tokens``
+    empty (<NA>) when no checkpoint got there (censored at ``last_tokens``, the run's last checkpoint).
+    ``tokens_per_step``: one number, or per run (:func:`tokens_per_step` of each run record)."""
+
+    def tokens(run: str, step) -> int:
+        per = tokens_per_step if isinstance(tokens_per_step, int) else tokens_per_step[run]
+        return int(step) * int(per)
+
+    recs = []
+    if over_training is not None and not over_training.empty:
+        t = over_training[(over_training["metric"] == "induction") & (over_training["task"] == "repeated_random")]
+        t = t[~t["run"].astype(str).str.endswith("*")]
+        best = t.groupby(["run", "recipe", "seed", "step"], as_index=False)["value"].max()
+        for (run, recipe, seed), g in best.groupby(["run", "recipe", "seed"], sort=True):
+            g = g.sort_values("step")
+            hit = g[g["value"] >= induction]
+            step = int(hit["step"].iloc[0]) if len(hit) else None
+            recs.append((run, recipe, seed, "induction", "", step, len(g), tokens(run, g["step"].max())))
+    if learning is not None and not learning.empty:
+        t = learning[(learning["metric"] == "accuracy") & (learning["difficulty"].astype(str) == str(difficulty))]
+        t = t[~t["run"].astype(str).str.endswith("*")]
+        for (run, recipe, seed, task), g in t.groupby(["run", "recipe", "seed", "task"], sort=True):
+            g = g.sort_values("step")
+            hit = g[g["ci_low"] > g["copy_chance"]]
+            step = int(hit["step"].iloc[0]) if len(hit) else None
+            recs.append((run, recipe, seed, "beats copy", task, step, len(g), tokens(run, g["step"].max())))
+    out = pd.DataFrame.from_records(
+        recs, columns=["run", "recipe", "seed", "measure", "task", "step", "checkpoints", "last_tokens"]
+    )
+    out.insert(6, "tokens", [pd.NA if pd.isna(s) else tokens(r, s) for r, s in zip(out["run"], out["step"])])
+    return out.astype({"step": "Int64", "tokens": "Int64", "seed": "Int64"})
+
+
+def emergence_summary(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per recipe, measure and task of :func:`emergence_table`: how many seeds got there, and the tokens it took
+    (mean with a seed t interval when every seed got there, at least two; otherwise empty: a censored mean is
+    not a mean). Columns ``recipe, measure, task, seeds, reached, tokens, ci_low, ci_high, last_tokens``."""
+    from codetransfer.analysis.stats import seed_t_interval
+
+    recs = []
+    for (recipe, measure, task), g in table.groupby(["recipe", "measure", "task"], sort=True):
+        reached = g["tokens"].notna()
+        mean = lo = hi = np.nan
+        if reached.all() and len(g) >= 2:
+            iv = seed_t_interval(g["tokens"].astype(float).to_numpy(), confidence)
+            mean, lo, hi = iv.value, iv.low, iv.high
+        elif reached.all():
+            mean = float(g["tokens"].iloc[0])
+        recs.append((recipe, measure, task, len(g), int(reached.sum()), mean, lo, hi, int(g["last_tokens"].min())))
+    return pd.DataFrame.from_records(
+        recs, columns=["recipe", "measure", "task", "seeds", "reached", "tokens", "ci_low", "ci_high", "last_tokens"]
+    )
+
+
 def plot_learning_curves(
     table: pd.DataFrame,
     task: str | None = None,

@@ -737,10 +737,11 @@ def aim(results: Path, settings: JobSettings, log=print) -> tuple[JobSettings, d
     ``results/aim.json`` by the job, read by the report).
 
     With ``settings.aim == "gap"`` and a seed-paired comparison in ``results/comparison.parquet`` whose gap is
-    distinguishable (:func:`codetransfer.analysis.compare.gap_target` over :data:`AIM_CATEGORIES`), the
-    comparison's task and level replace ``patch_task``, ``patch_difficulty``, ``probe_tasks`` and
-    ``attention_tasks``; otherwise they stay as given and the record says why (no gap, no comparison table,
-    or ``aim = "fixed"``)."""
+    distinguishable (:func:`codetransfer.analysis.compare.gap_target` over :data:`AIM_CATEGORIES`, an advantage
+    of the recipe before a disadvantage), the comparison's task and level replace ``patch_task``,
+    ``patch_difficulty``, ``probe_tasks`` and ``attention_tasks``, and the record's ``direction`` says whether
+    the gap is an ``"advantage"`` (estimate > 0) or a ``"disadvantage"``; otherwise they stay as given and the
+    record says why (no gap, no comparison table, or ``aim = "fixed"``)."""
     record = dict(
         aim=settings.aim,
         found=False,
@@ -765,19 +766,27 @@ def aim(results: Path, settings: JobSettings, log=print) -> tuple[JobSettings, d
         )
         return settings, dict(record, reason="no gap to explain")
     task, level = str(row["task"]), int(row["difficulty"])
+    direction = "advantage" if float(row["estimate"]) > 0 else "disadvantage"
+    reason = (
+        "the distinguishable seed-paired advantage with the smallest Holm p"
+        if direction == "advantage"
+        else "no advantage is distinguishable; the disadvantage with the smallest Holm p"
+    )
     record.update(
         found=True,
         task=task,
         difficulty=level,
         recipe=str(row["recipe"]),
         against=str(row["baseline"]),
-        reason="the distinguishable seed-paired gap with the smallest Holm p",
+        direction=direction,
+        reason=reason,
         **{k: float(row[k]) for k in ("estimate", "ci_low_corrected", "ci_high_corrected", "p_holm")},
         n_seeds=int(row["n_seeds"]),
     )
     log(
         f"aim: {task} level {level}: {row['recipe']} - {row['baseline']} = {row['estimate']:+.2f} "
-        f"[{row['ci_low_corrected']:+.2f}, {row['ci_high_corrected']:+.2f}] logits, Holm p {row['p_holm']:.2g}"
+        f"[{row['ci_low_corrected']:+.2f}, {row['ci_high_corrected']:+.2f}] logits, Holm p {row['p_holm']:.2g} "
+        f"({reason})"
     )
     aimed = dataclasses.replace(
         settings, patch_task=task, patch_difficulty=level, probe_tasks=(task,), attention_tasks=(task,)

@@ -57,11 +57,19 @@ from codetransfer.analysis.attention_plots import (
     plot_head_scores,
 )
 from codetransfer.analysis.circuit_plots import plot_ablation_drop, plot_cka, plot_gap_share, plot_heads_over_training
-from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE, has_gap, is_data_order_label
+from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE, has_gap, is_data_order_label, recipe_gap
 from codetransfer.analysis.evaluate import plot_accuracy_vs_difficulty, plot_relative_change
-from codetransfer.analysis.learning import first_above_chance, plot_learning_curves, tokens_per_step
+from codetransfer.analysis.learning import (
+    INDUCTION_EMERGED,
+    emergence_summary,
+    emergence_table,
+    first_above_chance,
+    plot_learning_curves,
+    tokens_per_step,
+)
 from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side, plot_strongest_cell_over_training
 from codetransfer.analysis.style import phase_table
+from codetransfer.analysis.verdict import planted_answer, read_tables, verdict_words, verdicts
 from codetransfer.probes.decodability import MIN_SEEDS, decodability_table, first_decodable_layers, label_family
 from codetransfer.probes.plots import plot_decodability, plot_probe_curves
 from codetransfer.trained import find_runs, load_run, runs_table
@@ -740,7 +748,46 @@ def _learning(results: Path, folder: Path, phases, model_set: bool = False) -> t
         wide.columns.name = None
         s.add_text(f"First checkpoint whose accuracy interval lies above chance (difficulty {level}):")
         s.add_table(wide)
+    _emergence(s, t, _read(results / "attention_over_training.parquet"), level, reasoning)
     return s, []
+
+
+def _emergence(s: Section, learning: pd.DataFrame, over: pd.DataFrame | None, level: str, reasoning) -> None:
+    """When the induction head and above-copy accuracy appeared, per recipe over its seeds
+    (:func:`~codetransfer.analysis.learning.emergence_summary`)."""
+    runs = learning[~learning["run"].astype(str).str.endswith("*") & (learning["step"] > 0)]
+    per_step = (runs["tokens"] / runs["step"]).groupby(runs["run"]).first().round().astype(int).to_dict()
+    if over is not None and not set(over["run"]) - {r for r in over["run"] if str(r).endswith("*")} <= set(per_step):
+        over = None  # runs the learning table does not know: their tokens per step are unknown here
+    summary = emergence_summary(emergence_table(learning, over, per_step, difficulty=level))
+    summary = summary[(summary["measure"] == "induction") | summary["task"].isin(reasoning)]
+    if summary.empty:
+        return
+
+    def cell(r) -> str:
+        if r.reached < r.seeds:
+            return f"{r.reached} of {r.seeds} seeds by {r.last_tokens / 1e6:.1f}M tokens"
+        if np.isfinite(r.ci_low):
+            low = max(r.ci_low, 0.0)  # a t interval on token counts can reach below 0, the counts cannot
+            return f"{r.tokens / 1e6:.1f}M [{low / 1e6:.1f}, {r.ci_high / 1e6:.1f}] ({r.seeds} seeds)"
+        return f"{r.tokens / 1e6:.1f}M ({r.seeds} seed{'s' if r.seeds > 1 else ''})"
+
+    summary = summary.assign(
+        cell=[cell(r) for r in summary.itertuples()],
+        what=[
+            f"induction head (best score >= {INDUCTION_EMERGED})" if m == "induction" else f"{t} beats copy"
+            for m, t in zip(summary["measure"], summary["task"])
+        ],  # fmt: skip
+    )
+    wide = summary.pivot_table(index="recipe", columns="what", values="cell", aggfunc="first").reset_index()
+    wide.columns.name = None
+    s.add_text(
+        "When it appeared: training tokens until each run's best induction head (repeated random tokens) scores "
+        f"{INDUCTION_EMERGED} or more, and until its difficulty-{level} accuracy beats the copy baseline with its "
+        "item interval; the mean over seeds with a t interval when every seed got there, else how many did "
+        "(a censored mean is not reported)."
+    )
+    s.add_table(wide)
 
 
 def _probes(results: Path, folder: Path) -> tuple[Section, list[str]]:
@@ -1091,11 +1138,25 @@ def aim_words(results: Path) -> str | None:
         task, level = str(a["task"]), int(a["difficulty"])
         if a.get("found"):
             iv = with_interval(a["estimate"], a["ci_low_corrected"], a["ci_high_corrected"], signed=True)
+            recipe, against = a["recipe"], a["against"]
+            direction = a.get("direction")
+            if direction not in ("advantage", "disadvantage"):  # an older record: read it off the sign
+                direction = "advantage" if float(a["estimate"]) > 0 else "disadvantage"
+            what = (
+                f"an advantage of {recipe} over {against}"
+                if direction == "advantage"
+                else f"a disadvantage of {recipe} (it scores below {against})"
+            )
+            if "direction" not in a:  # chosen before the aim preferred advantages: by p alone
+                why = "the distinguishable seed-paired gap with the smallest p"
+            elif direction == "advantage":
+                why = "the distinguishable seed-paired advantage with the smallest p"
+            else:
+                why = "no advantage is distinguishable, and this is the disadvantage with the smallest p"
             return (
-                f"**Aim.** The instruments look at {task} level {level}, where the evaluation found a gap: "
-                f"{a['recipe']} - {a['against']} = {iv} logits (corrected 95% "
-                f"interval, Holm p {a['p_holm']:.2g}, {int(a['n_seeds'])} seeds), the distinguishable seed-paired "
-                "gap with the smallest p."
+                f"**Aim.** The instruments look at {task} level {level}, where the evaluation found a gap, "
+                f"{what}: {recipe} - {against} = {iv} logits (corrected 95% "
+                f"interval, Holm p {a['p_holm']:.2g}, {int(a['n_seeds'])} seeds); {why}."
             )
         why = str(a.get("reason", ""))
         return f"**Aim.** {task} level {level}, the configured task and level ({why})."
@@ -1103,32 +1164,6 @@ def aim_words(results: Path) -> str | None:
         raise CodetransferError(
             f"{path}: damaged aim record ({type(e).__name__}: {e}); delete it and rerun the job's analysis stages"
         ) from None
-
-
-def recipe_gap(comparison: pd.DataFrame | None, recipe: str, other: str, task: str, difficulty=None):
-    """The seed-paired comparison row (``results/comparison.parquet``, logit difference) of ``recipe``
-    against ``other`` for the patched items: the level of ``task`` at ``difficulty``, else (no
-    difficulty, or no such row) the pooled row of the task's category; None when there is none."""
-    if comparison is None or comparison.empty:
-        return None
-    c = comparison[
-        (comparison["recipe"].astype(str) == recipe)
-        & (comparison["baseline"].astype(str) == other)
-        & (comparison["metric"] == "logit_diff")
-    ]
-    if "scale" in c:
-        c = c[c["scale"].astype(str) == "difference"]
-    pooled = c["pooled"].astype(bool) if "pooled" in c else pd.Series(False, index=c.index)
-    level = c[~pooled & (c["task"].astype(str) == str(task))]
-    if difficulty is not None and not level.empty:
-        at = level[pd.to_numeric(level["difficulty"], errors="coerce") == float(difficulty)]
-        if len(at) == 1:
-            return at.iloc[0]
-    elif len(level) == 1:
-        return level.iloc[0]
-    categories = set(comparison.loc[comparison["task"].astype(str) == str(task), "category"].astype(str))
-    pooled_rows = c[pooled & c["category"].astype(str).isin(categories)]
-    return pooled_rows.iloc[0] if len(pooled_rows) == 1 else None
 
 
 def _gap_words(gap, recipe: str, other: str) -> str:
@@ -1606,6 +1641,45 @@ def _circuit(results: Path, folder: Path, baseline: str) -> tuple[Section, list[
     return s, findings
 
 
+def _verdicts(results: Path, tmp: Path, grid, baseline: str, recipes) -> tuple[Section, str | None, bool]:
+    """The verdict section (:mod:`codetransfer.analysis.verdict`): per instrument, what it found against its
+    control, and on a grid with a planted answer whether it found it; also written as ``verdicts.parquet``.
+    Returns the section, its one-sentence summary and whether the grid has a planted answer."""
+    planted = planted_answer(grid)
+    controls = {r.name: r.compare_with for r in grid.recipes} if grid is not None else {}
+    table = verdicts(read_tables(results), recipes, baseline, controls, planted)
+    title = (
+        "Did each instrument find the planted answer?" if planted else "What each instrument found, against its control"
+    )
+    s = Section(title)
+    if table.empty or (table["verdict"] == "not run").all():
+        s.missing.append("no result tables: run the eval and analysis stages")
+        return s, None, planted is not None
+    table.to_parquet(tmp / "verdicts.parquet", index=False)
+    if planted is not None:
+        s.add_text(
+            f"This grid has a known answer: the {planted.arm} arm was trained first on rows that reward copying a "
+            "repeated span, which plants the lookup circuit (a previous-token head and an induction head); "
+            f"{', '.join(planted.controls)} were not"
+            + (f" ({planted.null[0]} saw the same tokens shuffled: nothing to copy)" if planted.null else "")
+            + ". An instrument that does not separate them misses a transfer known to be there; one that "
+            "separates the two control arms reports a difference that is not there. Probing and similarity "
+            "have no known answer here (the copying circuit stores no world state): they are shown, not judged."
+        )
+    s.add_text(
+        "Each row is one instrument on one pair of recipes; its finding counts only against the control named. "
+        "Seed intervals computed here (attention, ablation, cross-model patching) are Bonferroni-corrected over "
+        "the pairs; evaluation uses the comparison table's Holm-corrected intervals."
+    )
+    shown = table.assign(pair=table["recipe"] + " vs " + table["reference"])
+    cols = ["instrument", "pair", "verdict", "evidence", "control"]
+    if planted is not None:
+        shown["expected"] = shown["expected"].map({True: "the planted difference", False: "nothing (null)"})
+        cols.insert(2, "expected")
+    s.add_table(shown[cols], reasons={"expected": "no known answer"})
+    return s, verdict_words(table, planted), planted is not None
+
+
 def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: pd.DataFrame, found=None) -> None:
     """CircuitsVis attention views of the named heads' layers (one page per recipe, on repeated random
     tokens), each at most VIEW_MAX_BYTES; skipped with a reason when circuitsvis is not installed.
@@ -1754,7 +1828,8 @@ def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: P
         phases, per_step, recipes = _phases(out, grid), _tokens_per_step(out), [r.name for r in grid.recipes]
         vocab = grid.tokenizer.vocab_size
         first = _grid_section(out, grid, tmp)
-    sections, headline = [first], []
+    verdict, verdict_line, planted = _verdicts(results, tmp, grid, baseline, recipes)
+    sections, headline = ([verdict, first] if planted else [first, verdict]), []
     for build in (
         lambda: _eval_section(results, tmp, baseline),
         lambda: _learning(results, tmp, phases, models is not None),
@@ -1774,6 +1849,8 @@ def _write_report(out: Path, grid, settings, results: Path, folder: Path, tmp: P
         + [h for h in headline if h.startswith(("Shared representation", "Probing", "Induction"))][:1]
         + [h for h in headline if h.startswith(("Circuit:", "Representation similarity"))][:1]
     )
+    if verdict_line is not None:  # a grid with a planted answer opens with it; any other grid ends with it
+        headline = [verdict_line, *headline] if planted else [*headline, verdict_line]
     headline = list(dict.fromkeys(headline))
     if not headline:
         headline = ["No result tables were found: run the eval, probe, patch and attention stages."]

@@ -11,6 +11,7 @@ import pytest
 
 from codetransfer.analysis import schema
 from codetransfer.analysis.compare import gap_target, has_gap
+from codetransfer.errors import CodetransferError
 from codetransfer.pipeline import JobSettings, aim, run_job
 
 
@@ -58,6 +59,69 @@ def test_no_gap_when_no_row_is_distinguishable():
     # an older table without the distinguishable column is read by its corrected interval and seeds
     old = t.drop(columns="distinguishable")
     assert [has_gap(r) for _, r in old.iterrows()] == [False, False, True]
+
+
+def test_gap_target_prefers_an_advantage_over_a_smaller_p_disadvantage():
+    # the planted-transfer control grid: level 1 is a distinguishable disadvantage with the smaller Holm p,
+    # level 0 the planted advantage, distinguishable too
+    worse = _row(recipe="copy", baseline="scrambled", difficulty=1, est=-1.13, lo=-1.6, hi=-0.6, p_holm=0.004)
+    better = _row(recipe="copy", baseline="scrambled", difficulty=0, est=1.29, lo=0.3, hi=2.3, p_holm=0.031)
+    weaker = _row(recipe="copy", baseline="scrambled", task="possession", est=0.5, lo=0.1, hi=0.9, p_holm=0.04)
+    t = _table(worse, weaker, better)
+    row = gap_target(t)
+    assert (row["task"], int(row["difficulty"]), row["estimate"]) == ("counting", 0, 1.29)
+    assert gap_target(t, prefer="advantage")["estimate"] == 1.29
+    row = gap_target(t, prefer="any")  # the old order: the smallest Holm p whatever its sign
+    assert (row["task"], int(row["difficulty"]), row["estimate"]) == ("counting", 1, -1.13)
+    # without a distinguishable advantage the disadvantage is still a gap to explain
+    only = _table(worse, _row(task="possession", est=0.5, lo=-0.1, hi=1.1, p_holm=0.001))
+    assert gap_target(only)["estimate"] == -1.13 and gap_target(only, prefer="any")["estimate"] == -1.13
+    # within the disadvantages the order is the usual one: smallest p, then largest |estimate| / mde
+    two = _table(worse, _row(task="entity_tracking", est=-0.9, lo=-1.3, hi=-0.5, p_holm=0.001))
+    assert gap_target(two)["task"] == "entity_tracking"
+
+
+@pytest.mark.parametrize("prefer", ["Advantage", "positive", "", None])
+def test_gap_target_refuses_an_unknown_preference(prefer):
+    with pytest.raises(CodetransferError, match="prefer must be one of advantage, any") as e:
+        gap_target(_table(_row()), prefer=prefer)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CodetransferError, match="advantage, any"):
+        gap_target(None, prefer=prefer)  # refused before the table is looked at
+
+
+def test_aim_says_whether_the_gap_is_an_advantage_or_a_disadvantage(tmp_path):
+    from codetransfer.report import aim_words
+
+    quiet = dict(log=lambda *a: None)
+    worse = _row(recipe="copy", baseline="scrambled", difficulty=1, est=-1.13, lo=-1.6, hi=-0.6, p_holm=0.004)
+    better = _row(recipe="copy", baseline="scrambled", difficulty=0, est=1.29, lo=0.3, hi=2.3, p_holm=0.031)
+    _table(worse, better).to_parquet(tmp_path / "comparison.parquet")
+    aimed, record = aim(tmp_path, JobSettings(), **quiet)
+    assert (aimed.patch_task, aimed.patch_difficulty) == ("counting", 0)
+    assert record["direction"] == "advantage" and record["estimate"] == 1.29
+    assert record["reason"] == "the distinguishable seed-paired advantage with the smallest Holm p"
+    (tmp_path / "aim.json").write_text(json.dumps(record))
+    words = aim_words(tmp_path)
+    assert "an advantage of copy over scrambled" in words and "disadvantage" not in words
+
+    _table(worse).to_parquet(tmp_path / "comparison.parquet")
+    aimed, record = aim(tmp_path, JobSettings(), **quiet)
+    assert (aimed.patch_task, aimed.patch_difficulty) == ("counting", 1)
+    assert record["direction"] == "disadvantage" and record["estimate"] == -1.13
+    assert record["reason"] == "no advantage is distinguishable; the disadvantage with the smallest Holm p"
+    (tmp_path / "aim.json").write_text(json.dumps(record))
+    words = aim_words(tmp_path)
+    assert "a disadvantage of copy (it scores below scrambled)" in words
+    assert "no advantage is distinguishable" in words
+
+    # an aim.json written before the record had a direction: read it off the estimate's sign
+    for est, said in ((-1.13, "a disadvantage of copy"), (1.29, "an advantage of copy over scrambled")):
+        old = {k: v for k, v in record.items() if k != "direction"}
+        old.update(estimate=est, reason="the distinguishable seed-paired gap with the smallest Holm p")
+        (tmp_path / "aim.json").write_text(json.dumps(old))
+        words = aim_words(tmp_path)
+        assert said in words and "the distinguishable seed-paired gap with the smallest p" in words
 
 
 def test_aim_replaces_the_instruments_task_and_level_with_the_gap(tmp_path):

@@ -1,4 +1,5 @@
-"""`--version`, `python -m codetransfer`, the licence file and the declared dependencies."""
+"""`--version`, `python -m codetransfer`, the presets a verb's help lists, the licence file and the declared
+dependencies."""
 
 import ast
 import subprocess
@@ -6,7 +7,11 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 import codetransfer
+from codetransfer.cli import main
+from codetransfer.trained.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,6 +21,25 @@ def test_python_m_codetransfer_prints_the_version():
         [sys.executable, "-m", "codetransfer", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == f"codetransfer {codetransfer.__version__}"
+
+
+@pytest.mark.parametrize("verb", ["run", "train"])
+def test_the_grid_help_lists_every_preset(verb, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help at the terminal width
+    assert f"a preset name ({', '.join(PRESETS)})" in text
+    assert {"control", "emergence"} <= set(PRESETS) and all(name in text for name in PRESETS)
+
+
+def test_building_the_parser_does_not_import_the_presets():
+    # `codetransfer --help` builds every verb's parser; the preset names are read only when a verb's help is printed
+    code = (
+        "import sys; from codetransfer.cli import build_parser; build_parser(); "
+        "assert 'codetransfer.trained.presets' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_licence_file_matches_pyproject():

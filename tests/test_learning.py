@@ -428,3 +428,34 @@ def test_pipeline_scores_heads_over_training_and_the_report_plots_it(grid_out, t
     assert {"previous_token", "induction", "induction_loss"} <= set(over["metric"])
     section = (out / "report" / "index.html").read_text().split("<h2>Attention heads</h2>")[1].split("<h2>")[0]
     assert 'src="heads_over_training.png"' in section and (out / "report" / "heads_over_training.png").is_file()
+
+
+def test_emergence_table_finds_the_first_checkpoint_and_censors_the_rest():
+    from codetransfer.analysis.learning import emergence_summary, emergence_table
+
+    over, learn = [], []
+    # recipe "a": the induction head passes 0.5 at step 2 (seed 0) and 3 (seed 1); "b" never
+    for recipe, crossing in (("a", {0: 2, 1: 3}), ("b", {0: 99, 1: 99})):
+        for seed, at in crossing.items():
+            for step in (1, 2, 3, 4):
+                for head, v in enumerate([0.6 if step >= at else 0.1, 0.05]):
+                    over.append(dict(run=f"{recipe}-s{seed}", recipe=recipe, seed=seed, step=step,
+                                     task="repeated_random", layer=1, head=head, metric="induction", value=v))  # fmt: skip
+                acc = 0.9 if step >= at else 0.3
+                learn.append(dict(run=f"{recipe}-s{seed}", recipe=recipe, seed=seed, step=step, task="counting",
+                                  difficulty="0", metric="accuracy", value=acc, ci_low=acc - 0.1, copy_chance=0.5))  # fmt: skip
+    over.append(dict(over[0], run="a*", seed=pd.NA, value=1.0))  # pooled rows are not runs
+    t = emergence_table(pd.DataFrame(learn), pd.DataFrame(over), tokens_per_step=1000)
+    ind = t[t["measure"] == "induction"].set_index("run")
+    assert ind.loc["a-s0", "tokens"] == 2000 and ind.loc["a-s1", "tokens"] == 3000
+    assert ind.loc["b-s0", "tokens"] is pd.NA and ind.loc["b-s0", "last_tokens"] == 4000
+    assert "a*" not in ind.index
+    beats = t[t["measure"] == "beats copy"].set_index("run")
+    assert beats.loc["a-s1", "step"] == 3 and beats.loc["a-s1", "task"] == "counting"
+    s = emergence_summary(t).set_index(["recipe", "measure"])
+    assert s.loc[("a", "induction"), "reached"] == 2 and s.loc[("a", "induction"), "tokens"] == 2500
+    assert s.loc[("a", "induction"), "ci_low"] < 2500 < s.loc[("a", "induction"), "ci_high"]
+    assert s.loc[("b", "induction"), "reached"] == 0 and np.isnan(s.loc[("b", "induction"), "tokens"])
+    # per-run tokens per step
+    t2 = emergence_table(None, pd.DataFrame(over), tokens_per_step={"a-s0": 10, "a-s1": 10, "b-s0": 10, "b-s1": 10})
+    assert t2.set_index("run").loc["a-s0", "tokens"] == 20

@@ -197,6 +197,23 @@ def test_ddp_two_processes_match_one_process(trained, grid_file, tmp_path):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
+def test_ddp_with_an_induction_warmup_matches_one_process(tmp_path):
+    """Each rank warms up on its own; rank 0's weights are broadcast after it, so the ranks start the first phase
+    alike (CUDA's backward is not bit-reproducible, so without it they could drift apart)."""
+    grid_file = write_grid(tmp_path, MINI_GRID.replace("save_every = 5", "save_every = 5\ninduction_warmup = 10"))
+    one, two = tmp_path / "one", tmp_path / "two"
+    base = ["-m", "codetransfer.cli", "train", str(grid_file), "--only", "text-only", "--quiet", "--out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, *base, str(one)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
+    r = subprocess.run([*ddp, *base, str(two)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert any("warmup_step" in m for m in metrics(two / "runs" / "text-only-s0"))
+    wa, wb = weights(one / "runs" / "text-only-s0"), weights(two / "runs" / "text-only-s0")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
 def test_intermediate_checkpoints_are_loadable_hf_folders(trained, grid_file, tmp_path):
     import dataclasses
 

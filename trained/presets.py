@@ -18,8 +18,16 @@ standard library plus world-simulator programs. Sizes:
 * ``small``      — every variant, 4 layers d_model 256: hours on a CPU, minutes on a GPU;
 * ``gpu``        — every variant, 12 layers d_model 768 (~85M non-embedding parameters), 100M tokens per
                    run, one seed: 1.07B tokens for the whole grid (shared phases trained once), which one
-                   H200 trains in about 55 minutes at the 327k tokens/s measured there (bf16, micro-batch
-                   16 x 1024); more seeds or tokens with torchrun on several GPUs (docs/scaling.md).
+                   H200 trained in about 55 minutes at the 327k tokens/s measured there with GPT-NeoX blocks
+                   of the same size (bf16, micro-batch 16 x 1024); more seeds or tokens with torchrun on several
+                   GPUs (docs/scaling.md).
+
+``small`` and ``gpu`` use the design the tiny grid learns with (docs/learnability.md): Llama blocks (gated MLP,
+no biases, rotary on every dimension) and the induction warm-up. GPT-NeoX at d_model 64-128 never grew an
+induction head within the budgets tried there, and their batches put natural emergence late (Aoyama et al.'s
+fit: about 64M tokens for ``small``'s 64 x 256, 256M for ``gpu``'s 256 x 1024, beyond their 50M and 100M per
+run). Nobody has yet measured that they learn the tasks at these sizes: run ``codetransfer run small`` on a GPU and
+read its learning curves before a longer sweep.
 """
 
 from __future__ import annotations
@@ -172,6 +180,10 @@ def tiny_arms(base_tokens: int = TINY_BASE_TOKENS, arm_tokens: int = TINY_ARM_TO
     )
 
 
+WARMUP_STEPS = 1000
+"""Steps of the induction warm-up in the grids that have one (tiny, tiny-full, small, gpu)."""
+
+
 def _tiny_grid(name: str, description: str, recipes_: tuple[Recipe, ...], seeds: tuple[int, ...]) -> GridConfig:
     # Sized by measurement (docs/learnability.md): a Llama block (gated MLP, no biases), d_model 64
     # and a 512-token BPE, after a 1,000-step induction warm-up, looks keys up in the narratives within 1M
@@ -186,7 +198,12 @@ def _tiny_grid(name: str, description: str, recipes_: tuple[Recipe, ...], seeds:
         recipes=recipes_,
         seeds=seeds,
         train=TrainConfig(
-            batch_size=8, eval_every=250, eval_tokens=8192, save_every=250, snapshot_every=250, induction_warmup=1000
+            batch_size=8,
+            eval_every=250,
+            eval_tokens=8192,
+            save_every=250,
+            snapshot_every=250,
+            induction_warmup=WARMUP_STEPS,
         ),
     )
 
@@ -303,12 +320,14 @@ def _small() -> GridConfig:
     return GridConfig(
         name="small",
         description="4 layers, d_model 256, 50M tokens per run, 3 seeds: hours on a CPU, minutes on a GPU",
-        model=ModelConfig(n_layers=4, d_model=256, n_heads=8, d_mlp=1024, n_ctx=256),
+        model=ModelConfig(arch="llama", n_layers=4, d_model=256, n_heads=8, d_mlp=1024, n_ctx=256),
         tokenizer=TokenizerConfig(vocab_size=4096, sample_bytes=8_000_000),
         sources=sources(40_000_000),
         recipes=recipes(tokens=50_000_000, peak_lr=1e-3, full=True),
         seeds=(0, 1, 2),
-        train=TrainConfig(batch_size=64, eval_every=250, save_every=500, snapshot_every=1000),
+        train=TrainConfig(
+            batch_size=64, eval_every=250, save_every=500, snapshot_every=1000, induction_warmup=WARMUP_STEPS
+        ),
     )
 
 
@@ -317,12 +336,20 @@ def _gpu() -> GridConfig:
         name="gpu",
         description="12 layers, d_model 768 (~85M non-embedding params), 100M tokens per run, 1 seed: "
         "about an hour on one H100/H200 for the whole grid",
-        model=ModelConfig(n_layers=12, d_model=768, n_heads=12, d_mlp=3072, n_ctx=1024),
+        # a gated MLP of 2,048 (Llama's 8/3 d_model) keeps ~85M non-embedding parameters: 12 x (4 + 3 x 8/3) x 768^2
+        model=ModelConfig(arch="llama", n_layers=12, d_model=768, n_heads=12, d_mlp=2048, n_ctx=1024),
         tokenizer=TokenizerConfig(vocab_size=8192, sample_bytes=20_000_000),
         sources=sources(0),
         recipes=recipes(tokens=100_000_000, peak_lr=6e-4, full=True),
         seeds=(0,),
-        train=TrainConfig(batch_size=64, grad_accum=4, eval_every=200, save_every=500, snapshot_every=250),
+        train=TrainConfig(
+            batch_size=64,
+            grad_accum=4,
+            eval_every=200,
+            save_every=500,
+            snapshot_every=250,
+            induction_warmup=WARMUP_STEPS,
+        ),
     )
 
 

@@ -311,6 +311,9 @@ def _train_run(
             progress and rank == 0,
             rows,
         )
+        if dist:  # every rank warmed up alike, but CUDA's backward is not bit-reproducible: rank 0's weights win
+            for tensor in model.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
     total_tokens = sum(phase_steps(p, t.batch_size, n_ctx) for p in recipe.phases) * t.batch_size * n_ctx
     done_tokens = sum(phase_steps(p, t.batch_size, n_ctx) for p in recipe.phases[: cursor.phase])
     done_tokens = (done_tokens + cursor.step_in_phase) * t.batch_size * n_ctx

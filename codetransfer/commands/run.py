@@ -10,15 +10,16 @@ import json
 import time
 from pathlib import Path
 
+from codetransfer.commands import add_grid_argument
 from codetransfer.errors import CodetransferError, did_you_mean
 
 
 def add_arguments(p) -> None:
-    p.add_argument(
-        "grid",
+    add_grid_argument(
+        p,
+        "a grid .toml file or a preset name (%(presets)s); or leave it out and pass --models",
         nargs="?",
         default=None,
-        help="a grid .toml file or a preset name (tiny, tiny-full, small, gpu); or leave it out and pass --models",
     )
     p.add_argument(
         "--models",

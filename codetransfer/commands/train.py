@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 
+from codetransfer.commands import add_grid_argument
+
 
 def add_arguments(p) -> None:
-    p.add_argument("grid", help="a grid .toml file or a preset name (tiny, tiny-full, small, gpu)")
+    add_grid_argument(p, "a grid .toml file or a preset name (%(presets)s)")
     p.add_argument("--out", default="runs", help="output folder (default: ./runs)")
     p.add_argument("--only", action="append", metavar="RECIPE", help="train only this recipe (repeatable)")
     p.add_argument("--seed", action="append", type=int, help="train only this seed (repeatable)")

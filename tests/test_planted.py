@@ -1,0 +1,80 @@
+"""The whole toolkit's known answer: a reduced planted-transfer control grid (the ``control`` preset's three arms,
+3 seeds, a shorter text phase) is trained, evaluated, its heads scored and ablated, and the report's verdicts
+must find the planted copying circuit in ``copy`` and nothing between ``scrambled`` and ``text-only``.
+
+A few minutes on 2 cores: the six warm-ups (copy and scrambled rows, 3 seeds) are most of it."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from codetransfer.pipeline import JobSettings, run_job
+from codetransfer.trained.config import grid_from_dict
+from codetransfer.trained.gridfile import grid_to_toml
+from codetransfer.trained.presets import preset
+
+TEXT_TOKENS = 200_000
+"""Tokens of the reduced grid's text phase (the preset's: 1M)."""
+SOURCE_BYTES = 300_000
+
+
+def reduced_control_toml() -> str:
+    d = preset("control").to_dict()
+    d["name"] = "planted"
+    for r in d["recipes"]:
+        for p in r["phases"]:
+            p["tokens"] = TEXT_TOKENS
+    for s in d["sources"].values():
+        s["max_bytes"] = SOURCE_BYTES
+    d["tokenizer"]["sample_bytes"] = SOURCE_BYTES
+    d["train"].update(eval_every=10_000, save_every=10_000, snapshot_every=0, eval_tokens=2048)
+    return grid_to_toml(grid_from_dict(d))
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    (root / "grid.toml").write_text(reduced_control_toml())
+    settings = JobSettings(eval_items=200, eval_max_difficulty=0, attention_items=16)
+    stages = ("train", "eval", "attention", "circuit", "report")
+    run_job(str(root / "grid.toml"), root / "out", settings, stages=stages, jobs=2, log=lambda *a: None)
+    return root / "out"
+
+
+def test_the_report_opens_with_the_planted_verdicts(planted):
+    headline = json.loads((planted / "report" / "headline.json").read_text())
+    assert headline[0].startswith("Planted answer (copy has the copying circuit")
+    page = (planted / "report" / "index.html").read_text()
+    assert page.index("Did each instrument find the planted answer?") < page.index("The grid")
+
+
+def test_evaluation_and_attention_find_the_planted_circuit_in_copy_only(planted):
+    v = pd.read_parquet(planted / "report" / "verdicts.parquet")
+    arm = v[(v["recipe"] == "copy") & v["instrument"].isin(["evaluation", "attention"])]
+    assert set(arm["reference"]) == {"text-only", "scrambled"}
+    assert (arm["verdict"] == "found").all(), arm[["instrument", "reference", "evidence"]].to_string()
+    null = v[v["recipe"] == "scrambled"]
+    assert set(null["instrument"]) == {"evaluation", "attention", "ablation"}
+    assert (null["verdict"] == "as expected: nothing").all(), null[["instrument", "evidence"]].to_string()
+
+
+def test_ablating_the_lookup_heads_costs_copy_and_not_the_controls(planted):
+    v = pd.read_parquet(planted / "report" / "verdicts.parquet")
+    row = v[(v["instrument"] == "ablation") & (v["recipe"] == "copy") & (v["reference"] == "text-only")]
+    assert row["verdict"].tolist() == ["found"], row["evidence"].tolist()
+    drop = pd.read_parquet(planted / "results" / "circuit.parquet")
+    pooled = drop[drop["run"].str.endswith("*") & (drop["metric"] == "logit_diff") & (drop["method"] == "mean")]
+    chosen = pooled[pooled["heads_set"] == "chosen"].set_index("recipe")
+    assert chosen.loc["copy", "ci_low"] > 0
+    assert chosen.loc["text-only", "ci_low"] < 0.1 and chosen.loc["scrambled", "ci_low"] < 0.1
+
+
+def test_the_planted_head_is_an_induction_head_in_every_copy_seed(planted):
+    att = pd.read_parquet(planted / "results" / "attention.parquet")
+    ind = att[(att["task"] == "repeated_random") & (att["metric"] == "induction")]
+    best = ind.groupby(["recipe", "seed"])["value"].max()
+    assert (best["copy"] > 0.2).all(), best.to_string()
+    assert (best["text-only"] < 0.1).all() and (best["scrambled"] < 0.1).all(), best.to_string()

@@ -1,0 +1,177 @@
+"""Verdicts per instrument: a finding counts only against its control with a seed-level interval; a grid with a
+planted answer is judged found / missed, and its null pair must show nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from codetransfer.analysis import verdict as V
+from codetransfer.trained.presets import preset
+
+
+def attention_table(best: dict[str, list[float]]) -> pd.DataFrame:
+    """Induction scores on repeated random tokens: per recipe and seed, a best head and three weak ones."""
+    rows = []
+    for recipe, values in best.items():
+        for seed, v in enumerate(values):
+            for head, score in enumerate([v, 0.02, 0.01, 0.03]):
+                rows.append(
+                    dict(run=f"{recipe}-s{seed}", recipe=recipe, seed=seed, task="repeated_random", layer=1, head=head,
+                         metric="induction", value=score)
+                )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def comparison_row(recipe, baseline, estimate, low, high, p_holm, n_seeds=3, pooled=True, distinguishable=None):
+    return dict(
+        recipe=recipe, baseline=baseline, metric="logit_diff", scale="difference", category="reasoning",
+        task="pooled" if pooled else "counting", difficulty=pd.NA if pooled else 0, estimate=estimate,
+        ci_low_corrected=low, ci_high_corrected=high, p_holm=p_holm, n_seeds=n_seeds, mde=0.2, pooled=pooled,
+        distinguishable=(low > 0 or high < 0) and p_holm < 0.05 and n_seeds >= 3 if distinguishable is None
+        else distinguishable,
+    )  # fmt: skip
+
+
+def circuit_table(drops: dict[str, list[float]], control: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for heads_set, by in (("chosen", drops), ("control", control)):
+        for recipe, values in by.items():
+            for seed, v in enumerate(values):
+                rows.append(
+                    dict(run=f"{recipe}-s{seed}", recipe=recipe, seed=seed, heads_set=heads_set, method="mean",
+                         metric="logit_diff", value=v)
+                )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_the_control_preset_has_a_planted_answer_and_the_demo_grid_none():
+    p = V.planted_answer(preset("control"))
+    assert p == V.Planted("copy", ("text-only", "scrambled"), ("scrambled", "text-only"))
+    assert V.planted_answer(preset("tiny")) is None and V.planted_answer(preset("emergence")) is None
+    assert V.planted_answer(None) is None
+
+
+def test_attention_finds_a_head_only_where_every_seed_pair_separates():
+    tables = {"attention": attention_table({"copy": [0.30, 0.35, 0.27], "text-only": [0.03, 0.04, 0.03]})}
+    found, words, control = V.attention(tables, "copy", "text-only")
+    assert found and "0.30 / 0.35 / 0.27" in words and "text-only's heads" in control
+    assert V.attention(tables, "text-only", "copy")[0] is False  # the other way round: below, not above
+    # one seed against the others: no interval excludes 0
+    noisy = {"attention": attention_table({"copy": [0.30, 0.02, 0.03], "text-only": [0.03, 0.04, 0.03]})}
+    assert V.attention(noisy, "copy", "text-only")[0] is False
+    # two seeds give an interval but never a claim
+    two = {"attention": attention_table({"copy": [0.30, 0.35], "text-only": [0.03, 0.04]})}
+    assert V.attention(two, "copy", "text-only")[0] is False
+    assert V.attention({"attention": None}, "copy", "text-only")[0] is None
+
+
+def test_a_wider_family_of_pairs_widens_the_interval():
+    t = {"attention": attention_table({"copy": [0.10, 0.16, 0.12], "text-only": [0.03, 0.04, 0.03]})}
+    assert V.attention(t, "copy", "text-only", confidence=0.95)[0] is True
+    assert V.attention(t, "copy", "text-only", confidence=1 - 0.05 / 20)[0] is False
+
+
+def test_evaluation_counts_a_distinguishable_advantage_only():
+    c = pd.DataFrame(
+        [
+            comparison_row("copy", "text-only", 1.4, 1.1, 1.7, 0.01),
+            comparison_row("scrambled", "text-only", -0.04, -0.13, 0.04, 0.4),
+            comparison_row("worse", "text-only", -0.9, -1.2, -0.6, 0.01),
+            comparison_row("two", "text-only", 1.4, 1.1, 1.7, 0.01, n_seeds=2),
+        ]
+    )
+    t = {"comparison": c}
+    assert V.evaluation(t, "copy", "text-only")[0] is True
+    found, words, _ = V.evaluation(t, "scrambled", "text-only")
+    assert found is False and "effects of 0.2 or more" in words
+    assert V.evaluation(t, "worse", "text-only")[0] is False  # distinguishable, but a disadvantage
+    assert V.evaluation(t, "two", "text-only")[0] is False  # two seeds: never distinguishable
+    assert V.evaluation(t, "copy", "scrambled")[0] is None  # never compared
+
+
+def test_evaluation_without_a_pooled_row_takes_the_strongest_level():
+    c = pd.DataFrame(
+        [
+            comparison_row("copy", "text-only", 0.3, -0.1, 0.7, 0.5, pooled=False),
+            comparison_row("copy", "text-only", 1.2, 0.8, 1.6, 0.02, pooled=False),
+        ]
+    )
+    found, words, _ = V.evaluation({"comparison": c}, "copy", "text-only")
+    assert found and "+1.20" in words and "nothing pooled" in words
+
+
+def test_ablation_must_remove_more_than_the_same_ablation_in_the_reference():
+    drops = {"copy": [0.40, 0.45, 0.38], "text-only": [0.01, -0.02, 0.00], "other": [0.42, 0.41, 0.39]}
+    t = {"circuit": circuit_table(drops, {"copy": [0.05, 0.0, 0.02]})}
+    found, words, _ = V.ablation(t, "copy", "text-only")
+    assert found and "random control heads" in words
+    assert V.ablation(t, "copy", "other")[0] is False  # as much in the reference: nothing specific to copy
+
+
+def gap_rows(share, low, high, control=(0.1, -0.2, 0.3), withheld=False, n_seeds=3):
+    base = dict(run="copy*", recipe="copy", reference="text-only", metric="logit_diff", method="mean", gap=0.7,
+                gap_low=0.3, gap_high=1.1, withheld=withheld, n_seeds=n_seeds)  # fmt: skip
+    return pd.DataFrame(
+        [
+            dict(base, heads_set="chosen", value=share, ci_low=low, ci_high=high),
+            dict(base, heads_set="control", value=control[0], ci_low=control[1], ci_high=control[2]),
+        ]
+    )
+
+
+def test_gap_share_needs_most_of_the_gap_above_the_control_heads():
+    assert V.gap_share({"circuit_gap": gap_rows(0.9, 0.6, 1.1)}, "copy", "text-only")[0] is True
+    assert V.gap_share({"circuit_gap": gap_rows(0.3, 0.1, 0.5)}, "copy", "text-only")[0] is False  # not most
+    # the control heads' interval reaches above the chosen heads' lower end
+    assert V.gap_share({"circuit_gap": gap_rows(0.9, 0.6, 1.1, (0.5, 0.0, 0.8))}, "copy", "text-only")[0] is False
+    withheld = gap_rows(np.nan, np.nan, np.nan, withheld=True)
+    found, words, _ = V.gap_share({"circuit_gap": withheld}, "copy", "text-only")
+    assert found is False and "includes 0" in words
+
+
+def test_planted_verdicts_judge_the_arm_and_the_null_pair():
+    planted = V.planted_answer(preset("control"))
+    tables = dict.fromkeys(V.TABLES)
+    tables["attention"] = attention_table(
+        {"copy": [0.30, 0.35, 0.27], "text-only": [0.03, 0.04, 0.03], "scrambled": [0.03, 0.03, 0.04]}
+    )
+    table = V.verdicts(tables, ["text-only", "scrambled", "copy"], "text-only", planted=planted)
+    assert list(table.columns) == list(V.COLUMNS)
+    att = table[(table["instrument"] == "attention") & (table["recipe"] == "copy")].set_index("reference")
+    assert att.loc["text-only", "verdict"] == att.loc["scrambled", "verdict"] == "found"
+    null = table[(table["recipe"] == "scrambled") & (table["instrument"] == "attention")]
+    assert null["verdict"].tolist() == ["as expected: nothing"] and null["expected"].tolist() == [False]
+    assert set(table.loc[table["instrument"] == "probing", "verdict"]) == {"not run"}
+    words = V.verdict_words(table, planted)
+    assert words.startswith("Planted answer") and "found by attention" in words and "false positive" not in words
+    # a difference between the two control arms is a false positive
+    tables["attention"] = attention_table(
+        {"copy": [0.30, 0.35, 0.27], "text-only": [0.03, 0.04, 0.03], "scrambled": [0.30, 0.33, 0.29]}
+    )
+    table = V.verdicts(tables, ["text-only", "scrambled", "copy"], "text-only", planted=planted)
+    assert "false positive from attention" in V.verdict_words(table, planted)
+    assert table.loc[(table["instrument"] == "attention") & (table["reference"] == "scrambled"), "verdict"].item() == (
+        "missed"
+    )
+
+
+def test_without_a_planted_answer_every_recipe_meets_its_baseline_and_control():
+    tables = dict.fromkeys(V.TABLES)
+    tables["attention"] = attention_table({"a": [0.3, 0.35, 0.33], "b": [0.1, 0.1, 0.12], "base": [0.1, 0.11, 0.1]})
+    table = V.verdicts(tables, ["base", "a", "b"], "base", controls={"a": "b", "b": ""})
+    pairs = set(zip(table["recipe"], table["reference"]))
+    assert pairs == {("a", "base"), ("a", "b"), ("b", "base")}
+    assert table["expected"].isna().all()
+    assert V.verdict_words(table, None).startswith("Beats its control: attention (a vs base)")
+    empty = V.verdicts(dict.fromkeys(V.TABLES), ["base", "a"], "base")
+    assert V.verdict_words(empty, None) == "No instrument found a difference that beats its control."
+
+
+@pytest.mark.parametrize("missing", ["attention", "circuit", "circuit_gap", "cka", "decodability", "cross_model"])
+def test_an_instrument_that_has_not_run_says_so(missing):
+    name = {"circuit": "ablation", "circuit_gap": "gap share", "cka": "similarity", "decodability": "probing",
+            "cross_model": "cross-model patching"}.get(missing, missing)  # fmt: skip
+    found, words, _ = V.INSTRUMENTS[name](dict.fromkeys(V.TABLES), "copy", "text-only")
+    assert found is None and words
