@@ -165,10 +165,11 @@ def evaluation(tables, a: str, b: str, confidence: float = 0.95):
     found = has_gap(row) and float(row["estimate"]) > 0
     if not has_gap(row):
         mde = row.get("mde")
-        words += (
+        small = pd.notna(mde) and n >= MIN_SEEDS_DISTINGUISHABLE and abs(float(row["estimate"])) < float(mde)
+        words += (  # the detectable effect describes a null; an estimate above it is one Holm's correction kept out
             f"; not distinguishable: effects of {float(mde):.2g} or more would have been detected"
-            if pd.notna(mde) and n >= MIN_SEEDS_DISTINGUISHABLE
-            else "; not distinguishable"
+            if small
+            else "; not distinguishable after the correction for every comparison made"
         )
     return found, words + ")", "seed-paired over init seeds, Holm-corrected"
 
