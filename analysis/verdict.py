@@ -431,16 +431,19 @@ def verdict_words(table: pd.DataFrame, planted: Planted | None) -> str:
     if table.empty:
         return "No instrument has run."
     if planted is not None:
-        judged = table[table["expected"] == True]  # noqa: E712 (an object column of True / False / None)
-        found = judged.groupby("instrument", sort=False)["verdict"].agg(lambda v: bool((v == "found").all()))
+        judged = table[(table["expected"] == True) & (table["verdict"] != "not run")]  # noqa: E712 (object column)
         null = table[table["expected"] == False]  # noqa: E712
         fp = sorted(set(null.loc[null["verdict"] == "false positive", "instrument"]))
-        ran = judged[judged["verdict"] != "not run"]["instrument"].unique()
-        hit = [i for i in ran if found[i]]
-        miss = [i for i in ran if not found[i]]
+        hit, part, miss = [], [], []
+        for instrument, g in judged.groupby("instrument", sort=False):
+            k = int((g["verdict"] == "found").sum())
+            (hit if k == len(g) else miss if k == 0 else part).append(
+                instrument if k in (0, len(g)) else f"{instrument} ({k} of {len(g)} control arms)"
+            )
         text = (
             f"Planted answer ({planted.arm} has the copying circuit; {', '.join(planted.controls)} do not): "
             + (f"found by {', '.join(hit)}" if hit else "found by no instrument")
+            + (f"; against some control arms only by {', '.join(part)}" if part else "")
             + (f"; missed by {', '.join(miss)}" if miss else "")
             + "."
         )

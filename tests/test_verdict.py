@@ -151,7 +151,9 @@ def test_planted_verdicts_judge_the_arm_and_the_null_pair():
         {"copy": [0.30, 0.35, 0.27], "text-only": [0.03, 0.04, 0.03], "scrambled": [0.30, 0.33, 0.29]}
     )
     table = V.verdicts(tables, ["text-only", "scrambled", "copy"], "text-only", planted=planted)
-    assert "false positive from attention" in V.verdict_words(table, planted)
+    words = V.verdict_words(table, planted)
+    assert "false positive from attention" in words
+    assert "against some control arms only by attention (1 of 2 control arms)" in words  # text-only: yes
     assert table.loc[(table["instrument"] == "attention") & (table["reference"] == "scrambled"), "verdict"].item() == (
         "missed"
     )
