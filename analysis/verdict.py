@@ -45,6 +45,8 @@ import pandas as pd
 
 from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE, has_gap, recipe_gap
 from codetransfer.analysis.stats import seed_t_interval
+from codetransfer.errors import CodetransferError
+from codetransfer.trained.checks import read_table
 
 MOST = 0.5
 """The share of a gap a component must carry (seed mean) to count as carrying most of it."""
@@ -89,9 +91,14 @@ def read_tables(results: str | Path) -> dict[str, pd.DataFrame | None]:
     out: dict[str, pd.DataFrame | None] = {}
     for name in TABLES:
         path = results / f"{name}.parquet"
-        out[name] = pd.read_parquet(path) if path.is_file() else None
+        out[name] = read_table(path, "result table") if path.is_file() else None
     aim = results / "aim.json"
-    out["aim"] = pd.DataFrame([json.loads(aim.read_text())]) if aim.is_file() else None
+    try:
+        out["aim"] = pd.DataFrame([json.loads(aim.read_text())]) if aim.is_file() else None
+    except ValueError as e:
+        raise CodetransferError(
+            f"{aim}: damaged aim record ({e}); delete it and rerun the job's analysis stages"
+        ) from None
     return out
 
 
@@ -119,7 +126,8 @@ def _per_seed(table: pd.DataFrame, recipe: str, value: str = "value") -> pd.Seri
 
 
 def _paired(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, list[int]]:
-    seeds = sorted(set(a.index) & set(b.index))
+    """The per-seed differences ``a - b`` over the seeds where both are finite, and those seeds."""
+    seeds = [s for s in sorted(set(a.index) & set(b.index)) if np.isfinite(a[s]) and np.isfinite(b[s])]
     return (a[seeds] - b[seeds]).to_numpy(float), seeds
 
 
@@ -152,8 +160,8 @@ def evaluation(tables, a: str, b: str, confidence: float = 0.95):
             levels = c[~c["pooled"].astype(bool)]
             gap = levels[[has_gap(r) and float(r["estimate"]) > 0 for _, r in levels.iterrows()]]
             pick = gap if not gap.empty else levels
-            if not pick.empty:
-                row = pick.loc[pick["p_holm"].astype(float).idxmin()]
+            if not pick.empty:  # one seed leaves p_holm empty: such rows come last
+                row = pick.sort_values("p_holm", na_position="last").iloc[0]
                 where = f"{row['task']} level {int(row['difficulty'])}, the strongest level; nothing pooled"
     if row is None:
         return None, f"no seed-paired comparison of {a} with {b} on reasoning", "the seeds"
@@ -212,7 +220,7 @@ def ablation(tables, a: str, b: str, confidence: float = 0.95):
         f"mean-ablating {a}'s lookup heads removes {_iv(own.value, own.low, own.high)} logits in {a}, "
         f"{_iv(diff.value, diff.low, diff.high)} more than {b}'s lookup heads remove in {b} ({len(seeds)} seeds)"
     )
-    control = _per_seed(t[t["heads_set"] == "control"], a)
+    control = _per_seed(t[t["heads_set"] == "control"], a).dropna()
     if len(control) >= 2:
         c = seed_t_interval(control.to_numpy(float), confidence)
         words += f"; as many random control heads of {a} remove {_iv(c.value, c.low, c.high)}"

@@ -177,3 +177,20 @@ def test_an_instrument_that_has_not_run_says_so(missing):
             "cross_model": "cross-model patching"}.get(missing, missing)  # fmt: skip
     found, words, _ = V.INSTRUMENTS[name](dict.fromkeys(V.TABLES), "copy", "text-only")
     assert found is None and words
+
+
+def test_one_seed_and_damaged_tables_give_verdicts_or_one_line_errors(tmp_path):
+    from codetransfer.errors import CodetransferError
+
+    one = comparison_row("copy", "text-only", 1.4, 1.1, 1.7, float("nan"), n_seeds=1, pooled=False)
+    found, words, _ = V.evaluation({"comparison": pd.DataFrame([one, dict(one, p_holm=np.nan)])}, "copy", "text-only")
+    assert found is False and "1 seeds" in words  # one seed: an item-level interval, never a claim
+    nan_seed = {"attention": attention_table({"copy": [0.3, np.nan, 0.35], "text-only": [0.03, 0.03, 0.03]})}
+    assert V.attention(nan_seed, "copy", "text-only")[0] is False  # two finite seeds: no claim, no crash
+    (tmp_path / "comparison.parquet").write_bytes(b"PAR1 garbage")
+    with pytest.raises(CodetransferError, match="comparison.parquet: damaged result table"):
+        V.read_tables(tmp_path)
+    (tmp_path / "comparison.parquet").unlink()
+    (tmp_path / "aim.json").write_text("{ broken")
+    with pytest.raises(CodetransferError, match="damaged aim record"):
+        V.read_tables(tmp_path)
