@@ -775,7 +775,7 @@ def _emergence(s: Section, learning: pd.DataFrame, over: pd.DataFrame | None, le
     summary = summary.assign(
         cell=[cell(r) for r in summary.itertuples()],
         what=[
-            f"induction head (best score >= {INDUCTION_EMERGED})" if m == "induction" else f"{t} beats copy"
+            f"induction head (best score {INDUCTION_EMERGED} or more)" if m == "induction" else f"{t} beats copy"
             for m, t in zip(summary["measure"], summary["task"])
         ],  # fmt: skip
     )
