@@ -49,6 +49,7 @@ PALETTE = (
     "#e377c2",
     "#a6761d",
     "#393b79",
+    "#b15928",
 )
 
 #: The shipped grids' recipes (trained/presets.py), in their fixed palette slots.
@@ -69,6 +70,7 @@ KNOWN_RECIPES = (
     "additive-50",
     "scrambled",
     "copy",
+    "code-only",
 )
 
 RANDOM_INIT_SUFFIX = " (random init)"
