@@ -200,7 +200,10 @@ def test_ddp_two_processes_match_one_process(trained, grid_file, tmp_path):
 def test_ddp_with_an_induction_warmup_matches_one_process(tmp_path):
     """Each rank warms up on its own; rank 0's weights are broadcast after it, so the ranks start the first phase
     alike (CUDA's backward is not bit-reproducible, so without it they could drift apart)."""
-    grid_file = write_grid(tmp_path, MINI_GRID.replace("save_every = 5", "save_every = 5\ninduction_warmup = 10"))
+    grid = MINI_GRID.replace("save_every = 5", "save_every = 5\ninduction_warmup = 10").replace(
+        "n_ctx = 32", "n_ctx = 48"
+    )
+    grid_file = write_grid(tmp_path, grid)
     one, two = tmp_path / "one", tmp_path / "two"
     base = ["-m", "codetransfer.cli", "train", str(grid_file), "--only", "text-only", "--quiet", "--out"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
