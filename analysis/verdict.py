@@ -51,7 +51,8 @@ from codetransfer.trained.checks import read_table
 MOST = 0.5
 """The share of a gap a component must carry (seed mean) to count as carrying most of it."""
 STABLE_SHARE = (-0.5, 1.5)
-"""A cross-model share outside this range divides by a gap that is small on the patched items."""
+"""A cross-model share outside this range divides by a gap that is small on the patched items: it is flagged as
+unstable and never headlined (the report) or counted (the verdicts)."""
 TABLES = ("comparison", "attention", "circuit", "circuit_gap", "cross_model", "decodability", "cka")
 """The result tables (``results/<name>.parquet``) the verdicts read."""
 COLUMNS = ("instrument", "recipe", "reference", "expected", "found", "verdict", "evidence", "control")
@@ -135,7 +136,7 @@ def _seeds_text(values: pd.Series) -> str:
     return " / ".join(f"{v:.2f}" for v in values.to_numpy(float))
 
 
-def _cell(rows: pd.DataFrame) -> pd.Series:
+def patched_cell(rows: pd.DataFrame) -> pd.Series:
     """One string per patched cell (site, layer, head, position)."""
     return (
         rows["site"].astype(str)
@@ -143,6 +144,12 @@ def _cell(rows: pd.DataFrame) -> pd.Series:
         + "|" + rows["head"].astype("string").fillna("")
         + "|" + rows["pos_label"].astype("string").fillna("")
     )  # fmt: skip
+
+
+def _same_recipe_pair(label: str) -> bool:
+    """Whether a cross-model label ``"A->B"`` patches a recipe into itself (A == B; names may hold ``->``)."""
+    half = (len(label) - 2) // 2
+    return label[half : half + 2] == "->" and label[:half] == label[half + 2 :]
 
 
 def evaluation(tables, a: str, b: str, confidence: float = 0.95):
@@ -276,7 +283,7 @@ def cross_model(tables, a: str, b: str, confidence: float = 0.95):
     where = f"{task} level {level}" if level is not None else task
     if not has_gap(gap):
         return False, f"no distinguishable gap between {a} and {b} at the patched items ({where}) to split", control
-    cell = _cell(pair)
+    cell = patched_cell(pair)
     best, best_mean = None, -np.inf
     for c, g in pair.groupby(cell):
         v = g["value"].to_numpy(float)
@@ -290,8 +297,8 @@ def cross_model(tables, a: str, b: str, confidence: float = 0.95):
     c, g, iv = best
     r = g.iloc[0]
     name = f"{r['site']} L{r['layer']}" + (f" H{int(r['head'])}" if pd.notna(r["head"]) else "") + f" @{r['pos_label']}"
-    nulls = rows[rows["recipe"].astype(str).map(lambda s: s.split("->")[0] == s.split("->")[-1])]
-    null = nulls[_cell(nulls) == c]["value"] if not nulls.empty else pd.Series(dtype=float)
+    nulls = rows[rows["recipe"].astype(str).map(_same_recipe_pair)]
+    null = nulls[patched_cell(nulls) == c]["value"] if not nulls.empty else pd.Series(dtype=float)
     words = (
         f"of the {a} - {b} gap ({where}, "
         f"{_iv(gap['estimate'], gap['ci_low_corrected'], gap['ci_high_corrected'])} logits) {name} carries the "

@@ -69,7 +69,14 @@ from codetransfer.analysis.learning import (
 )
 from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side, plot_strongest_cell_over_training
 from codetransfer.analysis.style import phase_table
-from codetransfer.analysis.verdict import planted_answer, read_tables, verdict_words, verdicts
+from codetransfer.analysis.verdict import (
+    STABLE_SHARE,
+    patched_cell,
+    planted_answer,
+    read_tables,
+    verdict_words,
+    verdicts,
+)
 from codetransfer.probes.decodability import MIN_SEEDS, decodability_table, first_decodable_layers, label_family
 from codetransfer.probes.plots import plot_decodability, plot_probe_curves
 from codetransfer.trained import find_runs, load_run, runs_table
@@ -1101,10 +1108,6 @@ def _patching(
 # --------------------------------------------------------------------------------------------------
 # patching across models and renderings: a number is a finding only next to its control
 
-STABLE_SHARE = (-0.5, 1.5)
-"""A cross-model share outside this range divides by a gap that is small on the patched items: it is
-flagged as unstable and never headlined."""
-
 
 def _excludes_zero(low, high) -> bool:
     return (_finite(low) and float(low) > 0) or (_finite(high) and float(high) < 0)
@@ -1181,16 +1184,6 @@ def _gap_words(gap, recipe: str, other: str) -> str:
     )
 
 
-def _cell(rows: pd.DataFrame) -> pd.Series:
-    """One string per patched cell (site, layer, head, position), to join tables on."""
-    return (
-        rows["site"].astype(str)
-        + "|" + rows["layer"].astype(str)
-        + "|" + rows["head"].astype("string").fillna("")
-        + "|" + rows["pos_label"].astype(str)
-    )  # fmt: skip
-
-
 def _cross_model(
     s: Section, cm: pd.DataFrame, comparison: pd.DataFrame | None, baseline: str, recipes: set[str], difficulty
 ) -> list[str]:
@@ -1202,7 +1195,7 @@ def _cross_model(
         return []
     pairs = [_split_pair(r, recipes) for r in rows["recipe"].astype(str)]
     rows["recipe_a"], rows["recipe_b"] = [a for a, _ in pairs], [b for _, b in pairs]
-    rows["_cell"] = _cell(rows)
+    rows["_cell"] = patched_cell(rows)
     same = rows["recipe_a"] == rows["recipe_b"]
     nulls, rows = rows[same], rows[~same]
     data_order = not nulls.empty and all(_data_order_pair(str(r)) for r in nulls["run"])
@@ -1328,7 +1321,7 @@ def _cross_rendering(s: Section, cr: pd.DataFrame) -> list[str]:
     its control most; a "Shared representation" finding only where the excess interval lies above 0."""
     names = {"cross_rendering": "score", "cross_rendering_control": "control", "cross_rendering_excess": "excess",
              "within_rendering": "within"}  # fmt: skip
-    cr = cr.assign(_cell=_cell(cr))
+    cr = cr.assign(_cell=patched_cell(cr))
     keys = ["run", "recipe", "seed", "site", "layer", "head", "pos_label", "_cell"]
     base = cr[cr["metric"] == "cross_rendering"][keys].copy()
     if base.empty:

@@ -194,3 +194,10 @@ def test_one_seed_and_damaged_tables_give_verdicts_or_one_line_errors(tmp_path):
     (tmp_path / "aim.json").write_text("{ broken")
     with pytest.raises(CodetransferError, match="damaged aim record"):
         V.read_tables(tmp_path)
+
+
+def test_a_same_recipe_pair_is_found_when_recipe_names_hold_arrows():
+    assert V._same_recipe_pair("text-only->text-only")
+    assert V._same_recipe_pair("balanced->text->balanced->text")
+    assert not V._same_recipe_pair("balanced->text->text-only")
+    assert not V._same_recipe_pair("code->text->code")
