@@ -424,9 +424,14 @@ def verdicts(tables: dict, recipes, baseline: str, controls: dict | None = None,
         ]
     # the seed intervals these verdicts compute are Bonferroni-corrected over the pairs judged
     confidence = 1 - 0.05 / max(1, len(pairs))
+    # cross-model patching runs for the patched pairs only: a pair never patched is left out, not listed as "not run"
+    cm = tables.get("cross_model")
+    patched = None if cm is None or cm.empty else set(cm["recipe"].astype(str))
     rows = []
     for a, b, planted_pair in pairs:
         for name in INSTRUMENTS:
+            if name == "cross-model patching" and patched is not None and f"{a}->{b}" not in patched:
+                continue
             if planted_pair is None:
                 expected = None
             elif planted_pair:
@@ -435,10 +440,7 @@ def verdicts(tables: dict, recipes, baseline: str, controls: dict | None = None,
                 expected = False if name in NULL_JUDGED else None
             if expected is False or planted_pair is not False:
                 rows.append(_row(name, a, b, expected, tables, confidence))
-    out = pd.DataFrame(rows, columns=list(COLUMNS))
-    # cross-model patching only runs for the patched pairs: a pair never patched is left out, not listed as "not run"
-    patched = ~((out["instrument"] == "cross-model patching") & out["evidence"].str.contains("was not patched into"))
-    return out[patched].reset_index(drop=True)
+    return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def verdict_words(table: pd.DataFrame, planted: Planted | None) -> str:
