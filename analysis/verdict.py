@@ -23,8 +23,8 @@ seed-level interval (at least :data:`~codetransfer.analysis.compare.MIN_SEEDS_DI
 * **similarity** -- at some layer every seed's linear CKA between ``a`` and ``b`` lies below every seed-vs-seed
   CKA of the baseline. Control: the seed null.
 
-A grid carries a **planted answer** (:func:`planted_answer`) when one recipe's warm-up is the periodic
-copying rows and others have the scrambled rows or no warm-up (the ``control`` preset, docs/control.md):
+A grid carries a **planted answer** (:func:`planted_answer`) when one recipe's runs get the periodic copying
+rows (an induction warm-up at their start or in a phase) and others get the scrambled rows or no warm-up (the ``control`` preset, docs/control.md):
 code (the periodic rows) is known to plant the lookup circuit in that arm. Then the evaluation, attention and
 ablation must find the planted arm above each control arm, the gap share and cross-model patching must find
 heads or a component that carry most of the gap, and the scrambled arm must not differ from the arm with no warm-up (a null: same
@@ -72,16 +72,19 @@ class Planted:
 
 def planted_answer(grid) -> Planted | None:
     """The planted answer of ``grid`` (a :class:`~codetransfer.trained.config.GridConfig`), or None: exactly one
-    recipe with ``warmup = "periodic"`` and at least one with ``"scrambled"`` or ``"none"``."""
+    recipe whose runs get the periodic warm-up rows (at their start, ``Recipe.warmup``, or in a phase,
+    ``Phase.warmup``) and at least one recipe whose runs get only the scrambled rows or no warm-up at all."""
+    from codetransfer.trained.config import all_warmup_rows
+
     if grid is None:
         return None
-    by = {r.name: getattr(r, "warmup", "grid") for r in grid.recipes}
-    arms = [n for n, w in by.items() if w == "periodic"]
-    controls = tuple(n for n, w in by.items() if w in ("scrambled", "none"))
+    by = {r.name: set(all_warmup_rows(grid, r)) for r in grid.recipes}
+    arms = [n for n, w in by.items() if "periodic" in w]
+    scrambled = [n for n, w in by.items() if w == {"scrambled"}]
+    none = [n for n, w in by.items() if not w]
+    controls = tuple(n for n in by if n in scrambled or n in none)
     if len(arms) != 1 or not controls:
         return None
-    scrambled = [n for n in controls if by[n] == "scrambled"]
-    none = [n for n in controls if by[n] == "none"]
     return Planted(arms[0], controls, (scrambled[0], none[0]) if scrambled and none else None)
 
 

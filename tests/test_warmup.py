@@ -253,8 +253,10 @@ def test_the_default_warmup_keeps_every_presets_keys_and_hashes():
         for r in grid.recipes:
             old = dataclasses.asdict(r)
             old.pop("compare_with"), old.pop("warmup")
+            for p in old["phases"]:
+                p.pop("warmup")  # Phase.warmup, at its default
             assert recipe_hash(r) == artifacts.key(old), (name, r.name)
-            phases = [dataclasses.asdict(p) for p in r.phases[:1]]
+            phases = [{k: v for k, v in dataclasses.asdict(p).items() if k != "warmup"} for p in r.phases[:1]]
             assert prefix_key(grid, r, 1, 0) == artifacts.key({"grid": grid.fingerprint(), "seed": 0, "phases": phases})
     assert "control" in PRESETS
 
@@ -263,3 +265,103 @@ def test_a_recipe_warmup_without_warmup_steps_is_refused(tmp_path):
     grid = _warmup_grid(tmp_path)
     with pytest.raises(CodetransferError, match=r"warmup: 'periodic' takes train.induction_warmup steps, which is 0"):
         _validate(dataclasses.replace(grid, train=dataclasses.replace(grid.train, induction_warmup=0)), "grid")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a phase's own warm-up (Phase.warmup): arms branched from one base that differ by the warm-up's rows
+
+
+def _branched_grid(tmp_path):
+    def recipe(name, rows):
+        line = f'warmup = "{rows}"\n' if rows else ""
+        return (
+            textwrap.dedent(
+                f"""
+            [[recipes]]
+            name = "{name}"
+            warmup = "none"
+            [[recipes.phases]]
+            name = "base"
+            mixture = {{ gcide = 1.0 }}
+            tokens = 2048
+            [[recipes.phases]]
+            name = "main"
+            mixture = {{ gcide = 1.0 }}
+            tokens = 2048
+            """
+            )
+            + line
+        )
+
+    text = write_grid(tmp_path).read_text()
+    text = text[: text.index("[[recipes]]")].replace("n_ctx = 32", "n_ctx = 64")
+    text = text.replace("[model]", '[model]\narch = "llama"').replace("[train]", "[train]\ninduction_warmup = 5")
+    path = tmp_path / "branched.toml"
+    path.write_text(text + recipe("text-only", "") + recipe("scrambled", "scrambled") + recipe("copy", "periodic"))
+    return load_grid(path)
+
+
+def test_arms_branch_from_one_base_and_differ_by_their_phase_warmup(tmp_path):
+    from safetensors.torch import load_file
+
+    from codetransfer.analysis.verdict import Planted, planted_answer
+    from codetransfer.trained.config import all_warmup_rows, prefix_key
+    from codetransfer.trained.runs import find_runs
+
+    grid = _branched_grid(tmp_path)
+    assert [all_warmup_rows(grid, r) for r in grid.recipes] == [(), ("scrambled",), ("periodic",)]
+    assert planted_answer(grid) == Planted("copy", ("text-only", "scrambled"), ("scrambled", "text-only"))
+    assert len({prefix_key(grid, r, 1, 0) for r in grid.recipes}) == 1  # one base
+    assert len({prefix_key(grid, r, 2, 0) for r in grid.recipes}) == 3
+    out = tmp_path / "out"
+    train_grid(grid, out, progress=False, log=lambda *a: None)
+    runs = {r.recipe: r for r in find_runs(out)}
+    assert sum(bool(r.record.get("branched_from")) for r in runs.values()) == 2
+    assert not (out / "data" / "warmup").exists()  # no warm-up at any run's start
+    base_steps = runs["copy"].record["tokens_by_phase"][0]["steps"]
+    for name, rows in (("text-only", None), ("scrambled", "scrambled"), ("copy", "periodic")):
+        lines = [json.loads(ln) for ln in (runs[name].path / "metrics.jsonl").read_text().splitlines()]
+        warm = [r for r in lines if "warmup_step" in r]
+        if rows is None:
+            assert not warm
+        else:  # logged once, at the main phase's start
+            assert [(r["phase"], r["step"], r["warmup_step"]) for r in warm] == [("main", base_steps, 5)], name
+    w = {n: load_file(runs[n].path / "model.safetensors") for n in runs}
+    for a, b in (("copy", "scrambled"), ("copy", "text-only"), ("scrambled", "text-only")):
+        assert any(not torch.equal(w[a][k], w[b][k]) for k in w[a]), (a, b)
+
+
+def test_a_run_stopped_at_or_after_its_phase_warmup_resumes_bit_identically(tmp_path):
+    from test_training import assert_same_weights
+
+    grid = _branched_grid(tmp_path)
+    out = tmp_path / "out"
+    train_grid(grid, out, only=["text-only"], progress=False, log=lambda *a: None)
+    copy = grid.recipe("copy")
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    train_run(grid, copy, 0, out / "data", whole, progress=False)
+    lines = [json.loads(ln) for ln in (whole / "metrics.jsonl").read_text().splitlines()]
+    (start,) = [r["step"] for r in lines if "warmup_step" in r]
+    for stop in (start, start + 1):  # before the warm-up (redone on resume) and after it (not redone)
+        run = tmp_path / f"stop{stop}"
+        run.mkdir()
+        train_run(grid, copy, 0, out / "data", run, stop_after_steps=stop, progress=False)
+        train_run(grid, copy, 0, out / "data", run, progress=False)
+        assert_same_weights(whole, run)
+        warm = [ln for ln in (run / "metrics.jsonl").read_text().splitlines() if "warmup_step" in ln]
+        assert len(warm) == 1, warm
+
+
+def test_a_phase_warmup_without_warmup_steps_is_refused_and_the_default_is_not_written(tmp_path):
+    from codetransfer.trained.gridfile import grid_to_toml
+
+    grid = _branched_grid(tmp_path)
+    with pytest.raises(
+        CodetransferError,
+        match=r"\('scrambled'\).phases\[1\] \('main'\).warmup: 'scrambled' takes train.induction_warmup steps, which is 0",
+    ):
+        _validate(dataclasses.replace(grid, train=dataclasses.replace(grid.train, induction_warmup=0)), "grid")
+    text = grid_to_toml(grid)
+    assert text.count('warmup = "periodic"') == 1 and text.count('warmup = "scrambled"') == 1
+    assert 'warmup = "none"' in text and text.count('warmup = "none"') == 3  # the recipes' own, not the phases'

@@ -133,6 +133,12 @@ class Phase:
     """Token budget of the phase (training tokens over all sources)."""
     lr: LRSchedule = field(default_factory=LRSchedule)
     """Learning-rate schedule segment."""
+    warmup: Literal["none", "periodic", "scrambled"] = "none"
+    """An induction warm-up at the start of this phase, before its mixture (the rows of :attr:`Recipe.warmup`):
+    ``periodic`` (a span repeated, copying rewarded: the lookup circuit grows) or ``scrambled`` (the same rows
+    shuffled: nothing to copy), ``train.induction_warmup`` steps on the warm-up's own optimiser. Unlike the
+    recipe's warm-up it can follow shared phases, so arms branched from one base can differ by it (the
+    ``control`` preset). Not the learning-rate warm-up, which is ``lr.warmup``."""
 
     def weights(self) -> dict[str, float]:
         total = sum(self.mixture.values())
@@ -268,6 +274,13 @@ def warmup_rows(grid: GridConfig, recipe: Recipe) -> str | None:
     return None if recipe.warmup == "none" else recipe.warmup
 
 
+def all_warmup_rows(grid: GridConfig, recipe: Recipe) -> tuple[str, ...]:
+    """The rows of every induction warm-up a run of ``recipe`` gets, in order: at its start
+    (:func:`warmup_rows`) and at the start of its phases (:attr:`Phase.warmup`); empty when it gets none."""
+    start = warmup_rows(grid, recipe)
+    return ((start,) if start else ()) + tuple(p.warmup for p in recipe.phases if p.warmup != "none")
+
+
 def _warmup_identity(grid: GridConfig, recipe: Recipe) -> str | None:
     """The recipe's warm-up where it differs from the grid's (None where it is the grid's: keys and hashes of
     grids that do not set ``Recipe.warmup`` are those they always were)."""
@@ -275,10 +288,24 @@ def _warmup_identity(grid: GridConfig, recipe: Recipe) -> str | None:
     return None if rows == warmup_rows(grid, dataclasses.replace(recipe, warmup="grid")) else str(rows)
 
 
+def phase_dict(phase: Phase) -> dict:
+    """``phase`` as a plain dict, without ``warmup`` where it is the default ``none`` (so the phases of grids
+    that do not set it keep their keys, hashes and records)."""
+    d = dataclasses.asdict(phase)
+    if d.get("warmup") == "none":
+        d.pop("warmup")
+    return d
+
+
+def recipe_dict(recipe: Recipe) -> dict:
+    """``recipe`` as a plain dict, its phases as :func:`phase_dict` gives them."""
+    return {**dataclasses.asdict(recipe), "phases": [phase_dict(p) for p in recipe.phases]}
+
+
 def prefix_json(grid: GridConfig, recipe: Recipe, k: int) -> str:
     """The identity of ``recipe``'s first ``k`` phases as a training state (what runs may share): the
     phases, and the recipe's warm-up where it differs from the grid's."""
-    phases: list = [dataclasses.asdict(p) for p in recipe.phases[:k]]
+    phases: list = [phase_dict(p) for p in recipe.phases[:k]]
     warm = _warmup_identity(grid, recipe)
     return json.dumps(phases if warm is None else [{"warmup": warm}] + phases, sort_keys=True)
 
@@ -286,7 +313,7 @@ def prefix_json(grid: GridConfig, recipe: Recipe, k: int) -> str:
 def prefix_key(grid: GridConfig, recipe: Recipe, k: int, seed: int) -> str:
     """Identity of the training state after ``recipe``'s first ``k`` phases: equal keys are trained once and
     shared."""
-    d = {"grid": grid.fingerprint(), "seed": seed, "phases": [dataclasses.asdict(p) for p in recipe.phases[:k]]}
+    d = {"grid": grid.fingerprint(), "seed": seed, "phases": [phase_dict(p) for p in recipe.phases[:k]]}
     warm = _warmup_identity(grid, recipe)
     if warm is not None:
         d["warmup"] = warm
@@ -296,7 +323,7 @@ def prefix_key(grid: GridConfig, recipe: Recipe, k: int, seed: int) -> str:
 def recipe_identity(recipe: Recipe) -> dict:
     """What a run of ``recipe`` trains, as hashed by ``trained.runs.recipe_hash``: the recipe without its
     bookkeeping (``compare_with``) and without ``warmup`` where it is the default."""
-    d = dataclasses.asdict(recipe)
+    d = recipe_dict(recipe)
     d.pop("compare_with")
     if d.get("warmup") == "grid":
         d.pop("warmup")
@@ -519,6 +546,11 @@ def _validate(g: GridConfig, where: str) -> None:
             phase_names.add(p.name)
             if p.tokens <= 0:
                 raise CodetransferError(f"{pw}.tokens: every phase needs a positive token budget, got {p.tokens}")
+            if p.warmup != "none" and not g.train.induction_warmup:
+                raise CodetransferError(
+                    f"{pw}.warmup: '{p.warmup}' takes train.induction_warmup steps, which is 0; set "
+                    "train.induction_warmup (e.g. 1000) or drop the field"
+                )
             if not p.mixture:
                 raise CodetransferError(f"{pw}.mixture: expected weights over sources ({', '.join(g.sources)})")
             for src, wt in p.mixture.items():

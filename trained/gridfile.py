@@ -95,6 +95,9 @@ def grid_to_toml(grid: GridConfig) -> str:
             r.pop("compare_with", None)  # the default: compared with the job's baseline only
         if r.get("warmup") == "grid":
             r.pop("warmup", None)  # the default: the grid's train.induction_warmup
+        for p in r.get("phases", []):
+            if p.get("warmup") == "none":
+                p.pop("warmup")  # the default: no induction warm-up at the phase's start
     if not d.get("data_seeds"):
         d.pop("data_seeds", None)  # the default: every run in its init seed's own data order only
     order = ["name", "description", "seeds", "data_seeds", "model", "tokenizer", "train", "sources", "recipes"]

@@ -27,7 +27,7 @@ import codetransfer
 from codetransfer import artifacts
 from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.trained.checks import check_folder, inside, read_record, require_keys, run_folder
-from codetransfer.trained.config import GridConfig, Recipe, prefix_json, prefix_key, recipe_identity
+from codetransfer.trained.config import GridConfig, Recipe, prefix_json, prefix_key, recipe_dict, recipe_identity
 from codetransfer.trained.data import data_hash, prepare_data
 from codetransfer.trained.loading import load_bridge, read_json
 from codetransfer.trained.train import phase_steps, train_run
@@ -213,7 +213,7 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log, data_seed
         "grid_fingerprint": grid.fingerprint(),
         "recipe": recipe.name,
         "recipe_hash": this,
-        "recipe_config": dataclasses.asdict(recipe),
+        "recipe_config": recipe_dict(recipe),
         "seed": seed,
         **({"data_seed": data_seed, "data_order_from_phase": data_from} if data_seed else {}),
         "model": dataclasses.asdict(grid.model),

@@ -334,6 +334,16 @@ def _train_run(
         n_steps = phase_steps(phase, t.batch_size, n_ctx)
         while len(cursor.tokens_by_phase) <= cursor.phase:
             cursor.tokens_by_phase.append({})
+        stopping = stop_after_steps is not None and steps_run >= stop_after_steps
+        if phase.warmup != "none" and cursor.step_in_phase == 0 and not stopping:
+            # not saved on its own: a run stopped before the phase's first save redoes it (deterministic per seed)
+            _phase_warm_up(
+                model, grid, seed, tokenizer_vocab, device, phase, cursor.step, metrics if rank == 0 else None,
+                progress and rank == 0,
+            )  # fmt: skip
+            if dist:  # as after the warm-up at the start: rank 0's weights win
+                for tensor in model.state_dict().values():
+                    torch.distributed.broadcast(tensor, src=0)
         t_last, tok_last = time.perf_counter(), 0
         while cursor.step_in_phase < n_steps:
             if stop_after_steps is not None and steps_run >= stop_after_steps:
@@ -478,6 +488,50 @@ def _warm_up(
         records = records or [{"warmup_step": t.induction_warmup, "copy_loss": None, "cached": True}]
         kept = [ln for ln in old if "warmup_step" not in ln]
         _write_atomic(metrics, "".join(ln + "\n" for ln in kept + [json.dumps(r) for r in records]))
+
+
+def _phase_warm_up(
+    model, grid: GridConfig, seed: int, vocab_size: int, device, phase: Phase, step: int, metrics, progress: bool
+) -> None:
+    """The induction warm-up at the start of ``phase`` (:attr:`Phase.warmup`: its ``periodic`` or ``scrambled``
+    rows) on the model as the earlier phases left it, ``train.induction_warmup`` steps on its own AdamW; its copy
+    loss goes to ``metrics.jsonl`` as ``{"step", "phase", "warmup_step", "copy_loss"}`` lines (those of an earlier,
+    interrupted try replaced)."""
+    from codetransfer.trained.warmup import induction_warmup
+
+    t = grid.train
+    records, t0 = [], time.perf_counter()
+
+    def log(k: int, loss: float) -> None:
+        if k % 50 == 0 or k == t.induction_warmup:
+            records.append({"step": step, "phase": phase.name, "warmup_step": k, "copy_loss": round(loss, 4)})
+            if progress:
+                print(
+                    f"\r  induction warm-up s{seed} ({phase.warmup}) in phase '{phase.name}': step {k}/"
+                    f"{t.induction_warmup}, copy loss {loss:.3f}, {time.perf_counter() - t0:.0f}s",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    induction_warmup(
+        model, vocab_size, t.induction_warmup, t.induction_warmup_lr, seed, device, log,
+        scrambled=phase.warmup == "scrambled",
+    )  # fmt: skip
+    if progress:
+        print(file=sys.stderr)
+    if metrics is None:
+        return
+    old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
+
+    def earlier_try(line: str) -> bool:
+        with contextlib.suppress(json.JSONDecodeError):
+            r = json.loads(line)
+            return "warmup_step" in r and r.get("phase") == phase.name
+        return False
+
+    kept = [ln for ln in old if not earlier_try(ln)]
+    _write_atomic(metrics, "".join(ln + "\n" for ln in kept + [json.dumps(r) for r in records]))
 
 
 def _snapshot(model, data_dir: Path, folder: Path) -> None:
