@@ -427,18 +427,8 @@ def gap_target(
     ``prefer="any"`` ignores the sign."""
     if prefer not in GAP_PREFERENCES:
         raise CodetransferError(f"gap_target: prefer must be one of {', '.join(GAP_PREFERENCES)}, not {prefer!r}")
-    if comparison is None or comparison.empty:
-        return None
-    c = comparison[comparison["metric"].astype(str) == "logit_diff"]
-    if "scale" in c:
-        c = c[c["scale"].astype(str) == "difference"]
-    if "pooled" in c:
-        c = c[~c["pooled"].astype(bool)]
-    c = c[c["category"].astype(str).isin(list(categories))]
-    if "recipe" in c:  # a data-order null row is the noise a gap is read against, never a gap to explain
-        c = c[~c["recipe"].map(is_data_order_label).astype(bool)]
-    c = c[[has_gap(r) for _, r in c.iterrows()]]
-    if c.empty:
+    c = _gap_rows(comparison, categories, pooled=False)
+    if c is None:
         return None
     strength = (c["estimate"].abs() / c["mde"].where(c["mde"] > 0)).fillna(np.inf)
     keys = [-strength.to_numpy(float), c["p_holm"].to_numpy(float)]
@@ -446,6 +436,33 @@ def gap_target(
         keys.append(~(pd.to_numeric(c["estimate"], errors="coerce").to_numpy(float) > 0))
     order = np.lexsort(tuple(keys))
     return c.iloc[order[0]]
+
+
+def pooled_gap(comparison: pd.DataFrame | None, categories: Sequence[str] = ("reasoning",)) -> pd.Series | None:
+    """The pooled (levels of a category together) logit-difference row of ``categories`` that :func:`has_gap`, with
+    the smallest Holm p; None when there is none. A gap the analyses cannot aim at (patching needs one task and
+    level), reported where :func:`gap_target` finds no per-level gap."""
+    c = _gap_rows(comparison, categories, pooled=True)
+    return None if c is None else c.iloc[int(np.argmin(c["p_holm"].to_numpy(float)))]
+
+
+def _gap_rows(comparison: pd.DataFrame | None, categories: Sequence[str], pooled: bool) -> pd.DataFrame | None:
+    """The logit-difference rows (per level, or pooled) of ``categories`` that :func:`has_gap`, data-order nulls
+    left out; None when there are none."""
+    if comparison is None or comparison.empty:
+        return None
+    c = comparison[comparison["metric"].astype(str) == "logit_diff"]
+    if "scale" in c:
+        c = c[c["scale"].astype(str) == "difference"]
+    if "pooled" in c:
+        c = c[c["pooled"].astype(bool) == pooled]
+    elif pooled:
+        return None
+    c = c[c["category"].astype(str).isin(list(categories))]
+    if "recipe" in c:  # a data-order null row is the noise a gap is read against, never a gap to explain
+        c = c[~c["recipe"].map(is_data_order_label).astype(bool)]
+    c = c[[has_gap(r) for _, r in c.iterrows()]]
+    return None if c.empty else c
 
 
 def recipe_gap(comparison: pd.DataFrame | None, recipe: str, other: str, task: str, difficulty=None):

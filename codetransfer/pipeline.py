@@ -51,7 +51,7 @@ from codetransfer.analysis.grid import (
     patch_grid,
     patch_sites,
 )
-from codetransfer.analysis.compare import gap_target
+from codetransfer.analysis.compare import gap_target, pooled_gap
 from codetransfer.analysis.learning import learning_table_from_scores
 from codetransfer.errors import CodetransferError, did_you_mean
 from codetransfer.probes.decodability import decodability_table
@@ -758,13 +758,19 @@ def aim(results: Path, settings: JobSettings, log=print) -> tuple[JobSettings, d
             f"aim: no {path.name} (run the eval stage); patching {settings.patch_task} level {settings.patch_difficulty}"
         )
         return settings, dict(record, reason="no seed-paired comparison table: the eval stage has not run")
-    row = gap_target(read_table(path, "result table"), AIM_CATEGORIES)
+    comparison = read_table(path, "result table")
+    row = gap_target(comparison, AIM_CATEGORIES)
     if row is None:
-        log(
-            f"aim: no {'/'.join(AIM_CATEGORIES)} comparison has a distinguishable gap; within-model maps on "
-            f"{settings.patch_task} level {settings.patch_difficulty}"
-        )
-        return settings, dict(record, reason="no gap to explain")
+        pooled = pooled_gap(comparison, AIM_CATEGORIES)
+        if pooled is None:
+            why = f"no {'/'.join(AIM_CATEGORIES)} comparison has a distinguishable gap"
+        else:  # patching needs one task and level: a gap seen only when the levels are pooled has no items to split
+            why = (
+                f"no single task level has a distinguishable gap, only the pooled {pooled['category']} levels "
+                f"({pooled['recipe']} - {pooled['baseline']} = {pooled['estimate']:+.2f}, Holm p {pooled['p_holm']:.2g})"
+            )
+        log(f"aim: {why}; within-model maps on {settings.patch_task} level {settings.patch_difficulty}")
+        return settings, dict(record, reason=why if pooled is not None else "no gap to explain")
     task, level = str(row["task"]), int(row["difficulty"])
     direction = "advantage" if float(row["estimate"]) > 0 else "disadvantage"
     reason = (

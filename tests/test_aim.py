@@ -164,3 +164,22 @@ def test_the_patch_stage_and_the_report_follow_the_aim(found, tmp_path):
     else:
         assert not record["found"] and patched == {SETTINGS.patch_task}
         assert f"{SETTINGS.patch_task} level 0, the configured task and level (no gap to explain)" in page
+
+
+def test_a_gap_seen_only_pooled_is_named_but_not_aimed_at(tmp_path):
+    """Patching needs one task and level: a gap distinguishable only with the levels pooled leaves the configured
+    task, and the record says that gap exists instead of "no gap"."""
+    from codetransfer.analysis.compare import pooled_gap
+
+    levels = [_row(task=t, lo=-0.2, hi=0.9, p_holm=0.3) for t in ("counting", "possession")]
+    pooled = _row(recipe="code-only", task="reasoning", est=-3.65, lo=-4.16, hi=-3.21, p_holm=0.013, pooled=True)
+    t = _table(*levels, pooled)
+    assert gap_target(t) is None
+    assert pooled_gap(t)["estimate"] == -3.65 and pooled_gap(_table(*levels)) is None
+    t.to_parquet(tmp_path / "comparison.parquet")
+    said = []
+    settings = JobSettings(patch_task="entity_tracking", patch_difficulty=0)
+    aimed, record = aim(tmp_path, settings, log=said.append)
+    assert aimed == settings and not record["found"]
+    assert record["reason"].startswith("no single task level has a distinguishable gap, only the pooled reasoning")
+    assert "code-only - text-only = -3.65" in record["reason"] and "code-only - text-only = -3.65" in said[0]
