@@ -465,10 +465,36 @@ def _gap_rows(comparison: pd.DataFrame | None, categories: Sequence[str], pooled
     return None if c.empty else c
 
 
+#: columns of a comparison row that change sign, and the pairs that swap, when the row is read the other way round
+_FLIP_SIGN = ("estimate",)
+_FLIP_PAIRS = (("ci_low", "ci_high"), ("ci_low_corrected", "ci_high_corrected"), ("recipe_value", "baseline_value"))
+
+
 def recipe_gap(comparison: pd.DataFrame | None, recipe: str, other: str, task: str, difficulty=None):
     """The seed-paired comparison row (``results/comparison.parquet``, logit difference) of ``recipe``
     against ``other`` for the patched items: the level of ``task`` at ``difficulty``, else (no
-    difficulty, or no such row) the pooled row of the task's category; None when there is none."""
+    difficulty, or no such row) the pooled row of the task's category; None when there is none.
+    Where the table compares them the other way round (``other`` against ``recipe``, e.g. cross-model patching
+    from the baseline into a recipe), that row is returned read as ``recipe - other``: the estimate and interval
+    negated, the two values swapped (p-values and the detectable effect are the same)."""
+    row = _recipe_gap(comparison, recipe, other, task, difficulty)
+    if row is not None:
+        return row
+    row = _recipe_gap(comparison, other, recipe, task, difficulty)
+    if row is None:
+        return None
+    row = row.copy()
+    for col in _FLIP_SIGN:
+        if col in row:
+            row[col] = -row[col]
+    for lo, hi in _FLIP_PAIRS:
+        if lo in row and hi in row:
+            row[lo], row[hi] = (-row[hi], -row[lo]) if lo.startswith("ci_") else (row[hi], row[lo])
+    row["recipe"], row["baseline"] = recipe, other
+    return row
+
+
+def _recipe_gap(comparison: pd.DataFrame | None, recipe: str, other: str, task: str, difficulty=None):
     if comparison is None or comparison.empty:
         return None
     c = comparison[

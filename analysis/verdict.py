@@ -15,9 +15,11 @@ seed-level interval (at least :data:`~codetransfer.analysis.compare.MIN_SEEDS_DI
 * **gap share** -- mean-ablating ``a``'s lookup heads in both models removes most of the ``a - b`` gap on the
   circuit's items: a share of at least :data:`MOST` with a seed interval above 0 and above the interval of as
   many random control heads. Control: the random heads.
-* **cross-model patching** -- one component of ``a`` patched into ``b`` carries most of the gap: the mean over
-  seeds of its share is at least :data:`MOST` with a seed interval above 0, inside the stable range, and above
-  every same-recipe null of that component. Control: the same-recipe (seed or data-order) pair.
+* **cross-model patching** -- one component carries most of the gap, patched either way (``a``'s into ``b``: does
+  it suffice? ``b``'s into ``a``: does ``a`` need it?): the mean over seeds of its share is at least :data:`MOST`
+  with a seed interval above 0, inside the stable range, and above every same-recipe null of that component (a
+  null whose item interval leaves the stable range divides by a gap of about 0: it has no gap to split and is left
+  out). Control: the same-recipe (seed or data-order) pair.
 * **probing** -- a label is decodable in ``a`` (trained above its random-init twin with a seed interval) at a
   layer where it is not in ``b``. Control: the random-init twin.
 * **similarity** -- at some layer every seed's linear CKA between ``a`` and ``b`` lies below every seed-vs-seed
@@ -71,20 +73,23 @@ class Planted:
 
 
 def planted_answer(grid) -> Planted | None:
-    """The planted answer of ``grid`` (a :class:`~codetransfer.trained.config.GridConfig`), or None: exactly one
-    recipe whose runs get the periodic warm-up rows (at their start, ``Recipe.warmup``, or in a phase,
-    ``Phase.warmup``) and at least one recipe whose runs get only the scrambled rows or no warm-up at all."""
+    """The planted answer of ``grid`` (a :class:`~codetransfer.trained.config.GridConfig`), or None. A recipe's runs
+    have the copying circuit when the last induction warm-up they get (at their start, ``Recipe.warmup``, or in a
+    phase, ``Phase.warmup``) has the periodic rows; they have none when they get no warm-up or when their last one
+    has the scrambled rows (which erase a circuit planted before them: the aligned control, docs/control.md). A
+    grid has a planted answer when exactly one recipe has the circuit and at least one has none. The null is the
+    pair (a recipe with only scrambled rows, a recipe with no warm-up), where both exist."""
     from codetransfer.trained.config import all_warmup_rows
 
     if grid is None:
         return None
-    by = {r.name: set(all_warmup_rows(grid, r)) for r in grid.recipes}
-    arms = [n for n, w in by.items() if "periodic" in w]
-    scrambled = [n for n, w in by.items() if w == {"scrambled"}]
-    none = [n for n, w in by.items() if not w]
-    controls = tuple(n for n in by if n in scrambled or n in none)
+    by = {r.name: all_warmup_rows(grid, r) for r in grid.recipes}
+    arms = [n for n, w in by.items() if w and w[-1] == "periodic"]
+    controls = tuple(n for n, w in by.items() if not w or w[-1] == "scrambled")
     if len(arms) != 1 or not controls:
         return None
+    scrambled = [n for n, w in by.items() if w == ("scrambled",)]
+    none = [n for n, w in by.items() if not w]
     return Planted(arms[0], controls, (scrambled[0], none[0]) if scrambled and none else None)
 
 
@@ -276,9 +281,11 @@ def cross_model(tables, a: str, b: str, confidence: float = 0.95):
     if cm is None or cm.empty:
         return None, "no cross-model patching", control
     rows = cm[cm["metric"] == "cross_model"]
-    pair = rows[rows["recipe"].astype(str) == f"{a}->{b}"]
+    # both directions split the same gap: a's component into b (does it suffice?) and b's into a (does a need it?)
+    ways = {f"{a}->{b}": f"{a}'s, patched into {b}", f"{b}->{a}": f"{b}'s, patched into {a}"}
+    pair = rows[rows["recipe"].astype(str).isin(list(ways))]
     if pair.empty:
-        return None, f"{a} was not patched into {b}", control
+        return None, f"{a} and {b} were not patched into each other", control
     aim = tables.get("aim")
     task = str(pair["task"].iloc[0])
     level = int(aim["difficulty"].iloc[0]) if aim is not None and "difficulty" in aim else None
@@ -288,27 +295,31 @@ def cross_model(tables, a: str, b: str, confidence: float = 0.95):
         return False, f"no distinguishable gap between {a} and {b} at the patched items ({where}) to split", control
     cell = patched_cell(pair)
     best, best_mean = None, -np.inf
-    for c, g in pair.groupby(cell):
+    for (label, c), g in pair.groupby([pair["recipe"].astype(str), cell]):
         v = g["value"].to_numpy(float)
         if len(v) < 2 or not np.isfinite(v).all():
             continue
         iv = seed_t_interval(v, confidence)
         if STABLE_SHARE[0] <= iv.value <= STABLE_SHARE[1] and iv.value > best_mean:
-            best, best_mean = (c, g, iv), iv.value
+            best, best_mean = (label, c, g, iv), iv.value
     if best is None:
         return False, f"no component's share of the {a} - {b} gap ({where}) is stable over 2 or more seeds", control
-    c, g, iv = best
+    label, c, g, iv = best
     r = g.iloc[0]
     name = f"{r['site']} L{r['layer']}" + (f" H{int(r['head'])}" if pd.notna(r["head"]) else "") + f" @{r['pos_label']}"
     nulls = rows[rows["recipe"].astype(str).map(_same_recipe_pair)]
-    null = nulls[patched_cell(nulls) == c]["value"] if not nulls.empty else pd.Series(dtype=float)
+    null_rows = nulls[patched_cell(nulls) == c] if not nulls.empty else nulls
+    split = _splits_a_gap(null_rows)
+    null = null_rows.loc[split, "value"].astype(float)
     words = (
         f"of the {a} - {b} gap ({where}, "
-        f"{_iv(gap['estimate'], gap['ci_low_corrected'], gap['ci_high_corrected'])} logits) {name} carries the "
-        f"most: {_iv(iv.value, iv.low, iv.high)} over {len(g)} seeds"
+        f"{_iv(gap['estimate'], gap['ci_low_corrected'], gap['ci_high_corrected'])} logits) {name} ({ways[label]}) "
+        f"carries the most: {_iv(iv.value, iv.low, iv.high)} over {len(g)} seeds"
     )
     if len(null):
         words += f"; the same-recipe null there: {', '.join(f'{v:.2f}' for v in null)}"
+    if (~split).any():
+        words += f"; {int((~split).sum())} same-recipe pair(s) have no gap there to split"
     found = (
         len(g) >= MIN_SEEDS_DISTINGUISHABLE
         and iv.value >= MOST
@@ -316,6 +327,19 @@ def cross_model(tables, a: str, b: str, confidence: float = 0.95):
         and (null.empty or iv.low > float(null.max()))
     )
     return found, words, control
+
+
+def _splits_a_gap(null_rows: pd.DataFrame) -> pd.Series:
+    """Which same-recipe (null) shares say something: those whose item interval lies inside :data:`STABLE_SHARE`
+    (without intervals, whose value does). A share with a wider interval divides by a gap of about 0 between the two
+    runs of one recipe: there is no gap for that null to split, so it is no control either way."""
+    if null_rows.empty:
+        return pd.Series(dtype=bool)
+    v = null_rows["value"].astype(float)
+    if {"ci_low", "ci_high"} <= set(null_rows) and null_rows[["ci_low", "ci_high"]].notna().all(axis=None):
+        lo, hi = null_rows["ci_low"].astype(float), null_rows["ci_high"].astype(float)
+        return (lo >= STABLE_SHARE[0]) & (hi <= STABLE_SHARE[1]) & v.between(*STABLE_SHARE)
+    return v.between(*STABLE_SHARE)
 
 
 def probing(tables, a: str, b: str, confidence: float = 0.95):
@@ -433,7 +457,7 @@ def verdicts(tables: dict, recipes, baseline: str, controls: dict | None = None,
     rows = []
     for a, b, planted_pair in pairs:
         for name in INSTRUMENTS:
-            if name == "cross-model patching" and patched is not None and f"{a}->{b}" not in patched:
+            if name == "cross-model patching" and patched is not None and not {f"{a}->{b}", f"{b}->{a}"} & patched:
                 continue
             if planted_pair is None:
                 expected = None
@@ -461,7 +485,8 @@ def verdict_words(table: pd.DataFrame, planted: Planted | None) -> str:
                 instrument if k in (0, len(g)) else f"{instrument} ({k} of {len(g)} control arms)"
             )
         text = (
-            f"Planted answer ({planted.arm} has the copying circuit; {', '.join(planted.controls)} do not): "
+            f"Planted answer ({planted.arm} has the copying circuit; {', '.join(planted.controls)} "
+            f"{'does' if len(planted.controls) == 1 else 'do'} not): "
             + (f"found by {', '.join(hit)}" if hit else "found by no instrument")
             + (f"; against some control arms only by {', '.join(part)}" if part else "")
             + (f"; missed by {', '.join(miss)}" if miss else "")

@@ -469,17 +469,22 @@ class UnitPool:
         self._pool = None
 
 
-def cross_model_pairs(runs, baseline: str, controls: dict[str, str]) -> list[tuple]:
+def cross_model_pairs(runs, baseline: str, controls: dict[str, str], both_ways: bool = False) -> list[tuple]:
     """The ``(A, B)`` run pairs the main job patches A into B: every recipe's run into the baseline's run of
-    its seed; each recipe that names a control (``compare_with``) into the control's run of its seed; and a null
-    pair of two models of the baseline recipe (a share between them is what noise alone gives):
+    its seed; each recipe that names a control (``compare_with``) into the control's run of its seed; with
+    ``both_ways`` (the main job), each of those pairs also the other way round, B into A, right after it; and a
+    null pair of two models of the baseline recipe (a share between them is what noise alone gives):
 
     * the *data-order null*, where the grid has data seeds (``data_seeds``): each baseline run with another data
       order into the baseline run of its init seed's own order (the same initialisation and shared phases, only
       the order of the later rows differs);
     * else the *init-seed null*: the baseline's run of every other seed into the baseline's run of the first seed.
 
-    Only runs in their init seed's own data order (``data_seed`` 0) are paired across recipes."""
+    Only runs in their init seed's own data order (``data_seed`` 0) are paired across recipes.
+
+    A into B asks whether A's component *suffices* to give B A's behaviour; B into A whether A's behaviour
+    *needs* it (replaced by B's, does A lose its advantage?). The second finds a circuit that the first misses
+    where B's later layers cannot read what A's component writes (docs/control.md, the aligned control)."""
     own = [r for r in runs if not getattr(r, "data_seed", 0)]
     by = {(r.recipe, r.seed): r for r in own}
     pairs = []
@@ -487,7 +492,9 @@ def cross_model_pairs(runs, baseline: str, controls: dict[str, str]) -> list[tup
         for other in dict.fromkeys([baseline, controls.get(a.recipe, "")]):
             b = by.get((other, a.seed))
             if other and a.recipe != other and b is not None:
-                pairs.append((a, b))
+                for pair in [(a, b), (b, a)] if both_ways else [(a, b)]:
+                    if all((p.name, q.name) != (pair[0].name, pair[1].name) for p, q in pairs):
+                        pairs.append(pair)
     orders = sorted(
         (r for r in runs if r.recipe == baseline and getattr(r, "data_seed", 0) and (baseline, r.seed) in by),
         key=lambda r: (r.seed, r.data_seed),
@@ -678,6 +685,7 @@ def _job_runs(grid_spec, models, out: Path, settings: JobSettings, stages, devic
         runs = sorted(model_runs(model_set), key=lambda r: r.name)  # run order, as find_runs gives a grid's
         return runs, settings, {}, {"grid": None, "models": model_set}
     grid = load_grid(grid_spec)
+    settings = dataclasses.replace(settings, baseline=grid_baseline(grid, settings.baseline))  # before training
     if "train" in stages:
         with _stage("train", timings, log):
             train_grid(grid, out, device=device, log=log, jobs=jobs)
@@ -686,6 +694,21 @@ def _job_runs(grid_spec, models, out: Path, settings: JobSettings, stages, devic
         raise CodetransferError(f"{out}: no complete runs of grid '{grid.name}'; run the train stage first")
     controls = {r.name: r.compare_with for r in grid.recipes if r.compare_with}
     return runs, settings, controls, {"grid": grid}
+
+
+def grid_baseline(grid, baseline: str) -> str:
+    """The baseline recipe of a job over ``grid``: ``baseline`` when it is a recipe of the grid; the grid's first
+    recipe when ``baseline`` is the default (``text-only``) and the grid has none of that name; else refused in
+    one line."""
+    names = [r.name for r in grid.recipes]
+    if baseline in names:
+        return baseline
+    if baseline == JobSettings.baseline:
+        return names[0]
+    raise CodetransferError(
+        f"--baseline: '{baseline}' is not a recipe of grid '{grid.name}'{did_you_mean(baseline, names)} "
+        f"({', '.join(names)}); pick one of them"
+    )
 
 
 def run_job(
@@ -887,7 +910,7 @@ def _analyse(
                 for r in runs
             ]
             pairs = []
-            for a, b in cross_model_pairs(runs, settings.baseline, controls):
+            for a, b in cross_model_pairs(runs, settings.baseline, controls, both_ways=True):
                 if _comparable(a, b):
                     pairs.append((a, b))
                 else:  # only in a model set: a grid's runs share shape and tokenizer

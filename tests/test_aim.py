@@ -183,3 +183,31 @@ def test_a_gap_seen_only_pooled_is_named_but_not_aimed_at(tmp_path):
     assert aimed == settings and not record["found"]
     assert record["reason"].startswith("no single task level has a distinguishable gap, only the pooled reasoning")
     assert "code-only - text-only = -3.65" in record["reason"] and "code-only - text-only = -3.65" in said[0]
+
+
+def test_recipe_gap_reads_a_comparison_the_other_way_round():
+    from codetransfer.analysis.compare import recipe_gap
+
+    t = _table(_row(recipe="erased", baseline="kept", task="entity_tracking", est=-2.0, lo=-2.4, hi=-1.6))
+    same = recipe_gap(t, "erased", "kept", "entity_tracking", 0)
+    back = recipe_gap(t, "kept", "erased", "entity_tracking", 0)
+    assert (back["recipe"], back["baseline"]) == ("kept", "erased")
+    assert back["estimate"] == 2.0 and (back["ci_low_corrected"], back["ci_high_corrected"]) == (1.6, 2.4)
+    assert (back["recipe_value"], back["baseline_value"]) == (same["baseline_value"], same["recipe_value"])
+    assert back["p_holm"] == same["p_holm"] and has_gap(back) == has_gap(same)
+    assert recipe_gap(t, "kept", "other", "entity_tracking", 0) is None
+
+
+def test_a_grid_without_text_only_takes_its_first_recipe_as_baseline_and_a_wrong_one_is_refused(tmp_path):
+    from codetransfer.pipeline import grid_baseline
+    from codetransfer.trained.presets import preset
+
+    grid = preset("control-aligned")
+    assert grid_baseline(grid, "text-only") == "erased" and grid_baseline(grid, "kept") == "kept"
+    assert grid_baseline(preset("control"), "text-only") == "text-only"
+    with pytest.raises(CodetransferError, match=r"--baseline: 'kep' is not a recipe of grid 'control-aligned'.*kept"):
+        grid_baseline(grid, "kep")
+    # refused before anything is trained or written
+    with pytest.raises(CodetransferError, match="is not a recipe"):
+        run_job("control-aligned", tmp_path / "out", JobSettings(baseline="kep"), log=lambda *a: None)
+    assert not (tmp_path / "out").exists()

@@ -153,6 +153,15 @@ def test_circuit_pairs_take_the_data_order_null_and_pair_only_the_own_orders_acr
         assert sorted((a, b) for a, b, _ in _names(pairs)) == sorted(
             (a.name, b.name) for a, b in cross_model_pairs(runs, "text-only", controls)
         )
+        # the job patches each pair of two recipes both ways, once each, and the nulls one way
+        both = [(a.name, b.name) for a, b in cross_model_pairs(runs, "text-only", controls, both_ways=True)]
+        one = [(a.name, b.name) for a, b in cross_model_pairs(runs, "text-only", controls)]
+        across = [p for p in one if not p[0].startswith("text-only-")]  # the nulls are text-only into text-only
+        assert sorted(both) == sorted(one + [(b, a) for a, b in across]) and len(set(both)) == len(both)
+    mutual = [_run(r, 0, 0) for r in ("a", "b", "text-only")]
+    pairs = cross_model_pairs(mutual, "text-only", {"a": "b", "b": "a"}, both_ways=True)
+    names = [(x.name, y.name) for x, y in pairs]
+    assert len(names) == len(set(names)) == 6  # a<->text-only, a<->b, b<->text-only: each direction once
     # no data-order run of the baseline: the init-seed null, as before (runs without a data_seed attribute)
     plain = [_run(r, s) for r in ("code", "text-only") for s in (0, 1, 2)] + [_run("code", 1, 3)]
     assert _names(circuit_pairs(plain, "text-only", {})) == [

@@ -201,3 +201,54 @@ def test_a_same_recipe_pair_is_found_when_recipe_names_hold_arrows():
     assert V._same_recipe_pair("balanced->text->balanced->text")
     assert not V._same_recipe_pair("balanced->text->text-only")
     assert not V._same_recipe_pair("code->text->code")
+
+
+def cross_table(shares: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
+    """Cross-model shares per (label, cell) and seed; cells are ``site@layer@pos``."""
+    rows = []
+    for (label, cell), values in shares.items():
+        site, layer, pos = cell.split("@")
+        for seed, v in enumerate(values):
+            rows.append(
+                dict(recipe=label, metric="cross_model", task="entity_tracking", seed=seed, site=site,
+                     layer=int(layer), head=pd.NA, pos_label=pos, value=v)
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_the_aligned_control_plants_the_circuit_in_kept_only():
+    p = V.planted_answer(preset("control-aligned"))
+    assert p == V.Planted("kept", ("erased",), None)
+
+
+def test_cross_model_patching_counts_either_direction_against_stable_nulls():
+    """The planted arm's need for a component (the control's component patched into it) counts as much as the
+    component sufficing the other way; a same-recipe null whose share divides by a gap of about 0 is no control."""
+    gap = comparison_row("erased", "kept", -2.0, -2.4, -1.6, 0.04, pooled=False)
+    gap.update(task="entity_tracking")
+    aim = pd.DataFrame([dict(difficulty=0)])
+    need = {
+        ("kept->erased", "attn_out@1@last"): [0.1, 0.3, 0.2],  # kept's writes into erased: little
+        ("erased->kept", "attn_out@1@last"): [0.93, 0.95, 1.0],  # erased's into kept: kept loses its advantage
+        ("erased->erased", "attn_out@1@last"): [4.96, 0.5],  # the null: one unstable share, one small
+    }
+    tables = {"comparison": pd.DataFrame([gap]), "aim": aim, "cross_model": cross_table(need)}
+    found, words, _ = V.cross_model(tables, "kept", "erased")
+    assert found is True, words
+    assert "attn_out L1 @last (erased's, patched into kept)" in words and "+2.00" in words  # the gap read kept - erased
+    assert "null there: 0.50" in words and "4.96" not in words
+    # a stable null as large as the share is a control it does not beat
+    tables["cross_model"] = cross_table({**need, ("erased->erased", "attn_out@1@last"): [0.99, 0.97]})
+    assert V.cross_model(tables, "kept", "erased")[0] is False
+    # ... unless its item intervals say the two runs of one recipe had no gap there to split
+    wide = tables["cross_model"].assign(ci_low=lambda t: t["value"] - 0.1, ci_high=lambda t: t["value"] + 0.1)
+    wide.loc[wide["recipe"] == "erased->erased", ["ci_low", "ci_high"]] = [-7.1, 13.2]
+    found, words, _ = V.cross_model({**tables, "cross_model": wide}, "kept", "erased")
+    assert found is True and "2 same-recipe pair(s) have no gap there to split" in words, words
+    # only the sufficiency direction patched, and it carries little: missed
+    tables["cross_model"] = cross_table({k: v for k, v in need.items() if k[0] == "kept->erased"})
+    assert V.cross_model(tables, "kept", "erased")[0] is False
+    # the verdict table keeps a pair patched in the other direction only
+    only_need = cross_table({k: v for k, v in need.items() if k[0] != "kept->erased"})
+    table = V.verdicts({**tables, "cross_model": only_need}, ["erased", "kept"], "erased", {}, None)
+    assert "cross-model patching" in set(table.loc[table["recipe"] == "kept", "instrument"])

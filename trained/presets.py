@@ -12,6 +12,9 @@ standard library plus world-simulator programs. Sizes:
                    each differ from another in one thing), 2-layer Llama d_model 64 after an induction
                    warm-up, 3 seeds, trains on 2 CPU cores within the demo's budget;
 * ``tiny-full``  — every variant of the paper at the tiny size, one seed;
+* ``control``    — the planted-transfer control (docs/control.md): copy / scrambled / no warm-up rows, then text;
+* ``control-aligned`` — the same known answer in arms branched from one base (a planted circuit kept or erased),
+                   aligned so that cross-model patching applies;
 * ``emergence``  — the emergence question (docs/emergence.md): the tiny shape from scratch with no warm-up,
                    text-only / text-diluted / balanced / code-only, 3 seeds, 16M tokens per run (about where
                    induction heads emerge for batch 8 x 128), a snapshot every 1M: about 2 h on 2 CPU cores;
@@ -266,6 +269,51 @@ def _control() -> GridConfig:
     )
 
 
+ALIGNED_BASE_TOKENS = 100_000
+"""Tokens of the aligned control's shared text base, after the periodic warm-up."""
+ALIGNED_ARM_TOKENS = 200_000
+"""Tokens of each aligned control arm's text phase. Longer, the contrast fades: with 250k + 500k the erased arm
+regrew part of the circuit (best induction head 0.08-0.21) while kept's eroded (0.38-0.44), and only attention
+still told them apart (docs/control.md)."""
+
+
+def aligned_control_arms(
+    base_tokens: int = ALIGNED_BASE_TOKENS, arm_tokens: int = ALIGNED_ARM_TOKENS
+) -> tuple[Recipe, ...]:
+    """The aligned planted-transfer control's arms (docs/control.md): one shared base per seed, the periodic warm-up
+    (which plants the lookup circuit) then text, and two branches from it. ``erased`` first trains on the warm-up's
+    scrambled rows, which erase the circuit (same tokens, nothing to copy: copying is penalised), then text;
+    ``kept`` continues on text. The arms share the base, so their representations are aligned and activations can
+    be patched from one into the other (cross-model patching): each instrument must find the circuit in ``kept``
+    and not in ``erased``. (Planting after a base does not work at this shape: docs/control.md.)"""
+    base = Phase("base", mix(0.0), base_tokens, LRSchedule(schedule="cosine", peak=3e-3, final=1.5e-3, warmup=0.05))
+    cont = LRSchedule(schedule="cosine", peak=1.5e-3, final=3e-4)
+    return (
+        Recipe(
+            "erased",
+            (base, Phase("text", mix(0.0), arm_tokens, cont, warmup="scrambled")),
+            "the shared base's circuit erased by the warm-up's scrambled rows (nothing to copy), then text",
+        ),
+        Recipe(
+            "kept",
+            (base, Phase("text", mix(0.0), arm_tokens, cont)),
+            "the shared base (its circuit planted by the periodic warm-up), then text: the circuit kept",
+            "erased",
+        ),
+    )
+
+
+def _control_aligned() -> GridConfig:
+    return _tiny_grid(
+        "control-aligned",
+        "aligned planted-transfer control at the tiny shape: a shared base per seed (the periodic warm-up, then 100k "
+        "tokens of text), then kept (200k tokens of text) or erased (the scrambled rows, then the same text); 3 seeds. "
+        "The instruments, cross-model patching included, must find the lookup circuit in kept only",
+        aligned_control_arms(),
+        (0, 1, 2),
+    )
+
+
 EMERGENCE_STEPS = 16_384
 """Optimizer steps per emergence run: 16M tokens (2^24) at batch 8 x 128, about where Aoyama, Wilcox and
 Schneider (2025)'s fit N = 10^5.7 sqrt(B C) puts induction-head emergence for that batch and context."""
@@ -357,6 +405,7 @@ PRESETS = {
     "tiny": _tiny,
     "tiny-full": _tiny_full,
     "control": _control,
+    "control-aligned": _control_aligned,
     "emergence": _emergence,
     "small": _small,
     "gpu": _gpu,

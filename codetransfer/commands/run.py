@@ -44,8 +44,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--baseline",
         default=None,
-        help="baseline recipe (default: the settings file's, else text-only); with --models a group of the set "
-        "(default: the settings file's, else the set's baseline, else its first group)",
+        help="baseline recipe (default: the settings file's, else text-only, else the grid's first recipe); with "
+        "--models a group of the set (default: the settings file's, else the set's baseline, else its first group)",
     )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
