@@ -59,6 +59,12 @@ def test_presets_load_and_unknown_preset_suggests():
                 ("text-only", "none"), ("scrambled", "scrambled"), ("copy", "periodic")
             ]  # fmt: skip
             continue
+        if name == "control-aligned":  # one base with the periodic warm-up; kept, or erased by the scrambled rows
+            assert [(r.name, r.warmup, [p.warmup for p in r.phases]) for r in g.recipes] == [
+                ("erased", "grid", ["none", "scrambled"]), ("kept", "grid", ["none", "none"])
+            ]  # fmt: skip
+            assert g.recipes[0].phases[0] == g.recipes[1].phases[0] and g.train.induction_warmup > 0
+            continue
         if name == "emergence":  # from scratch: no warm-up, one phase per arm, a snapshot every 1M tokens
             assert [r.name for r in g.recipes] == ["text-only", "text-diluted", "balanced", "code-only"]
             assert g.train.induction_warmup == 0 and all(r.warmup == "grid" and len(r.phases) == 1 for r in g.recipes)

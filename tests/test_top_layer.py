@@ -91,7 +91,7 @@ def test_unit_keys_hash_the_settings_as_they_always_did():
     assert artifacts.key(["eval", JobSettings(probe_sites=["resid_post"]).key()]) == artifacts.key(["eval", legacy])
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-full", "control", "emergence", "small", "gpu"])
+@pytest.mark.parametrize("name", ["tiny", "tiny-full", "control", "control-aligned", "emergence", "small", "gpu"])
 def test_grid_show_prints_a_grid_file_that_loads_back_equal(name, tmp_path, capsys):
     from codetransfer.trained import load_grid
     from codetransfer.trained.presets import PRESETS
@@ -123,6 +123,7 @@ def test_grid_lists_presets_and_refuses_unknown(capsys):
         "tiny",
         "tiny-full",
         "control",
+        "control-aligned",
         "emergence",
         "small",
         "gpu",
