@@ -461,10 +461,12 @@ tokens = 4096
     )
     results = tmp_path / "out" / "results"
     cross = pd.read_parquet(results / "cross_model.parquet")
-    assert sorted(set(cross["run"])) == [
+    assert sorted(set(cross["run"])) == [  # the recipes both ways, the data-order null one way
         "balanced-s0->text-only-s0",
         "balanced-s1->text-only-s1",
+        "text-only-s0->balanced-s0",
         "text-only-s0-d1->text-only-s0",
+        "text-only-s1->balanced-s1",
         "text-only-s1-d1->text-only-s1",
     ]
     comparison = pd.read_parquet(results / "comparison.parquet")

@@ -181,6 +181,7 @@ def test_changing_one_recipe_redoes_only_what_depends_on_it(job, tmp_path):
         "patch-balanced-s0",
         "attention-balanced-s0",
         "cross-balanced-s0-into-text-only-s0",
+        "cross-text-only-s0-into-balanced-s0",  # the other way: does balanced need the component?
         "circuit-balanced-s0",
         "circuit-balanced-s0-vs-text-only-s0",
     }

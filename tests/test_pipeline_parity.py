@@ -166,8 +166,17 @@ def test_patch_tables_equal_one_sweep_of_every_run(job):
         runs, dataclasses.replace(patch, cross_model=("balanced-s0", "text-only-s0"), cross_model_only=True)
     )
     assert list(cross) == ["cross_model.parquet"]
+    job = _table(root, "cross_model.parquet")
+    assert set(job["run"]) == {"balanced-s0->text-only-s0", "text-only-s0->balanced-s0"}  # the job patches both ways
+    forward = job[job["run"] == "balanced-s0->text-only-s0"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(forward, _stored(cross["cross_model.parquet"]), check_exact=True)
+    back = patch_grid(
+        runs, dataclasses.replace(patch, cross_model=("text-only-s0", "balanced-s0"), cross_model_only=True)
+    )
     pd.testing.assert_frame_equal(
-        _table(root, "cross_model.parquet"), _stored(cross["cross_model.parquet"]), check_exact=True
+        job[job["run"] == "text-only-s0->balanced-s0"].reset_index(drop=True),
+        _stored(back["cross_model.parquet"]),
+        check_exact=True,
     )
 
 
