@@ -17,9 +17,10 @@ seed-level interval (at least :data:`~codetransfer.analysis.compare.MIN_SEEDS_DI
   many random control heads. Control: the random heads.
 * **cross-model patching** -- one component carries most of the gap, patched either way (``a``'s into ``b``: does
   it suffice? ``b``'s into ``a``: does ``a`` need it?): the mean over seeds of its share is at least :data:`MOST`
-  with a seed interval above 0, inside the stable range, and above every same-recipe null of that component (a
+  with a seed interval above 0, inside the stable range, and above every same-recipe null of that component. A
   null whose item interval leaves the stable range divides by a gap of about 0: it has no gap to split and is left
-  out). Control: the same-recipe (seed or data-order) pair.
+  out; a share with no null left beats no control and is not found (replacing a component by a foreign model's
+  may break what any foreign activation would). Control: the same-recipe (seed or data-order) pair.
 * **probing** -- a label is decodable in ``a`` (trained above its random-init twin with a seed interval) at a
   layer where it is not in ``b``. Control: the random-init twin.
 * **similarity** -- at some layer every seed's linear CKA between ``a`` and ``b`` lies below every seed-vs-seed
@@ -320,11 +321,14 @@ def cross_model(tables, a: str, b: str, confidence: float = 0.95):
         words += f"; the same-recipe null there: {', '.join(f'{v:.2f}' for v in null)}"
     if (~split).any():
         words += f"; {int((~split).sum())} same-recipe pair(s) have no gap there to split"
+    if null.empty:  # a share no null can be set against might be what any foreign activation does there
+        words += ": no same-recipe null to beat"
     found = (
         len(g) >= MIN_SEEDS_DISTINGUISHABLE
         and iv.value >= MOST
         and iv.low > 0
-        and (null.empty or iv.low > float(null.max()))
+        and not null.empty
+        and iv.low > float(null.max())
     )
     return found, words, control
 

@@ -483,7 +483,7 @@ def cross_model_pairs(runs, baseline: str, controls: dict[str, str], both_ways: 
     Only runs in their init seed's own data order (``data_seed`` 0) are paired across recipes.
 
     A into B asks whether A's component *suffices* to give B A's behaviour; B into A whether A's behaviour
-    *needs* it (replaced by B's, does A lose its advantage?). The second finds a circuit that the first misses
+    *needs* it (replaced by B's, does A lose its advantage?). The second locates a circuit that the first misses
     where B's later layers cannot read what A's component writes (docs/control.md, the aligned control)."""
     own = [r for r in runs if not getattr(r, "data_seed", 0)]
     by = {(r.recipe, r.seed): r for r in own}

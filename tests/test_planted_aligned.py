@@ -1,7 +1,8 @@
 """The known answer for cross-model patching: a reduced aligned control grid (the ``control-aligned`` preset with
 300 kB per source, 200 items per family at level 0, one patching site). Both arms branch from one base whose periodic warm-up planted the lookup circuit; ``erased``
-then trains on the scrambled rows, which erase it, ``kept`` does not. The arms are aligned, so patching between them
-applies, and every instrument, cross-model patching included, must find the circuit in ``kept`` against ``erased``.
+then trains on the scrambled rows, which erase it, ``kept`` does not. Evaluation, attention and ablation must find
+the circuit in ``kept`` against ``erased``; cross-model patching must locate it (erased's layer-1 attention output
+takes kept's advantage away) and counts it only against a same-recipe null that has a gap to split.
 
 A few minutes on 2 cores: the six warm-ups (three periodic, three scrambled) are most of it."""
 
@@ -40,23 +41,29 @@ def aligned(tmp_path_factory):
     return root / "out"
 
 
-def test_every_instrument_finds_the_kept_circuit_against_the_erased_arm(aligned):
+def test_evaluation_attention_and_ablation_find_the_kept_circuit_against_the_erased_arm(aligned):
     headline = json.loads((aligned / "report" / "headline.json").read_text())
     assert headline[0].startswith("Planted answer (kept has the copying circuit; erased does not)")
     v = pd.read_parquet(aligned / "report" / "verdicts.parquet")
-    judged = v[v["expected"] == True]  # noqa: E712 (object column)
-    assert set(judged["instrument"]) == {"evaluation", "attention", "ablation", "gap share", "cross-model patching"}
-    assert (judged["verdict"] == "found").all(), judged[["instrument", "evidence"]].to_string()
+    judged = v[v["expected"] == True].set_index("instrument")  # noqa: E712 (object column)
+    assert set(judged.index) == {"evaluation", "attention", "ablation", "gap share", "cross-model patching"}
+    found = judged.loc[["evaluation", "attention", "ablation", "gap share"]]
+    assert (found["verdict"] == "found").all(), found["evidence"].to_string()
 
 
-def test_cross_model_patching_finds_the_circuit_where_kept_needs_it(aligned):
-    """Kept's advantage goes when erased's attention output replaces kept's own: the component the verdict names is
-    an attention write, patched from erased into kept."""
-    v = pd.read_parquet(aligned / "report" / "verdicts.parquet")
-    (evidence,) = v.loc[v["instrument"] == "cross-model patching", "evidence"]
-    assert "attn_out" in evidence and "(erased's, patched into kept)" in evidence, evidence
+def test_cross_model_patching_localises_the_circuit_where_kept_needs_it(aligned):
+    """Kept's advantage goes when erased's layer-1 attention output at the query replaces kept's own (in every
+    seed); kept's output patched into erased gives erased less of it. With no same-recipe pair that has a gap to
+    split there, the verdict counts neither as found (nothing tells it from what any foreign activation does)."""
     cm = pd.read_parquet(aligned / "results" / "cross_model.parquet")
-    assert {"kept->erased", "erased->kept"} <= set(cm["recipe"].astype(str))
+    cell = cm[(cm["metric"] == "cross_model") & (cm["site"] == "attn_out") & (cm["layer"] == 1)]
+    cell = cell[cell["pos_label"] == "last"].groupby("recipe")["value"]
+    need, suffice = cell.get_group("erased->kept"), cell.get_group("kept->erased")
+    assert len(need) == 3 and (need > 0.5).all() and need.mean() > suffice.mean(), (need.tolist(), suffice.tolist())
+    v = pd.read_parquet(aligned / "report" / "verdicts.parquet")
+    (row,) = v[v["instrument"] == "cross-model patching"].itertuples()
+    assert "(erased's, patched into kept)" in row.evidence, row.evidence
+    assert row.verdict == "found" or "no same-recipe null to beat" in row.evidence, row.evidence
 
 
 def test_the_arms_share_their_base_and_differ_in_their_heads(aligned):

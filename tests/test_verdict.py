@@ -223,7 +223,8 @@ def test_the_aligned_control_plants_the_circuit_in_kept_only():
 
 def test_cross_model_patching_counts_either_direction_against_stable_nulls():
     """The planted arm's need for a component (the control's component patched into it) counts as much as the
-    component sufficing the other way; a same-recipe null whose share divides by a gap of about 0 is no control."""
+    component sufficing the other way; a same-recipe null whose share divides by a gap of about 0 is no control,
+    and a share with no null left is no finding."""
     gap = comparison_row("erased", "kept", -2.0, -2.4, -1.6, 0.04, pooled=False)
     gap.update(task="entity_tracking")
     aim = pd.DataFrame([dict(difficulty=0)])
@@ -237,14 +238,19 @@ def test_cross_model_patching_counts_either_direction_against_stable_nulls():
     assert found is True, words
     assert "attn_out L1 @last (erased's, patched into kept)" in words and "+2.00" in words  # the gap read kept - erased
     assert "null there: 0.50" in words and "4.96" not in words
+    # no null at all: a share that beats no control is not a finding
+    alone = {k: v for k, v in need.items() if k[0] != "erased->erased"}
+    found, words, _ = V.cross_model({**tables, "cross_model": cross_table(alone)}, "kept", "erased")
+    assert found is False and "no same-recipe null to beat" in words
     # a stable null as large as the share is a control it does not beat
     tables["cross_model"] = cross_table({**need, ("erased->erased", "attn_out@1@last"): [0.99, 0.97]})
     assert V.cross_model(tables, "kept", "erased")[0] is False
-    # ... unless its item intervals say the two runs of one recipe had no gap there to split
+    # a null whose item intervals say the two runs of one recipe had no gap there to split is left out: no control
     wide = tables["cross_model"].assign(ci_low=lambda t: t["value"] - 0.1, ci_high=lambda t: t["value"] + 0.1)
     wide.loc[wide["recipe"] == "erased->erased", ["ci_low", "ci_high"]] = [-7.1, 13.2]
     found, words, _ = V.cross_model({**tables, "cross_model": wide}, "kept", "erased")
-    assert found is True and "2 same-recipe pair(s) have no gap there to split" in words, words
+    assert found is False and "2 same-recipe pair(s) have no gap there to split" in words, words
+    assert "no same-recipe null to beat" in words
     # only the sufficiency direction patched, and it carries little: missed
     tables["cross_model"] = cross_table({k: v for k, v in need.items() if k[0] == "kept->erased"})
     assert V.cross_model(tables, "kept", "erased")[0] is False

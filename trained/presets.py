@@ -283,9 +283,10 @@ def aligned_control_arms(
     """The aligned planted-transfer control's arms (docs/control.md): one shared base per seed, the periodic warm-up
     (which plants the lookup circuit) then text, and two branches from it. ``erased`` first trains on the warm-up's
     scrambled rows, which erase the circuit (same tokens, nothing to copy: copying is penalised), then text;
-    ``kept`` continues on text. The arms share the base, so their representations are aligned and activations can
-    be patched from one into the other (cross-model patching): each instrument must find the circuit in ``kept``
-    and not in ``erased``. (Planting after a base does not work at this shape: docs/control.md.)"""
+    ``kept`` continues on text. The arms share the base (initialisation, warm-up and first text phase), which the
+    ``control`` preset's arms do not, so activations can be patched between them (cross-model patching): each
+    instrument must find the circuit in ``kept`` and not in ``erased``. (Planting after a base does not work at
+    this shape, and the arms' CKA still falls to the seed null's level: docs/control.md.)"""
     base = Phase("base", mix(0.0), base_tokens, LRSchedule(schedule="cosine", peak=3e-3, final=1.5e-3, warmup=0.05))
     cont = LRSchedule(schedule="cosine", peak=1.5e-3, final=3e-4)
     return (
