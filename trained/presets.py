@@ -29,8 +29,9 @@ standard library plus world-simulator programs. Sizes:
 no biases, rotary on every dimension) and the induction warm-up. GPT-NeoX at d_model 64-128 never grew an
 induction head within the budgets tried there, and their batches put natural emergence late (Aoyama et al.'s
 fit: about 64M tokens for ``small``'s 64 x 256, 256M for ``gpu``'s 256 x 1024, beyond their 50M and 100M per
-run). Nobody has yet measured that they learn the tasks at these sizes: run ``codetransfer run small`` on a GPU and
-read its learning curves before a longer sweep.
+run). Nobody has yet measured that they learn the tasks at these sizes, and at ``small``'s shape (vocabulary 4,096)
+the 1,000-step warm-up left the copy loss at uniform guessing (docs/learnability.md): measure the warm-up and the
+learning curves of ``codetransfer run small`` on a GPU before a longer sweep.
 """
 
 from __future__ import annotations

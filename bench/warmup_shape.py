@@ -1,0 +1,64 @@
+"""Does the induction warm-up plant the lookup circuit at a preset's shape?
+
+Builds the preset's model at its tokenizer's vocabulary size, runs the warm-up (``trained/warmup.py``) and prints
+the copy loss every 100 steps and, every 250, the induction loss on repeated random tokens with the best
+previous-token and induction score per layer. Uniform guessing is ln(vocab - 3) nats; a planted circuit gives a
+copy loss below 1 and an induction head above 0.5 (the tiny shape: 0.16 and 0.9 at 1,000 steps).
+
+    python bench/warmup_shape.py small --seeds 0 --steps 1000     # 744 s on one CPU core: stays at 8.32 nats
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from codetransfer.analysis.attention import induction_loss, pattern_scores, repeated_random_tokens
+from codetransfer.trained.model import build_model
+from codetransfer.trained.presets import WARMUP_STEPS, preset
+from codetransfer.trained.warmup import N_SPECIAL, induction_warmup
+
+
+def measure(model, probe) -> tuple[float, list[float], list[float]]:
+    """Induction loss on ``probe``, best previous-token and best induction score per layer."""
+    model.config._attn_implementation = "eager"
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=probe, output_attentions=True)
+    s = pattern_scores(torch.stack(out.attentions), probe, scores=["induction", "previous_token"])
+    model.train(was)
+    best = {k: [round(v, 3) for v in s[k].nanmean(0).max(dim=-1).values.tolist()] for k in s}
+    return round(induction_loss(out.logits, probe).mean().item(), 3), best["previous_token"], best["induction"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("preset", nargs="?", default="small")
+    ap.add_argument("--seeds", default="0", help="comma-separated init seeds")
+    ap.add_argument("--steps", type=int, default=WARMUP_STEPS)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    grid = preset(args.preset)
+    vocab = grid.tokenizer.vocab_size
+    probe = repeated_random_tokens(list(range(N_SPECIAL, vocab)), 16, 20, seed=1)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        model = build_model(grid.model, vocab, seed=seed)
+        print(f"{args.preset} seed {seed}: before (induction loss, previous-token, induction) {measure(model, probe)}")
+        t0 = time.time()
+
+        def log(k: int, loss: float) -> None:
+            if k % 100 == 0:
+                print(f"  step {k}: copy loss {loss:.3f}, {time.time() - t0:.0f}s", flush=True)
+            if k % 250 == 0:
+                print(f"    {measure(model, probe)}", flush=True)
+
+        induction_warmup(model, vocab, args.steps, grid.train.induction_warmup_lr, seed, "cpu", log)
+        print(f"{args.preset} seed {seed}: after {measure(model, probe)}, {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
