@@ -50,6 +50,8 @@ PALETTE = (
     "#a6761d",
     "#393b79",
     "#b15928",
+    "#66a61e",
+    "#ad494a",
 )
 
 #: The shipped grids' recipes (trained/presets.py), in their fixed palette slots.
@@ -71,6 +73,8 @@ KNOWN_RECIPES = (
     "scrambled",
     "copy",
     "code-only",
+    "kept",
+    "erased",
 )
 
 RANDOM_INIT_SUFFIX = " (random init)"
