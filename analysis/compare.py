@@ -465,11 +465,6 @@ def _gap_rows(comparison: pd.DataFrame | None, categories: Sequence[str], pooled
     return None if c.empty else c
 
 
-#: columns of a comparison row that change sign, and the pairs that swap, when the row is read the other way round
-_FLIP_SIGN = ("estimate",)
-_FLIP_PAIRS = (("ci_low", "ci_high"), ("ci_low_corrected", "ci_high_corrected"), ("recipe_value", "baseline_value"))
-
-
 def recipe_gap(comparison: pd.DataFrame | None, recipe: str, other: str, task: str, difficulty=None):
     """The seed-paired comparison row (``results/comparison.parquet``, logit difference) of ``recipe``
     against ``other`` for the patched items: the level of ``task`` at ``difficulty``, else (no
@@ -484,12 +479,12 @@ def recipe_gap(comparison: pd.DataFrame | None, recipe: str, other: str, task: s
     if row is None:
         return None
     row = row.copy()
-    for col in _FLIP_SIGN:
-        if col in row:
-            row[col] = -row[col]
-    for lo, hi in _FLIP_PAIRS:
+    row["estimate"] = -row["estimate"]
+    for lo, hi in (("ci_low", "ci_high"), ("ci_low_corrected", "ci_high_corrected")):
         if lo in row and hi in row:
-            row[lo], row[hi] = (-row[hi], -row[lo]) if lo.startswith("ci_") else (row[hi], row[lo])
+            row[lo], row[hi] = -row[hi], -row[lo]
+    if "recipe_value" in row and "baseline_value" in row:
+        row["recipe_value"], row["baseline_value"] = row["baseline_value"], row["recipe_value"]
     row["recipe"], row["baseline"] = recipe, other
     return row
 

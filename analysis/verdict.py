@@ -26,8 +26,9 @@ seed-level interval (at least :data:`~codetransfer.analysis.compare.MIN_SEEDS_DI
 * **similarity** -- at some layer every seed's linear CKA between ``a`` and ``b`` lies below every seed-vs-seed
   CKA of the baseline. Control: the seed null.
 
-A grid carries a **planted answer** (:func:`planted_answer`) when one recipe's runs get the periodic copying
-rows (an induction warm-up at their start or in a phase) and others get the scrambled rows or no warm-up (the ``control`` preset, docs/control.md):
+A grid carries a **planted answer** (:func:`planted_answer`) when one recipe's runs end their warm-ups (at their
+start or in a phase) on the periodic copying rows and others get no warm-up or end on the scrambled rows (the
+``control`` and ``control-aligned`` presets, docs/control.md):
 code (the periodic rows) is known to plant the lookup circuit in that arm. Then the evaluation, attention and
 ablation must find the planted arm above each control arm, the gap share and cross-model patching must find
 heads or a component that carry most of the gap, and the scrambled arm must not differ from the arm with no warm-up (a null: same
@@ -50,6 +51,7 @@ from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE, has_gap, re
 from codetransfer.analysis.stats import seed_t_interval
 from codetransfer.errors import CodetransferError
 from codetransfer.trained.checks import read_table
+from codetransfer.trained.config import all_warmup_rows
 
 MOST = 0.5
 """The share of a gap a component must carry (seed mean) to count as carrying most of it."""
@@ -80,8 +82,6 @@ def planted_answer(grid) -> Planted | None:
     has the scrambled rows (which erase a circuit planted before them: the aligned control, docs/control.md). A
     grid has a planted answer when exactly one recipe has the circuit and at least one has none. The null is the
     pair (a recipe with only scrambled rows, a recipe with no warm-up), where both exist."""
-    from codetransfer.trained.config import all_warmup_rows
-
     if grid is None:
         return None
     by = {r.name: all_warmup_rows(grid, r) for r in grid.recipes}

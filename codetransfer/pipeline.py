@@ -487,14 +487,15 @@ def cross_model_pairs(runs, baseline: str, controls: dict[str, str], both_ways: 
     where B's later layers cannot read what A's component writes (docs/control.md, the aligned control)."""
     own = [r for r in runs if not getattr(r, "data_seed", 0)]
     by = {(r.recipe, r.seed): r for r in own}
-    pairs = []
+    pairs, seen = [], set()
     for a in own:
         for other in dict.fromkeys([baseline, controls.get(a.recipe, "")]):
             b = by.get((other, a.seed))
             if other and a.recipe != other and b is not None:
-                for pair in [(a, b), (b, a)] if both_ways else [(a, b)]:
-                    if all((p.name, q.name) != (pair[0].name, pair[1].name) for p, q in pairs):
-                        pairs.append(pair)
+                for x, y in [(a, b), (b, a)] if both_ways else [(a, b)]:
+                    if (x.name, y.name) not in seen:  # two recipes that name each other: each direction once
+                        seen.add((x.name, y.name))
+                        pairs.append((x, y))
     orders = sorted(
         (r for r in runs if r.recipe == baseline and getattr(r, "data_seed", 0) and (baseline, r.seed) in by),
         key=lambda r: (r.seed, r.data_seed),
@@ -790,7 +791,8 @@ def aim(results: Path, settings: JobSettings, log=print) -> tuple[JobSettings, d
         else:  # patching needs one task and level: a gap seen only when the levels are pooled has no items to split
             why = (
                 f"no single task level has a distinguishable gap, only the pooled {pooled['category']} levels "
-                f"({pooled['recipe']} - {pooled['baseline']} = {pooled['estimate']:+.2f}, Holm p {pooled['p_holm']:.2g})"
+                f"({pooled['recipe']} - {pooled['baseline']} = {pooled['estimate']:+.2f}, "
+                f"Holm p {pooled['p_holm']:.2g})"
             )
         log(f"aim: {why}; within-model maps on {settings.patch_task} level {settings.patch_difficulty}")
         return settings, dict(record, reason=why if pooled is not None else "no gap to explain")

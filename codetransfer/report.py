@@ -1203,9 +1203,10 @@ def _cross_model(
     for cell, g in nulls.groupby("_cell", sort=False):
         null_of[cell] = "; ".join(with_interval(r.value, r.ci_low, r.ci_high) for r in g.itertuples())
     s.add_text(
-        "**Where code exposure changes the reasoning circuit.** Cross-model patching puts one component of a "
-        f"code-exposed model into the {baseline} model on the same prompts; 'share of the gap' is the part of "
-        "the two models' logit-difference gap on those prompts that the component carries (1 = all of it), "
+        "**Where code exposure changes the reasoning circuit.** Cross-model patching puts one component of one "
+        f"model into the other on the same prompts, both ways (a recipe into the {baseline} model or its control: "
+        "does the component suffice? and back: does the recipe's behaviour need it?); 'share of the gap' is the "
+        "part of the two models' logit-difference gap on those prompts that the component carries (1 = all of it), "
         "with its 95% interval. A share is shown only where the two recipes differ beyond seed noise (the "
         "seed-paired comparison is distinguishable: its corrected interval excludes 0 and its Holm p is below 0.05, over at least 3 seeds); a share outside "
         f"[{STABLE_SHARE[0]}, {STABLE_SHARE[1]}] divides by a small gap and is flagged as unstable"

@@ -21,12 +21,15 @@ TEXT_TOKENS = 200_000
 SOURCE_BYTES = 300_000
 
 
-def reduced_control_toml() -> str:
-    d = preset("control").to_dict()
-    d["name"] = "planted"
-    for r in d["recipes"]:
-        for p in r["phases"]:
-            p["tokens"] = TEXT_TOKENS
+def reduced_toml(name: str, grid_name: str, text_tokens: int | None = None) -> str:
+    """Preset ``name`` as grid file ``grid_name`` with SOURCE_BYTES per source (and tokenizer sample), rare
+    validation and saves, no snapshots, and every phase at ``text_tokens`` where given."""
+    d = preset(name).to_dict()
+    d["name"] = grid_name
+    if text_tokens is not None:
+        for r in d["recipes"]:
+            for p in r["phases"]:
+                p["tokens"] = text_tokens
     for s in d["sources"].values():
         s["max_bytes"] = SOURCE_BYTES
     d["tokenizer"]["sample_bytes"] = SOURCE_BYTES
@@ -37,7 +40,7 @@ def reduced_control_toml() -> str:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
-    (root / "grid.toml").write_text(reduced_control_toml())
+    (root / "grid.toml").write_text(reduced_toml("control", "planted", TEXT_TOKENS))
     settings = JobSettings(eval_items=200, eval_max_difficulty=0, attention_items=16)
     stages = ("train", "eval", "attention", "circuit", "report")
     run_job(str(root / "grid.toml"), root / "out", settings, stages=stages, jobs=2, log=lambda *a: None)

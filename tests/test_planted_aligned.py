@@ -1,6 +1,6 @@
 """The known answer for cross-model patching: a reduced aligned control grid (the ``control-aligned`` preset with
-300 kB per source, 200 items per family at level 0, one patching site). Both arms branch from one base whose periodic warm-up planted the lookup circuit; ``erased``
-then trains on the scrambled rows, which erase it, ``kept`` does not. Evaluation, attention and ablation must find
+300 kB per source, 200 items per family at level 0, one patching site). Both arms branch from one base whose
+periodic warm-up planted the lookup circuit; ``erased`` then trains on the scrambled rows, which erase it, ``kept`` does not. Evaluation, attention and ablation must find
 the circuit in ``kept`` against ``erased``; cross-model patching must locate it (erased's layer-1 attention output
 takes kept's advantage away) and counts it only against a same-recipe null that has a gap to split.
 
@@ -14,27 +14,13 @@ import pandas as pd
 import pytest
 
 from codetransfer.pipeline import JobSettings, run_job
-from codetransfer.trained.config import grid_from_dict
-from codetransfer.trained.gridfile import grid_to_toml
-from codetransfer.trained.presets import preset
-
-SOURCE_BYTES = 300_000
-
-
-def reduced_aligned_toml() -> str:
-    d = preset("control-aligned").to_dict()
-    d["name"] = "aligned"
-    for s in d["sources"].values():
-        s["max_bytes"] = SOURCE_BYTES
-    d["tokenizer"]["sample_bytes"] = SOURCE_BYTES
-    d["train"].update(eval_every=10_000, save_every=10_000, snapshot_every=0, eval_tokens=2048)
-    return grid_to_toml(grid_from_dict(d))
+from test_planted import reduced_toml
 
 
 @pytest.fixture(scope="module")
 def aligned(tmp_path_factory):
     root = tmp_path_factory.mktemp("aligned")
-    (root / "grid.toml").write_text(reduced_aligned_toml())
+    (root / "grid.toml").write_text(reduced_toml("control-aligned", "aligned"))
     settings = JobSettings(eval_items=200, eval_max_difficulty=0, attention_items=16, patch_sites=("attn_out",))
     stages = ("train", "eval", "patch", "attention", "circuit", "report")
     run_job(str(root / "grid.toml"), root / "out", settings, stages=stages, jobs=2, log=lambda *a: None)

@@ -129,8 +129,9 @@ def test_scrambled_rows_hold_the_same_tokens_and_loss_positions_and_nothing_to_c
     assert repeated_4grams(px) > 20 * 64 and repeated_4grams(sx) < 64  # a span to copy in every row; none left
 
 
-def _recipe(name: str, warmup: str, main_mixture: str) -> str:
-    """A two-phase recipe (a shared-looking ``base``, then ``main``) with its own warm-up, as grid-file text."""
+def _recipe(name: str, warmup: str, main_mixture: str = "gcide = 1.0", main_warmup: str = "none") -> str:
+    """A two-phase recipe (a shared-looking ``base``, then ``main``) with its own warm-up and ``main``'s
+    (``Phase.warmup``), as grid-file text."""
     return textwrap.dedent(
         f"""
         [[recipes]]
@@ -144,8 +145,20 @@ def _recipe(name: str, warmup: str, main_mixture: str) -> str:
         name = "main"
         mixture = {{ {main_mixture} }}
         tokens = 2048
+        warmup = "{main_warmup}"
         """
     )
+
+
+def _grid_with(tmp_path, name: str, recipes: str):
+    """The test grid file's model and sources as a Llama with n_ctx 64 and a 5-step induction warm-up, and
+    ``recipes`` (grid-file text)."""
+    text = write_grid(tmp_path).read_text()
+    text = text[: text.index("[[recipes]]")].replace("n_ctx = 32", "n_ctx = 64")
+    text = text.replace("[model]", '[model]\narch = "llama"').replace("[train]", "[train]\ninduction_warmup = 5")
+    path = tmp_path / name
+    path.write_text(text + recipes)
+    return load_grid(path)
 
 
 WARMUPS = "".join(
@@ -160,12 +173,7 @@ WARMUPS = "".join(
 
 
 def _warmup_grid(tmp_path):
-    text = write_grid(tmp_path).read_text()
-    text = text[: text.index("[[recipes]]")].replace("n_ctx = 32", "n_ctx = 64")
-    text = text.replace("[model]", '[model]\narch = "llama"').replace("[train]", "[train]\ninduction_warmup = 5")
-    path = tmp_path / "warmups.toml"
-    path.write_text(text + WARMUPS)
-    return load_grid(path)
+    return _grid_with(tmp_path, "warmups.toml", WARMUPS)
 
 
 def test_each_recipe_starts_from_its_own_warmup_and_shares_a_base_only_with_the_same_one(tmp_path):
@@ -225,33 +233,8 @@ def test_a_recipe_warmup_without_warmup_steps_is_refused(tmp_path):
 
 
 def _branched_grid(tmp_path):
-    def recipe(name, rows):
-        line = f'warmup = "{rows}"\n' if rows else ""
-        return (
-            textwrap.dedent(
-                f"""
-            [[recipes]]
-            name = "{name}"
-            warmup = "none"
-            [[recipes.phases]]
-            name = "base"
-            mixture = {{ gcide = 1.0 }}
-            tokens = 2048
-            [[recipes.phases]]
-            name = "main"
-            mixture = {{ gcide = 1.0 }}
-            tokens = 2048
-            """
-            )
-            + line
-        )
-
-    text = write_grid(tmp_path).read_text()
-    text = text[: text.index("[[recipes]]")].replace("n_ctx = 32", "n_ctx = 64")
-    text = text.replace("[model]", '[model]\narch = "llama"').replace("[train]", "[train]\ninduction_warmup = 5")
-    path = tmp_path / "branched.toml"
-    path.write_text(text + recipe("text-only", "") + recipe("scrambled", "scrambled") + recipe("copy", "periodic"))
-    return load_grid(path)
+    arms = _recipe("text-only", "none") + _recipe("scrambled", "none", main_warmup="scrambled")
+    return _grid_with(tmp_path, "branched.toml", arms + _recipe("copy", "none", main_warmup="periodic"))
 
 
 def test_arms_branch_from_one_base_and_differ_by_their_phase_warmup(tmp_path):

@@ -138,7 +138,7 @@ class Phase:
     ``periodic`` (a span repeated, copying rewarded: the lookup circuit grows) or ``scrambled`` (the same rows
     shuffled: nothing to copy), ``train.induction_warmup`` steps on the warm-up's own optimiser. Unlike the
     recipe's warm-up it can follow shared phases, so arms branched from one base can differ by it (the
-    ``control`` preset). Not the learning-rate warm-up, which is ``lr.warmup``."""
+    ``control-aligned`` preset's ``erased`` arm). Not the learning-rate warm-up, which is ``lr.warmup``."""
 
     def weights(self) -> dict[str, float]:
         total = sum(self.mixture.values())

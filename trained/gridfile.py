@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-from codetransfer.trained.config import GridConfig, SourceConfig
+from codetransfer.trained.config import GridConfig, SourceConfig, recipe_dict
 
 
 def _key(k: str) -> str:
@@ -86,6 +86,7 @@ def to_toml(data: dict) -> str:
 def grid_to_toml(grid: GridConfig) -> str:
     """The grid file of ``grid``: ``load_grid`` of the text (saved as a ``.toml`` file) gives an equal grid."""
     d = grid.to_dict()
+    d["recipes"] = [recipe_dict(r) for r in grid.recipes]  # phases without their default warm-up
     defaults = dataclasses.asdict(SourceConfig(kind="files"))
     for src in d.get("sources", {}).values():  # fields at their defaults say nothing (e.g. a stdlib's "category")
         for field in [f for f, v in src.items() if f != "kind" and v == defaults.get(f, object())]:
@@ -95,9 +96,6 @@ def grid_to_toml(grid: GridConfig) -> str:
             r.pop("compare_with", None)  # the default: compared with the job's baseline only
         if r.get("warmup") == "grid":
             r.pop("warmup", None)  # the default: the grid's train.induction_warmup
-        for p in r.get("phases", []):
-            if p.get("warmup") == "none":
-                p.pop("warmup")  # the default: no induction warm-up at the phase's start
     if not d.get("data_seeds"):
         d.pop("data_seeds", None)  # the default: every run in its init seed's own data order only
     order = ["name", "description", "seeds", "data_seeds", "model", "tokenizer", "train", "sources", "recipes"]

@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -451,20 +452,7 @@ def _warm_up(
     from codetransfer.trained.warmup import warmed_up_state
 
     t = grid.train
-    records, t0 = [], time.perf_counter()
-
-    def log(step: int, loss: float) -> None:
-        if step % 50 == 0 or step == t.induction_warmup:
-            records.append({"warmup_step": step, "copy_loss": round(loss, 4)})
-            if progress:
-                print(
-                    f"\r  induction warm-up s{seed} ({rows}): step {step}/{t.induction_warmup}, copy loss {loss:.3f}, "
-                    f"{time.perf_counter() - t0:.0f}s",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
+    records, log = _warmup_log(t.induction_warmup, f"s{seed} ({rows})", progress)
     key = {"model": asdict(grid.model), "rows": f"{rows}-32x48-v1"}
     computed = warmed_up_state(
         model,
@@ -486,8 +474,33 @@ def _warm_up(
     old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
     if computed or not any("warmup_step" in ln for ln in old):  # a restart from scratch: replace the old lines
         records = records or [{"warmup_step": t.induction_warmup, "copy_loss": None, "cached": True}]
-        kept = [ln for ln in old if "warmup_step" not in ln]
-        _write_atomic(metrics, "".join(ln + "\n" for ln in kept + [json.dumps(r) for r in records]))
+        _replace_lines(metrics, old, records, lambda ln: "warmup_step" in ln)
+
+
+def _warmup_log(total: int, label: str, progress: bool, **fields) -> tuple[list[dict], Callable[[int, float], None]]:
+    """The records a warm-up's copy loss goes to (every 50 steps and the last, with ``fields``), and the logging
+    callback that fills them and, with ``progress``, prints the loss on one line of stderr."""
+    records, t0 = [], time.perf_counter()
+
+    def log(step: int, loss: float) -> None:
+        if step % 50 == 0 or step == total:
+            records.append({**fields, "warmup_step": step, "copy_loss": round(loss, 4)})
+            if progress:
+                print(
+                    f"\r  induction warm-up {label}: step {step}/{total}, copy loss {loss:.3f}, "
+                    f"{time.perf_counter() - t0:.0f}s",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    return records, log
+
+
+def _replace_lines(metrics: Path, old: list[str], records: list[dict], drop: Callable[[str], bool]) -> None:
+    """Rewrite ``metrics`` atomically: its ``old`` lines but those ``drop`` matches, then ``records``."""
+    kept = [ln for ln in old if not drop(ln)]
+    _write_atomic(metrics, "".join(ln + "\n" for ln in kept + [json.dumps(r) for r in records]))
 
 
 def _phase_warm_up(
@@ -500,20 +513,8 @@ def _phase_warm_up(
     from codetransfer.trained.warmup import induction_warmup
 
     t = grid.train
-    records, t0 = [], time.perf_counter()
-
-    def log(k: int, loss: float) -> None:
-        if k % 50 == 0 or k == t.induction_warmup:
-            records.append({"step": step, "phase": phase.name, "warmup_step": k, "copy_loss": round(loss, 4)})
-            if progress:
-                print(
-                    f"\r  induction warm-up s{seed} ({phase.warmup}) in phase '{phase.name}': step {k}/"
-                    f"{t.induction_warmup}, copy loss {loss:.3f}, {time.perf_counter() - t0:.0f}s",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
+    label = f"s{seed} ({phase.warmup}) in phase '{phase.name}'"
+    records, log = _warmup_log(t.induction_warmup, label, progress, step=step, phase=phase.name)
     induction_warmup(
         model, vocab_size, t.induction_warmup, t.induction_warmup_lr, seed, device, log,
         scrambled=phase.warmup == "scrambled",
@@ -530,8 +531,7 @@ def _phase_warm_up(
             return "warmup_step" in r and r.get("phase") == phase.name
         return False
 
-    kept = [ln for ln in old if not earlier_try(ln)]
-    _write_atomic(metrics, "".join(ln + "\n" for ln in kept + [json.dumps(r) for r in records]))
+    _replace_lines(metrics, old, records, earlier_try)
 
 
 def _snapshot(model, data_dir: Path, folder: Path) -> None:
