@@ -47,11 +47,14 @@ corrected interval excludes 0 AND ``p_holm < 1 - confidence`` AND ``n_seeds >= 3
 distinguishable.
 
 **MDE.** With ``k >= 2`` seeds whose per-seed differences have standard deviation ``sd`` (``ddof=1``),
-``mde = (t_{1 - alpha/2, k-1} + t_{power, k-1}) * sd / sqrt(k)`` with ``alpha = 1 - confidence``
-(0.05) and ``power = 0.8``: the true difference that a two-sided one-sample t-test over seeds at level
-``alpha`` detects with probability about ``power`` when the seeds vary as observed. With one seed it is
-the item-level analogue ``(z_{1 - alpha/2} + z_{power}) * sd_items(d) / sqrt(n_items)``. In relative
-mode it is divided by ``|mean B|`` and given in percent.
+``mde = (t_{1 - alpha/2, k-1} + t_{power, k-1}) * sd / sqrt(k)`` with ``alpha = (1 - confidence) / m``
+(``m`` the rows with a p-value, the Bonferroni level of the corrected interval) and ``power = 0.8``: the
+true difference that a two-sided one-sample t-test over seeds at the corrected level detects with
+probability about ``power`` when the seeds vary as observed. A row is distinguishable only where its
+corrected interval excludes 0, so an effect below the uncorrected MDE (``m = 1``) could pass unnoticed
+even when it is above it. With one seed it is the item-level analogue
+``(z_{1 - alpha/2} + z_{power}) * sd_items(d) / sqrt(n_items)``. In relative mode it is divided by
+``|mean B|`` and given in percent.
 
 :func:`above_chance_levels` gives, per level (task x difficulty), the baseline's accuracy with its
 hierarchical interval and whether the interval's lower end is above ``chance``;
@@ -182,10 +185,11 @@ def signflip_pvalue(seed_diffs: np.ndarray, n_resamples: int = 10_000, seed: int
     return float((1 + hits) / (1 + n_resamples))
 
 
-def minimum_detectable_effect(diffs: np.ndarray, confidence: float = 0.95, power: float = 0.8) -> float:
-    """MDE of a difference from ``[seeds, items]`` paired differences (definition in the module docstring)."""
+def minimum_detectable_effect(diffs: np.ndarray, confidence: float = 0.95, power: float = 0.8, m: int = 1) -> float:
+    """MDE of a difference from ``[seeds, items]`` paired differences, tested at level ``(1 - confidence) / m``
+    (``m`` comparisons, Bonferroni; definition in the module docstring)."""
     k, n = diffs.shape
-    alpha = 1 - confidence
+    alpha = (1 - confidence) / max(1, m)
     if k >= 2:
         sd = diffs.mean(axis=1).std(ddof=1)
         return float((sps.t.ppf(1 - alpha / 2, k - 1) + sps.t.ppf(power, k - 1)) * sd / np.sqrt(k))
@@ -242,7 +246,7 @@ def compare_recipes(
         )
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     df = scores.assign(recipe=scores["recipe"].astype(str))
-    records, boots = [], []
+    records, boots, diffs = [], [], []
     for key, g in _levels(df, by):
         wide = g.pivot(index=["recipe", "seed"], columns=_item_key(g), values=col)
         for recipe in recipes:
@@ -253,12 +257,12 @@ def compare_recipes(
             br, bb = paired_hierarchical_bootstrap_means(r, b, n_resamples, rng, crossed)
             d = r - b
             rv, bv = float(r.mean()), float(b.mean())
-            mde = minimum_detectable_effect(d, confidence, power)
+            mde_scale = 1.0  # the MDE waits for the number of rows (its level is the corrected one)
             if relative:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     stat = 100 * (br - bb) / np.abs(bb)
                     est = 100 * (rv - bv) / abs(bv) if bv != 0 else float("nan")
-                    mde = 100 * mde / abs(bv) if bv != 0 else float("nan")
+                    mde_scale = 100 / abs(bv) if bv != 0 else float("nan")
             else:
                 stat, est = br - bb, rv - bv
             if k == 1 and n == 1:
@@ -277,9 +281,10 @@ def compare_recipes(
                 recipe=recipe, baseline=baseline, metric=metric, scale="relative_%" if relative else "difference",
                 **dict(zip(by, key)), estimate=float(est), ci_low=float(lo), ci_high=float(hi),
                 recipe_value=rv, baseline_value=bv, n_seeds=k, n_items=n, p_value=p, p_signflip=p_flip,
-                test=test, mde=mde,
+                test=test, mde=mde_scale,
             ))  # fmt: skip
             boots.append(stat)
+            diffs.append(d)
     cols = ["recipe", "baseline", "metric", "scale", *by, *RESULT_COLUMNS]
     if not records:
         return pd.DataFrame(columns=cols)
@@ -287,6 +292,7 @@ def compare_recipes(
     out["p_holm"] = holm(out["p_value"].to_numpy(float))
     m = int(np.isfinite(out["p_value"].to_numpy(float)).sum())
     level = 1 - (1 - confidence) / max(1, m)
+    out["mde"] = [minimum_detectable_effect(d, confidence, power, m) * f for d, f in zip(diffs, out["mde"])]
     corrected = np.array([np.nanquantile(s, [(1 - level) / 2, (1 + level) / 2]) for s in boots])
     out["ci_low_corrected"], out["ci_high_corrected"] = corrected[:, 0], corrected[:, 1]
     excludes_zero = (out["ci_low_corrected"] > 0) | (out["ci_high_corrected"] < 0)

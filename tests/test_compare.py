@@ -156,6 +156,22 @@ def test_mde_shrinks_with_seeds_and_has_its_power():
     assert out["mde"] == pytest.approx((sps.t.ppf(0.975, 7) + sps.t.ppf(0.8, 7)) * sd / np.sqrt(8))
 
 
+def test_the_mde_is_at_the_corrected_level_of_the_rows_it_is_compared_with():
+    """With m rows the MDE is that of a t-test at level 0.05 / m (a row counts only where its Bonferroni-corrected
+    interval excludes 0): an effect above the uncorrected MDE may still not be distinguishable, never one above
+    this."""
+    df = score_table({"code": 0.0, "stdlib": 0.0}, n_seeds=4, categories=("reasoning", "knowledge"), rng=5)
+    out = compare_recipes(df, "text-only", by=("category",), n_resamples=200)
+    assert len(out) == 4
+    for r in out.itertuples():
+        rows = df[df["category"] == r.category]
+        g = rows.pivot_table(index="seed", columns="recipe", values="logit_diff", aggfunc="mean")
+        sd = (g[r.recipe] - g["text-only"]).std(ddof=1)
+        assert r.mde == pytest.approx((sps.t.ppf(1 - 0.05 / 8, 3) + sps.t.ppf(0.8, 3)) * sd / np.sqrt(4))
+    one = compare_recipes(df[df["recipe"] != "stdlib"], "text-only", by=("category",), n_resamples=200)
+    assert (one["mde"].to_numpy() < out.loc[out["recipe"] == "code", "mde"].to_numpy()).all()  # fewer rows
+
+
 def test_holm_column_equals_statsmodels_multipletests():
     from statsmodels.stats.multitest import multipletests
 
