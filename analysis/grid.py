@@ -606,7 +606,9 @@ class _PatchWorker:
                                            tokenizer_b=rb.tokenizer, max_rows=s.max_rows)  # fmt: skip
             m = dict(run=f"{name_a}->{name_b}", recipe=f"{ra.info.recipe}->{rb.info.recipe}", seed=rb.info.seed,
                      task=s.task)  # fmt: skip
-            frames.append(sweep.table(m, **boot))
+            # the unpatched models' mean metric on these items: a null pair's shares read on this pair's gap
+            frames.append(sweep.table(m, **boot).assign(source_metric=float(sweep.clean.mean()),
+                                                         target_metric=float(sweep.corrupted.mean())))  # fmt: skip
             return pd.concat(frames, ignore_index=True)
         lr = self._load(unit.run)
         model, meta = lr.bridge, self._meta(lr.info)

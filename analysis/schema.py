@@ -167,7 +167,9 @@ TABLES: dict[str, Table] = {
             "cross_model",
             "cross_model.parquet",
             RUN_COLUMNS + _PATCH,
-            description="one cell of run A patched into run B (run = 'A->B')",
+            optional=("source_metric", "target_metric"),
+            description="one cell of run A patched into run B (run = 'A->B'; seed: B's); source_metric and "
+            "target_metric: A's and B's unpatched mean logit difference on the patched items",
         ),
         Table(
             "cross_rendering",

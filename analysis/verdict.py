@@ -17,10 +17,12 @@ seed-level interval (at least :data:`~codetransfer.analysis.compare.MIN_SEEDS_DI
   many random control heads. Control: the random heads.
 * **cross-model patching** -- one component carries most of the gap, patched either way (``a``'s into ``b``: does
   it suffice? ``b``'s into ``a``: does ``a`` need it?): the mean over seeds of its share is at least :data:`MOST`
-  with a seed interval above 0, inside the stable range, and above every same-recipe null of that component. A
-  null whose item interval leaves the stable range divides by a gap of about 0: it has no gap to split and is left
-  out; a share with no null left beats no control and is not found (replacing a component by a foreign model's
-  may break what any foreign activation would). Control: the same-recipe (seed or data-order) pair.
+  with a seed interval above 0, inside the stable range, and above the same-recipe null of that component: another
+  model of the receiving recipe (a data-order twin, or another init seed) patched into the same run at the same
+  cell, read as a share of the *tested* pair's gap (:func:`null_shares`); the seed-paired difference (share minus
+  null, at least 3 seeds) must have a t interval above 0. A share with no null beats no control and is not found
+  (replacing a component by a foreign model's may break what any foreign activation would). Control: the
+  same-recipe pair.
 * **probing** -- a label is decodable in ``a`` (trained above its random-init twin with a seed interval) at a
   layer where it is not in ``b``. Control: the random-init twin.
 * **similarity** -- at some layer every seed's linear CKA between ``a`` and ``b`` lies below every seed-vs-seed
@@ -58,6 +60,8 @@ MOST = 0.5
 STABLE_SHARE = (-0.5, 1.5)
 """A cross-model share outside this range divides by a gap that is small on the patched items: it is flagged as
 unstable and never headlined (the report) or counted (the verdicts)."""
+NULL_ENDPOINTS = ("source_metric", "target_metric")
+"""The columns of ``cross_model.parquet`` that hold a pair's unpatched metrics (:func:`null_shares`)."""
 TABLES = ("comparison", "attention", "circuit", "circuit_gap", "cross_model", "decodability", "cka")
 """The result tables (``results/<name>.parquet``) the verdicts read."""
 COLUMNS = ("instrument", "recipe", "reference", "expected", "found", "verdict", "evidence", "control")
@@ -153,12 +157,6 @@ def patched_cell(rows: pd.DataFrame) -> pd.Series:
         + "|" + rows["head"].astype("string").fillna("")
         + "|" + rows["pos_label"].astype("string").fillna("")
     )  # fmt: skip
-
-
-def _same_recipe_pair(label: str) -> bool:
-    """Whether a cross-model label ``"A->B"`` patches a recipe into itself (A == B; names may hold ``->``)."""
-    half = (len(label) - 2) // 2
-    return label[half : half + 2] == "->" and label[:half] == label[half + 2 :]
 
 
 def evaluation(tables, a: str, b: str, confidence: float = 0.95):
@@ -308,42 +306,75 @@ def cross_model(tables, a: str, b: str, confidence: float = 0.95):
     label, c, g, iv = best
     r = g.iloc[0]
     name = f"{r['site']} L{r['layer']}" + (f" H{int(r['head'])}" if pd.notna(r["head"]) else "") + f" @{r['pos_label']}"
-    nulls = rows[rows["recipe"].astype(str).map(_same_recipe_pair)]
-    null_rows = nulls[patched_cell(nulls) == c] if not nulls.empty else nulls
-    split = _splits_a_gap(null_rows)
-    null = null_rows.loc[split, "value"].astype(float)
+    receiver = b if label == f"{a}->{b}" else a
+    g = g.sort_values("seed")
+    null = null_shares(cm, g, receiver)
     words = (
         f"of the {a} - {b} gap ({where}, "
         f"{_iv(gap['estimate'], gap['ci_low_corrected'], gap['ci_high_corrected'])} logits) {name} ({ways[label]}) "
         f"carries the most: {_iv(iv.value, iv.low, iv.high)} over {len(g)} seeds"
     )
-    if len(null):
-        words += f"; the same-recipe null there: {', '.join(f'{v:.2f}' for v in null)}"
-    if (~split).any():
-        words += f"; {int((~split).sum())} same-recipe pair(s) have no gap there to split"
-    if null.empty:  # a share no null can be set against might be what any foreign activation does there
-        words += ": no same-recipe null to beat"
+    paired = null.notna().to_numpy()
+    beats = None
+    if paired.any():
+        words += (
+            f"; another model of {receiver} patched there gives {_seeds_text(null[paired])} of that gap "
+            "(the same-recipe null)"
+        )
+    if paired.sum() >= MIN_SEEDS_DISTINGUISHABLE:
+        beats = seed_t_interval(g["value"].to_numpy(float)[paired] - null[paired].to_numpy(float), confidence)
+        words += f"; the component minus the null: {_iv(beats.value, beats.low, beats.high)}"
+    elif not set(NULL_ENDPOINTS) <= set(cm.columns):
+        words += (
+            ": no same-recipe null to beat (cross_model.parquet holds no unpatched metrics to read a null on this "
+            "pair's gap; rerun the patch stage)"
+        )
+    else:  # a share no null can be set against might be what any foreign activation does there
+        words += (
+            f": no same-recipe null to beat in {MIN_SEEDS_DISTINGUISHABLE} seeds (the job patches another run of "
+            f"{receiver} into each of its runs where {receiver} has 2 or more seeds or data seeds)"
+        )
     found = (
-        len(g) >= MIN_SEEDS_DISTINGUISHABLE
-        and iv.value >= MOST
-        and iv.low > 0
-        and not null.empty
-        and iv.low > float(null.max())
+        len(g) >= MIN_SEEDS_DISTINGUISHABLE and iv.value >= MOST and iv.low > 0 and beats is not None and beats.low > 0
     )
     return found, words, control
 
 
-def _splits_a_gap(null_rows: pd.DataFrame) -> pd.Series:
-    """Which same-recipe (null) shares say something: those whose item interval lies inside :data:`STABLE_SHARE`
-    (without intervals, whose value does). A share with a wider interval divides by a gap of about 0 between the two
-    runs of one recipe: there is no gap for that null to split, so it is no control either way."""
-    if null_rows.empty:
-        return pd.Series(dtype=bool)
-    v = null_rows["value"].astype(float)
-    if {"ci_low", "ci_high"} <= set(null_rows) and null_rows[["ci_low", "ci_high"]].notna().all(axis=None):
-        lo, hi = null_rows["ci_low"].astype(float), null_rows["ci_high"].astype(float)
-        return (lo >= STABLE_SHARE[0]) & (hi <= STABLE_SHARE[1]) & v.between(*STABLE_SHARE)
-    return v.between(*STABLE_SHARE)
+def null_shares(cm: pd.DataFrame, rows: pd.DataFrame, receiver: str) -> pd.Series:
+    """The same-recipe null of each cross-model share in ``rows`` (metric ``cross_model``, pairs patched into
+    runs of ``receiver``), read on that row's own scale.
+
+    The job patches another model of each receiving recipe (a data-order twin, or the next init seed: see
+    :func:`codetransfer.pipeline.cross_model_pairs`) into each of its runs at the same cells. That model has no
+    recipe difference to carry, so what it moves is what a foreign activation does there. Its share of the
+    *tested* pair's gap is ``(null patched - target) / (source - target)``, with ``source`` and ``target`` the
+    tested pair's unpatched metrics on the same items (columns ``source_metric``, ``target_metric``) and
+    ``null patched`` the null pair's raw ``logit_diff`` at the cell. With several null models for one run, the
+    largest share. NaN where the run has no null pair, or where the table holds no unpatched metrics (written
+    before they were stored). A null read on its own pair's gap divides by about 0 (two runs of one recipe);
+    on the tested pair's gap it is a number the tested share can be set against, seed by seed."""
+    out = pd.Series(np.nan, index=rows.index, dtype=float)
+    if rows.empty or not set(NULL_ENDPOINTS) <= set(cm.columns):
+        return out
+    raw = cm[(cm["metric"] == "logit_diff") & (cm["recipe"].astype(str) == f"{receiver}->{receiver}")]
+    if raw.empty:
+        return out
+    nulls = pd.DataFrame(
+        {"seed": raw["seed"].astype(int).to_numpy(), "cell": patched_cell(raw).to_numpy(),
+         "patched": raw["value"].astype(float).to_numpy()}
+    )  # fmt: skip
+    tested = pd.DataFrame(
+        {"i": rows.index, "seed": rows["seed"].astype(int).to_numpy(), "cell": patched_cell(rows).to_numpy(),
+         "source": rows["source_metric"].astype(float).to_numpy(),
+         "target": rows["target_metric"].astype(float).to_numpy()}
+    )  # fmt: skip
+    m = tested.merge(nulls, on=["seed", "cell"])
+    if m.empty:
+        return out
+    share = (m["patched"] - m["target"]) / (m["source"] - m["target"])
+    best = share.groupby(m["i"]).max()
+    out.loc[best.index] = best.to_numpy()
+    return out
 
 
 def probing(tables, a: str, b: str, confidence: float = 0.95):

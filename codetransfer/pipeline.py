@@ -472,13 +472,16 @@ class UnitPool:
 def cross_model_pairs(runs, baseline: str, controls: dict[str, str], both_ways: bool = False) -> list[tuple]:
     """The ``(A, B)`` run pairs the main job patches A into B: every recipe's run into the baseline's run of
     its seed; each recipe that names a control (``compare_with``) into the control's run of its seed; with
-    ``both_ways`` (the main job), each of those pairs also the other way round, B into A, right after it; and a
-    null pair of two models of the baseline recipe (a share between them is what noise alone gives):
+    ``both_ways`` (the main job), each of those pairs also the other way round, B into A, right after it. Then,
+    for every recipe that receives a pair (the baseline first), its *null pairs*: another model of that recipe
+    patched into each of its runs, what a foreign model without the recipe difference does there (read on the
+    tested pair's gap by :func:`~codetransfer.analysis.verdict.null_shares`):
 
-    * the *data-order null*, where the grid has data seeds (``data_seeds``): each baseline run with another data
-      order into the baseline run of its init seed's own order (the same initialisation and shared phases, only
-      the order of the later rows differs);
-    * else the *init-seed null*: the baseline's run of every other seed into the baseline's run of the first seed.
+    * the *data-order null*, where the grid has data seeds (``data_seeds``): each run with another data order
+      into the run of its init seed's own order (the same initialisation and shared phases, only the order of
+      the later rows differs: aligned like arms that branch from one base);
+    * else (a run without such a twin) the *init-seed null*: the recipe's run of the next seed (the last seed's
+      into the first's), where the recipe has two or more.
 
     Only runs in their init seed's own data order (``data_seed`` 0) are paired across recipes.
 
@@ -496,14 +499,17 @@ def cross_model_pairs(runs, baseline: str, controls: dict[str, str], both_ways: 
                     if (x.name, y.name) not in seen:  # two recipes that name each other: each direction once
                         seen.add((x.name, y.name))
                         pairs.append((x, y))
-    orders = sorted(
-        (r for r in runs if r.recipe == baseline and getattr(r, "data_seed", 0) and (baseline, r.seed) in by),
-        key=lambda r: (r.seed, r.data_seed),
-    )
-    if orders:
-        return pairs + [(a, by[(baseline, a.seed)]) for a in orders]
-    base = sorted((r for r in own if r.recipe == baseline), key=lambda r: r.seed)
-    pairs += [(a, base[0]) for a in base[1:]]
+    for recipe in dict.fromkeys([baseline] + [b.recipe for _, b in pairs]):
+        mine = sorted((r for r in own if r.recipe == recipe), key=lambda r: r.seed)
+        for i, b in enumerate(mine):
+            twins = sorted(
+                (r for r in runs if r.recipe == recipe and r.seed == b.seed and getattr(r, "data_seed", 0)),
+                key=lambda r: r.data_seed,
+            )
+            if twins:
+                pairs += [(t, b) for t in twins]
+            elif len(mine) > 1:
+                pairs.append((mine[(i + 1) % len(mine)], b))
     return pairs
 
 
@@ -924,7 +930,8 @@ def _analyse(
             cross = [
                 unit(
                     f"cross-{a.name}-into-{b.name}",
-                    ["cross", skey, a.name, run_key[a.name], b.name, run_key[b.name]],
+                    # "endpoints": the rows carry the pair's unpatched metrics (parts written before are redone)
+                    ["cross", skey, a.name, run_key[a.name], b.name, run_key[b.name], "endpoints"],
                     _cross_unit,
                     runs=runs if one_grid else [a, b],
                     a=a.name,

@@ -70,7 +70,9 @@ from codetransfer.analysis.learning import (
 from codetransfer.analysis.patching_plots import plot_difference, plot_side_by_side, plot_strongest_cell_over_training
 from codetransfer.analysis.style import phase_table
 from codetransfer.analysis.verdict import (
+    NULL_ENDPOINTS,
     STABLE_SHARE,
+    null_shares,
     patched_cell,
     planted_answer,
     read_tables,
@@ -497,7 +499,8 @@ def _seed_paired(s: Section, comparison: pd.DataFrame, baseline: str) -> list[st
         "`compare_with`, with that control): per seed, the recipe and the recipe it is compared with are scored on "
         "the same items and their difference is the unit; 95% hierarchical bootstrap intervals (seeds, then "
         "items); p from a mixed model with seed as a random effect, Holm-corrected over the rows; the "
-        "smallest detectable effect is for 80% power at alpha 0.05 given the seeds' spread. Pooled over the "
+        "smallest detectable effect is for 80% power at the corrected level (alpha 0.05 divided by the rows "
+        "compared, as the corrected interval) given the seeds' spread. Pooled over the "
         "levels where the baseline is above chance (listed); per-level rows are in "
         "results/comparison.parquet. The logit difference (answer minus best other candidate) is the "
         "primary metric."
@@ -1188,8 +1191,8 @@ def _cross_model(
     s: Section, cm: pd.DataFrame, comparison: pd.DataFrame | None, baseline: str, recipes: set[str], difficulty
 ) -> list[str]:
     """Cross-model shares, each shown only where the two recipes' seed-paired gap excludes 0 (else "no gap
-    to explain"); shares outside :data:`STABLE_SHARE` flagged as unstable; same-recipe (seed-vs-seed)
-    pairs shown as the null next to a share."""
+    to explain"); shares outside :data:`STABLE_SHARE` flagged as unstable; next to each share its same-recipe
+    null, read on that pair's gap (:func:`~codetransfer.analysis.verdict.null_shares`)."""
     rows = cm[cm["metric"] == "cross_model"].copy()
     if rows.empty:
         return []
@@ -1199,9 +1202,7 @@ def _cross_model(
     same = rows["recipe_a"] == rows["recipe_b"]
     nulls, rows = rows[same], rows[~same]
     data_order = not nulls.empty and all(_data_order_pair(str(r)) for r in nulls["run"])
-    null_of = {}
-    for cell, g in nulls.groupby("_cell", sort=False):
-        null_of[cell] = "; ".join(with_interval(r.value, r.ci_low, r.ci_high) for r in g.itertuples())
+    readable = set(NULL_ENDPOINTS) <= set(cm.columns)
     s.add_text(
         "**Where code exposure changes the reasoning circuit.** Cross-model patching puts one component of one "
         f"model into the other on the same prompts, both ways (a recipe into the {baseline} model or its control: "
@@ -1211,12 +1212,16 @@ def _cross_model(
         "seed-paired comparison is distinguishable: its corrected interval excludes 0 and its Holm p is below 0.05, over at least 3 seeds); a share outside "
         f"[{STABLE_SHARE[0]}, {STABLE_SHARE[1]}] divides by a small gap and is flagged as unstable"
         + (
-            "; 'null' is the same cell patched between two seeds of one recipe."
-            if not nulls.empty and not data_order
-            else "; 'null' is the same cell patched between two runs of one recipe that share their init seed and "
-            "shared phases and differ only in the order of the later rows (the data-order null)."
-            if data_order
-            else "; no same-recipe (seed-vs-seed) pair was patched, so there is no null to show."
+            "; no same-recipe (seed-vs-seed) pair was patched, so there is no null to show."
+            if nulls.empty
+            else "; 'null' is what another model of the receiving recipe, patched into the same run at the same "
+            "cell, does there, as a share of the tested pair's gap: "
+            + (
+                "a run of the same recipe and init seed that shares its shared phases and differs only in the "
+                "order of the later rows (the data-order null)."
+                if data_order
+                else "the recipe's run of another seed."
+            )
         )
     )
     findings, tables = [], []
@@ -1233,8 +1238,14 @@ def _cross_model(
                 "so no share of it is reported."
             )
             continue
-        if null_of:
-            g = g.assign(null=g["_cell"].map(null_of).fillna("no null pair"))
+        if not nulls.empty:
+            null = null_shares(cm, g, rb)
+            g = g.assign(
+                null=[
+                    f"{v:.2f}" if _finite(v) else "no null pair" if readable else "rerun the patch stage to read it"
+                    for v in null
+                ]
+            )
         merged = _component_rows(g)
         stable = merged["value"].between(*STABLE_SHARE)
         top = merged[stable].sort_values("value", ascending=False).head(8)
@@ -1259,8 +1270,9 @@ def _cross_model(
             continue
         best = top.iloc[0]
         null = (
-            f"; a same-recipe {'data-order' if data_order else 'seed'} pair gives {best['null']} there"
-            if null_of and best["null"] != "no null pair"
+            f"; another model of {rb} ({'data-order' if data_order else 'seed'} null) gives {best['null']} of "
+            "the gap there"
+            if "null" in best and _finite(pd.to_numeric(best["null"], errors="coerce"))
             else ""
         )
         sig = (
@@ -1280,8 +1292,8 @@ def _cross_model(
             t[keep],
             intervals={"value": ("ci_low", "ci_high")},
             rename={"value": "share of the gap [95% interval]", "run": "patched pair",
-                    "null": "null: same recipe and init seed, other data order" if data_order
-                    else "null: same recipe, other seed"},
+                    "null": "null: same recipe and init seed, other data order (share of this gap)"
+                    if data_order else "null: same recipe, other seed (share of this gap)"},
         )  # fmt: skip
     # a share is headlined before a "no gap" statement
     return sorted(findings, key=lambda f: "no gap to explain" in f)

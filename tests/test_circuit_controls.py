@@ -149,15 +149,20 @@ def test_circuit_pairs_take_the_data_order_null_and_pair_only_the_own_orders_acr
             ("text-only-s0-d2", "text-only-s0", "seed_null"),
             ("text-only-s1-d1", "text-only-s1", "seed_null"),
         ]
-        # the same pairs as the job's cross-model patching
+        # the same pairs as the job's cross-model patching, which also patches a null into the control's runs
+        cross = cross_model_pairs(runs, "text-only", controls)
         assert sorted((a, b) for a, b, _ in _names(pairs)) == sorted(
-            (a.name, b.name) for a, b in cross_model_pairs(runs, "text-only", controls)
+            (a.name, b.name) for a, b in cross if a.recipe != b.recipe or a.recipe == "text-only"
         )
+        assert [(a.name, b.name) for a, b in cross if a.recipe == b.recipe == "text-diluted"] == [
+            ("text-diluted-s1", "text-diluted-s0"), ("text-diluted-s0", "text-diluted-s1"),
+        ]  # fmt: skip
         # the job patches each pair of two recipes both ways, once each, and the nulls one way
         both = [(a.name, b.name) for a, b in cross_model_pairs(runs, "text-only", controls, both_ways=True)]
-        one = [(a.name, b.name) for a, b in cross_model_pairs(runs, "text-only", controls)]
-        across = [p for p in one if not p[0].startswith("text-only-")]  # the nulls are text-only into text-only
-        assert sorted(both) == sorted(one + [(b, a) for a, b in across]) and len(set(both)) == len(both)
+        across = [(a.name, b.name) for a, b in cross if a.recipe != b.recipe]
+        nulls = {(a, b) for a, b in both if a.split("-s")[0] == b.split("-s")[0]}
+        assert sorted(set(both) - nulls) == sorted(across + [(b, a) for a, b in across]) and len(set(both)) == len(both)
+        assert {b for _, b in nulls} == {b for _, b in set(both) - nulls}  # every receiving run has a null
     mutual = [_run(r, 0, 0) for r in ("a", "b", "text-only")]
     pairs = cross_model_pairs(mutual, "text-only", {"a": "b", "b": "a"}, both_ways=True)
     names = [(x.name, y.name) for x, y in pairs]

@@ -331,9 +331,10 @@ def test_cross_model_pairs_use_the_data_order_null_when_there_is_one():
     from codetransfer.pipeline import cross_model_pairs
 
     own = [info(r, s) for r in ("code", "text-only") for s in (0, 1)]
-    # without data seeds: the init-seed null, as before
+    # without data seeds: the init-seed null, the next seed's run into each run of the receiving recipe
     assert names(cross_model_pairs(own, "text-only", {})) == [
-        ("code-s0", "text-only-s0"), ("code-s1", "text-only-s1"), ("text-only-s1", "text-only-s0"),
+        ("code-s0", "text-only-s0"), ("code-s1", "text-only-s1"),
+        ("text-only-s1", "text-only-s0"), ("text-only-s0", "text-only-s1"),
     ]  # fmt: skip
     runs = own + [info("text-only", s, d) for s in (0, 1) for d in (1, 2)] + [info("code", 0, 1)]
     runs = sorted(runs, key=lambda r: r.name)  # the job's order: by run name
@@ -344,8 +345,11 @@ def test_cross_model_pairs_use_the_data_order_null_when_there_is_one():
         ("text-only-s0-d2", "text-only-s0"),
         ("text-only-s1-d1", "text-only-s1"),
         ("text-only-s1-d2", "text-only-s1"),
-    ]  # a data-order run of another recipe is never paired; each null pair shares its init seed
+    ]  # code receives nothing one way, so its data-order run is never paired; each null pair shares its init seed
     assert all(is_data_order_pair(a.name, b.name) for a, b in cross_model_pairs(runs, "text-only", {})[2:])
+    both = names(cross_model_pairs(runs, "text-only", {}, both_ways=True))
+    assert both[-2:] == [("code-s0-d1", "code-s0"), ("code-s0", "code-s1")]  # both ways, code receives too: its
+    # seed-0 run's null is its data-order twin; its seed-1 run has none, so the next seed's run is its null
 
 
 def item_scores(effects: dict[str, float], seeds=(0, 1, 2), orders=(0,), n_items=30, rng=0) -> pd.DataFrame:
@@ -396,15 +400,13 @@ def test_comparison_table_adds_the_data_order_null_and_keeps_the_recipe_rows():
 
 
 def test_report_names_the_data_order_null(tmp_path):
-    from test_report_patching import _comparison, _cross_model, _patch_rows, _section
+    from test_report_patching import _comparison, _section, with_null
 
-    cell = {("mlp_out", 1, None, "last"): (0.05, -0.3, 0.4)}
-    null = _patch_rows("text-only-s0-d1->text-only-s0", "text-only->text-only", 0, cell, "cross_model")
-    cm = pd.concat([_cross_model(), null], ignore_index=True)
+    cm = with_null("text-only-s0-d1->text-only-s0", 0.95)
     text, tables, findings = _section(tmp_path, cross_model=cm, comparison=_comparison("code25", 0.2, 0.9))
-    assert "differ only in the order of the later rows (the data-order null)" in text
-    assert "between two seeds of one recipe" not in text
-    assert findings[0].endswith("a same-recipe data-order pair gives 0.1 [-0.3, 0.4] there).")
+    assert "differs only in the order of the later rows (the data-order null)" in text
+    assert "another seed" not in text
+    assert findings[0].endswith("another model of text-only (data-order null) gives -0.05 of the gap there).")
     assert "null: same recipe and init seed, other data order" in tables and "text-only-s0-d1" not in tables
 
 
@@ -461,14 +463,21 @@ tokens = 4096
     )
     results = tmp_path / "out" / "results"
     cross = pd.read_parquet(results / "cross_model.parquet")
-    assert sorted(set(cross["run"])) == [  # the recipes both ways, the data-order null one way
+    assert sorted(set(cross["run"])) == [  # the recipes both ways; into each run its data-order twin
         "balanced-s0->text-only-s0",
+        "balanced-s0-d1->balanced-s0",
         "balanced-s1->text-only-s1",
+        "balanced-s1-d1->balanced-s1",
         "text-only-s0->balanced-s0",
         "text-only-s0-d1->text-only-s0",
         "text-only-s1->balanced-s1",
         "text-only-s1-d1->text-only-s1",
     ]
+    # every row carries its pair's unpatched metrics, the same for all cells of a pair: a null is read on them
+    ends = cross.groupby("run")[["source_metric", "target_metric"]].nunique()
+    assert (ends == 1).all(axis=None), ends
+    into = cross.drop_duplicates("run").set_index("run")["target_metric"]
+    assert into["balanced-s0-d1->balanced-s0"] == into["text-only-s0->balanced-s0"]  # one receiving run
     comparison = pd.read_parquet(results / "comparison.parquet")
     assert set(comparison["recipe"]) == {"balanced", "text-only (data order 1)"}
     assert (comparison["n_seeds"] == 2).all()

@@ -68,8 +68,9 @@ def test_model_set_job_writes_every_table_and_a_model_set_report(job):
             assert {"base", CODE, "llama"} <= set(t["recipe"]), name
     cross = pd.read_parquet(out / "results" / "cross_model.parquet")
     pairs = set(cross["run"])  # 'A->B'
-    # each +code seed into the base of its seed and back, and base seed 1 into seed 0: no llama
-    assert len(pairs) == 5
+    # each +code seed into the base of its seed and back (4), and into each run of both groups the group's run of
+    # the other seed (the null, 4): no llama
+    assert len(pairs) == 8 and sum(p.split("->")[0][:4] == p.split("->")[1][:4] for p in pairs) == 4, pairs
     assert not any("llama" in p for p in pairs)
     assert not (out / "runs").exists() and not (out / "data").exists()
     page = (out / "report" / "index.html").read_text()

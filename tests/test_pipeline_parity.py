@@ -270,8 +270,12 @@ def test_cross_model_pairs_baseline_controls_and_the_seed_null():
         ("text-diluted-s0", "text-only-s0"),
         ("text-diluted-s1", "text-only-s1"),
         ("text-diluted-s2", "text-only-s2"),
-        ("text-only-s1", "text-only-s0"),  # the null: one recipe, two seeds
-        ("text-only-s2", "text-only-s0"),
+        ("text-only-s1", "text-only-s0"),  # the nulls: the next seed's run into each run of a receiving recipe
+        ("text-only-s2", "text-only-s1"),
+        ("text-only-s0", "text-only-s2"),
+        ("text-diluted-s1", "text-diluted-s0"),
+        ("text-diluted-s2", "text-diluted-s1"),
+        ("text-diluted-s0", "text-diluted-s2"),
     ]
 
 

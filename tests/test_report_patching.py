@@ -98,16 +98,31 @@ def test_share_shown_when_the_gap_interval_excludes_zero_and_unstable_ones_flagg
     assert findings == [] and "unstable, none is reported" in text and tables.count("unstable") == 3
 
 
-def test_same_recipe_pair_is_shown_as_the_null_next_to_the_share(tmp_path):
-    null = _patch_rows("text-only-s1->text-only-s0", "text-only->text-only", 0,
-                       {("mlp_out", 1, None, "last"): (0.05, -0.3, 0.4)}, "cross_model")  # fmt: skip
-    cm = pd.concat([_cross_model(), null], ignore_index=True)
+def with_null(run: str, patched: float) -> pd.DataFrame:
+    """:func:`_cross_model` with its pair's unpatched metrics (code25 2.0, text-only 1.0 logits), and the null pair
+    ``run`` into text-only-s0 whose raw patched metric at mlp_out L1 @last is ``patched``; the null's share of its
+    own pair's gap (4.9) divides by about 0 and must not be shown."""
+    cm = _cross_model().assign(source_metric=2.0, target_metric=1.0)
+    cell = {("mlp_out", 1, None, "last"): (4.9, -30.0, 40.0)}
+    null = _patch_rows(run, "text-only->text-only", 0, cell, "cross_model")
+    raw = _patch_rows(run, "text-only->text-only", 0, {k: (patched, None, None) for k in cell}, "logit_diff")
+    return pd.concat([cm, null, raw], ignore_index=True).assign(source_metric=2.0, target_metric=1.0)
+
+
+def test_same_recipe_null_is_shown_on_the_tested_pair_s_gap(tmp_path):
+    cm = with_null("text-only-s1->text-only-s0", 1.1)  # text-only's seed 1 moves text-only-s0 by 0.1 of the gap
     text, tables, findings = _section(tmp_path, cross_model=cm, comparison=_comparison("code25", 0.2, 0.9))
-    assert "'null' is the same cell patched between two seeds of one recipe" in text
+    assert "as a share of the tested pair's gap: the recipe's run of another seed" in text
     assert findings[0].endswith(
-        "(0.6 [0.4, 0.8] of it; interval excludes 0; a same-recipe seed pair gives 0.1 [-0.3, 0.4] there)."
-    )
-    assert "null: same recipe, other seed" in tables and "text-only-s1" not in tables  # the null is not a share
+        "(0.6 [0.4, 0.8] of it; interval excludes 0; another model of text-only (seed null) gives 0.10 of the gap "
+        "there)."
+    ), findings[0]
+    assert "null: same recipe, other seed (share of this gap)" in tables and "text-only-s1" not in tables
+    assert "4.9" not in tables and "no null pair" in tables  # the other cells have none
+    # a table without the unpatched metrics: the null cannot be read on this gap
+    old = cm.drop(columns=["source_metric", "target_metric"])
+    _, tables, findings = _section(tmp_path, cross_model=old, comparison=_comparison("code25", 0.2, 0.9))
+    assert "rerun the patch stage to read it" in tables and "gives" not in findings[0]
     # without a null pair the section says so
     text, _, _ = _section(tmp_path, cross_model=_cross_model(), comparison=_comparison("code25", 0.2, 0.9))
     assert "no same-recipe (seed-vs-seed) pair was patched" in text

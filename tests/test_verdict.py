@@ -196,23 +196,32 @@ def test_one_seed_and_damaged_tables_give_verdicts_or_one_line_errors(tmp_path):
         V.read_tables(tmp_path)
 
 
-def test_a_same_recipe_pair_is_found_when_recipe_names_hold_arrows():
-    assert V._same_recipe_pair("text-only->text-only")
-    assert V._same_recipe_pair("balanced->text->balanced->text")
-    assert not V._same_recipe_pair("balanced->text->text-only")
-    assert not V._same_recipe_pair("code->text->code")
+ENDS = {"erased->kept": (1.0, 3.0), "kept->erased": (3.0, 1.0)}
+"""The unpatched metrics (source, target) of each direction of the aligned pair: kept 3.0, erased 1.0 logits."""
 
 
-def cross_table(shares: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
-    """Cross-model shares per (label, cell) and seed; cells are ``site@layer@pos``."""
+def cross_table(shares: dict[tuple[str, str], list[float]], nulls: dict | None = None) -> pd.DataFrame:
+    """Cross-model rows per (label, cell) and seed (cells are ``site@layer@pos``): each tested share with its raw
+    patched metric and the pair's unpatched metrics (:data:`ENDS`); each null (``nulls``) by its raw patched metric,
+    with a share of its own pair's gap that divides by about 0 (it must not be read)."""
     rows = []
-    for (label, cell), values in shares.items():
+
+    def add(label, cell, seed, metric, value, source=np.nan, target=np.nan):
         site, layer, pos = cell.split("@")
+        rows.append(
+            dict(recipe=label, metric=metric, task="entity_tracking", seed=seed, site=site, layer=int(layer),
+                 head=pd.NA, pos_label=pos, value=value, source_metric=source, target_metric=target)
+        )  # fmt: skip
+
+    for (label, cell), values in shares.items():
+        source, target = ENDS[label]
         for seed, v in enumerate(values):
-            rows.append(
-                dict(recipe=label, metric="cross_model", task="entity_tracking", seed=seed, site=site,
-                     layer=int(layer), head=pd.NA, pos_label=pos, value=v)
-            )  # fmt: skip
+            add(label, cell, seed, "cross_model", v, source, target)
+            add(label, cell, seed, "logit_diff", target + v * (source - target), source, target)
+    for (label, cell), values in (nulls or {}).items():
+        for seed, v in enumerate(values):
+            add(label, cell, seed, "cross_model", 4.96, 3.0, 3.01)
+            add(label, cell, seed, "logit_diff", v, 3.0, 3.01)
     return pd.DataFrame(rows)
 
 
@@ -221,40 +230,57 @@ def test_the_aligned_control_plants_the_circuit_in_kept_only():
     assert p == V.Planted("kept", ("erased",), None)
 
 
-def test_cross_model_patching_counts_either_direction_against_stable_nulls():
+def test_cross_model_patching_counts_either_direction_against_the_null_on_the_tested_gap():
     """The planted arm's need for a component (the control's component patched into it) counts as much as the
-    component sufficing the other way; a same-recipe null whose share divides by a gap of about 0 is no control,
-    and a share with no null left is no finding."""
+    component sufficing the other way, but only above the same-recipe null read on the tested pair's gap: another
+    model of the receiving recipe patched into the same run, seed by seed. A share with no null is no finding."""
     gap = comparison_row("erased", "kept", -2.0, -2.4, -1.6, 0.04, pooled=False)
     gap.update(task="entity_tracking")
     aim = pd.DataFrame([dict(difficulty=0)])
+    cell = "attn_out@1@last"
     need = {
-        ("kept->erased", "attn_out@1@last"): [0.1, 0.3, 0.2],  # kept's writes into erased: little
-        ("erased->kept", "attn_out@1@last"): [0.93, 0.95, 1.0],  # erased's into kept: kept loses its advantage
-        ("erased->erased", "attn_out@1@last"): [4.96, 0.5],  # the null: one unstable share, one small
+        ("kept->erased", cell): [0.1, 0.3, 0.2],  # kept's writes into erased: little
+        ("erased->kept", cell): [0.93, 0.95, 1.0],  # erased's into kept: kept loses its advantage
     }
-    tables = {"comparison": pd.DataFrame([gap]), "aim": aim, "cross_model": cross_table(need)}
+    twin = {("kept->kept", cell): [2.9, 3.1, 2.8]}  # kept's twin into kept: 0.05 / -0.05 / 0.1 of the gap
+    tables = {"comparison": pd.DataFrame([gap]), "aim": aim, "cross_model": cross_table(need, twin)}
     found, words, _ = V.cross_model(tables, "kept", "erased")
     assert found is True, words
     assert "attn_out L1 @last (erased's, patched into kept)" in words and "+2.00" in words  # the gap read kept - erased
-    assert "null there: 0.50" in words and "4.96" not in words
-    # no null at all: a share that beats no control is not a finding
-    alone = {k: v for k, v in need.items() if k[0] != "erased->erased"}
-    found, words, _ = V.cross_model({**tables, "cross_model": cross_table(alone)}, "kept", "erased")
-    assert found is False and "no same-recipe null to beat" in words
-    # a stable null as large as the share is a control it does not beat
-    tables["cross_model"] = cross_table({**need, ("erased->erased", "attn_out@1@last"): [0.99, 0.97]})
-    assert V.cross_model(tables, "kept", "erased")[0] is False
-    # a null whose item intervals say the two runs of one recipe had no gap there to split is left out: no control
-    wide = tables["cross_model"].assign(ci_low=lambda t: t["value"] - 0.1, ci_high=lambda t: t["value"] + 0.1)
-    wide.loc[wide["recipe"] == "erased->erased", ["ci_low", "ci_high"]] = [-7.1, 13.2]
-    found, words, _ = V.cross_model({**tables, "cross_model": wide}, "kept", "erased")
-    assert found is False and "2 same-recipe pair(s) have no gap there to split" in words, words
-    assert "no same-recipe null to beat" in words
+    assert "another model of kept patched there gives 0.05 / -0.05 / 0.10 of that gap" in words, words
+    assert "4.96" not in words  # the null's share of its own pair's gap is never read
+    # no null at all, or only into the other recipe: a share that beats no control is not a finding
+    for nulls in ({}, {("erased->erased", cell): [1.0, 1.0, 1.0]}):
+        found, words, _ = V.cross_model({**tables, "cross_model": cross_table(need, nulls)}, "kept", "erased")
+        assert found is False and "no same-recipe null to beat in 3 seeds" in words, words
+    # a twin that breaks kept as much as erased's component does: the component beats no control
+    broken = {("kept->kept", cell): [1.1, 1.2, 1.0]}  # 0.95 / 0.9 / 1.0 of the gap
+    found, words, _ = V.cross_model({**tables, "cross_model": cross_table(need, broken)}, "kept", "erased")
+    assert found is False and "the component minus the null: " in words, words
+    # nulls in two seeds only: no seed-level comparison
+    two = {("kept->kept", cell): [2.9, 3.1]}
+    found, words, _ = V.cross_model({**tables, "cross_model": cross_table(need, two)}, "kept", "erased")
+    assert found is False and "no same-recipe null to beat in 3 seeds" in words, words
+    # a table written before the unpatched metrics were stored: the null cannot be read, nothing is found
+    old = tables["cross_model"].drop(columns=["source_metric", "target_metric"])
+    found, words, _ = V.cross_model({**tables, "cross_model": old}, "kept", "erased")
+    assert found is False and "rerun the patch stage" in words, words
     # only the sufficiency direction patched, and it carries little: missed
-    tables["cross_model"] = cross_table({k: v for k, v in need.items() if k[0] == "kept->erased"})
+    tables["cross_model"] = cross_table({k: v for k, v in need.items() if k[0] == "kept->erased"}, twin)
     assert V.cross_model(tables, "kept", "erased")[0] is False
     # the verdict table keeps a pair patched in the other direction only
-    only_need = cross_table({k: v for k, v in need.items() if k[0] != "kept->erased"})
+    only_need = cross_table({k: v for k, v in need.items() if k[0] != "kept->erased"}, twin)
     table = V.verdicts({**tables, "cross_model": only_need}, ["erased", "kept"], "erased", {}, None)
     assert "cross-model patching" in set(table.loc[table["recipe"] == "kept", "instrument"])
+
+
+def test_the_null_share_is_the_largest_of_a_runs_null_models_on_the_tested_pair_s_scale():
+    cell = "attn_out@1@last"
+    t = cross_table({("erased->kept", cell): [0.9, 0.9, 0.9]}, {("kept->kept", cell): [2.0, 3.0, 3.0]})
+    second = t[(t["recipe"] == "kept->kept") & (t["seed"] == 0)].assign(value=1.5)  # a second twin of kept-s0
+    t = pd.concat([t, second], ignore_index=True)
+    rows = t[(t["metric"] == "cross_model") & (t["recipe"] == "erased->kept")]
+    null = V.null_shares(t, rows, "kept")
+    # (patched - kept) / (erased - kept): (1.5 - 3) / (1 - 3) beats (2 - 3) / (1 - 3) in seed 0
+    assert null.tolist() == pytest.approx([0.75, 0.0, 0.0])
+    assert V.null_shares(t, rows, "erased").isna().all()  # no null model patched into erased

@@ -253,7 +253,8 @@ def test_arms_branch_from_one_base_and_differ_by_their_phase_warmup(tmp_path):
     train_grid(grid, out, progress=False, log=lambda *a: None)
     runs = {r.recipe: r for r in find_runs(out)}
     assert sum(bool(r.record.get("branched_from")) for r in runs.values()) == 2
-    assert not (out / "data" / "warmup").exists()  # no warm-up at any run's start
+    # no warm-up at any run's start; the two phase warm-ups after the shared base, cached by that base
+    assert len(list((out / "data" / "warmup").glob("warmup-*.safetensors"))) == 2
     base_steps = runs["copy"].record["tokens_by_phase"][0]["steps"]
     for name, rows in (("text-only", None), ("scrambled", "scrambled"), ("copy", "periodic")):
         lines = [json.loads(ln) for ln in (runs[name].path / "metrics.jsonl").read_text().splitlines()]
@@ -287,6 +288,33 @@ def test_a_run_stopped_at_or_after_its_phase_warmup_resumes_bit_identically(tmp_
         assert_same_weights(whole, run)
         warm = [ln for ln in (run / "metrics.jsonl").read_text().splitlines() if "warmup_step" in ln]
         assert len(warm) == 1, warm
+
+
+def test_a_data_order_twin_loads_its_phase_warmup_from_the_shared_base_s_cache_bit_identically(tmp_path):
+    """The phase warm-up after a shared base depends on that base and the seed only, so a data-order twin, which
+    branches from the same base, loads the weights its own-order run computed (logged as cached): the same weights
+    as computing them again."""
+    from test_training import assert_same_weights
+
+    from codetransfer.trained.config import prefix_key
+
+    grid = dataclasses.replace(_branched_grid(tmp_path), data_seeds=(1,))
+    out = tmp_path / "out"
+    train_grid(grid, out, only=["text-only", "scrambled"], progress=False, log=lambda *a: None)
+    assert len(list((out / "data" / "warmup").glob("warmup-*.safetensors"))) == 1  # the scrambled rows, once
+    warm = {}
+    for name in ("scrambled-s0", "scrambled-s0-d1"):
+        lines = (out / "runs" / name / "metrics.jsonl").read_text().splitlines()
+        warm[name] = [json.loads(ln) for ln in lines if "warmup_step" in ln]
+    assert warm["scrambled-s0"][0]["copy_loss"] > 0 and "cached" not in warm["scrambled-s0"][0]
+    assert [r.get("cached") for r in warm["scrambled-s0-d1"]] == [True]
+    scrambled = grid.recipe("scrambled")
+    again = tmp_path / "again"  # the twin from the same base, its warm-up computed (no cache to read)
+    again.mkdir()
+    base = out / "branches" / prefix_key(grid, scrambled, 1, 0)
+    train_run(grid, scrambled, 0, out / "data", again, start_from=base, start_phase=1, data_seed=1, data_from=1,
+              progress=False)  # fmt: skip
+    assert_same_weights(out / "runs" / "scrambled-s0-d1", again)
 
 
 def test_a_phase_warmup_without_warmup_steps_is_refused_and_the_default_is_not_written(tmp_path):

@@ -306,14 +306,17 @@ def aligned_control_arms(
 
 
 def _control_aligned() -> GridConfig:
-    return _tiny_grid(
+    grid = _tiny_grid(
         "control-aligned",
         "aligned planted-transfer control at the tiny shape: a shared base per seed (the periodic warm-up, then 100k "
-        "tokens of text), then kept (200k tokens of text) or erased (the scrambled rows, then the same text); 3 seeds. "
-        "The instruments, cross-model patching included, must find the lookup circuit in kept only",
+        "tokens of text), then kept (200k tokens of text) or erased (the scrambled rows, then the same text); 3 seeds, "
+        "each arm also in a second data order (its cross-model null). The instruments, cross-model patching "
+        "included, must find the lookup circuit in kept only",
         aligned_control_arms(),
         (0, 1, 2),
     )
+    # a data-order twin of every run shares its base: the aligned null of cross-model patching
+    return dataclasses.replace(grid, data_seeds=(1,))
 
 
 EMERGENCE_STEPS = 16_384

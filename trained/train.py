@@ -337,10 +337,13 @@ def _train_run(
             cursor.tokens_by_phase.append({})
         stopping = stop_after_steps is not None and steps_run >= stop_after_steps
         if phase.warmup != "none" and cursor.step_in_phase == 0 and not stopping:
-            # not saved on its own: a run stopped before the phase's first save redoes it (deterministic per seed)
+            # not saved on its own: a run stopped before the phase's first save redoes it (deterministic per seed);
+            # after a shared prefix it is cached by that prefix, so the runs that branch there compute it once
+            after = branch_dirs.get(cursor.phase - 1) if branch_dirs else None
             _phase_warm_up(
                 model, grid, seed, tokenizer_vocab, device, phase, cursor.step, metrics if rank == 0 else None,
-                progress and rank == 0,
+                progress and rank == 0, data_dir / "warmup" if after is not None else None,
+                after.name if after is not None else None,
             )  # fmt: skip
             if dist:  # as after the warm-up at the start: rank 0's weights win
                 for tensor in model.state_dict().values():
@@ -504,23 +507,46 @@ def _replace_lines(metrics: Path, old: list[str], records: list[dict], drop: Cal
 
 
 def _phase_warm_up(
-    model, grid: GridConfig, seed: int, vocab_size: int, device, phase: Phase, step: int, metrics, progress: bool
+    model,
+    grid: GridConfig,
+    seed: int,
+    vocab_size: int,
+    device,
+    phase: Phase,
+    step: int,
+    metrics,
+    progress: bool,
+    cache_dir: Path | None = None,
+    after: str | None = None,
 ) -> None:
     """The induction warm-up at the start of ``phase`` (:attr:`Phase.warmup`: its ``periodic`` or ``scrambled``
     rows) on the model as the earlier phases left it, ``train.induction_warmup`` steps on its own AdamW; its copy
     loss goes to ``metrics.jsonl`` as ``{"step", "phase", "warmup_step", "copy_loss"}`` lines (those of an earlier,
-    interrupted try replaced)."""
-    from codetransfer.trained.warmup import induction_warmup
+    interrupted try replaced). ``after``: the key of the shared state the phase starts from (its branch folder's
+    name), where there is one: the warmed-up weights are then cached in ``cache_dir`` under it, and a run that
+    branches from the same state (a data-order twin) loads them (its line says ``"cached": true``)."""
+    from codetransfer.trained.warmup import induction_warmup, warmed_up_state
 
     t = grid.train
     label = f"s{seed} ({phase.warmup}) in phase '{phase.name}'"
     records, log = _warmup_log(t.induction_warmup, label, progress, step=step, phase=phase.name)
-    induction_warmup(
-        model, vocab_size, t.induction_warmup, t.induction_warmup_lr, seed, device, log,
-        scrambled=phase.warmup == "scrambled",
-    )  # fmt: skip
-    if progress:
+    scrambled = phase.warmup == "scrambled"
+    computed = True
+    if cache_dir is not None and after is not None:
+        key = {"model": asdict(grid.model), "rows": f"{phase.warmup}-32x48-v1", "after": after}
+        computed = warmed_up_state(
+            model, cache_dir, key, vocab_size, t.induction_warmup, t.induction_warmup_lr, seed, device, log,
+            write=metrics is not None, scrambled=scrambled,
+        )  # fmt: skip
+    else:
+        induction_warmup(
+            model, vocab_size, t.induction_warmup, t.induction_warmup_lr, seed, device, log, scrambled=scrambled
+        )
+    if progress and computed:
         print(file=sys.stderr)
+    if not computed:
+        records = [{"step": step, "phase": phase.name, "warmup_step": t.induction_warmup, "copy_loss": None,
+                    "cached": True}]  # fmt: skip
     if metrics is None:
         return
     old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
