@@ -412,13 +412,15 @@ def probing(tables, a: str, b: str, confidence: float = 0.95):
 
 def similarity(tables, a: str, b: str, confidence: float = 0.95):
     cka = tables.get("cka")
-    control = "the seed-vs-seed CKA of the baseline"
+    control = "the baseline's null CKA (its data-order twins, else its other init seeds)"
     if cka is None or cka.empty:
         return None, "the circuit stage compared no runs", control
     pair = cka[(cka["recipe_a"].astype(str) == a) & (cka["recipe_b"].astype(str) == b)]
     null = cka[cka["comparison"] == "seed_null"]
     if pair.empty or null.empty:
         return None, f"no CKA of {a} against {b}" if pair.empty else "no seed-vs-seed pairs", control
+    # the baseline's null pairs: its data-order twins where the grid has data seeds, else its other init seeds
+    kind = "data-order" if null["run_a"].astype(str).str.contains(r"-d[0-9]+$").all() else "seed-vs-seed"
     words = []
     for layer, g in pair.groupby("layer"):
         n = null[null["layer"] == layer]["value"]
@@ -427,7 +429,7 @@ def similarity(tables, a: str, b: str, confidence: float = 0.95):
                 True,
                 (
                     f"layer {int(layer)}: CKA {g['value'].min():.2f}-{g['value'].max():.2f} in every seed, below every "
-                    f"seed-vs-seed CKA ({n.min():.2f}-{n.max():.2f})"
+                    f"{kind} CKA ({n.min():.2f}-{n.max():.2f})"
                 ),
                 control,
             )

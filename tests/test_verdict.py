@@ -284,3 +284,20 @@ def test_the_null_share_is_the_largest_of_a_runs_null_models_on_the_tested_pair_
     # (patched - kept) / (erased - kept): (1.5 - 3) / (1 - 3) beats (2 - 3) / (1 - 3) in seed 0
     assert null.tolist() == pytest.approx([0.75, 0.0, 0.0])
     assert V.null_shares(t, rows, "erased").isna().all()  # no null model patched into erased
+
+
+@pytest.mark.parametrize("twins", [True, False])
+def test_similarity_names_the_null_it_reads(twins):
+    """Below every null CKA at a layer in every seed: found, and the words say whether the null pairs were the
+    baseline's data-order twins or its init seeds; a layer at the null's level is not."""
+    rows = []
+    for s in range(3):
+        rows.append(dict(run_a=f"kept-s{s}", recipe_a="kept", recipe_b="erased", comparison="baseline", layer=0,
+                         value=0.3))  # fmt: skip
+        null = f"erased-s{s}-d1" if twins else f"erased-s{(s + 1) % 3}"
+        rows.append(dict(run_a=null, recipe_a="erased", recipe_b="erased", comparison="seed_null", layer=0,
+                         value=0.95))  # fmt: skip
+    found, words, _ = V.similarity({"cka": pd.DataFrame(rows)}, "kept", "erased")
+    assert found is True and ("below every data-order CKA" if twins else "below every seed-vs-seed CKA") in words
+    high = pd.DataFrame(rows).assign(value=0.95)
+    assert V.similarity({"cka": high}, "kept", "erased")[0] is False
