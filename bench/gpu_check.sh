@@ -8,10 +8,12 @@
 # 3. measures training tokens/s and MFU at bf16 for the `gpu` preset's model shape (our trainer and a
 #    plain loop) and projects the wall time of the whole gpu grid at that rate; then our trainer alone
 #    with larger micro-batches (is the preset's micro-batch leaving throughput on the table?);
-# 4. runs tests/test_cuda.py (GPU vs CPU), then test_training / test_patching / test_loading.
+# 4. the induction warm-up at the small and gpu presets' shapes (does it plant the lookup circuit there? At
+#    small's shape 32 rows x 1,000 steps did not, on CPU): more steps, and rows scaled to the vocabulary;
+# 5. runs tests/test_cuda.py (GPU vs CPU), then test_training / test_patching / test_loading.
 #
 # Everything goes to stdout and to $OUT/gpu_check.log. Stages have time limits so that the whole
-# script ends within ~6 minutes; a failed stage does not stop the next one; a summary ends the log.
+# script ends within ~8 minutes; a failed stage does not stop the next one; a summary ends the log.
 #
 # Dry runs without a GPU:
 #   bash bench/gpu_check.sh --local          .venv/bin/python as is (no install), CPU shapes, the CUDA
@@ -46,7 +48,7 @@ mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-LIMIT=${LIMIT:-345}   # seconds for the whole script
+LIMIT=${LIMIT:-480}   # seconds for the whole script
 declare -a SUMMARY=()
 
 stage() { echo; echo "=== [$(date -u +%H:%M:%S), ${SECONDS}s] $*"; }
@@ -141,6 +143,13 @@ if (( GPU )); then
     run_stage "bench gpu preset bf16 accum $ga" 60 "$PY" "$REPO/bench/train_throughput.py" --device cuda \
       --precision bf16 --preset gpu --grad-accum $ga --steps 20 --warmup 5 --peak-tflops 790 --no-plain
   done
+  stage "induction warm-up at the small and gpu shapes (copy loss < 1 and an induction head > 0.5: planted)"
+  run_stage "warmup small 32 rows x 8000" 60 "$PY" "$REPO/bench/warmup_shape.py" small --device cuda \
+    --steps 8000 --every 1000
+  run_stage "warmup small 256 rows x 2000" 45 "$PY" "$REPO/bench/warmup_shape.py" small --device cuda \
+    --rows 256 --steps 2000 --every 500
+  run_stage "warmup gpu 512 rows x 2000" 75 "$PY" "$REPO/bench/warmup_shape.py" gpu --device cuda \
+    --rows 512 --steps 2000 --every 500
 else
   stage "training throughput (CPU dry run: tiny preset, few steps)"
   run_stage "bench tiny cpu" 120 "$PY" "$REPO/bench/train_throughput.py" --device cpu --preset tiny --steps 3 --warmup 1

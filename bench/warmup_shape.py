@@ -6,6 +6,7 @@ previous-token and induction score per layer. Uniform guessing is ln(vocab - 3) 
 copy loss below 1 and an induction head above 0.5 (the tiny shape: 0.16 and 0.9 at 1,000 steps).
 
     python bench/warmup_shape.py small --seeds 0 --steps 1000     # 744 s on one CPU core: stays at 8.32 nats
+    python bench/warmup_shape.py small --rows 256 --device cuda    # rows scaled to the vocabulary (tiny: 32 / 509)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from codetransfer.analysis.attention import induction_loss, pattern_scores, repeated_random_tokens
 from codetransfer.trained.model import build_model
 from codetransfer.trained.presets import WARMUP_STEPS, preset
-from codetransfer.trained.warmup import N_SPECIAL, induction_warmup
+from codetransfer.trained.warmup import N_SPECIAL, ROWS, induction_warmup
 
 
 def measure(model, probe) -> tuple[float, list[float], list[float]]:
@@ -40,23 +41,28 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated init seeds")
     ap.add_argument("--steps", type=int, default=WARMUP_STEPS)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rows", type=int, default=ROWS, help=f"rows per step (default {ROWS}, the runs' warm-up)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--every", type=int, default=250, help="steps between head scores")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     grid = preset(args.preset)
     vocab = grid.tokenizer.vocab_size
-    probe = repeated_random_tokens(list(range(N_SPECIAL, vocab)), 16, 20, seed=1)
+    probe = repeated_random_tokens(list(range(N_SPECIAL, vocab)), 16, 20, seed=1).to(args.device)
     for seed in (int(s) for s in args.seeds.split(",")):
-        model = build_model(grid.model, vocab, seed=seed)
+        model = build_model(grid.model, vocab, seed=seed).to(args.device)
         print(f"{args.preset} seed {seed}: before (induction loss, previous-token, induction) {measure(model, probe)}")
         t0 = time.time()
 
         def log(k: int, loss: float) -> None:
             if k % 100 == 0:
                 print(f"  step {k}: copy loss {loss:.3f}, {time.time() - t0:.0f}s", flush=True)
-            if k % 250 == 0:
+            if k % args.every == 0:
                 print(f"    {measure(model, probe)}", flush=True)
 
-        induction_warmup(model, vocab, args.steps, grid.train.induction_warmup_lr, seed, "cpu", log)
+        induction_warmup(
+            model, vocab, args.steps, grid.train.induction_warmup_lr, seed, args.device, log, rows=args.rows
+        )
         print(f"{args.preset} seed {seed}: after {measure(model, probe)}, {time.time() - t0:.0f}s")
 
 

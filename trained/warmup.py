@@ -88,10 +88,12 @@ def induction_warmup(
     device: str | torch.device = "cpu",
     log: Callable[[int, float], None] | None = None,
     scrambled: bool = False,
+    rows: int = ROWS,
 ) -> float:
-    """Train ``model`` in place for ``steps`` steps on :func:`periodic_rows` (with ``scrambled``:
+    """Train ``model`` in place for ``steps`` steps of ``rows`` rows on :func:`periodic_rows` (with ``scrambled``:
     :func:`scrambled_rows`); returns the last copy loss (nats on the predictable positions; a working induction
-    head gives < 0.3, none ~ln(vocab))."""
+    head gives < 0.3, none ~ln(vocab)). ``rows`` other than :data:`ROWS` is for measurements
+    (``bench/warmup_shape.py``): the training runs' warm-up and its cache use :data:`ROWS`."""
     if vocab_size <= N_SPECIAL + 1:
         raise ValueError(f"vocab_size: expected more than {N_SPECIAL + 1} tokens, got {vocab_size}")
     ids = torch.arange(N_SPECIAL, vocab_size)
@@ -102,7 +104,7 @@ def induction_warmup(
     model.train()
     loss_value = float("nan")
     for step in range(steps):
-        x, mask = (scrambled_rows if scrambled else periodic_rows)(ids, ROWS, gen)
+        x, mask = (scrambled_rows if scrambled else periodic_rows)(ids, rows, gen)
         x, mask = x.to(device), mask[:, 1:].to(device).float()
         logits = model(input_ids=x).logits[:, :-1].float()
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
