@@ -1218,7 +1218,8 @@ def _cross_model(
             "cell, does there, as a share of the tested pair's gap: "
             + (
                 "a run of the same recipe and init seed that shares its shared phases and differs only in the "
-                "order of the later rows (the data-order null)."
+                "order of the later rows (the data-order null: it shows what a foreign model as close as that "
+                "does, not one as far as the other recipe's)."
                 if data_order
                 else "the recipe's run of another seed."
             )

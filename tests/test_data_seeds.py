@@ -404,7 +404,7 @@ def test_report_names_the_data_order_null(tmp_path):
 
     cm = with_null("text-only-s0-d1->text-only-s0", 0.95)
     text, tables, findings = _section(tmp_path, cross_model=cm, comparison=_comparison("code25", 0.2, 0.9))
-    assert "differs only in the order of the later rows (the data-order null)" in text
+    assert "differs only in the order of the later rows (the data-order null: it shows what a foreign model" in text
     assert "another seed" not in text
     assert findings[0].endswith("another model of text-only (data-order null) gives -0.05 of the gap there).")
     assert "null: same recipe and init seed, other data order" in tables and "text-only-s0-d1" not in tables
