@@ -246,7 +246,7 @@ def compare_recipes(
         )
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     df = scores.assign(recipe=scores["recipe"].astype(str))
-    records, boots, diffs = [], [], []
+    records, boots, diffs, mde_scales = [], [], [], []
     for key, g in _levels(df, by):
         wide = g.pivot(index=["recipe", "seed"], columns=_item_key(g), values=col)
         for recipe in recipes:
@@ -257,7 +257,7 @@ def compare_recipes(
             br, bb = paired_hierarchical_bootstrap_means(r, b, n_resamples, rng, crossed)
             d = r - b
             rv, bv = float(r.mean()), float(b.mean())
-            mde_scale = 1.0  # the MDE waits for the number of rows (its level is the corrected one)
+            mde_scale = 1.0  # the MDE itself waits for the number of rows (its level is the corrected one)
             if relative:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     stat = 100 * (br - bb) / np.abs(bb)
@@ -281,10 +281,11 @@ def compare_recipes(
                 recipe=recipe, baseline=baseline, metric=metric, scale="relative_%" if relative else "difference",
                 **dict(zip(by, key)), estimate=float(est), ci_low=float(lo), ci_high=float(hi),
                 recipe_value=rv, baseline_value=bv, n_seeds=k, n_items=n, p_value=p, p_signflip=p_flip,
-                test=test, mde=mde_scale,
+                test=test,
             ))  # fmt: skip
             boots.append(stat)
             diffs.append(d)
+            mde_scales.append(mde_scale)
     cols = ["recipe", "baseline", "metric", "scale", *by, *RESULT_COLUMNS]
     if not records:
         return pd.DataFrame(columns=cols)
@@ -292,7 +293,7 @@ def compare_recipes(
     out["p_holm"] = holm(out["p_value"].to_numpy(float))
     m = int(np.isfinite(out["p_value"].to_numpy(float)).sum())
     level = 1 - (1 - confidence) / max(1, m)
-    out["mde"] = [minimum_detectable_effect(d, confidence, power, m) * f for d, f in zip(diffs, out["mde"])]
+    out["mde"] = [minimum_detectable_effect(d, confidence, power, m) * f for d, f in zip(diffs, mde_scales)]
     corrected = np.array([np.nanquantile(s, [(1 - level) / 2, (1 + level) / 2]) for s in boots])
     out["ci_low_corrected"], out["ci_high_corrected"] = corrected[:, 0], corrected[:, 1]
     excludes_zero = (out["ci_low_corrected"] > 0) | (out["ci_high_corrected"] < 0)

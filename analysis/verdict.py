@@ -52,7 +52,7 @@ import pandas as pd
 from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE, has_gap, recipe_gap
 from codetransfer.analysis.stats import seed_t_interval
 from codetransfer.errors import CodetransferError
-from codetransfer.trained.checks import read_table
+from codetransfer.trained.checks import is_data_order_pair, read_table
 from codetransfer.trained.config import all_warmup_rows
 
 MOST = 0.5
@@ -420,7 +420,8 @@ def similarity(tables, a: str, b: str, confidence: float = 0.95):
     if pair.empty or null.empty:
         return None, f"no CKA of {a} against {b}" if pair.empty else "no seed-vs-seed pairs", control
     # the baseline's null pairs: its data-order twins where the grid has data seeds, else its other init seeds
-    kind = "data-order" if null["run_a"].astype(str).str.contains(r"-d[0-9]+$").all() else "seed-vs-seed"
+    twins = all(is_data_order_pair(str(x), str(y)) for x, y in zip(null["run_a"], null["run_b"]))
+    kind = "data-order" if twins else "seed-vs-seed"
     words = []
     for layer, g in pair.groupby("layer"):
         n = null[null["layer"] == layer]["value"]

@@ -292,11 +292,11 @@ def test_similarity_names_the_null_it_reads(twins):
     baseline's data-order twins or its init seeds; a layer at the null's level is not."""
     rows = []
     for s in range(3):
-        rows.append(dict(run_a=f"kept-s{s}", recipe_a="kept", recipe_b="erased", comparison="baseline", layer=0,
-                         value=0.3))  # fmt: skip
+        rows.append(dict(run_a=f"kept-s{s}", run_b=f"erased-s{s}", recipe_a="kept", recipe_b="erased",
+                         comparison="baseline", layer=0, value=0.3))  # fmt: skip
         null = f"erased-s{s}-d1" if twins else f"erased-s{(s + 1) % 3}"
-        rows.append(dict(run_a=null, recipe_a="erased", recipe_b="erased", comparison="seed_null", layer=0,
-                         value=0.95))  # fmt: skip
+        rows.append(dict(run_a=null, run_b=f"erased-s{s}", recipe_a="erased", recipe_b="erased",
+                         comparison="seed_null", layer=0, value=0.95))  # fmt: skip
     found, words, _ = V.similarity({"cka": pd.DataFrame(rows)}, "kept", "erased")
     assert found is True and ("below every data-order CKA" if twins else "below every seed-vs-seed CKA") in words
     high = pd.DataFrame(rows).assign(value=0.95)

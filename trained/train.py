@@ -342,8 +342,7 @@ def _train_run(
             after = branch_dirs.get(cursor.phase - 1) if branch_dirs else None
             _phase_warm_up(
                 model, grid, seed, tokenizer_vocab, device, phase, cursor.step, metrics if rank == 0 else None,
-                progress and rank == 0, data_dir / "warmup" if after is not None else None,
-                after.name if after is not None else None,
+                progress and rank == 0, data_dir / "warmup", after.name if after is not None else None,
             )  # fmt: skip
             if dist:  # as after the warm-up at the start: rank 0's weights win
                 for tensor in model.state_dict().values():
@@ -456,11 +455,10 @@ def _warm_up(
 
     t = grid.train
     records, log = _warmup_log(t.induction_warmup, f"s{seed} ({rows})", progress)
-    key = {"model": asdict(grid.model), "rows": f"{rows}-32x48-v1"}
     computed = warmed_up_state(
         model,
         data_dir / "warmup",
-        key,
+        _warmup_key(grid, rows),
         vocab_size,
         t.induction_warmup,
         t.induction_warmup_lr,
@@ -478,6 +476,12 @@ def _warm_up(
     if computed or not any("warmup_step" in ln for ln in old):  # a restart from scratch: replace the old lines
         records = records or [{"warmup_step": t.induction_warmup, "copy_loss": None, "cached": True}]
         _replace_lines(metrics, old, records, lambda ln: "warmup_step" in ln)
+
+
+def _warmup_key(grid: GridConfig, rows: str) -> dict:
+    """What a cached warm-up's weights depend on besides steps, lr, seed and vocabulary (``warmed_up_state``):
+    the model shape and the rows (``periodic`` or ``scrambled``, at the warm-up's row shape)."""
+    return {"model": asdict(grid.model), "rows": f"{rows}-32x48-v1"}
 
 
 def _warmup_log(total: int, label: str, progress: bool, **fields) -> tuple[list[dict], Callable[[int, float], None]]:
@@ -516,7 +520,7 @@ def _phase_warm_up(
     step: int,
     metrics,
     progress: bool,
-    cache_dir: Path | None = None,
+    cache_dir: Path,
     after: str | None = None,
 ) -> None:
     """The induction warm-up at the start of ``phase`` (:attr:`Phase.warmup`: its ``periodic`` or ``scrambled``
@@ -532,10 +536,9 @@ def _phase_warm_up(
     records, log = _warmup_log(t.induction_warmup, label, progress, step=step, phase=phase.name)
     scrambled = phase.warmup == "scrambled"
     computed = True
-    if cache_dir is not None and after is not None:
-        key = {"model": asdict(grid.model), "rows": f"{phase.warmup}-32x48-v1", "after": after}
+    if after is not None:
         computed = warmed_up_state(
-            model, cache_dir, key, vocab_size, t.induction_warmup, t.induction_warmup_lr, seed, device, log,
+            model, cache_dir, {**_warmup_key(grid, phase.warmup), "after": after}, vocab_size, t.induction_warmup, t.induction_warmup_lr, seed, device, log,
             write=metrics is not None, scrambled=scrambled,
         )  # fmt: skip
     else:
