@@ -8,8 +8,8 @@
 # 3. measures training tokens/s and MFU at bf16 for the `gpu` preset's model shape (our trainer and a
 #    plain loop) and projects the wall time of the whole gpu grid at that rate; then our trainer alone
 #    with larger micro-batches (is the preset's micro-batch leaving throughput on the table?);
-# 4. the induction warm-up at the small and gpu presets' shapes (does it plant the lookup circuit there? At
-#    small's shape 32 rows x 1,000 steps did not, on CPU): more steps, and rows scaled to the vocabulary;
+# 4. the induction warm-up at the small and gpu presets' settings (does it plant the lookup circuit there? At
+#    small's shape it does on CPU with the width-scaled learning rate; gpu's is not measured) and gpu's at small's lr;
 # 5. runs tests/test_cuda.py (GPU vs CPU), then test_training / test_patching / test_loading.
 #
 # Everything goes to stdout and to $OUT/gpu_check.log. Stages have time limits so that the whole
@@ -143,13 +143,10 @@ if (( GPU )); then
     run_stage "bench gpu preset bf16 accum $ga" 60 "$PY" "$REPO/bench/train_throughput.py" --device cuda \
       --precision bf16 --preset gpu --grad-accum $ga --steps 20 --warmup 5 --peak-tflops 790 --no-plain
   done
-  stage "induction warm-up at the small and gpu shapes (copy loss < 1 and an induction head > 0.5: planted)"
-  run_stage "warmup small 32 rows x 8000" 60 "$PY" "$REPO/bench/warmup_shape.py" small --device cuda \
-    --steps 8000 --every 1000
-  run_stage "warmup small 256 rows x 2000" 45 "$PY" "$REPO/bench/warmup_shape.py" small --device cuda \
-    --rows 256 --steps 2000 --every 500
-  run_stage "warmup gpu 512 rows x 2000" 75 "$PY" "$REPO/bench/warmup_shape.py" gpu --device cuda \
-    --rows 512 --steps 2000 --every 500
+  stage "induction warm-up at the small and gpu presets' settings (copy loss < 1 and an induction head > 0.5: planted)"
+  run_stage "warmup small preset" 45 "$PY" "$REPO/bench/warmup_shape.py" small --device cuda --every 500
+  run_stage "warmup gpu preset" 90 "$PY" "$REPO/bench/warmup_shape.py" gpu --device cuda --every 500
+  run_stage "warmup gpu lr 5e-4" 60 "$PY" "$REPO/bench/warmup_shape.py" gpu --device cuda --lr 5e-4 --every 500
 else
   stage "training throughput (CPU dry run: tiny preset, few steps)"
   run_stage "bench tiny cpu" 120 "$PY" "$REPO/bench/train_throughput.py" --device cpu --preset tiny --steps 3 --warmup 1

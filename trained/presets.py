@@ -29,9 +29,11 @@ standard library plus world-simulator programs. Sizes:
 no biases, rotary on every dimension) and the induction warm-up. GPT-NeoX at d_model 64-128 never grew an
 induction head within the budgets tried there, and their batches put natural emergence late (Aoyama et al.'s
 fit: about 64M tokens for ``small``'s 64 x 256, 256M for ``gpu``'s 256 x 1024, beyond their 50M and 100M per
-run). Nobody has yet measured that they learn the tasks at these sizes, and at ``small``'s shape (vocabulary 4,096)
-the 1,000-step warm-up left the copy loss at uniform guessing (docs/learnability.md): measure the warm-up and the
-learning curves of ``codetransfer run small`` on a GPU before a longer sweep.
+run). Their warm-up's learning rate is scaled to their width (:func:`warmup_lr`): at ``small``'s shape the tiny
+grid's 2e-3 never planted the circuit, 5e-4 does by step 1,500, and a ``small`` model trained on ``text-only`` for
+a tenth of its budget (5M tokens, CPU) is far above the copy baseline at difficulty 0 (entity tracking 0.95,
+binding 0.92, counting 0.89, possession 0.71; docs/learnability.md). ``gpu``'s warm-up (d_model 768) follows the
+rule unmeasured: check it with ``bench/gpu_check.sh`` before a long sweep.
 """
 
 from __future__ import annotations
@@ -185,7 +187,18 @@ def tiny_arms(base_tokens: int = TINY_BASE_TOKENS, arm_tokens: int = TINY_ARM_TO
 
 
 WARMUP_STEPS = 1000
-"""Steps of the induction warm-up in the grids that have one (tiny, tiny-full, small, gpu)."""
+"""Steps of the induction warm-up at the tiny shape (tiny, tiny-full, control, emergence's warm-up arms)."""
+
+
+def warmup_lr(d_model: int) -> float:
+    """Learning rate of the induction warm-up at width ``d_model``: 2e-3 at d_model 64, scaled as 1 / d_model.
+
+    Measured at ``small``'s shape (``bench/warmup_shape.py``, docs/learnability.md): at 2e-3 the copy loss stays at
+    uniform guessing for 5,300 steps; at 5e-4 (this rule at d_model 256) an induction head (0.94) and its
+    previous-token partner (1.00) form by step 1,500 and the copy loss falls from 8.3 to 1.5 nats; at 2.5e-4 the
+    circuit has not formed by step 1,500. Adam's update moves a width-d layer's output about d times a
+    coordinate's step, hence 1 / d (as muP's hidden-layer rule)."""
+    return float(f"{2e-3 * 64 / d_model:.2g}")
 
 
 def _tiny_grid(name: str, description: str, recipes_: tuple[Recipe, ...], seeds: tuple[int, ...]) -> GridConfig:
@@ -379,7 +392,12 @@ def _small() -> GridConfig:
         recipes=recipes(tokens=50_000_000, peak_lr=1e-3, full=True),
         seeds=(0, 1, 2),
         train=TrainConfig(
-            batch_size=64, eval_every=250, save_every=500, snapshot_every=1000, induction_warmup=WARMUP_STEPS
+            batch_size=64,
+            eval_every=250,
+            save_every=500,
+            snapshot_every=1000,
+            induction_warmup=2000,  # the circuit forms by 1,500 steps at this shape (warmup_lr)
+            induction_warmup_lr=warmup_lr(256),
         ),
     )
 
@@ -401,7 +419,8 @@ def _gpu() -> GridConfig:
             eval_every=200,
             save_every=500,
             snapshot_every=250,
-            induction_warmup=WARMUP_STEPS,
+            induction_warmup=3000,  # not measured at this shape: small's 2,000 steps plus a margin for the width
+            induction_warmup_lr=warmup_lr(768),
         ),
     )
 
