@@ -176,7 +176,7 @@ def _warmup_grid(tmp_path):
     return _grid_with(tmp_path, "warmups.toml", WARMUPS)
 
 
-def test_each_recipe_starts_from_its_own_warmup_and_shares_a_base_only_with_the_same_one(tmp_path):
+def test_each_recipe_starts_from_its_own_warmup_and_shares_a_base_only_with_the_same_one(tmp_path, capfd):
     from codetransfer.trained.config import prefix_key, warmup_rows
     from codetransfer.trained.runs import find_runs
 
@@ -185,6 +185,8 @@ def test_each_recipe_starts_from_its_own_warmup_and_shares_a_base_only_with_the_
     out = tmp_path / "out"
     train_grid(grid, out, progress=False, log=lambda *a: None)
     assert len(list((out / "data" / "warmup").glob("warmup-*.safetensors"))) == 2  # periodic and scrambled
+    # a few steps plant nothing: said once for the periodic rows, never for the scrambled ones (nothing to plant)
+    assert capfd.readouterr().err.count("warning: s0: the induction warm-up did not plant") == 1
     runs = {r.recipe: r for r in find_runs(out)}
     for name, rows in (("none", None), ("copy", "periodic"), ("scrambled", "scrambled")):
         lines = [json.loads(ln) for ln in (runs[name].path / "metrics.jsonl").read_text().splitlines()]
@@ -222,6 +224,15 @@ def test_the_default_warmup_keeps_every_presets_keys_and_hashes():
     assert "control" in PRESETS
 
 
+def test_a_warmup_that_plants_nothing_is_named_with_its_loss_and_the_fix():
+    from codetransfer.trained.warmup import not_planted
+
+    assert not_planted(0.3, 4096, 2000, 5e-4) is None and not_planted(None, 4096, 2000, 5e-4) is None
+    msg = not_planted(8.31, 4096, 1000, 2e-3)
+    assert "copy loss 8.31 nats after 1,000 steps at lr 0.002 (uniform guessing 8.32" in msg
+    assert "lower train.induction_warmup_lr" in msg
+
+
 def test_a_recipe_warmup_without_warmup_steps_is_refused(tmp_path):
     grid = _warmup_grid(tmp_path)
     with pytest.raises(CodetransferError, match=r"warmup: 'periodic' takes train.induction_warmup steps, which is 0"):
@@ -237,7 +248,7 @@ def _branched_grid(tmp_path):
     return _grid_with(tmp_path, "branched.toml", arms + _recipe("copy", "none", main_warmup="periodic"))
 
 
-def test_arms_branch_from_one_base_and_differ_by_their_phase_warmup(tmp_path):
+def test_arms_branch_from_one_base_and_differ_by_their_phase_warmup(tmp_path, capfd):
     from safetensors.torch import load_file
 
     from codetransfer.analysis.verdict import Planted, planted_answer
@@ -253,6 +264,8 @@ def test_arms_branch_from_one_base_and_differ_by_their_phase_warmup(tmp_path):
     train_grid(grid, out, progress=False, log=lambda *a: None)
     runs = {r.recipe: r for r in find_runs(out)}
     assert sum(bool(r.record.get("branched_from")) for r in runs.values()) == 2
+    err = capfd.readouterr().err
+    assert err.count("the induction warm-up did not plant") == 1 and "s0 (periodic) in phase 'main'" in err
     # no warm-up at any run's start; the two phase warm-ups after the shared base, cached by that base
     assert len(list((out / "data" / "warmup").glob("warmup-*.safetensors"))) == 2
     base_steps = runs["copy"].record["tokens_by_phase"][0]["steps"]

@@ -470,12 +470,25 @@ def _warm_up(
     )
     if progress and computed:
         print(file=sys.stderr)
+    if computed and rows == "periodic":
+        _warn_not_planted(records, vocab_size, t, f"s{seed}")
     if metrics is None:
         return
     old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
     if computed or not any("warmup_step" in ln for ln in old):  # a restart from scratch: replace the old lines
         records = records or [{"warmup_step": t.induction_warmup, "copy_loss": None, "cached": True}]
         _replace_lines(metrics, old, records, lambda ln: "warmup_step" in ln)
+
+
+def _warn_not_planted(records: list[dict], vocab_size: int, t, label: str) -> None:
+    """Say on stderr, whatever ``progress``, when a periodic warm-up ended without the circuit (its last record's
+    copy loss): a run that would learn no lookup is then seen minutes into its training, not after it."""
+    from codetransfer.trained.warmup import not_planted
+
+    if records and (
+        msg := not_planted(records[-1]["copy_loss"], vocab_size, t.induction_warmup, t.induction_warmup_lr)
+    ):
+        print(f"warning: {label}: {msg}", file=sys.stderr, flush=True)
 
 
 def _warmup_key(grid: GridConfig, rows: str) -> dict:
@@ -547,6 +560,8 @@ def _phase_warm_up(
         )
     if progress and computed:
         print(file=sys.stderr)
+    if computed and not scrambled:
+        _warn_not_planted(records, vocab_size, t, label)
     if not computed:
         records = [{"step": step, "phase": phase.name, "warmup_step": t.induction_warmup, "copy_loss": None,
                     "cached": True}]  # fmt: skip

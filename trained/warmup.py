@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -118,6 +119,25 @@ def induction_warmup(
             log(step + 1, loss_value)
     model.train(was_training)
     return loss_value
+
+
+PLANTED_COPY_LOSS = 1.0
+"""Copy loss (nats) below which a periodic warm-up counts as having planted the circuit: the tiny shape ends at
+0.16-0.47, ``small``'s at 0.3-0.7; without the circuit it stays near ln(vocabulary) (8.3 at 4,096 tokens)."""
+
+
+def not_planted(copy_loss: float | None, vocab_size: int, steps: int, lr: float) -> str | None:
+    """The warning for a periodic warm-up that ended with ``copy_loss`` at or above :data:`PLANTED_COPY_LOSS`,
+    else None: the runs would start their text phases without the copying circuit, and at the presets'
+    budgets they then learn no lookup (docs/learnability.md)."""
+    if copy_loss is None or copy_loss < PLANTED_COPY_LOSS:
+        return None
+    return (
+        f"the induction warm-up did not plant the copying circuit: copy loss {copy_loss:.2f} nats after {steps:,} "
+        f"steps at lr {lr:g} (uniform guessing {math.log(vocab_size - N_SPECIAL):.2f}, planted below "
+        f"{PLANTED_COPY_LOSS:g}); lower train.induction_warmup_lr (about 2e-3 x 64 / d_model) or raise "
+        "train.induction_warmup (docs/learnability.md)"
+    )
 
 
 def warmed_up_state(
