@@ -123,7 +123,7 @@ def induction_warmup(
 
 PLANTED_COPY_LOSS = 1.0
 """Copy loss (nats) below which a periodic warm-up counts as having planted the circuit: the tiny shape ends at
-0.16-0.47, ``small``'s at 0.3-0.7; without the circuit it stays near ln(vocabulary) (8.3 at 4,096 tokens)."""
+0.16-0.47, ``small``'s at 0.19 (2,000 steps); without the circuit it stays near ln(vocabulary) (8.3 at 4,096 tokens)."""
 
 
 def not_planted(copy_loss: float | None, vocab_size: int, steps: int, lr: float) -> str | None:
