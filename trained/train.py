@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from codetransfer.errors import CodetransferError
-from codetransfer.trained.config import GridConfig, LRSchedule, Phase, Recipe, warmup_rows
+from codetransfer.trained.config import GridConfig, LRSchedule, Phase, Recipe, TrainConfig, warmup_rows
 from codetransfer.trained.data import Mixer, load_tokens
 from codetransfer.trained.model import build_model
 
@@ -470,7 +470,7 @@ def _warm_up(
     )
     if progress and computed:
         print(file=sys.stderr)
-    if computed and rows == "periodic":
+    if computed and rows == "periodic" and metrics is not None:  # metrics: rank 0 only, under DDP
         _warn_not_planted(records, vocab_size, t, f"s{seed}")
     if metrics is None:
         return
@@ -480,7 +480,7 @@ def _warm_up(
         _replace_lines(metrics, old, records, lambda ln: "warmup_step" in ln)
 
 
-def _warn_not_planted(records: list[dict], vocab_size: int, t, label: str) -> None:
+def _warn_not_planted(records: list[dict], vocab_size: int, t: TrainConfig, label: str) -> None:
     """Say on stderr, whatever ``progress``, when a periodic warm-up ended without the circuit (its last record's
     copy loss): a run that would learn no lookup is then seen minutes into its training, not after it."""
     from codetransfer.trained.warmup import not_planted
@@ -560,7 +560,7 @@ def _phase_warm_up(
         )
     if progress and computed:
         print(file=sys.stderr)
-    if computed and not scrambled:
+    if computed and not scrambled and metrics is not None:
         _warn_not_planted(records, vocab_size, t, label)
     if not computed:
         records = [{"step": step, "phase": phase.name, "warmup_step": t.induction_warmup, "copy_loss": None,
