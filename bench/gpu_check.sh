@@ -145,7 +145,7 @@ if (( GPU )); then
   done
   stage "induction warm-up at the small and gpu presets' settings (copy loss < 1 and an induction head > 0.5: planted)"
   run_stage "warmup small preset" 45 "$PY" "$REPO/bench/warmup_shape.py" small --device cuda --every 500
-  run_stage "warmup gpu preset" 90 "$PY" "$REPO/bench/warmup_shape.py" gpu --device cuda --every 500
+  run_stage "warmup gpu preset" 180 "$PY" "$REPO/bench/warmup_shape.py" gpu --device cuda --every 500
   run_stage "warmup gpu lr 5e-4" 60 "$PY" "$REPO/bench/warmup_shape.py" gpu --device cuda --lr 5e-4 --every 500
 else
   stage "training throughput (CPU dry run: tiny preset, few steps)"

@@ -103,7 +103,7 @@ def test_default_grids_keep_their_identity():
     assert artifacts.key(text) == "231ad8eacaf48682"
     assert run_folder("balanced->text", 2) == "balanced-text-s2"
     gpu = load_grid("gpu")
-    assert gpu.fingerprint() == "ffe7d0d245e5f238"  # since its warm-up took a learning rate for its width
+    assert gpu.fingerprint() == "25409137883337bc"  # since its warm-up took a learning rate for its width
     # data seeds do not enter the fingerprint (the runs of the seeds' own orders are the same runs)
     assert dataclasses.replace(tiny, data_seeds=(1,)).fingerprint() == tiny.fingerprint()
 

@@ -419,7 +419,9 @@ def _gpu() -> GridConfig:
             eval_every=200,
             save_every=500,
             snapshot_every=250,
-            induction_warmup=3000,  # not measured at this shape: small's 2,000 steps plus a margin for the width
+            # not measured at this shape: the rule's lr plants at d_model 256 by 1,500 steps and not yet at 512 by 2,000
+            # (docs/learnability.md); 6,000 steps of 32 x 48 rows are minutes on a GPU
+            induction_warmup=6000,
             induction_warmup_lr=warmup_lr(768),
         ),
     )
