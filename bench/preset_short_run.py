@@ -23,7 +23,7 @@ import pandas as pd
 from codetransfer.pipeline import run_job
 from codetransfer.trained import parallel, train
 from codetransfer.trained.gridfile import grid_to_toml
-from codetransfer.trained.presets import preset, sources
+from codetransfer.trained.presets import preset
 
 
 def short_grid(name: str, recipe: str, tokens: int, seed: int, source_bytes: int, snapshot_every: int):
@@ -38,14 +38,14 @@ def short_grid(name: str, recipe: str, tokens: int, seed: int, source_bytes: int
         description=f"{name}'s shape, {recipe} only, {tokens:,} tokens, seed {seed}",
         recipes=(dataclasses.replace(r, phases=phases),),
         seeds=(seed,),
-        sources={k: dataclasses.replace(v, max_bytes=source_bytes) for k, v in sources(source_bytes).items()},
+        sources={k: dataclasses.replace(v, max_bytes=source_bytes) for k, v in grid.sources.items()},
         train=train,
     )
 
 
 def summary(results: Path) -> None:
     ev = pd.read_parquet(results / "eval.parquet")
-    acc = ev[(ev.metric == "accuracy") & (ev.difficulty == "0")]
+    acc = ev[(ev.metric == "accuracy") & (ev.difficulty == "0") & ~ev.run.str.endswith("*")]  # runs, not recipes
     print(acc[["task", "value", "ci_low", "ci_high", "chance", "copy_chance", "n_items"]].to_string(index=False))
     lp = results / "learning.parquet"
     if lp.exists():
@@ -55,6 +55,7 @@ def summary(results: Path) -> None:
     ap = results / "attention_over_training.parquet"
     if ap.exists():
         at = pd.read_parquet(ap)
+        at = at[at.metric.isin(["previous_token", "induction"])]  # scores whose best head means something
         print(at.groupby(["step", "metric"])["value"].max().unstack().round(2).to_string())
 
 
