@@ -945,6 +945,22 @@ def score_checkpoints(
     return pd.concat(frames, ignore_index=True)
 
 
+def best_heads(table: pd.DataFrame, metric: str = "induction", task: str = "repeated_random") -> pd.DataFrame:
+    """The strongest head of every run by ``metric`` on ``task`` (the highest score; the lowest for a loss):
+    ``table``'s row of that head, one per run, in run order. Head indices are not comparable across
+    independently initialised seeds, so a recipe's strength is read from its runs' best heads (per seed),
+    never from one (layer, head) averaged over seeds; the attention verdict and the report both read this."""
+    need = {"run", "task", "layer", "head", "metric", "value"}
+    if not need <= set(table.columns):
+        raise CodetransferError(f"table: expected columns {sorted(need)}, missing {sorted(need - set(table.columns))}")
+    t = table[(table["metric"] == metric) & (table["task"].astype(str) == task) & table["value"].notna()]
+    if t.empty:
+        return t.reset_index(drop=True)
+    pick = t.groupby("run", sort=True)["value"]
+    rows = pick.idxmin() if metric.endswith("_loss") else pick.idxmax()
+    return t.loc[rows.to_numpy()].reset_index(drop=True)
+
+
 def head_profiles(table: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per (run, layer, head), one column per ``task/rendering/metric`` (the head's profile)."""
     need = {"run", "layer", "head", "metric", "value"}

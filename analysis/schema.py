@@ -234,9 +234,9 @@ TABLES: dict[str, Table] = {
             "cka",
             "cka.parquet",
             ("run_a", "run_b", "recipe_a", "recipe_b", "seed_a", "seed_b", "comparison", "task", "site")
-            + ("layer", "metric", "value", "n_rows", "seed_null", "patchable"),
+            + ("layer", "metric", "value", "n_rows", "seed_null", "within_seed_null"),
             description="linear CKA of two runs' residual streams at one layer, next to the seed-vs-seed value "
-            "(seed_null) and whether it is not below it (patchable)",
+            "(seed_null) and whether it is not below it (within_seed_null)",
         ),
     )
 }

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from codetransfer.analysis.attention import best_heads
 from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE, has_gap, recipe_gap
 from codetransfer.analysis.stats import seed_t_interval
 from codetransfer.errors import CodetransferError
@@ -200,8 +201,8 @@ def attention(tables, a: str, b: str, confidence: float = 0.95):
     t = tables.get("attention")
     if t is None or t.empty:
         return None, "the attention stage has not run", f"{b}'s heads"
-    t = t[(t["task"].astype(str) == "repeated_random") & (t["metric"] == "induction")]
-    sa, sb = _per_seed(t, a), _per_seed(t, b)
+    best = best_heads(t)  # each run's best induction head on repeated random tokens
+    sa, sb = _per_seed(best, a), _per_seed(best, b)
     diffs, seeds = _paired(sa, sb)
     if len(seeds) < 2:
         return None, f"fewer than 2 seeds with both {a} and {b} scored", f"{b}'s heads"
@@ -210,8 +211,7 @@ def attention(tables, a: str, b: str, confidence: float = 0.95):
         f"best induction score per seed {a} {_seeds_text(sa[seeds])} vs {b} {_seeds_text(sb[seeds])}: difference "
         f"{_iv(iv.value, iv.low, iv.high)} over {len(seeds)} seeds"
     )
-    prev = tables["attention"]
-    prev = prev[(prev["task"].astype(str) == "repeated_random") & (prev["metric"] == "previous_token")]
+    prev = best_heads(t, "previous_token")
     pa, pb = _per_seed(prev, a), _per_seed(prev, b)
     if len(pa) and len(pb):
         words += f" (best previous-token score {a} {_seeds_text(pa)}, {b} {_seeds_text(pb)})"

@@ -49,7 +49,12 @@ from markupsafe import Markup
 from matplotlib.colors import Normalize
 
 from codetransfer.analysis import style as S
-from codetransfer.analysis.attention import attention_patterns, ordinary_token_ids, repeated_random_tokens
+from codetransfer.analysis.attention import (
+    attention_patterns,
+    best_heads,
+    ordinary_token_ids,
+    repeated_random_tokens,
+)
 from codetransfer.analysis.attention_plots import (
     attention_heads_view,
     plot_best_head_over_training,
@@ -84,6 +89,7 @@ from codetransfer.probes.plots import plot_decodability, plot_probe_curves
 from codetransfer.trained import find_runs, load_run, runs_table
 from codetransfer.trained.checks import is_data_order_pair, read_table
 from codetransfer.trained.data import data_hash
+from codetransfer.trained.warmup import PLANTED_COPY_LOSS
 
 from codetransfer.errors import CodetransferError
 
@@ -365,7 +371,7 @@ def _grid_section(out: Path, grid, folder: Path) -> Section:
         keep = [
             c
             for c in table.columns
-            if c in ("run", "recipe", "seed", "steps", "branched_from")
+            if c in ("run", "recipe", "seed", "steps", "branched_from", "warmup", "warmup_copy_loss")
             or c.startswith("tokens/")
             or c.startswith("val/")
         ]
@@ -373,6 +379,12 @@ def _grid_section(out: Path, grid, folder: Path) -> Section:
         tok = [c for c in keep if c.startswith("tokens/")]
         t[tok] = t[tok].fillna(0)  # a source a run never read: 0 tokens
         t["branched_from"] = t["branched_from"].replace("", "trained from the start")
+        if "warmup" in t:  # a run without a warm-up, and one loaded from a cache older than its stored loss
+            t["warmup_copy_loss"] = [
+                f"{v:.2f}" if _finite(v) else "not stored" if w else ""
+                for w, v in zip(t["warmup"], t["warmup_copy_loss"])
+            ]
+            t["warmup"] = t["warmup"].replace("", "none")
         s.add_table(
             t,
             counts=("seed", "steps", *tok),
@@ -382,6 +394,8 @@ def _grid_section(out: Path, grid, folder: Path) -> Section:
                 **{c: f"tokens of {c[7:]}" for c in tok},
                 **{c: f"held-out loss on {c[4:]} (nats/token)" for c in keep if c.startswith("val/")},
                 "branched_from": "branched from",
+                "warmup": "induction warm-up rows",
+                "warmup_copy_loss": f"warm-up's last copy loss (nats; planted below {PLANTED_COPY_LOSS:g})",
             },
         )
     return s
@@ -1504,28 +1518,34 @@ def _attention(
             "loss against the uniform-guess level, at every saved checkpoint",
             draw_over,
         )
-    ind = t[t["metric"] == "induction"]
-    if not ind.empty:
-        m = ind.groupby(["recipe", "layer", "head"], as_index=False)[["value", "ci_low", "ci_high"]].mean()
-        best = m.loc[m.groupby("recipe")["value"].idxmax()]
+    best = best_heads(t)
+    if not best.empty:
         s.add_text(
-            "Strongest induction head per recipe (score: attention share on the token after the earlier copy, "
-            "with its 95% interval):"
+            "Strongest induction head of each run (score on repeated random tokens: attention share on the token "
+            "after the earlier copy, with its item-level 95% interval). Head indices are not shared between "
+            "independently initialised seeds, so a recipe is read from its runs' best heads, not from one head "
+            "averaged over seeds:"
         )
         s.add_table(
-            best.rename(columns={"value": "induction score"}),
+            best[["run", "recipe", "seed", "layer", "head", "value", "ci_low", "ci_high"]].rename(
+                columns={"value": "induction score"}
+            ),
             intervals={"induction score": ("ci_low", "ci_high")},
-            counts=("layer", "head"),
+            counts=("seed", "layer", "head"),
         )
+
+        def strongest(g: pd.DataFrame) -> str:
+            if len(g) == 1:
+                r = g.iloc[0]
+                return f"{r.recipe} L{int(r.layer)}H{int(r.head)} {with_interval(r.value, r.ci_low, r.ci_high)}"
+            return f"{g.iloc[0].recipe} {' / '.join(f'{v:.2f}' for v in g['value'])} ({len(g)} runs)"
+
         findings.append(
-            "Induction heads: strongest score per recipe — "
-            + ", ".join(
-                f"{r.recipe} L{r.layer}H{r.head} {with_interval(r.value, r.ci_low, r.ci_high)}"
-                for r in best.itertuples()
-            )
+            "Induction heads: each run's strongest score — "
+            + ", ".join(strongest(g) for _, g in best.groupby("recipe", sort=True))
             + "."
         )
-        _head_views(s, folder, out, t, best, runs)
+        _head_views(s, folder, out, t, best.drop_duplicates("recipe"), runs)
     return s, findings
 
 
@@ -1621,14 +1641,15 @@ def _circuit(results: Path, folder: Path, baseline: str) -> tuple[Section, list[
     null = cka[cka["comparison"] == "seed_null"].groupby("layer")["value"]
     summary = cross.groupby(["recipe_a", "recipe_b", "layer"], as_index=False).agg(
         cka=("value", "mean"), seed_null=("seed_null", "first"), seeds=("value", "size"),
-        patchable=("patchable", lambda v: bool(v.fillna(False).all())), highest=("value", "max"),
+        within_seed_null=("within_seed_null", lambda v: bool(v.fillna(False).all())), highest=("value", "max"),
     )  # fmt: skip
     s.add_text(
         "Linear CKA per layer, each recipe against its reference (mean over seeds), next to the seed-vs-seed "
         "CKA of the baseline (where the grid has data seeds: its data-order runs against their init seed's own "
-        "order): where a recipe's CKA is not below the seed null (in every seed: 'patchable'), "
-        "patching between the two models there is as meaningful as between seeds. CKA ignores rotations of "
-        "the residual basis and patching does not: this is necessary, not sufficient."
+        "order), and whether it is not below that null in every seed ('within seed null': the two differ there "
+        "no more than seeds do). This describes the models; it does not decide whether patching between them "
+        "is meaningful: that is read against the patching null (arms branched from one base, far below a "
+        "data-order null in CKA, still carry the planted circuit in the control-aligned grid; docs/control.md)."
     )
     s.add_table(
         summary.drop(columns="highest").rename(columns={"recipe_a": "recipe", "recipe_b": "reference"}),
@@ -1699,15 +1720,16 @@ def _head_views(s: Section, folder: Path, out: Path, table: pd.DataFrame, best: 
         )
         return
 
-    runs = {}
+    by_run, by_recipe = {}, {}
     try:
         for r in find_runs(out, complete_only=True) if found is None else found:
-            runs.setdefault(r.recipe, r)
+            by_recipe.setdefault(r.recipe, r)
+            by_run[r.name] = r
     except CodetransferError as e:
         s.missing.append(f"interactive head views: {e}")
         return
-    for row in best.itertuples():
-        info = runs.get(row.recipe)
+    for row in best.itertuples():  # the row's own run where it names one, else a run of its recipe
+        info = by_run.get(getattr(row, "run", None)) or by_recipe.get(row.recipe)
         if info is None:
             s.missing.append(f"interactive view of {row.recipe} L{row.layer}H{row.head}: no complete run")
             continue

@@ -385,3 +385,24 @@ def test_circuitsvis_view_renders_offline_with_the_tokens():
         attention_heads_view(patterns, tokens, layer=2)
     with pytest.raises(CodetransferError, match="tokens"):
         attention_heads_view(patterns, tokens[:-1], layer=0)
+
+
+def test_best_heads_takes_each_runs_own_strongest_head_not_one_head_averaged_over_seeds():
+    from codetransfer.analysis.attention import best_heads
+
+    rows = []
+    # seed 0's induction head is L1H0, seed 1's L1H1: the (layer, head) mean over seeds would be 0.45 for both
+    for seed, scores in enumerate([[0.80, 0.10], [0.10, 0.70]]):
+        for head, v in enumerate(scores):
+            for metric, value in (("induction", v), ("induction_loss", 5.0 - 4 * v)):
+                rows.append(dict(run=f"copy-s{seed}", recipe="copy", seed=seed, task="repeated_random", layer=1,
+                                 head=head, metric=metric, value=value, ci_low=value - 0.05, ci_high=value + 0.05))  # fmt: skip
+        rows.append(dict(run=f"copy-s{seed}", recipe="copy", seed=seed, task="counting", layer=0, head=1,
+                         metric="induction", value=0.99, ci_low=0.9, ci_high=1.0))  # fmt: skip  # another task
+    t = pd.DataFrame(rows)
+    best = best_heads(t)
+    assert list(zip(best["run"], best["head"], best["value"])) == [("copy-s0", 0, 0.80), ("copy-s1", 1, 0.70)]
+    assert list(best_heads(t, "induction_loss")["head"]) == [0, 1]  # a loss: the lowest
+    assert best_heads(t, "previous_token").empty
+    with pytest.raises(CodetransferError, match="missing"):
+        best_heads(t.drop(columns="task"))

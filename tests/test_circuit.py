@@ -96,8 +96,8 @@ def test_cka_is_one_for_identical_models_and_says_where_patching_is_meaningful(g
     cross = cka[cka["comparison"] == "baseline"]
     assert len(cross) == 2 and (cross["value"] < 1 - 1e-6).all()  # the twins differ by one head
     assert np.allclose(cross["seed_null"], 1.0, atol=1e-6)
-    assert list(cross["patchable"]) == list(cross["value"] >= cross["seed_null"])
-    assert null["patchable"].isna().all()
+    assert list(cross["within_seed_null"]) == list(cross["value"] >= cross["seed_null"])
+    assert null["within_seed_null"].isna().all()
 
 
 def test_heads_are_chosen_by_the_named_score_with_random_controls():

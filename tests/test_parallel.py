@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from codetransfer.cli import main as cli
 from codetransfer.errors import CodetransferError
-from codetransfer.trained import load_grid, train_grid
+from codetransfer.trained import load_grid, runs_table, train_grid
 from codetransfer.trained.parallel import plan_tasks
 from codetransfer.trained.runs import _shared_prefixes
 from gridfiles import MINI_GRID, write_grid
@@ -124,6 +124,25 @@ def test_two_jobs_give_bit_identical_runs(sequential, parallel):
     # the first fresh run of a seed holds the warm-up's copy loss; the other fresh one loaded it from the cache
     assert warm["text-only-s0"][0]["copy_loss"] > 0 and warm["balanced-text-s0"][0].get("cached") is True
     assert warm["balanced-code-s0"] == []  # branched: started from the shared state, not from scratch
+
+
+def test_runs_show_the_warmup_each_run_went_through_and_name_those_it_did_not_plant(parallel, capsys):
+    two, _ = parallel
+    table = runs_table(two).set_index("run")
+    assert set(table["warmup"]) == {"periodic"}
+    for s in (0, 1):
+        (computed,) = [
+            r["copy_loss"]
+            for name in (f"text-only-s{s}", f"balanced-text-s{s}")
+            for r in map(json.loads, (two / "runs" / name / "metrics.jsonl").read_text().splitlines())
+            if "warmup_step" in r and not r.get("cached")
+        ]
+        # the run that computed the seed's warm-up, the one that loaded it, the one branched after it: one loss
+        loss = table.loc[[f"text-only-s{s}", f"balanced-text-s{s}", f"balanced-code-s{s}"], "warmup_copy_loss"]
+        assert (loss == computed).all() and computed > 1  # 20 steps do not plant it
+    assert cli(["runs", str(two)]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "did not plant" in ln]
+    assert all(name in line for name in table.index) and "raise train.induction_warmup" in line
 
 
 def test_progress_lines_name_each_run_with_its_tokens(parallel):

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from codetransfer.pipeline import JobSettings, run_job
+from codetransfer.trained import runs_table
 from codetransfer.trained.config import grid_from_dict
 from codetransfer.trained.gridfile import grid_to_toml
 from codetransfer.trained.presets import preset
@@ -95,3 +96,11 @@ def test_the_periodic_warmup_learns_to_copy_and_the_scrambled_one_does_not(plant
     scrambled = [r["copy_loss"] for n, r in last.items() if n.startswith("scrambled-")]
     assert len(copy) == len(scrambled) == 3 and not any(n.startswith("text-only") for n in last), last
     assert all(x < 1.0 for x in copy) and all(x > 4.0 for x in scrambled), (copy, scrambled)
+    # `codetransfer runs` and the report's grid table show each run's warm-up as its metrics logged it
+    table = runs_table(planted).set_index("run")
+    for name, r in last.items():
+        assert table.loc[name, "warmup"] == name.split("-")[0].replace("copy", "periodic")
+        assert table.loc[name, "warmup_copy_loss"] == r["copy_loss"], name
+    assert (table.loc[table["recipe"] == "text-only", "warmup"] == "").all()
+    grid_table = (planted / "report" / "summary.md").read_text().split("## The grid")[1]
+    assert "warm-up's last copy loss (nats; planted below 1)" in grid_table and "| none |" in grid_table

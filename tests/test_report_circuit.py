@@ -49,7 +49,7 @@ def _cka(cross):
     t = pd.DataFrame(rows).assign(task="t", site="resid_post", layer=0, metric="linear_cka", n_rows=100)
     null = t.loc[t["comparison"] == "seed_null", "value"].mean()
     t["seed_null"] = null
-    t["patchable"] = pd.array([v >= null if c != "seed_null" else pd.NA for v, c in zip(t["value"], t["comparison"])],
+    t["within_seed_null"] = pd.array([v >= null if c != "seed_null" else pd.NA for v, c in zip(t["value"], t["comparison"])],
                               dtype="boolean")  # fmt: skip
     return t[list(schema.columns("cka"))]
 

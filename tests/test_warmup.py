@@ -342,3 +342,28 @@ def test_a_phase_warmup_without_warmup_steps_is_refused_and_the_default_is_not_w
     text = grid_to_toml(grid)
     assert text.count('warmup = "periodic"') == 1 and text.count('warmup = "scrambled"') == 1
     assert 'warmup = "none"' in text and text.count('warmup = "none"') == 3  # the recipes' own, not the phases'
+
+
+def test_the_cache_keeps_the_warmups_copy_loss_and_an_older_file_loads_without_it(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from codetransfer.trained.config import ModelConfig
+    from codetransfer.trained.model import build_model
+    from codetransfer.trained.warmup import warmed_up_state
+
+    cfg = ModelConfig(arch="llama", n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=64)
+    key, args = {"model": "test"}, (60, 3, 2e-3, 0)  # vocabulary, steps, lr, seed
+
+    def warm(**kw):
+        model = build_model(cfg, vocab_size=60, seed=0)
+        return warmed_up_state(model, tmp_path, key, *args, **kw), model
+
+    (computed, loss), first = warm()
+    assert computed and loss > 0
+    (computed, cached), second = warm()
+    assert not computed and cached == loss  # as the computing run logged it, exactly
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    (path,) = tmp_path.glob("warmup-*.safetensors")
+    save_file(load_file(path), path, metadata={"ident": "an older cache"})  # written before the loss was stored
+    (computed, cached), _ = warm()
+    assert not computed and cached is None

@@ -246,6 +246,7 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log, data_seed
     )
     n_ctx, bs = grid.model.n_ctx, grid.train.batch_size
     val = _last_val(run_dir / "metrics.jsonl")
+    warmups = _warmups(run_dir / "metrics.jsonl")
     record.update(
         status="complete",
         steps=cursor.step,
@@ -258,6 +259,7 @@ def _train_one(grid, recipe, seed, out, shared, device, progress, log, data_seed
             for s in sorted({s for t in cursor.tokens_by_phase for s in t})
         },
         final_val_loss=val,
+        **({"warmups": warmups} if warmups else {}),
         train_seconds=round(time.time() - t0, 1),
     )
     if _rank() == 0:
@@ -276,6 +278,33 @@ def _last_val(path: Path) -> dict[str, float]:
             rec = json.loads(ln)
             val.update({k[4:]: v for k, v in rec.items() if k.startswith("val/")})
     return val
+
+
+def _warmups(path: Path) -> list[dict]:
+    """The induction warm-ups a run did itself, in order, as the last ``metrics.jsonl`` line of each logged it:
+    its rows (``periodic`` or ``scrambled``), the phase it opened (None: the run's start) and its last copy loss
+    (None for one loaded from a cache written before the loss was stored with it)."""
+    last: dict = {}
+    if path.exists():
+        for ln in path.read_text().splitlines():
+            rec = json.loads(ln)
+            if "warmup_step" in rec:
+                last[rec.get("phase")] = rec
+    return [{"rows": r.get("rows", "periodic"), "phase": p, "copy_loss": r["copy_loss"]} for p, r in last.items()]
+
+
+def last_warmup(info: RunInfo, runs: list[RunInfo] | None = None) -> dict | None:
+    """The last induction warm-up a complete run's weights went through (:func:`_warmups`' fields), or None: its
+    own, else, for a run branched from shared phases, the last one of those phases as the run that trained them
+    logged it (:func:`branch_source`; ``runs``: the folder's complete runs, to search without reading it again)."""
+    rec = info.record
+    own = rec.get("warmups") or []
+    if own or not rec.get("branched_from"):
+        return own[-1] if own else None
+    source = branch_source(info, runs)
+    shared = {None, *rec["branched_from"].get("phases", [])}
+    inherited = [w for w in (source.record.get("warmups") or []) if w.get("phase") in shared] if source else []
+    return inherited[-1] if inherited else None
 
 
 def read_run_record(path: Path) -> dict:
@@ -350,15 +379,27 @@ def _borrowed_checkpoints(info: RunInfo) -> dict[int, Path]:
     """Checkpoints of the shared phases a branched run started from (see :func:`run_checkpoints`)."""
     rec = info.record
     k = len(rec["branched_from"].get("phases", []))
-    phases = rec.get("recipe_config", {}).get("phases", [])[:k]
     steps = [p.get("steps") for p in rec.get("tokens_by_phase", [])[:k]]
-    if k == 0 or len(phases) < k or len(steps) < k or None in steps:
+    if len(steps) < k or None in steps:
         return {}
-    branch_step = sum(steps)
-    for other in find_runs(Path(info.path).parent, complete_only=True):
+    source = branch_source(info)
+    return {s: p for s, p in run_checkpoints(source).items() if s <= sum(steps)} if source else {}
+
+
+def branch_source(info: RunInfo, runs: list[RunInfo] | None = None) -> RunInfo | None:
+    """The complete run that trained the shared phases the run ``info`` branched from: of the same folder, seed
+    and grid, starting with the same phases and not itself branched from them; None if there is none (or
+    ``info`` did not branch). ``runs``: the folder's complete runs, where the caller has them."""
+    rec = info.record
+    k = len((rec.get("branched_from") or {}).get("phases", []))
+    phases = rec.get("recipe_config", {}).get("phases", [])[:k]
+    if k == 0 or len(phases) < k:
+        return None
+    for other in runs if runs is not None else find_runs(Path(info.path).parent, complete_only=True):
         o = other.record
         if (
             other.name == info.name
+            or other.status != "complete"
             or other.seed != info.seed
             or o.get("grid_fingerprint") != rec.get("grid_fingerprint")
             or o.get("recipe_config", {}).get("phases", [])[:k] != phases
@@ -366,8 +407,8 @@ def _borrowed_checkpoints(info: RunInfo) -> dict[int, Path]:
             continue
         if o.get("branched_from") and len(o["branched_from"].get("phases", [])) >= k:
             continue  # it branched from the same (or a longer) shared state: it did not train these phases
-        return {s: p for s, p in run_checkpoints(other).items() if s <= branch_step}
-    return {}
+        return other
+    return None
 
 
 def check_same_grid(runs: list[RunInfo]) -> None:
@@ -429,10 +470,15 @@ def load_run(
 def runs_table(folder: str | Path) -> pd.DataFrame:
     """One row per run: recipe, seed (and ``data_seed`` when some run has another data order than its init
     seed's: 0 for that own order), status, phases, the recipe's description (the question it answers), tokens
-    per source, final validation loss per source."""
+    per source, final validation loss per source, and, where some run had an induction warm-up, the rows of its
+    last one (``warmup``: ``periodic`` or ``scrambled``) and that warm-up's last copy loss (``warmup_copy_loss``:
+    below :data:`~codetransfer.trained.warmup.PLANTED_COPY_LOSS` a periodic warm-up planted the circuit)."""
     rows = []
     runs = find_runs(folder)
     data_seeds = any(r.data_seed for r in runs)
+    complete = [r for r in runs if r.status == "complete"]
+    warmup = {r.name: last_warmup(r, complete) for r in complete}
+    warmups = any(warmup.values())
     for r in runs:
         rec = r.record
         row = {
@@ -447,6 +493,9 @@ def runs_table(folder: str | Path) -> pd.DataFrame:
             "data": rec.get("data_manifest_sha256", ""),
             "description": rec.get("recipe_config", {}).get("description", ""),
         }
+        if warmups:
+            w = warmup.get(r.name) or {}
+            row.update(warmup=w.get("rows", ""), warmup_copy_loss=w.get("copy_loss"))
         for s, n in rec.get("tokens_by_source", {}).items():
             row[f"tokens/{s}"] = n
         for s, v in rec.get("final_val_loss", {}).items():

@@ -454,8 +454,8 @@ def _warm_up(
     from codetransfer.trained.warmup import warmed_up_state
 
     t = grid.train
-    records, log = _warmup_log(t.induction_warmup, f"s{seed} ({rows})", progress)
-    computed = warmed_up_state(
+    records, log = _warmup_log(t.induction_warmup, f"s{seed} ({rows})", progress, rows=rows)
+    computed, copy_loss = warmed_up_state(
         model,
         data_dir / "warmup",
         _warmup_key(grid, rows),
@@ -470,25 +470,33 @@ def _warm_up(
     )
     if progress and computed:
         print(file=sys.stderr)
-    if computed and rows == "periodic" and metrics is not None:  # metrics: rank 0 only, under DDP
-        _warn_not_planted(records, vocab_size, t, f"s{seed}")
-    if metrics is None:
+    if metrics is None:  # rank 0 only writes and warns, under DDP
         return
+    _warn_not_planted(computed, rows, copy_loss, vocab_size, t, f"s{seed}")
     old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
     if computed or not any("warmup_step" in ln for ln in old):  # a restart from scratch: replace the old lines
-        records = records or [{"warmup_step": t.induction_warmup, "copy_loss": None, "cached": True}]
+        records = records or [_cached_record(t, rows, copy_loss)]
         _replace_lines(metrics, old, records, lambda ln: "warmup_step" in ln)
 
 
-def _warn_not_planted(records: list[dict], vocab_size: int, t: TrainConfig, label: str) -> None:
-    """Say on stderr, whatever ``progress``, when a periodic warm-up ended without the circuit (its last record's
-    copy loss): a run that would learn no lookup is then seen minutes into its training, not after it."""
+def _cached_record(t: TrainConfig, rows: str, copy_loss: float | None, **fields) -> dict:
+    """The ``metrics.jsonl`` line of a warm-up loaded from the cache: its last copy loss, as the run that
+    computed it logged it (None from an older cache file)."""
+    loss = None if copy_loss is None else round(copy_loss, 4)
+    return {**fields, "rows": rows, "warmup_step": t.induction_warmup, "copy_loss": loss, "cached": True}
+
+
+def _warn_not_planted(
+    computed: bool, rows: str, copy_loss: float | None, vocab_size: int, t: TrainConfig, label: str
+) -> None:
+    """Say on stderr, whatever ``progress``, when a periodic warm-up this run computed ended without the circuit
+    (``copy_loss``, its last): a run that would learn no lookup is then seen minutes into its training, not after
+    it. A warm-up loaded from the cache was warned of by the run that computed it; scrambled rows plant nothing."""
     from codetransfer.trained.warmup import not_planted
 
-    if records and (
-        msg := not_planted(records[-1]["copy_loss"], vocab_size, t.induction_warmup, t.induction_warmup_lr)
-    ):
-        print(f"warning: {label}: {msg}", file=sys.stderr, flush=True)
+    if computed and rows == "periodic":
+        if msg := not_planted(copy_loss, vocab_size, t.induction_warmup, t.induction_warmup_lr):
+            print(f"warning: {label}: {msg}", file=sys.stderr, flush=True)
 
 
 def _warmup_key(grid: GridConfig, rows: str) -> dict:
@@ -546,27 +554,25 @@ def _phase_warm_up(
 
     t = grid.train
     label = f"s{seed} ({phase.warmup}) in phase '{phase.name}'"
-    records, log = _warmup_log(t.induction_warmup, label, progress, step=step, phase=phase.name)
+    records, log = _warmup_log(t.induction_warmup, label, progress, step=step, phase=phase.name, rows=phase.warmup)
     scrambled = phase.warmup == "scrambled"
     computed = True
     if after is not None:
-        computed = warmed_up_state(
+        computed, copy_loss = warmed_up_state(
             model, cache_dir, {**_warmup_key(grid, phase.warmup), "after": after}, vocab_size, t.induction_warmup, t.induction_warmup_lr, seed, device, log,
             write=metrics is not None, scrambled=scrambled,
         )  # fmt: skip
     else:
-        induction_warmup(
+        copy_loss = induction_warmup(
             model, vocab_size, t.induction_warmup, t.induction_warmup_lr, seed, device, log, scrambled=scrambled
         )
     if progress and computed:
         print(file=sys.stderr)
-    if computed and not scrambled and metrics is not None:
-        _warn_not_planted(records, vocab_size, t, label)
-    if not computed:
-        records = [{"step": step, "phase": phase.name, "warmup_step": t.induction_warmup, "copy_loss": None,
-                    "cached": True}]  # fmt: skip
     if metrics is None:
         return
+    _warn_not_planted(computed, phase.warmup, copy_loss, vocab_size, t, label)
+    if not computed:
+        records = [_cached_record(t, phase.warmup, copy_loss, step=step, phase=phase.name)]
     old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
 
     def earlier_try(line: str) -> bool:

@@ -33,6 +33,7 @@ from typing import Callable
 
 import torch
 from jaxtyping import Bool, Int
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -152,15 +153,18 @@ def warmed_up_state(
     log: Callable[[int, float], None] | None = None,
     write: bool = True,
     scrambled: bool = False,
-) -> bool:
+) -> tuple[bool, float | None]:
     """Bring ``model`` (freshly built for ``seed``) to its warmed-up weights: load them from ``cache_dir`` if
     a run with the same ``key`` (model shape etc.), steps, lr and seed computed them, else compute them
-    (and save them when ``write``). Returns True when it computed them. The file is written atomically, so
-    concurrent runs of one seed at worst compute the same weights twice."""
+    (and save them when ``write``, with their last copy loss). Returns whether it computed them, and the
+    warm-up's last copy loss (None from a cache file written before the loss was stored with it). The file is
+    written atomically, so concurrent runs of one seed at worst compute the same weights twice."""
     ident = json.dumps({**key, "vocab_size": vocab_size, "steps": steps, "lr": lr, "seed": seed}, sort_keys=True)
     path = cache_dir / f"warmup-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.safetensors"
     if path.exists():
         try:
+            with safe_open(str(path), framework="pt") as f:
+                stored = (f.metadata() or {}).get("copy_loss")
             state = load_file(path)
             device_of = next(model.parameters()).device
             missing, unexpected = model.load_state_dict({k: v.to(device_of) for k, v in state.items()}, strict=False)
@@ -174,8 +178,8 @@ def warmed_up_state(
                 f"induction warm-up cache {path} does not fit this model (missing {sorted(set(missing) - tied)[:3]}, "
                 f"unexpected {sorted(unexpected)[:3]}); delete it and rerun"
             )
-        return False
-    induction_warmup(model, vocab_size, steps, lr, seed, device, log, scrambled=scrambled)
+        return False, float(stored) if stored is not None else None
+    copy_loss = induction_warmup(model, vocab_size, steps, lr, seed, device, log, scrambled=scrambled)
     if write:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -185,6 +189,6 @@ def warmed_up_state(
             if v.data_ptr() not in seen:
                 seen.add(v.data_ptr())
                 unique[k] = v
-        save_file(unique, tmp, metadata={"ident": ident})
+        save_file(unique, tmp, metadata={"ident": ident, "copy_loss": repr(copy_loss)})
         os.replace(tmp, path)
-    return True
+    return True, copy_loss

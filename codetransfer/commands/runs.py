@@ -16,6 +16,16 @@ def run(args) -> int:
         return 0
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(table.drop(columns="description").to_string(index=False))
+    if "warmup" in table:
+        from codetransfer.trained.warmup import PLANTED_COPY_LOSS
+
+        bad = table[(table["warmup"] == "periodic") & (pd.to_numeric(table["warmup_copy_loss"]) >= PLANTED_COPY_LOSS)]
+        if len(bad):
+            print(
+                f"\nwarm-up did not plant the copying circuit (copy loss >= {PLANTED_COPY_LOSS:g} nats) in: "
+                + ", ".join(bad["run"])
+                + "; lower train.induction_warmup_lr or raise train.induction_warmup"
+            )
     described = table.drop_duplicates("recipe").query("description != ''")
     if len(described):
         print("\nrecipes:")
