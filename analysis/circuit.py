@@ -24,7 +24,8 @@ gap between recipes. :func:`circuit_grid` tests it on the runs of a grid:
    resample-ablated (:mod:`codetransfer.analysis.ablation`). Scores per item: the logit difference at the
    final position between the answer's first token and the mean of the distractors' first tokens, and
    first-token accuracy (the answer's first token above every distractor's). ``circuit.parquet``: the drop
-   (clean - ablated) per run, and per recipe over its seeds.
+   (clean - ablated) per run, and per recipe over its init seeds (a run in another data order keeps its own
+   row and stays out of the pool: it shares its init seed's weights up to the branch, so it is no new seed).
 3. **Gap share.** For each pair (run ``A`` of a recipe, reference run ``B`` of the same seed: the baseline
    and the recipe's ``compare_with`` control; and, as the null, comparison ``seed_null``: where the baseline
    has runs in other data orders (grid field ``data_seeds``), each of them against the baseline run of its
@@ -52,7 +53,7 @@ gap between recipes. :func:`circuit_grid` tests it on the runs of a grid:
    a falling line. The checkpoints are scored on repeated random tokens only, so this is the induction score
    whatever ``by`` chose the heads (the retrieval score is not measured there). Per recipe with at least
    :data:`~codetransfer.analysis.compare.MIN_SEEDS_DISTINGUISHABLE` seeds, rows ``run = '<recipe>*'`` give,
-   per step and head set, the mean over seeds of each seed's mean over its heads, with a Student t interval
+   per step and head set, the mean over init seeds of each seed's mean over its heads, with a Student t interval
    over the seeds (``interval = 'seed'``, :func:`~codetransfer.analysis.stats.seed_t_interval`); the rows of
    one head keep the attention table's interval (``interval = 'item'``).
 
@@ -82,6 +83,7 @@ from codetransfer.analysis.stats import (
     seed_t_interval,
 )
 from codetransfer.errors import CodetransferError, did_you_mean
+from codetransfer.trained.checks import is_data_order_run
 
 CHOICES = {
     "retrieval": "attn_answer_minus_distractors",
@@ -513,6 +515,7 @@ def _drop_table(scores: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
         for recipe, gr in g.groupby("recipe", sort=True):
             per_seed = []
             for run, gg in gr.groupby("run", sort=True):
+                twin = is_data_order_run(run)  # its own rows; the pool is over init seeds
                 clean = own[(own["run"] == run) & (own["method"] == "clean")]
                 clean = clean.sort_values("index")
                 gg = gg.sort_values("index")
@@ -525,7 +528,8 @@ def _drop_table(scores: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
                              ablated=a.mean(), value=float(mean), ci_low=float(lo), ci_high=float(hi),
                              interval="item", n_seeds=1, n_items=len(c))
                     )  # fmt: skip
-                    per_seed.append((metric, c, a))
+                    if not twin:
+                        per_seed.append((metric, c, a))
             for metric in METRICS:
                 cs = [c for m, c, _ in per_seed if m == metric]
                 abl = [a for m, _, a in per_seed if m == metric]
@@ -647,7 +651,8 @@ def _over_training_table(heads: pd.DataFrame, over: pd.DataFrame | None, confide
     t = t.sort_values(["run", "heads_set", "rank", "metric", "step"], kind="stable")
     t = t.assign(interval="item", n_seeds=1)
     pooled = []
-    per_seed = t.groupby(["recipe", "heads_set", "step", "run"], sort=True)["value"].mean().reset_index()
+    own = t[~t["run"].map(is_data_order_run).astype(bool)]  # pooled over init seeds: data-order twins left out
+    per_seed = own.groupby(["recipe", "heads_set", "step", "run"], sort=True)["value"].mean().reset_index()
     for (recipe, heads_set, step), g in per_seed.groupby(["recipe", "heads_set", "step"], sort=True):
         values = g["value"].to_numpy(float)
         if len(values) < MIN_SEEDS_DISTINGUISHABLE or not np.isfinite(values).all():

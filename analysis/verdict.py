@@ -53,7 +53,7 @@ from codetransfer.analysis.attention import best_heads
 from codetransfer.analysis.compare import MIN_SEEDS_DISTINGUISHABLE, has_gap, recipe_gap
 from codetransfer.analysis.stats import seed_t_interval
 from codetransfer.errors import CodetransferError
-from codetransfer.trained.checks import is_data_order_pair, read_table
+from codetransfer.trained.checks import is_data_order_pair, is_data_order_run, read_table
 from codetransfer.trained.config import all_warmup_rows
 
 MOST = 0.5
@@ -136,7 +136,7 @@ def _iv(x: float, lo: float, hi: float) -> str:
 def _per_seed(table: pd.DataFrame, recipe: str, value: str = "value") -> pd.Series:
     """Per-seed values of ``recipe`` (init-seed runs only: data-order runs and pooled rows left out)."""
     t = table[(table["recipe"].astype(str) == recipe) & table["seed"].notna()]
-    t = t[~t["run"].astype(str).str.contains(r"-d[0-9]+$|\*$", regex=True)]
+    t = t[~t["run"].map(is_data_order_run).astype(bool) & ~t["run"].astype(str).str.endswith("*")]
     return t.groupby(t["seed"].astype(int))[value].max()
 
 

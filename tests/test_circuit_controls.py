@@ -239,3 +239,32 @@ def test_no_checkpoints_give_an_empty_table_with_the_schema():
     heads, _ = _over_training({"code": 1})
     t = _over_training_table(heads, None)
     assert t.empty and list(t.columns) == list(schema.columns("circuit_over_training"))
+
+
+def test_data_order_twins_keep_their_rows_and_stay_out_of_the_pools_over_seeds():
+    from codetransfer.analysis.circuit import _drop_table
+
+    heads, over = _over_training({"code": 3})
+    twin_heads = heads[heads["run"] == "code-s0"].assign(run="code-s0-d1")
+    twin_over = over[over["run"] == "code-s0"].assign(run="code-s0-d1", value=lambda t: t["value"] + 5.0)
+    t = _over_training_table(pd.concat([heads, twin_heads]), pd.concat([over, twin_over]))
+    plain = _over_training_table(heads, over)
+    pooled = t[t["run"] == "code*"].reset_index(drop=True)
+    assert (pooled["n_seeds"] == 3).all() and pooled.equals(plain[plain["run"] == "code*"].reset_index(drop=True))
+    assert (t["run"] == "code-s0-d1").sum() == (t["run"] == "code-s0").sum() > 0  # its own rows are kept
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for run, seed in (("code-s0", 0), ("code-s1", 1), ("code-s2", 2), ("code-s0-d1", 0)):
+        for method in ("clean", "mean"):
+            for i in range(20):
+                rows.append(dict(run=run, recipe="code", seed=seed, heads_of=run, task="counting",
+                                 heads_set="" if method == "clean" else "chosen", heads="L1H0", method=method,
+                                 index=i, correct=float(rng.random() < (0.9 if method == "clean" else 0.3)),
+                                 logit_diff=float(rng.normal(2.0 if method == "clean" else 0.0))))  # fmt: skip
+    drops = _drop_table(pd.DataFrame(rows), n_boot=200, seed=0)
+    assert set(drops["run"]) == {"code-s0", "code-s1", "code-s2", "code-s0-d1", "code*"}
+    assert (drops.loc[drops["run"] == "code*", "n_seeds"] == 3).all()
+    own = drops[drops["run"].isin(["code-s0", "code-s1", "code-s2"]) & (drops["metric"] == "logit_diff")]
+    pool = drops[(drops["run"] == "code*") & (drops["metric"] == "logit_diff")]
+    assert pool["value"].iloc[0] == pytest.approx(own["value"].mean(), abs=0.05)  # hierarchical mean of 3 seeds

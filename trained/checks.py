@@ -44,6 +44,12 @@ def is_data_order_pair(a: str, b: str) -> bool:
     return re.fullmatch(re.escape(str(b)) + r"-d[1-9][0-9]*", str(a)) is not None
 
 
+def is_data_order_run(name: str) -> bool:
+    """Whether run folder ``name`` is a run with another data order than its init seed's own (``-s<seed>-d<k>``,
+    :func:`run_folder`): a data-order twin, which pools over init seeds leave out."""
+    return re.search(r"-s[0-9]+-d[1-9][0-9]*$", str(name)) is not None
+
+
 def check_number(
     value: float,
     where: str,
