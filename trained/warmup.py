@@ -178,7 +178,10 @@ def warmed_up_state(
                 f"induction warm-up cache {path} does not fit this model (missing {sorted(set(missing) - tied)[:3]}, "
                 f"unexpected {sorted(unexpected)[:3]}); delete it and rerun"
             )
-        return False, float(stored) if stored is not None else None
+        try:
+            return False, float(stored) if stored is not None else None
+        except ValueError:  # not a number: a file written by something else; the weights fit, the loss is unknown
+            return False, None
     copy_loss = induction_warmup(model, vocab_size, steps, lr, seed, device, log, scrambled=scrambled)
     if write:
         cache_dir.mkdir(parents=True, exist_ok=True)
