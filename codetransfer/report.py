@@ -1536,9 +1536,10 @@ def _attention(
 
         def strongest(g: pd.DataFrame) -> str:
             if len(g) == 1:
-                r = g.iloc[0]
-                return f"{r.recipe} L{int(r.layer)}H{int(r.head)} {with_interval(r.value, r.ci_low, r.ci_high)}"
-            return f"{g.iloc[0].recipe} {' / '.join(f'{v:.2f}' for v in g['value'])} ({len(g)} runs)"
+                r = g.iloc[0]  # a Series: r.head would be its method
+                where = f"L{int(r['layer'])}H{int(r['head'])}"
+                return f"{r['recipe']} {where} {with_interval(r['value'], r['ci_low'], r['ci_high'])}"
+            return f"{g['recipe'].iloc[0]} {' / '.join(f'{v:.2f}' for v in g['value'])} ({len(g)} runs)"
 
         findings.append(
             "Induction heads: each run's strongest score — "
