@@ -431,11 +431,7 @@ def test_pipeline_scores_heads_over_training_and_the_report_plots_it(grid_out, t
     # one row per run with that run's own strongest induction head (one seed per recipe here)
     md = (out / "report" / "summary.md").read_text().split("## Attention heads")[1].split("\n## ")[0]
     rows = [ln for ln in md.splitlines() if ln.startswith("| ") and "-s0 |" in ln]
-    assert sorted(ln.split(" | ")[0][2:] for ln in rows) == [
-        "balanced-&gt;code-s0",
-        "balanced-&gt;text-s0",
-        "text-only-s0",
-    ]
+    assert sorted(ln.split(" | ")[0][2:] for ln in rows) == ["balanced-code-s0", "balanced-text-s0", "text-only-s0"]
 
 
 def test_emergence_table_finds_the_first_checkpoint_and_censors_the_rest():
