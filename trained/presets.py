@@ -196,8 +196,9 @@ def warmup_lr(d_model: int) -> float:
     Measured at ``small``'s shape (``bench/warmup_shape.py``, docs/learnability.md): at 2e-3 the copy loss stays at
     uniform guessing for 5,300 steps; at 5e-4 (this rule at d_model 256) an induction head (0.94) and its
     previous-token partner (1.00) form by step 1,500 and the copy loss falls from 8.3 to 1.5 nats; at 2.5e-4 the
-    circuit has not formed by step 1,500. At d_model 512 (2 layers) the rule's 2.5e-4 had not formed it by step 2,000
-    either: a starting point for wider models, not a measured law. Adam's update moves a width-d layer's output about d times a
+    circuit has not formed by step 1,500. At d_model 512 the rule's 2.5e-4 had not formed it by step 2,000 with 2
+    layers (its previous-token head sat in the last layer) nor with 4 (copy loss 5.09, still falling): a starting
+    point for wider models, not a measured law. Adam's update moves a width-d layer's output about d times a
     coordinate's step, hence 1 / d (as muP's hidden-layer rule)."""
     return float(f"{2e-3 * 64 / d_model:.2g}")
 
