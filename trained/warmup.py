@@ -127,11 +127,17 @@ PLANTED_COPY_LOSS = 1.0
 0.16-0.47, ``small``'s at 0.19 (2,000 steps); without the circuit it stays near ln(vocabulary) (8.3 at 4,096 tokens)."""
 
 
+def failed(copy_loss: float | None) -> bool:
+    """Whether a periodic warm-up that ended with ``copy_loss`` did not plant the circuit (at or above
+    :data:`PLANTED_COPY_LOSS`); an unknown loss (None, NaN) is not called a failure."""
+    return copy_loss is not None and copy_loss >= PLANTED_COPY_LOSS
+
+
 def not_planted(copy_loss: float | None, vocab_size: int, steps: int, lr: float) -> str | None:
     """The warning for a periodic warm-up that ended with ``copy_loss`` at or above :data:`PLANTED_COPY_LOSS`,
     else None: the runs would start their text phases without the copying circuit, and at the presets'
     budgets they then learn no lookup (docs/learnability.md)."""
-    if copy_loss is None or copy_loss < PLANTED_COPY_LOSS:
+    if not failed(copy_loss):
         return None
     return (
         f"the induction warm-up did not plant the copying circuit: copy loss {copy_loss:.2f} nats after {steps:,} "

@@ -17,9 +17,9 @@ def run(args) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(table.drop(columns="description").to_string(index=False))
     if "warmup" in table:
-        from codetransfer.trained.warmup import PLANTED_COPY_LOSS
+        from codetransfer.trained.warmup import PLANTED_COPY_LOSS, failed
 
-        bad = table[(table["warmup"] == "periodic") & (pd.to_numeric(table["warmup_copy_loss"]) >= PLANTED_COPY_LOSS)]
+        bad = table[(table["warmup"] == "periodic") & pd.to_numeric(table["warmup_copy_loss"]).map(failed)]
         if len(bad):
             print(
                 f"\nwarm-up did not plant the copying circuit (copy loss >= {PLANTED_COPY_LOSS:g} nats) in: "
