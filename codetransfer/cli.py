@@ -3,7 +3,8 @@
 Each verb lives in ``codetransfer/commands/<verb>.py`` with ``add_arguments(parser)`` and
 ``run(args) -> int``: it parses its flags, calls one library function and prints (the map of verbs
 to library functions is in docs/design.md). Bad input raises :class:`~codetransfer.errors.CodetransferError`; it is printed
-as one line (``error: ...``) with exit status 2 and no traceback.
+as one line (``error: ...``) with exit status 2 and no traceback; a reader that closes the output early
+(``| head``) ends the command quietly with status 141, as it would a shell tool.
 """
 
 from __future__ import annotations
@@ -92,6 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader closed our stdout (`codetransfer runs DIR | head`): stop quietly
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as a shell tool killed by the closed pipe
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not raise a second BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -506,3 +507,14 @@ def test_subprocess_prints_one_line(argv, tmp_path):
     assert [ln for ln in p.stderr.splitlines() if ln.strip()] == [p.stderr.strip()]
     assert p.stderr.startswith("error: ")
     assert tree(tmp_path) == before
+
+
+def test_a_reader_that_closes_the_output_early_gets_no_traceback():
+    """``codetransfer ... | head``: 200 KB of items, more than a pipe holds, into a reader that stops at one line."""
+    cli = f"{shlex.quote(sys.executable)} -m codetransfer.cli tasks show counting --n 300"
+    p = subprocess.run(
+        ["bash", "-c", f"{cli} | head -1; echo rc=${{PIPESTATUS[0]}} >&2"], capture_output=True, text=True, timeout=120
+    )
+    assert p.stdout.startswith("[counting #0]") and p.stdout.count("\n") == 1
+    assert "Traceback" not in p.stderr and "BrokenPipeError" not in p.stderr
+    assert p.stderr.strip() == "rc=141"
