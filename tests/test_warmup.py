@@ -16,7 +16,7 @@ from codetransfer.trained.config import _validate
 from codetransfer.trained.presets import preset
 from codetransfer.trained.train import train_run
 from codetransfer.trained.warmup import N_SPECIAL, periodic_rows
-from gridfiles import write_grid
+from gridfiles import MINI_GRID, write_grid
 
 
 def test_periodic_rows_copy_targets_are_predictable_by_copying():
@@ -367,3 +367,30 @@ def test_the_cache_keeps_the_warmups_copy_loss_and_an_older_file_loads_without_i
     save_file(load_file(path), path, metadata={"ident": "an older cache"})  # written before the loss was stored
     (computed, cached), _ = warm()
     assert not computed and cached is None
+
+
+def test_a_required_warmup_that_plants_nothing_stops_the_grid_before_any_text_and_again_on_a_rerun(tmp_path, capsys):
+    """``train.induction_warmup_required`` (the ``small`` and ``gpu`` presets): 20 steps plant nothing, so the grid
+    stops after the warm-up with one line naming the loss and the fix; the setting changes no weights, so the same
+    folder then trains on without it."""
+    from codetransfer import cli
+
+    text = MINI_GRID.replace("n_ctx = 32", 'n_ctx = 64\narch = "llama"')
+    required = text.replace("[train]\n", "[train]\ninduction_warmup = 20\ninduction_warmup_required = true\n")
+    grid, out = write_grid(tmp_path, required), tmp_path / "out"
+    argv = ["train", str(grid), "--out", str(out), "--only", "text-only", "--quiet", "--jobs", "1"]
+    cached = []
+    for _ in range(2):  # computed, then loaded from the cache
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: s0: the induction warm-up did not plant the copying circuit: copy loss ")
+        assert "induction_warmup_required" in err and len(err.splitlines()) == 1 and "warning" not in err
+        assert list(out.rglob("model.safetensors")) == [] and not (out / "runs" / "text-only-s0" / "state").exists()
+        warm = [json.loads(ln) for ln in (out / "runs" / "text-only-s0" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["warmup_step"] for r in warm] == [20] and warm[0]["copy_loss"] >= 1.0  # where `runs` reads it
+        cached.append({p: p.stat().st_mtime_ns for p in (out / "data" / "warmup").glob("*.safetensors")})
+    assert len(cached[0]) == 1 and cached[1] == cached[0]  # the rerun stopped on the cached warm-up
+    write_grid(tmp_path, required.replace("induction_warmup_required = true", "induction_warmup_required = false"))
+    assert cli.main(argv) == 0
+    assert "warning" not in capsys.readouterr().err  # the cache's computing run warned (or stopped) already
+    assert (out / "runs" / "text-only-s0" / "model.safetensors").is_file()

@@ -205,10 +205,16 @@ class TrainConfig:
     induction_warmup_lr: float = 2e-3
     """Learning rate of the induction warm-up (constant). 2e-3 suits d_model 64; wider models need less, about
     2e-3 x 64 / d_model (``presets.warmup_lr``): at d_model 256, 2e-3 never plants the circuit and 5e-4 does."""
+    induction_warmup_required: bool = False
+    """Stop a run whose periodic warm-up ends without the circuit (copy loss at or above
+    ``warmup.PLANTED_COPY_LOSS``) with an error naming its loss and the fix, instead of a warning: a grid whose
+    warm-up settings are not measured at its shape then costs the minutes of its warm-up, not its whole budget,
+    and a rerun with the same settings stops at once (the failed warm-up is cached). It changes no weights (not
+    part of the grid's identity). On in the ``small`` and ``gpu`` presets."""
 
 
 #: TrainConfig fields that do not change the trained weights (left out of GridConfig.fingerprint)
-BOOKKEEPING = ("eval_every", "eval_tokens", "save_every", "snapshot_every")
+BOOKKEEPING = ("eval_every", "eval_tokens", "save_every", "snapshot_every", "induction_warmup_required")
 
 
 @dataclass(frozen=True)

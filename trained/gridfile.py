@@ -96,6 +96,8 @@ def grid_to_toml(grid: GridConfig) -> str:
             r.pop("compare_with", None)  # the default: compared with the job's baseline only
         if r.get("warmup") == "grid":
             r.pop("warmup", None)  # the default: the grid's train.induction_warmup
+    if not d["train"].get("induction_warmup_required"):
+        d["train"].pop("induction_warmup_required", None)  # the default: a failed warm-up warns and training goes on
     if not d.get("data_seeds"):
         d.pop("data_seeds", None)  # the default: every run in its init seed's own data order only
     order = ["name", "description", "seeds", "data_seeds", "model", "tokenizer", "train", "sources", "recipes"]

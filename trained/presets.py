@@ -400,6 +400,7 @@ def _small() -> GridConfig:
             snapshot_every=1000,
             induction_warmup=2000,  # the circuit forms by 1,500 steps at this shape (warmup_lr)
             induction_warmup_lr=warmup_lr(256),
+            induction_warmup_required=True,  # hours of training: stop after the warm-up if it planted nothing
         ),
     )
 
@@ -425,6 +426,7 @@ def _gpu() -> GridConfig:
             # (docs/learnability.md); 6,000 steps of 32 x 48 rows are minutes on a GPU
             induction_warmup=6000,
             induction_warmup_lr=warmup_lr(768),
+            induction_warmup_required=True,  # an hour of GPU: stop after the warm-up (minutes) if it planted nothing
         ),
     )
 

@@ -470,13 +470,13 @@ def _warm_up(
     )
     if progress and computed:
         print(file=sys.stderr)
-    if metrics is None:  # rank 0 only writes and warns, under DDP
-        return
-    _warn_not_planted(computed, rows, copy_loss, vocab_size, t, f"s{seed}")
-    old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
-    if computed or not any("warmup_step" in ln for ln in old):  # a restart from scratch: replace the old lines
-        records = records or [_cached_record(t, rows, copy_loss)]
-        _replace_lines(metrics, old, records, lambda ln: "warmup_step" in ln)
+    if metrics is not None:  # rank 0 only writes and warns, under DDP
+        _warn_not_planted(computed, rows, copy_loss, vocab_size, t, f"s{seed}")
+        old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
+        if computed or not any("warmup_step" in ln for ln in old):  # a restart from scratch: replace the old lines
+            records = records or [_cached_record(t, rows, copy_loss)]
+            _replace_lines(metrics, old, records, lambda ln: "warmup_step" in ln)
+    _require_planted(rows, copy_loss, vocab_size, t, f"s{seed}", device)
 
 
 def _cached_record(t: TrainConfig, rows: str, copy_loss: float | None, **fields) -> dict:
@@ -486,15 +486,34 @@ def _cached_record(t: TrainConfig, rows: str, copy_loss: float | None, **fields)
     return {**fields, "rows": rows, "warmup_step": t.induction_warmup, "copy_loss": loss, "cached": True}
 
 
+def _require_planted(rows: str, copy_loss: float | None, vocab_size: int, t: TrainConfig, label: str, device) -> None:
+    """With ``train.induction_warmup_required``, stop the run when its periodic warm-up (computed or loaded from the
+    cache) ended without the circuit. Under torch.distributed every rank reads rank 0's loss, so all stop together."""
+    from codetransfer.trained.warmup import not_planted
+
+    if not t.induction_warmup_required or rows != "periodic":
+        return
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        loss = torch.tensor([math.nan if copy_loss is None else copy_loss], device=device)
+        torch.distributed.broadcast(loss, src=0)
+        copy_loss = None if math.isnan(loss.item()) else loss.item()
+    if msg := not_planted(copy_loss, vocab_size, t.induction_warmup, t.induction_warmup_lr):
+        raise CodetransferError(
+            f"{label}: {msg}; stopped before training on text (train.induction_warmup_required; set it to false "
+            "to train on without the circuit)"
+        )
+
+
 def _warn_not_planted(
     computed: bool, rows: str, copy_loss: float | None, vocab_size: int, t: TrainConfig, label: str
 ) -> None:
     """Say on stderr, whatever ``progress``, when a periodic warm-up this run computed ended without the circuit
     (``copy_loss``, its last): a run that would learn no lookup is then seen minutes into its training, not after
-    it. A warm-up loaded from the cache was warned of by the run that computed it; scrambled rows plant nothing."""
+    it. A warm-up loaded from the cache was warned of by the run that computed it; scrambled rows plant nothing.
+    (With ``train.induction_warmup_required`` the run has stopped instead: :func:`_require_planted`.)"""
     from codetransfer.trained.warmup import not_planted
 
-    if computed and rows == "periodic":
+    if computed and rows == "periodic" and not t.induction_warmup_required:
         if msg := not_planted(copy_loss, vocab_size, t.induction_warmup, t.induction_warmup_lr):
             print(f"warning: {label}: {msg}", file=sys.stderr, flush=True)
 
@@ -568,20 +587,20 @@ def _phase_warm_up(
         )
     if progress and computed:
         print(file=sys.stderr)
-    if metrics is None:
-        return
-    _warn_not_planted(computed, phase.warmup, copy_loss, vocab_size, t, label)
-    if not computed:
-        records = [_cached_record(t, phase.warmup, copy_loss, step=step, phase=phase.name)]
-    old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
+    if metrics is not None:
+        _warn_not_planted(computed, phase.warmup, copy_loss, vocab_size, t, label)
+        if not computed:
+            records = [_cached_record(t, phase.warmup, copy_loss, step=step, phase=phase.name)]
+        old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
 
-    def earlier_try(line: str) -> bool:
-        with contextlib.suppress(json.JSONDecodeError):
-            r = json.loads(line)
-            return "warmup_step" in r and r.get("phase") == phase.name
-        return False
+        def earlier_try(line: str) -> bool:
+            with contextlib.suppress(json.JSONDecodeError):
+                r = json.loads(line)
+                return "warmup_step" in r and r.get("phase") == phase.name
+            return False
 
-    _replace_lines(metrics, old, records, earlier_try)
+        _replace_lines(metrics, old, records, earlier_try)
+    _require_planted(phase.warmup, copy_loss, vocab_size, t, label, device)
 
 
 def _snapshot(model, data_dir: Path, folder: Path) -> None:
