@@ -215,6 +215,14 @@ def test_ddp_with_an_induction_warmup_matches_one_process(tmp_path):
     assert any("warmup_step" in m for m in metrics(two / "runs" / "text-only-s0"))
     wa, wb = weights(one / "runs" / "text-only-s0"), weights(two / "runs" / "text-only-s0")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+    # train.induction_warmup_required: 10 steps plant nothing, and every rank stops on rank 0's loss (none waits)
+    write_grid(
+        tmp_path, grid.replace("induction_warmup = 10", "induction_warmup = 10\ninduction_warmup_required = true")
+    )
+    three = tmp_path / "three"
+    r = subprocess.run([*ddp, *base, str(three)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode != 0 and r.stderr.count("error: s0: the induction warm-up did not plant") == 2, r.stderr[-2000:]
+    assert list(three.rglob("model.safetensors")) == []
 
 
 def test_intermediate_checkpoints_are_loadable_hf_folders(trained, grid_file, tmp_path):
