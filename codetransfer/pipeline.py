@@ -398,10 +398,18 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+@contextmanager
+def unit_threads(device: str = "cpu"):
+    """Torch and BLAS at :data:`UNIT_THREADS` threads, as every analysis unit runs: a library function called
+    directly under it gives the job's floats exactly (with another thread count they may differ in the last bits)."""
+    with run_threads(device, UNIT_THREADS), threadpool_limits(UNIT_THREADS):
+        yield
+
+
 def _call_unit(unit: Unit, log) -> float:
-    """Run ``unit`` with :data:`UNIT_THREADS` threads; returns its seconds."""
+    """Run ``unit`` under :func:`unit_threads`; returns its seconds."""
     t0 = time.time()
-    with run_threads(unit.device, UNIT_THREADS), threadpool_limits(UNIT_THREADS):
+    with unit_threads(unit.device):
         unit.fn(**unit.kwargs, device=unit.device, log=log)
     return time.time() - t0
 

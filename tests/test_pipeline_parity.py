@@ -27,7 +27,15 @@ from codetransfer.analysis.grid import (
     patch_grid,
     patch_sites,
 )
-from codetransfer.pipeline import GRID_N_BOOT, HELDOUT_WINDOWS, PROBE_SPLIT_SEEDS, UNIT_N_BOOT, JobSettings, run_job
+from codetransfer.pipeline import (
+    GRID_N_BOOT,
+    HELDOUT_WINDOWS,
+    PROBE_SPLIT_SEEDS,
+    UNIT_N_BOOT,
+    JobSettings,
+    run_job,
+    unit_threads,
+)
 from codetransfer.probes.grid import probe_grid
 from codetransfer.tasks import get_task, task_names
 from codetransfer.trained import find_runs
@@ -64,6 +72,13 @@ SETTINGS = JobSettings(
     patch_sites="resid_pre,head",
     attention_items=4,
 )
+
+
+@pytest.fixture(autouse=True)
+def _as_a_unit():
+    """The direct calls run with the job's units' thread count: float sums depend on it (exact comparisons)."""
+    with unit_threads():
+        yield
 
 
 @pytest.fixture(scope="module")
