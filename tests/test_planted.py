@@ -1,8 +1,15 @@
 """The whole toolkit's known answer: a reduced planted-transfer control grid (the ``control`` preset's three arms,
-3 seeds, a shorter text phase) is trained, evaluated, its heads scored and ablated, and the report's verdicts
+4 seeds, a shorter text phase) is trained, evaluated, its heads scored and ablated, and the report's verdicts
 must find the planted copying circuit in ``copy`` and nothing between ``scrambled`` and ``text-only``.
 
-A few minutes on 2 cores: the six warm-ups (copy and scrambled rows, 3 seeds) are most of it."""
+Four seeds, not the preset's three: with three, text-only is at chance at every reasoning level, so the evaluation
+verdict falls back to the strongest single level, Holm-corrected over 12 rows on a t with 2 degrees of freedom.
+How consistent the seeds are then decides it: trained on one machine copy - text-only was found (possession level
+0, +5.03, Holm p 0.02), on another CPU (other float rounding, other weights) missed (+5.06, Holm p 0.064). With
+four seeds text-only's interval is above chance at some levels, the levels are pooled, and copy - text-only is
++1.99 [+1.67, +2.31], Holm p 0.002.
+
+A few minutes on 2 cores: the eight warm-ups (copy and scrambled rows, 4 seeds) are most of it."""
 
 from __future__ import annotations
 
@@ -20,13 +27,17 @@ from codetransfer.trained.presets import preset
 TEXT_TOKENS = 200_000
 """Tokens of the reduced grid's text phase (the preset's: 1M)."""
 SOURCE_BYTES = 300_000
+SEEDS = 4
+"""Init seeds of the reduced grid (the preset's: 3; the module docstring says why)."""
 
 
-def reduced_toml(name: str, grid_name: str, text_tokens: int | None = None) -> str:
+def reduced_toml(name: str, grid_name: str, text_tokens: int | None = None, seeds: int | None = None) -> str:
     """Preset ``name`` as grid file ``grid_name`` with SOURCE_BYTES per source (and tokenizer sample), rare
-    validation and saves, no snapshots, and every phase at ``text_tokens`` where given."""
+    validation and saves, no snapshots, every phase at ``text_tokens`` and init seeds ``0 .. seeds-1`` where given."""
     d = preset(name).to_dict()
     d["name"] = grid_name
+    if seeds is not None:
+        d["seeds"] = list(range(seeds))
     if text_tokens is not None:
         for r in d["recipes"]:
             for p in r["phases"]:
@@ -41,7 +52,7 @@ def reduced_toml(name: str, grid_name: str, text_tokens: int | None = None) -> s
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
-    (root / "grid.toml").write_text(reduced_toml("control", "planted", TEXT_TOKENS))
+    (root / "grid.toml").write_text(reduced_toml("control", "planted", TEXT_TOKENS, SEEDS))
     settings = JobSettings(eval_items=200, eval_max_difficulty=0, attention_items=16)
     stages = ("train", "eval", "attention", "circuit", "report")
     run_job(str(root / "grid.toml"), root / "out", settings, stages=stages, jobs=2, log=lambda *a: None)
@@ -94,7 +105,7 @@ def test_the_periodic_warmup_learns_to_copy_and_the_scrambled_one_does_not(plant
             last[path.parent.name] = warm[-1]
     copy = [r["copy_loss"] for n, r in last.items() if n.startswith("copy-")]
     scrambled = [r["copy_loss"] for n, r in last.items() if n.startswith("scrambled-")]
-    assert len(copy) == len(scrambled) == 3 and not any(n.startswith("text-only") for n in last), last
+    assert len(copy) == len(scrambled) == SEEDS and not any(n.startswith("text-only") for n in last), last
     assert all(x < 1.0 for x in copy) and all(x > 4.0 for x in scrambled), (copy, scrambled)
     # `codetransfer runs` and the report's grid table show each run's warm-up as its metrics logged it
     table = runs_table(planted).set_index("run")
