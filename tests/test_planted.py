@@ -5,7 +5,7 @@ must find the planted copying circuit in ``copy`` and nothing between ``scramble
 Four seeds, not the preset's three: with three, text-only is at chance at every reasoning level, so the evaluation
 verdict falls back to the strongest single level, Holm-corrected over 12 rows on a t with 2 degrees of freedom.
 How consistent the seeds are then decides it: trained on one machine copy - text-only was found (possession level
-0, +5.03, Holm p 0.02), on another CPU (other float rounding, other weights) missed (+5.06, Holm p 0.064). With
+0, +5.03, Holm p 0.02), on another (other float rounding, other weights) missed (+5.06, Holm p 0.064). With
 four seeds text-only's interval is above chance at some levels, the levels are pooled, and copy - text-only is
 +1.99 [+1.67, +2.31], Holm p 0.002.
 
