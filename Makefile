@@ -45,8 +45,12 @@ browser:
 		echo "test: chromium not found and not installable here (needs root and apt-get): the report's browser check will be skipped"; \
 	fi
 
+# Two pytest-xdist workers, each test file whole on one of them (a file's trained fixtures are built once), one
+# torch thread each: the heavy tests train with one thread per run, so two workers keep two cores busy.
+# TEST_WORKERS=1 runs the suite in one process (plain `pytest` does too).
+TEST_WORKERS ?= 2
 test: setup browser lint
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -p no:cacheprovider
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # ruff (configured in pyproject.toml): lint, and the formatter's check (`ruff format .` fixes it)
 lint: setup
