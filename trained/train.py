@@ -471,12 +471,11 @@ def _warm_up(
     if progress and computed:
         print(file=sys.stderr)
     if metrics is not None:  # rank 0 only writes and warns, under DDP
-        _warn_not_planted(computed, rows, copy_loss, vocab_size, t, f"s{seed}")
         old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
         if computed or not any("warmup_step" in ln for ln in old):  # a restart from scratch: replace the old lines
             records = records or [_cached_record(t, rows, copy_loss)]
             _replace_lines(metrics, old, records, lambda ln: "warmup_step" in ln)
-    _require_planted(rows, copy_loss, vocab_size, t, f"s{seed}", device)
+    _check_planted(computed, rows, copy_loss, vocab_size, t, f"s{seed}", device, writes=metrics is not None)
 
 
 def _cached_record(t: TrainConfig, rows: str, copy_loss: float | None, **fields) -> dict:
@@ -486,34 +485,37 @@ def _cached_record(t: TrainConfig, rows: str, copy_loss: float | None, **fields)
     return {**fields, "rows": rows, "warmup_step": t.induction_warmup, "copy_loss": loss, "cached": True}
 
 
-def _require_planted(rows: str, copy_loss: float | None, vocab_size: int, t: TrainConfig, label: str, device) -> None:
-    """With ``train.induction_warmup_required``, stop the run when its periodic warm-up (computed or loaded from the
-    cache) ended without the circuit. Under torch.distributed every rank reads rank 0's loss, so all stop together."""
-    from codetransfer.trained.warmup import not_planted
-
-    if not t.induction_warmup_required or rows != "periodic":
-        return
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        loss = torch.tensor([math.nan if copy_loss is None else copy_loss], device=device)
-        torch.distributed.broadcast(loss, src=0)
-        copy_loss = None if math.isnan(loss.item()) else loss.item()
-    if msg := not_planted(copy_loss, vocab_size, t.induction_warmup, t.induction_warmup_lr):
-        raise CodetransferError(
-            f"{label}: {msg}; stopped before training on text (train.induction_warmup_required; set it to false "
-            "to train on without the circuit)"
-        )
-
-
-def _warn_not_planted(
-    computed: bool, rows: str, copy_loss: float | None, vocab_size: int, t: TrainConfig, label: str
+def _check_planted(
+    computed: bool,
+    rows: str,
+    copy_loss: float | None,
+    vocab_size: int,
+    t: TrainConfig,
+    label: str,
+    device,
+    writes: bool,
 ) -> None:
-    """Say on stderr, whatever ``progress``, when a periodic warm-up this run computed ended without the circuit
-    (``copy_loss``, its last): a run that would learn no lookup is then seen minutes into its training, not after
-    it. A warm-up loaded from the cache was warned of by the run that computed it; scrambled rows plant nothing.
-    (With ``train.induction_warmup_required`` the run has stopped instead: :func:`_require_planted`.)"""
+    """Act on a periodic warm-up that ended without the circuit (``copy_loss``, its last; scrambled rows plant nothing).
+    With ``train.induction_warmup_required`` the run stops with that sentence as its error, whether the warm-up was
+    computed or loaded from the cache; under torch.distributed every rank reads rank 0's loss, so all stop together.
+    Otherwise the rank that ``writes`` says it on stderr, whatever ``progress``, if it computed the warm-up (a cached
+    one was warned of by the run that computed it): a run that would learn no lookup is then seen minutes into its
+    training, not after it."""
     from codetransfer.trained.warmup import not_planted
 
-    if computed and rows == "periodic" and not t.induction_warmup_required:
+    if rows != "periodic":
+        return
+    if t.induction_warmup_required:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            loss = torch.tensor([math.nan if copy_loss is None else copy_loss], device=device)
+            torch.distributed.broadcast(loss, src=0)
+            copy_loss = None if math.isnan(loss.item()) else loss.item()
+        if msg := not_planted(copy_loss, vocab_size, t.induction_warmup, t.induction_warmup_lr):
+            raise CodetransferError(
+                f"{label}: {msg}; stopped before training on text (train.induction_warmup_required; set it to false "
+                "to train on without the circuit)"
+            )
+    elif computed and writes:
         if msg := not_planted(copy_loss, vocab_size, t.induction_warmup, t.induction_warmup_lr):
             print(f"warning: {label}: {msg}", file=sys.stderr, flush=True)
 
@@ -588,7 +590,6 @@ def _phase_warm_up(
     if progress and computed:
         print(file=sys.stderr)
     if metrics is not None:
-        _warn_not_planted(computed, phase.warmup, copy_loss, vocab_size, t, label)
         if not computed:
             records = [_cached_record(t, phase.warmup, copy_loss, step=step, phase=phase.name)]
         old = [ln for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
@@ -600,7 +601,7 @@ def _phase_warm_up(
             return False
 
         _replace_lines(metrics, old, records, earlier_try)
-    _require_planted(phase.warmup, copy_loss, vocab_size, t, label, device)
+    _check_planted(computed, phase.warmup, copy_loss, vocab_size, t, label, device, writes=metrics is not None)
 
 
 def _snapshot(model, data_dir: Path, folder: Path) -> None:
